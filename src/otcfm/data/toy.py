@@ -1,0 +1,341 @@
+"""Toy 2-D distributions, including the four tasks of the paper's 2-D benchmark (Table 2).
+
+Every distribution is a function ``fn(n, generator=None) -> Tensor`` of shape ``(n, 2)`` and
+dtype float32, registered by name in :data:`DISTRIBUTIONS`::
+
+    from otcfm.data import toy
+    x1 = toy.sample("8gaussians", 512, generator=torch.Generator().manual_seed(0))
+    src, tgt = toy.task("moons-8gaussians")        # ("moons-std7", "8gaussians-r12")
+
+All randomness comes from the optional ``torch.Generator`` (its device is the output device);
+the same seed gives the same tensor. Mixtures draw each point's component independently and
+uniformly (a true mixture, not a fixed split), except the two-moons and circles shapes, which
+split ``n`` into halves as ``sklearn.datasets.make_moons`` does and then shuffle the rows.
+
+Benchmark distributions (REFERENCE.md section 4):
+
+- ``gaussian``: N(0, I_2), the source of three tasks.
+- ``8gaussians``: 8 Gaussians of std 1, centres on the circle of radius 5 at angles 2 pi k / 8.
+- ``8gaussians-r12``: 8 Gaussians of std 1.5, centres on the circle of radius 12 (moons->8g).
+- ``moons-std7``: two moons (noise 0.1), standardised with the population scalar mean and
+  std of all coordinates, times 7 (moons->8g source).
+- ``moons``: two moons (noise 0.05) times 2, shifted by -1 along x (N->moons target).
+- ``scurve``: the 3-D S-curve (noise 0.05), coordinates (x, z), times 1.5 (N->scurve target).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+
+import torch
+from torch import Tensor
+
+from otcfm._utils import Registry, check_positive
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "MOONS_STD7_MEAN",
+    "MOONS_STD7_STD",
+    "TASKS",
+    "checkerboard",
+    "circles",
+    "eight_gaussians",
+    "eight_gaussians_r12",
+    "gaussian",
+    "moons",
+    "moons_std7",
+    "names",
+    "pinwheel",
+    "rings",
+    "s_curve",
+    "sample",
+    "scurve",
+    "spirals",
+    "standard_gaussian",
+    "swissroll",
+    "task",
+    "two_moons",
+]
+
+DISTRIBUTIONS: Registry[Tensor] = Registry("distribution")
+
+# Population scalar mean / std (over both coordinates pooled) of two moons with noise 0.1, used
+# to standardise ``moons-std7``. With a ~ U[0, pi], half the points on each moon, noise s:
+#   E[x] = (E cos a + E(1 - cos a)) / 2 = 1/2,   E[y] = (E sin a + E(1/2 - sin a)) / 2 = 1/4,
+#   so the pooled mean is (1/2 + 1/4) / 2 = 3/8 (independent of s).
+#   E[x^2] = (1/2 + 3/2) / 2 + s^2 = 1 + s^2,   E[y^2] = (1/2 + 3/4 - 2/pi) / 2 + s^2,
+#   pooled second moment 13/16 - 1/(2 pi) + s^2, variance 43/64 - 1/(2 pi) + s^2.
+# (E cos a = 0, E sin a = 2/pi, E cos^2 a = E sin^2 a = 1/2.) The paper's code standardises each
+# sample with its own mean/std instead; constants make a sample's scale independent of its size.
+# Values: mean 0.375, std 0.7229938...; checked against quadrature and Monte Carlo in the tests.
+_MOONS_STD7_NOISE = 0.1
+MOONS_STD7_MEAN: float = 3.0 / 8.0
+MOONS_STD7_STD: float = math.sqrt(43.0 / 64.0 - 1.0 / (2.0 * math.pi) + _MOONS_STD7_NOISE**2)
+
+
+# --------------------------------------------------------------------------- helpers
+def _check_n(n: int, name: str = "n") -> int:
+    """Return ``n`` as an int >= 1 or raise."""
+    if isinstance(n, bool):
+        raise TypeError(f"{name} must be an integer, got {n!r}")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {n!r}") from None
+    if n < 1:
+        raise ValueError(f"{name} must be >= 1, got {n}")
+    return n
+
+
+def _device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def _rand(shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
+    """U[0, 1) float32 samples."""
+    return torch.rand(shape, generator=generator, device=_device(generator), dtype=torch.float32)
+
+
+def _randn(shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
+    """N(0, 1) float32 samples."""
+    return torch.randn(shape, generator=generator, device=_device(generator), dtype=torch.float32)
+
+
+def _randint(high: int, n: int, generator: torch.Generator | None) -> Tensor:
+    return torch.randint(high, (n,), generator=generator, device=_device(generator))
+
+
+def _shuffle(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return x[torch.randperm(x.shape[0], generator=generator, device=_device(generator))]
+
+
+def _circle_mixture(n: int, k: int, radius: float, std: float, generator) -> Tensor:
+    """Mixture of ``k`` isotropic Gaussians (std ``std``), centres at radius, angles 2 pi j / k."""
+    comp = _randint(k, n, generator).to(torch.float32)
+    angle = comp * (2.0 * math.pi / k)
+    centres = radius * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+    return centres + std * _randn((n, 2), generator)
+
+
+# --------------------------------------------------------------------------- building blocks
+def gaussian(
+    n: int,
+    dim: int,
+    generator: torch.Generator | None = None,
+    mean: float | Sequence[float] | Tensor = 0.0,
+    std: float | Sequence[float] | Tensor = 1.0,
+) -> Tensor:
+    """``n`` samples of N(mean, diag(std^2)) in ``dim`` dimensions, shape (n, dim), float32.
+
+    ``mean`` and ``std`` are scalars or length-``dim`` vectors; ``std`` must be > 0.
+    """
+    n = _check_n(n)
+    dim = _check_n(dim, "dim")
+    dev = _device(generator)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=dev)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=dev)
+    for name, v in (("mean", mean_t), ("std", std_t)):
+        if v.dim() > 1 or (v.dim() == 1 and v.shape[0] != dim):
+            raise ValueError(
+                f"{name} must be a scalar or have length dim={dim}, got shape {tuple(v.shape)}"
+            )
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{name} must be finite, got {v.tolist()}")
+    if not bool((std_t > 0).all()):
+        raise ValueError(f"std must be > 0, got {std_t.tolist()}")
+    return mean_t + std_t * _randn((n, dim), generator)
+
+
+def two_moons(n: int, noise: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+    """Two interleaving half circles, shape (n, 2), as ``sklearn.datasets.make_moons``.
+
+    Outer moon (cos a, sin a) for n // 2 points, inner moon (1 - cos a, 1/2 - sin a) for the
+    rest, plus isotropic N(0, noise^2); rows shuffled. ``a`` is drawn uniformly from [0, pi]
+    (the continuous law that sklearn's evenly spaced ``linspace`` grid discretises).
+    """
+    n = _check_n(n)
+    noise = check_positive("noise", noise, allow_zero=True)
+    n_out = n // 2
+    a = math.pi * _rand((n,), generator)
+    c, s = torch.cos(a), torch.sin(a)
+    outer = torch.stack([c[:n_out], s[:n_out]], dim=1)
+    inner = torch.stack([1.0 - c[n_out:], 0.5 - s[n_out:]], dim=1)
+    x = torch.cat([outer, inner], dim=0)
+    if noise > 0:
+        x = x + noise * _randn((n, 2), generator)
+    return _shuffle(x, generator)
+
+
+def s_curve(n: int, noise: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+    """The 3-D S-curve, shape (n, 3), as ``sklearn.datasets.make_s_curve``.
+
+    t = 3 pi (u - 1/2), v ~ U(0, 1): (sin t, 2 v, sign(t) (cos t - 1)) + N(0, noise^2 I_3).
+    """
+    n = _check_n(n)
+    noise = check_positive("noise", noise, allow_zero=True)
+    t = 3.0 * math.pi * (_rand((n,), generator) - 0.5)
+    v = _rand((n,), generator)
+    x = torch.stack([torch.sin(t), 2.0 * v, torch.sign(t) * (torch.cos(t) - 1.0)], dim=1)
+    if noise > 0:
+        x = x + noise * _randn((n, 3), generator)
+    return x
+
+
+# --------------------------------------------------------------------------- benchmark tasks
+@DISTRIBUTIONS.register("gaussian")
+def standard_gaussian(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """N(0, I_2)."""
+    return gaussian(n, 2, generator=generator)
+
+
+@DISTRIBUTIONS.register("8gaussians")
+def eight_gaussians(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """8 Gaussians of std 1, centres at radius 5, angles 2 pi k / 8 (N->8gaussians target)."""
+    return _circle_mixture(_check_n(n), 8, 5.0, 1.0, generator)
+
+
+@DISTRIBUTIONS.register("8gaussians-r12")
+def eight_gaussians_r12(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """moons->8gaussians target: 3 * (4 * unit centre + N(0, 0.5^2)): radius 12, std 1.5.
+
+    The centres (+-1, 0), (0, +-1), (+-1/sqrt2, +-1/sqrt2) are the angles 2 pi k / 8.
+    """
+    return 3.0 * _circle_mixture(_check_n(n), 8, 4.0, 0.5, generator)
+
+
+@DISTRIBUTIONS.register("moons-std7")
+def moons_std7(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """moons->8gaussians source: 7 * (two_moons(noise=0.1) - mean) / std, population mean/std.
+
+    See :data:`MOONS_STD7_MEAN` / :data:`MOONS_STD7_STD` (scalars pooled over both coordinates).
+    """
+    x = two_moons(n, noise=_MOONS_STD7_NOISE, generator=generator)
+    return 7.0 * (x - MOONS_STD7_MEAN) / MOONS_STD7_STD
+
+
+@DISTRIBUTIONS.register("moons")
+def moons(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """N->moons target: 2 * two_moons(noise=0.05), then x[:, 0] -= 1."""
+    x = 2.0 * two_moons(n, noise=0.05, generator=generator)
+    return x - torch.tensor([1.0, 0.0], device=x.device)
+
+
+@DISTRIBUTIONS.register("scurve")
+def scurve(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """N->scurve target: 1.5 * s_curve(noise=0.05)[:, [0, 2]].
+
+    The unused middle coordinate (2 v) is not drawn; the law of columns [0, 2] is the same.
+    """
+    n = _check_n(n)
+    t = 3.0 * math.pi * (_rand((n,), generator) - 0.5)
+    x = torch.stack([torch.sin(t), torch.sign(t) * (torch.cos(t) - 1.0)], dim=1)
+    return 1.5 * (x + 0.05 * _randn((n, 2), generator))
+
+
+# --------------------------------------------------------------------------- other 2-D toys
+@DISTRIBUTIONS.register("checkerboard")
+def checkerboard(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """Uniform on the 8 dark squares (side 2) of a 4 x 4 board covering [-4, 4]^2."""
+    n = _check_n(n)
+    i = _randint(4, n, generator)
+    j = 2 * _randint(2, n, generator) + i % 2  # i + j even: the dark squares
+    corner = torch.stack([i, j], dim=1).to(torch.float32) * 2.0 - 4.0
+    return corner + 2.0 * _rand((n, 2), generator)
+
+
+def _rings(n: int, radii: Sequence[float], noise: float, generator) -> Tensor:
+    """Equal shares of ``n`` (remainder to the first rings) on circles, uniform angle, noise."""
+    k = len(radii)
+    counts = [n // k + (1 if r < n % k else 0) for r in range(k)]
+    dev = _device(generator)
+    radius = torch.cat(
+        [torch.full((c,), float(r), device=dev) for c, r in zip(counts, radii, strict=True)]
+    )
+    angle = 2.0 * math.pi * _rand((n,), generator)
+    x = radius[:, None] * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+    return _shuffle(x + noise * _randn((n, 2), generator), generator)
+
+
+@DISTRIBUTIONS.register("circles")
+def circles(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """Two concentric circles of radii 4 and 2 (half the points each), noise std 0.1."""
+    return _rings(_check_n(n), (4.0, 2.0), 0.1, generator)
+
+
+@DISTRIBUTIONS.register("rings")
+def rings(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """Four concentric circles of radii 4, 3, 2, 1 (a quarter of the points each), noise 0.08."""
+    return _rings(_check_n(n), (4.0, 3.0, 2.0, 1.0), 0.08, generator)
+
+
+@DISTRIBUTIONS.register("swissroll")
+def swissroll(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """Swiss roll (t cos t, t sin t) / 3, t = 1.5 pi (1 + 2u), u ~ U(0, 1), noise std 0.1."""
+    n = _check_n(n)
+    t = 1.5 * math.pi * (1.0 + 2.0 * _rand((n,), generator))
+    x = t[:, None] * torch.stack([torch.cos(t), torch.sin(t)], dim=1) / 3.0
+    return x + 0.1 * _randn((n, 2), generator)
+
+
+@DISTRIBUTIONS.register("spirals")
+def spirals(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """Two interleaved Archimedean spirals r = (4 / 3pi) theta, theta in [0, 3 pi], noise 0.1.
+
+    theta = 3 pi sqrt(u) spreads points about evenly along the arc; the second spiral is the
+    first rotated by pi (half the points each, rows shuffled).
+    """
+    n = _check_n(n)
+    theta = 3.0 * math.pi * torch.sqrt(_rand((n,), generator))
+    x = (
+        (4.0 / (3.0 * math.pi))
+        * theta[:, None]
+        * torch.stack([torch.cos(theta), torch.sin(theta)], dim=1)
+    )
+    sign = torch.ones(n, 1, device=x.device)
+    sign[n // 2 :] = -1.0
+    return _shuffle(sign * x + 0.1 * _randn((n, 2), generator), generator)
+
+
+@DISTRIBUTIONS.register("pinwheel")
+def pinwheel(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """Five curved arms: point (r, s), r ~ N(1, 0.3^2), s ~ N(0, 0.1^2), rotated by
+    2 pi k / 5 + 0.25 exp(r) for a uniform arm k, times 2."""
+    n = _check_n(n)
+    r = 1.0 + 0.3 * _randn((n,), generator)
+    s = 0.1 * _randn((n,), generator)
+    angle = 2.0 * math.pi * _randint(5, n, generator).to(torch.float32) / 5.0
+    angle = angle + 0.25 * torch.exp(r)
+    c, sn = torch.cos(angle), torch.sin(angle)
+    return 2.0 * torch.stack([c * r - sn * s, sn * r + c * s], dim=1)
+
+
+# --------------------------------------------------------------------------- public lookup
+TASKS: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {
+        "gaussian-8gaussians": ("gaussian", "8gaussians"),
+        "moons-8gaussians": ("moons-std7", "8gaussians-r12"),
+        "gaussian-moons": ("gaussian", "moons"),
+        "gaussian-scurve": ("gaussian", "scurve"),
+    }
+)
+"""Benchmark task name -> (source distribution, target distribution) (paper Table 2)."""
+
+
+def names() -> list[str]:
+    """Sorted names of the registered 2-D distributions."""
+    return DISTRIBUTIONS.names()
+
+
+def sample(name: str, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """Draw ``n`` points (n, 2) float32 from the registered distribution ``name``."""
+    return DISTRIBUTIONS.factory(name)(n, generator=generator)
+
+
+def task(name: str) -> tuple[str, str]:
+    """``(source_name, target_name)`` of a benchmark task, e.g. ``task("gaussian-moons")``."""
+    if not isinstance(name, str) or name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid task names: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
