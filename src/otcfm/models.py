@@ -1,0 +1,189 @@
+"""Velocity-field networks with the library's calling convention ``model(x, t, **cond)``.
+
+:class:`MLP` is the paper's network for 2-D and single-cell tasks (3 hidden layers of width 64,
+SELU, time concatenated to the input; REFERENCE.md section 4). Models are also reachable by
+name through the :data:`MODELS` registry: ``MODELS.get("mlp", dim=2)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._utils import Registry
+
+__all__ = ["ACTIVATIONS", "MLP", "MODELS", "get_activation"]
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "selu": nn.SELU,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+MODELS: Registry[nn.Module] = Registry("model")
+
+
+def get_activation(name: str) -> nn.Module:
+    """A fresh activation module by name (one of :data:`ACTIVATIONS`)."""
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {name!r}; valid names: {', '.join(sorted(ACTIVATIONS))}"
+        )
+    return ACTIVATIONS[name]()
+
+
+def _positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _event_size(dim: int | Sequence[int]) -> int:
+    if isinstance(dim, int) and not isinstance(dim, bool):
+        return _positive_int("dim", dim)
+    if isinstance(dim, Sequence) and len(dim) > 0:
+        return math.prod(_positive_int("dim[i]", d) for d in dim)
+    raise ValueError(f"dim must be a positive int or a non-empty sequence of them, got {dim!r}")
+
+
+@MODELS.register("mlp")
+class MLP(nn.Module):
+    """Fully connected velocity field ``v(x, t[, y])``.
+
+    dim: event size D, or the event shape (e.g. ``(3, 4, 4)``; D = its product).
+    width, depth: hidden width and number of hidden layers (paper: 64 and 3).
+    activation: name from :data:`ACTIVATIONS`.
+    time_input: concatenate t to the flattened input (paper: yes); if False, t is ignored.
+    out_dim: output size; default D, in which case the output takes x's shape, otherwise it is
+        (B, out_dim).
+    num_classes, label_dim: with ``num_classes=K``, ``model(x, t, y=labels)`` (labels: (B,)
+        integers in [0, K)) concatenates a learned ``label_dim``-dim label embedding.
+    generator: if given, parameters are initialised from it (PyTorch's default init
+        distributions), so the same seed gives the same network; otherwise torch's global RNG.
+
+    Input layout: ``[flat(x), t, emb(y)]`` -> (Linear, activation) x depth -> Linear.
+    The network computes in its parameters' dtype and returns x's dtype, so bf16 inputs work
+    with float32 parameters.
+    """
+
+    def __init__(
+        self,
+        dim: int | Sequence[int],
+        width: int = 64,
+        depth: int = 3,
+        activation: str = "selu",
+        time_input: bool = True,
+        out_dim: int | None = None,
+        num_classes: int | None = None,
+        label_dim: int = 16,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.dim = _event_size(dim)
+        self.width = _positive_int("width", width)
+        self.depth = _positive_int("depth", depth)
+        self.time_input = bool(time_input)
+        self.out_dim = self.dim if out_dim is None else _positive_int("out_dim", out_dim)
+        self.num_classes = (
+            None if num_classes is None else _positive_int("num_classes", num_classes)
+        )
+        self.label_emb: nn.Embedding | None = None
+        in_dim = self.dim + int(self.time_input)
+        if self.num_classes is not None:
+            self.label_emb = nn.Embedding(self.num_classes, _positive_int("label_dim", label_dim))
+            in_dim += label_dim
+        layers: list[nn.Module] = []
+        for k in range(self.depth):
+            fan_in = in_dim if k == 0 else self.width
+            layers += [nn.Linear(fan_in, self.width), get_activation(activation)]
+        layers.append(nn.Linear(self.width, self.out_dim))
+        self.net = nn.Sequential(*layers)
+        if generator is not None:
+            self._init_from(generator)
+
+    @torch.no_grad()
+    def _init_from(self, generator: torch.Generator) -> None:
+        """PyTorch's default init, drawn from ``generator``: Linear U(+-1/sqrt(fan_in)), N(0,1)
+        embeddings."""
+        for mod in self.modules():
+            if isinstance(mod, nn.Linear):
+                bound = 1.0 / math.sqrt(mod.in_features)
+                for w in (mod.weight, mod.bias):
+                    w.copy_(_uniform(w.shape, bound, generator).to(w.device))
+            elif isinstance(mod, nn.Embedding):
+                draw = torch.randn(mod.weight.shape, generator=generator, device=generator.device)
+                mod.weight.copy_(draw.to(mod.weight.device))
+
+    @property
+    def accepted_cond(self) -> tuple[str, ...]:
+        """Names of the condition keywords ``forward`` accepts."""
+        return ("y",) if self.num_classes is not None else ()
+
+    def forward(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
+        """x: (B, *event) with prod(event) = dim; t: (B,), 0-dim or float -> velocity."""
+        unexpected = sorted(set(cond) - set(self.accepted_cond))
+        if unexpected:
+            accepted = ", ".join(self.accepted_cond) or "none"
+            raise TypeError(f"MLP got unexpected condition(s) {unexpected}; accepted: {accepted}")
+        if not isinstance(x, Tensor) or x.dim() < 1:
+            raise TypeError(f"x must be a batched tensor (B, ...), got {type(x).__name__}")
+        batch = x.shape[0]
+        h = x.reshape(batch, -1)
+        if h.shape[1] != self.dim:
+            raise ValueError(
+                f"x has {h.shape[1]} features per sample (shape {tuple(x.shape)}), "
+                f"the model expects dim={self.dim}"
+            )
+        param = next(self.parameters())
+        parts = [h.to(param.dtype)]
+        if self.time_input:
+            parts.append(_batch_times(t, batch, x.device).to(param.dtype)[:, None])
+        if self.label_emb is not None:
+            parts.append(self.label_emb(self._labels(cond.get("y"), batch, x.device)))
+        out = self.net(torch.cat(parts, dim=1))
+        if self.out_dim == self.dim:
+            out = out.reshape(x.shape)
+        return out.to(x.dtype)
+
+    def _labels(self, y: Any, batch: int, device: torch.device) -> Tensor:
+        if y is None:
+            raise TypeError(f"this MLP has num_classes={self.num_classes} and needs labels y=")
+        y = torch.as_tensor(y, device=device)
+        if y.is_floating_point() or y.is_complex() or y.shape != (batch,):
+            raise ValueError(
+                f"y must hold one integer label per sample, shape ({batch},), "
+                f"got dtype {y.dtype} shape {tuple(y.shape)}"
+            )
+        if bool(((y < 0) | (y >= self.num_classes)).any()):
+            raise ValueError(
+                f"labels y must lie in [0, {self.num_classes}), got min {int(y.min())} "
+                f"max {int(y.max())}"
+            )
+        return y.long()
+
+
+def _uniform(shape: torch.Size, bound: float, generator: torch.Generator) -> Tensor:
+    u = torch.rand(shape, generator=generator, device=generator.device)
+    return (2.0 * u - 1.0) * bound
+
+
+def _batch_times(t: Tensor | float, batch: int, device: torch.device) -> Tensor:
+    """Times as a (B,) tensor: a float or 0-dim tensor is broadcast; (B,) or (B, 1) kept."""
+    if not isinstance(t, Tensor):
+        try:
+            return torch.full((batch,), float(t), device=device)
+        except (TypeError, ValueError):
+            raise TypeError(f"t must be a tensor or a number, got {type(t).__name__}") from None
+    if t.numel() == 1 and t.dim() <= 1 and batch != 1:
+        return t.reshape(()).to(device).expand(batch)
+    if t.numel() != batch or t.dim() > 2 or (t.dim() == 2 and t.shape[1] != 1):
+        raise ValueError(f"t must have shape ({batch},) or be a scalar, got {tuple(t.shape)}")
+    return t.reshape(batch).to(device)

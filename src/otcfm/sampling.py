@@ -1,0 +1,367 @@
+"""ODE integration of a learned velocity field, with exact NFE counts and path energy.
+
+``integrate(model, x0, method=..., steps=...)`` solves ``dx/dt = model(x, t, **cond)`` from
+``t0`` to ``t1`` (forward, or backward in time when ``t0 > t1``) and returns a frozen
+:class:`Trajectory`. Fixed-step Runge-Kutta schemes (euler, midpoint, heun, rk4) are written
+here; adaptive ones (dopri5, dopri8, bosh3, adaptive_heun) come from ``torchdiffeq.odeint``.
+
+Calling convention seen by the model: ``x`` of the caller's shape and dtype (``x0.dtype``) and
+per-sample times ``t`` of shape (B,) -- float32, or float64 when ``x0`` is float64 -- never a
+Python scalar. Internally the state is kept in float32 (float64 if ``x0`` is float64) so that
+bf16/fp16 inputs do not lose the small increments ``dt * v``; the saved states are returned in
+``x0.dtype`` (pass ``x0.float()`` to get float32 states).
+
+Path energy (REFERENCE.md section 3): ``E = integral ||v(t, x_t)||^2 |dt|`` per sample, summed
+over every trailing coordinate. Fixed-step methods use their own quadrature weights on the
+evaluations made anyway; adaptive methods integrate it as an extra ODE component.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._utils import check_cond, check_tensor, flat
+
+__all__ = ["SOLVERS", "FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS", "Trajectory", "integrate"]
+
+# Butcher tableaux of the explicit fixed-step schemes: (c, a, b); stage i is evaluated at
+# t + c[i] dt and x + dt * sum_j a[i][j] k_j; the step is x + dt * sum_i b[i] k_i.
+_TABLEAUX: dict[str, tuple[tuple[float, ...], tuple[tuple[float, ...], ...], tuple[float, ...]]] = {
+    "euler": ((0.0,), ((),), (1.0,)),
+    "midpoint": ((0.0, 0.5), ((), (0.5,)), (0.0, 1.0)),
+    "heun": ((0.0, 1.0), ((), (1.0,)), (0.5, 0.5)),
+    "rk4": (
+        (0.0, 0.5, 0.5, 1.0),
+        ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
+        (1 / 6, 1 / 3, 1 / 3, 1 / 6),
+    ),
+}
+FIXED_STEP_SOLVERS: tuple[str, ...] = ("euler", "midpoint", "heun", "rk4")
+ADAPTIVE_SOLVERS: tuple[str, ...] = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
+SOLVERS: tuple[str, ...] = FIXED_STEP_SOLVERS + ADAPTIVE_SOLVERS
+_SAVE = ("all", "ends")
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Result of :func:`integrate`.
+
+    xs: (T, B, *event) states at the saved times, in ``x0.dtype``.
+    ts: (T,) float32 saved times (``ts[0]`` is the start time).
+    nfe: exact number of model evaluations that ran (including rejected adaptive steps).
+    energy: (B,) float32 path energy ``integral ||v||^2 |dt|`` per sample, or None.
+    """
+
+    xs: Tensor
+    ts: Tensor
+    nfe: int
+    energy: Tensor | None
+
+    @property
+    def x_final(self) -> Tensor:
+        """State at the last saved time, (B, *event)."""
+        return self.xs[-1]
+
+
+# --------------------------------------------------------------------------- model wrapper
+class _Field:
+    """Calls ``model(x, t, **cond)`` with the library's convention and counts evaluations."""
+
+    def __init__(self, model: Callable[..., Tensor], x0: Tensor, state_dtype: torch.dtype,
+                 cond: Mapping[str, Any]) -> None:
+        self.model = model
+        self.shape = x0.shape
+        self.x_dtype = x0.dtype
+        self.state_dtype = state_dtype
+        self.t_dtype = torch.float64 if state_dtype == torch.float64 else torch.float32
+        self.device = x0.device
+        self.cond = dict(cond)
+        self.nfe = 0
+        self.t_lo, self.t_hi = -math.inf, math.inf
+
+    def clamp_times(self, times: Sequence[float]) -> None:
+        """Never evaluate the model outside [min(times), max(times)] (the adaptive solvers'
+        initial-step probe may ask for a time past the end)."""
+        self.t_lo, self.t_hi = min(times), max(times)
+
+    def __call__(self, t: float | Tensor, x: Tensor) -> Tensor:
+        """Velocity at scalar time ``t`` and state ``x`` (B, *event), in the state dtype."""
+        batch = self.shape[0]
+        if isinstance(t, Tensor):
+            tt = t.detach().reshape(()).to(device=self.device, dtype=self.t_dtype)
+            tt = tt.clamp(self.t_lo, self.t_hi).expand(batch)
+        else:
+            tv = min(max(float(t), self.t_lo), self.t_hi)
+            tt = torch.full((batch,), tv, device=self.device, dtype=self.t_dtype)
+        v = self.model(x.to(self.x_dtype), tt.contiguous(), **self.cond)
+        self.nfe += 1
+        if not isinstance(v, Tensor) or v.shape != self.shape:
+            got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+            raise ValueError(
+                f"model must return a velocity of the state's shape {tuple(self.shape)}, got {got}"
+            )
+        return v.to(self.state_dtype)
+
+
+def _sq_norm(v: Tensor) -> Tensor:
+    """Per-sample squared norm over all trailing coordinates, (B,)."""
+    return flat(v).pow(2).sum(dim=1)
+
+
+# --------------------------------------------------------------------------- validation
+def _check_method(method: Any) -> str:
+    if not isinstance(method, str) or method not in SOLVERS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(SOLVERS)}")
+    return method
+
+
+def _check_steps(steps: Any) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return steps
+
+
+def _check_time(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def _output_times(times: Any, t0: float, t1: float) -> list[float] | None:
+    """Validate ``times``: >= 2 finite values, strictly monotone. None if not given."""
+    if times is None:
+        if t0 == t1:
+            raise ValueError(f"t0 and t1 must differ, got t0 = t1 = {t0}")
+        return None
+    if isinstance(times, Tensor):
+        vals = [float(v) for v in times.detach().reshape(-1).cpu().tolist()]
+    elif isinstance(times, Sequence) or hasattr(times, "__iter__"):
+        vals = [_check_time("times[i]", v) for v in times]
+    else:
+        raise TypeError(f"times must be a 1-D sequence or tensor, got {type(times).__name__}")
+    if len(vals) < 2:
+        raise ValueError(f"times needs at least 2 values (start and end), got {len(vals)}")
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"times must be finite, got {vals}")
+    diffs = [b - a for a, b in zip(vals[:-1], vals[1:], strict=True)]
+    if not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
+        raise ValueError(f"times must be strictly increasing or strictly decreasing, got {vals}")
+    return vals
+
+
+def _state_dtype(x0: Tensor) -> torch.dtype:
+    return torch.float64 if x0.dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------- fixed step
+def _fixed_grid(t0: float, t1: float, steps: int, times: list[float] | None) -> list[float]:
+    """Uniform grid of ``steps`` steps; with ``times``, its union with the requested times."""
+    if times is None:
+        return [t0 + (t1 - t0) * k / steps for k in range(steps)] + [t1]
+    a, b = times[0], times[-1]
+    grid = [a + (b - a) * k / steps for k in range(steps)] + [b]
+    merge = 1e-9 * abs(b - a)
+    pts = sorted(set(grid) | set(times), reverse=b < a)
+    out: list[float] = []
+    for p in pts:  # drop grid points that nearly coincide with a requested time (no tiny steps)
+        if out and abs(p - out[-1]) <= merge and not (p in times and out[-1] in times):
+            if p in times:
+                out[-1] = p
+            continue
+        out.append(p)
+    return out
+
+
+def _rk_step(field: _Field, name: str, t: float, dt: float, x: Tensor,
+             energy: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """One explicit Runge-Kutta step; accumulates ``|dt| * sum_i b_i ||k_i||^2`` into energy."""
+    c, a, b = _TABLEAUX[name]
+    ks: list[Tensor] = []
+    for ci, ai in zip(c, a, strict=True):
+        xi = x
+        for aij, kj in zip(ai, ks, strict=True):
+            if aij != 0.0:
+                xi = xi + (dt * aij) * kj
+        ks.append(field(t + ci * dt, xi))
+    x_new = x
+    for bi, ki in zip(b, ks, strict=True):
+        if bi != 0.0:
+            x_new = x_new + (dt * bi) * ki
+    if energy is not None:
+        for bi, ki in zip(b, ks, strict=True):
+            if bi != 0.0:
+                energy = energy + (abs(dt) * bi) * _sq_norm(ki)
+    return x_new, energy
+
+
+def _integrate_fixed(field: _Field, x: Tensor, method: str, grid: list[float],
+                     keep: list[bool], want_energy: bool) -> tuple[list[Tensor], Tensor | None]:
+    energy = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype) if want_energy else None
+    saved = [x] if keep[0] else []
+    for k in range(len(grid) - 1):
+        x, energy = _rk_step(field, method, grid[k], grid[k + 1] - grid[k], x, energy)
+        if keep[k + 1]:
+            saved.append(x)
+    return saved, energy
+
+
+# --------------------------------------------------------------------------- adaptive
+def _integrate_adaptive(field: _Field, x: Tensor, method: str, out_times: list[float],
+                        want_energy: bool, atol: float, rtol: float,
+                        options: Mapping[str, Any]) -> tuple[Tensor, Tensor | None]:
+    from torchdiffeq import odeint  # the only consumer; keeps import of this module cheap
+
+    t = torch.tensor(out_times, dtype=torch.float64, device=x.device)
+    opts = dict(options)
+    if "step_t" not in opts and "jump_t" not in opts:
+        # land a step exactly on the end time: no overshoot past it (models may be undefined
+        # there) and the final state is a genuine step, not an interpolant
+        opts["step_t"] = t[-1:]
+    sign = 1.0 if out_times[-1] > out_times[0] else -1.0
+
+    def augmented(tt: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        v = field(tt, state[0])
+        return v, sign * _sq_norm(v)
+
+    try:
+        if not want_energy:
+            return odeint(field, x, t, method=method, atol=atol, rtol=rtol, options=opts), None
+        e0 = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
+        xs, es = odeint(augmented, (x, e0), t, method=method, atol=atol, rtol=rtol, options=opts)
+    except AssertionError as err:  # torchdiffeq reports step-count/underflow failures by assert
+        raise RuntimeError(
+            f"adaptive solver {method!r} failed after {field.nfe} evaluations: {err}"
+        ) from err
+    return xs, es[-1]
+
+
+# --------------------------------------------------------------------------- public entry
+def integrate(
+    model: Callable[..., Tensor],
+    x0: Tensor,
+    *,
+    method: str = "euler",
+    steps: int = 100,
+    t0: float = 0.0,
+    t1: float = 1.0,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    save: str = "all",
+    times: Sequence[float] | Tensor | None = None,
+    cond: Mapping[str, Any] | None = None,
+    energy: bool = True,
+    grad: bool = False,
+    options: Mapping[str, Any] | None = None,
+) -> Trajectory:
+    """Solve ``dx/dt = model(x, t, **cond)``, ``x(t0) = x0`` (B, *event) up to ``t1``.
+
+    method: one of :data:`SOLVERS`. Fixed-step methods take ``steps`` uniform steps (NFE =
+        steps x stages: euler 1, midpoint 2, heun 2, rk4 4); adaptive ones (torchdiffeq) use
+        ``atol``/``rtol`` and ``options`` (passed to ``torchdiffeq.odeint``, e.g.
+        ``{"max_num_steps": 10_000}``). ``t0 > t1`` integrates backwards in time.
+    save: "all" keeps ``steps + 1`` evenly spaced states; "ends" keeps the first and last.
+        Adaptive methods read intermediate states from torchdiffeq's dense-output interpolant
+        (no extra NFE; 4th order, so less accurate than dopri8's steps); their last state is
+        always a genuine step (``step_t`` at the end time, unless options set step_t/jump_t),
+        and the model is never evaluated outside the integration interval.
+    times: explicit output times (strictly monotone, >= 2 values); overrides t0, t1 and save.
+        Fixed-step methods then step on the uniform ``steps`` grid merged with ``times``.
+    cond: per-sample conditions passed to the model as keyword arguments.
+    energy: also return the path energy per sample (see module docstring).
+    grad: if False (default) the model runs under ``torch.no_grad()``.
+
+    dtypes: the model gets x in ``x0.dtype`` and t as (B,) float32 (float64 if x0 is float64);
+    the state is accumulated in float32 (float64) and ``xs`` is returned in ``x0.dtype``;
+    ``ts`` and ``energy`` are float32.
+    """
+    method = _check_method(method)
+    steps = _check_steps(steps)
+    check_tensor("x0", x0)
+    if not x0.is_floating_point():
+        raise TypeError(f"x0 must be a floating-point tensor, got dtype {x0.dtype}")
+    t0 = _check_time("t0", t0)
+    t1 = _check_time("t1", t1)
+    atol = _check_time("atol", atol)
+    rtol = _check_time("rtol", rtol)
+    if atol <= 0 or rtol <= 0:
+        raise ValueError(f"atol and rtol must be > 0, got atol={atol}, rtol={rtol}")
+    if save not in _SAVE:
+        raise ValueError(f"save must be one of {_SAVE}, got {save!r}")
+    if cond is None:
+        cond = {}
+    if not isinstance(cond, Mapping):
+        raise TypeError(f"cond must be a dict of per-sample conditions, got {type(cond).__name__}")
+    check_cond(dict(cond), x0.shape[0])
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"options must be a dict, got {type(options).__name__}")
+    if options and method in FIXED_STEP_SOLVERS:
+        raise ValueError(
+            f"options are only used by adaptive methods {ADAPTIVE_SOLVERS}; "
+            f"method {method!r} got {sorted(options)}"
+        )
+    requested = _output_times(times, t0, t1)
+
+    state_dtype = _state_dtype(x0)
+    field = _Field(model, x0, state_dtype, cond)
+    x = x0.detach().to(state_dtype) if not grad else x0.to(state_dtype)
+    with nullcontext() if grad else torch.no_grad():
+        if method in FIXED_STEP_SOLVERS:
+            grid = _fixed_grid(t0, t1, steps, requested)
+            if requested is not None:
+                out_times = requested
+                keep = [p in requested for p in grid]
+            elif save == "all":
+                out_times, keep = grid, [True] * len(grid)
+            else:
+                out_times = [grid[0], grid[-1]]
+                keep = [k in (0, len(grid) - 1) for k in range(len(grid))]
+            saved, e = _integrate_fixed(field, x, method, grid, keep, energy)
+            xs = torch.stack(saved)
+        else:
+            if requested is not None:
+                out_times = requested
+            elif save == "all":
+                out_times = _fixed_grid(t0, t1, steps, None)
+            else:
+                out_times = [t0, t1]
+            field.clamp_times(out_times)
+            xs, e = _integrate_adaptive(field, x, method, out_times, energy, atol, rtol, options)
+
+    _warn_nonfinite(xs, e)
+    return Trajectory(
+        xs=xs.to(x0.dtype),
+        ts=torch.tensor(out_times, dtype=torch.float32, device=x0.device),
+        nfe=field.nfe,
+        energy=None if e is None else e.to(torch.float32),
+    )
+
+
+def _warn_nonfinite(xs: Tensor, energy: Tensor | None) -> None:
+    bad = int((~torch.isfinite(xs)).sum())
+    if bad:
+        warnings.warn(
+            f"integration produced {bad} non-finite value(s) out of {xs.numel()} saved "
+            "states; the velocity field may blow up (try smaller steps or an adaptive method)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    elif energy is not None and not bool(torch.isfinite(energy).all()):
+        warnings.warn(
+            f"path energy overflowed for {int((~torch.isfinite(energy)).sum())} sample(s)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
