@@ -1,0 +1,234 @@
+"""Flow matchers: a coupling, a time sampler and a probability path, composed.
+
+``FlowMatcher.sample`` draws z = (x0, x1) from the minibatch coupling q(z), t from the time
+sampler and x ~ p_t(x | z) from the path; ``FlowMatcher.loss`` is the CFM regression loss
+E ||v(xt, t) - u_t(xt | z)||^2. ``matcher(name, **kw)`` builds the paper's
+variants (REFERENCE.md section 2) by name.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from otcfm._utils import Registry, check_cond, check_pair, check_positive
+from otcfm.couplings import COUPLINGS, Coupling, EntropicOT, ExactOT, Independent
+from otcfm.paths import (
+    BrownianBridgePath,
+    GaussianTargetPath,
+    LinearPath,
+    PathSample,
+    ProbabilityPath,
+    TrigPath,
+)
+from otcfm.time_samplers import TIME_SAMPLERS, TimeSampler, UniformTime
+
+__all__ = ["MATCHERS", "FlowMatcher", "matcher"]
+
+
+class FlowMatcher:
+    """Coupling -> time -> path: draws CFM training samples and computes the CFM loss.
+
+    Args:
+        path: the conditional probability path p_t(x | x0, x1).
+        coupling: minibatch coupling q(x0, x1); default :class:`Independent`.
+        time_sampler: distribution of t; default :class:`UniformTime`.
+        name: a label shown in the repr (the registry name for presets).
+    """
+
+    def __init__(
+        self,
+        path: ProbabilityPath,
+        coupling: Coupling | None = None,
+        time_sampler: TimeSampler | None = None,
+        *,
+        name: str = "custom",
+    ) -> None:
+        if not isinstance(path, ProbabilityPath):
+            raise TypeError(f"path must be a ProbabilityPath, got {type(path).__name__}")
+        coupling = Independent() if coupling is None else coupling
+        if not callable(coupling):
+            raise TypeError(f"coupling must be a Coupling, got {type(coupling).__name__}")
+        time_sampler = UniformTime() if time_sampler is None else time_sampler
+        if not isinstance(time_sampler, TimeSampler):
+            raise TypeError(
+                f"time_sampler must be a TimeSampler, got {type(time_sampler).__name__}"
+            )
+        self.path = path
+        self.coupling = coupling
+        self.time_sampler = time_sampler
+        self.name = str(name)
+
+    def sample(
+        self, x0: Tensor, x1: Tensor, generator: torch.Generator | None = None, **cond: Any
+    ) -> PathSample:
+        """Pair the batch, draw t and xt; returns a :class:`PathSample` with ``cond`` filled.
+
+        Args:
+            x0: (B0, *event) source samples; x1: (B1, *event) target samples.
+            generator: the only source of randomness (coupling, then t, then noise).
+            **cond: per-sample conditions of the TARGET samples x1 (e.g. ``y=labels``),
+                reindexed with the pairing and returned as ``PathSample.cond`` (a dict).
+        """
+        check_pair(x0, x1, same_batch=False)
+        cond1 = cond or None
+        check_cond(cond1, x1.shape[0], "cond")
+        pair = self.coupling(x0, x1, generator=generator, cond1=cond1)
+        n = pair.x1.shape[0]
+        t = self.time_sampler(n, generator=generator, device=pair.x1.device)
+        s = self.path.sample(pair.x0, pair.x1, t, generator=generator)
+        return replace(s, cond=pair.cond1)
+
+    def loss(
+        self,
+        model: Callable[..., Tensor],
+        x0: Tensor,
+        x1: Tensor,
+        generator: torch.Generator | None = None,
+        **cond: Any,
+    ) -> Tensor:
+        """CFM loss mean((model(xt, t, **cond) - ut)^2) over batch and coordinates, in float32.
+
+        ``model(x, t, **cond)`` gets xt (B, *event) in the data dtype and t (B,) float32.
+        Returns a 0-dim float32 tensor.
+        """
+        s = self.sample(x0, x1, generator=generator, **cond)
+        kwargs = s.cond if isinstance(s.cond, Mapping) else {}
+        v = model(s.xt, s.t, **kwargs)
+        if not isinstance(v, Tensor) or v.shape != s.ut.shape:
+            got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+            raise ValueError(
+                f"model output must have the shape of x {tuple(s.ut.shape)}, got {got}"
+            )
+        return (v.float() - s.ut.float()).pow(2).mean()
+
+    def __repr__(self) -> str:
+        return (
+            f"FlowMatcher(name={self.name!r}, path={self.path!r}, "
+            f"coupling={self.coupling!r}, time_sampler={self.time_sampler!r})"
+        )
+
+
+# ---------------------------------------------------------------------- presets
+MATCHERS: Registry[FlowMatcher] = Registry("matcher")
+
+
+def matcher(name: str, **kw: Any) -> FlowMatcher:
+    """Build a preset FlowMatcher by name: icfm, otcfm, sbcfm, fm, vpcfm (see MATCHERS).
+
+    Common keywords: ``sigma``, ``time_sampler`` (instance or TIME_SAMPLERS name) and, where
+    meaningful, ``coupling`` (instance or COUPLINGS name). Unknown names raise ValueError,
+    unknown keywords TypeError.
+    """
+    factory = MATCHERS.factory(name)
+    allowed = list(inspect.signature(factory).parameters)
+    unknown = sorted(set(kw) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"matcher {name!r} got unknown keyword argument(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(allowed)}"
+        )
+    return factory(**kw)
+
+
+def _time_sampler(value: TimeSampler | str | None) -> TimeSampler:
+    if value is None:
+        return UniformTime()
+    if isinstance(value, str):
+        return TIME_SAMPLERS.get(value)
+    if isinstance(value, TimeSampler):
+        return value
+    raise TypeError(
+        f"time_sampler must be a TimeSampler or one of {', '.join(TIME_SAMPLERS.names())}, "
+        f"got {type(value).__name__}"
+    )
+
+
+def _coupling(value: Coupling | str | None, default: Callable[[], Coupling]) -> Coupling:
+    if value is None:
+        return default()
+    if isinstance(value, str):
+        factory = COUPLINGS.factory(value)
+        try:
+            return factory()
+        except TypeError as err:
+            raise TypeError(
+                f"coupling {value!r} needs parameters ({err}); pass an instance instead, "
+                f"e.g. coupling={factory.__name__}(...)"
+            ) from None
+    if callable(value):
+        return value
+    raise TypeError(
+        f"coupling must be a Coupling or one of {', '.join(COUPLINGS.names())}, "
+        f"got {type(value).__name__}"
+    )
+
+
+@MATCHERS.register("icfm")
+def _icfm(*, sigma: float = 0.1, time_sampler: TimeSampler | str | None = None) -> FlowMatcher:
+    """I-CFM: linear path with constant sigma, independent coupling."""
+    return FlowMatcher(LinearPath(sigma), Independent(), _time_sampler(time_sampler), name="icfm")
+
+
+@MATCHERS.register("otcfm")
+def _otcfm(
+    *,
+    sigma: float = 0.1,
+    time_sampler: TimeSampler | str | None = None,
+    coupling: Coupling | str | None = None,
+) -> FlowMatcher:
+    """OT-CFM: linear path with constant sigma, exact minibatch OT coupling."""
+    return FlowMatcher(
+        LinearPath(sigma), _coupling(coupling, ExactOT), _time_sampler(time_sampler), name="otcfm"
+    )
+
+
+@MATCHERS.register("sbcfm")
+def _sbcfm(
+    *,
+    sigma: float = 1.0,
+    time_sampler: TimeSampler | str | None = None,
+    coupling: Coupling | str | None = None,
+) -> FlowMatcher:
+    """SB-CFM: Brownian bridge of sigma W, entropic OT with reg = 2 sigma^2 by default.
+
+    ``coupling="entropic"`` by name also gets reg = 2 sigma^2.
+    """
+    sigma = check_positive("sigma", sigma, allow_zero=True)
+    by_name = isinstance(coupling, str) and COUPLINGS.factory(coupling) is EntropicOT
+    if coupling is None or by_name:
+        if sigma == 0:
+            raise ValueError(
+                "sbcfm needs sigma > 0 for its entropic coupling (reg = 2 sigma^2), got "
+                "sigma=0.0; use matcher('otcfm') or pass coupling='exact'"
+            )
+        cpl: Coupling = EntropicOT(reg=2 * sigma**2)
+    else:
+        cpl = _coupling(coupling, ExactOT)
+    return FlowMatcher(BrownianBridgePath(sigma), cpl, _time_sampler(time_sampler), name="sbcfm")
+
+
+@MATCHERS.register("fm")
+def _fm(*, sigma: float = 0.1, time_sampler: TimeSampler | str | None = None) -> FlowMatcher:
+    """FM (Lipman et al.): Gaussian-target path with sigma_min = sigma; x0 must be N(0, I)."""
+    return FlowMatcher(
+        GaussianTargetPath(sigma_min=sigma), Independent(), _time_sampler(time_sampler), name="fm"
+    )
+
+
+@MATCHERS.register("vpcfm")
+def _vpcfm(
+    *,
+    sigma: float = 0.1,
+    time_sampler: TimeSampler | str | None = None,
+    coupling: Coupling | str | None = None,
+) -> FlowMatcher:
+    """VP-CFM: trigonometric path with constant sigma, independent coupling by default."""
+    return FlowMatcher(
+        TrigPath(sigma), _coupling(coupling, Independent), _time_sampler(time_sampler), name="vpcfm"
+    )
