@@ -1,0 +1,238 @@
+"""Shared pieces of the minibatch couplings: the result type, the base class, the squared
+Euclidean cost and the samplers that draw index pairs from a transport plan."""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from otcfm._utils import check_cond, check_pair, flat, index_cond
+
+COST_DTYPES = (torch.float32, torch.float64)
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """An OT solver stopped before reaching its tolerance (the message gives the numbers)."""
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """Samples of a minibatch coupling q(x0, x1).
+
+    ``x0 = input_x0[i]`` and ``x1 = input_x1[j]``, shape (N, *event), in the input dtype and
+    device. ``cond0``/``cond1`` are the per-sample conditions indexed the same way. ``info``
+    holds solver diagnostics (cost, iterations, err, seconds, ...).
+    """
+
+    x0: Tensor
+    x1: Tensor
+    i: Tensor
+    j: Tensor
+    cond0: Any = None
+    cond1: Any = None
+    info: Mapping[str, float] = field(default_factory=dict)
+
+
+class Coupling(ABC):
+    """A minibatch coupling: ``coupling(x0, x1) -> Pairing``.
+
+    ``__call__`` validates the batches and conditions, then asks :meth:`pair` for the index
+    pairs. Costs are squared Euclidean distances between flattened samples computed in
+    ``cost_dtype``, whatever the data dtype.
+    """
+
+    name: ClassVar[str] = "coupling"
+
+    def __call__(
+        self,
+        x0: Tensor,
+        x1: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        cond0: Any = None,
+        cond1: Any = None,
+    ) -> Pairing:
+        check_inputs(x0, x1)
+        check_cond(cond0, x0.shape[0], "cond0")
+        check_cond(cond1, x1.shape[0], "cond1")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        start = time.perf_counter()
+        i, j, info = self.pair(x0, x1, generator=generator)
+        i = i.to(device=x0.device, dtype=torch.long)
+        j = j.to(device=x1.device, dtype=torch.long)
+        info = {**info, "pairs": int(i.shape[0]), "seconds": time.perf_counter() - start}
+        return Pairing(
+            x0=x0[i],
+            x1=x1[j],
+            i=i,
+            j=j,
+            cond0=index_cond(cond0, i),
+            cond1=index_cond(cond1, j),
+            info=info,
+        )
+
+    @abstractmethod
+    def pair(
+        self, x0: Tensor, x1: Tensor, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """Index pairs ``(i, j)`` (int64, shape (N,)) and diagnostics for validated batches."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+# --------------------------------------------------------------------------- validation
+def check_inputs(x0: Tensor, x1: Tensor) -> None:
+    """Both batches finite, non-empty, same trailing shape, same device."""
+    check_pair(x0, x1, same_batch=False)
+    if x0.device != x1.device:
+        raise ValueError(f"x0 and x1 must be on the same device, got {x0.device} and {x1.device}")
+
+
+def check_cost_dtype(dtype: Any) -> torch.dtype:
+    if dtype not in COST_DTYPES:
+        raise ValueError(f"cost_dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    return dtype
+
+
+def check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> Any:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def check_n_pairs(n_pairs: Any) -> int | None:
+    if n_pairs is None:
+        return None
+    if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 1:
+        raise ValueError(f"n_pairs must be None or an int >= 1, got {n_pairs!r}")
+    return n_pairs
+
+
+def check_max_iter(max_iter: Any, *, allow_none: bool = False) -> int | None:
+    if max_iter is None and allow_none:
+        return None
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        allowed = "None or an int >= 1" if allow_none else "an int >= 1"
+        raise ValueError(f"max_iter must be {allowed}, got {max_iter!r}")
+    return max_iter
+
+
+# --------------------------------------------------------------------------- cost
+def sq_cost(x0: Tensor, x1: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Squared Euclidean cost C_ij = ||x0_i - x1_j||^2 of flattened samples, shape (n0, n1).
+
+    Both batches are first centred on their joint mean (distances are translation invariant),
+    which keeps the expanded form |a|^2 + |b|^2 - 2 a.b accurate in float32. On CUDA with
+    reduced-precision (TF32) float32 matmuls enabled the product is done in float64.
+    """
+    work = dtype
+    if dtype == torch.float32 and x0.device.type == "cuda" and _cuda_matmul_is_tf32():
+        work = torch.float64
+    a = flat(x0).to(work)
+    b = flat(x1).to(work)
+    shift = (a.sum(0) + b.sum(0)) / (a.shape[0] + b.shape[0])
+    a = a - shift
+    b = b - shift
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :]
+    cost = torch.addmm(sq, a, b.T, alpha=-2.0).clamp_min_(0.0).to(dtype)
+    if not bool(torch.isfinite(cost).all()):
+        raise ValueError(
+            f"the squared-distance cost overflowed in {dtype} (max |x| = "
+            f"{max(float(a.abs().max()), float(b.abs().max())):.3g}); use cost_dtype=torch.float64 "
+            "or rescale the data"
+        )
+    return cost
+
+
+def _cuda_matmul_is_tf32() -> bool:
+    """Whether float32 CUDA matmuls may run in reduced precision (TF32/bf16)."""
+    try:
+        prec = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+        if prec is None:  # torch < 2.9: legacy flag only
+            return bool(torch.backends.cuda.matmul.allow_tf32)
+        if prec == "none":  # inherits the global setting ("none" there means IEEE)
+            prec = getattr(torch.backends, "fp32_precision", "none")
+        return prec not in ("ieee", "none")
+    except RuntimeError:  # torch refuses to read mixed legacy/new flags: assume the worst
+        return True
+
+
+# --------------------------------------------------------------------------- sampling
+def uniform(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """``n`` uniforms in [0, 1) drawn on the generator's device, then moved to ``device``.
+
+    float64 where the device has it (float32 on MPS).
+    """
+    gen_device = generator.device if generator is not None else torch.device(device)
+    dtype = torch.float32 if gen_device.type == "mps" else torch.float64
+    u = torch.rand(n, generator=generator, device=gen_device, dtype=dtype)
+    return u.to(device)
+
+
+def _inverse_cdf(weights: Tensor, u: Tensor) -> Tensor:
+    """Per row of ``weights`` (..., m) >= 0, the index k with cdf[k-1] <= u*total < cdf[k].
+
+    Zero-weight cells are never chosen; a draw that rounds past the end lands on the last
+    positive cell.
+    """
+    cdf = weights.cumsum(-1)
+    target = (u.to(cdf.dtype) * cdf[..., -1]).unsqueeze(-1)
+    idx = torch.searchsorted(cdf.contiguous(), target.contiguous(), right=True).squeeze(-1)
+    cols = torch.arange(weights.shape[-1], device=weights.device)
+    last = torch.where(weights > 0, cols, torch.zeros_like(cols)).amax(-1)
+    return torch.minimum(idx, last)
+
+
+def draw_rows(row_weights: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """For every row i draw j ~ w(i, .) / sum w(i, .): pairs (arange(n0), j)."""
+    n0 = row_weights.shape[0]
+    if not bool((row_weights.sum(1) > 0).all()):
+        raise RuntimeError("cannot sample rows: some rows of the plan carry no mass")
+    u = uniform(n0, generator, row_weights.device)
+    j = _inverse_cdf(row_weights, u)
+    return torch.arange(n0, device=row_weights.device), j
+
+
+def draw_cells(
+    plan: Tensor, n: int, *, replace: bool, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Draw ``n`` cells (i, j) with probability proportional to ``plan`` (n0, n1) >= 0.
+
+    With replacement: independent draws. Without replacement: successive sampling
+    proportional to mass (Gumbel top-k over the positive cells), needs n <= #positive cells;
+    the chosen cells are returned sorted by (i, j).
+    """
+    n1 = plan.shape[1]
+    w = plan.reshape(-1)
+    if replace:
+        cell = _inverse_cdf(w, uniform(n, generator, w.device))
+    else:
+        support = torch.nonzero(w > 0).squeeze(1)
+        if n > support.numel():
+            raise ValueError(
+                f"cannot draw {n} distinct pairs without replacement: the plan has only "
+                f"{support.numel()} non-zero cells; lower n_pairs or use replace=True"
+            )
+        u = uniform(support.numel(), generator, w.device)
+        keys = torch.log(w[support]) - torch.log(-torch.log(u))
+        cell = support[torch.topk(keys, n).indices].sort().values
+    return cell // n1, cell % n1
+
+
+def resolve_n_pairs(n_pairs: int | None, default: int) -> int:
+    return default if n_pairs is None else n_pairs
+
+
+def ceil_count(x: float) -> int:
+    """ceil(x) robust to float noise just above an integer (0.9 * 100 -> 90)."""
+    return max(1, math.ceil(x - 1e-9))

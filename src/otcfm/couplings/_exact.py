@@ -1,0 +1,276 @@
+"""Independent, exact OT and exact partial OT couplings (network simplex / assignment)."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import numpy as np
+import ot
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from otcfm._utils import check_positive
+from otcfm.couplings._base import (
+    ConvergenceWarning,
+    Coupling,
+    ceil_count,
+    check_choice,
+    check_cost_dtype,
+    check_inputs,
+    check_max_iter,
+    check_n_pairs,
+    draw_cells,
+    draw_rows,
+    resolve_n_pairs,
+    sq_cost,
+)
+
+_RESULT_CODES = {0: "infeasible", 1: "optimal", 2: "unbounded", 3: "iteration cap reached"}
+_SIMPLEX_MAX_DIM = 4  # assignment by network simplex first up to this many features
+
+
+class Independent(Coupling):
+    """q(x0, x1) = q0 x q1: the inputs are already independent draws, so pair them in order.
+
+    ``i = j = arange(B)``. Batches of different sizes raise ValueError (slice them first).
+    """
+
+    name = "independent"
+
+    def pair(
+        self, x0: Tensor, x1: Tensor, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, float]]:
+        n0, n1 = x0.shape[0], x1.shape[0]
+        if n0 != n1:
+            raise ValueError(
+                f"Independent needs batches of the same size, got {n0} and {n1}; slice them "
+                "to a common size or use a plan-based coupling (e.g. ExactOT)"
+            )
+        idx = torch.arange(n0, device=x0.device)
+        return idx, idx.clone(), {}
+
+
+# --------------------------------------------------------------------------- solvers
+def _uniform_weights(n: int) -> np.ndarray:
+    return np.full(n, 1.0 / n)
+
+
+def _assignment(cost: np.ndarray, *, simplex_first: bool = False) -> np.ndarray:
+    """Column matched to each row by an optimal assignment of a square float64 cost.
+
+    scipy's linear_sum_assignment (shortest augmenting path: exact, no iteration count).
+    With ``simplex_first``, POT's network simplex with unit supplies is tried first (it is
+    several times faster on low-dimensional point clouds; uncapped, and its flows are exact
+    integers, so an optimal vertex is a 0/1 permutation matrix); anything else falls back.
+    """
+    n = cost.shape[0]
+    if simplex_first:
+        ones = np.ones(n)
+        plan, log = ot.emd(ones, ones, cost, numItermax=sys.maxsize, log=True)
+        rows, cols = np.nonzero(plan)
+        if (
+            log["result_code"] == 1
+            and np.array_equal(rows, np.arange(n))
+            and np.array_equal(np.sort(cols), np.arange(n))
+            and bool((plan[rows, cols] == 1.0).all())
+        ):
+            return cols.astype(np.int64)
+    rows, cols = linear_sum_assignment(cost)
+    out = np.empty(n, dtype=np.int64)
+    out[rows] = cols
+    return out
+
+
+def emd(
+    a: np.ndarray, b: np.ndarray, cost: np.ndarray, *, max_iter: int | None, on_fail: str
+) -> np.ndarray:
+    """Exact OT plan by POT's network simplex, with its result code and marginals checked.
+
+    ``max_iter=None`` lifts the iteration cap. A non-optimal or infeasible result raises
+    RuntimeError (on_fail="raise") or warns (on_fail="warn"); it is never returned silently.
+    """
+    cap = sys.maxsize if max_iter is None else max_iter
+    plan, log = ot.emd(a, b, cost, numItermax=cap, log=True)
+    code = int(log["result_code"])
+    err = float(np.abs(plan.sum(1) - a).sum() + np.abs(plan.sum(0) - b).sum())
+    if code != 1 or not err <= 1e-8:
+        msg = (
+            f"exact OT solver did not reach optimality on a {cost.shape[0]}x{cost.shape[1]} "
+            f"cost: result code {code} ({_RESULT_CODES.get(code, 'unknown')}), "
+            f"max_iter={max_iter}, marginal L1 error {err:.3g}"
+        )
+        if on_fail == "raise":
+            raise RuntimeError(msg + "; raise max_iter (None = no cap)")
+        warnings.warn(msg, ConvergenceWarning, stacklevel=5)
+    return plan
+
+
+def _low_dim(x: Tensor) -> bool:
+    return x[0].numel() <= _SIMPLEX_MAX_DIM
+
+
+def _cost_np(x0: Tensor, x1: Tensor, dtype: torch.dtype) -> np.ndarray:
+    """Squared-distance cost computed in ``dtype`` on the data's device, as float64 numpy."""
+    return sq_cost(x0, x1, dtype).detach().to("cpu", torch.float64).numpy()
+
+
+# --------------------------------------------------------------------------- exact OT
+class ExactOT(Coupling):
+    """Minibatch exact OT for squared Euclidean cost: q(z) = pi of OT-CFM (Tong et al. 2024,
+    Prop. 3.4).
+
+    - Equal batch sizes, ``sampling=None``: a one-to-one pairing, ``i = arange(B)`` and ``j`` a
+      permutation minimising sum_i ||x0_i - x1_j(i)||^2, exact on a float64 copy of the cost
+      with no iteration cap (network simplex, scipy's linear_sum_assignment as fallback).
+    - Unequal sizes (with ``sampling=None``) or ``sampling="plan"`` (alias ``"joint"``): the
+      exact plan pi (uniform marginals) is solved, then ``n_pairs`` cells (i, j) are drawn
+      with probability pi_ij, with replacement, or without (``replace=False``: distinct cells,
+      n_pairs <= number of non-zero cells, which is always >= max(n0, n1)). Default n_pairs
+      = max(n0, n1).
+    - ``sampling="rows"``: every x0 kept once, j ~ pi(j | i).
+
+    Unequal sizes use POT's network simplex with no iteration cap by default
+    (``max_iter=None``); a non-optimal result raises (``on_fail="raise"``) or warns.
+    """
+
+    name = "exact"
+
+    def __init__(
+        self,
+        sampling: str | None = None,
+        replace: bool = True,
+        n_pairs: int | None = None,
+        cost_dtype: torch.dtype = torch.float32,
+        *,
+        max_iter: int | None = None,
+        on_fail: str = "raise",
+    ) -> None:
+        sampling = check_choice("sampling", sampling, (None, "plan", "joint", "rows"))
+        self.sampling = "plan" if sampling == "joint" else sampling
+        self.replace = bool(replace)
+        self.n_pairs = check_n_pairs(n_pairs)
+        if self.sampling == "rows" and self.n_pairs is not None:
+            raise ValueError("n_pairs applies to sampling='plan'; 'rows' draws one pair per x0")
+        self.cost_dtype = check_cost_dtype(cost_dtype)
+        self.max_iter = check_max_iter(max_iter, allow_none=True)
+        self.on_fail = check_choice("on_fail", on_fail, ("raise", "warn"))
+
+    def plan(self, x0: Tensor, x1: Tensor) -> Tensor:
+        """The exact OT plan, float64 (n0, n1), marginals 1/n0 and 1/n1, on x0's device."""
+        check_inputs(x0, x1)
+        cost = _cost_np(x0, x1, self.cost_dtype)
+        return torch.from_numpy(self._solve(cost, _low_dim(x0))).to(x0.device)
+
+    def _solve(self, cost: np.ndarray, low_dim: bool) -> np.ndarray:
+        n0, n1 = cost.shape
+        if n0 == n1:  # an optimal vertex of the Birkhoff polytope is a permutation
+            plan = np.zeros((n0, n1))
+            plan[np.arange(n0), _assignment(cost, simplex_first=low_dim)] = 1.0 / n0
+            return plan
+        a, b = _uniform_weights(n0), _uniform_weights(n1)
+        return emd(a, b, cost, max_iter=self.max_iter, on_fail=self.on_fail)
+
+    def pair(
+        self, x0: Tensor, x1: Tensor, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, float]]:
+        n0, n1 = x0.shape[0], x1.shape[0]
+        cost = _cost_np(x0, x1, self.cost_dtype)
+        if self.sampling is None and n0 == n1:
+            if self.n_pairs not in (None, n0):
+                raise ValueError(
+                    f"n_pairs={self.n_pairs} needs sampling='plan'; the one-to-one pairing of "
+                    f"equal batches has exactly {n0} pairs"
+                )
+            j = _assignment(cost, simplex_first=_low_dim(x0))
+            info = {"cost": float(cost[np.arange(n0), j].mean())}
+            return torch.arange(n0), torch.from_numpy(j), info
+        plan = self._solve(cost, _low_dim(x0))
+        if self.sampling == "rows":
+            i, j = draw_rows(torch.from_numpy(plan), generator)
+        else:
+            n = resolve_n_pairs(self.n_pairs, max(n0, n1))
+            i, j = draw_cells(torch.from_numpy(plan), n, replace=self.replace, generator=generator)
+        info = {
+            "cost": float((plan * cost).sum()),
+            "pair_cost": float(cost[i.numpy(), j.numpy()].mean()),
+        }
+        return i, j, info
+
+
+# --------------------------------------------------------------------------- partial OT
+class PartialOT(Coupling):
+    """Exact partial OT: transport only a fraction ``mass`` in (0, 1] of the (unit) mass.
+
+    Solves min <C, P> s.t. P >= 0, P 1 <= 1/n0, P^T 1 <= 1/n1, sum P = mass (the dummy-point
+    reduction of Chapel et al. 2020, solved exactly by network simplex with no iteration
+    cap), then draws ``n_pairs`` cells with probability P_ij / mass, with or without
+    replacement. Default n_pairs = ceil(mass * max(n0, n1)), the transported share of the
+    batch, which without replacement is always <= the number of non-zero cells.
+    """
+
+    name = "partial"
+
+    def __init__(
+        self,
+        mass: float = 0.9,
+        n_pairs: int | None = None,
+        replace: bool = True,
+        cost_dtype: torch.dtype = torch.float32,
+        *,
+        max_iter: int | None = None,
+        on_fail: str = "raise",
+    ) -> None:
+        self.mass = check_positive("mass", mass)
+        if self.mass > 1.0:
+            raise ValueError(f"mass must be in (0, 1] (a fraction of the unit mass), got {mass!r}")
+        self.n_pairs = check_n_pairs(n_pairs)
+        self.replace = bool(replace)
+        self.cost_dtype = check_cost_dtype(cost_dtype)
+        self.max_iter = check_max_iter(max_iter, allow_none=True)
+        self.on_fail = check_choice("on_fail", on_fail, ("raise", "warn"))
+
+    def plan(self, x0: Tensor, x1: Tensor) -> Tensor:
+        """The partial OT plan, float64 (n0, n1), total mass ``mass``, on x0's device."""
+        check_inputs(x0, x1)
+        return torch.from_numpy(self._solve(_cost_np(x0, x1, self.cost_dtype))).to(x0.device)
+
+    def _solve(self, cost: np.ndarray) -> np.ndarray:
+        n0, n1 = cost.shape
+        spare = 1.0 - self.mass  # mass left untransported on each side
+        if spare <= 0.0:
+            return emd(
+                _uniform_weights(n0), _uniform_weights(n1), cost,
+                max_iter=self.max_iter, on_fail=self.on_fail,
+            )
+        # One dummy per side absorbs the untransported mass at zero cost; dummy -> dummy is
+        # priced above any real cell so it carries nothing.
+        big = 2.0 * float(cost.max()) + 1.0
+        ext = np.zeros((n0 + 1, n1 + 1))
+        ext[:n0, :n1] = cost
+        ext[n0, n1] = big
+        a = np.append(_uniform_weights(n0), spare)
+        b = np.append(_uniform_weights(n1), spare)
+        plan_ext = emd(a, b, ext, max_iter=self.max_iter, on_fail=self.on_fail)
+        if plan_ext[n0, n1] > 1e-12:
+            raise RuntimeError(
+                f"partial OT reduction failed: {plan_ext[n0, n1]:.3g} mass on the dummy cell"
+            )
+        return np.ascontiguousarray(plan_ext[:n0, :n1])
+
+    def pair(
+        self, x0: Tensor, x1: Tensor, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, float]]:
+        n0, n1 = x0.shape[0], x1.shape[0]
+        cost = _cost_np(x0, x1, self.cost_dtype)
+        plan = self._solve(cost)
+        n = resolve_n_pairs(self.n_pairs, ceil_count(self.mass * max(n0, n1)))
+        i, j = draw_cells(torch.from_numpy(plan), n, replace=self.replace, generator=generator)
+        info = {
+            "cost": float((plan * cost).sum()),
+            "mass": float(plan.sum()),
+            "pair_cost": float(cost[i.numpy(), j.numpy()].mean()),
+        }
+        return i, j, info
+

@@ -1,0 +1,180 @@
+"""Entropic and unbalanced couplings: marginals, limits in reg, POT oracles, failure modes."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import ot
+import pytest
+import torch
+from scipy.spatial.distance import cdist
+
+from otcfm.couplings import ConvergenceWarning, EntropicOT, UnbalancedOT
+
+
+def randn(*shape: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def sqdist(x0: torch.Tensor, x1: torch.Tensor) -> np.ndarray:
+    return cdist(x0.double().numpy(), x1.double().numpy(), "sqeuclidean")
+
+
+def uniform(n: int) -> np.ndarray:
+    return np.full(n, 1.0 / n)
+
+
+def marginal_l1(P: torch.Tensor) -> float:
+    n0, n1 = P.shape
+    return float((P.sum(1) - 1 / n0).abs().sum() + (P.sum(0) - 1 / n1).abs().sum())
+
+
+# data of scale ~10: squared distances up to ~2000
+X0, X1 = randn(40, 2, seed=1, scale=10.0), randn(30, 2, seed=2, scale=10.0) + 3.0
+REGS = [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
+
+
+@pytest.fixture(scope="module")
+def plans() -> dict[float, torch.Tensor]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        return {r: EntropicOT(reg=r, cost_dtype=torch.float64).plan(X0, X1) for r in REGS}
+
+
+def test_small_reg_underflows_a_plain_kernel():
+    # the regime the log-domain solver must handle: exp(-C / reg) is zero on whole rows
+    kernel = np.exp(-sqdist(X0, X1) / 1e-3)
+    assert (kernel.sum(1) == 0).sum() >= 30
+
+
+@pytest.mark.parametrize("reg", REGS)
+def test_marginals_within_tol(plans, reg):
+    P = plans[reg]
+    assert P.dtype == torch.float64 and P.shape == (40, 30)
+    assert bool(torch.isfinite(P).all()) and bool((P >= 0).all())
+    assert marginal_l1(P) <= 1e-6
+
+
+def test_cost_tends_to_exact_ot_as_reg_shrinks(plans):
+    C = sqdist(X0, X1)
+    exact = ot.emd2(uniform(40), uniform(30), C)
+    costs = [float((plans[r].numpy() * C).sum()) for r in REGS]
+    assert (costs[0] - exact) / exact < 1e-2
+    assert costs[0] >= exact * (1 - 1e-6)
+    # <C, P_eps> is non-decreasing in eps
+    assert all(b >= a * (1 - 1e-6) for a, b in zip(costs, costs[1:], strict=False))
+
+
+def test_large_reg_tends_to_independent():
+    P = EntropicOT(reg=1e8).plan(X0, X1)
+    assert torch.allclose(P * 40 * 30, torch.ones(40, 30, dtype=torch.float64), atol=1e-3)
+
+
+def test_agrees_with_pot_sinkhorn():
+    x0, x1 = randn(30, 3, seed=3), randn(20, 3, seed=4) + 0.5
+    C = sqdist(x0, x1)
+    ref = ot.sinkhorn(
+        uniform(30), uniform(20), C, 0.5, method="sinkhorn_log", stopThr=1e-13, numItermax=10**5
+    )
+    ours = EntropicOT(reg=0.5, tol=1e-11, cost_dtype=torch.float64).plan(x0, x1).numpy()
+    assert np.allclose(ours, ref, rtol=1e-6, atol=1e-12)
+
+
+def test_normalize_cost_makes_reg_relative():
+    C = sqdist(X0, X1)
+    rel = EntropicOT(reg=0.01, normalize_cost=True, cost_dtype=torch.float64).plan(X0, X1)
+    absolute = EntropicOT(reg=0.01 * C.max(), cost_dtype=torch.float64).plan(X0, X1)
+    assert torch.allclose(rel, absolute, rtol=1e-5, atol=1e-12)
+
+
+def test_eps_scaling_is_only_a_speedup():
+    a = EntropicOT(reg=1.0, tol=1e-10, cost_dtype=torch.float64).plan(X0[:20], X1[:15])
+    b = EntropicOT(reg=1.0, tol=1e-10, eps_scaling=None, cost_dtype=torch.float64).plan(
+        X0[:20], X1[:15]
+    )
+    assert torch.allclose(a, b, rtol=1e-6, atol=1e-12)
+
+
+def test_not_converging_warns_or_raises_with_numbers():
+    with pytest.warns(ConvergenceWarning, match=r"reg=0.01, 3 iterations .*> tol=1e-06"):
+        p = EntropicOT(reg=0.01, max_iter=3)(X0, X1, generator=torch.Generator().manual_seed(0))
+    assert p.info["converged"] == 0.0 and p.info["err"] > 1e-6
+    with pytest.raises(RuntimeError, match=r"did not converge: reg=0.01, 3 iterations"):
+        EntropicOT(reg=0.01, max_iter=3, on_fail="raise")(X0, X1)
+
+
+def test_converged_info():
+    p = EntropicOT(reg=1.0)(X0, X1, generator=torch.Generator().manual_seed(0))
+    assert p.info["converged"] == 1.0 and p.info["err"] <= 1e-6
+    assert p.info["iterations"] >= 1 and p.info["reg"] == 1.0
+
+
+# --------------------------------------------------------------------------- sampling
+def test_rows_sampling_keeps_every_source_and_follows_conditionals():
+    # 2 distinct sources, each repeated 3000 times: one call gives 3000 draws per row
+    base0 = torch.tensor([[0.0, 0.0], [2.0, 1.0]])
+    x0 = base0.repeat_interleave(3000, dim=0)
+    x1 = torch.tensor([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]])
+    cpl = EntropicOT(reg=1.0, cost_dtype=torch.float64)
+    p = cpl(x0, x1, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(p.i, torch.arange(6000))
+    P = cpl.plan(x0, x1)
+    for k in range(2):
+        rows = slice(3000 * k, 3000 * (k + 1))
+        freq = torch.bincount(p.j[rows], minlength=3).double() / 3000
+        cond = P[3000 * k] / P[3000 * k].sum()
+        assert torch.allclose(freq, cond, atol=0.03)  # binomial std <= 0.009
+
+
+def test_joint_sampling_frequencies_match_plan():
+    x0, x1 = randn(6, 2, seed=5), randn(4, 2, seed=6)
+    n = 200_000
+    cpl = EntropicOT(reg=0.5, sampling="joint", n_pairs=n)
+    p = cpl(x0, x1, generator=torch.Generator().manual_seed(2))
+    freq = torch.zeros(6, 4, dtype=torch.float64)
+    freq.index_put_((p.i, p.j), torch.ones(n, dtype=torch.float64), accumulate=True)
+    assert torch.allclose(freq / n, cpl.plan(x0, x1), atol=6e-3)
+
+
+def test_joint_sampling_without_replacement_gives_distinct_cells():
+    cpl = EntropicOT(reg=1.0, sampling="joint", replace=False, n_pairs=500)
+    p = cpl(X0, X1, generator=torch.Generator().manual_seed(3))
+    assert len(set(zip(p.i.tolist(), p.j.tolist(), strict=True))) == 500
+    with pytest.raises(ValueError, match="n_pairs applies to sampling='joint'"):
+        EntropicOT(reg=1.0, n_pairs=5)
+
+
+# --------------------------------------------------------------------------- unbalanced
+@pytest.mark.parametrize("reg_m", [1.0, (float("inf"), 0.5), (2.0, 0.3)])
+def test_unbalanced_agrees_with_pot(reg_m):
+    x0, x1 = randn(12, 2, seed=7), randn(9, 2, seed=8) + 1.0
+    C = sqdist(x0, x1)
+    ref = ot.unbalanced.sinkhorn_unbalanced(
+        uniform(12), uniform(9), C, 0.5, reg_m, reg_type="kl", stopThr=1e-14, numItermax=10**5
+    )
+    cpl = UnbalancedOT(reg=0.5, reg_m=reg_m, tol=1e-12, cost_dtype=torch.float64)
+    ours = cpl.plan(x0, x1).numpy()
+    assert np.allclose(ours, ref, rtol=1e-6, atol=1e-14)
+    if isinstance(reg_m, tuple) and reg_m[0] == float("inf"):
+        assert np.allclose(ours.sum(1), uniform(12), atol=1e-10)  # exact source marginal
+
+
+def test_unbalanced_large_reg_m_is_balanced():
+    x0, x1 = randn(12, 2, seed=9), randn(9, 2, seed=10)
+    ub = UnbalancedOT(reg=0.5, reg_m=1e7, cost_dtype=torch.float64).plan(x0, x1)
+    bal = EntropicOT(reg=0.5, cost_dtype=torch.float64).plan(x0, x1)
+    assert torch.allclose(ub, bal, atol=1e-6)
+
+
+def test_unbalanced_pairs_avoid_outliers():
+    x0 = torch.cat([randn(30, 2, seed=11), torch.full((2, 2), 40.0)])
+    x1 = randn(32, 2, seed=12)
+    p = UnbalancedOT(reg=0.1, reg_m=5.0, n_pairs=5000)(
+        x0, x1, generator=torch.Generator().manual_seed(4)
+    )
+    assert int((p.i >= 30).sum()) <= 5  # each outlier row carries ~nothing
+    balanced = EntropicOT(reg=0.1, sampling="joint", n_pairs=5000)(
+        x0, x1, generator=torch.Generator().manual_seed(4)
+    )
+    assert int((balanced.i >= 30).sum()) > 100  # balanced OT must transport them
