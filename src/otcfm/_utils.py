@@ -22,7 +22,9 @@ def check_tensor(name: str, x: Any, *, min_dim: int = 1) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < min_dim:
-        raise ValueError(f"{name} must have at least {min_dim} dimension(s), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have at least {min_dim} dimension(s), got shape {tuple(x.shape)}"
+        )
     if x.numel() == 0 or x.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
     if x.is_floating_point() or x.is_complex():
@@ -39,7 +41,8 @@ def check_pair(x0: Tensor, x1: Tensor, *, same_batch: bool = True) -> None:
     check_tensor("x1", x1)
     if x0.shape[1:] != x1.shape[1:]:
         raise ValueError(
-            f"x0 and x1 must share their trailing shape, got {tuple(x0.shape)} and {tuple(x1.shape)}"
+            "x0 and x1 must share their trailing shape, "
+            f"got {tuple(x0.shape)} and {tuple(x1.shape)}"
         )
     if same_batch and x0.shape[0] != x1.shape[0]:
         raise ValueError(
@@ -82,7 +85,9 @@ class Registry(Generic[T]):
 
     def factory(self, name: str) -> Callable[..., T]:
         if not isinstance(name, str) or name not in self._items:
-            raise ValueError(f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}")
+            raise ValueError(
+                f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}"
+            )
         return self._items[name]
 
     def get(self, name: str, **kwargs: Any) -> T:
@@ -140,14 +145,14 @@ def check_cond(cond: Any, batch: int, name: str = "cond") -> None:
         if len(cond) != batch:
             raise ValueError(f"{name} must have one entry per sample ({batch}), got {len(cond)}")
         return
-    raise TypeError(
-        f"{name} must be a tensor, list or dict of them, got {type(cond).__name__}"
-    )
+    raise TypeError(f"{name} must be a tensor, list or dict of them, got {type(cond).__name__}")
 
 
 def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Standard normal noise shaped like ``x`` drawn from ``generator`` (float32 then cast)."""
-    noise = torch.randn(x.shape, generator=generator, device=_gen_device(generator, x), dtype=torch.float32)
+    noise = torch.randn(
+        x.shape, generator=generator, device=_gen_device(generator, x), dtype=torch.float32
+    )
     return noise.to(device=x.device, dtype=x.dtype)
 
 

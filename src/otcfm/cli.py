@@ -1,0 +1,235 @@
+"""Command line: ``otcfm train | sample | evaluate | demo | list``.
+
+Thin by design: parse flags -> build a RunConfig -> call the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from otcfm.train.config import RunConfig
+
+# flag -> (section, key) of RunConfig
+FLAG_FIELDS = {
+    "name": (None, "name"),
+    "out": (None, "out_dir"),
+    "seed": (None, "seed"),
+    "device": (None, "device"),
+    "source": ("data", "source"),
+    "target": ("data", "target"),
+    "n_train": ("data", "n_train"),
+    "n_test": ("data", "n_test"),
+    "method": ("method", "name"),
+    "sigma": ("method", "sigma"),
+    "coupling": ("method", "coupling"),
+    "time_sampler": ("method", "time_sampler"),
+    "width": ("model", "width"),
+    "depth": ("model", "depth"),
+    "activation": ("model", "activation"),
+    "steps": ("optim", "steps"),
+    "batch_size": ("optim", "batch_size"),
+    "lr": ("optim", "lr"),
+    "weight_decay": ("optim", "weight_decay"),
+    "ema_decay": ("optim", "ema_decay"),
+    "grad_clip": ("optim", "grad_clip"),
+    "val_every": ("eval", "val_every"),
+    "checkpoint_every": ("eval", "checkpoint_every"),
+    "ode_steps": ("eval", "ode_steps"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otcfm", description="Conditional flow matching with minibatch optimal transport."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "train",
+        help="train a flow; writes runs/<name>/",
+        description="Train a flow between two point clouds (built-in names or "
+        ".npy/.npz/.csv files). Flags override the --config file.",
+    )
+    p.add_argument("--config", type=Path, help="TOML config (see `otcfm train --print-config`)")
+    p.add_argument("--task", help="a benchmark task name, sets --source and --target")
+    for flag, (section, key) in FLAG_FIELDS.items():
+        kind = type(getattr(getattr(RunConfig(), section) if section else RunConfig(), key))
+        p.add_argument(
+            "--" + flag.replace("_", "-"),
+            dest=flag,
+            type=kind,
+            default=None,
+            help=f"{section + '.' if section else ''}{key}",
+        )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=V",
+        help="override any config value, e.g. --set optim.ema_decay=0.999",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue runs/<name>/ from its checkpoint"
+    )
+    p.add_argument("--no-eval", action="store_true", help="skip the test evaluation after training")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+    p = sub.add_parser("sample", help="draw samples from a trained run")
+    p.add_argument("run", type=Path, help="run folder, e.g. runs/demo/otcfm")
+    p.add_argument("--n", type=int, default=1000, help="number of samples (test sources)")
+    p.add_argument("--x0", type=Path, help="push these source points instead (.npy/.npz/.csv)")
+    p.add_argument("--solver", default=None, help="euler, midpoint, heun, rk4, dopri5, ...")
+    p.add_argument("--ode-steps", type=int, default=None, help="fixed-step solver steps")
+    p.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    p.add_argument("--out", type=Path, required=True, help="output file: .npy, .npz, .csv or .pt")
+
+    p = sub.add_parser("evaluate", help="score a trained run: W2, MMD, path energy, NPE, NFE")
+    p.add_argument("run", type=Path, help="run folder")
+    p.add_argument("--checkpoint", default=None, choices=("best", "latest"))
+    p.add_argument("--adaptive", default="dopri5", help="adaptive solver for NFE ('none' skips)")
+    p.add_argument("--no-plots", action="store_true")
+
+    p = sub.add_parser("demo", help="the main job: OT-CFM vs I-CFM on moons -> 8gaussians")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per method")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--fresh", action="store_true", help="retrain even if finished runs exist")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sub.add_parser("list", help="list methods, couplings, solvers, distributions and tasks")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    cfg = RunConfig.from_toml(args.config) if args.config else RunConfig()
+    data = cfg.to_dict()
+    if args.task:
+        from otcfm.data import toy
+
+        data["data"]["source"], data["data"]["target"] = toy.task(args.task)
+        if args.name is None and not args.config:
+            data["name"] = f"{args.task}-{args.method or data['method']['name']}"
+    for flag, (section, key) in FLAG_FIELDS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            (data[section] if section else data)[key] = value
+    return RunConfig.from_dict(data).override(args.overrides).validate()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from otcfm.train.evaluate import evaluate_run
+    from otcfm.train.loop import train
+
+    cfg = config_from_args(args)
+    if args.print_config:
+        print(cfg.to_toml(), end="")
+        return 0
+    result = train(cfg, resume=args.resume, progress=not args.quiet)
+    print(
+        f"trained {result.steps} steps in {result.train_seconds:.1f} s "
+        f"(best validation loss {result.best_val_loss:.4g} at step {result.best_step})"
+    )
+    if not args.no_eval:
+        _print_metrics(evaluate_run(result.run_dir))
+    print(f"run written to {result.run_dir}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from otcfm.data import load_points, save_points
+    from otcfm.train.evaluate import load_run, sample_run
+
+    run = load_run(args.run, args.checkpoint)
+    x0 = load_points(args.x0) if args.x0 else None
+    if x0 is None and args.n > run.data.source.test.shape[0]:
+        n = run.data.source.test.shape[0]
+        raise ValueError(f"--n {args.n} exceeds the run's {n} test sources; pass --x0 FILE")
+    traj = sample_run(run, x0, n=args.n, solver=args.solver, steps=args.ode_steps, save="ends")
+    out = Path(args.out)
+    if out.suffix == ".pt":
+        torch.save({"x0": traj.xs[0], "samples": traj.x_final, "nfe": traj.nfe}, out)
+    else:
+        save_points(out, traj.x_final)
+    print(f"wrote {traj.x_final.shape[0]} samples to {out} (NFE {traj.nfe})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from otcfm.train.evaluate import evaluate_run
+
+    adaptive = "" if args.adaptive.lower() == "none" else args.adaptive
+    metrics = evaluate_run(
+        args.run, which=args.checkpoint, adaptive=adaptive, plots=not args.no_plots
+    )
+    _print_metrics(metrics)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+
+    from otcfm.experiments.demo import run_demo
+
+    if args.fresh and args.out.exists():
+        shutil.rmtree(args.out)
+    kwargs = {"steps": args.steps} if args.steps else {}
+    report = run_demo(args.out, seed=args.seed, progress=not args.quiet, **kwargs)
+    for method, m in report["methods"].items():
+        print(
+            f"{method:>6}: W2 {m['w2']:.3f}  NPE {m['npe']:.3f}  NFE(dopri5) "
+            f"{m.get('nfe_dopri5', '-')}  train {m['train_seconds']:.0f} s"
+        )
+    print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+def cmd_list(_: argparse.Namespace) -> int:
+    from otcfm.couplings import COUPLINGS
+    from otcfm.data import toy
+    from otcfm.matchers import MATCHERS
+    from otcfm.sampling import SOLVERS
+    from otcfm.time_samplers import TIME_SAMPLERS
+
+    print("methods:       ", ", ".join(MATCHERS.names()))
+    print("couplings:     ", ", ".join(COUPLINGS.names()))
+    print("time samplers: ", ", ".join(TIME_SAMPLERS.names()))
+    print("solvers:       ", ", ".join(SOLVERS))
+    print("distributions: ", ", ".join(toy.names()))
+    print("tasks:         ", ", ".join(toy.TASKS))
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    print(json.dumps(metrics, indent=2))
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "evaluate": cmd_evaluate,
+    "demo": cmd_demo,
+    "list": cmd_list,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+        print(f"otcfm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

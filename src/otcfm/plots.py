@@ -1,0 +1,123 @@
+"""Matplotlib figures: point clouds, flow trajectories, training curves.
+
+matplotlib is the ``plot`` extra and is imported lazily. Points of more than two dimensions
+are shown on their first two coordinates (the axes say so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE_COLOR, TARGET_COLOR, SAMPLE_COLOR, PATH_COLOR = "#1f77b4", "#d62728", "#2ca02c", "#7f7f7f"
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install 'otcfm[plot]'") from None
+    return plt
+
+
+def _xy(x: Tensor) -> Tensor:
+    """(N, *event) -> (N, 2): the first two coordinates (a zero column for 1-D data)."""
+    flat = x.detach().float().cpu().reshape(x.shape[0], -1)
+    if flat.shape[1] == 1:
+        return torch.cat([flat, torch.zeros_like(flat)], dim=1)
+    return flat[:, :2]
+
+
+def _scatter(ax, x: Tensor, color: str, label: str, size: float = 2.0, alpha: float = 0.5) -> None:
+    p = _xy(x)
+    ax.scatter(p[:, 0], p[:, 1], s=size, c=color, alpha=alpha, label=label, linewidths=0)
+
+
+def _style(ax, title: str, dim: int) -> None:
+    ax.set_title(title, fontsize=10)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if dim > 2:
+        ax.set_xlabel(f"coordinate 1 (of {dim})", fontsize=8)
+        ax.set_ylabel("coordinate 2", fontsize=8)
+
+
+def draw_trajectories(
+    ax, xs: Tensor, target: Tensor | None = None, *, n_paths: int = 300, title: str = ""
+) -> None:
+    """Draw ``n_paths`` flow lines from xs (T, B, *event): start (blue), path, end (green)."""
+    n = min(n_paths, xs.shape[1])
+    if target is not None:
+        _scatter(ax, target, TARGET_COLOR, "target", size=1.0, alpha=0.15)
+    paths = torch.stack([_xy(x[:n]) for x in xs])  # (T, n, 2)
+    ax.plot(paths[:, :, 0], paths[:, :, 1], color=PATH_COLOR, alpha=0.25, linewidth=0.5)
+    _scatter(ax, xs[0, :n], SOURCE_COLOR, "x(0)", size=3.0, alpha=0.8)
+    _scatter(ax, xs[-1, :n], SAMPLE_COLOR, "x(1)", size=3.0, alpha=0.8)
+    _style(ax, title, xs[0, 0].numel())
+
+
+def plot_overview(
+    source: Tensor, target: Tensor, samples: Tensor, xs: Tensor, path: str | Path, title: str = ""
+) -> Path:
+    """One figure with source, target, model samples and trajectories side by side."""
+    plt = _plt()
+    dim = source[0].numel()
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.8))
+    for ax, x, color, name in (
+        (axes[0], source, SOURCE_COLOR, "source x0"),
+        (axes[1], target, TARGET_COLOR, "target x1"),
+        (axes[2], samples, SAMPLE_COLOR, "samples x(1)"),
+    ):
+        _scatter(ax, x, color, name)
+        _style(ax, name, dim)
+    draw_trajectories(axes[3], xs, target, title="trajectories")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_trajectory_grid(
+    panels: Sequence[tuple[str, Tensor]], target: Tensor | None, path: str | Path, title: str = ""
+) -> Path:
+    """Trajectories of several models side by side: panels = [(name, xs (T, B, *event)), ...]."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    for ax, (name, xs) in zip(axes[0], panels, strict=True):
+        draw_trajectories(ax, xs, target, title=name)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_history(history: Sequence[dict[str, float]], path: str | Path, title: str = "") -> Path:
+    """Training loss, validation loss and validation W2 against the optimizer step."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    steps = [row["step"] for row in history]
+    axes[0].plot(steps, [row["loss"] for row in history], label="train loss")
+    axes[0].plot(steps, [row["val_loss"] for row in history], label="validation loss")
+    axes[0].set_xlabel("step")
+    axes[0].set_yscale("log")
+    axes[0].legend()
+    axes[1].plot(steps, [row["val_w2"] for row in history], color=SAMPLE_COLOR)
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel("validation W2")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path

@@ -1,0 +1,230 @@
+"""Run configuration: typed sections, TOML in and out, ``section.key=value`` overrides.
+
+A config is fully resolved before a run starts and written to ``runs/<name>/config.toml``,
+so a run can be repeated (or resumed) from that file alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+@dataclass
+class DataConfig:
+    """Where x0 (source) and x1 (target) come from: built-in names or .npy/.npz/.csv files."""
+
+    source: str = "gaussian"
+    target: str = "8gaussians"
+    n_train: int = 10_000  # points drawn from a built-in distribution (files: all rows)
+    n_val: int = 1_000  # held-out points for validation loss and W2
+    n_test: int = 2_000  # fresh points for the final evaluation (the paper uses 10,000)
+    val_fraction: float = 0.1  # share of a file held out for validation and test
+
+
+@dataclass
+class MethodConfig:
+    """The flow matcher: a registry name plus its options (REFERENCE.md §2)."""
+
+    name: str = "otcfm"
+    sigma: float = 0.1
+    coupling: str = ""  # "" = the method's own; else a coupling registry name
+    time_sampler: str = "uniform"
+
+
+@dataclass
+class ModelConfig:
+    """The vector-field network (the paper's MLP: 3 hidden layers of 64 SELU units)."""
+
+    width: int = 64
+    depth: int = 3
+    activation: str = "selu"
+
+
+@dataclass
+class OptimConfig:
+    """AdamW on the CFM loss; steps count optimizer steps, never epochs."""
+
+    steps: int = 20_000
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    grad_clip: float = 0.0  # 0 = off
+    ema_decay: float = 0.0  # 0 = off; e.g. 0.999
+
+
+@dataclass
+class EvalConfig:
+    """Validation cadence, checkpointing and the evaluation protocol (REFERENCE.md §3)."""
+
+    val_every: int = 1_000
+    checkpoint_every: int = 1_000
+    solver: str = "euler"
+    ode_steps: int = 100
+    use_best: bool = True  # evaluate the best-validation checkpoint
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = 42
+    device: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    # ----------------------------------------------------------------- conversions
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build a config, rejecting unknown sections or keys with the valid ones listed."""
+        return _build(cls, data, None)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"cannot parse config {path}: {err}") from None
+        return cls.from_dict(data)
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+    def override(self, assignments: list[str]) -> RunConfig:
+        """Apply ``section.key=value`` strings (values parsed as TOML, else kept as text)."""
+        data = self.to_dict()
+        for item in assignments:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise ValueError(f"override {item!r} must look like section.key=value")
+            *path, leaf = key.strip().split(".")
+            node = data
+            for part in path:
+                if not isinstance(node.get(part), dict):
+                    raise ValueError(f"unknown config section {part!r} in override {item!r}")
+                node = node[part]
+            node[leaf] = _parse_value(raw.strip())
+        return RunConfig.from_dict(data)
+
+    def validate(self) -> RunConfig:
+        """Check ranges that no type annotation can express; return self."""
+        checks = [
+            (self.optim.steps >= 1, f"optim.steps must be >= 1, got {self.optim.steps}"),
+            (
+                self.optim.batch_size >= 1,
+                f"optim.batch_size must be >= 1, got {self.optim.batch_size}",
+            ),
+            (self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}"),
+            (
+                0 <= self.optim.ema_decay < 1,
+                f"optim.ema_decay must be in [0, 1), got {self.optim.ema_decay}",
+            ),
+            (self.method.sigma >= 0, f"method.sigma must be >= 0, got {self.method.sigma}"),
+            (self.data.n_train >= 2, f"data.n_train must be >= 2, got {self.data.n_train}"),
+            (self.data.n_val >= 2, f"data.n_val must be >= 2, got {self.data.n_val}"),
+            (self.data.n_test >= 2, f"data.n_test must be >= 2, got {self.data.n_test}"),
+            (
+                0 < self.data.val_fraction < 1,
+                f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}",
+            ),
+            (
+                self.model.width >= 1 and self.model.depth >= 1,
+                "model.width and model.depth must be >= 1",
+            ),
+            (self.eval.val_every >= 1, f"eval.val_every must be >= 1, got {self.eval.val_every}"),
+            (self.eval.checkpoint_every >= 1, "eval.checkpoint_every must be >= 1"),
+            (self.eval.ode_steps >= 1, f"eval.ode_steps must be >= 1, got {self.eval.ode_steps}"),
+            (
+                bool(self.name) and "/" not in self.name,
+                f"name must be a plain folder name, got {self.name!r}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self
+
+
+def _build(cls: type, data: Any, section: str | None) -> Any:
+    where = f"[{section}]" if section else "config"
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a table, got {data!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; "
+            f"valid keys: {', '.join(known)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        f = known[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, name)
+        else:
+            kwargs[name] = _coerce(value, default, f"{section}.{name}" if section else name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, name: str) -> Any:
+    """Check a value against the type of its default (ints are accepted for floats)."""
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{name} must be of type {kind.__name__}, got {value!r}")
+    return value
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def dumps_toml(data: dict[str, Any]) -> str:
+    """Write a two-level dict of scalars as TOML (scalars first, then one table per section)."""
+    lines = [f"{k} = {_toml_scalar(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for section, table in data.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{section}]"]
+            lines += [f"{k} = {_toml_scalar(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_scalar(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        escaped = v.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    raise TypeError(f"cannot write {v!r} to TOML")

@@ -1,0 +1,295 @@
+"""The training loop shared by every recipe.
+
+data -> coupling -> matcher.sample -> loss -> optimizer step -> EMA -> periodic validation,
+checkpoint and log. It counts optimizer steps (not epochs), seeds everything from the run's
+seed, writes nothing outside ``cfg.run_dir`` and keeps no globals. Under torch.distributed the
+caller initialises the process group; the loop then wraps the model in DDP, draws per-rank
+batches from per-rank streams and lets rank 0 alone write files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from otcfm.data import sample_batch
+from otcfm.matchers import FlowMatcher, matcher
+from otcfm.metrics import wasserstein
+from otcfm.models import MLP
+from otcfm.sampling import integrate
+from otcfm.train.checkpoint import load_checkpoint, save_atomic, write_text_atomic
+from otcfm.train.config import MethodConfig, ModelConfig, RunConfig
+from otcfm.train.datasets import RunData, load_run_data, stream
+from otcfm.train.ema import EMA
+from otcfm.train.progress import Progress
+
+log = logging.getLogger("otcfm.train")
+
+LOG_FIELDS = ("step", "loss", "val_loss", "val_w2", "seconds")
+
+
+def build_matcher(cfg: MethodConfig) -> FlowMatcher:
+    """The configured flow matcher from the registry (REFERENCE.md §2)."""
+    kwargs: dict[str, Any] = {"sigma": cfg.sigma, "time_sampler": cfg.time_sampler}
+    if cfg.coupling:
+        kwargs["coupling"] = cfg.coupling
+    return matcher(cfg.name, **kwargs)
+
+
+def build_model(cfg: ModelConfig, event_shape: tuple[int, ...]) -> nn.Module:
+    """The vector-field network for points of shape ``event_shape``."""
+    return MLP(dim=event_shape, width=cfg.width, depth=cfg.depth, activation=cfg.activation)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best_step: int
+    best_val_loss: float
+    train_seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Owns the model, optimizer, EMA and RNG state of one run; ``run()`` trains to the budget."""
+
+    def __init__(
+        self, cfg: RunConfig, *, device: str | torch.device | None = None, progress: bool = True
+    ) -> None:
+        self.cfg = cfg.validate()
+        self.device = torch.device(device or cfg.device)
+        self.rank = dist.get_rank() if _distributed() else 0
+        self.world = dist.get_world_size() if _distributed() else 1
+        self.progress = progress and self.rank == 0
+        self.run_dir = cfg.run_dir
+        self.matcher = build_matcher(cfg.method)
+        self.data: RunData = load_run_data(cfg.data, cfg.seed)
+        n_min = min(self.data.source.train.shape[0], self.data.target.train.shape[0])
+        if cfg.optim.batch_size > n_min:
+            raise ValueError(
+                f"optim.batch_size {cfg.optim.batch_size} exceeds the smaller training set "
+                f"({n_min} points)"
+            )
+        torch.manual_seed(cfg.seed)  # parameter init only; every draw below uses generators
+        self.model = build_model(cfg.model, self.data.event_shape).to(self.device)
+        self.ema = EMA(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+        )
+        self.net: nn.Module = self.model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(self.model)
+        self.batch_gen = stream(cfg.seed, "batches", str(self.rank))
+        self.step = 0
+        self.best_val_loss = math.inf
+        self.best_step = 0
+        self.train_seconds = 0.0
+        self.history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "batch_gen": self.batch_gen.get_state(),
+            "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
+            "train_seconds": self.train_seconds,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batch_gen.set_state(state["batch_gen"])
+        self.step = int(state["step"])
+        self.best_val_loss = float(state["best_val_loss"])
+        self.best_step = int(state["best_step"])
+        self.train_seconds = float(state["train_seconds"])
+        self.history = list(state["history"])
+
+    def eval_model(self) -> nn.Module:
+        """The network used for validation and sampling (EMA weights when enabled)."""
+        return self.ema.shadow if self.ema is not None else self.model
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self) -> float:
+        o = self.cfg.optim
+        x0 = sample_batch(self.data.source.train, o.batch_size, self.batch_gen).to(self.device)
+        x1 = sample_batch(self.data.target.train, o.batch_size, self.batch_gen).to(self.device)
+        self.net.train()
+        loss = self.matcher.loss(self.net, x0, x1, generator=self.batch_gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at step {self.step}; lower optim.lr "
+                f"(now {o.lr}) or set optim.grad_clip"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if o.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Validation loss (fixed seed, whole validation set) and W2 of pushed-forward samples."""
+        model = self.eval_model().eval()
+        x0 = self.data.source.val.to(self.device)
+        x1 = self.data.target.val.to(self.device)
+        n = min(x0.shape[0], x1.shape[0])
+        val_loss = float(
+            self.matcher.loss(model, x0[:n], x1[:n], generator=stream(self.cfg.seed, "val"))
+        )
+        e = self.cfg.eval
+        traj = integrate(model, x0, method=e.solver, steps=e.ode_steps, save="ends", energy=False)
+        val_w2 = wasserstein(traj.x_final.cpu(), x1.cpu(), p=2)
+        return {"val_loss": val_loss, "val_w2": val_w2}
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(cfg.to_toml(), self.run_dir / "config.toml")
+        bar = Progress(
+            total=cfg.optim.steps,
+            initial=self.step,
+            enabled=self.progress,
+            desc=f"{cfg.name} ({cfg.method.name})",
+        )
+        running, count = 0.0, 0
+        start = time.perf_counter() - self.train_seconds
+        try:
+            while self.step < cfg.optim.steps:
+                running += self.train_step()
+                count += 1
+                bar.update(1, loss=running / count)
+                last = self.step == cfg.optim.steps
+                if self.step % cfg.eval.val_every == 0 or last:
+                    self.train_seconds = time.perf_counter() - start
+                    row = {
+                        "step": self.step,
+                        "loss": running / count,
+                        **self.validate(),
+                        "seconds": self.train_seconds,
+                    }
+                    running, count = 0.0, 0
+                    self._record(row)
+                    bar.update(0, loss=row["loss"], val_loss=row["val_loss"], val_w2=row["val_w2"])
+                if self.step % cfg.eval.checkpoint_every == 0 or last:
+                    self.train_seconds = time.perf_counter() - start
+                    self._save("latest.pt")
+        finally:
+            bar.close()
+        self.train_seconds = time.perf_counter() - start
+        result = TrainResult(
+            self.run_dir,
+            self.step,
+            self.best_step,
+            self.best_val_loss,
+            self.train_seconds,
+            self.history,
+        )
+        if self.rank == 0:
+            summary = {
+                "steps": self.step,
+                "best_step": self.best_step,
+                "best_val_loss": self.best_val_loss,
+                "train_seconds": self.train_seconds,
+            }
+            _merge_json(self.run_dir / "metrics.json", {"train": summary})
+        return result
+
+    def _record(self, row: dict[str, float]) -> None:
+        self.history.append(row)
+        if row["val_loss"] < self.best_val_loss:
+            self.best_val_loss, self.best_step = row["val_loss"], self.step
+            self._save("best.pt")
+        if self.rank == 0:
+            _write_log(self.run_dir / "log.csv", self.history)
+            log.debug(
+                "step %d loss %.4f val_loss %.4f val_w2 %.4f",
+                self.step,
+                row["loss"],
+                row["val_loss"],
+                row["val_w2"],
+            )
+
+    def _save(self, name: str) -> None:
+        if self.rank == 0:
+            save_atomic(self.state_dict(), self.run_dir / "checkpoints" / name)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _write_log(path: Path, rows: list[dict[str, float]]) -> None:
+    """Rewrite log.csv from the history (kept in the checkpoint, so resume never duplicates)."""
+    lines: list[str] = []
+
+    class _Sink:
+        def write(self, s: str) -> None:
+            lines.append(s)
+
+    writer = csv.DictWriter(_Sink(), fieldnames=LOG_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row[k] for k in LOG_FIELDS})
+    write_text_atomic("".join(lines), path)
+
+
+def _merge_json(path: Path, update: dict[str, Any]) -> None:
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.update(update)
+    write_text_atomic(json.dumps(data, indent=2, default=float) + "\n", path)
+
+
+def train(
+    cfg: RunConfig, *, resume: bool = False, device: str | None = None, progress: bool = True
+) -> TrainResult:
+    """Train a run to ``cfg.optim.steps``; with ``resume``, continue from checkpoints/latest.pt."""
+    trainer = Trainer(cfg, device=device, progress=progress)
+    latest = cfg.run_dir / "checkpoints" / "latest.pt"
+    if resume and latest.is_file():
+        state = load_checkpoint(latest)
+        saved = RunConfig.from_dict(state["config"])
+        if _without_steps(saved) != _without_steps(cfg):
+            raise ValueError(
+                f"cannot resume {cfg.run_dir}: its config differs from the one given "
+                "(only optim.steps may change on resume)"
+            )
+        trainer.load_state_dict(state)
+        log.info("resumed %s at step %d", cfg.run_dir, trainer.step)
+    elif not resume and latest.is_file():
+        raise FileExistsError(
+            f"{cfg.run_dir} already holds a run; pass --resume to continue it or choose "
+            "another --name"
+        )
+    return trainer.run()
+
+
+def _without_steps(cfg: RunConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    d["optim"] = {k: v for k, v in d["optim"].items() if k != "steps"}
+    return d

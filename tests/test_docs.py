@@ -1,0 +1,38 @@
+"""The README quickstart and the examples run as written (examples on a tiny budget)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_quickstart_runs(capsys):
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Library quickstart", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "README quickstart", "exec"), {"__name__": "__quickstart__"})
+    out = capsys.readouterr().out
+    match = re.search(r"W2 ([\d.]+)\s+NPE ([\d.]+)\s+NFE 100", out)
+    assert match, out
+    assert float(match.group(1)) < 3.0  # 8gaussians has W2 ~ 5 from N(0, I) before training
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
+def test_example_runs(script):
+    env = {**os.environ, "OTCFM_EXAMPLE_STEPS": "20", "MPLBACKEND": "Agg"}
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
