@@ -39,9 +39,23 @@ def _scatter(ax, x: Tensor, color: str, label: str, size: float = 2.0, alpha: fl
     ax.scatter(p[:, 0], p[:, 1], s=size, c=color, alpha=alpha, label=label, linewidths=0)
 
 
+def _limits(*clouds: Tensor, margin: float = 0.05) -> tuple[tuple[float, float], ...]:
+    """Common (x, y) axis limits covering every cloud, so panels share one scale."""
+    pts = torch.cat([_xy(c) for c in clouds])
+    lo, hi = pts.min(0).values, pts.max(0).values
+    pad = (hi - lo).clamp_min(1e-6) * margin
+    return tuple((float(lo[k] - pad[k]), float(hi[k] + pad[k])) for k in range(2))
+
+
+def _share(axes, limits) -> None:
+    for ax in axes:
+        ax.set_xlim(*limits[0])
+        ax.set_ylim(*limits[1])
+
+
 def _style(ax, title: str, dim: int) -> None:
     ax.set_title(title, fontsize=10)
-    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_aspect("equal", adjustable="box")
     ax.set_xticks([])
     ax.set_yticks([])
     if dim > 2:
@@ -55,7 +69,7 @@ def draw_trajectories(
     """Draw ``n_paths`` flow lines from xs (T, B, *event): start (blue), path, end (green)."""
     n = min(n_paths, xs.shape[1])
     if target is not None:
-        _scatter(ax, target, TARGET_COLOR, "target", size=1.0, alpha=0.15)
+        _scatter(ax, target, TARGET_COLOR, "target", size=1.5, alpha=0.25)
     paths = torch.stack([_xy(x[:n]) for x in xs])  # (T, n, 2)
     ax.plot(paths[:, :, 0], paths[:, :, 1], color=PATH_COLOR, alpha=0.25, linewidth=0.5)
     _scatter(ax, xs[0, :n], SOURCE_COLOR, "x(0)", size=3.0, alpha=0.8)
@@ -78,6 +92,8 @@ def plot_overview(
         _scatter(ax, x, color, name)
         _style(ax, name, dim)
     draw_trajectories(axes[3], xs, target, title="trajectories")
+    axes[3].legend(loc="lower right", fontsize=7, markerscale=3)
+    _share(axes, _limits(source, target, samples))
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -91,6 +107,9 @@ def plot_trajectory_grid(
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
     for ax, (name, xs) in zip(axes[0], panels, strict=True):
         draw_trajectories(ax, xs, target, title=name)
+    axes[0, 0].legend(loc="lower right", fontsize=7, markerscale=3)
+    clouds = [xs[k] for _, xs in panels for k in (0, -1)]
+    _share(axes[0], _limits(*clouds, *([target] if target is not None else [])))
     if title:
         fig.suptitle(title)
     return _save(fig, path)

@@ -40,7 +40,7 @@ def demo_config(method: str, out: Path, steps: int, seed: int) -> RunConfig:
         name=method,
         out_dir=str(out),
         seed=seed,
-        data=DataConfig(source=source, target=target, n_train=10_000, n_val=1_000, n_test=2_000),
+        data=DataConfig(source=source, target=target, n_train=10_000, n_val=1_000, n_test=5_000),
         method=MethodConfig(name=method, sigma=0.1),
         optim=OptimConfig(steps=steps, batch_size=512, lr=1e-3, weight_decay=1e-5),
         eval=EvalConfig(val_every=max(1, steps // 10), checkpoint_every=max(1, steps // 10)),
@@ -136,7 +136,7 @@ def _markdown(report: dict[str, Any]) -> str:
     return (
         f"# otcfm demo: {report['task']}\n\n"
         f"Each method: MLP 3x64 SELU, AdamW lr 1e-3, batch 512, {report['steps']} steps, "
-        f"sigma 0.1, seed {report['seed']}; test metrics on 2,000 fresh points from the "
+        f"sigma 0.1, seed {report['seed']}; test metrics on 5,000 fresh points from the "
         "best-validation checkpoint, 100 Euler steps (REFERENCE.md §3).\n\n"
         f"{head}\n{rule}\n"
         + "\n".join(rows)
