@@ -26,8 +26,8 @@ class Progress:
         self._bar = None
         self._last_log = time.monotonic()
         self._every = every_seconds
-        if not enabled:
-            return
+        if not enabled or not sys.stderr.isatty():
+            return  # no terminal: fall back to a log line every `every_seconds`
         try:
             from tqdm.auto import tqdm
         except ImportError:
