@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` atomically (temp file + ``os.replace``)."""
+def _replace_atomically(path: str | Path, mode: str, write: Callable[[IO], None]) -> Path:
+    """Write through a temporary file in the target folder, then ``os.replace`` it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -31,19 +32,14 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     return path
 
 
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` atomically."""
+    return _replace_atomically(path, "wb", lambda handle: torch.save(obj, handle))
+
+
 def write_text_atomic(text: str, path: str | Path) -> Path:
     """Write a text file atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return _replace_atomically(path, "w", lambda handle: handle.write(text))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
