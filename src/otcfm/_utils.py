@@ -27,7 +27,9 @@ def check_tensor(name: str, x: Any, *, min_dim: int = 1) -> Tensor:
         )
     if x.numel() == 0 or x.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    if x.is_floating_point() or x.is_complex():
+    # A finite sum implies finite entries (NaN and inf propagate); the sum is one cheap pass,
+    # and the element-wise count runs only when the sum is not finite (or overflowed).
+    if (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x.sum())):
         finite = torch.isfinite(x)
         if not bool(finite.all()):
             bad = int((~finite).sum())
