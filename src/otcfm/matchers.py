@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from otcfm._utils import Registry, check_cond, check_pair, check_positive
-from otcfm.couplings import COUPLINGS, Coupling, EntropicOT, ExactOT, Independent
+from otcfm.couplings import COUPLINGS, Coupling, EntropicOT, ExactOT, Independent, Pairing
 from otcfm.paths import (
     BrownianBridgePath,
     GaussianTargetPath,
@@ -79,6 +79,16 @@ class FlowMatcher:
         cond1 = cond or None
         check_cond(cond1, x1.shape[0], "cond")
         pair = self.coupling(x0, x1, generator=generator, cond1=cond1)
+        return self.sample_paired(pair, generator=generator)
+
+    def sample_paired(self, pair: Pairing, generator: torch.Generator | None = None) -> PathSample:
+        """Time and path for an already coupled batch (``pair.x0[k]`` goes with ``pair.x1[k]``).
+
+        ``sample(x0, x1, g)`` equals ``sample_paired(coupling(x0, x1, generator=g), g)``; the
+        training loop uses this to couple ahead in background workers.
+        """
+        if not isinstance(pair, Pairing):
+            raise TypeError(f"pair must be a Pairing, got {type(pair).__name__}")
         n = pair.x1.shape[0]
         t = self.time_sampler(n, generator=generator, device=pair.x1.device)
         s = self.path.sample(pair.x0, pair.x1, t, generator=generator)
@@ -97,7 +107,18 @@ class FlowMatcher:
         ``model(x, t, **cond)`` gets xt (B, *event) in the data dtype and t (B,) float32.
         Returns a 0-dim float32 tensor.
         """
-        s = self.sample(x0, x1, generator=generator, **cond)
+        return self._regress(model, self.sample(x0, x1, generator=generator, **cond))
+
+    def loss_paired(
+        self,
+        model: Callable[..., Tensor],
+        pair: Pairing,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """CFM loss on an already coupled batch (see :meth:`sample_paired`); 0-dim float32."""
+        return self._regress(model, self.sample_paired(pair, generator=generator))
+
+    def _regress(self, model: Callable[..., Tensor], s: PathSample) -> Tensor:
         kwargs = s.cond if isinstance(s.cond, Mapping) else {}
         v = model(s.xt, s.t, **kwargs)
         if not isinstance(v, Tensor) or v.shape != s.ut.shape:

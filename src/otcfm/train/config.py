@@ -62,6 +62,22 @@ class OptimConfig:
 
 
 @dataclass
+class CouplingsConfig:
+    """How minibatch couplings are produced (results never depend on workers or prefetch).
+
+    ``ot_batch`` points are coupled at once and trained on as ``ot_batch / optim.batch_size``
+    consecutive optimizer steps, one chunk of ``batch_size`` pairs each (0 = batch_size).
+    ``workers`` background threads couple the next batches while the model trains (0 = couple
+    synchronously in the training thread); ``prefetch`` bounds how many coupled batches are
+    computed ahead.
+    """
+
+    workers: int = 1
+    prefetch: int = 2
+    ot_batch: int = 0
+
+
+@dataclass
 class EvalConfig:
     """Validation cadence, checkpointing and the evaluation protocol (REFERENCE.md §3)."""
 
@@ -84,6 +100,7 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    couplings: CouplingsConfig = field(default_factory=CouplingsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
@@ -129,8 +146,14 @@ class RunConfig:
             node[leaf] = _parse_value(raw.strip())
         return RunConfig.from_dict(data)
 
+    @property
+    def ot_batch(self) -> int:
+        """Points coupled at once: ``couplings.ot_batch``, or ``optim.batch_size`` when 0."""
+        return self.couplings.ot_batch or self.optim.batch_size
+
     def validate(self) -> RunConfig:
         """Check ranges that no type annotation can express; return self."""
+        c, b = self.couplings, self.optim.batch_size
         checks = [
             (self.optim.steps >= 1, f"optim.steps must be >= 1, got {self.optim.steps}"),
             (
@@ -153,6 +176,13 @@ class RunConfig:
             (
                 self.model.width >= 1 and self.model.depth >= 1,
                 "model.width and model.depth must be >= 1",
+            ),
+            (c.workers >= 0, f"couplings.workers must be >= 0 (0 = no prefetch), got {c.workers}"),
+            (c.prefetch >= 1, f"couplings.prefetch must be >= 1, got {c.prefetch}"),
+            (
+                c.ot_batch >= 0 and (b < 1 or c.ot_batch % b == 0),
+                f"couplings.ot_batch must be 0 (= optim.batch_size) or a positive multiple of "
+                f"optim.batch_size {b} (e.g. {b}, {2 * b}, {4 * b}), got {c.ot_batch}",
             ),
             (self.eval.val_every >= 1, f"eval.val_every must be >= 1, got {self.eval.val_every}"),
             (self.eval.checkpoint_every >= 1, "eval.checkpoint_every must be >= 1"),

@@ -2,9 +2,16 @@
 
 data -> coupling -> matcher.sample -> loss -> optimizer step -> EMA -> periodic validation,
 checkpoint and log. It counts optimizer steps (not epochs), seeds everything from the run's
-seed, writes nothing outside ``cfg.run_dir`` and keeps no globals. Under torch.distributed the
-caller initialises the process group; the loop then wraps the model in DDP, draws per-rank
-batches from per-rank streams and lets rank 0 alone write files.
+seed, writes nothing outside ``cfg.run_dir`` and keeps no globals.
+
+Couplings are made ahead by background threads (``couplings.workers``, see
+:mod:`otcfm.train.prefetch`): coupled batch k comes from a generator derived from (seed, rank,
+k) and step s's time and path noise from one derived from (seed, rank, s), so results are the
+same for any number of workers, with prefetch off (workers = 0), and across a resume. A coupled
+batch of ``couplings.ot_batch`` pairs feeds ot_batch / batch_size consecutive optimizer steps.
+
+Under torch.distributed the caller initialises the process group; the loop then wraps the model
+in DDP, draws per-rank batches from per-rank streams and lets rank 0 alone write files.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from otcfm.data import sample_batch
+from otcfm.couplings import Pairing
 from otcfm.matchers import FlowMatcher, matcher
 from otcfm.metrics import wasserstein
 from otcfm.models import MLP
@@ -31,6 +38,7 @@ from otcfm.train.checkpoint import load_checkpoint, save_atomic, write_text_atom
 from otcfm.train.config import MethodConfig, ModelConfig, RunConfig
 from otcfm.train.datasets import RunData, load_run_data, stream
 from otcfm.train.ema import EMA
+from otcfm.train.prefetch import CoupledBatch, Prefetcher, chunks, couple_batch
 from otcfm.train.progress import Progress
 
 log = logging.getLogger("otcfm.train")
@@ -81,6 +89,12 @@ class Trainer:
                 f"optim.batch_size {cfg.optim.batch_size} exceeds the smaller training set "
                 f"({n_min} points)"
             )
+        if cfg.ot_batch > n_min:
+            raise ValueError(
+                f"couplings.ot_batch {cfg.ot_batch} exceeds the smaller training set "
+                f"({n_min} points)"
+            )
+        self.chunks_per_batch = cfg.ot_batch // cfg.optim.batch_size
         torch.manual_seed(cfg.seed)  # parameter init only; every draw below uses generators
         self.model = build_model(cfg.model, self.data.event_shape).to(self.device)
         self.ema = EMA(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
@@ -90,8 +104,10 @@ class Trainer:
         self.net: nn.Module = self.model
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(self.model)
-        self.batch_gen = stream(cfg.seed, "batches", str(self.rank))
         self.step = 0
+        self._prefetcher: Prefetcher[CoupledBatch] | None = None
+        self._coupled: CoupledBatch | None = None
+        self._chunks: list[Pairing] = []
         self.best_val_loss = math.inf
         self.best_step = 0
         self.train_seconds = 0.0
@@ -105,7 +121,6 @@ class Trainer:
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(),
-            "batch_gen": self.batch_gen.get_state(),
             "best_val_loss": self.best_val_loss,
             "best_step": self.best_step,
             "train_seconds": self.train_seconds,
@@ -117,7 +132,7 @@ class Trainer:
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.batch_gen.set_state(state["batch_gen"])
+        self.close()  # coupled batches made ahead belong to the old step count
         self.step = int(state["step"])
         self.best_val_loss = float(state["best_val_loss"])
         self.best_step = int(state["best_step"])
@@ -128,13 +143,50 @@ class Trainer:
         """The network used for validation and sampling (EMA weights when enabled)."""
         return self.ema.shadow if self.ema is not None else self.model
 
+    # ------------------------------------------------------------------ couplings
+    def couple(self, index: int) -> CoupledBatch:
+        """Coupled batch ``index``: ot_batch pairs, a function of (seed, rank, index) only."""
+        return couple_batch(
+            self.matcher.coupling,
+            self.data.source.train,
+            self.data.target.train,
+            self.cfg.ot_batch,
+            index,
+            seed=self.cfg.seed,
+            rank=self.rank,
+            device=self.device,
+        )
+
+    def next_pairs(self) -> Pairing:
+        """The batch_size pairs of the current step (chunk step % m of coupled batch step // m)."""
+        index, part = divmod(self.step, self.chunks_per_batch)
+        if self._coupled is None or self._coupled.index != index:
+            p = self._prefetcher
+            if p is None or p.next_index != index:  # first step, after a resume or past the end
+                self.close()
+                c = self.cfg.couplings
+                stop = max(index + 1, -(-self.cfg.optim.steps // self.chunks_per_batch))
+                p = Prefetcher(self.couple, index, stop, workers=c.workers, depth=c.prefetch)
+                self._prefetcher = p
+            self._coupled = p.next()
+            if self._coupled.index != index:  # pragma: no cover - guards the bookkeeping
+                raise RuntimeError(f"coupled batch {self._coupled.index} != expected {index}")
+            self._chunks = chunks(self._coupled.pair, self.cfg.optim.batch_size)
+        return self._chunks[part]
+
+    def close(self) -> None:
+        """Stop the coupling workers (a later step starts them again)."""
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+        self._prefetcher, self._coupled, self._chunks = None, None, []
+
     # ------------------------------------------------------------------ steps
     def train_step(self) -> float:
         o = self.cfg.optim
-        x0 = sample_batch(self.data.source.train, o.batch_size, self.batch_gen).to(self.device)
-        x1 = sample_batch(self.data.target.train, o.batch_size, self.batch_gen).to(self.device)
+        pair = self.next_pairs()
         self.net.train()
-        loss = self.matcher.loss(self.net, x0, x1, generator=self.batch_gen)
+        g = stream(self.cfg.seed, "step", str(self.rank), str(self.step))
+        loss = self.matcher.loss_paired(self.net, pair, generator=g)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss is {loss.item()} at step {self.step}; lower optim.lr "
@@ -201,6 +253,7 @@ class Trainer:
                     self._save("latest.pt")
         finally:
             bar.close()
+            self.close()
         self.train_seconds = time.perf_counter() - start
         result = TrainResult(
             self.run_dir,
@@ -290,6 +343,8 @@ def train(
 
 
 def _without_steps(cfg: RunConfig) -> dict[str, Any]:
+    """The config keys a resume must keep (steps may grow; workers and prefetch change nothing)."""
     d = cfg.to_dict()
     d["optim"] = {k: v for k, v in d["optim"].items() if k != "steps"}
+    d["couplings"] = {k: v for k, v in d["couplings"].items() if k == "ot_batch"}
     return d

@@ -1,0 +1,171 @@
+"""Couplings off the critical path: coupled batches made ahead in background threads.
+
+Coupled batch k (``ot_batch`` source and target points drawn from the training sets, then
+paired by the coupling) depends only on the generator ``stream(seed, "couple", rank, k)``, so
+the batches are the same whether they are made in the training thread (``workers=0``) or by
+any number of workers, and a resumed run remakes exactly the batch it stopped in.
+
+Threads, not processes: the OT solvers (POT's network simplex, scipy's assignment) and torch
+kernels release the GIL, so a worker thread overlaps the model step without copying the data
+into another process. On 2 cores two threads solving ExactOT at B = 512 in 2-D ran about 2x
+faster than one (indicative, shared machine).
+
+One coupled batch of ``ot_batch`` pairs feeds ``ot_batch / batch_size`` consecutive optimizer
+steps, one consecutive chunk of ``batch_size`` pairs each (:func:`chunks`). The chunks are
+consecutive steps rather than gradient accumulation, so the optimizer sees the same number of
+samples per step as without a larger OT batch; every coupled pair is trained on exactly once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import torch
+from torch import Tensor
+
+from otcfm._utils import index_cond
+from otcfm.couplings import Coupling, Pairing
+from otcfm.data import sample_batch
+from otcfm.train.datasets import stream
+
+__all__ = ["CoupledBatch", "Prefetcher", "chunks", "couple_batch"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CoupledBatch:
+    """Coupled batch number ``index``: ``pair.x0[k]`` goes with ``pair.x1[k]`` (ot_batch pairs)."""
+
+    index: int
+    pair: Pairing
+
+
+def couple_batch(
+    coupling: Coupling,
+    source: Tensor,
+    target: Tensor,
+    size: int,
+    index: int,
+    *,
+    seed: int,
+    rank: int = 0,
+    device: torch.device | str | None = None,
+) -> CoupledBatch:
+    """Draw ``size`` points of ``source`` and of ``target`` (N, *event) and couple them.
+
+    All randomness (both draws and the coupling's) comes from ``stream(seed, "couple", rank,
+    index)``; the coupling runs on ``device`` (default: the data's).
+    """
+    g = stream(seed, "couple", str(rank), str(index))
+    x0 = sample_batch(source, size, g)
+    x1 = sample_batch(target, size, g)
+    if device is not None:
+        x0, x1 = x0.to(device), x1.to(device)
+    return CoupledBatch(index, coupling(x0, x1, generator=g))
+
+
+def chunks(pair: Pairing, size: int) -> list[Pairing]:
+    """Split a pairing of N pairs into N / size consecutive pairings of ``size`` pairs.
+
+    Raises ValueError unless ``size`` divides N.
+    """
+    n = pair.x0.shape[0]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or n % size:
+        raise ValueError(f"chunk size must be a positive divisor of the {n} pairs, got {size!r}")
+    out = []
+    for a in range(0, n, size):
+        k = torch.arange(a, a + size, device=pair.i.device)
+        out.append(
+            Pairing(
+                x0=pair.x0[a : a + size],
+                x1=pair.x1[a : a + size],
+                i=pair.i[a : a + size],
+                j=pair.j[a : a + size],
+                cond0=index_cond(pair.cond0, k),
+                cond1=index_cond(pair.cond1, k),
+                info=pair.info,
+            )
+        )
+    return out
+
+
+class Prefetcher(Generic[T]):
+    """``make(start)``, ``make(start + 1)``, ... ``make(stop - 1)`` in order, made ahead.
+
+    With ``workers=0`` each item is made when asked for, in the calling thread. Otherwise
+    ``workers`` threads keep up to ``depth`` items in flight or ready. An exception raised by
+    ``make`` is raised again by :meth:`next` for that item. Use as a context manager or call
+    :meth:`close`; items still pending are cancelled or awaited, never leaked.
+    """
+
+    def __init__(
+        self,
+        make: Callable[[int], T],
+        start: int,
+        stop: int,
+        *,
+        workers: int = 1,
+        depth: int = 2,
+    ) -> None:
+        for name, value, low in (("workers", workers, 0), ("depth", depth, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if stop < start:
+            raise ValueError(f"stop ({stop}) must be >= start ({start})")
+        self._make = make
+        self._next = start  # the next index next() returns
+        self._queued = start  # the next index to submit
+        self._stop = stop
+        self._depth = depth
+        self._pending: deque[Future[T]] = deque()
+        self._pool = (
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otcfm-couple")
+            if workers > 0
+            else None
+        )
+        self._fill()
+
+    def _fill(self) -> None:
+        if self._pool is None:
+            return
+        while len(self._pending) < self._depth and self._queued < self._stop:
+            self._pending.append(self._pool.submit(self._make, self._queued))
+            self._queued += 1
+
+    @property
+    def next_index(self) -> int | None:
+        """The index the next call to :meth:`next` returns; None when exhausted or closed."""
+        return self._next if self._next < self._stop else None
+
+    def next(self) -> T:
+        """The next item; StopIteration after ``stop - 1``."""
+        if self._next >= self._stop:
+            raise StopIteration
+        index = self._next
+        self._next += 1
+        if self._pool is None:
+            return self._make(index)
+        item = self._pending.popleft().result()
+        self._fill()
+        return item
+
+    def close(self) -> None:
+        """Cancel queued items and wait for the ones already running."""
+        if self._pool is not None:
+            for fut in self._pending:
+                fut.cancel()
+            self._pending.clear()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._stop = self._next
+
+    def __enter__(self) -> Prefetcher[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

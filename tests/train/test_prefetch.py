@@ -1,0 +1,223 @@
+"""Couplings made ahead in background workers, and OT batches larger than the micro-batch."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from otcfm.couplings import ExactOT, Independent
+from otcfm.matchers import matcher
+from otcfm.models import MLP
+from otcfm.train.config import RunConfig
+from otcfm.train.evaluate import load_run
+from otcfm.train.loop import Trainer, train
+from otcfm.train.prefetch import Prefetcher, chunks, couple_batch
+
+
+def tiny(tmp_path, name="run", steps=12, **over) -> RunConfig:
+    return RunConfig(name=name, out_dir=str(tmp_path)).override(
+        [
+            f"optim.steps={steps}",
+            "optim.batch_size=32",
+            "data.n_train=256",
+            "data.n_val=32",
+            "data.n_test=32",
+            "eval.val_every=6",
+            "eval.checkpoint_every=6",
+            "eval.ode_steps=3",
+            "model.width=16",
+            "model.depth=2",
+            *[f"{k}={v}" for k, v in over.items()],
+        ]
+    )
+
+
+def weights(run_dir):
+    return load_run(run_dir, "latest").model.state_dict()
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert list(wa) == list(wb)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+
+
+# ----------------------------------------------------------------- Prefetcher
+@pytest.mark.parametrize("workers, depth", [(0, 1), (1, 1), (2, 3), (3, 2)])
+def test_prefetcher_returns_items_in_order(workers, depth):
+    threads = set()
+
+    def make(k):
+        threads.add(threading.get_ident())
+        return k * k
+
+    with Prefetcher(make, 3, 9, workers=workers, depth=depth) as p:
+        got = [p.next() for _ in range(6)]
+        assert p.next_index is None
+        with pytest.raises(StopIteration):
+            p.next()
+    assert got == [k * k for k in range(3, 9)]
+    main = threading.get_ident()
+    assert (threads == {main}) if workers == 0 else (main not in threads)
+
+
+def test_prefetcher_reraises_worker_errors_and_closes():
+    def make(k):
+        if k == 2:
+            raise ArithmeticError("boom at 2")
+        return k
+
+    p = Prefetcher(make, 0, 5, workers=2, depth=2)
+    assert [p.next(), p.next()] == [0, 1]
+    with pytest.raises(ArithmeticError, match="boom at 2"):
+        p.next()
+    p.close()
+    p.close()  # idempotent
+    assert p.next_index is None
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"workers": -1}, "workers must be an int >= 0"),
+        ({"depth": 0}, "depth must be an int >= 1"),
+        ({"workers": 1.5}, "workers"),
+    ],
+)
+def test_prefetcher_bad_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        Prefetcher(lambda k: k, 0, 3, **kw)
+
+
+# ----------------------------------------------------------------- coupled batches
+def points(n, d=2, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_couple_batch_depends_only_on_seed_and_index():
+    src, tgt = points(200, seed=1), points(200, seed=2) + 3
+    a = couple_batch(ExactOT(), src, tgt, 64, 5, seed=7)
+    box = {}
+    t = threading.Thread(
+        target=lambda: box.update(b=couple_batch(ExactOT(), src, tgt, 64, 5, seed=7))
+    )
+    t.start()
+    t.join()
+    b = box["b"]
+    c = couple_batch(ExactOT(), src, tgt, 64, 6, seed=7)
+    d = couple_batch(ExactOT(), src, tgt, 64, 5, seed=7, rank=1)
+    assert a.index == 5 and torch.equal(a.pair.x0, b.pair.x0) and torch.equal(a.pair.x1, b.pair.x1)
+    assert not torch.equal(a.pair.x0, c.pair.x0)
+    assert not torch.equal(a.pair.x0, d.pair.x0)
+
+
+def test_chunks_cover_each_coupled_pair_exactly_once_and_keep_the_big_batch_optimal():
+    src, tgt = points(300, seed=3), points(300, seed=4) * 2 + 1
+    big = couple_batch(ExactOT(), src, tgt, 96, 0, seed=1).pair
+    parts = chunks(big, 32)
+    assert len(parts) == 3 and all(p.x0.shape == (32, 2) for p in parts)
+    i = torch.cat([p.i for p in parts])
+    j = torch.cat([p.j for p in parts])
+    torch.testing.assert_close(i, big.i, rtol=0, atol=0)
+    # one-to-one on the 96 coupled points: every source and target point exactly once
+    assert sorted(i.tolist()) == list(range(96)) and sorted(j.tolist()) == list(range(96))
+    # the chunks together carry the optimal assignment of the whole OT batch (scipy oracle)
+    x0 = torch.cat([p.x0 for p in parts]).double()
+    x1 = torch.cat([p.x1 for p in parts]).double()
+    got = float(((x0 - x1) ** 2).sum())
+    cost = torch.cdist(x0, x1).pow(2).numpy()  # rows: the paired order; the optimum ignores it
+    r, c = linear_sum_assignment(cost)
+    assert got == pytest.approx(float(cost[r, c].sum()), rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("size", [0, 5, 200, True, 2.0])
+def test_chunks_reject_sizes_that_do_not_divide(size):
+    src = points(64)
+    pair = Independent()(src, src + 1)
+    with pytest.raises(ValueError, match="positive divisor of the 64 pairs"):
+        chunks(pair, size)
+
+
+def test_loss_paired_equals_loss_with_the_same_generator():
+    x0, x1 = points(48, seed=5), points(48, seed=6) + 2
+    fm = matcher("otcfm", sigma=0.1)
+    torch.manual_seed(0)
+    net = MLP(dim=2, width=8, depth=1)
+    g1, g2 = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    expect = fm.loss(net, x0, x1, generator=g1)
+    got = fm.loss_paired(net, fm.coupling(x0, x1, generator=g2), generator=g2)
+    torch.testing.assert_close(got, expect, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="Pairing"):
+        fm.sample_paired((x0, x1))
+
+
+# ----------------------------------------------------------------- the training loop
+def test_same_weights_for_any_number_of_workers(tmp_path):
+    over = {"couplings.ot_batch": 64}
+    runs = [
+        train(tiny(tmp_path, f"w{w}", **over, **{"couplings.workers": w}), progress=False)
+        for w in (0, 2)
+    ]
+    assert_same_weights(runs[0].run_dir, runs[1].run_dir)
+
+
+def test_steps_of_one_ot_batch_use_disjoint_chunks(tmp_path):
+    cfg = tiny(tmp_path, **{"couplings.ot_batch": 96, "couplings.workers": 1})
+    trainer = Trainer(cfg, progress=False)
+    try:
+        seen = []
+        for step in range(6):  # two coupled batches of 3 chunks
+            trainer.step = step
+            seen.append(trainer.next_pairs())
+    finally:
+        trainer.close()
+    for first in (0, 3):
+        i = torch.cat([p.i for p in seen[first : first + 3]])
+        assert sorted(i.tolist()) == list(range(96))
+        x0 = torch.cat([p.x0 for p in seen[first : first + 3]])
+        assert torch.unique(x0, dim=0).shape[0] == 96  # no point trained on twice
+    assert not torch.equal(seen[0].x0, seen[3].x0)
+
+
+def test_resume_mid_ot_batch_with_prefetch_equals_uninterrupted(tmp_path):
+    # 3 chunks per coupled batch: stopping at step 7 resumes inside coupled batch 2
+    over = {"couplings.ot_batch": 96, "couplings.workers": 2, "eval.checkpoint_every": 7}
+    straight = train(tiny(tmp_path, "straight", steps=14, **over), progress=False)
+    train(tiny(tmp_path, "resumed", steps=7, **over), progress=False)
+    # workers and prefetch do not change results, so a resume may change them
+    again = tiny(tmp_path, "resumed", steps=14, **{**over, "couplings.workers": 0})
+    resumed = train(again, resume=True, progress=False)
+    assert resumed.steps == 14
+    assert_same_weights(straight.run_dir, resumed.run_dir)
+
+
+def test_resume_refuses_a_different_ot_batch(tmp_path):
+    train(tiny(tmp_path, steps=6, **{"couplings.ot_batch": 64}), progress=False)
+    with pytest.raises(ValueError, match="config differs"):
+        train(tiny(tmp_path, steps=12, **{"couplings.ot_batch": 96}), resume=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        (
+            "couplings.ot_batch=48",
+            r"couplings.ot_batch must be 0 .* multiple of optim.batch_size 32",
+        ),
+        ("couplings.ot_batch=-32", "couplings.ot_batch"),
+        ("couplings.workers=-1", "couplings.workers must be >= 0"),
+        ("couplings.prefetch=0", "couplings.prefetch must be >= 1"),
+    ],
+)
+def test_bad_coupling_config(tmp_path, override, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(tmp_path).override([override]).validate()
+
+
+def test_ot_batch_larger_than_the_data_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="couplings.ot_batch 512 exceeds"):
+        Trainer(tiny(tmp_path, **{"couplings.ot_batch": 512}), progress=False)
