@@ -29,6 +29,7 @@ from otcfm.couplings import (
 
 # keyword arguments that make every registered coupling constructible
 KWARGS = {
+    "approx": {},
     "independent": {},
     "exact": {},
     "entropic": {"reg": 1.0},
@@ -398,7 +399,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("gen_device", ["cpu", "cuda"])
 @pytest.mark.parametrize("name", sorted(KWARGS))
 def test_cuda_inputs_stay_on_device(name, gen_device):
-    n1 = 64 if name == "independent" else 48
+    n1 = 64 if name in ("independent", "approx") else 48
     x0, x1 = randn(64, 3, seed=39).cuda(), randn(n1, 3, seed=40).cuda()
     g = torch.Generator(device=gen_device).manual_seed(0)
     p = coupling(name, **KWARGS[name])(x0, x1, generator=g, cond0=torch.arange(64).cuda())

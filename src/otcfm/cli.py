@@ -41,6 +41,8 @@ FLAG_FIELDS = {
     "val_every": ("eval", "val_every"),
     "checkpoint_every": ("eval", "checkpoint_every"),
     "ode_steps": ("eval", "ode_steps"),
+    "workers": ("couplings", "workers"),
+    "ot_batch": ("couplings", "ot_batch"),
 }
 
 

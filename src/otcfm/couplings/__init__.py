@@ -19,12 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 from otcfm._utils import Registry
+from otcfm.couplings._approx import ApproxOT
 from otcfm.couplings._base import ConvergenceWarning, Coupling, Pairing
 from otcfm.couplings._entropic import EntropicOT, UnbalancedOT
 from otcfm.couplings._exact import ExactOT, Independent, PartialOT
 
 COUPLINGS: Registry[Coupling] = Registry("coupling")
-for _cls in (Independent, ExactOT, EntropicOT, UnbalancedOT, PartialOT):
+for _cls in (Independent, ExactOT, EntropicOT, UnbalancedOT, PartialOT, ApproxOT):
     COUPLINGS.register(_cls.name)(_cls)
 del _cls
 
@@ -35,6 +36,7 @@ def coupling(name: str, **kwargs: Any) -> Coupling:
 
 
 __all__ = [
+    "ApproxOT",
     "COUPLINGS",
     "ConvergenceWarning",
     "Coupling",
