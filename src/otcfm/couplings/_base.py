@@ -143,9 +143,10 @@ def sq_cost(x0: Tensor, x1: Tensor, dtype: torch.dtype = torch.float32) -> Tenso
     shift = (a.sum(0) + b.sum(0)) / (a.shape[0] + b.shape[0])
     a = a - shift
     b = b - shift
-    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :]
-    cost = torch.addmm(sq, a, b.T, alpha=-2.0).clamp_min_(0.0).to(dtype)
-    if not bool(torch.isfinite(cost).all()):
+    # In place on the one (n0, n1) product: peak memory is a single cost matrix.
+    cost = (a @ b.T).mul_(-2.0).add_((a * a).sum(1)[:, None]).add_((b * b).sum(1)[None, :])
+    cost = cost.clamp_min_(0.0).to(dtype)
+    if not bool(torch.isfinite(cost.max())):  # max is NaN or inf iff some entry is
         raise ValueError(
             f"the squared-distance cost overflowed in {dtype} (max |x| = "
             f"{max(float(a.abs().max()), float(b.abs().max())):.3g}); use cost_dtype=torch.float64 "
