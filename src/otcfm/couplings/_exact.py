@@ -8,10 +8,11 @@ import warnings
 import numpy as np
 import ot
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from otcfm._utils import check_positive
+from otcfm.couplings._assignment import check_solver
+from otcfm.couplings._assignment import solve as solve_assignment
 from otcfm.couplings._base import (
     ConvergenceWarning,
     Coupling,
@@ -28,7 +29,6 @@ from otcfm.couplings._base import (
 )
 
 _RESULT_CODES = {0: "infeasible", 1: "optimal", 2: "unbounded", 3: "iteration cap reached"}
-_SIMPLEX_MAX_DIM = 4  # assignment by network simplex first up to this many features
 
 
 class Independent(Coupling):
@@ -60,27 +60,10 @@ def _uniform_weights(n: int) -> np.ndarray:
 def _assignment(cost: np.ndarray, *, simplex_first: bool = False) -> np.ndarray:
     """Column matched to each row by an optimal assignment of a square float64 cost.
 
-    scipy's linear_sum_assignment (shortest augmenting path: exact, no iteration count).
-    With ``simplex_first``, POT's network simplex with unit supplies is tried first (it is
-    several times faster on low-dimensional point clouds; uncapped, and its flows are exact
-    integers, so an optimal vertex is a 0/1 permutation matrix); anything else falls back.
+    Network simplex (``simplex_first``) or scipy, each with the permutation check and scipy
+    fallback of :func:`otcfm.couplings._assignment.solve`.
     """
-    n = cost.shape[0]
-    if simplex_first:
-        ones = np.ones(n)
-        plan, log = ot.emd(ones, ones, cost, numItermax=sys.maxsize, log=True)
-        rows, cols = np.nonzero(plan)
-        if (
-            log["result_code"] == 1
-            and np.array_equal(rows, np.arange(n))
-            and np.array_equal(np.sort(cols), np.arange(n))
-            and bool((plan[rows, cols] == 1.0).all())
-        ):
-            return cols.astype(np.int64)
-    rows, cols = linear_sum_assignment(cost)
-    out = np.empty(n, dtype=np.int64)
-    out[rows] = cols
-    return out
+    return solve_assignment(cost, "emd" if simplex_first else "scipy")
 
 
 def emd(
@@ -107,8 +90,8 @@ def emd(
     return plan
 
 
-def _low_dim(x: Tensor) -> bool:
-    return x[0].numel() <= _SIMPLEX_MAX_DIM
+def _dim(x: Tensor) -> int:
+    return x[0].numel()
 
 
 def _cost_np(x0: Tensor, x1: Tensor, dtype: torch.dtype) -> np.ndarray:
@@ -123,7 +106,11 @@ class ExactOT(Coupling):
 
     - Equal batch sizes, ``sampling=None``: a one-to-one pairing, ``i = arange(B)`` and ``j`` a
       permutation minimising sum_i ||x0_i - x1_j(i)||^2, exact on a float64 copy of the cost
-      with no iteration cap (network simplex, scipy's linear_sum_assignment as fallback).
+      with no iteration cap. ``solver`` picks the assignment code: ``"auto"`` (default: the
+      fastest measured for (B, d), see docs/results/exact_solvers.md), ``"emd"`` (POT network
+      simplex), ``"scipy"`` (linear_sum_assignment), ``"lap"`` / ``"lapjv"`` (Jonker-Volgenant,
+      optional packages; extra ``fast``). An answer that is not a permutation falls back to
+      scipy; a missing optional package warns and falls back to ``"auto"``.
     - Unequal sizes (with ``sampling=None``) or ``sampling="plan"`` (alias ``"joint"``): the
       exact plan pi (uniform marginals) is solved, then ``n_pairs`` cells (i, j) are drawn
       with probability pi_ij, with replacement, or without (``replace=False``: distinct cells,
@@ -146,7 +133,9 @@ class ExactOT(Coupling):
         *,
         max_iter: int | None = None,
         on_fail: str = "raise",
+        solver: str = "auto",
     ) -> None:
+        self.solver = check_solver(solver)
         sampling = check_choice("sampling", sampling, (None, "plan", "joint", "rows"))
         self.sampling = "plan" if sampling == "joint" else sampling
         self.replace = bool(replace)
@@ -161,13 +150,13 @@ class ExactOT(Coupling):
         """The exact OT plan, float64 (n0, n1), marginals 1/n0 and 1/n1, on x0's device."""
         check_inputs(x0, x1)
         cost = _cost_np(x0, x1, self.cost_dtype)
-        return torch.from_numpy(self._solve(cost, _low_dim(x0))).to(x0.device)
+        return torch.from_numpy(self._solve(cost, _dim(x0))).to(x0.device)
 
-    def _solve(self, cost: np.ndarray, low_dim: bool) -> np.ndarray:
+    def _solve(self, cost: np.ndarray, dim: int) -> np.ndarray:
         n0, n1 = cost.shape
         if n0 == n1:  # an optimal vertex of the Birkhoff polytope is a permutation
             plan = np.zeros((n0, n1))
-            plan[np.arange(n0), _assignment(cost, simplex_first=low_dim)] = 1.0 / n0
+            plan[np.arange(n0), solve_assignment(cost, self.solver, dim=dim)] = 1.0 / n0
             return plan
         a, b = _uniform_weights(n0), _uniform_weights(n1)
         return emd(a, b, cost, max_iter=self.max_iter, on_fail=self.on_fail)
@@ -183,10 +172,10 @@ class ExactOT(Coupling):
                     f"n_pairs={self.n_pairs} needs sampling='plan'; the one-to-one pairing of "
                     f"equal batches has exactly {n0} pairs"
                 )
-            j = _assignment(cost, simplex_first=_low_dim(x0))
+            j = solve_assignment(cost, self.solver, dim=_dim(x0))
             info = {"cost": float(cost[np.arange(n0), j].mean())}
             return torch.arange(n0), torch.from_numpy(j), info
-        plan = self._solve(cost, _low_dim(x0))
+        plan = self._solve(cost, _dim(x0))
         if self.sampling == "rows":
             i, j = draw_rows(torch.from_numpy(plan), generator)
         else:

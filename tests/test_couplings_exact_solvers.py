@@ -1,0 +1,177 @@
+"""Exact assignment solvers behind ExactOT(solver=...): optimality, ties, auto, fallbacks."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from otcfm.couplings import ExactOT
+from otcfm.couplings import _assignment as asg
+
+ALL = list(asg.SOLVERS)
+
+
+def _need(solver: str) -> None:
+    if solver not in asg.available_solvers():
+        pytest.skip(f"optional package for solver {solver!r} not installed")
+
+
+def _cloud_cost(n: int, d: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x0 = rng.standard_normal((n, d))
+    x1 = 1.0 + 2.0 * rng.standard_normal((n, d))
+    return ((x0[:, None, :] - x1[None, :, :]) ** 2).sum(-1)
+
+
+def _scipy_total(cost: np.ndarray) -> float:
+    r, c = linear_sum_assignment(cost)
+    return float(cost[r, c].sum())
+
+
+def _total(cost: np.ndarray, j: np.ndarray) -> float:
+    return float(cost[np.arange(cost.shape[0]), j].sum())
+
+
+def _assert_perm(j: np.ndarray, n: int) -> None:
+    assert j.dtype == np.int64 and j.shape == (n,)
+    np.testing.assert_array_equal(np.sort(j), np.arange(n))
+
+
+def _ties_costs() -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    pts = rng.standard_normal((5, 2))
+    dup0 = np.repeat(pts, 6, axis=0)  # 30 points, each repeated 6 times
+    dup1 = rng.permutation(dup0)
+    grid = rng.integers(0, 3, size=(40, 2)).astype(float)  # many equal distances
+    return [
+        ((dup0[:, None] - dup1[None]) ** 2).sum(-1),
+        ((grid[:, None] - rng.permutation(grid)[None]) ** 2).sum(-1),
+        np.zeros((25, 25)),  # every permutation is optimal
+        np.ones((1, 1)),
+    ]
+
+
+@pytest.mark.parametrize("solver", ALL)
+def test_solver_matches_brute_force_on_tiny_problems(solver):
+    _need(solver)
+    for n, seed in itertools.product((1, 2, 3, 5, 6), (0, 1)):
+        cost = _cloud_cost(n, 2, seed)
+        brute = min(_total(cost, np.array(p)) for p in itertools.permutations(range(n)))
+        j = asg.solve(cost, solver)
+        _assert_perm(j, n)
+        assert abs(_total(cost, j) - brute) <= 1e-9 * max(1.0, brute)
+
+
+@pytest.mark.parametrize("solver", ALL)
+@pytest.mark.parametrize("n,d", [(17, 2), (64, 2), (100, 3), (64, 64), (128, 784)])
+def test_solver_optimal_like_scipy(solver, n, d):
+    _need(solver)
+    cost = _cloud_cost(n, d, seed=n + d)
+    j = asg.solve(cost, solver, check=False)  # no fallback: the solver's own answer
+    _assert_perm(np.asarray(j, dtype=np.int64), n)
+    ref = _scipy_total(cost)
+    assert abs(_total(cost, j) - ref) <= 1e-9 * ref
+
+
+@pytest.mark.parametrize("solver", ALL)
+def test_solver_optimal_with_ties_and_duplicates(solver):
+    _need(solver)
+    for cost in _ties_costs():
+        n = cost.shape[0]
+        j = asg.solve(cost, solver, check=False)
+        _assert_perm(np.asarray(j, dtype=np.int64), n)
+        ref = _scipy_total(cost)
+        assert abs(_total(cost, j) - ref) <= 1e-9 * max(1.0, ref)
+
+
+@pytest.mark.parametrize("solver", ["auto", *ALL])
+@pytest.mark.parametrize("shape", [(48, 2), (48, 3, 4, 4), (300, 70)])
+def test_exact_ot_solver_option_pairs_optimally(solver, shape):
+    if solver != "auto":
+        _need(solver)
+    if solver == "lapjv" and shape[1] == 2:
+        shape = (24, 2)  # lapjv is very slow on degenerate 2-D costs; keep the test quick
+    g = torch.Generator().manual_seed(7)
+    x0 = torch.randn(*shape, generator=g)
+    x1 = torch.randn(*shape, generator=g) * 2 + 1
+    pair = ExactOT(solver=solver, cost_dtype=torch.float64)(x0, x1)
+    n = shape[0]
+    _assert_perm(pair.j.numpy(), n)
+    np.testing.assert_array_equal(pair.i.numpy(), np.arange(n))
+    cost = torch.cdist(x0.reshape(n, -1).double(), x1.reshape(n, -1).double()).square().numpy()
+    ref = _scipy_total(cost)
+    assert abs(_total(cost, pair.j.numpy()) - ref) <= 1e-9 * ref
+    assert pair.x1.shape == x1.shape
+
+
+def test_exact_ot_solver_matters_not_for_plan():
+    g = torch.Generator().manual_seed(1)
+    x0, x1 = torch.randn(30, 5, generator=g), torch.randn(30, 5, generator=g)
+    costs = []
+    for solver in asg.available_solvers():
+        plan = ExactOT(solver=solver, cost_dtype=torch.float64).plan(x0, x1)
+        assert torch.allclose(plan.sum(1), torch.full((30,), 1 / 30, dtype=torch.float64))
+        assert torch.allclose(plan.sum(0), torch.full((30,), 1 / 30, dtype=torch.float64))
+        costs.append(float((plan * torch.cdist(x0.double(), x1.double()).square()).sum()))
+    assert max(costs) - min(costs) <= 1e-12 * max(costs)
+
+
+def test_auto_rule_low_dim_uses_network_simplex():
+    for n in (2, 64, 512, 8192):
+        for d in (1, 2, 3, 4, 8):
+            assert asg.auto_solver(n, d) == "emd"
+
+
+@pytest.mark.parametrize("n,d", [(1, 784), (10, 64), (256, 64), (700, 784), (600, 2)])
+def test_auto_returns_a_permutation(n, d):
+    cost = _cloud_cost(n, min(d, 16), seed=n)  # dim only steers the choice
+    j = asg.solve(cost, "auto", dim=d)
+    _assert_perm(j, n)
+    assert abs(_total(cost, j) - _scipy_total(cost)) <= 1e-9 * max(1.0, _scipy_total(cost))
+
+
+def test_auto_chosen_solver_is_available():
+    for n, d in itertools.product((64, 256, 4096), (2, 64, 784)):
+        assert asg.auto_solver(n, d) in asg.available_solvers()
+
+
+def _hide_optional(monkeypatch):
+    real = asg._module
+    hidden = ("lap", "lapjv")
+    monkeypatch.setattr(asg, "_module", lambda name: None if name in hidden else real(name))
+
+
+def test_missing_optional_package_falls_back(monkeypatch):
+    _hide_optional(monkeypatch)
+    assert asg.available_solvers() == ("emd", "scipy")
+    assert asg.auto_solver(4096, 784) == "emd"
+    cost = _cloud_cost(40, 8, seed=2)
+    for name in ("lap", "lapjv"):
+        j = asg.solve(cost, name)  # solver returns nothing -> scipy
+        _assert_perm(j, 40)
+        assert abs(_total(cost, j) - _scipy_total(cost)) <= 1e-9 * _scipy_total(cost)
+        with pytest.warns(RuntimeWarning, match=f"optional package '{name}'.*fast"):
+            coupling = ExactOT(solver=name)
+        assert coupling.solver == "auto"
+        pair = coupling(torch.randn(40, 784), torch.randn(40, 784))
+        _assert_perm(pair.j.numpy(), 40)
+
+
+def test_non_permutation_answer_falls_back_to_scipy(monkeypatch):
+    monkeypatch.setitem(asg.SOLVERS, "emd", lambda cost: np.zeros(cost.shape[0], dtype=np.int64))
+    cost = _cloud_cost(20, 2, seed=5)
+    j = asg.solve(cost, "emd")
+    _assert_perm(j, 20)
+    assert abs(_total(cost, j) - _scipy_total(cost)) <= 1e-9 * _scipy_total(cost)
+
+
+@pytest.mark.parametrize("bad", ["hungarian", "", None, 3])
+def test_unknown_solver_raises(bad):
+    with pytest.raises(ValueError, match="solver must be one of"):
+        ExactOT(solver=bad)
+    with pytest.raises(ValueError, match="solver must be one of"):
+        asg.solve(np.zeros((2, 2)), bad)
