@@ -35,6 +35,7 @@ from otcfm.couplings._base import (
     Coupling,
     check_cost_dtype,
     check_max_iter,
+    require_equal_batches,
     sq_cost,
 )
 
@@ -213,14 +214,9 @@ class ApproxOT(Coupling):
     def pair(
         self, x0: Tensor, x1: Tensor, *, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor, dict[str, float]]:
-        n0, n1 = x0.shape[0], x1.shape[0]
-        if n0 != n1:
-            raise ValueError(
-                f"ApproxOT needs batches of the same size, got {n0} and {n1}; slice them to a "
-                "common size or use ExactOT for unequal batches"
-            )
+        n = require_equal_batches("ApproxOT", x0, x1)
         j, info = self._solve(sq_cost(x0, x1, self.cost_dtype).detach())
-        return torch.arange(n0, device=x0.device), j, info
+        return torch.arange(n, device=x0.device), j, info
 
     def solve(self, cost: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Column assigned to each row of a square cost (n, n), and diagnostics."""

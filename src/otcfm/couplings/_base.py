@@ -128,6 +128,17 @@ def check_max_iter(max_iter: Any, *, allow_none: bool = False) -> int | None:
 
 
 # --------------------------------------------------------------------------- cost
+def require_equal_batches(kind: str, x0: Tensor, x1: Tensor) -> int:
+    """Batch size of a one-to-one coupling; unequal batches raise with what to do instead."""
+    n0, n1 = x0.shape[0], x1.shape[0]
+    if n0 != n1:
+        raise ValueError(
+            f"{kind} needs batches of the same size, got {n0} and {n1}; slice them to a "
+            "common size or use a plan-based coupling (e.g. ExactOT) for unequal batches"
+        )
+    return n0
+
+
 def sq_cost(x0: Tensor, x1: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Squared Euclidean cost C_ij = ||x0_i - x1_j||^2 of flattened samples, shape (n0, n1).
 

@@ -24,6 +24,7 @@ from otcfm.couplings._base import (
     check_n_pairs,
     draw_cells,
     draw_rows,
+    require_equal_batches,
     resolve_n_pairs,
     sq_cost,
 )
@@ -42,13 +43,7 @@ class Independent(Coupling):
     def pair(
         self, x0: Tensor, x1: Tensor, *, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor, dict[str, float]]:
-        n0, n1 = x0.shape[0], x1.shape[0]
-        if n0 != n1:
-            raise ValueError(
-                f"Independent needs batches of the same size, got {n0} and {n1}; slice them "
-                "to a common size or use a plan-based coupling (e.g. ExactOT)"
-            )
-        idx = torch.arange(n0, device=x0.device)
+        idx = torch.arange(require_equal_batches("Independent", x0, x1), device=x0.device)
         return idx, idx.clone(), {}
 
 
