@@ -46,6 +46,26 @@ FLAG_FIELDS = {
 }
 
 
+FLAG_HELP = {
+    "name": "run folder name under --out",
+    "out": "parent folder of runs (default runs)",
+    "source": "x0: a built-in distribution (otcfm list) or a .npy/.npz/.csv file",
+    "target": "x1: a built-in distribution or a .npy/.npz/.csv file",
+    "method": "icfm, otcfm, sbcfm, fm or vpcfm",
+    "sigma": "path noise (sbcfm: entropic reg = 2 sigma^2)",
+    "coupling": "override the method's coupling (exact, approx, entropic, ...)",
+    "steps": "optimizer steps",
+    "workers": "background coupling threads (0 = couple in the training thread)",
+    "ot_batch": "points coupled at once; a multiple of --batch-size (0 = batch size)",
+    "ode_steps": "fixed-step solver steps for validation and evaluation",
+}
+
+
+def _flag_help(flag: str, section: str | None, key: str) -> str:
+    where = f"{section}.{key}" if section else key
+    return f"{FLAG_HELP[flag]} [{where}]" if flag in FLAG_HELP else f"[{where}]"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otcfm", description="Conditional flow matching with minibatch optimal transport."
@@ -68,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
             dest=flag,
             type=kind,
             default=None,
-            help=f"{section + '.' if section else ''}{key}",
+            help=_flag_help(flag, section, key),
         )
     p.add_argument(
         "--set",
