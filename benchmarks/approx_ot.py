@@ -7,6 +7,7 @@ gap of ApproxOT against the exact optimum (uncapped network simplex) and its cer
 resident memory increase against one float32 B x B cost matrix.
 
     python benchmarks/approx_ot.py [--sizes 1024 4096] [--dims 2 64] [--repeats 3] [--memory]
+                                   [--no-warm-start]
 
 Timings are wall-clock medians; on a shared machine they are indicative only.
 """
@@ -43,7 +44,9 @@ def median_time(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def row(b: int, d: int, tol: float, repeats: int, seed: int) -> dict[str, float]:
+def row(
+    b: int, d: int, tol: float, repeats: int, seed: int, warm_start: bool = True
+) -> dict[str, float]:
     x0, x1 = data(b, d, seed)
     cost = sq_cost(x0, x1).double().numpy()
     w = np.full(b, 1.0 / b)
@@ -51,7 +54,7 @@ def row(b: int, d: int, tol: float, repeats: int, seed: int) -> dict[str, float]
     exact = ot.emd(np.ones(b), np.ones(b), cost, numItermax=sys.maxsize)
     opt = float((exact * cost).sum())
     ind = float(cost.sum()) / b
-    cpl = ApproxOT(tol=tol)
+    cpl = ApproxOT(tol=tol, warm_start=warm_start)
     t_apx, pair = median_time(lambda: cpl(x0, x1), repeats)
     u = float(cost[np.arange(b), pair.j.numpy()].sum())
     return {
@@ -81,6 +84,7 @@ def main() -> None:
     ap.add_argument("--tol", type=float, default=0.01)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-warm-start", action="store_true", help="ApproxOT(warm_start=False)")
     ap.add_argument("--memory", action="store_true", help="also the B=8192, d=784 memory run")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="write the rows as JSON to this file")
@@ -94,7 +98,7 @@ def main() -> None:
           f"{'bound':>9} {'rounds':>7}")
     for b in args.sizes:
         for d in args.dims:
-            r = row(b, d, args.tol, args.repeats, seed=b + d)
+            r = row(b, d, args.tol, args.repeats, seed=b + d, warm_start=not args.no_warm_start)
             rows.append(r)
             print(f"{b:>6} {d:>4} {r['emd_s']:>9.3f} {r['approx_s']:>9.3f} {r['speedup']:>8.2f} "
                   f"{r['gap']:>9.2e} {r['gap_bound']:>9.2e} {r['iterations']:>7}", flush=True)

@@ -168,3 +168,50 @@ def test_cuda_matches_cpu():
     x0, x1 = randn(256, 5, seed=23), randn(256, 5, seed=24)
     p = ApproxOT(cost_dtype=torch.float64)(x0.cuda(), x1.cuda())
     assert p.j.is_cuda and true_gap(x0, x1, p.j.cpu()) <= 0.01
+
+
+@pytest.mark.parametrize(("n", "seed"), [(256, 30), (400, 31), (512, 32)])
+@pytest.mark.parametrize("tol", [0.05, 0.01, 0.002])
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_low_dimension_warm_start_keeps_certificate(n, seed, tol, warm_start):
+    # d = 2: long auction price wars without the entropic warm start.
+    x0 = randn(n, 2, seed=seed)
+    x1 = randn(n, 2, seed=seed + 100) + 0.5
+    p = ApproxOT(tol=tol, warm_start=warm_start)(x0, x1)
+    assert torch.equal(p.j.sort().values, torch.arange(n))
+    gap = true_gap(x0, x1, p.j)
+    assert -1e-6 <= gap <= tol
+    assert gap <= p.info["gap_bound"] + 1e-6 <= tol + 1e-6
+    c = cdist(x0.double().numpy(), x1.double().numpy(), "sqeuclidean")
+    r, col = linear_sum_assignment(c)
+    assert p.info["lower_bound"] <= c[r, col].mean() + 1e-5 * (1 + c[r, col].mean())
+
+
+def test_warm_start_shortens_the_low_dimensional_auction():
+    x0, x1 = randn(400, 2, seed=33), randn(400, 2, seed=34) + 0.5
+    warm = ApproxOT(tol=0.01)(x0, x1)
+    cold = ApproxOT(tol=0.01, warm_start=False)(x0, x1)
+    assert warm.info["iterations"] < cold.info["iterations"]
+    assert true_gap(x0, x1, warm.j) <= 0.01 and true_gap(x0, x1, cold.j) <= 0.01
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e4])
+def test_warm_start_on_general_and_badly_scaled_costs(scale):
+    # non-metric random costs with a wide range: whatever the Sinkhorn prices, the
+    # certificate must hold against scipy's exact assignment.
+    g = torch.Generator().manual_seed(35)
+    cost = torch.rand(300, 300, generator=g, dtype=torch.float64) ** 4 * scale
+    cost[:, :7] += 50.0 * scale  # a few columns far from every row
+    j, info = ApproxOT(tol=0.01, cost_dtype=torch.float64).solve(cost)
+    c = cost.numpy()
+    r, col = linear_sum_assignment(c)
+    opt, ind = c[r, col].sum(), c.sum() / 300
+    gap = (c[np.arange(300), j.numpy()].sum() - opt) / (ind - opt)
+    assert torch.equal(j.sort().values, torch.arange(300))
+    assert -1e-9 <= gap <= info["gap_bound"] + 1e-9 <= 0.01 + 1e-9
+    assert info["lower_bound"] * 300 <= opt * (1 + 1e-9)
+
+
+def test_bad_warm_start():
+    with pytest.raises(TypeError, match="warm_start must be a bool"):
+        ApproxOT(warm_start=1)
