@@ -79,9 +79,8 @@ def load_points(
     return torch.from_numpy(np.ascontiguousarray(arr)).to(dtype)
 
 
-def _existing_file(path: str | os.PathLike) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+def _supported_path(path: str | os.PathLike) -> tuple[Path, str]:
+    """The expanded path and its lower-case extension; unsupported extensions raise."""
     p = Path(path).expanduser()
     ext = p.suffix.lower()
     if ext not in SUPPORTED_EXTENSIONS:
@@ -89,6 +88,13 @@ def _existing_file(path: str | os.PathLike) -> Path:
             f"{p}: unsupported file extension {p.suffix!r}; "
             f"supported: {', '.join(SUPPORTED_EXTENSIONS)}"
         )
+    return p, ext
+
+
+def _existing_file(path: str | os.PathLike) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    p, ext = _supported_path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: points file not found")
     if not p.is_file():
@@ -304,13 +310,7 @@ def save_points(
     decimals and an optional header of column ``names``. Parent folders are created and the
     file is replaced atomically. Returns the path written.
     """
-    p = Path(path).expanduser()
-    ext = p.suffix.lower()
-    if ext not in SUPPORTED_EXTENSIONS:
-        raise ValueError(
-            f"{p}: unsupported file extension {p.suffix!r}; "
-            f"supported: {', '.join(SUPPORTED_EXTENSIONS)}"
-        )
+    p, ext = _supported_path(path)
     arr = _to_numpy(x)
     if isinstance(names, str):
         raise TypeError(f"names must be a sequence of column names, not the string {names!r}")
