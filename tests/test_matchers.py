@@ -21,7 +21,7 @@ from otcfm.paths import (
 )
 from otcfm.time_samplers import LogitNormalTime, StratifiedUniformTime, UniformTime
 
-NAMES = ["fm", "icfm", "otcfm", "sbcfm", "vpcfm"]
+NAMES = ["fm", "icfm", "otcfm", "rf", "sbcfm", "vpcfm"]
 SHAPES = [(12, 1), (12, 2), (12, 3, 4, 4)]
 DTYPES = [torch.float32, torch.bfloat16]
 

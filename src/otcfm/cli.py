@@ -6,6 +6,7 @@ Thin by design: parse flags -> build a RunConfig -> call the library.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -58,6 +59,14 @@ FLAG_HELP = {
     "workers": "background coupling threads (0 = couple in the training thread)",
     "ot_batch": "points coupled at once; a multiple of --batch-size (0 = batch size)",
     "ode_steps": "fixed-step solver steps for validation and evaluation",
+}
+
+
+# `otcfm bench NAME`: module whose main(argv) -> int runs it
+BENCHES = {
+    "two-dim": "otcfm.experiments.two_dim",
+    "gaussian-sb": "otcfm.experiments.gaussian_sb",
+    "single-cell": "otcfm.experiments.single_cell",
 }
 
 
@@ -128,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sub.add_parser("list", help="list methods, couplings, solvers, distributions and tasks")
+
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark recipe: " + ", ".join(BENCHES),
+        description="Benchmark recipes over the library; `otcfm bench NAME --help` for options.",
+    )
+    p.add_argument("name", choices=tuple(BENCHES), help="benchmark")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="options of that benchmark")
+
+    p = sub.add_parser(
+        "trajectory",
+        help="trajectory inference from time-course snapshots: fit | predict | evaluate",
+        description="`otcfm trajectory {fit,predict,evaluate} --help` for options.",
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help="subcommand and its options")
     return parser
 
 
@@ -230,6 +254,17 @@ def cmd_list(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    module = importlib.import_module(BENCHES[args.name])
+    return module.main(args.args)
+
+
+def cmd_trajectory(args: argparse.Namespace) -> int:
+    from otcfm.trajectory.cli import main as trajectory_main
+
+    return trajectory_main(args.args)
+
+
 def _print_metrics(metrics: dict) -> None:
     print(json.dumps(metrics, indent=2))
 
@@ -240,6 +275,8 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "demo": cmd_demo,
     "list": cmd_list,
+    "bench": cmd_bench,
+    "trajectory": cmd_trajectory,
 }
 
 

@@ -253,3 +253,13 @@ def _vpcfm(
     return FlowMatcher(
         TrigPath(sigma), _coupling(coupling, Independent), _time_sampler(time_sampler), name="vpcfm"
     )
+
+
+@MATCHERS.register("rf")
+def _rf(*, sigma: float = 0.0, time_sampler: TimeSampler | str | None = None) -> FlowMatcher:
+    """Rectified flow (reflow): linear path, pairs kept as given (Liu et al. 2023).
+
+    Train it on paired data (``data.paired``): x0 and the endpoint x1 = ODE(x0) of a trained
+    flow, row for row. Its coupling is the identity on a batch, i.e. ``Independent``.
+    """
+    return FlowMatcher(LinearPath(sigma), Independent(), _time_sampler(time_sampler), name="rf")
