@@ -11,6 +11,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from otcfm.couplings import COUPLINGS, ApproxOT, Pairing, coupling
+from otcfm.couplings import _auction_kernels as kernels
 from otcfm.matchers import matcher
 
 
@@ -28,15 +29,22 @@ def true_gap(x0: torch.Tensor, x1: torch.Tensor, j: torch.Tensor) -> float:
     return float((c[np.arange(n), j.numpy()].sum() - opt) / (ind - opt))
 
 
+BACKENDS = [
+    "torch",
+    pytest.param(
+        "compiled", marks=pytest.mark.skipif(not kernels.available(), reason="needs numba")
+    ),
+]
 CASES = [(64, 2, 0), (200, 2, 1), (150, 16, 2), (300, 5, 3), (128, 64, 4)]
 
 
 @pytest.mark.parametrize(("n", "d", "seed"), CASES)
 @pytest.mark.parametrize("tol", [0.05, 0.01, 0.001])
-def test_gap_within_tol_and_certificate_is_an_upper_bound(n, d, seed, tol):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gap_within_tol_and_certificate_is_an_upper_bound(n, d, seed, tol, backend):
     x0 = randn(n, d, seed=seed)
     x1 = randn(n, d, seed=seed + 100) * 1.5 + 1.0
-    p = ApproxOT(tol=tol)(x0, x1)
+    p = ApproxOT(tol=tol, backend=backend)(x0, x1)
     gap = true_gap(x0, x1, p.j)
     assert -1e-6 <= gap <= tol
     assert p.info["gap_bound"] <= tol
@@ -50,18 +58,20 @@ def test_gap_within_tol_and_certificate_is_an_upper_bound(n, d, seed, tol):
     assert p.info["independent_cost"] == pytest.approx(c.mean(), rel=1e-5)
 
 
-def test_clustered_data_and_duplicates_are_permutations():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clustered_data_and_duplicates_are_permutations(backend):
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
     x0 = centres[torch.arange(90) % 3] + 0.01 * randn(90, 2, seed=5)
     x1 = torch.cat([x0[:45], x0[:45]]) + 0.5  # duplicated targets
-    p = ApproxOT(tol=0.01)(x0, x1)
+    p = ApproxOT(tol=0.01, backend=backend)(x0, x1)
     assert torch.equal(p.j.sort().values, torch.arange(90))
     assert true_gap(x0, x1, p.j) <= 0.01
 
 
-def test_one_dimensional_matches_sorted_matching_within_tol():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_dimensional_matches_sorted_matching_within_tol(backend):
     x0, x1 = randn(257, 1, seed=6), randn(257, 1, seed=7) * 2.0
-    p = ApproxOT(tol=0.01)(x0, x1)
+    p = ApproxOT(tol=0.01, backend=backend)(x0, x1)
     assert torch.equal(p.i, torch.arange(257))
     assert torch.equal(p.j.sort().values, torch.arange(257))
     assert true_gap(x0, x1, p.j) <= 0.01
@@ -97,19 +107,21 @@ def test_float64_costs_reach_tight_tolerances():
     assert true_gap(x0, x1, p.j) <= 1e-5
 
 
-def test_seeded_determinism():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_seeded_determinism(backend):
     x0, x1 = randn(150, 2, seed=14), randn(150, 2, seed=15)
-    a = ApproxOT()(x0, x1, generator=torch.Generator().manual_seed(1))
-    b = ApproxOT()(x0, x1, generator=torch.Generator().manual_seed(1))
-    c = ApproxOT()(x0, x1)
+    a = ApproxOT(backend=backend)(x0, x1, generator=torch.Generator().manual_seed(1))
+    b = ApproxOT(backend=backend)(x0, x1, generator=torch.Generator().manual_seed(1))
+    c = ApproxOT(backend=backend)(x0, x1)
     assert torch.equal(a.j, b.j) and torch.equal(a.j, c.j)
 
 
-def test_trivial_batches():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_trivial_batches(backend):
     x = randn(1, 3, seed=16)
-    assert ApproxOT()(x, x + 1).j.tolist() == [0]
+    assert ApproxOT(backend=backend)(x, x + 1).j.tolist() == [0]
     same = torch.zeros(5, 2)
-    p = ApproxOT()(same, same)
+    p = ApproxOT(backend=backend)(same, same)
     assert torch.equal(p.j.sort().values, torch.arange(5)) and p.info["gap_bound"] == 0.0
 
 
@@ -145,10 +157,10 @@ def test_bad_options_and_inputs():
 def test_iteration_cap_warns_with_numbers():
     x0, x1 = randn(200, 2, seed=19), randn(200, 2, seed=20)
     with pytest.warns(RuntimeWarning, match="certified gap bound .* > tol"):
-        p = ApproxOT(tol=1e-4, max_iter=300)(x0, x1)
+        p = ApproxOT(tol=1e-4, max_iter=300, backend="torch")(x0, x1)
     assert torch.equal(p.j.sort().values, torch.arange(200))
     with pytest.raises(RuntimeError, match="no complete pairing"):
-        ApproxOT(max_iter=1)(x0, x1)
+        ApproxOT(max_iter=1, backend="torch")(x0, x1)
 
 
 def test_registry_and_matcher():
@@ -173,11 +185,12 @@ def test_cuda_matches_cpu():
 @pytest.mark.parametrize(("n", "seed"), [(256, 30), (400, 31), (512, 32)])
 @pytest.mark.parametrize("tol", [0.05, 0.01, 0.002])
 @pytest.mark.parametrize("warm_start", [True, False])
-def test_low_dimension_warm_start_keeps_certificate(n, seed, tol, warm_start):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_low_dimension_warm_start_keeps_certificate(n, seed, tol, warm_start, backend):
     # d = 2: long auction price wars without the entropic warm start.
     x0 = randn(n, 2, seed=seed)
     x1 = randn(n, 2, seed=seed + 100) + 0.5
-    p = ApproxOT(tol=tol, warm_start=warm_start)(x0, x1)
+    p = ApproxOT(tol=tol, warm_start=warm_start, backend=backend)(x0, x1)
     assert torch.equal(p.j.sort().values, torch.arange(n))
     gap = true_gap(x0, x1, p.j)
     assert -1e-6 <= gap <= tol
@@ -187,10 +200,11 @@ def test_low_dimension_warm_start_keeps_certificate(n, seed, tol, warm_start):
     assert p.info["lower_bound"] <= c[r, col].mean() + 1e-5 * (1 + c[r, col].mean())
 
 
-def test_warm_start_shortens_the_low_dimensional_auction():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_warm_start_shortens_the_low_dimensional_auction(backend):
     x0, x1 = randn(400, 2, seed=33), randn(400, 2, seed=34) + 0.5
-    warm = ApproxOT(tol=0.01)(x0, x1)
-    cold = ApproxOT(tol=0.01, warm_start=False)(x0, x1)
+    warm = ApproxOT(tol=0.01, backend=backend)(x0, x1)
+    cold = ApproxOT(tol=0.01, warm_start=False, backend=backend)(x0, x1)
     assert warm.info["iterations"] < cold.info["iterations"]
     assert true_gap(x0, x1, warm.j) <= 0.01 and true_gap(x0, x1, cold.j) <= 0.01
 
@@ -215,3 +229,49 @@ def test_warm_start_on_general_and_badly_scaled_costs(scale):
 def test_bad_warm_start():
     with pytest.raises(TypeError, match="warm_start must be a bool"):
         ApproxOT(warm_start=1)
+
+
+compiled_only = pytest.mark.skipif(not kernels.available(), reason="needs numba")
+
+
+@compiled_only
+def test_compiled_bidding_cap_warns_or_raises():
+    x0, x1 = randn(200, 2, seed=19), randn(200, 2, seed=20)
+    with pytest.warns(RuntimeWarning, match="certified gap bound .* > tol"):
+        p = ApproxOT(tol=1e-4, max_iter=20, backend="compiled")(x0, x1)
+    assert torch.equal(p.j.sort().values, torch.arange(200))
+    with pytest.raises(RuntimeError, match="no complete pairing"):
+        ApproxOT(max_iter=1, backend="compiled", warm_start=False)(x0, x1)
+
+
+@compiled_only
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e4])
+def test_compiled_certificate_on_general_and_badly_scaled_costs(scale):
+    g = torch.Generator().manual_seed(36)
+    cost = torch.rand(300, 300, generator=g) ** 4 * scale
+    cost[:, :7] += 50.0 * scale
+    j, info = ApproxOT(tol=0.01, backend="compiled").solve(cost)
+    c = cost.double().numpy()
+    r, col = linear_sum_assignment(c)
+    opt, ind = c[r, col].sum(), c.sum() / 300
+    gap = (c[np.arange(300), j.numpy()].sum() - opt) / (ind - opt)
+    assert info["compiled"] == 1.0
+    assert torch.equal(j.sort().values, torch.arange(300))
+    assert -1e-6 <= gap <= info["gap_bound"] + 1e-6 <= 0.01 + 1e-6
+    assert info["lower_bound"] * 300 <= opt * (1 + 1e-6)
+
+
+@compiled_only
+def test_auto_backend_choice():
+    x0, x1 = randn(40, 3, seed=37), randn(40, 3, seed=38)
+    assert ApproxOT()(x0, x1).info["compiled"] == 1.0
+    assert ApproxOT(cost_dtype=torch.float64)(x0, x1).info["compiled"] == 0.0
+    assert ApproxOT(backend="torch")(x0, x1).info["compiled"] == 0.0
+
+
+def test_bad_backend():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ApproxOT(backend="gpu")
+    if kernels.available():
+        with pytest.raises(ValueError, match="cost_dtype=torch.float32"):
+            ApproxOT(backend="compiled", cost_dtype=torch.float64)

@@ -1,0 +1,202 @@
+"""Compiled auction kernels for ApproxOT on CPU (numba, extra ``fast``).
+
+Every kernel takes a float32 cost matrix C (n, n) with non-negative entries (row minima
+subtracted) and non-negative float32 column prices p (n,). Then every C_ij + p_j >= 0, and
+non-negative IEEE floats order exactly like their bit patterns read as int32: row minima are
+taken as integer minima, which vectorize (float minima do not, for NaN semantics).
+
+The kernels release the GIL, so coupling threads run beside the training thread. Without
+numba the same functions run as plain Python (correct, slow: tests of small cases only).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - exercised when the `fast` extra is missing
+    numba = None
+
+_BIG = np.int32(0x7FFFFFFF)  # larger than the bits of any finite non-negative float32
+
+
+def available() -> bool:
+    """Whether the compiled kernels are in use (numba importable)."""
+    return numba is not None
+
+
+def _jit(fastmath: bool = False):
+    if numba is None:  # pragma: no cover
+        return lambda f: f
+    return numba.njit(nogil=True, cache=True, fastmath=fastmath)
+
+
+@_jit(fastmath=True)
+def _add(row, p, out):  # pragma: no cover - compiled
+    for j in range(row.shape[0]):
+        out[j] = row[j] + p[j]
+
+
+@_jit()
+def _min_bits(bits):  # pragma: no cover - compiled
+    m = _BIG
+    for j in range(bits.shape[0]):
+        x = bits[j]
+        m = x if x < m else m
+    return m
+
+
+@_jit()
+def _first(bits, m):  # pragma: no cover - compiled
+    n = bits.shape[0]
+    k = n
+    for j in range(n):
+        c = j if bits[j] == m else n
+        k = c if c < k else k
+    return k
+
+
+@_jit()
+def _row_min(row, p, buf, bits):  # pragma: no cover - compiled
+    """min_j row_j + p_j and its first argmin; leaves row + p in buf."""
+    _add(row, p, buf)
+    j = _first(bits, _min_bits(bits))
+    return j, buf[j]
+
+
+@_jit()
+def bid(C, p, eps, owner, assigned, max_bids):  # pragma: no cover - compiled
+    """Gauss-Seidel forward auction at this eps until every row is assigned (in place).
+
+    A free row i bids for j1 = argmin_j C_ij + p_j, raising p_j1 by (second best - best) + eps
+    and evicting j1's owner. Returns the number of bids (at most ``max_bids``).
+    """
+    n = C.shape[0]
+    buf = np.empty(n, np.float32)
+    bits = buf.view(np.int32)
+    free = np.empty(n, np.int64)
+    nf = 0
+    for i in range(n - 1, -1, -1):
+        if assigned[i] < 0:
+            free[nf] = i
+            nf += 1
+    step = np.float32(eps)
+    bids = 0
+    while nf > 0 and bids < max_bids:
+        nf -= 1
+        i = free[nf]
+        j1, best = _row_min(C[i], p, buf, bits)
+        bits[j1] = _BIG
+        second = buf[_first(bits, _min_bits(bits))]
+        p[j1] += second - best + step
+        prev = owner[j1]
+        owner[j1] = i
+        assigned[i] = j1
+        if prev >= 0:
+            assigned[prev] = -1
+            free[nf] = prev
+            nf += 1
+        bids += 1
+    return bids
+
+
+@_jit()
+def prune(C, p, owner, assigned, eps):  # pragma: no cover - compiled
+    """Unassign the rows whose column is not within eps of their best (in place).
+
+    Returns the number of rows kept: they satisfy eps-complementary slackness at the new eps.
+    """
+    n = C.shape[0]
+    buf = np.empty(n, np.float32)
+    bits = buf.view(np.int32)
+    kept = 0
+    for i in range(n):
+        a = assigned[i]
+        if a < 0:
+            continue
+        _, best = _row_min(C[i], p, buf, bits)
+        if buf[a] - best > eps:
+            assigned[i] = -1
+            owner[a] = -1
+        else:
+            kept += 1
+    return kept
+
+
+@_jit()
+def dual_value(C, p):  # pragma: no cover - compiled
+    """sum_i u_i + sum_j v_j for u_i = min_j (C_ij + p_j), v_j = min_i (C_ij - u_i).
+
+    u_i + v_j <= C_ij, so this is a lower bound on the optimal assignment cost (weak
+    duality), before float32 rounding (the caller subtracts a rounding slack). One pass.
+    """
+    n = C.shape[0]
+    buf = np.empty(n, np.float32)
+    bits = buf.view(np.int32)
+    v = np.full(n, np.inf, np.float32)
+    total = 0.0
+    for i in range(n):
+        row = C[i]
+        _, u = _row_min(row, p, buf, bits)
+        total += np.float64(u)
+        for j in range(n):
+            x = row[j] - u
+            v[j] = x if x < v[j] else v[j]
+    for j in range(n):
+        total += np.float64(v[j])
+    return total
+
+
+@_jit()
+def extend_prices(C, cols, p_cols, p):  # pragma: no cover - compiled
+    """Prices for all columns from prices on a subset of them (a c-transform pair).
+
+    f_i = min_k C[i, cols_k] + p_cols_k over the subset, then p_j = max_i f_i - C_ij, so
+    f_i - p_j <= C_ij for every pair. Writes p (n,), returns sum f - sum p: a lower bound
+    on the optimal assignment cost (before rounding).
+    """
+    n = C.shape[0]
+    m = cols.shape[0]
+    buf = np.empty(m, np.float32)
+    bits = buf.view(np.int32)
+    for j in range(n):
+        p[j] = -np.inf
+    total = 0.0
+    for i in range(n):
+        row = C[i]
+        for k in range(m):
+            buf[k] = row[cols[k]] + p_cols[k]
+        f = buf[_first(bits, _min_bits(bits))]
+        total += np.float64(f)
+        for j in range(n):
+            x = f - row[j]
+            p[j] = x if x > p[j] else p[j]
+    for j in range(n):
+        total -= np.float64(p[j])
+    return total
+
+
+@_jit()
+def reduce_rows(C):  # pragma: no cover - compiled
+    """Subtract each row's minimum in place (C >= 0); returns (row minima sum, sum, max) after.
+
+    Sums in float64. One pass over C.
+    """
+    n, m = C.shape
+    bits = C.view(np.int32)
+    shift = 0.0
+    total = 0.0
+    top = np.float32(0.0)
+    for i in range(n):
+        row = C[i]
+        lo = row[_first(bits[i], _min_bits(bits[i]))]
+        shift += np.float64(lo)
+        s = 0.0
+        for j in range(m):
+            x = row[j] - lo
+            row[j] = x
+            s += np.float64(x)
+            top = x if x > top else top
+        total += s
+    return shift, total, top
