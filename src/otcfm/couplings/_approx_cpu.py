@@ -22,7 +22,7 @@ import numpy as np
 
 from otcfm.couplings import _auction_kernels as kernels
 
-COARSE_MIN = 256  # smallest batch solved with a multiscale warm start
+COARSE_MIN = 128  # smallest batch solved with a multiscale warm start
 COARSE_RATIO = 2  # the coarse problem has n / COARSE_RATIO points
 WARM_EPS = 3.0  # first eps after a warm start, in certifying eps
 _F32 = float(np.finfo(np.float32).eps)
@@ -77,7 +77,9 @@ def solve_auction(
     if warm and n >= COARSE_MIN:
         prices, lb = _coarse_prices(cost, tol, scaling, max_bids, rng)
         spread = ind - lb if 0.0 <= lb < ind else ind
-        eps = max(WARM_EPS * tol * spread / n, floor)
+        # a few times the certifying eps n * eps = tol * (IND - OPT), but not so small that
+        # the first complete pairing takes long at a tight tol (later phases refine)
+        eps = max(WARM_EPS * max(tol, 0.01) * spread / n, floor)
     else:
         prices = np.zeros(n, np.float32)
         eps = ind / n / 2.0
@@ -111,7 +113,7 @@ def _coarse_prices(
     m = n // COARSE_RATIO
     rows = np.sort(rng.choice(n, m, replace=False))
     cols = np.sort(rng.choice(n, m, replace=False))
-    sub = cost[np.ix_(rows, cols)]
+    sub = kernels.gather(cost, rows, cols)
     _, total, top = kernels.reduce_rows(sub)
     coarse = solve_auction(
         sub, tol, scaling=scaling, max_bids=max_bids, warm=True, ind=total / m,

@@ -82,13 +82,16 @@ def bid(C, p, eps, owner, assigned, max_bids):  # pragma: no cover - compiled
             free[nf] = i
             nf += 1
     step = np.float32(eps)
+    word = np.empty(1, np.int32)  # reinterprets a minimum's bits as its float32 value
+    value = word.view(np.float32)
     bids = 0
     while nf > 0 and bids < max_bids:
         nf -= 1
         i = free[nf]
         j1, best = _row_min(C[i], p, buf, bits)
         bits[j1] = _BIG
-        second = buf[_first(bits, _min_bits(bits))]
+        word[0] = _min_bits(bits)
+        second = value[0]
         p[j1] += second - best + step
         prev = owner[j1]
         owner[j1] = i
@@ -177,26 +180,58 @@ def extend_prices(C, cols, p_cols, p):  # pragma: no cover - compiled
     return total
 
 
+@_jit(fastmath=True)
+def _sum64(row):  # pragma: no cover - compiled
+    s = 0.0
+    for j in range(row.shape[0]):
+        s += np.float64(row[j])
+    return s
+
+
+@_jit(fastmath=True)
+def _sub(row, x):  # pragma: no cover - compiled
+    for j in range(row.shape[0]):
+        row[j] -= x
+
+
+@_jit()
+def _max_bits(bits):  # pragma: no cover - compiled
+    m = np.int32(0)
+    for j in range(bits.shape[0]):
+        x = bits[j]
+        m = x if x > m else m
+    return m
+
+
 @_jit()
 def reduce_rows(C):  # pragma: no cover - compiled
-    """Subtract each row's minimum in place (C >= 0); returns (row minima sum, sum, max) after.
-
-    Sums in float64. One pass over C.
+    """Subtract each row's minimum in place (C >= 0); returns (sum of the minima, sum, max)
+    of the reduced matrix, sums in float64. One pass over C.
     """
-    n, m = C.shape
     bits = C.view(np.int32)
     shift = 0.0
     total = 0.0
-    top = np.float32(0.0)
-    for i in range(n):
+    top = np.int32(0)
+    for i in range(C.shape[0]):
         row = C[i]
         lo = row[_first(bits[i], _min_bits(bits[i]))]
         shift += np.float64(lo)
-        s = 0.0
-        for j in range(m):
-            x = row[j] - lo
-            row[j] = x
-            s += np.float64(x)
-            top = x if x > top else top
-        total += s
-    return shift, total, top
+        _sub(row, lo)
+        total += _sum64(row)
+        m = _max_bits(bits[i])
+        top = m if m > top else top
+    word = np.empty(1, np.int32)
+    word[0] = top
+    return shift, total, word.view(np.float32)[0]
+
+
+@_jit()
+def gather(C, rows, cols):  # pragma: no cover - compiled
+    """C[rows][:, cols] as a new contiguous matrix."""
+    out = np.empty((rows.shape[0], cols.shape[0]), np.float32)
+    for a in range(rows.shape[0]):
+        src = C[rows[a]]
+        dst = out[a]
+        for b in range(cols.shape[0]):
+            dst[b] = src[cols[b]]
+    return out
