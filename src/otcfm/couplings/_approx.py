@@ -44,8 +44,10 @@ from otcfm.couplings._approx_cpu import gap_bound, solve_auction
 from otcfm.couplings._base import (
     ConvergenceWarning,
     Coupling,
+    centred,
     check_cost_dtype,
     check_max_iter,
+    overflow_error,
     require_equal_batches,
     sq_cost,
 )
@@ -296,7 +298,17 @@ class ApproxOT(Coupling):
         self, x0: Tensor, x1: Tensor, *, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor, dict[str, float]]:
         n = require_equal_batches("ApproxOT", x0, x1)
-        j, info = self._solve(sq_cost(x0, x1, self.cost_dtype).detach())
+        if self._compiled_for(x0.device, self.cost_dtype):
+            # Gram matrix in torch, then distances and row reduction fused in one pass
+            a, b = centred(x0.detach(), x1.detach(), torch.float32)
+            na, nb = (a * a).sum(1), (b * b).sum(1)
+            if not 2.0 * (float(na.max()) + float(nb.max())) < float(torch.finfo().max):
+                raise overflow_error(torch.float32, a, b)
+            gram = (a @ b.T).numpy()
+            reduced = kernels.sq_cost_reduced(gram, na.numpy(), nb.numpy())
+            j, info = self._solve_compiled(gram, *reduced)
+        else:
+            j, info = self._solve(sq_cost(x0, x1, self.cost_dtype).detach())
         return torch.arange(n, device=x0.device), j, info
 
     def solve(self, cost: Tensor) -> tuple[Tensor, dict[str, float]]:
@@ -305,20 +317,19 @@ class ApproxOT(Coupling):
             raise ValueError(f"cost must be a square matrix, got shape {tuple(cost.shape)}")
         return self._solve(cost.detach().to(self.cost_dtype, copy=True))
 
-    def _compiled(self, cost: Tensor) -> bool:
+    def _compiled_for(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether costs of this dtype on this device go to the compiled backend."""
         if self.backend == "auto":
-            return (
-                kernels.available() and cost.device.type == "cpu" and cost.dtype == torch.float32
-            )
-        if self.backend == "compiled" and cost.device.type != "cpu":
-            raise ValueError("ApproxOT(backend='compiled') runs on CPU; the costs are on "
-                             f"{cost.device}")
+            return kernels.available() and device.type == "cpu" and dtype == torch.float32
+        if self.backend == "compiled" and device.type != "cpu":
+            raise ValueError(f"ApproxOT(backend='compiled') runs on CPU; the data is on {device}")
         return self.backend == "compiled"
 
     def _solve(self, cost: Tensor) -> tuple[Tensor, dict[str, float]]:
         """As :meth:`solve`, overwriting ``cost`` (no extra B x B copy)."""
-        if self._compiled(cost):
-            return self._solve_compiled(cost)
+        if self._compiled_for(cost.device, cost.dtype):
+            c = cost.contiguous().numpy()
+            return self._solve_compiled(c, *kernels.reduce_rows(c))
         n = cost.shape[0]
         # Subtracting row minima changes every assignment's cost by the same constant.
         shift = cost.amin(1, keepdim=True)
@@ -371,11 +382,15 @@ class ApproxOT(Coupling):
             self._warn(bound, rounds, phases, eps, depth=5)
         return best_j, self._info(const, best_u, best_lb, ind, bound, rounds, phases, eps, n)
 
-    def _solve_compiled(self, cost: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """The compiled CPU backend (module ``_approx_cpu``), same certificate and info."""
-        n = cost.shape[0]
-        c = cost.contiguous().numpy()
-        const, total, cmax = kernels.reduce_rows(c)
+    def _solve_compiled(
+        self, c: np.ndarray, const: float, total: float, cmax: float
+    ) -> tuple[Tensor, dict[str, float]]:
+        """The compiled CPU backend (module ``_approx_cpu``), same certificate and info.
+
+        ``c``: float32 (n, n) costs with row minima subtracted (their sum ``const``), whose
+        sum and max are ``total`` and ``cmax``; overwritten.
+        """
+        n = c.shape[0]
         ind = total / n
         if n == 1 or ind <= 0.0:
             j = torch.arange(n)

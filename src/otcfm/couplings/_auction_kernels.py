@@ -204,25 +204,57 @@ def _max_bits(bits):  # pragma: no cover - compiled
 
 
 @_jit()
-def reduce_rows(C):  # pragma: no cover - compiled
-    """Subtract each row's minimum in place (C >= 0); returns (sum of the minima, sum, max)
-    of the reduced matrix, sums in float64. One pass over C.
-    """
+def _reduce_row(row, bits):  # pragma: no cover - compiled
+    """Subtract the row's minimum in place; returns (minimum, sum after, max bits after)."""
+    lo = row[_first(bits, _min_bits(bits))]
+    _sub(row, lo)
+    return lo, _sum64(row), _max_bits(bits)
+
+
+@_jit(fastmath=True)
+def _sq_dist_row(row, na_i, nb):  # pragma: no cover - compiled
+    two = np.float32(2.0)
+    zero = np.float32(0.0)
+    for j in range(row.shape[0]):
+        x = na_i + nb[j] - two * row[j]
+        row[j] = x if x > zero else zero
+
+
+@_jit()
+def _reduce_all(C, G, na, nb):  # pragma: no cover - compiled
     bits = C.view(np.int32)
     shift = 0.0
     total = 0.0
     top = np.int32(0)
     for i in range(C.shape[0]):
-        row = C[i]
-        lo = row[_first(bits[i], _min_bits(bits[i]))]
+        if G:
+            _sq_dist_row(C[i], na[i], nb)
+        lo, s, m = _reduce_row(C[i], bits[i])
         shift += np.float64(lo)
-        _sub(row, lo)
-        total += _sum64(row)
-        m = _max_bits(bits[i])
+        total += s
         top = m if m > top else top
     word = np.empty(1, np.int32)
     word[0] = top
     return shift, total, word.view(np.float32)[0]
+
+
+@_jit()
+def reduce_rows(C):  # pragma: no cover - compiled
+    """Subtract each row's minimum in place (C >= 0); returns (sum of the minima, sum, max)
+    of the reduced matrix, sums in float64. One pass over C.
+    """
+    empty = np.empty(0, np.float32)
+    return _reduce_all(C, False, empty, empty)
+
+
+@_jit()
+def sq_cost_reduced(G, na, nb):  # pragma: no cover - compiled
+    """Squared distances from a Gram matrix, row-reduced, in place, in one pass.
+
+    G_ij = a_i . b_j becomes max(|a_i|^2 + |b_j|^2 - 2 G_ij, 0) minus its row's minimum.
+    Returns (sum of the row minima, sum, max) of the reduced matrix, as ``reduce_rows``.
+    """
+    return _reduce_all(G, True, na, nb)
 
 
 @_jit()

@@ -139,6 +139,23 @@ def require_equal_batches(kind: str, x0: Tensor, x1: Tensor) -> int:
     return n0
 
 
+def centred(x0: Tensor, x1: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Flattened samples (n0, D) and (n1, D) in ``dtype``, shifted by their joint mean."""
+    a = flat(x0).to(dtype)
+    b = flat(x1).to(dtype)
+    shift = (a.sum(0) + b.sum(0)) / (a.shape[0] + b.shape[0])
+    return a - shift, b - shift
+
+
+def overflow_error(dtype: torch.dtype, a: Tensor, b: Tensor) -> ValueError:
+    """The error for a squared-distance cost that does not fit in ``dtype``."""
+    return ValueError(
+        f"the squared-distance cost overflowed in {dtype} (max |x| = "
+        f"{max(float(a.abs().max()), float(b.abs().max())):.3g}); use cost_dtype=torch.float64 "
+        "or rescale the data"
+    )
+
+
 def sq_cost(x0: Tensor, x1: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Squared Euclidean cost C_ij = ||x0_i - x1_j||^2 of flattened samples, shape (n0, n1).
 
@@ -149,20 +166,12 @@ def sq_cost(x0: Tensor, x1: Tensor, dtype: torch.dtype = torch.float32) -> Tenso
     work = dtype
     if dtype == torch.float32 and x0.device.type == "cuda" and _cuda_matmul_is_tf32():
         work = torch.float64
-    a = flat(x0).to(work)
-    b = flat(x1).to(work)
-    shift = (a.sum(0) + b.sum(0)) / (a.shape[0] + b.shape[0])
-    a = a - shift
-    b = b - shift
+    a, b = centred(x0, x1, work)
     # In place on the one (n0, n1) product: peak memory is a single cost matrix.
     cost = (a @ b.T).mul_(-2.0).add_((a * a).sum(1)[:, None]).add_((b * b).sum(1)[None, :])
     cost = cost.clamp_min_(0.0).to(dtype)
     if not bool(torch.isfinite(cost.max())):  # max is NaN or inf iff some entry is
-        raise ValueError(
-            f"the squared-distance cost overflowed in {dtype} (max |x| = "
-            f"{max(float(a.abs().max()), float(b.abs().max())):.3g}); use cost_dtype=torch.float64 "
-            "or rescale the data"
-        )
+        raise overflow_error(dtype, a, b)
     return cost
 
 
