@@ -281,8 +281,10 @@ def step_fns(
         return step
 
     g = torch.Generator().manual_seed(seed)
-    for method in ("otcfm", "icfm"):
-        fm = matcher(method, sigma=0.1)
+    ours = [("otcfm", matcher("otcfm", sigma=0.1)), ("icfm", matcher("icfm", sigma=0.1))]
+    if ApproxOT is not None:
+        ours.append(("otcfm-approx", matcher("otcfm", sigma=0.1, coupling=ApproxOT(tol=0.01))))
+    for method, fm in ours:
         out.append(("otcfm", method, build(lambda m, a, c, fm=fm: fm.loss(m, a, c, generator=g))))
     if torchcfm is not None:
         for method, cls in (("otcfm", ExactOptimalTransportConditionalFlowMatcher),
@@ -429,16 +431,21 @@ def tables(records: list[dict[str, Any]]) -> str:
         lines += [
             "### Training step (coupling + loss + backward + AdamW step)",
             "",
+            "One thread, coupling inside the step (no prefetch: see benchmarks/throughput.py).",
+            "",
             "| d | width | B | TorchCFM I-CFM | TorchCFM OT-CFM | ours I-CFM | ours OT-CFM | "
-            "ratio OT-CFM ours/TorchCFM | OT-CFM / I-CFM ours | OT-CFM / I-CFM TorchCFM |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "ours OT-CFM ApproxOT(0.01) | ratio OT-CFM ours/TorchCFM (exact, approx) | "
+            "OT-CFM / I-CFM ours (exact, approx) | OT-CFM / I-CFM TorchCFM |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for d, w, b in sorted({(r["d"], r["width"], r["B"]) for r in step}):
             ti, to = find("step", "torchcfm", "icfm", b, d), find("step", "torchcfm", "otcfm", b, d)
             oi, oo = find("step", "otcfm", "icfm", b, d), find("step", "otcfm", "otcfm", b, d)
+            oa = find("step", "otcfm", "otcfm-approx", b, d)
             lines.append(
                 f"| {d} | {w} | {b} | {_fmt_s(ti)} | {_fmt_s(to)} | {_fmt_s(oi)} | "
-                f"{_fmt_s(oo)} | {_ratio(oo, to)} | {_ratio(oo, oi)} | {_ratio(to, ti)} |"
+                f"{_fmt_s(oo)} | {_fmt_s(oa)} | {_ratio(oo, to)}, {_ratio(oa, to)} | "
+                f"{_ratio(oo, oi)}, {_ratio(oa, oi)} | {_ratio(to, ti)} |"
             )
         lines.append("")
     mem = [r for r in records if r["kind"] == "memory"]
