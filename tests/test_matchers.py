@@ -58,7 +58,8 @@ class TinyModel(nn.Module):
 
 
 def test_registry_lists_every_preset():
-    assert MATCHERS.names() == NAMES
+    # sf2m needs a model with a score head; its contract is tested in test_sf2m.py
+    assert MATCHERS.names() == sorted([*NAMES, "sf2m"])
 
 
 # --------------------------------------------------------------------- contract

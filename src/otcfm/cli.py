@@ -122,12 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ode-steps", type=int, default=None, help="fixed-step solver steps")
     p.add_argument("--checkpoint", default="best", choices=("best", "latest"))
     p.add_argument("--out", type=Path, required=True, help="output file: .npy, .npz, .csv or .pt")
+    _add_sde_flags(p)
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed of the SDE noise (default: the run's seed)"
+    )
 
     p = sub.add_parser("evaluate", help="score a trained run: W2, MMD, path energy, NPE, NFE")
     p.add_argument("run", type=Path, help="run folder")
     p.add_argument("--checkpoint", default=None, choices=("best", "latest"))
     p.add_argument("--adaptive", default="dopri5", help="adaptive solver for NFE ('none' skips)")
     p.add_argument("--no-plots", action="store_true")
+    _add_sde_flags(p, also="also score SDE samples (w2_sde, ...) beside the ODE metrics; ")
 
     p = sub.add_parser("demo", help="the main job: OT-CFM vs I-CFM on moons -> 8gaussians")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -153,6 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("args", nargs=argparse.REMAINDER, help="subcommand and its options")
     return parser
+
+
+def _add_sde_flags(p: argparse.ArgumentParser, also: str = "") -> None:
+    p.add_argument(
+        "--sde",
+        action="store_true",
+        help=also + "sample the bridge SDE dx = [v + sigma^2/2 s] dt + sigma dW (Euler-Maruyama, "
+        "the run's sigma) instead of the probability-flow ODE; SF2M runs only",
+    )
+    p.add_argument(
+        "--sde-steps", type=int, default=None, help="Euler-Maruyama steps (default: ode_steps)"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -194,18 +211,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from otcfm.data import load_points, save_points
     from otcfm.train.evaluate import load_run, sample_run
 
+    if args.sde_steps is not None and not args.sde:
+        raise ValueError("--sde-steps applies to SDE sampling; add --sde")
+    if args.sde and (args.solver or args.ode_steps):
+        raise ValueError("--solver and --ode-steps set the ODE; with --sde use --sde-steps")
     run = load_run(args.run, args.checkpoint)
     x0 = load_points(args.x0) if args.x0 else None
     if x0 is None and args.n > run.data.source.test.shape[0]:
         n = run.data.source.test.shape[0]
         raise ValueError(f"--n {args.n} exceeds the run's {n} test sources; pass --x0 FILE")
-    traj = sample_run(run, x0, n=args.n, solver=args.solver, steps=args.ode_steps, save="ends")
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator().manual_seed(args.seed)
+    traj = sample_run(
+        run, x0, n=args.n, solver=args.solver, steps=args.ode_steps, save="ends",
+        sde=args.sde, sde_steps=args.sde_steps, generator=generator,
+    )
     out = Path(args.out)
     if out.suffix == ".pt":
         torch.save({"x0": traj.xs[0], "samples": traj.x_final, "nfe": traj.nfe}, out)
     else:
         save_points(out, traj.x_final)
-    print(f"wrote {traj.x_final.shape[0]} samples to {out} (NFE {traj.nfe})")
+    how = f"SDE, sigma {run.cfg.method.sigma}" if args.sde else "ODE"
+    print(f"wrote {traj.x_final.shape[0]} samples to {out} ({how}, NFE {traj.nfe})")
     return 0
 
 
@@ -213,8 +241,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from otcfm.train.evaluate import evaluate_run
 
     adaptive = "" if args.adaptive.lower() == "none" else args.adaptive
+    if args.sde_steps is not None and not args.sde:
+        raise ValueError("--sde-steps applies to SDE sampling; add --sde")
     metrics = evaluate_run(
-        args.run, which=args.checkpoint, adaptive=adaptive, plots=not args.no_plots
+        args.run, which=args.checkpoint, adaptive=adaptive, plots=not args.no_plots,
+        sde=args.sde, sde_steps=args.sde_steps,
     )
     _print_metrics(metrics)
     return 0

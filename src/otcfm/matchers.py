@@ -3,20 +3,21 @@
 ``FlowMatcher.sample`` draws z = (x0, x1) from the minibatch coupling q(z), t from the time
 sampler and x ~ p_t(x | z) from the path; ``FlowMatcher.loss`` is the CFM regression loss
 E ||v(xt, t) - u_t(xt | z)||^2. ``matcher(name, **kw)`` builds the paper's
-variants (REFERENCE.md section 2) by name.
+variants (REFERENCE.md section 2) by name. :class:`SF2M` adds a score regression to the
+Brownian-bridge flow loss, for a model with a drift and a score head (``models.DriftScore``).
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from otcfm._utils import Registry, check_cond, check_pair, check_positive
+from otcfm._utils import Registry, check_cond, check_pair, check_positive, pad_t
 from otcfm.couplings import COUPLINGS, Coupling, EntropicOT, ExactOT, Independent, Pairing
 from otcfm.paths import (
     BrownianBridgePath,
@@ -28,7 +29,7 @@ from otcfm.paths import (
 )
 from otcfm.time_samplers import TIME_SAMPLERS, TimeSampler, UniformTime
 
-__all__ = ["MATCHERS", "FlowMatcher", "matcher"]
+__all__ = ["MATCHERS", "SF2M", "FlowMatcher", "SF2MLoss", "matcher"]
 
 
 class FlowMatcher:
@@ -40,6 +41,9 @@ class FlowMatcher:
         time_sampler: distribution of t; default :class:`UniformTime`.
         name: a label shown in the repr (the registry name for presets).
     """
+
+    #: whether the model must also have a score head (see :class:`SF2M`)
+    needs_score: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -135,12 +139,130 @@ class FlowMatcher:
         )
 
 
+# ---------------------------------------------------------------------- SF2M
+@dataclass(frozen=True)
+class SF2MLoss:
+    """The SF2M loss and its two terms, 0-dim float32 tensors: ``total = flow + score``."""
+
+    total: Tensor
+    flow: Tensor
+    score: Tensor
+
+
+class SF2M(FlowMatcher):
+    """Simulation-free score and flow matching (SF2M; Tong et al., AISTATS 2024).
+
+    Same coupling -> time -> Brownian-bridge path as SB-CFM, plus a score regression
+    (REFERENCE.md section 2), per sample and averaged over coordinates:
+
+        ||v(xt, t) - u_t(xt | z)||^2 + lambda(t)^2 ||s(xt, t) - grad log p_t(xt | z)||^2,
+
+    with lambda(t) = 2 sigma_t / sigma^2 and grad log p_t(xt | z) = -eps / sigma_t. The score
+    term is evaluated as (2 / sigma^2)^2 ||sigma_t s + eps||^2, the same number written
+    without the division, so it stays finite at t = 0 and 1. The network s learns the score
+    grad_x log p_t itself; the bridge is then sampled with
+    ``sampling.integrate_sde(model, x0, sigma=sigma)``: dx = [v + (sigma^2/2) s] dt + sigma dW.
+
+    The model is called once per loss as ``model(xt, t, head="both", **cond) -> (v, s)``;
+    :class:`otcfm.models.DriftScore` (two networks, ``forward`` = drift) does this.
+
+    Args:
+        path: a :class:`BrownianBridgePath` with sigma > 0.
+        coupling, time_sampler, name: as for :class:`FlowMatcher`.
+    """
+
+    needs_score: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        path: BrownianBridgePath,
+        coupling: Coupling | None = None,
+        time_sampler: TimeSampler | None = None,
+        *,
+        name: str = "sf2m",
+    ) -> None:
+        if not isinstance(path, BrownianBridgePath):
+            raise TypeError(f"SF2M needs a BrownianBridgePath, got {type(path).__name__}")
+        if path.sigma <= 0:
+            raise ValueError(
+                f"SF2M needs sigma > 0 (score weight lambda = 2 sigma_t / sigma^2), got "
+                f"sigma={path.sigma!r}"
+            )
+        super().__init__(path, coupling, time_sampler, name=name)
+
+    @property
+    def sigma(self) -> float:
+        """The diffusion coefficient g = sigma of the bridge and of its SDE."""
+        return float(self.path.sigma)
+
+    def score_target(self, s: PathSample) -> Tensor:
+        """Conditional score grad_x log p_t(xt | x0, x1) = -eps / sigma_t, (B, *event) float32.
+
+        Infinite where sigma_t = 0 (t = 0 or 1); the loss never divides by sigma_t.
+        """
+        sig = pad_t(self.path.sigma_t(s.t.to(torch.float32)), s.noise)
+        return -s.noise.float() / sig
+
+    def losses(
+        self,
+        model: Callable[..., Any],
+        x0: Tensor,
+        x1: Tensor,
+        generator: torch.Generator | None = None,
+        **cond: Any,
+    ) -> SF2MLoss:
+        """Both loss terms for a fresh batch (same draws as :meth:`loss` with the same seed)."""
+        return self._losses(model, self.sample(x0, x1, generator=generator, **cond))
+
+    def losses_paired(
+        self, model: Callable[..., Any], pair: Pairing, generator: torch.Generator | None = None
+    ) -> SF2MLoss:
+        """Both loss terms for an already coupled batch."""
+        return self._losses(model, self.sample_paired(pair, generator=generator))
+
+    def _regress(self, model: Callable[..., Any], s: PathSample) -> Tensor:
+        return self._losses(model, s).total
+
+    def _losses(self, model: Callable[..., Any], s: PathSample) -> SF2MLoss:
+        _check_score_model(model)
+        kwargs = s.cond if isinstance(s.cond, Mapping) else {}
+        out = model(s.xt, s.t, head="both", **kwargs)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(
+                "model(x, t, head='both') must return the pair (drift, score), got "
+                f"{type(out).__name__}"
+            )
+        for name, value in zip(("drift", "score"), out, strict=True):
+            if not isinstance(value, Tensor) or value.shape != s.ut.shape:
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(
+                    f"model {name} output must have the shape of x {tuple(s.ut.shape)}, got {got}"
+                )
+        v, score = out
+        flow = (v.float() - s.ut.float()).pow(2).mean()
+        sig = pad_t(self.path.sigma_t(s.t.to(torch.float32)), score)
+        weight = (2.0 / self.sigma**2) ** 2
+        score_loss = weight * (sig * score.float() + s.noise.float()).pow(2).mean()
+        return SF2MLoss(total=flow + score_loss, flow=flow, score=score_loss)
+
+
+def _check_score_model(model: Any) -> None:
+    """A clear error for a model without a score head (DDP-style wrappers are unwrapped)."""
+    inner = getattr(model, "module", model)
+    if not callable(getattr(inner, "score", None)):
+        raise TypeError(
+            "SF2M needs a model with a drift and a score head, called as "
+            "model(x, t, head='both') -> (v, s), e.g. otcfm.models.DriftScore.mlp(dim); "
+            f"got {type(inner).__name__}"
+        )
+
+
 # ---------------------------------------------------------------------- presets
 MATCHERS: Registry[FlowMatcher] = Registry("matcher")
 
 
 def matcher(name: str, **kw: Any) -> FlowMatcher:
-    """Build a preset FlowMatcher by name: icfm, otcfm, sbcfm, fm, vpcfm (see MATCHERS).
+    """Build a preset FlowMatcher by name: icfm, otcfm, sbcfm, fm, vpcfm, rf, sf2m (MATCHERS).
 
     Common keywords: ``sigma``, ``time_sampler`` (instance or TIME_SAMPLERS name) and, where
     meaningful, ``coupling`` (instance or COUPLINGS name). Unknown names raise ValueError,
@@ -263,3 +385,25 @@ def _rf(*, sigma: float = 0.0, time_sampler: TimeSampler | str | None = None) ->
     flow, row for row. Its coupling is the identity on a batch, i.e. ``Independent``.
     """
     return FlowMatcher(LinearPath(sigma), Independent(), _time_sampler(time_sampler), name="rf")
+
+
+@MATCHERS.register("sf2m")
+def _sf2m(
+    *,
+    sigma: float = 1.0,
+    time_sampler: TimeSampler | str | None = None,
+    coupling: Coupling | str | None = None,
+) -> SF2M:
+    """SF2M: SB-CFM's Brownian bridge plus a score loss; exact minibatch OT by default.
+
+    ``coupling="entropic"`` by name gets reg = 2 sigma^2 (the Schrodinger bridge coupling).
+    """
+    value = check_positive("sigma", sigma, allow_zero=True)
+    if value == 0:
+        raise ValueError(
+            "sf2m needs sigma > 0 (the SDE noise and the score weight 2 sigma_t / sigma^2), "
+            "got sigma=0.0; use matcher('otcfm') for a deterministic flow"
+        )
+    by_name = isinstance(coupling, str) and COUPLINGS.factory(coupling) is EntropicOT
+    cpl = EntropicOT(reg=2 * value**2) if by_name else _coupling(coupling, ExactOT)
+    return SF2M(BrownianBridgePath(value), cpl, _time_sampler(time_sampler), name="sf2m")

@@ -1,7 +1,8 @@
 """Velocity-field networks with the library's calling convention ``model(x, t, **cond)``.
 
 :class:`MLP` is the paper's network for 2-D and single-cell tasks (3 hidden layers of width 64,
-SELU, time concatenated to the input; REFERENCE.md section 4). Models are also reachable by
+SELU, time concatenated to the input; REFERENCE.md section 4). :class:`DriftScore` pairs a
+drift and a score network for SF2M (its forward is the drift). Models are also reachable by
 name through the :data:`MODELS` registry: ``MODELS.get("mlp", dim=2)``.
 """
 
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from ._utils import Registry
 
-__all__ = ["ACTIVATIONS", "MLP", "MODELS", "get_activation"]
+__all__ = ["ACTIVATIONS", "HEADS", "MLP", "MODELS", "DriftScore", "get_activation"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "selu": nn.SELU,
@@ -187,3 +188,70 @@ def _batch_times(t: Tensor | float, batch: int, device: torch.device) -> Tensor:
     if t.numel() != batch or t.dim() > 2 or (t.dim() == 2 and t.shape[1] != 1):
         raise ValueError(f"t must have shape ({batch},) or be a scalar, got {tuple(t.shape)}")
     return t.reshape(batch).to(device)
+
+
+# --------------------------------------------------------------------------- drift + score
+HEADS: tuple[str, ...] = ("drift", "score", "both")
+
+
+class DriftScore(nn.Module):
+    """A drift network and a score network side by side, for SF2M and SDE sampling.
+
+    ``model(x, t, **cond)`` is the drift v(x, t) (the probability-flow velocity), so every
+    ODE tool (``integrate``, metrics, plots) works on it unchanged; ``model.score(x, t)`` is
+    the score s(x, t) ~ grad_x log p_t(x), and ``model(x, t, head="both")`` returns the pair
+    ``(v, s)`` in one call (the form a loss takes, so that wrappers such as DDP see one
+    forward pass). The two networks share nothing.
+
+    drift, score: modules with the library's convention ``net(x, t, **cond) -> (B, *event)``.
+    Build the usual pair of MLPs with :meth:`mlp`.
+    """
+
+    def __init__(self, drift: nn.Module, score: nn.Module) -> None:
+        super().__init__()
+        for name, net in (("drift", drift), ("score", score)):
+            if not isinstance(net, nn.Module):
+                raise TypeError(f"{name} must be an nn.Module, got {type(net).__name__}")
+        if drift is score:
+            raise ValueError("drift and score must be two different networks")
+        self.drift_net = drift
+        self.score_net = score
+
+    @classmethod
+    def mlp(
+        cls, dim: int | Sequence[int], generator: torch.Generator | None = None, **kwargs: Any
+    ) -> DriftScore:
+        """Two :class:`MLP` of the same architecture (``kwargs`` as for MLP), the drift's
+        parameters drawn first from ``generator`` when given."""
+        return cls(MLP(dim, generator=generator, **kwargs), MLP(dim, generator=generator, **kwargs))
+
+    @property
+    def accepted_cond(self) -> tuple[str, ...]:
+        """Condition keywords of the drift network (empty when it does not say)."""
+        return tuple(getattr(self.drift_net, "accepted_cond", ()))
+
+    def forward(
+        self, x: Tensor, t: Tensor | float, head: str = "drift", **cond: Any
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """head="drift" -> v (B, *event); "score" -> s; "both" -> the tuple (v, s)."""
+        if head == "drift":
+            return self.drift_net(x, t, **cond)
+        if head == "score":
+            return self.score_net(x, t, **cond)
+        if head == "both":
+            return self.drift_net(x, t, **cond), self.score_net(x, t, **cond)
+        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+
+    def drift(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
+        """The drift / probability-flow velocity v(x, t); same as ``model(x, t)``."""
+        return self(x, t, head="drift", **cond)
+
+    def score(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
+        """The score s(x, t) ~ grad_x log p_t(x), shaped like x."""
+        return self(x, t, head="score", **cond)
+
+
+@MODELS.register("drift_score")
+def _drift_score(dim: int | Sequence[int], **kwargs: Any) -> DriftScore:
+    """``MODELS.get("drift_score", dim=2, width=64)``: two MLPs (see :meth:`DriftScore.mlp`)."""
+    return DriftScore.mlp(dim, **kwargs)

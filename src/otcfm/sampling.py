@@ -14,6 +14,13 @@ bf16/fp16 inputs do not lose the small increments ``dt * v``; the saved states a
 Path energy (REFERENCE.md section 3): ``E = integral ||v(t, x_t)||^2 |dt|`` per sample, summed
 over every trailing coordinate. Fixed-step methods use their own quadrature weights on the
 evaluations made anyway; adaptive methods integrate it as an extra ODE component.
+
+``integrate_sde(drift, x0, sigma=..., score=...)`` samples the SDE of a Schrodinger bridge
+learned by SF2M (REFERENCE.md section 2), dx = [v + (sigma^2/2) s] dt + sigma dW from t = 0 to
+1, or its time reversal dx = [v - (sigma^2/2) s] dt + sigma dW integrated from t = 1 down to 0
+(dt < 0). All three (forward SDE, reverse SDE and the probability-flow ODE dx = v dt, which
+is ``integrate(drift, ...)``) share the marginals p_t when s = grad log p_t. The SDE schemes
+are in :data:`SDE_SOLVERS`; the Brownian increments come from the ``generator`` only.
 """
 
 from __future__ import annotations
@@ -28,9 +35,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._utils import check_cond, check_tensor, flat
+from ._utils import check_cond, check_positive, check_tensor, flat, randn_like
 
-__all__ = ["SOLVERS", "FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS", "Trajectory", "integrate"]
+__all__ = [
+    "ADAPTIVE_SOLVERS",
+    "FIXED_STEP_SOLVERS",
+    "SDE_SOLVERS",
+    "SOLVERS",
+    "Trajectory",
+    "integrate",
+    "integrate_sde",
+]
 
 # Butcher tableaux of the explicit fixed-step schemes: (c, a, b); stage i is evaluated at
 # t + c[i] dt and x + dt * sum_j a[i][j] k_j; the step is x + dt * sum_i b[i] k_i.
@@ -56,8 +71,11 @@ class Trajectory:
 
     xs: (T, B, *event) states at the saved times, in ``x0.dtype``.
     ts: (T,) float32 saved times (``ts[0]`` is the start time).
-    nfe: exact number of model evaluations that ran (including rejected adaptive steps).
-    energy: (B,) float32 path energy ``integral ||v||^2 |dt|`` per sample, or None.
+    nfe: exact number of model evaluations that ran (including rejected adaptive steps);
+        for :func:`integrate_sde`, evaluations of the SDE drift (each one drift call plus,
+        with a score, one score call).
+    energy: (B,) float32 path energy ``integral ||v||^2 |dt|`` per sample, or None (always
+        None for SDEs).
     """
 
     xs: Tensor
@@ -365,3 +383,122 @@ def _warn_nonfinite(xs: Tensor, energy: Tensor | None) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+# --------------------------------------------------------------------------- SDEs
+class _SDEDrift:
+    """b(x, t) = v(x, t) + sign (sigma^2 / 2) s(x, t), counted once per evaluation."""
+
+    def __init__(self, drift: _Field, score: _Field | None, coef: float) -> None:
+        self.drift, self.score, self.coef = drift, score, coef
+        self.nfe = 0
+
+    def __call__(self, t: float, x: Tensor) -> Tensor:
+        self.nfe += 1
+        b = self.drift(t, x)
+        if self.score is not None and self.coef != 0.0:
+            b = b + self.coef * self.score(t, x)
+        return b
+
+
+def _euler_maruyama(b: _SDEDrift, t: float, dt: float, x: Tensor, dw: Tensor) -> Tensor:
+    """x + b(x, t) dt + sigma dW (weak order 1, strong order 1 for additive noise)."""
+    return x + dt * b(t, x) + dw
+
+
+def _sde_heun(b: _SDEDrift, t: float, dt: float, x: Tensor, dw: Tensor) -> Tensor:
+    """Stochastic Heun for additive noise: predictor with the same dW, trapezoidal drift."""
+    k1 = b(t, x)
+    k2 = b(t + dt, x + dt * k1 + dw)
+    return x + (0.5 * dt) * (k1 + k2) + dw
+
+
+_SDEStep = Callable[[_SDEDrift, float, float, Tensor, Tensor], Tensor]
+SDE_SOLVERS: dict[str, _SDEStep] = {"euler_maruyama": _euler_maruyama, "heun": _sde_heun}
+"""SDE schemes by name -> one step (drift evaluations per step: euler_maruyama 1, heun 2)."""
+
+
+def integrate_sde(
+    drift: Callable[..., Tensor],
+    x0: Tensor,
+    *,
+    sigma: float,
+    score: Callable[..., Tensor] | None = None,
+    steps: int = 100,
+    method: str = "euler_maruyama",
+    reverse: bool = False,
+    generator: torch.Generator | None = None,
+    t0: float | None = None,
+    t1: float | None = None,
+    save: str = "all",
+    cond: Mapping[str, Any] | None = None,
+    grad: bool = False,
+) -> Trajectory:
+    """Sample the bridge SDE with drift network v and score network s from ``x0`` (B, *event).
+
+    Forward (default, t0 = 0 -> t1 = 1):   dx = [v + (sigma^2 / 2) s] dt + sigma dW.
+    ``reverse=True`` (t0 = 1 -> t1 = 0):   dx = [v - (sigma^2 / 2) s] dt + sigma dW, dt < 0,
+    the time reversal: started from p_1 it ends in p_0. ``x0`` is the state at t0 either way.
+
+    drift: ``drift(x, t, **cond) -> v`` (the probability-flow velocity).
+    score: ``score(x, t, **cond) -> s ~ grad_x log p_t``; by default ``drift.score`` when the
+        drift has one (:class:`otcfm.models.DriftScore`), otherwise no score term.
+    sigma: the diffusion coefficient g (>= 0; SF2M: the bridge's sigma).
+    steps, method: ``steps`` uniform steps of a scheme from :data:`SDE_SOLVERS`.
+    generator: the only source of the Brownian increments (same seed, same paths).
+    t0, t1: the interval (forward needs t0 < t1, reverse t0 > t1).
+    save: "all" keeps the ``steps + 1`` states on the grid, "ends" the first and last.
+    cond, grad: as for :func:`integrate`.
+
+    Returns a :class:`Trajectory` (``energy`` None, ``nfe`` = SDE drift evaluations). dtypes
+    as for :func:`integrate`: float32 state (float64 for float64 ``x0``), ``xs`` in x0's dtype.
+    """
+    if not isinstance(method, str) or method not in SDE_SOLVERS:
+        raise ValueError(f"unknown SDE method {method!r}; valid methods: {', '.join(SDE_SOLVERS)}")
+    steps = _check_steps(steps)
+    sigma = check_positive("sigma", sigma, allow_zero=True)
+    check_tensor("x0", x0)
+    if not x0.is_floating_point():
+        raise TypeError(f"x0 must be a floating-point tensor, got dtype {x0.dtype}")
+    start = _check_time("t0", (1.0 if reverse else 0.0) if t0 is None else t0)
+    end = _check_time("t1", (0.0 if reverse else 1.0) if t1 is None else t1)
+    if (end <= start) if not reverse else (end >= start):
+        want = "t0 > t1 (reverse time)" if reverse else "t0 < t1 (use reverse=True to go back)"
+        raise ValueError(f"integrate_sde needs {want}, got t0={start}, t1={end}")
+    if save not in _SAVE:
+        raise ValueError(f"save must be one of {_SAVE}, got {save!r}")
+    cond = {} if cond is None else cond
+    if not isinstance(cond, Mapping):
+        raise TypeError(f"cond must be a dict of per-sample conditions, got {type(cond).__name__}")
+    check_cond(dict(cond), x0.shape[0])
+    if score is None:
+        score = getattr(drift, "score", None)
+        score = score if callable(score) else None
+
+    state_dtype = _state_dtype(x0)
+    coef = (-0.5 if reverse else 0.5) * sigma**2
+    b = _SDEDrift(
+        _Field(drift, x0, state_dtype, cond),
+        None if score is None else _Field(score, x0, state_dtype, cond),
+        coef,
+    )
+    step = SDE_SOLVERS[method]
+    grid = _fixed_grid(start, end, steps, None)
+    x = x0.detach().to(state_dtype) if not grad else x0.to(state_dtype)
+    saved = [x]
+    with nullcontext() if grad else torch.no_grad():
+        for k in range(steps):
+            dt = grid[k + 1] - grid[k]
+            dw = (sigma * math.sqrt(abs(dt))) * randn_like(x, generator)
+            x = step(b, grid[k], dt, x, dw)
+            if save == "all" or k == steps - 1:
+                saved.append(x)
+    xs = torch.stack(saved)
+    out_times = grid if save == "all" else [grid[0], grid[-1]]
+    _warn_nonfinite(xs, None)
+    return Trajectory(
+        xs=xs.to(x0.dtype),
+        ts=torch.tensor(out_times, dtype=torch.float32, device=x0.device),
+        nfe=b.nfe,
+        energy=None,
+    )

@@ -28,6 +28,9 @@ class DataConfig:
     n_val: int = 1_000  # held-out points for validation loss and W2
     n_test: int = 2_000  # fresh points for the final evaluation (the paper uses 10,000)
     val_fraction: float = 0.1  # share of a file held out for validation and test
+    # Files only: row i of the source file is paired with row i of the target file (e.g. the
+    # (x0, ODE(x0)) pairs of reflow); both sides are split alike and batches keep the pairs.
+    paired: bool = False
 
 
 @dataclass

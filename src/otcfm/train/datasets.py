@@ -61,7 +61,9 @@ def load_side(spec: str, cfg: DataConfig, seed: int, side: str) -> Splits:
                 f"{spec} has {n} rows: too few to hold out {n_hold} for validation and "
                 f"{n_hold} for test (data.val_fraction = {cfg.val_fraction})"
             )
-        perm = torch.randperm(n, generator=stream(seed, side, "split"))
+        # paired files share one permutation, so row i of each split stays a pair
+        label = "paired" if cfg.paired else side
+        perm = torch.randperm(n, generator=stream(seed, label, "split"))
         points = points[perm]
         return Splits(
             train=points[2 * n_hold :], val=points[:n_hold], test=points[n_hold : 2 * n_hold]
@@ -75,6 +77,8 @@ def load_side(spec: str, cfg: DataConfig, seed: int, side: str) -> Splits:
 
 
 def load_run_data(cfg: DataConfig, seed: int) -> RunData:
+    if cfg.paired:
+        check_paired_specs(cfg)
     source = load_side(cfg.source, cfg, seed, "source")
     target = load_side(cfg.target, cfg, seed, "target")
     if source.train.shape[1:] != target.train.shape[1:]:
@@ -86,4 +90,21 @@ def load_run_data(cfg: DataConfig, seed: int) -> RunData:
     for side, splits in (("source", source), ("target", target)):
         if splits.train.shape[0] < 2:
             raise ValueError(f"the {side} training set needs at least 2 points")
+    if cfg.paired:
+        rows = [sum(s.shape[0] for s in (x.train, x.val, x.test)) for x in (source, target)]
+        if rows[0] != rows[1]:
+            raise ValueError(
+                f"data.paired needs as many source rows as target rows (row i pairs with row "
+                f"i), got {rows[0]} in {cfg.source} and {rows[1]} in {cfg.target}"
+            )
     return RunData(source=source, target=target)
+
+
+def check_paired_specs(cfg: DataConfig) -> None:
+    """Paired data must come from two files (built-in distributions have no row order)."""
+    built_in = [spec for spec in (cfg.source, cfg.target) if not is_file_spec(spec)]
+    if built_in:
+        raise ValueError(
+            f"data.paired = true needs .npy/.npz/.csv files for source and target, got "
+            f"built-in distribution(s) {', '.join(map(repr, built_in))}"
+        )

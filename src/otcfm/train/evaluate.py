@@ -3,7 +3,9 @@
 W2 and MMD of model samples against the target test set, path energy along the model ODE,
 the normalized path energy NPE = |PE - W2^2(q0, q1)| / W2^2(q0, q1) with W2^2 taken between
 source and target test sets of the same size as the samples, and the NFE of the fixed-step
-solver and of an adaptive one.
+solver and of an adaptive one. Runs with a score network (SF2M) are sampled with the
+probability-flow ODE by default, or with the bridge SDE (Euler-Maruyama, the run's sigma) when
+asked (``sde=True``).
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from otcfm.metrics import mmd, normalized_path_energy, wasserstein
-from otcfm.sampling import Trajectory, integrate
+from otcfm.sampling import Trajectory, integrate, integrate_sde
 from otcfm.train.checkpoint import load_checkpoint, save_atomic, write_text_atomic
 from otcfm.train.config import RunConfig
-from otcfm.train.datasets import RunData, load_run_data
-from otcfm.train.loop import build_model
+from otcfm.train.datasets import RunData, load_run_data, stream
+from otcfm.train.loop import build_model, needs_score
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
         path = run_dir / "checkpoints" / "latest.pt"
     state = load_checkpoint(path)
     data = load_run_data(cfg.data, cfg.seed)
-    model = build_model(cfg.model, data.event_shape)
+    model = build_model(cfg.model, data.event_shape, score=needs_score(cfg.method))
     model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     model.eval().requires_grad_(False)
     return LoadedRun(cfg, model, data, int(state["step"]), path.name)
@@ -64,10 +67,33 @@ def sample_run(
     atol: float = 1e-4,
     rtol: float = 1e-4,
     save: str = "all",
+    sde: bool = False,
+    sde_steps: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> Trajectory:
-    """Push source points (the test set by default) through the model ODE."""
+    """Push source points (the test set by default) through the model ODE.
+
+    With ``sde`` (runs with a score network only, i.e. SF2M) sample the bridge SDE
+    dx = [v + (sigma^2/2) s] dt + sigma dW instead, by Euler-Maruyama with the run's sigma in
+    ``sde_steps`` steps (default: the run's ``eval.ode_steps``); the noise comes from
+    ``generator`` (default: a stream derived from the run's seed, so repeated calls agree).
+    """
     if x0 is None:
         x0 = run.data.source.test if n is None else run.data.source.test[:n]
+    if sde:
+        if not callable(getattr(run.model, "score", None)):
+            raise ValueError(
+                f"SDE sampling needs a run with a score network (method sf2m); this run's "
+                f"method is {run.cfg.method.name!r}"
+            )
+        return integrate_sde(
+            run.model,
+            x0,
+            sigma=run.cfg.method.sigma,
+            steps=run.cfg.eval.ode_steps if sde_steps is None else sde_steps,
+            generator=generator if generator is not None else stream(run.cfg.seed, "sde"),
+            save=save,
+        )
     return integrate(
         run.model,
         x0,
@@ -86,8 +112,15 @@ def evaluate_run(
     adaptive: str = "dopri5",
     tol: float = 1e-4,
     plots: bool = True,
+    sde: bool = False,
+    sde_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Score a run on its test sets; write ``metrics.json``, ``samples.pt`` and plots."""
+    """Score a run on its test sets; write ``metrics.json``, ``samples.pt`` and plots.
+
+    The ODE metrics (W2, MMD, path energy, NPE of the probability flow) are always computed;
+    with ``sde`` (SF2M runs) the bridge SDE's samples are scored as well (``w2_sde``,
+    ``w1_sde``, ``mmd_sde``, ``nfe_sde``, ``sde_steps``).
+    """
     run_dir = Path(run_dir)
     probe = (
         RunConfig.from_toml(run_dir / "config.toml")
@@ -127,6 +160,14 @@ def evaluate_run(
         )
         metrics[f"nfe_{adaptive}"] = adaptive_traj.nfe
         metrics[f"w2_{adaptive}"] = wasserstein(adaptive_traj.x_final, target, p=2)
+    if sde:
+        sde_traj = sample_run(run, source, sde=True, sde_steps=sde_steps, save="ends")
+        sde_samples = sde_traj.x_final
+        metrics["sde_steps"] = run.cfg.eval.ode_steps if sde_steps is None else sde_steps
+        metrics["w2_sde"] = wasserstein(sde_samples, target, p=2)
+        metrics["w1_sde"] = wasserstein(sde_samples, target, p=1)
+        metrics["mmd_sde"] = mmd(sde_samples, target)
+        metrics["nfe_sde"] = sde_traj.nfe
 
     save_atomic(
         {"x0": source, "samples": samples, "target": target, "ts": traj.ts}, run_dir / "samples.pt"

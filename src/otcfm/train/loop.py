@@ -32,7 +32,7 @@ from torch import nn
 from otcfm.couplings import Pairing
 from otcfm.matchers import FlowMatcher, matcher
 from otcfm.metrics import wasserstein
-from otcfm.models import MLP
+from otcfm.models import MLP, DriftScore
 from otcfm.sampling import integrate
 from otcfm.train.checkpoint import load_checkpoint, save_atomic, write_text_atomic
 from otcfm.train.config import MethodConfig, ModelConfig, RunConfig
@@ -54,9 +54,23 @@ def build_matcher(cfg: MethodConfig) -> FlowMatcher:
     return matcher(cfg.name, **kwargs)
 
 
-def build_model(cfg: ModelConfig, event_shape: tuple[int, ...]) -> nn.Module:
-    """The vector-field network for points of shape ``event_shape``."""
-    return MLP(dim=event_shape, width=cfg.width, depth=cfg.depth, activation=cfg.activation)
+def build_model(
+    cfg: ModelConfig, event_shape: tuple[int, ...], *, score: bool = False
+) -> nn.Module:
+    """The vector-field network for points of shape ``event_shape``.
+
+    With ``score`` (methods whose matcher ``needs_score``, i.e. SF2M) a :class:`DriftScore`
+    of two such MLPs: its forward is the drift, so ODE sampling and validation are unchanged.
+    """
+    kwargs = {"width": cfg.width, "depth": cfg.depth, "activation": cfg.activation}
+    if score:
+        return DriftScore.mlp(event_shape, **kwargs)
+    return MLP(dim=event_shape, **kwargs)
+
+
+def needs_score(cfg: MethodConfig) -> bool:
+    """Whether the configured method trains a score network as well (SF2M)."""
+    return bool(build_matcher(cfg).needs_score)
 
 
 @dataclass
@@ -96,7 +110,9 @@ class Trainer:
             )
         self.chunks_per_batch = cfg.ot_batch // cfg.optim.batch_size
         torch.manual_seed(cfg.seed)  # parameter init only; every draw below uses generators
-        self.model = build_model(cfg.model, self.data.event_shape).to(self.device)
+        self.model = build_model(
+            cfg.model, self.data.event_shape, score=self.matcher.needs_score
+        ).to(self.device)
         self.ema = EMA(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
@@ -155,6 +171,7 @@ class Trainer:
             seed=self.cfg.seed,
             rank=self.rank,
             device=self.device,
+            paired=self.cfg.data.paired,
         )
 
     def next_pairs(self) -> Pairing:

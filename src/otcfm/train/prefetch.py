@@ -55,15 +55,26 @@ def couple_batch(
     seed: int,
     rank: int = 0,
     device: torch.device | str | None = None,
+    paired: bool = False,
 ) -> CoupledBatch:
     """Draw ``size`` points of ``source`` and of ``target`` (N, *event) and couple them.
 
     All randomness (both draws and the coupling's) comes from ``stream(seed, "couple", rank,
-    index)``; the coupling runs on ``device`` (default: the data's).
+    index)``; the coupling runs on ``device`` (default: the data's). With ``paired`` (row i of
+    source goes with row i of target, same N) the same rows are drawn on both sides.
     """
     g = stream(seed, "couple", str(rank), str(index))
-    x0 = sample_batch(source, size, g)
-    x1 = sample_batch(target, size, g)
+    if paired:
+        if source.shape[0] != target.shape[0]:
+            raise ValueError(
+                f"paired source and target need the same number of rows, got "
+                f"{source.shape[0]} and {target.shape[0]}"
+            )
+        rows = sample_batch(torch.arange(source.shape[0]), size, g)
+        x0, x1 = source[rows.to(source.device)], target[rows.to(target.device)]
+    else:
+        x0 = sample_batch(source, size, g)
+        x1 = sample_batch(target, size, g)
     if device is not None:
         x0, x1 = x0.to(device), x1.to(device)
     return CoupledBatch(index, coupling(x0, x1, generator=g))

@@ -1,0 +1,676 @@
+"""`otcfm bench two-dim`: the paper's 2-D benchmark (Table 2, REFERENCE.md section 4).
+
+Cells are (task, method, seed). Each cell is one training run (``otcfm.train.train``) under
+``--runs DIR/<task>/<method>-seed<seed>``, evaluated from its best-validation checkpoint on the
+task's 10,000-point test sets: W2 and NPE with 100 Euler steps, the NFE of dopri5
+(atol = rtol = 1e-4), and W2 against the number of Euler steps. A cell whose ``cell.json``
+matches the protocol is skipped; a killed cell resumes from its latest checkpoint.
+
+2-rectified flow ("rf") is the reflow of the I-CFM cell of the same task and seed: that cell's
+ODE (dopri5) pushes its training and validation sources to endpoints, and "rf" trains on the
+pairs (``data.paired``). Results: ``OUT/two_dim.json`` (one record per cell), ``two_dim.md``
+and figures under ``OUT/two_dim/`` (see :mod:`otcfm.experiments.two_dim_report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import multiprocessing
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from otcfm.couplings import Independent
+from otcfm.data import save_points, toy
+from otcfm.matchers import MATCHERS
+from otcfm.metrics import normalized_path_energy, wasserstein
+from otcfm.sampling import integrate
+from otcfm.train.checkpoint import load_checkpoint, save_atomic, write_text_atomic
+from otcfm.train.config import (
+    CouplingsConfig,
+    DataConfig,
+    EvalConfig,
+    MethodConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+)
+from otcfm.train.datasets import RunData, load_run_data, stream
+from otcfm.train.evaluate import load_run
+from otcfm.train.loop import build_matcher, train
+
+TASKS: tuple[str, ...] = tuple(toy.TASKS)
+METHODS: tuple[str, ...] = ("icfm", "otcfm", "sbcfm", "fm", "vpcfm", "rf")
+FIRST_SEED = 42
+EULER_STEPS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 100)
+# sigma of the protocol (REFERENCE.md section 4); other registered methods use their default
+SIGMA = {"icfm": 0.1, "otcfm": 0.1, "fm": 0.1, "vpcfm": 0.1, "sbcfm": 1.0, "rf": 0.0}
+GAUSSIAN_SOURCE_ONLY = ("fm",)  # Lipman's path assumes x0 ~ N(0, I)
+RELATIVE_COST = {"otcfm": 8, "sbcfm": 10, "sf2m": 10}  # scheduling order: long cells first
+TRAJECTORY_PATHS = 300  # flow lines kept per cell for the trajectory figure
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Budget and evaluation settings shared by every cell (defaults: the paper's)."""
+
+    steps: int = 20_000
+    n_train: int = 10_000
+    n_val: int = 1_000
+    n_test: int = 10_000
+    batch_size: int = 512
+    val_every: int = 1_000
+    curve_points: int = 2_000  # test points for W2 against Euler steps (10k: 36 s per W2)
+    euler_steps: tuple[int, ...] = EULER_STEPS
+    tol: float = 1e-4  # dopri5 atol = rtol for the NFE
+    reflow_tol: float = 1e-5  # dopri5 tolerance of the I-CFM ODE that makes the rf pairs
+    workers: int = 1  # coupling threads of cells with a non-trivial coupling (no effect on results)
+    couplings: tuple[tuple[str, str], ...] = ()  # (method, coupling name) overrides
+    sigmas: tuple[tuple[str, float], ...] = ()  # (method, sigma) overrides of SIGMA
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that changes a cell's numbers (workers do not)."""
+        d = asdict(self)
+        d.pop("workers")
+        d["euler_steps"] = list(self.euler_steps)
+        d["couplings"] = [list(c) for c in self.couplings]
+        d["sigmas"] = [list(c) for c in self.sigmas]
+        if not self.sigmas:
+            d.pop("sigmas")  # keeps the fingerprints of cells run before the option existed
+        return d
+
+    def sigma(self, method: str) -> float:
+        return dict(self.sigmas).get(method, sigma_of(method))
+
+
+QUICK = {"steps": 200, "n_train": 1_000, "n_val": 200, "n_test": 500, "batch_size": 128,
+         "val_every": 50, "curve_points": 300}
+QUICK_TASKS = ("gaussian-8gaussians", "moons-8gaussians")
+QUICK_METHODS = ("icfm", "otcfm", "fm", "rf")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (task, method, seed) of the benchmark; ``library`` is "otcfm" or "torchcfm"."""
+
+    task: str
+    method: str
+    seed: int
+    library: str = "otcfm"
+
+    @property
+    def name(self) -> str:
+        prefix = "" if self.library == "otcfm" else f"{self.library}-"
+        return f"{prefix}{self.method}-seed{self.seed}"
+
+    @property
+    def label(self) -> str:
+        lib = "" if self.library == "otcfm" else f" [{self.library}]"
+        return f"{self.task} {self.method}{lib} seed {self.seed}"
+
+    def run_dir(self, runs: Path) -> Path:
+        return Path(runs) / self.task / self.name
+
+    def depends_on(self) -> Cell | None:
+        """rf is the reflow of the I-CFM cell of the same task and seed."""
+        return Cell(self.task, "icfm", self.seed) if self.method == "rf" else None
+
+
+# --------------------------------------------------------------------------- choosing cells
+def parse_tasks(text: str) -> tuple[str, ...]:
+    tasks = _split_list(text, "--tasks")
+    bad = [t for t in tasks if t not in toy.TASKS]
+    if bad:
+        raise ValueError(f"unknown task(s) {', '.join(bad)}; valid tasks: {', '.join(TASKS)}")
+    return tasks
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """Method names from the matcher registry (so "sf2m" works once it is registered)."""
+    methods = _split_list(text, "--methods")
+    for m in methods:
+        if m not in MATCHERS:
+            hint = " (SF2M is not available in this version)" if m == "sf2m" else ""
+            raise ValueError(
+                f"unknown method {m!r}{hint}: not registered in otcfm.matchers.MATCHERS; "
+                f"valid methods: {', '.join(MATCHERS.names())}"
+            )
+    return methods
+
+
+def _split_list(text: str, flag: str) -> tuple[str, ...]:
+    items = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    if not items:
+        raise ValueError(f"{flag} needs at least one name, got {text!r}")
+    return items
+
+
+def parse_skip(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``--skip METHOD@TASK`` items (comma-separated or repeated) -> (method, task) pairs."""
+    pairs = []
+    for item in (s for text in items for s in _split_list(text, "--skip")):
+        method, sep, task = item.partition("@")
+        if not sep:
+            raise ValueError(f"--skip must look like METHOD@TASK (e.g. sbcfm@moons-8gaussians), "
+                             f"got {item!r}")
+        parse_tasks(task)
+        pairs.append((method, task))
+    return tuple(pairs)
+
+
+def plan_cells(
+    tasks: Sequence[str],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    torchcfm: bool = False,
+    skip: Sequence[tuple[str, str]] = (),
+) -> tuple[list[Cell], list[str]]:
+    """The cells to run (rf pulls in its I-CFM cell) and notes on the cells skipped."""
+    cells: list[Cell] = []
+    notes: list[str] = []
+    for task in tasks:
+        for method in methods:
+            if method in GAUSSIAN_SOURCE_ONLY and toy.task(task)[0] != "gaussian":
+                notes.append(f"{method} skipped on {task}: it needs a standard normal source")
+                continue
+            if (method, task) in skip:
+                notes.append(f"{method} skipped on {task} (--skip)")
+                continue
+            for seed in seeds:
+                cells.append(Cell(task, method, seed))
+    for cell in list(cells):
+        dep = cell.depends_on()
+        if dep is not None and dep not in cells:
+            cells.append(dep)
+            notes.append(f"{dep.label} added: rf is the reflow of that I-CFM run")
+    if torchcfm:
+        cells += [
+            Cell(t, m, s, "torchcfm")
+            for t in tasks
+            for m in ("icfm", "otcfm")
+            if m in methods
+            for s in seeds
+        ]
+    return cells, notes
+
+
+# --------------------------------------------------------------------------- one cell
+def sigma_of(method: str) -> float:
+    if method in SIGMA:
+        return SIGMA[method]
+    default = inspect.signature(MATCHERS.factory(method)).parameters.get("sigma")
+    if default is None or default.default is inspect.Parameter.empty:
+        raise ValueError(f"method {method!r} has no default sigma; the benchmark needs one")
+    return float(default.default)
+
+
+def task_data_config(task: str, p: Protocol) -> DataConfig:
+    source, target = toy.task(task)
+    return DataConfig(
+        source=source, target=target, n_train=p.n_train, n_val=p.n_val, n_test=p.n_test
+    )
+
+
+def cell_config(cell: Cell, p: Protocol, runs: Path, data: DataConfig | None = None) -> RunConfig:
+    """The run of one cell: the paper's MLP, AdamW 1e-3 / 1e-5, best-validation checkpoint."""
+    coupling = dict(p.couplings).get(cell.method, "")
+    method = MethodConfig(name=cell.method, sigma=p.sigma(cell.method), coupling=coupling)
+    # a background coupling thread only pays off when the coupling costs something
+    independent = isinstance(build_matcher(method).coupling, Independent)
+    return RunConfig(
+        name=cell.name,
+        out_dir=str(Path(runs) / cell.task),
+        seed=cell.seed,
+        data=data or task_data_config(cell.task, p),
+        method=method,
+        model=ModelConfig(width=64, depth=3, activation="selu"),
+        optim=OptimConfig(steps=p.steps, batch_size=p.batch_size, lr=1e-3, weight_decay=1e-5),
+        couplings=CouplingsConfig(workers=0 if independent else p.workers),
+        eval=EvalConfig(val_every=p.val_every, checkpoint_every=p.val_every, ode_steps=100),
+    )
+
+
+def cached_record(cell: Cell, p: Protocol, runs: Path) -> dict[str, Any] | None:
+    """The cell's record if it was finished under this protocol, else None."""
+    path = cell.run_dir(runs) / "cell.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("protocol") == p.fingerprint() else None
+
+
+def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
+    """Train (or resume) and evaluate one cell; write and return its record."""
+    runs = Path(runs)
+    if cell.library == "torchcfm":
+        from otcfm.experiments.two_dim_torchcfm import run_torchcfm_cell
+
+        return run_torchcfm_cell(cell, p, runs)
+    extra: dict[str, Any] = {}
+    if cell.method == "rf":
+        data, extra = reflow_pairs(cell, p, runs)
+        cfg = cell_config(cell, p, runs, data)
+    else:
+        cfg = cell_config(cell, p, runs)
+    _train_cell(cfg, cell)
+    summary = json.loads((cfg.run_dir / "metrics.json").read_text())["train"]
+    run = load_run(cfg.run_dir, "best")
+    history = load_checkpoint(cfg.run_dir / "checkpoints" / "latest.pt")["history"]
+    record = {
+        "task": cell.task,
+        "method": cell.method,
+        "seed": cell.seed,
+        "library": cell.library,
+        "sigma": cfg.method.sigma,
+        "coupling": cfg.method.coupling or "default",
+        "steps": summary["steps"],
+        "best_step": run.step,
+        "train_seconds": summary["train_seconds"],
+        **extra,
+        "val_curve": [[int(r["step"]), float(r["val_w2"])] for r in history],
+    }
+    return finish_record(cell, p, runs, run.model, record)
+
+
+def finish_record(
+    cell: Cell, p: Protocol, runs: Path, model: nn.Module, record: dict[str, Any]
+) -> dict[str, Any]:
+    """Evaluate ``model`` on the task's test sets, add the numbers and write ``cell.json``."""
+    start = time.perf_counter()
+    data = load_run_data(task_data_config(cell.task, p), cell.seed)
+    metrics, paths = evaluate_model(model, data, p, reference_w2(cell, p, runs, data))
+    record.update(metrics, eval_seconds=time.perf_counter() - start, protocol=p.fingerprint())
+    out = cell.run_dir(runs)
+    save_atomic({"xs": paths, "target": data.target.test[:2_000]}, out / "trajectories.pt")
+    write_text_atomic(json.dumps(record, indent=1) + "\n", out / "cell.json")
+    return record
+
+
+def _train_cell(cfg: RunConfig, cell: Cell) -> None:
+    done = _trained_steps(cfg.run_dir)
+    if done > cfg.optim.steps:
+        raise ValueError(
+            f"{cell.label}: {cfg.run_dir} was trained for {done} steps, more than --steps "
+            f"{cfg.optim.steps}; use another --runs folder"
+        )
+    try:
+        train(cfg, resume=True, progress=False)
+    except ValueError as err:
+        if "config differs" not in str(err):
+            raise
+        raise ValueError(
+            f"{cell.label}: {cfg.run_dir} holds a run with other settings; use another "
+            f"--runs folder or delete it"
+        ) from None
+
+
+def _trained_steps(run_dir: Path) -> int:
+    latest = run_dir / "checkpoints" / "latest.pt"
+    return int(load_checkpoint(latest)["step"]) if latest.is_file() else 0
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module, data: RunData, p: Protocol, w2_ref: float
+) -> tuple[dict[str, Any], Tensor]:
+    """W2, NPE (100 Euler steps), dopri5 NFE and W2 per Euler step count; plus flow lines.
+
+    Returns the metrics and (101, TRAJECTORY_PATHS, 2) states of the first test points.
+    """
+    model.eval()
+    x0, x1 = data.source.test, data.target.test
+    traj = integrate(model, x0, method="euler", steps=100, save="all")
+    pe = float(traj.energy.mean())
+    adaptive = integrate(model, x0, method="dopri5", atol=p.tol, rtol=p.tol, save="ends",
+                         energy=False)
+    m = min(p.curve_points, x0.shape[0])
+    curve = {}
+    for k in p.euler_steps:
+        end = integrate(model, x0[:m], method="euler", steps=k, save="ends", energy=False)
+        curve[str(k)] = wasserstein(end.x_final, x1[:m], p=2)
+    metrics = {
+        "w2": wasserstein(traj.x_final, x1, p=2),
+        "npe": normalized_path_energy(pe, w2_ref**2),
+        "nfe": adaptive.nfe,
+        "path_energy": pe,
+        "w2_source_target": w2_ref,
+        "n_test": int(x0.shape[0]),
+        "w2_euler": curve,
+        "curve_points": m,
+    }
+    return metrics, traj.xs[:, :TRAJECTORY_PATHS].clone()
+
+
+def reference_w2(cell: Cell, p: Protocol, runs: Path, data: RunData) -> float:
+    """W2(source test, target test) of a (task, seed): the NPE's denominator, cached."""
+    path = Path(runs) / cell.task / f"w2_source_target-seed{cell.seed}-n{p.n_test}.json"
+    if path.is_file():
+        return float(json.loads(path.read_text())["w2"])
+    w2 = wasserstein(data.source.test, data.target.test, p=2)
+    write_text_atomic(json.dumps({"w2": w2}) + "\n", path)
+    return w2
+
+
+# --------------------------------------------------------------------------- reflow
+def reflow_pairs(cell: Cell, p: Protocol, runs: Path) -> tuple[DataConfig, dict[str, Any]]:
+    """(x0, ODE_icfm(x0)) pairs for the rf cell, from the I-CFM cell's best checkpoint.
+
+    Rows: the I-CFM run's train and validation sources plus n_val fresh ones, so the paired
+    file splits into n_train / n_val / n_val rows. Regenerated (and the rf run restarted)
+    when the I-CFM run changed.
+    """
+    teacher = cell.depends_on()
+    assert teacher is not None
+    record = cached_record(teacher, p, runs)
+    if record is None:
+        raise RuntimeError(f"{cell.label} needs the finished cell {teacher.label}")
+    out = cell.run_dir(runs)
+    pairs = out / "pairs"
+    meta = {"icfm_steps": record["steps"], "icfm_best_step": record["best_step"],
+            "tol": p.reflow_tol, "n_train": p.n_train, "n_val": p.n_val}
+    meta_path = pairs / "meta.json"
+    if not meta_path.is_file() or json.loads(meta_path.read_text())["meta"] != meta:
+        if out.exists():
+            shutil.rmtree(out)  # a reflow of another teacher: start over
+        start = time.perf_counter()
+        run = load_run(teacher.run_dir(runs), "best")
+        source = toy.task(cell.task)[0]
+        fresh = toy.sample(source, p.n_val, generator=stream(cell.seed, "reflow", "extra"))
+        x0 = torch.cat([run.data.source.train, run.data.source.val, fresh])
+        x1 = integrate(run.model, x0, method="dopri5", atol=p.reflow_tol, rtol=p.reflow_tol,
+                       save="ends", energy=False).x_final
+        save_points(pairs / "x0.npy", x0)
+        save_points(pairs / "x1.npy", x1)
+        seconds = time.perf_counter() - start
+        write_text_atomic(json.dumps({"meta": meta, "seconds": seconds}) + "\n", meta_path)
+    seconds = json.loads(meta_path.read_text())["seconds"]
+    n = p.n_train + 2 * p.n_val
+    data = DataConfig(
+        source=str((pairs / "x0.npy").resolve()),
+        target=str((pairs / "x1.npy").resolve()),
+        n_train=p.n_train, n_val=p.n_val, n_test=p.n_test,
+        val_fraction=p.n_val / n,
+        paired=True,
+    )
+    extra = {"reflow_seconds": seconds, "teacher_train_seconds": record["train_seconds"]}
+    return data, extra
+
+
+# --------------------------------------------------------------------------- scheduling
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_in_process(cell: Cell, p: Protocol, runs: str) -> dict[str, Any]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_cell(cell, p, runs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class CellResult:
+    cell: Cell
+    record: dict[str, Any] | None
+    cached: bool = False
+    error: str = ""
+
+
+def run_cells(
+    cells: Sequence[Cell],
+    p: Protocol,
+    runs: str | Path,
+    *,
+    jobs: int = 1,
+    on_done: Callable[[CellResult], None] | None = None,
+) -> list[CellResult]:
+    """Run the cells not cached yet (``jobs`` processes), dependencies first; in cell order."""
+    runs = Path(runs)
+    results: dict[Cell, CellResult] = {}
+
+    def done(result: CellResult) -> None:
+        results[result.cell] = result
+        if on_done is not None:
+            on_done(result)
+
+    pending = []
+    for cell in cells:
+        record = cached_record(cell, p, runs)
+        if record is not None:
+            done(CellResult(cell, record, cached=True))
+        else:
+            pending.append(cell)
+    pending.sort(key=lambda c: -RELATIVE_COST.get(c.method, 1))  # stable: long cells first
+
+    def ready(cell: Cell) -> bool | None:
+        """True when runnable, False while its dependency runs, None if that failed."""
+        dep = cell.depends_on()
+        if dep is None:
+            return True
+        if dep in results:
+            return results[dep].record is not None or None
+        if dep in pending or dep in running.values():
+            return False
+        return cached_record(dep, p, runs) is not None or None
+
+    running: dict[Future[dict[str, Any]], Cell] = {}
+    pool = None
+    if jobs > 1:
+        ctx = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker)
+    try:
+        while pending or running:
+            for cell in list(pending):
+                state = ready(cell)
+                if state is None:
+                    pending.remove(cell)
+                    done(CellResult(cell, None, error=f"needs {cell.depends_on().label}"))
+                elif state and (pool is None or len(running) < jobs):
+                    pending.remove(cell)
+                    if pool is None:
+                        done(_run_here(cell, p, runs))
+                    else:
+                        running[pool.submit(run_cell, cell, p, str(runs))] = cell
+            if running:
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    cell = running.pop(fut)
+                    err = fut.exception()
+                    done(CellResult(cell, None if err else fut.result(), error=_msg(err)))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return [results[c] for c in cells if c in results]
+
+
+def _run_here(cell: Cell, p: Protocol, runs: Path) -> CellResult:
+    try:
+        return CellResult(cell, _run_in_process(cell, p, str(runs)))
+    except Exception as err:  # one failed cell must not stop the others (as in the pool)
+        return CellResult(cell, None, error=_msg(err))
+
+
+def _msg(err: BaseException | None) -> str:
+    return "" if err is None else f"{type(err).__name__}: {err}"
+
+
+# --------------------------------------------------------------------------- progress view
+class CellProgress:
+    """One line per finished cell plus done/total counts (a tqdm bar when on a terminal)."""
+
+    def __init__(self, total: int, write: Callable[[str], None] | None = None) -> None:
+        self.total, self.count = total, 0
+        self._write = write or (lambda line: print(line, flush=True))
+        self._start = time.perf_counter()
+        self._bar = None
+        if sys.stderr.isatty():
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                return
+            self._bar = tqdm(total=total, desc="cells", file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, result: CellResult) -> None:
+        self.count += 1
+        minutes = (time.perf_counter() - self._start) / 60
+        line = (f"[{self.count}/{self.total}, {minutes:.0f} min] {result.cell.label}: "
+                f"{describe(result)}")
+        if self._bar is not None:
+            self._bar.write(line)
+            self._bar.update(1)
+        else:
+            self._write(line)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def describe(result: CellResult) -> str:
+    if result.record is None:
+        return f"FAILED ({result.error})"
+    r = result.record
+    tag = " (cached)" if result.cached else ""
+    return (f"W2 {r['w2']:.3f}  NPE {r['npe']:.3f}  NFE {r['nfe']}  "
+            f"train {r['train_seconds']:.0f} s{tag}")
+
+
+# --------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="otcfm bench two-dim",
+        description="The paper's 2-D benchmark (Table 2): tasks x methods x seeds, cached "
+        "and resumable; writes OUT/two_dim.json, OUT/two_dim.md and OUT/two_dim/*.png.",
+    )
+    p.add_argument("--tasks", help="comma-separated task names (default: all four)")
+    p.add_argument("--methods", help="comma-separated matcher names (default: "
+                   + ",".join(METHODS) + "; rf = reflow of icfm)")
+    p.add_argument("--seeds", type=int, help="first N seeds of 42, 43, ... (default 5)")
+    p.add_argument("--steps", type=int, help="optimizer steps per cell (default 20000)")
+    p.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes")
+    p.add_argument("--out", type=Path, help="report folder (default: the runs folder)")
+    p.add_argument("--runs", type=Path,
+                   help="cache of cell runs (default runs/two_dim, --quick: runs/two_dim-quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run in well under a minute: 200 steps of batch 128, 2 tasks, "
+                   "icfm/otcfm/fm/rf, 1 seed")
+    p.add_argument("--torchcfm", action="store_true",
+                   help="also train icfm/otcfm with TorchCFM (extra 'bench') for comparison")
+    p.add_argument("--sigma", action="append", default=[], metavar="METHOD=VALUE",
+                   help="override a method's sigma, e.g. sf2m=0.1 (repeatable)")
+    p.add_argument("--skip", action="append", default=[], metavar="METHOD@TASK",
+                   help="leave out cells, e.g. sbcfm@moons-8gaussians (repeatable)")
+    p.add_argument("--workers", type=int, default=1, help="coupling threads per cell")
+    p.add_argument("--coupling", action="append", default=[], metavar="METHOD=NAME",
+                   help="override a method's coupling, e.g. otcfm=approx (repeatable)")
+    for flag, help_ in (("n-train", "training points"), ("n-val", "validation points"),
+                        ("n-test", "test points"), ("batch-size", "batch size"),
+                        ("val-every", "steps between validations"),
+                        ("curve-points", "test points for W2 against Euler steps")):
+        p.add_argument(f"--{flag}", type=int, help=help_)
+    return p
+
+
+def protocol_from_args(args: argparse.Namespace) -> Protocol:
+    base = Protocol(**QUICK) if args.quick else Protocol()
+    over = {k: getattr(args, k) for k in ("steps", "n_train", "n_val", "n_test", "batch_size",
+                                          "val_every", "curve_points")}
+    over = {k: v for k, v in over.items() if v is not None}
+    for k, v in over.items():
+        if v < 1:
+            raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    couplings = []
+    for item in args.coupling:
+        method, sep, name = item.partition("=")
+        if not sep or method not in MATCHERS or not name:
+            raise ValueError(f"--coupling must look like METHOD=NAME (e.g. otcfm=approx), "
+                             f"got {item!r}")
+        couplings.append((method, name))
+    sigmas = []
+    for item in args.sigma:
+        method, sep, value = item.partition("=")
+        try:
+            sigma = float(value)
+        except ValueError:
+            sigma = -1.0
+        if not sep or method not in MATCHERS or not sigma >= 0:
+            raise ValueError(f"--sigma must look like METHOD=VALUE with VALUE >= 0 (e.g. "
+                             f"sf2m=0.1), got {item!r}")
+        sigmas.append((method, sigma))
+    return replace(base, **over, workers=args.workers, couplings=tuple(sorted(couplings)),
+                   sigmas=tuple(sorted(sigmas)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    protocol = protocol_from_args(args)
+    tasks = parse_tasks(args.tasks or ",".join(QUICK_TASKS if args.quick else TASKS))
+    methods = parse_methods(args.methods or ",".join(QUICK_METHODS if args.quick else METHODS))
+    n_seeds = args.seeds if args.seeds is not None else (1 if args.quick else 5)
+    if n_seeds < 1 or args.jobs < 1:
+        raise ValueError(f"--seeds and --jobs must be >= 1, got {n_seeds} and {args.jobs}")
+    if args.torchcfm:
+        from otcfm.experiments.two_dim_torchcfm import require_torchcfm
+
+        require_torchcfm()
+    seeds = [FIRST_SEED + k for k in range(n_seeds)]
+    runs = args.runs or Path("runs/two_dim-quick" if args.quick else "runs/two_dim")
+    out = args.out or runs
+    skip = parse_skip(args.skip)
+    cells, notes = plan_cells(tasks, methods, seeds, torchcfm=args.torchcfm, skip=skip)
+    for note in notes:
+        print(f"note: {note}", flush=True)
+    print(f"{len(cells)} cells, {args.jobs} job(s), runs in {runs}", flush=True)
+    progress = CellProgress(len(cells))
+    try:
+        results = run_cells(cells, protocol, runs, jobs=args.jobs, on_done=progress)
+    finally:
+        progress.close()
+    from otcfm.experiments.two_dim_report import write_outputs
+
+    meta = {
+        "command": "otcfm bench two-dim " + " ".join(argv),
+        "wall_seconds": time.perf_counter() - started,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "jobs": args.jobs,
+        "notes": notes,
+        "protocol": asdict(protocol),
+    }
+    written = write_outputs(results, out, meta, runs)
+    print("wrote " + ", ".join(str(w) for w in written))
+    failed = [r for r in results if r.record is None]
+    for r in failed:
+        print(f"failed: {r.cell.label}: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def records_of(results: Iterable[CellResult], library: str = "otcfm") -> list[dict[str, Any]]:
+    """The JSON records of finished cells of one library (for two_dim.json)."""
+    keep = ("task", "method", "seed", "w2", "npe", "nfe", "train_seconds")
+    out = []
+    for r in results:
+        if r.record is None or r.cell.library != library:
+            continue
+        rec = dict(r.record)
+        rec.pop("protocol", None)
+        out.append({**{k: rec.pop(k) for k in keep}, **rec})
+    return out
+

@@ -1,0 +1,424 @@
+"""Outputs of `otcfm bench two-dim`: JSON records, the markdown page and the figures.
+
+``OUT/two_dim.json``: one record per (task, method, seed) cell of this library;
+``OUT/two_dim_torchcfm.json``: the TorchCFM cells (``--torchcfm``); ``OUT/two_dim.md``: mean
++- std over seeds beside the published numbers; ``OUT/two_dim/*.png``: W2 against Euler steps,
+validation W2 against training step, and a trajectory grid (methods x tasks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from otcfm.experiments.two_dim import TASKS, CellResult, records_of
+from otcfm.train.checkpoint import write_text_atomic
+
+FIGURES = {
+    "w2_euler": "W2 against the number of Euler steps",
+    "convergence": "validation W2 against training step (rf left out: it is validated "
+    "against its I-CFM teacher's endpoints)",
+    "trajectories": "trajectories (first seed, 100 Euler steps)",
+}
+METHOD_ORDER = ("otcfm", "icfm", "fm", "sbcfm", "vpcfm", "rf", "sf2m")
+COLORS = dict(zip(METHOD_ORDER, ("C0", "C1", "C2", "C3", "C4", "C5", "C6"), strict=True))
+RATIO = 1.2  # "W2 within 1.2 x its 100-step value"
+
+# Published mean and std over 5 seeds (SF2M Table 2: 10k test sets, 100 Euler steps).
+PUBLISHED: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
+    "w2": {
+        "otcfm": {"gaussian-8gaussians": (0.303, 0.043), "moons-8gaussians": (0.601, 0.027),
+                  "gaussian-moons": (0.130, 0.016), "gaussian-scurve": (0.144, 0.028)},
+        "icfm": {"gaussian-8gaussians": (0.373, 0.103), "moons-8gaussians": (1.557, 0.407),
+                 "gaussian-moons": (0.178, 0.014), "gaussian-scurve": (0.242, 0.141)},
+        "fm": {"gaussian-8gaussians": (0.343, 0.058), "gaussian-moons": (0.209, 0.055),
+               "gaussian-scurve": (0.198, 0.037)},
+        "sbcfm": {"gaussian-8gaussians": (2.314, 2.112), "gaussian-moons": (0.434, 0.594),
+                  "gaussian-scurve": (0.341, 0.468)},
+        "rf": {"gaussian-8gaussians": (0.421, 0.071), "moons-8gaussians": (1.525, 0.330),
+               "gaussian-moons": (0.283, 0.045), "gaussian-scurve": (0.345, 0.079)},
+        "sf2m": {"gaussian-8gaussians": (0.275, 0.058), "moons-8gaussians": (0.726, 0.137),
+                 "gaussian-moons": (0.124, 0.023), "gaussian-scurve": (0.128, 0.005)},
+    },
+    "npe": {
+        "otcfm": {"gaussian-8gaussians": (0.031, 0.027), "moons-8gaussians": (0.015, 0.010),
+                  "gaussian-moons": (0.083, 0.009), "gaussian-scurve": (0.027, 0.012)},
+        "icfm": {"gaussian-8gaussians": (0.202, 0.055), "moons-8gaussians": (2.680, 0.292),
+                 "gaussian-moons": (0.891, 0.120), "gaussian-scurve": (0.856, 0.031)},
+        "fm": {"gaussian-8gaussians": (0.190, 0.054), "gaussian-moons": (0.762, 0.099),
+               "gaussian-scurve": (0.743, 0.116)},
+        "sbcfm": {"gaussian-8gaussians": (1.000, 0.000), "gaussian-moons": (0.995, 0.000),
+                  "gaussian-scurve": (0.745, 0.039)},
+        "rf": {"gaussian-8gaussians": (0.044, 0.031), "moons-8gaussians": (0.203, 0.090),
+               "gaussian-moons": (0.130, 0.078), "gaussian-scurve": (0.099, 0.066)},
+        "sf2m": {"gaussian-8gaussians": (0.016, 0.012), "moons-8gaussians": (0.045, 0.031),
+                 "gaussian-moons": (0.053, 0.038), "gaussian-scurve": (0.034, 0.024)},
+    },
+}
+
+
+def write_outputs(
+    results: Sequence[CellResult], out: str | Path, meta: dict[str, Any], runs: str | Path
+) -> list[Path]:
+    """Write the JSON records, figures and markdown page; returns the paths written."""
+    out = Path(out)
+    records = records_of(results)
+    theirs = records_of(results, "torchcfm")
+    written = [write_text_atomic(json_lines(records), out / "two_dim.json")]
+    if theirs:
+        written.append(write_text_atomic(json_lines(theirs), out / "two_dim_torchcfm.json"))
+    figures = {}
+    if records:
+        figures = write_figures(records, results, out / "two_dim", Path(runs))
+    failed = [f"{r.cell.label}: {r.error}" for r in results if r.record is None]
+    cached = sum(r.cached for r in results)
+    page = markdown(records, theirs, {**meta, "failed": failed, "cached": cached}, figures, out)
+    written.append(write_text_atomic(page, out / "two_dim.md"))
+    return written + list(figures.values())
+
+
+def json_lines(records: Sequence[dict[str, Any]]) -> str:
+    """A JSON list with one record per line (readable diffs, still one json.load)."""
+    return "[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n"
+
+
+# --------------------------------------------------------------------------- statistics
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population std (ddof = 0) over seeds."""
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std())
+
+
+def by_cell(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["task"], r["method"]), []).append(r)
+    return groups
+
+
+def ordered(methods: Sequence[str] | set[str]) -> list[str]:
+    rank = {m: k for k, m in enumerate(METHOD_ORDER)}
+    return sorted(methods, key=lambda m: (rank.get(m, len(rank)), m))
+
+
+def tasks_of(records: Sequence[dict[str, Any]]) -> list[str]:
+    present = {r["task"] for r in records}
+    return [t for t in TASKS if t in present]
+
+
+def mean_curve(group: Sequence[dict[str, Any]]) -> dict[int, float]:
+    """Mean over seeds of W2 at each Euler step count."""
+    steps = sorted(int(k) for k in group[0]["w2_euler"])
+    return {k: float(np.mean([r["w2_euler"][str(k)] for r in group])) for k in steps}
+
+
+def steps_needed(curve: dict[int, float], ratio: float = RATIO) -> int:
+    """Fewest Euler steps whose W2 is <= ratio x the W2 of the most steps."""
+    ref = curve[max(curve)]
+    return min(k for k, w in curve.items() if w <= ratio * ref)
+
+
+# --------------------------------------------------------------------------- markdown
+def fmt(mean: float, std: float, digits: int = 3) -> str:
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def published(metric: str, method: str, task: str) -> str:
+    value = PUBLISHED[metric].get(method, {}).get(task)
+    return fmt(*value) if value else "—"
+
+
+def markdown(
+    records: Sequence[dict[str, Any]],
+    theirs: Sequence[dict[str, Any]],
+    meta: dict[str, Any],
+    figures: dict[str, Path],
+    out: Path,
+) -> str:
+    groups = by_cell(records)
+    p = meta["protocol"]
+    parts = [
+        "# 2-D benchmark (paper Table 2)\n",
+        f"Each cell: MLP 3x64 SELU, AdamW lr 1e-3 / weight decay 1e-5, batch {p['batch_size']}, "
+        f"{p['steps']} steps on {p['n_train']} training points, sigma 0.1 (SB-CFM 1, entropic "
+        f"reg 2; rf 0), validation every {p['val_every']} steps on {p['n_val']} points, test "
+        f"metrics from the best-validation checkpoint on {p['n_test']}-point test sets with 100 "
+        "Euler steps (REFERENCE.md section 4). Ours: mean ± std (population, ddof 0) over "
+        "seeds; paper: SF2M Table 2 (5 seeds). NFE: dopri5, atol = rtol = "
+        f"{p['tol']:g}. Train s: wall time of the training loop including validation.\n",
+        _run_line(meta, records, theirs),
+    ]
+    for task in tasks_of(records):
+        parts.append(_task_table(task, groups))
+    parts.append(_claims(groups))
+    parts.append(_euler_section(groups, p))
+    if theirs:
+        parts.append(_torchcfm_table(records, theirs))
+    parts.append(_figure_links(figures, out))
+    parts.append(_notes(meta, groups))
+    return "\n".join(parts)
+
+
+def _run_line(meta: dict[str, Any], records, theirs) -> str:
+    compute = sum(r["train_seconds"] + r.get("eval_seconds", 0.0) for r in [*records, *theirs])
+    return (
+        f"- Command: `{meta['command']}`\n"
+        f"- Machine: {machine()}; {meta['jobs']} job(s), 1 torch thread per cell\n"
+        f"- Date: {meta['date']}\n"
+        f"- Wall time of this invocation: {meta['wall_seconds']:.0f} s, with "
+        f"{meta.get('cached', 0)} of {len(records) + len(theirs)} cells taken from the cache; "
+        f"train + eval time summed over all the cells (when each ran): {compute:.0f} s\n"
+    )
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, POT {_version('pot')}")
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def _task_table(task: str, groups) -> str:
+    rows = [
+        f"### {task}\n",
+        "| method | seeds | W2 (ours) | W2 (paper) | NPE (ours) | NPE (paper) | NFE dopri5 | "
+        "train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method in ordered({m for t, m in groups if t == task}):
+        g = groups[(task, method)]
+        nfe = mean_std([r["nfe"] for r in g])
+        secs = mean_std([r["train_seconds"] for r in g])
+        rows.append(
+            f"| {method} | {len(g)} | {fmt(*mean_std([r['w2'] for r in g]))} | "
+            f"{published('w2', method, task)} | {fmt(*mean_std([r['npe'] for r in g]))} | "
+            f"{published('npe', method, task)} | {fmt(*nfe, 1)} | {fmt(*secs, 0)} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _claims(groups) -> str:
+    lines = ["## OT-CFM against I-CFM and the published numbers\n"]
+    tasks = [t for t in TASKS if (t, "otcfm") in groups]
+    if not tasks:
+        return lines[0] + "OT-CFM was not run.\n"
+    for task in tasks:
+        ot = groups[(task, "otcfm")]
+        npe_ot = mean_std([r["npe"] for r in ot])
+        bits = []
+        if (task, "icfm") in groups:
+            npe_i = mean_std([r["npe"] for r in groups[(task, "icfm")]])
+            word = "lower" if npe_ot[0] < npe_i[0] else "NOT lower"
+            bits.append(f"NPE {fmt(*npe_ot)} is {word} than I-CFM's {fmt(*npe_i)}")
+        for metric in ("w2", "npe"):
+            ref = PUBLISHED[metric]["otcfm"].get(task)
+            ours = mean_std([r[metric] for r in ot])
+            if ref:
+                bound = ref[0] + ref[1]
+                word = "within" if ours[0] <= bound else "NOT within"
+                bits.append(f"{metric.upper()} {ours[0]:.3f} is {word} the published mean + 1 "
+                            f"std ({bound:.3f})")
+        lines.append(f"- **{task}**: " + "; ".join(bits) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _euler_section(groups, p: dict[str, Any]) -> str:
+    steps = list(p["euler_steps"])
+    lines = [
+        "## W2 against the number of Euler steps\n",
+        f"Mean over seeds of W2 between {p['curve_points']} pushed test sources and "
+        f"{p['curve_points']} target test points (a smaller set than the headline W2, so its "
+        f"values sit higher); last column: the fewest steps with W2 <= {RATIO} x the "
+        f"{max(steps)}-step value.\n",
+        "| task | method | " + " | ".join(str(k) for k in steps) + f" | steps to {RATIO}x |",
+        "|---|---|" + "---|" * len(steps) + "---|",
+    ]
+    needed: dict[tuple[str, str], int] = {}
+    for task in [t for t in TASKS if any(k[0] == t for k in groups)]:
+        for method in ordered({m for t, m in groups if t == task}):
+            curve = mean_curve(groups[(task, method)])
+            needed[(task, method)] = steps_needed(curve)
+            cells = " | ".join(f"{curve[k]:.3f}" for k in steps)
+            lines.append(f"| {task} | {method} | {cells} | {needed[(task, method)]} |")
+    lines.append("")
+    for task in TASKS:
+        if (task, "otcfm") in needed and (task, "icfm") in needed:
+            ot, ind = needed[(task, "otcfm")], needed[(task, "icfm")]
+            word = "fewer" if ot < ind else ("as many" if ot == ind else "MORE")
+            lines.append(f"- {task}: OT-CFM needs {ot} Euler steps, I-CFM {ind} ({word}).")
+    return "\n".join(lines) + "\n"
+
+
+def _torchcfm_table(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]]) -> str:
+    mine, other = by_cell(ours), by_cell(theirs)
+    lines = [
+        "## Side by side with TorchCFM\n",
+        "Same data tensors, minibatches, seeds, initial weights, MLP, optimizer, budget and "
+        "validation schedule; TorchCFM's `ConditionalFlowMatcher` / "
+        "`ExactOptimalTransportConditionalFlowMatcher` (torchcfm "
+        f"{_version('torchcfm')}) compute the loss in a plain loop; both evaluated by our "
+        "metric code (100 Euler steps). Time: training loop including validation.\n",
+        "| task | method | seeds | W2 ours | W2 TorchCFM | NPE ours | NPE TorchCFM | train s "
+        "ours | train s TorchCFM | time ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task in TASKS:
+        for method in ("icfm", "otcfm"):
+            a, b = mine.get((task, method)), other.get((task, method))
+            if not a or not b:
+                continue
+            ta, tb = mean_std([r["train_seconds"] for r in a]), mean_std(
+                [r["train_seconds"] for r in b]
+            )
+            lines.append(
+                f"| {task} | {method} | {len(b)} | {fmt(*mean_std([r['w2'] for r in a]))} | "
+                f"{fmt(*mean_std([r['w2'] for r in b]))} | "
+                f"{fmt(*mean_std([r['npe'] for r in a]))} | "
+                f"{fmt(*mean_std([r['npe'] for r in b]))} | {fmt(*ta, 0)} | {fmt(*tb, 0)} | "
+                f"{ta[0] / tb[0]:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _figure_links(figures: dict[str, Path], out: Path) -> str:
+    lines = ["## Figures\n"]
+    for key, path in figures.items():
+        rel = path.relative_to(out).as_posix()
+        lines.append(f"**{FIGURES[key]}**\n\n![{key}]({rel})\n")
+    return "\n".join(lines)
+
+
+def _notes(meta: dict[str, Any], groups) -> str:
+    lines = ["## Notes\n"]
+    lines += [f"- {n}" for n in meta.get("notes", [])]
+    if any(m == "rf" for _, m in groups):
+        lines.append(
+            "- rf (2-rectified flow) trains on (x0, ODE(x0)) pairs of the I-CFM cell of the same "
+            "seed (dopri5); its train s excludes the I-CFM training, and its validation W2 is "
+            "measured against those ODE endpoints, not the true target."
+        )
+    if any(m == "sbcfm" for _, m in groups):
+        lines.append("- SB-CFM is sampled with its probability-flow ODE (the learned drift).")
+    if any(m == "sf2m" for _, m in groups):
+        lines.append("- SF2M is scored by its probability-flow ODE (the drift network), with "
+                     "the registry's coupling and the sigma in the records.")
+    for failure in meta.get("failed", []):
+        lines.append(f"- FAILED: {failure}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- figures
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("the figures need matplotlib: pip install 'otcfm[plot]'") from None
+    return plt
+
+
+def write_figures(
+    records: Sequence[dict[str, Any]], results: Sequence[CellResult], fig_dir: Path, runs: Path
+) -> dict[str, Path]:
+    groups = by_cell(records)
+    tasks = tasks_of(records)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "w2_euler": _curves_figure(groups, tasks, fig_dir / "w2_euler.png", euler=True),
+        "convergence": _curves_figure(groups, tasks, fig_dir / "convergence.png", euler=False),
+        "trajectories": _trajectory_grid(groups, tasks, results, fig_dir / "trajectories.png",
+                                         runs),
+    }
+
+
+def _curves_figure(groups, tasks: list[str], path: Path, *, euler: bool) -> Path:
+    plt = _pyplot()
+    from matplotlib import ticker
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for method in ordered({m for t, m in groups if t == task}):
+            if method == "rf" and not euler:
+                continue  # its validation targets are the I-CFM endpoints: not comparable
+            g = groups[(task, method)]
+            if euler:
+                xs = sorted(int(k) for k in g[0]["w2_euler"])
+                ys = np.array([[r["w2_euler"][str(k)] for k in xs] for r in g])
+            else:
+                xs = [s for s, _ in g[0]["val_curve"]]
+                ys = np.array([[w for _, w in r["val_curve"]] for r in g if len(r["val_curve"])
+                               == len(xs)])
+            ax.errorbar(xs, ys.mean(0), yerr=ys.std(0), label=method, marker="o", markersize=3,
+                        capsize=2, linewidth=1.2, color=COLORS.get(method))
+        ax.set_title(task, fontsize=10)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%.2g"))
+        ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%.2g"))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+        if euler:
+            ax.set_xscale("log")
+            ax.set_xticks(xs, [str(x) for x in xs])
+            ax.xaxis.set_minor_locator(ticker.NullLocator())
+            ax.set_xlabel("Euler steps")
+        else:
+            ax.set_xlabel("training step")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    label = "W2 (test subset, mean ± std over seeds)" if euler else "validation W2 (mean ± std)"
+    axes[0, 0].set_ylabel(label, fontsize=8)
+    return _save(fig, path)
+
+
+def _trajectory_grid(groups, tasks, results, path: Path, runs: Path) -> Path:
+    from otcfm.plots import draw_trajectories
+
+    plt = _pyplot()
+    methods = ordered({m for _, m in groups})
+    first = {}
+    for r in results:
+        if r.record is not None and r.cell.library == "otcfm":
+            key = (r.cell.task, r.cell.method)
+            if key not in first or r.cell.seed < first[key].seed:
+                first[key] = r.cell
+    fig, axes = plt.subplots(len(methods), len(tasks), figsize=(3.4 * len(tasks),
+                             3.4 * len(methods)), squeeze=False)
+    for i, method in enumerate(methods):
+        for j, task in enumerate(tasks):
+            ax = axes[i, j]
+            cell = first.get((task, method))
+            if cell is None:
+                ax.axis("off")
+                continue
+            saved = torch.load(cell.run_dir(runs) / "trajectories.pt", weights_only=True)
+            draw_trajectories(ax, saved["xs"], saved["target"], title=f"{method}: {task}")
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path

@@ -1,0 +1,265 @@
+"""`otcfm bench two-dim`: quick mode end to end, caching, resume, reflow, method checks.
+
+Oracles: W2 recomputed with scipy's assignment solver on a hand-written Euler loop; a resumed
+cell equals one never interrupted; cells run in two processes equal cells run in one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import cdist
+
+from otcfm import cli
+from otcfm.experiments import two_dim
+from otcfm.experiments.two_dim import Cell, Protocol, plan_cells, run_cells
+from otcfm.experiments.two_dim_report import steps_needed
+from otcfm.matchers import MATCHERS
+from otcfm.train import loop
+from otcfm.train.evaluate import load_run
+
+TINY = Protocol(steps=40, n_train=600, n_val=100, n_test=200, batch_size=100, val_every=10,
+                curve_points=100, euler_steps=(1, 4, 100))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models on a shared 2-core machine: a second torch thread only spins."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory, one_thread):
+    """One real --quick run (2 tasks x icfm/otcfm/fm/rf, 1 seed), shared by several tests."""
+    root = tmp_path_factory.mktemp("quick")
+    argv = ["--quick", "--runs", str(root / "runs"), "--out", str(root / "out")]
+    assert two_dim.main(argv) == 0
+    records = json.loads((root / "out" / "two_dim.json").read_text())
+    return root, argv, records
+
+
+def test_quick_mode_writes_records_report_and_figures(quick):
+    root, _, records = quick
+    keys = {"task", "method", "seed", "w2", "npe", "nfe", "train_seconds", "w2_euler",
+            "val_curve"}
+    for r in records:
+        assert keys <= set(r), set(r)
+        assert r["w2"] > 0 and r["npe"] >= 0 and r["nfe"] > 0 and r["train_seconds"] > 0
+        assert [int(k) for k in r["w2_euler"]] == list(two_dim.EULER_STEPS)
+        assert [s for s, _ in r["val_curve"]] == [50, 100, 150, 200]
+    cells = {(r["task"], r["method"], r["seed"]) for r in records}
+    expected = {("gaussian-8gaussians", m, 42) for m in ("icfm", "otcfm", "fm", "rf")}
+    expected |= {("moons-8gaussians", m, 42) for m in ("icfm", "otcfm", "rf")}
+    assert cells == expected and len(records) == len(cells)
+    page = (root / "out" / "two_dim.md").read_text()
+    assert "0.303 ± 0.043" in page  # the published OT-CFM W2 on N -> 8gaussians
+    assert "otcfm bench two-dim --quick" in page
+    for name in ("w2_euler", "convergence", "trajectories"):
+        png = root / "out" / "two_dim" / f"{name}.png"
+        assert png.stat().st_size > 5_000
+        assert f"](two_dim/{name}.png)" in page
+
+
+def test_fm_is_skipped_on_the_moons_source(quick):
+    root, _, records = quick
+    assert not [r for r in records if r["method"] == "fm" and r["task"] == "moons-8gaussians"]
+    assert "fm skipped on moons-8gaussians" in (root / "out" / "two_dim.md").read_text()
+    cells, notes = plan_cells(["moons-8gaussians", "gaussian-moons"], ["fm"], [42, 43])
+    assert cells == [Cell("gaussian-moons", "fm", 42), Cell("gaussian-moons", "fm", 43)]
+    assert any("fm skipped on moons-8gaussians" in n for n in notes)
+    skip = two_dim.parse_skip(["sbcfm@gaussian-moons,icfm@gaussian-scurve"])
+    cells, notes = plan_cells(["gaussian-moons"], ["sbcfm", "icfm"], [42], skip=skip)
+    assert cells == [Cell("gaussian-moons", "icfm", 42)] and "(--skip)" in notes[0]
+    with pytest.raises(ValueError, match="METHOD@TASK"):
+        two_dim.parse_skip(["sbcfm"])
+
+
+def hand_euler(model, x0, steps):
+    """Independent Euler loop; returns endpoints and per-sample path energy (sum |v|^2 dt)."""
+    x, energy = x0.clone(), torch.zeros(x0.shape[0])
+    with torch.no_grad():
+        for k in range(steps):
+            v = model(x, torch.full((x.shape[0],), k / steps))
+            energy += v.pow(2).sum(1) / steps
+            x = x + v / steps
+    return x, energy
+
+
+def exact_w2(a, b):
+    """W2 of two equal-size uniform samples = optimal assignment (scipy)."""
+    cost = cdist(a.double().numpy(), b.double().numpy(), "sqeuclidean")
+    rows, cols = linear_sum_assignment(cost)
+    return math.sqrt(cost[rows, cols].mean())
+
+
+def test_record_matches_an_independent_recomputation(quick):
+    root, _, records = quick
+    rec = next(r for r in records if (r["task"], r["method"]) == ("gaussian-8gaussians", "otcfm"))
+    run = load_run(root / "runs" / "gaussian-8gaussians" / "otcfm-seed42", "best")
+    assert run.step == rec["best_step"]
+    x0, x1 = run.data.source.test, run.data.target.test
+    assert x0.shape[0] == rec["n_test"] == 500
+    end, energy = hand_euler(run.model, x0, 100)
+    assert rec["w2"] == pytest.approx(exact_w2(end, x1), rel=1e-4)
+    w2_ref = exact_w2(x0, x1)
+    npe = abs(float(energy.mean()) - w2_ref**2) / w2_ref**2
+    assert rec["npe"] == pytest.approx(npe, rel=1e-3, abs=1e-4)
+    m = rec["curve_points"]
+    one_step, _ = hand_euler(run.model, x0[:m], 1)
+    assert rec["w2_euler"]["1"] == pytest.approx(exact_w2(one_step, x1[:m]), rel=1e-4)
+
+
+def test_rf_trains_on_the_icfm_flow_pairs(quick):
+    root, _, records = quick
+    cell_dir = root / "runs" / "gaussian-8gaussians"
+    teacher = load_run(cell_dir / "icfm-seed42", "best")
+    rf = load_run(cell_dir / "rf-seed42", "best")
+    assert rf.cfg.data.paired and rf.cfg.method.name == "rf" and rf.cfg.method.sigma == 0.0
+    assert rf.data.source.train.shape[0] == two_dim.QUICK["n_train"]
+    # each training row's target is the I-CFM ODE endpoint of its own source row
+    x0, x1 = rf.data.source.train[:64], rf.data.target.train[:64]
+    fine, _ = hand_euler(teacher.model, x0, 1_000)
+    err = (fine - x1).norm(dim=1)
+    assert float(err.max()) < 0.05, float(err.max())
+    # the reflow's sources: the teacher's training and validation sources plus fresh ones
+    s = rf.data.source
+    rf_rows = {tuple(r) for r in torch.cat([s.train, s.val, s.test]).tolist()}
+    teacher_rows = {tuple(r) for r in torch.cat([teacher.data.source.train,
+                                                 teacher.data.source.val]).tolist()}
+    assert teacher_rows < rf_rows
+    assert len(rf_rows - teacher_rows) == two_dim.QUICK["n_val"]
+    rec = next(r for r in records if (r["task"], r["method"]) == ("gaussian-8gaussians", "rf"))
+    assert rec["reflow_seconds"] > 0
+
+
+def test_second_call_uses_the_cache(quick, monkeypatch, capsys):
+    root, argv, _ = quick
+    stamps = {p: p.stat().st_mtime_ns for p in (root / "runs").rglob("cell.json")}
+    assert len(stamps) == 7
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached cell was trained again")
+
+    monkeypatch.setattr(two_dim, "train", no_training)
+    assert two_dim.main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert capsys.readouterr().out.count("(cached)") == 7
+
+
+def test_resume_after_a_killed_cell(tmp_path, monkeypatch):
+    cell = Cell("gaussian-moons", "icfm", 42)
+    original = loop.Trainer.train_step
+
+    def dies_at_step_25(self):
+        if self.step == 25:
+            raise KeyboardInterrupt  # like a kill: nothing after the step-20 checkpoint
+        return original(self)
+
+    monkeypatch.setattr(loop.Trainer, "train_step", dies_at_step_25)
+    with pytest.raises(KeyboardInterrupt):
+        run_cells([cell], TINY, tmp_path / "killed")
+    run_dir = cell.run_dir(tmp_path / "killed")
+    assert not (run_dir / "cell.json").exists()
+    assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["step"] == 20
+    monkeypatch.setattr(loop.Trainer, "train_step", original)
+    resumed = run_cells([cell], TINY, tmp_path / "killed")[0]
+    straight = run_cells([cell], TINY, tmp_path / "straight")[0]
+    assert not resumed.cached and resumed.record["steps"] == 40
+    assert [s for s, _ in resumed.record["val_curve"]] == [10, 20, 30, 40]
+    a = load_run(run_dir, "latest").model.state_dict()
+    b = load_run(cell.run_dir(tmp_path / "straight"), "latest").model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert resumed.record["w2"] == pytest.approx(straight.record["w2"], rel=1e-6)
+
+
+@pytest.mark.slow  # two spawned processes import torch: ~15 s on a loaded 2-core machine
+def test_two_processes_match_one(tmp_path):
+    cells = [Cell("gaussian-scurve", "rf", 43), Cell("gaussian-scurve", "icfm", 43)]
+    one = run_cells(cells, TINY, tmp_path / "one", jobs=1)
+    two = run_cells(cells, TINY, tmp_path / "two", jobs=2)
+    assert [r.cell for r in two] == cells
+    for a, b in zip(one, two, strict=True):
+        assert b.error == "" and a.error == ""
+        for key in ("w2", "npe", "nfe"):
+            assert b.record[key] == pytest.approx(a.record[key], rel=1e-6), key
+
+
+def test_method_and_task_validation(capsys):
+    with pytest.raises(ValueError, match="valid methods: .*icfm.*otcfm"):
+        two_dim.parse_methods("icfm,bogus")
+    with pytest.raises(ValueError, match="valid tasks: gaussian-8gaussians"):
+        two_dim.parse_tasks("gaussian-moons,8gaussians")
+    with pytest.raises(ValueError, match="at least one"):
+        two_dim.parse_methods(" , ")
+    assert two_dim.parse_methods("otcfm, icfm,otcfm") == ("otcfm", "icfm")
+    if "sf2m" not in MATCHERS:  # registered by a later version: then it is a valid method
+        with pytest.raises(ValueError, match="'sf2m'.*not registered"):
+            two_dim.parse_methods("sf2m")
+        assert cli.main(["bench", "two-dim", "--methods", "icfm,sf2m"]) == 2
+        assert "sf2m" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="METHOD=NAME"):
+        two_dim.main(["--coupling", "otcfm", "--runs", "unused"])
+
+
+def test_cell_config_follows_the_protocol(tmp_path):
+    cfg = two_dim.cell_config(Cell("gaussian-moons", "sbcfm", 44), Protocol(), tmp_path)
+    assert (cfg.method.sigma, cfg.seed, cfg.optim.steps, cfg.optim.batch_size) == (
+        1.0, 44, 20_000, 512)
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == (1e-3, 1e-5)
+    assert (cfg.model.width, cfg.model.depth, cfg.model.activation) == (64, 3, "selu")
+    assert (cfg.data.n_train, cfg.data.n_test) == (10_000, 10_000)
+    assert cfg.eval.use_best and cfg.eval.ode_steps == 100
+    assert cfg.couplings.workers == 1  # entropic OT is coupled in a background thread
+    icfm = two_dim.cell_config(Cell("gaussian-moons", "icfm", 44), Protocol(), tmp_path)
+    assert icfm.couplings.workers == 0  # nothing to compute ahead for independent pairs
+    args = two_dim.build_parser().parse_args(["--sigma", "icfm=0.2", "--coupling", "otcfm=approx"])
+    p = two_dim.protocol_from_args(args)
+    assert two_dim.cell_config(Cell("gaussian-moons", "icfm", 42), p, tmp_path).method.sigma == 0.2
+    assert two_dim.cell_config(Cell("gaussian-moons", "otcfm", 42), p, tmp_path).method.coupling \
+        == "approx"
+    assert two_dim.cell_config(Cell("gaussian-moons", "otcfm", 42), p, tmp_path).method.sigma \
+        == 0.1
+    for bad in ("icfm", "icfm=-1", "icfm=x", "nope=0.1"):
+        args = two_dim.build_parser().parse_args(["--sigma", bad])
+        with pytest.raises(ValueError, match="METHOD=VALUE"):
+            two_dim.protocol_from_args(args)
+
+
+def test_rf_pulls_in_its_icfm_cell():
+    cells, notes = plan_cells(["gaussian-moons"], ["rf"], [42])
+    assert cells == [Cell("gaussian-moons", "rf", 42), Cell("gaussian-moons", "icfm", 42)]
+    assert Cell("gaussian-moons", "rf", 42).depends_on() == cells[1]
+    assert notes
+
+
+def test_torchcfm_cell_and_missing_extra(tmp_path, monkeypatch):
+    pytest.importorskip("torchcfm")
+    ours, theirs = Cell("gaussian-moons", "otcfm", 42), Cell("gaussian-moons", "otcfm", 42,
+                                                               "torchcfm")
+    a, b = run_cells([ours, theirs], TINY, tmp_path)
+    assert b.record["library"] == "torchcfm" and b.record["steps"] == TINY.steps
+    # same data, model, optimizer and budget: close, not identical (different OT pairs)
+    assert b.record["w2"] == pytest.approx(a.record["w2"], rel=0.5)
+    assert (theirs.run_dir(tmp_path) / "cell.json").is_file()
+    monkeypatch.setitem(sys.modules, "torchcfm", None)
+    from otcfm.experiments.two_dim_torchcfm import require_torchcfm
+
+    with pytest.raises(ImportError, match=r"otcfm\[bench\]"):
+        require_torchcfm()
+
+
+def test_steps_needed():
+    assert steps_needed({1: 3.0, 2: 1.3, 4: 1.1, 100: 1.0}) == 4
+    assert steps_needed({1: 1.1, 100: 1.0}) == 1
+    assert steps_needed({1: 5.0, 100: 1.0}) == 100
+    assert math.isclose(np.std([1.0, 3.0]), 1.0)
