@@ -1,0 +1,465 @@
+"""`otcfm bench gaussian-sb`: the closed-form Schrodinger bridge between two Gaussians.
+
+Source N(-a 1, I), target N(a 1, I) in d dimensions, reference process sigma W. The bridge's
+marginals are known exactly (REFERENCE.md section 5):
+
+    q_t = N((2t - 1) a 1, [sqrt(4 + sigma^4) t (1 - t) + (1 - t)^2 + t^2] I).
+
+Cells are (method, coupling, dim, seed): SB-CFM sampled with the probability-flow ODE and SF2M
+sampled with the bridge SDE (Euler-Maruyama), each with the exact and the entropic
+(reg = 2 sigma^2) minibatch coupling. Each cell is one training run (``otcfm.train.train``,
+the run folder under ``--runs``); its best-validation checkpoint pushes 10,000 fresh source
+points through 20 Euler(-Maruyama) steps, and a Gaussian (mean and full covariance) fitted to
+the samples at each of the 21 grid times t = 0, 0.05, ..., 1 is compared with q_t by the
+Gaussian KL(fit || q_t). A cell whose ``cell.json`` matches the protocol is skipped.
+
+Results: ``OUT/gaussian_sb.json`` (one record per cell), ``OUT/gaussian_sb.md`` and the figure
+``OUT/gaussian_sb/kl_vs_t.png`` (see :mod:`otcfm.experiments.gaussian_sb_report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from otcfm.data import save_points
+from otcfm.sampling import Trajectory, integrate, integrate_sde
+from otcfm.train.checkpoint import load_checkpoint, write_text_atomic
+from otcfm.train.config import (
+    CouplingsConfig,
+    DataConfig,
+    EvalConfig,
+    MethodConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+)
+from otcfm.train.datasets import stream
+from otcfm.train.evaluate import load_run
+from otcfm.train.loop import train
+
+METHODS: tuple[str, ...] = ("sbcfm", "sf2m")
+COUPLINGS: tuple[str, ...] = ("exact", "entropic")
+SAMPLER = {"sbcfm": "ode", "sf2m": "sde"}  # how each method is sampled for its KL
+DIMS: tuple[int, ...] = (2, 5, 20, 50, 100)
+FIRST_SEED = 42
+
+
+# --------------------------------------------------------------------------- closed form
+def sb_marginal(t: float, a: float, sigma: float) -> tuple[float, float]:
+    """Mean coordinate and variance of q_t: N(m 1, v I) (REFERENCE.md section 5).
+
+    m = (2t - 1) a, v = sqrt(4 + sigma^4) t (1 - t) + (1 - t)^2 + t^2; the same in every
+    coordinate (the bridge between isotropic Gaussians factorises over coordinates).
+    """
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"t must be in [0, 1], got {t}")
+    mean = (2 * t - 1) * a
+    var = math.sqrt(4 + sigma**4) * t * (1 - t) + (1 - t) ** 2 + t**2
+    return mean, var
+
+
+def gaussian_kl(mean: Tensor, cov: Tensor, mean_q: Tensor, var_q: float) -> float:
+    """KL(N(mean, cov) || N(mean_q, var_q I)) in nats; mean (d,), cov (d, d), float64.
+
+    0.5 [tr(cov) / v + |mean_q - mean|^2 / v - d + d log v - log det cov].
+    """
+    d = mean.shape[0]
+    if cov.shape != (d, d):
+        raise ValueError(f"cov must be ({d}, {d}), got {tuple(cov.shape)}")
+    sign, logdet = torch.linalg.slogdet(cov)
+    if float(sign) <= 0:
+        raise ValueError("the fitted covariance is not positive definite (too few samples?)")
+    diff = (mean_q - mean).pow(2).sum()
+    kl = 0.5 * (torch.trace(cov) / var_q + diff / var_q - d + d * math.log(var_q) - logdet)
+    return float(kl)
+
+
+def fitted_kl(x: Tensor, t: float, a: float, sigma: float) -> float:
+    """KL(Gaussian fitted to samples x (n, d): mean + unbiased full covariance || q_t)."""
+    x = x.detach().to(torch.float64).reshape(x.shape[0], -1)
+    mean = x.mean(0)
+    cov = torch.cov(x.T).reshape(x.shape[1], x.shape[1])
+    m, v = sb_marginal(t, a, sigma)
+    return gaussian_kl(mean, cov, torch.full_like(mean, m), v)
+
+
+def sample_gaussians(
+    n: int, dim: int, a: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """n points of N(-a 1, I) and then n of N(a 1, I), float32 (n, dim) each."""
+    x0 = torch.randn(n, dim, generator=generator) - a
+    x1 = torch.randn(n, dim, generator=generator) + a
+    return x0, x1
+
+
+# --------------------------------------------------------------------------- protocol
+@dataclass(frozen=True)
+class Protocol:
+    """Budget and evaluation shared by every cell (defaults: SF2M's protocol, our budget).
+
+    The data, batch, sample count and step count of the sampler are the protocol's
+    (REFERENCE.md section 5); sigma, the network, optimizer and training budget are ours.
+    """
+
+    a: float = 0.1
+    sigma: float = 1.0
+    n_train: int = 10_000
+    n_val: int = 500
+    n_test: int = 10_000  # model samples the Gaussians are fitted to
+    batch_size: int = 500
+    steps: int = 200
+    lr: float = 5e-3
+    weight_decay: float = 1e-5
+    ema_decay: float = 0.98
+    width: int = 128
+    depth: int = 3
+    val_every: int = 100
+    euler_steps: int = 20  # Euler (SB-CFM) / Euler-Maruyama (SF2M) steps; 21 grid times
+    workers: int = 0  # coupling threads per cell (numbers do not depend on it)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that changes a cell's numbers (workers do not)."""
+        d = asdict(self)
+        d.pop("workers")
+        return d
+
+    @property
+    def times(self) -> list[float]:
+        return [k / self.euler_steps for k in range(self.euler_steps + 1)]
+
+
+QUICK = {"n_train": 1_000, "n_val": 200, "n_test": 2_000, "batch_size": 100, "steps": 60,
+         "width": 32, "val_every": 30, "euler_steps": 10}
+QUICK_DIMS = (2, 5)
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    coupling: str
+    dim: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.coupling}-d{self.dim}-seed{self.seed}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} ({self.coupling}) d={self.dim} seed {self.seed}"
+
+    def run_dir(self, runs: Path) -> Path:
+        return Path(runs) / f"d{self.dim}" / self.name
+
+
+def plan_cells(
+    methods: Sequence[str], couplings: Sequence[str], dims: Sequence[int], seeds: Sequence[int]
+) -> list[Cell]:
+    return [Cell(m, c, d, s) for d in dims for m in methods for c in couplings for s in seeds]
+
+
+# --------------------------------------------------------------------------- one cell
+def data_dir(runs: Path, dim: int, seed: int, p: Protocol) -> Path:
+    return Path(runs) / "data" / f"d{dim}-seed{seed}-n{p.n_train}-{p.n_val}-a{p.a:g}"
+
+
+def write_data(runs: Path, dim: int, seed: int, p: Protocol) -> DataConfig:
+    """Source and target files: n_train + 2 n_val rows each, split train / val / (unused).
+
+    The run's own split holds out n_val rows for validation and n_val more it never uses
+    (the test points of the KL are drawn afresh, see :func:`test_sources`).
+    """
+    folder = data_dir(runs, dim, seed, p)
+    n = p.n_train + 2 * p.n_val
+    src, tgt = folder / "source.npy", folder / "target.npy"
+    if not (src.is_file() and tgt.is_file()):
+        x0, x1 = sample_gaussians(n, dim, p.a, stream(seed, "gaussian-sb", "data", str(dim)))
+        save_points(src, x0)
+        save_points(tgt, x1)
+    return DataConfig(
+        source=str(src.resolve()), target=str(tgt.resolve()), n_train=p.n_train,
+        n_val=p.n_val, n_test=p.n_val, val_fraction=p.n_val / n,
+    )
+
+
+def test_sources(dim: int, seed: int, p: Protocol) -> Tensor:
+    """The n_test fresh N(-a 1, I) points pushed through the model, (n_test, dim)."""
+    g = stream(seed, "gaussian-sb", "test", str(dim))
+    return torch.randn(p.n_test, dim, generator=g) - p.a
+
+
+def cell_config(cell: Cell, p: Protocol, runs: Path, data: DataConfig) -> RunConfig:
+    return RunConfig(
+        name=cell.name,
+        out_dir=str(cell.run_dir(runs).parent),
+        seed=cell.seed,
+        data=data,
+        method=MethodConfig(name=cell.method, sigma=p.sigma, coupling=cell.coupling),
+        model=ModelConfig(width=p.width, depth=p.depth, activation="selu"),
+        optim=OptimConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr,
+                          weight_decay=p.weight_decay, ema_decay=p.ema_decay),
+        couplings=CouplingsConfig(workers=p.workers),
+        eval=EvalConfig(val_every=min(p.val_every, p.steps),
+                        checkpoint_every=min(p.val_every, p.steps), ode_steps=p.euler_steps),
+    )
+
+
+def sample_cell(model: torch.nn.Module, x0: Tensor, cell: Cell, p: Protocol,
+                sampler: str) -> Trajectory:
+    """The 21 (euler_steps + 1) states of the ODE or of the SDE from x0."""
+    if sampler == "ode":
+        return integrate(model, x0, method="euler", steps=p.euler_steps, energy=False)
+    g = stream(cell.seed, "gaussian-sb", "sde", str(cell.dim))
+    return integrate_sde(model, x0, sigma=p.sigma, steps=p.euler_steps, generator=g)
+
+
+def kl_curve(traj: Trajectory, p: Protocol) -> list[float]:
+    return [fitted_kl(traj.xs[k], t, p.a, p.sigma) for k, t in enumerate(p.times)]
+
+
+def cached_record(cell: Cell, p: Protocol, runs: Path) -> dict[str, Any] | None:
+    path = cell.run_dir(runs) / "cell.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("protocol") == p.fingerprint() else None
+
+
+def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
+    """Train (or resume) one cell, evaluate its KL curve, write and return its record."""
+    runs = Path(runs)
+    data = write_data(runs, cell.dim, cell.seed, p)
+    cfg = cell_config(cell, p, runs, data)
+    latest = cfg.run_dir / "checkpoints" / "latest.pt"
+    done = int(load_checkpoint(latest)["step"]) if latest.is_file() else 0
+    if done > p.steps:
+        raise ValueError(f"{cell.label}: {cfg.run_dir} has {done} steps > --steps {p.steps}; "
+                         "use another --runs folder")
+    try:
+        train(cfg, resume=True, progress=False)
+    except ValueError as err:
+        if "config differs" not in str(err):
+            raise
+        raise ValueError(f"{cell.label}: {cfg.run_dir} holds a run with other settings; use "
+                         "another --runs folder or delete it") from None
+    summary = json.loads((cfg.run_dir / "metrics.json").read_text())["train"]
+    start = time.perf_counter()
+    run = load_run(cfg.run_dir, "best")
+    x0 = test_sources(cell.dim, cell.seed, p)
+    sampler = SAMPLER[cell.method]
+    kl_t = kl_curve(sample_cell(run.model, x0, cell, p, sampler), p)
+    record: dict[str, Any] = {
+        "method": cell.method,
+        "coupling": cell.coupling,
+        "dim": cell.dim,
+        "seed": cell.seed,
+        "kl_t1": kl_t[-1],
+        "kl_mean": sum(kl_t) / len(kl_t),
+        "kl_t": kl_t,
+        "sampler": f"{sampler} ({'euler' if sampler == 'ode' else 'euler_maruyama'}, "
+                   f"{p.euler_steps} steps)",
+        "train_seconds": summary["train_seconds"],
+        "steps": summary["steps"],
+        "best_step": run.step,
+        "sigma": p.sigma,
+    }
+    if sampler == "sde":  # the same model's probability flow, for comparison
+        kl_ode = kl_curve(sample_cell(run.model, x0, cell, p, "ode"), p)
+        record.update(kl_ode_t1=kl_ode[-1], kl_ode_mean=sum(kl_ode) / len(kl_ode))
+    record["eval_seconds"] = time.perf_counter() - start
+    record["protocol"] = p.fingerprint()
+    write_text_atomic(json.dumps(record, indent=1) + "\n", cell.run_dir(runs) / "cell.json")
+    return record
+
+
+# --------------------------------------------------------------------------- scheduling
+@dataclass(frozen=True)
+class CellResult:
+    cell: Cell
+    record: dict[str, Any] | None
+    cached: bool = False
+    error: str = ""
+
+
+def _run_in_process(cell: Cell, p: Protocol, runs: str) -> dict[str, Any]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_cell(cell, p, runs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _cost(cell: Cell) -> float:
+    """Rough relative cost for scheduling long cells first."""
+    per_step = (2 if cell.method == "sf2m" else 1) + (2 if cell.coupling == "entropic" else 1)
+    return (10 + cell.dim) * per_step
+
+
+def run_cells(
+    cells: Sequence[Cell],
+    p: Protocol,
+    runs: str | Path,
+    *,
+    jobs: int = 1,
+    on_done: Callable[[CellResult], None] | None = None,
+) -> list[CellResult]:
+    """Run the cells not cached yet in ``jobs`` processes (1 torch thread each); cell order."""
+    runs = Path(runs)
+    results: dict[Cell, CellResult] = {}
+
+    def done(result: CellResult) -> None:
+        results[result.cell] = result
+        if on_done is not None:
+            on_done(result)
+
+    pending = []
+    for cell in cells:
+        record = cached_record(cell, p, runs)
+        if record is not None:
+            done(CellResult(cell, record, cached=True))
+        else:
+            pending.append(cell)
+    for dim, seed in dict.fromkeys((c.dim, c.seed) for c in pending):
+        write_data(runs, dim, seed, p)  # once, before the workers share the files
+    pending.sort(key=_cost, reverse=True)
+    if jobs <= 1:
+        for cell in pending:
+            try:
+                done(CellResult(cell, _run_in_process(cell, p, str(runs))))
+            except Exception as err:  # one failed cell must not stop the others
+                done(CellResult(cell, None, error=f"{type(err).__name__}: {err}"))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+            running: dict[Future[dict[str, Any]], Cell] = {
+                pool.submit(_run_in_process, c, p, str(runs)): c for c in pending
+            }
+            while running:
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    cell = running.pop(fut)
+                    err = fut.exception()
+                    msg = "" if err is None else f"{type(err).__name__}: {err}"
+                    done(CellResult(cell, None if err else fut.result(), error=msg))
+    return [results[c] for c in cells if c in results]
+
+
+def describe(result: CellResult) -> str:
+    if result.record is None:
+        return f"FAILED ({result.error})"
+    r = result.record
+    tag = " (cached)" if result.cached else ""
+    return (f"KL(t=1) {r['kl_t1']:.4f}  mean KL {r['kl_mean']:.4f}  "
+            f"train {r['train_seconds']:.0f} s{tag}")
+
+
+# --------------------------------------------------------------------------- command line
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(dict.fromkeys(int(v) for v in text.split(",") if v.strip()))
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{flag} needs positive integers, got {text!r}")
+    return values
+
+
+def _names(text: str, flag: str, valid: Sequence[str]) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    bad = [n for n in names if n not in valid]
+    if not names or bad:
+        raise ValueError(f"{flag}: unknown or missing name(s) {bad or text!r}; valid: "
+                         f"{', '.join(valid)}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="otcfm bench gaussian-sb",
+        description="Closed-form Schrodinger bridge between N(-a 1, I) and N(a 1, I) (SF2M "
+        "Table 3): KL of the learned marginals against the exact ones for SB-CFM (ODE) and "
+        "SF2M (SDE) with exact and entropic couplings; cached and resumable.",
+    )
+    p.add_argument("--dims", help="comma-separated dimensions (default 2,5,20,50,100)")
+    p.add_argument("--seeds", type=int, help="first N seeds of 42, 43, ... (default 5)")
+    p.add_argument("--methods", help="comma-separated: sbcfm (ODE), sf2m (SDE) (default both)")
+    p.add_argument("--couplings", help="comma-separated: exact, entropic (default both)")
+    p.add_argument("--steps", type=int, help=f"optimizer steps per cell (default "
+                   f"{Protocol.steps})")
+    p.add_argument("--sigma", type=float, help=f"bridge sigma (default {Protocol.sigma:g})")
+    p.add_argument("--width", type=int, help=f"MLP width (default {Protocol.width})")
+    p.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes")
+    p.add_argument("--out", type=Path, help="report folder (default: the runs folder)")
+    p.add_argument("--runs", type=Path, help="cache of cell runs (default runs/gaussian_sb, "
+                   "--quick: runs/gaussian_sb-quick)")
+    p.add_argument("--quick", action="store_true", help="smoke run (seconds): d = 2, 5, one "
+                   "seed, 60 steps of batch 100 on 1,000 points, 10 steps, 2,000 samples")
+    return p
+
+
+def protocol_from_args(args: argparse.Namespace) -> Protocol:
+    base = Protocol(**QUICK) if args.quick else Protocol()
+    over = {k: getattr(args, k) for k in ("steps", "width") if getattr(args, k) is not None}
+    for k, v in over.items():
+        if v < 1:
+            raise ValueError(f"--{k} must be >= 1, got {v}")
+    if args.sigma is not None:
+        if not (math.isfinite(args.sigma) and args.sigma > 0):
+            raise ValueError(f"--sigma must be > 0, got {args.sigma}")
+        over["sigma"] = args.sigma
+    return replace(base, **over)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    p = protocol_from_args(args)
+    dims = _int_list(args.dims, "--dims") if args.dims else (QUICK_DIMS if args.quick else DIMS)
+    methods = _names(args.methods, "--methods", METHODS) if args.methods else METHODS
+    couplings = _names(args.couplings, "--couplings", COUPLINGS) if args.couplings else COUPLINGS
+    n_seeds = args.seeds if args.seeds is not None else (1 if args.quick else 5)
+    if n_seeds < 1 or args.jobs < 1:
+        raise ValueError(f"--seeds and --jobs must be >= 1, got {n_seeds} and {args.jobs}")
+    seeds = [FIRST_SEED + k for k in range(n_seeds)]
+    runs = args.runs or Path("runs/gaussian_sb-quick" if args.quick else "runs/gaussian_sb")
+    out = args.out or runs
+    cells = plan_cells(methods, couplings, dims, seeds)
+    print(f"{len(cells)} cells, {args.jobs} job(s), runs in {runs}")
+    count = [0]
+
+    def progress(result: CellResult) -> None:
+        count[0] += 1
+        print(f"[{count[0]}/{len(cells)}] {result.cell.label}: {describe(result)}", flush=True)
+
+    results = run_cells(cells, p, runs, jobs=args.jobs, on_done=progress)
+    from otcfm.experiments.gaussian_sb_report import write_outputs
+
+    meta = {
+        "command": "otcfm bench gaussian-sb " + " ".join(argv),
+        "wall_seconds": time.perf_counter() - started,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "jobs": args.jobs,
+        "protocol": asdict(p),
+    }
+    written = write_outputs(results, out, meta)
+    print("wrote " + ", ".join(str(w) for w in written))
+    failed = [r for r in results if r.record is None]
+    for r in failed:
+        print(f"failed: {r.cell.label}: {r.error}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,185 @@
+"""`otcfm bench gaussian-sb`: the closed-form bridge marginals against Monte Carlo, the KL
+against torch.distributions, an exact model scored at the sampling floor, and a quick run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+from torch import nn
+
+from otcfm.cli import main
+from otcfm.couplings import EntropicOT
+from otcfm.experiments.gaussian_sb import (
+    Cell,
+    Protocol,
+    fitted_kl,
+    gaussian_kl,
+    kl_curve,
+    sample_cell,
+    sb_marginal,
+)
+from otcfm.experiments.gaussian_sb_report import kl_floor
+from otcfm.models import DriftScore
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------- q_t vs Monte Carlo
+def quantile_grid(n: int, shift: float) -> torch.Tensor:
+    """n points at the normal quantiles (k + 1/2) / n, shifted: an empirical N(shift, ~1)
+    with (almost) no sampling error in its moments."""
+    q = norm.ppf((np.arange(n) + 0.5) / n)
+    return torch.tensor(q / q.std() + shift, dtype=torch.float64)[:, None]
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0])
+def test_bridge_marginal_formula_against_monte_carlo(sigma):
+    """Build the bridge from its definition: the entropic OT plan (reg = 2 sigma^2) between
+    the two Gaussians (here 1-D: isotropic Gaussians factorise), then Brownian bridges of
+    sigma W between the pairs. Its moments at time t must be those of q_t."""
+    a, n = 0.7, 1500
+    x0, x1 = quantile_grid(n, -a), quantile_grid(n, a)
+    plan = EntropicOT(reg=2 * sigma**2, cost_dtype=torch.float64, tol=1e-9).plan(x0, x1)
+    for t in (0.25, 0.5, 0.75, 1.0):
+        mid = (1 - t) * x0 + t * x1.T  # (n, n) bridge means of every pair
+        mean = float((plan * mid).sum())
+        second = float((plan * mid**2).sum()) + sigma**2 * t * (1 - t)
+        var = second - mean**2
+        m_ref, v_ref = sb_marginal(t, a, sigma)
+        # the quantile grids leave ~1e-5 relative error (seen: <= 9e-6)
+        assert abs(mean - m_ref) < 1e-4, (t, mean, m_ref)
+        assert abs(var - v_ref) < 1e-3 * v_ref, (t, var, v_ref)
+    # the formula is not what the other couplings give (the test can tell them apart)
+    t = 0.5
+    v_ref = sb_marginal(t, a, sigma)[1]
+    v_indep = (1 - t) ** 2 + t**2 + sigma**2 * t * (1 - t)
+    v_shift = 1 + sigma**2 * t * (1 - t)  # exact OT: x1 = x0 + 2a
+    assert min(abs(v_ref - v_indep), abs(v_ref - v_shift)) > 0.05
+
+
+def test_sb_marginal_endpoints_and_errors():
+    assert sb_marginal(0.0, 0.1, 1.0) == (-0.1, 1.0)
+    assert sb_marginal(1.0, 0.1, 1.0) == (0.1, 1.0)
+    assert sb_marginal(0.5, 0.1, 1.0)[1] == pytest.approx(0.5 + 0.25 * math.sqrt(5))
+    with pytest.raises(ValueError, match="t must be in"):
+        sb_marginal(1.5, 0.1, 1.0)
+
+
+# --------------------------------------------------------------------- KL
+def test_gaussian_kl_matches_torch_distributions():
+    g = gen(0)
+    d = 6
+    a = torch.randn(d, d, generator=g, dtype=torch.float64)
+    cov = a @ a.T + 0.5 * torch.eye(d, dtype=torch.float64)
+    mean = torch.randn(d, generator=g, dtype=torch.float64)
+    mq, vq = 0.3, 1.7
+    p = torch.distributions.MultivariateNormal(mean, cov)
+    q = torch.distributions.MultivariateNormal(
+        torch.full((d,), mq, dtype=torch.float64), vq * torch.eye(d, dtype=torch.float64)
+    )
+    ref = float(torch.distributions.kl_divergence(p, q))
+    got = gaussian_kl(mean, cov, torch.full((d,), mq, dtype=torch.float64), vq)
+    assert got == pytest.approx(ref, rel=1e-10)
+    assert gaussian_kl(torch.zeros(3), torch.eye(3), torch.zeros(3), 1.0) == pytest.approx(0.0)
+
+
+def test_fitted_kl_of_exact_samples_is_the_sampling_floor():
+    d, n, reps = 5, 400, 200
+    g = gen(1)
+    kls = []
+    for _ in range(reps):
+        m, v = sb_marginal(0.3, 0.1, 1.0)
+        x = m + math.sqrt(v) * torch.randn(n, d, generator=g, dtype=torch.float64)
+        kls.append(fitted_kl(x, 0.3, 0.1, 1.0))
+    # E KL ~ d (d + 3) / (4 n) = 0.025; the std of the mean over 200 reps is ~5% of it
+    assert np.mean(kls) == pytest.approx(kl_floor(d, n), rel=0.15)
+
+
+# --------------------------------------------------------------------- an exact model
+class Exact(nn.Module):
+    """The closed-form probability-flow velocity (head 0) or score (head 1) of q_t."""
+
+    def __init__(self, a: float, sigma: float, score: bool) -> None:
+        super().__init__()
+        self.a, self.root, self.score_head = a, math.sqrt(4 + sigma**4), score
+
+    def forward(self, x, t):
+        t = t.to(x.dtype)[:, None]
+        m = (2 * t - 1) * self.a
+        v = self.root * t * (1 - t) + (1 - t) ** 2 + t**2
+        if self.score_head:
+            return -(x - m) / v
+        dv = self.root * (1 - 2 * t) - 2 * (1 - t) + 2 * t
+        return 2 * self.a + dv / (2 * v) * (x - m)
+
+
+@pytest.mark.parametrize("sampler", ["ode", "sde"])
+def test_exact_model_scores_near_the_floor(sampler):
+    """The bench's sampling and KL pipeline on the true drift and score: every time of the
+    grid is at the sampling floor up to the 20-step Euler(-Maruyama) error."""
+    p = Protocol(n_test=10_000)
+    d = 5
+    model = DriftScore(Exact(p.a, p.sigma, False), Exact(p.a, p.sigma, True))
+    x0 = torch.randn(p.n_test, d, generator=gen(2)) - p.a
+    cell = Cell("sf2m" if sampler == "sde" else "sbcfm", "exact", d, 42)
+    kl = kl_curve(sample_cell(model, x0, cell, p, sampler), p)
+    assert len(kl) == 21
+    floor = kl_floor(d, p.n_test)
+    assert max(kl) < 2.5 * floor, kl  # seen: <= 1.6 x floor (0.001 at d = 5)
+    # the wrong sign of the score term would be far off
+    flipped = DriftScore(Exact(p.a, p.sigma, False), _Neg(Exact(p.a, p.sigma, True)))
+    if sampler == "sde":
+        bad = kl_curve(sample_cell(flipped, x0, cell, p, sampler), p)
+        assert bad[-1] > 0.5
+
+
+class _Neg(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, t):
+        return -self.inner(x, t)
+
+
+# --------------------------------------------------------------------- the command
+def test_quick_bench_writes_records_page_and_figure_then_caches(tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    argv = ["bench", "gaussian-sb", "--quick", "--dims", "2", "--runs", str(runs),
+            "--out", str(out)]
+    assert main(argv) == 0
+    records = json.loads((out / "gaussian_sb.json").read_text())
+    assert len(records) == 4
+    assert {(r["method"], r["coupling"]) for r in records} == {
+        ("sbcfm", "exact"), ("sbcfm", "entropic"), ("sf2m", "exact"), ("sf2m", "entropic")
+    }
+    for r in records:
+        assert list(r)[:6] == ["method", "coupling", "dim", "seed", "kl_t1", "kl_mean"]
+        assert r["dim"] == 2 and r["seed"] == 42 and len(r["kl_t"]) == 11
+        assert r["kl_t1"] == r["kl_t"][-1] and r["kl_mean"] == pytest.approx(np.mean(r["kl_t"]))
+        assert 0 <= r["kl_t1"] < 1 and r["train_seconds"] > 0
+    page = (out / "gaussian_sb.md").read_text()
+    assert "SB-CFM, paper" in page and "otcfm bench gaussian-sb --quick" in page
+    assert (out / "gaussian_sb" / "kl_vs_t.png").stat().st_size > 5_000
+    capsys.readouterr()
+    assert main(argv) == 0  # every cell cached now
+    assert capsys.readouterr().out.count("(cached)") == 4
+    again = json.loads((out / "gaussian_sb.json").read_text())
+    assert [r["kl_t1"] for r in again] == [r["kl_t1"] for r in records]
+
+
+def test_bad_arguments(tmp_path, capsys):
+    base = ["bench", "gaussian-sb", "--quick", "--runs", str(tmp_path)]
+    assert main([*base, "--dims", "2,x"]) == 2
+    assert "--dims must be comma-separated integers" in capsys.readouterr().err
+    assert main([*base, "--methods", "otcfm"]) == 2
+    assert "valid: sbcfm, sf2m" in capsys.readouterr().err
+    assert main([*base, "--sigma", "0"]) == 2
+    assert "--sigma must be > 0" in capsys.readouterr().err
