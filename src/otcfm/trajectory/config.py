@@ -1,0 +1,133 @@
+"""Configuration of a trajectory-inference run: typed sections, TOML in and out.
+
+The run folder's ``config.toml`` holds everything needed to rebuild the data, the model and
+the training stream (``otcfm trajectory fit --config FILE`` repeats a run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from otcfm.train.config import _build, dumps_toml
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+METHODS = ("otcfm", "icfm", "sbcfm")
+
+
+@dataclass
+class DataSection:
+    """Where the populations come from and how they are represented (REFERENCE.md §6)."""
+
+    path: str = "synthetic"  # "synthetic" or a .h5ad / .npz / .csv file
+    time_key: str = ""  # "" = the format's default (day/time/..., sample_labels, time)
+    obsm_key: str = ""  # .h5ad: features from obsm[KEY] instead of X
+    npz_key: str = "pcs"  # .npz: the feature array
+    dims: int = 5  # features kept (0 = all)
+    pca: bool = True  # PCA to `dims` (False: keep the first `dims` columns)
+    standardize: bool = True  # StandardScaler on all cells (the paper's whitening)
+    n_cells: int = 1000  # synthetic: cells per time point
+    obs_dim: int = 20  # synthetic: observed features
+    data_seed: int = 0  # synthetic: the snapshot draw
+
+
+@dataclass
+class MethodSection:
+    name: str = "otcfm"  # otcfm, icfm or sbcfm
+    sigma: float = -1.0  # -1 = the method's default: 0.1 (otcfm, icfm), 1.0 (sbcfm)
+
+
+@dataclass
+class ModelSection:
+    width: int = 64
+    depth: int = 3
+    activation: str = "selu"
+
+
+@dataclass
+class OptimSection:
+    steps: int = 5_000
+    batch_size: int = 128  # cells drawn per time point and interval
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+
+
+@dataclass
+class EvalSection:
+    left_out: int = -1  # index of the held-out time point (-1 = none)
+    ode_steps: int = 100  # Euler steps per unit of index time
+    log_every: int = 100
+    checkpoint_every: int = 1_000
+
+
+@dataclass
+class TrajectoryConfig:
+    name: str = "trajectory"
+    out_dir: str = "runs"
+    seed: int = 42
+    device: str = "cpu"
+    data: DataSection = field(default_factory=DataSection)
+    method: MethodSection = field(default_factory=MethodSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrajectoryConfig:
+        """Build a config; unknown sections or keys raise with the valid ones listed."""
+        return _build(cls, data, None).validate()
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TrajectoryConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"cannot parse config {path}: {err}") from None
+        return cls.from_dict(data)
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+    def validate(self) -> TrajectoryConfig:
+        o, e, d = self.optim, self.eval, self.data
+        checks = [
+            (self.method.name in METHODS,
+             f"method.name must be one of {', '.join(METHODS)}, got {self.method.name!r}"),
+            (self.method.sigma >= 0 or self.method.sigma == -1,
+             f"method.sigma must be >= 0 (or -1 = the method's default), got "
+             f"{self.method.sigma}"),
+            (o.steps >= 1, f"optim.steps must be >= 1, got {o.steps}"),
+            (o.batch_size >= 2, f"optim.batch_size must be >= 2, got {o.batch_size}"),
+            (o.lr > 0, f"optim.lr must be > 0, got {o.lr}"),
+            (e.left_out >= -1, f"eval.left_out must be -1 (none) or a time index, got "
+                               f"{e.left_out}"),
+            (e.ode_steps >= 1, f"eval.ode_steps must be >= 1, got {e.ode_steps}"),
+            (e.log_every >= 1 and e.checkpoint_every >= 1,
+             "eval.log_every and eval.checkpoint_every must be >= 1"),
+            (d.dims >= 0, f"data.dims must be >= 0 (0 = all features), got {d.dims}"),
+            (d.n_cells >= 2, f"data.n_cells must be >= 2, got {d.n_cells}"),
+            (d.obs_dim >= 3, f"data.obs_dim must be >= 3, got {d.obs_dim}"),
+            (bool(self.name) and "/" not in self.name,
+             f"name must be a plain folder name, got {self.name!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self

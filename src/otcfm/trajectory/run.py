@@ -1,0 +1,314 @@
+"""Run folders for trajectory inference, laid out like :mod:`otcfm.train` runs.
+
+``runs/<name>/``: ``config.toml`` (fully resolved), ``checkpoints/latest.pt`` (atomic; model,
+optimizer, step, the fitted preprocessor), ``log.csv`` (training loss), ``metrics.json``
+(train summary and evaluation), ``plots/time_course.png`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from otcfm.data.synthetic_cells import SyntheticCells
+from otcfm.data.timeseries import Preprocessor, TimeSeries, fit_preprocessor, load_timeseries
+from otcfm.train.checkpoint import load_checkpoint, save_atomic, write_text_atomic
+from otcfm.train.datasets import stream
+from otcfm.train.progress import Progress
+from otcfm.trajectory.config import DataSection, TrajectoryConfig
+from otcfm.trajectory.fit import FitSpec, Fitter, model_from_state
+from otcfm.trajectory.predict import (
+    evaluate_intervals,
+    evaluate_left_out,
+    interpolation_baseline,
+    predict_left_out,
+    score,
+    trajectories,
+)
+
+log = logging.getLogger("otcfm.trajectory")
+
+__all__ = [
+    "LoadedData",
+    "TrajectoryRun",
+    "evaluate_trajectory_run",
+    "fit_run",
+    "load_data",
+    "load_trajectory_run",
+    "spec_from_config",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedData:
+    """Raw populations, the model's representation of them, and how one maps to the other."""
+
+    raw: TimeSeries
+    ts: TimeSeries
+    preprocessor: Preprocessor | None
+    synthetic: SyntheticCells | None = None
+
+    def truth(self, t: float, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Synthetic data only: n fresh cells at observation time t, in the model's features."""
+        if self.synthetic is None:
+            raise ValueError("ground truth at arbitrary times exists only for synthetic data")
+        x = self.synthetic.truth(t, n, generator)
+        return self.preprocessor.transform(x) if self.preprocessor is not None else x
+
+
+def synthetic_process(cfg: DataSection) -> SyntheticCells:
+    return SyntheticCells(obs_dim=cfg.obs_dim)
+
+
+def load_data(cfg: DataSection, preprocessor: Preprocessor | None = None) -> LoadedData:
+    """Load (or simulate) the populations and represent them as the config says.
+
+    A given ``preprocessor`` (from a checkpoint) is applied as is; otherwise one is fitted on
+    all cells when ``dims`` or ``standardize`` asks for it.
+    """
+    synthetic = None
+    if cfg.path == "synthetic":
+        synthetic = synthetic_process(cfg)
+        raw = synthetic.snapshots(cfg.n_cells, stream(cfg.data_seed, "synthetic-cells"))
+    else:
+        raw = load_timeseries(
+            cfg.path,
+            time_key=cfg.time_key or None,
+            obsm_key=cfg.obsm_key or None,
+            npz_key=cfg.npz_key,
+        )
+    if preprocessor is None and (cfg.dims or cfg.standardize):
+        dims = min(cfg.dims, raw.dim) if cfg.dims else None
+        preprocessor = fit_preprocessor(raw.x, dims=dims, pca=cfg.pca, standardize=cfg.standardize)
+    ts = raw if preprocessor is None else raw.map(preprocessor.transform)
+    return LoadedData(raw, ts, preprocessor, synthetic)
+
+
+def spec_from_config(cfg: TrajectoryConfig) -> FitSpec:
+    return FitSpec(
+        method=cfg.method.name,
+        sigma=None if cfg.method.sigma < 0 else cfg.method.sigma,
+        left_out=None if cfg.eval.left_out < 0 else cfg.eval.left_out,
+        steps=cfg.optim.steps,
+        batch_size=cfg.optim.batch_size,
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        width=cfg.model.width,
+        depth=cfg.model.depth,
+        activation=cfg.model.activation,
+        seed=cfg.seed,
+    )
+
+
+# --------------------------------------------------------------------------- fitting
+def fit_run(
+    cfg: TrajectoryConfig, *, resume: bool = False, progress: bool = True, evaluate: bool = True
+) -> Path:
+    """Train the run of ``cfg`` (continuing ``checkpoints/latest.pt`` with ``resume``), then
+    evaluate it (metrics.json, plots, report.md). Returns the run folder."""
+    cfg.validate()
+    run_dir = cfg.run_dir
+    latest = run_dir / "checkpoints" / "latest.pt"
+    state = None
+    if latest.is_file():
+        if not resume:
+            raise FileExistsError(
+                f"{run_dir} already holds a run; pass --resume to continue it or choose "
+                "another --name"
+            )
+        state = load_checkpoint(latest)
+        saved = TrajectoryConfig.from_dict(state["config"]).to_dict()
+        mine = cfg.to_dict()
+        saved["optim"].pop("steps")
+        mine["optim"].pop("steps")
+        if saved != mine:
+            raise ValueError(
+                f"cannot resume {run_dir}: its config differs from the one given "
+                "(only optim.steps may change on resume)"
+            )
+    pre = Preprocessor.from_dict(state["preprocessor"]) if state and state["preprocessor"] else None
+    data = load_data(cfg.data, pre)
+    spec = spec_from_config(cfg)
+    if spec.left_out is not None and not 0 < spec.left_out < data.ts.n_times - 1:
+        raise ValueError(
+            f"eval.left_out must be an intermediate time index in [1, {data.ts.n_times - 2}] "
+            f"(the data has times {list(data.ts.times)}), got {spec.left_out}"
+        )
+    fitter = Fitter(data.ts, spec, device=cfg.device)
+    if state is not None:
+        fitter.load_state_dict(state["fit"])
+        log.info("resumed %s at step %d", run_dir, fitter.step)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(cfg.to_toml(), run_dir / "config.toml")
+    bar = Progress(total=spec.steps, initial=fitter.step, enabled=progress,
+                   desc=f"{cfg.name} ({spec.method})")
+    seen = [fitter.step]
+
+    def checkpoint(f: Fitter) -> None:
+        bar.update(f.step - seen[0], loss=f.history[-1][1] if f.history else float("nan"))
+        seen[0] = f.step
+        _save(run_dir, cfg, f, data)
+
+    try:
+        fitter.run(log_every=cfg.eval.log_every, callback=checkpoint,
+                   callback_every=min(cfg.eval.checkpoint_every, cfg.eval.log_every))
+    finally:
+        bar.close()
+    _merge_json(run_dir / "metrics.json", {"train": {
+        "steps": fitter.step, "train_seconds": fitter.train_seconds,
+        "final_loss": fitter.history[-1][1] if fitter.history else None,
+    }})
+    if evaluate:
+        evaluate_trajectory_run(run_dir)
+    return run_dir
+
+
+def _save(run_dir: Path, cfg: TrajectoryConfig, f: Fitter, data: LoadedData) -> None:
+    if f.step % cfg.eval.checkpoint_every == 0 or f.step == f.spec.steps:
+        save_atomic(
+            {
+                "config": cfg.to_dict(),
+                "fit": f.state_dict(),
+                "preprocessor": data.preprocessor.to_dict() if data.preprocessor else None,
+                "times": list(data.ts.times),
+                "time_names": list(data.ts.time_names),
+                "dim": data.ts.dim,
+            },
+            run_dir / "checkpoints" / "latest.pt",
+        )
+    rows = ["step,loss"] + [f"{s},{v:.6g}" for s, v in f.history]
+    write_text_atomic("\n".join(rows) + "\n", run_dir / "log.csv")
+
+
+def _merge_json(path: Path, update: dict[str, Any]) -> None:
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.update(update)
+    write_text_atomic(json.dumps(data, indent=2, default=float) + "\n", path)
+
+
+# --------------------------------------------------------------------------- loading
+@dataclass(frozen=True, eq=False)
+class TrajectoryRun:
+    cfg: TrajectoryConfig
+    model: nn.Module
+    data: LoadedData
+    step: int
+    run_dir: Path
+
+    @property
+    def left_out(self) -> int | None:
+        return None if self.cfg.eval.left_out < 0 else self.cfg.eval.left_out
+
+
+def load_trajectory_run(run_dir: str | Path) -> TrajectoryRun:
+    """Rebuild a run's model and data (with its saved preprocessor) from its folder."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a trajectory run folder (no config.toml)")
+    cfg = TrajectoryConfig.from_toml(run_dir / "config.toml")
+    cfg.out_dir, cfg.name = str(run_dir.parent), run_dir.name
+    state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    pre = Preprocessor.from_dict(state["preprocessor"]) if state["preprocessor"] else None
+    data = load_data(cfg.data, pre)
+    if data.ts.dim != int(state["dim"]):
+        raise ValueError(
+            f"{run_dir}: the data now has {data.ts.dim} features, the model {state['dim']}"
+        )
+    model = model_from_state(state["fit"], data.ts.dim)
+    return TrajectoryRun(cfg, model, data, int(state["fit"]["step"]), run_dir)
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate_trajectory_run(
+    run_dir: str | Path, *, ode_steps: int | None = None, plots: bool = True
+) -> dict[str, Any]:
+    """Score a run (REFERENCE.md §6) and write metrics.json, plots and report.md.
+
+    With a left-out time k: W1 and MMD of the cells of k-1 pushed to k against the true cells
+    at k, beside the linear-interpolation baseline (and, for synthetic data, against fresh
+    ground-truth cells). Always: the same score for every observed interval (fit quality).
+    """
+    run = load_trajectory_run(run_dir)
+    steps = ode_steps or run.cfg.eval.ode_steps
+    ts, k = run.data.ts, run.left_out
+    start = time.perf_counter()
+    ev: dict[str, Any] = {"step": run.step, "ode_steps": steps, "left_out": k}
+    ev["intervals"] = {
+        str(j): {"w1": s.w1, "mmd": s.mmd}
+        for j, s in evaluate_intervals(run.model, ts, steps_per_unit=steps).items()
+    }
+    if k is not None:
+        s = evaluate_left_out(run.model, ts, k, steps_per_unit=steps)
+        base = score(interpolation_baseline(ts, k, generator=stream(run.cfg.seed, "baseline")),
+                     ts.at(k))
+        ev.update(w1=s.w1, mmd=s.mmd, baseline_w1=base.w1, baseline_mmd=base.mmd)
+        if run.data.synthetic is not None:
+            truth = run.data.truth(ts.times[k], ts.counts[k], stream(run.cfg.seed, "truth"))
+            pred = predict_left_out(run.model, ts, k, steps_per_unit=steps)
+            ev["w1_truth"] = score(pred, truth).w1
+    ev["eval_seconds"] = time.perf_counter() - start
+    _merge_json(Path(run_dir) / "metrics.json", {"eval": ev})
+    if plots:
+        _plot(run, steps)
+    write_text_atomic(_report(run, ev), Path(run_dir) / "report.md")
+    return ev
+
+
+def _plot(run: TrajectoryRun, steps: int) -> None:
+    from otcfm.trajectory.plots import Panel, View2D, plot_time_course
+
+    ts, k = run.data.ts, run.left_out
+    g = stream(run.cfg.seed, "plot")
+    start = ts.at(0)
+    cells = start[torch.randperm(start.shape[0], generator=g)[:60]]
+    grid = torch.linspace(0, ts.n_times - 1, 10 * (ts.n_times - 1) + 1)[1:].tolist()
+    full = trajectories(run.model, cells, 0.0, grid, steps_per_unit=steps)
+    pred = predict_left_out(run.model, ts, k, steps_per_unit=steps) if k is not None else None
+    title = f"{run.cfg.method.name}" + (f", time {ts.time_names[k]} held out" if k else "")
+    view = View2D.first_two(ts.dim) if run.data.preprocessor is not None else None
+    plot_time_course(ts, [Panel(title, full.xs, pred)], run.run_dir / "plots" / "time_course.png",
+                     left_out=k, view=view)
+
+
+def _report(run: TrajectoryRun, ev: dict[str, Any]) -> str:
+    cfg, ts = run.cfg, run.data.ts
+    pre = run.data.preprocessor.description if run.data.preprocessor else "raw features"
+    lines = [
+        f"# Trajectory inference: {cfg.name}",
+        "",
+        f"Data: `{cfg.data.path}`, {ts.x.shape[0]} cells at times "
+        f"{', '.join(ts.time_names)} (counts {', '.join(map(str, ts.counts))}); "
+        f"representation: {pre} ({ts.dim} dims).",
+        f"Method {cfg.method.name}, sigma {spec_from_config(cfg).sigma:g}, MLP {cfg.model.depth}x"
+        f"{cfg.model.width} {cfg.model.activation}, {run.step} steps, batch "
+        f"{cfg.optim.batch_size} per time, seed {cfg.seed}.",
+        "",
+    ]
+    k = ev["left_out"]
+    if k is not None:
+        lines += [
+            f"Held-out time {ts.time_names[k]}: cells of time {ts.time_names[k - 1]} pushed one "
+            f"unit forward ({ev['ode_steps']} Euler steps) against the {ts.counts[k]} true cells.",
+            "",
+            "| prediction | W1 | MMD |",
+            "|---|---|---|",
+            f"| {cfg.method.name} | {ev['w1']:.4f} | {ev['mmd']:.4g} |",
+            f"| linear interpolation of exact OT pairs | {ev['baseline_w1']:.4f} | "
+            f"{ev['baseline_mmd']:.4g} |",
+        ]
+        if "w1_truth" in ev:
+            lines += ["", f"W1 against fresh ground-truth cells: {ev['w1_truth']:.4f}."]
+        lines.append("")
+    lines += ["Every interval (cells of k-1 pushed to k):", "", "| k | W1 | MMD |", "|---|---|---|"]
+    for j, s in ev["intervals"].items():
+        mark = " (held out)" if k is not None and int(j) == k else ""
+        lines.append(f"| {ts.time_names[int(j)]}{mark} | {s['w1']:.4f} | {s['mmd']:.4g} |")
+    lines += ["", "![time course](plots/time_course.png)", ""]
+    return "\n".join(lines)
