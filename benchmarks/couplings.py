@@ -53,6 +53,7 @@ from scipy.optimize import linear_sum_assignment
 
 import otcfm
 from otcfm.couplings import ExactOT
+from otcfm.experiments._machine import cpu_name
 from otcfm.matchers import matcher
 from otcfm.models import MLP
 
@@ -474,14 +475,7 @@ def tables(records: list[dict[str, Any]]) -> str:
 
 
 def machine(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     tc = getattr(torchcfm, "__version__", "not installed") if torchcfm is not None else "absent"
     return (
         f"{cpu}, {os.cpu_count()} logical CPUs, torch.set_num_threads({threads}); "

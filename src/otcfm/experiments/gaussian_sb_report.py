@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from otcfm.experiments._machine import machine
 from otcfm.experiments.gaussian_sb import COUPLINGS, METHODS, CellResult
 from otcfm.train.checkpoint import write_text_atomic
 
@@ -287,20 +285,3 @@ def kl_figure(records: Sequence[dict[str, Any]], path: Path, p: dict[str, Any]) 
     plt.close(fig)
     os.replace(tmp, path)
     return path
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        pot = metadata.version("pot")
-    except metadata.PackageNotFoundError:
-        pot = "?"
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, POT {pot}")

@@ -9,16 +9,14 @@ validation W2 against training step, and a trajectory grid (methods x tasks).
 from __future__ import annotations
 
 import json
-import os
-import platform
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from otcfm.experiments._machine import machine, version
 from otcfm.experiments.two_dim import TASKS, CellResult, records_of
 from otcfm.train.checkpoint import write_text_atomic
 
@@ -179,26 +177,6 @@ def _run_line(meta: dict[str, Any], records, theirs) -> str:
     )
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, POT {_version('pot')}")
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "?"
-
-
 def _task_table(task: str, groups) -> str:
     rows = [
         f"### {task}\n",
@@ -277,7 +255,7 @@ def _torchcfm_table(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, A
         "Same data tensors, minibatches, seeds, initial weights, MLP, optimizer, budget and "
         "validation schedule; TorchCFM's `ConditionalFlowMatcher` / "
         "`ExactOptimalTransportConditionalFlowMatcher` (torchcfm "
-        f"{_version('torchcfm')}) compute the loss in a plain loop; both evaluated by our "
+        f"{version('torchcfm')}) compute the loss in a plain loop; both evaluated by our "
         "metric code (100 Euler steps). Time: training loop including validation.\n",
         "| task | method | seeds | W2 ours | W2 TorchCFM | NPE ours | NPE TorchCFM | train s "
         "ours | train s TorchCFM | time ratio |",
