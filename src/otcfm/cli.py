@@ -52,7 +52,7 @@ FLAG_HELP = {
     "out": "parent folder of runs (default runs)",
     "source": "x0: a built-in distribution (otcfm list) or a .npy/.npz/.csv file",
     "target": "x1: a built-in distribution or a .npy/.npz/.csv file",
-    "method": "icfm, otcfm, sbcfm, fm or vpcfm",
+    "method": "icfm, otcfm, sbcfm, sf2m, fm, vpcfm or rf (rf: paired data, data.paired)",
     "sigma": "path noise (sbcfm: entropic reg = 2 sigma^2)",
     "coupling": "override the method's coupling (exact, approx, entropic, ...)",
     "steps": "optimizer steps",
