@@ -11,6 +11,7 @@ import torch
 from scipy.spatial.distance import cdist
 
 from otcfm.couplings import ConvergenceWarning, EntropicOT, UnbalancedOT
+from otcfm.couplings._sinkhorn import eps_schedule
 
 
 def randn(*shape: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
@@ -94,6 +95,23 @@ def test_eps_scaling_is_only_a_speedup():
         X0[:20], X1[:15]
     )
     assert torch.allclose(a, b, rtol=1e-6, atol=1e-12)
+
+
+def test_eps_schedule_one_stage_up_to_ratio_128_then_halving_down_to_reg():
+    assert eps_schedule(2.0, 256.0, 0.5) == [2.0]  # max C / reg = 128: one stage
+    stages = eps_schedule(1.0, 1000.0, 0.5)
+    assert stages[0] == 1000.0 and stages[-1] == 1.0
+    assert all(b / a == pytest.approx(0.5) for a, b in zip(stages[:-2], stages[1:-1], strict=True))
+    assert 0.5 <= stages[-1] / stages[-2] < 1.0
+    assert eps_schedule(1.0, 1000.0, None) == [1.0]
+
+
+def test_one_stage_plan_matches_pot_at_ratio_below_128():
+    reg = float(sqdist(X0, X1).max()) / 100.0
+    ours = EntropicOT(reg=reg, tol=1e-10, cost_dtype=torch.float64).plan(X0, X1)
+    pot = ot.sinkhorn(uniform(40), uniform(30), sqdist(X0, X1), reg, stopThr=1e-12,
+                      numItermax=100_000)
+    np.testing.assert_allclose(ours.numpy(), pot, rtol=1e-5, atol=1e-12)
 
 
 def test_not_converging_warns_or_raises_with_numbers():
