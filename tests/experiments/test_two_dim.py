@@ -150,9 +150,14 @@ def test_second_call_uses_the_cache(quick, monkeypatch, capsys):
         raise AssertionError("a cached cell was trained again")
 
     monkeypatch.setattr(two_dim, "train", no_training)
-    assert two_dim.main(argv) == 0
+    remarks = root / "remarks.md"
+    remarks.write_text("SB-CFM left out on moons-8gaussians: 100 ms per coupling.\n")
+    assert two_dim.main([*argv, "--remarks", str(remarks)]) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert capsys.readouterr().out.count("(cached)") == 7
+    page = (root / "out" / "two_dim.md").read_text()
+    assert page.endswith("## Remarks\n\nSB-CFM left out on moons-8gaussians: 100 ms per "
+                         "coupling.\n")
 
 
 def test_resume_after_a_killed_cell(tmp_path, monkeypatch):

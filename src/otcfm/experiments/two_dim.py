@@ -575,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", action="append", default=[], metavar="METHOD@TASK",
                    help="leave out cells, e.g. sbcfm@moons-8gaussians (repeatable)")
     p.add_argument("--workers", type=int, default=1, help="coupling threads per cell")
+    p.add_argument("--remarks", type=Path, metavar="FILE",
+                   help="markdown file appended to the page as its 'Remarks' section (what "
+                   "this run left out, what was tried)")
     p.add_argument("--coupling", action="append", default=[], metavar="METHOD=NAME",
                    help="override a method's coupling, e.g. otcfm=approx (repeatable)")
     for flag, help_ in (("n-train", "training points"), ("n-val", "validation points"),
@@ -635,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or Path("runs/two_dim-quick" if args.quick else "runs/two_dim")
     out = args.out or runs
     skip = parse_skip(args.skip)
+    remarks = args.remarks.read_text() if args.remarks is not None else ""
     cells, notes = plan_cells(tasks, methods, seeds, torchcfm=args.torchcfm, skip=skip)
     for note in notes:
         print(f"note: {note}", flush=True)
@@ -653,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": args.jobs,
         "notes": notes,
         "protocol": asdict(protocol),
+        "remarks": remarks,
     }
     written = write_outputs(results, out, meta, runs)
     print("wrote " + ", ".join(str(w) for w in written))

@@ -162,6 +162,8 @@ def markdown(
         parts.append(_torchcfm_table(records, theirs))
     parts.append(_figure_links(figures, out))
     parts.append(_notes(meta, groups))
+    if meta.get("remarks", "").strip():
+        parts.append("## Remarks\n\n" + meta["remarks"].strip() + "\n")
     return "\n".join(parts)
 
 
