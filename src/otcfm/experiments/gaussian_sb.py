@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,8 @@ import torch
 from torch import Tensor
 
 from otcfm.data import save_points
+from otcfm.experiments import _cells
+from otcfm.experiments._cells import CellResult
 from otcfm.sampling import Trajectory, integrate, integrate_sde
 from otcfm.train.checkpoint import load_checkpoint, write_text_atomic
 from otcfm.train.config import (
@@ -287,23 +288,6 @@ def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- scheduling
-@dataclass(frozen=True)
-class CellResult:
-    cell: Cell
-    record: dict[str, Any] | None
-    cached: bool = False
-    error: str = ""
-
-
-def _run_in_process(cell: Cell, p: Protocol, runs: str) -> dict[str, Any]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return run_cell(cell, p, runs)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _cost(cell: Cell) -> float:
     """Rough relative cost for scheduling long cells first."""
     per_step = (2 if cell.method == "sf2m" else 1) + (2 if cell.coupling == "entropic" else 1)
@@ -320,43 +304,16 @@ def run_cells(
 ) -> list[CellResult]:
     """Run the cells not cached yet in ``jobs`` processes (1 torch thread each); cell order."""
     runs = Path(runs)
-    results: dict[Cell, CellResult] = {}
-
-    def done(result: CellResult) -> None:
-        results[result.cell] = result
-        if on_done is not None:
-            on_done(result)
-
-    pending = []
-    for cell in cells:
-        record = cached_record(cell, p, runs)
-        if record is not None:
-            done(CellResult(cell, record, cached=True))
-        else:
-            pending.append(cell)
-    for dim, seed in dict.fromkeys((c.dim, c.seed) for c in pending):
+    for dim, seed in dict.fromkeys((c.dim, c.seed) for c in cells):
         write_data(runs, dim, seed, p)  # once, before the workers share the files
-    pending.sort(key=_cost, reverse=True)
-    if jobs <= 1:
-        for cell in pending:
-            try:
-                done(CellResult(cell, _run_in_process(cell, p, str(runs))))
-            except Exception as err:  # one failed cell must not stop the others
-                done(CellResult(cell, None, error=f"{type(err).__name__}: {err}"))
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-            running: dict[Future[dict[str, Any]], Cell] = {
-                pool.submit(_run_in_process, c, p, str(runs)): c for c in pending
-            }
-            while running:
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    cell = running.pop(fut)
-                    err = fut.exception()
-                    msg = "" if err is None else f"{type(err).__name__}: {err}"
-                    done(CellResult(cell, None if err else fut.result(), error=msg))
-    return [results[c] for c in cells if c in results]
+    return _cells.run_cells(
+        cells,
+        partial(run_cell, p=p, runs=str(runs)),
+        partial(cached_record, p=p, runs=runs),
+        jobs=jobs,
+        cost=_cost,
+        on_done=on_done,
+    )
 
 
 def describe(result: CellResult) -> str:

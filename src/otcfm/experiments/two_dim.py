@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import multiprocessing
 import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,8 @@ from torch import Tensor, nn
 
 from otcfm.couplings import Independent
 from otcfm.data import save_points, toy
+from otcfm.experiments import _cells
+from otcfm.experiments._cells import CellResult
 from otcfm.matchers import MATCHERS
 from otcfm.metrics import normalized_path_energy, wasserstein
 from otcfm.sampling import integrate
@@ -409,27 +410,6 @@ def reflow_pairs(cell: Cell, p: Protocol, runs: Path) -> tuple[DataConfig, dict[
 
 
 # --------------------------------------------------------------------------- scheduling
-def _init_worker() -> None:
-    torch.set_num_threads(1)
-
-
-def _run_in_process(cell: Cell, p: Protocol, runs: str) -> dict[str, Any]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return run_cell(cell, p, runs)
-    finally:
-        torch.set_num_threads(threads)
-
-
-@dataclass(frozen=True)
-class CellResult:
-    cell: Cell
-    record: dict[str, Any] | None
-    cached: bool = False
-    error: str = ""
-
-
 def run_cells(
     cells: Sequence[Cell],
     p: Protocol,
@@ -440,72 +420,15 @@ def run_cells(
 ) -> list[CellResult]:
     """Run the cells not cached yet (``jobs`` processes), dependencies first; in cell order."""
     runs = Path(runs)
-    results: dict[Cell, CellResult] = {}
-
-    def done(result: CellResult) -> None:
-        results[result.cell] = result
-        if on_done is not None:
-            on_done(result)
-
-    pending = []
-    for cell in cells:
-        record = cached_record(cell, p, runs)
-        if record is not None:
-            done(CellResult(cell, record, cached=True))
-        else:
-            pending.append(cell)
-    pending.sort(key=lambda c: -RELATIVE_COST.get(c.method, 1))  # stable: long cells first
-
-    def ready(cell: Cell) -> bool | None:
-        """True when runnable, False while its dependency runs, None if that failed."""
-        dep = cell.depends_on()
-        if dep is None:
-            return True
-        if dep in results:
-            return results[dep].record is not None or None
-        if dep in pending or dep in running.values():
-            return False
-        return cached_record(dep, p, runs) is not None or None
-
-    running: dict[Future[dict[str, Any]], Cell] = {}
-    pool = None
-    if jobs > 1:
-        ctx = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker)
-    try:
-        while pending or running:
-            for cell in list(pending):
-                state = ready(cell)
-                if state is None:
-                    pending.remove(cell)
-                    done(CellResult(cell, None, error=f"needs {cell.depends_on().label}"))
-                elif state and (pool is None or len(running) < jobs):
-                    pending.remove(cell)
-                    if pool is None:
-                        done(_run_here(cell, p, runs))
-                    else:
-                        running[pool.submit(run_cell, cell, p, str(runs))] = cell
-            if running:
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    cell = running.pop(fut)
-                    err = fut.exception()
-                    done(CellResult(cell, None if err else fut.result(), error=_msg(err)))
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-    return [results[c] for c in cells if c in results]
-
-
-def _run_here(cell: Cell, p: Protocol, runs: Path) -> CellResult:
-    try:
-        return CellResult(cell, _run_in_process(cell, p, str(runs)))
-    except Exception as err:  # one failed cell must not stop the others (as in the pool)
-        return CellResult(cell, None, error=_msg(err))
-
-
-def _msg(err: BaseException | None) -> str:
-    return "" if err is None else f"{type(err).__name__}: {err}"
+    return _cells.run_cells(
+        cells,
+        partial(run_cell, p=p, runs=str(runs)),
+        partial(cached_record, p=p, runs=runs),
+        jobs=jobs,
+        cost=lambda c: RELATIVE_COST.get(c.method, 1),
+        depends_on=Cell.depends_on,
+        on_done=on_done,
+    )
 
 
 # --------------------------------------------------------------------------- progress view

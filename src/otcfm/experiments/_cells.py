@@ -1,0 +1,125 @@
+"""Running benchmark cells: cache first, then the rest in worker processes, one torch thread each.
+
+A cell is any hashable description of one training-and-evaluation run; a recipe supplies
+``run(cell) -> record`` (picklable, e.g. a ``functools.partial`` of a module-level function,
+when ``jobs > 1``) and ``cached(cell) -> record | None``. One failed cell never stops the
+others; its :class:`CellResult` carries the error instead of a record.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CellResult:
+    cell: Any
+    record: Record | None
+    cached: bool = False
+    error: str = ""
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # small models on a few cores: a second thread only spins
+
+
+def _run_one_thread(run: Callable[[Any], Record], cell: Hashable) -> Record:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run(cell)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_cells(
+    cells: Sequence[Hashable],
+    run: Callable[[Any], Record],
+    cached: Callable[[Any], Record | None],
+    *,
+    jobs: int = 1,
+    cost: Callable[[Any], float] = lambda cell: 1.0,
+    depends_on: Callable[[Any], Hashable | None] = lambda cell: None,
+    on_done: Callable[[CellResult], None] | None = None,
+) -> list[CellResult]:
+    """Results of ``cells`` in their order: cached ones first, the others run costliest first.
+
+    A cell whose ``depends_on`` cell is still pending or running waits for it; if that cell
+    failed (or is neither planned nor cached) it fails too without running.
+    """
+    results: dict[Hashable, CellResult] = {}
+
+    def done(result: CellResult) -> None:
+        results[result.cell] = result
+        if on_done is not None:
+            on_done(result)
+
+    pending = []
+    for cell in cells:
+        record = cached(cell)
+        if record is not None:
+            done(CellResult(cell, record, cached=True))
+        else:
+            pending.append(cell)
+    pending.sort(key=cost, reverse=True)  # stable: equal costs keep the given order
+    running: dict[Future[Record], Hashable] = {}
+
+    def ready(cell: Hashable) -> bool | None:
+        """True when runnable, False while its dependency is to come, None if that failed."""
+        dep = depends_on(cell)
+        if dep is None:
+            return True
+        if dep in results:
+            return results[dep].record is not None or None
+        if dep in pending or dep in running.values():
+            return False
+        return cached(dep) is not None or None
+
+    pool = None
+    if jobs > 1:
+        ctx = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_one_thread)
+    try:
+        while pending or running:
+            for cell in list(pending):
+                state = ready(cell)
+                if state is None:
+                    pending.remove(cell)
+                    dep = depends_on(cell)
+                    name = getattr(dep, "label", dep)
+                    done(CellResult(cell, None, error=f"needs {name}, which did not finish"))
+                elif state and (pool is None or len(running) < jobs):
+                    pending.remove(cell)
+                    if pool is None:
+                        done(_run_here(run, cell))
+                    else:
+                        running[pool.submit(run, cell)] = cell
+            if running:
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    cell = running.pop(fut)
+                    err = fut.exception()
+                    done(CellResult(cell, None if err else fut.result(), error=_msg(err)))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return [results[c] for c in cells if c in results]
+
+
+def _run_here(run: Callable[[Any], Record], cell: Hashable) -> CellResult:
+    try:
+        return CellResult(cell, _run_one_thread(run, cell))
+    except Exception as err:  # one failed cell must not stop the others (as in the pool)
+        return CellResult(cell, None, error=_msg(err))
+
+
+def _msg(err: BaseException | None) -> str:
+    return "" if err is None else f"{type(err).__name__}: {err}"

@@ -1,0 +1,57 @@
+"""The shared cell runner: cache first, costliest first, dependencies, failures kept apart."""
+
+from __future__ import annotations
+
+import torch
+
+from otcfm.experiments._cells import run_cells
+
+
+def test_cached_cells_are_not_run_and_results_keep_the_given_order():
+    ran = []
+
+    def run(cell):
+        ran.append(cell)
+        return {"value": cell * 10, "threads": torch.get_num_threads()}
+
+    cache = {2: {"value": -2}}
+    results = run_cells([1, 2, 3], run, cache.get, cost=lambda c: c)
+    assert ran == [3, 1]  # costliest first, the cached cell never
+    assert [r.cell for r in results] == [1, 2, 3]
+    assert [r.record["value"] for r in results] == [10, -2, 30]
+    assert [r.cached for r in results] == [False, True, False]
+    assert all(r.record["threads"] == 1 for r in results if not r.cached)
+
+
+def test_a_failure_is_recorded_and_its_dependents_do_not_run():
+    ran = []
+
+    def run(cell):
+        ran.append(cell)
+        if cell == "teacher":
+            raise RuntimeError("diverged")
+        return {"cell": cell}
+
+    seen = []
+    results = run_cells(
+        ["student", "teacher", "other"], run, lambda c: None,
+        cost=lambda c: 0 if c == "student" else 1,
+        depends_on=lambda c: "teacher" if c == "student" else None,
+        on_done=lambda r: seen.append(r.cell),
+    )
+    by_cell = {r.cell: r for r in results}
+    assert ran == ["teacher", "other"]
+    assert by_cell["teacher"].record is None
+    assert by_cell["teacher"].error == "RuntimeError: diverged"
+    assert by_cell["student"].record is None and "needs teacher" in by_cell["student"].error
+    assert by_cell["other"].record == {"cell": "other"}
+    assert sorted(seen) == ["other", "student", "teacher"]
+
+
+def test_a_dependency_waits_for_its_cell_even_when_listed_later():
+    order = []
+    results = run_cells(
+        ["rf", "icfm"], lambda c: order.append(c) or {"c": c}, lambda c: None,
+        cost=lambda c: 9 if c == "rf" else 1, depends_on=lambda c: "icfm" if c == "rf" else None,
+    )
+    assert order == ["icfm", "rf"] and all(r.record for r in results)
