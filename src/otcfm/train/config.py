@@ -117,18 +117,11 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """Build a config, rejecting unknown sections or keys with the valid ones listed."""
-        return _build(cls, data, None)
+        return build_config(cls, data)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> RunConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"cannot parse config {path}: {err}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_toml(path))
 
     def to_toml(self) -> str:
         return dumps_toml(self.to_dict())
@@ -201,7 +194,23 @@ class RunConfig:
         return self
 
 
-def _build(cls: type, data: Any, section: str | None) -> Any:
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The tables of a TOML config file; FileNotFoundError / ValueError name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"cannot parse config {path}: {err}") from None
+
+
+def build_config(cls: type, data: Any, section: str | None = None) -> Any:
+    """The dataclass ``cls`` from nested dicts (sections are dataclass-valued fields).
+
+    Unknown sections or keys raise ValueError listing the valid ones; values are coerced to
+    the type of each field's default.
+    """
     where = f"[{section}]" if section else "config"
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a table, got {data!r}")
@@ -217,7 +226,7 @@ def _build(cls: type, data: Any, section: str | None) -> Any:
         f = known[name]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, name)
+            kwargs[name] = build_config(type(default), value, name)
         else:
             kwargs[name] = _coerce(value, default, f"{section}.{name}" if section else name)
     return cls(**kwargs)

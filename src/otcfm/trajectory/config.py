@@ -7,17 +7,11 @@ the training stream (``otcfm trajectory fit --config FILE`` repeats a run).
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from otcfm.train.config import _build, dumps_toml
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+from otcfm.train.config import build_config, dumps_toml, read_toml
 
 METHODS = ("otcfm", "icfm", "sbcfm")
 
@@ -89,18 +83,11 @@ class TrajectoryConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrajectoryConfig:
         """Build a config; unknown sections or keys raise with the valid ones listed."""
-        return _build(cls, data, None).validate()
+        return build_config(cls, data).validate()
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TrajectoryConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"cannot parse config {path}: {err}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_toml(path))
 
     def to_toml(self) -> str:
         return dumps_toml(self.to_dict())
