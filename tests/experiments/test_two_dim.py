@@ -160,6 +160,21 @@ def test_second_call_uses_the_cache(quick, monkeypatch, capsys):
                          "coupling.\n")
 
 
+def test_report_only_runs_nothing_and_lists_the_missing_cells(quick, monkeypatch, tmp_path):
+    root, argv, records = quick
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--report-only trained a cell")
+
+    monkeypatch.setattr(two_dim, "train", no_training)
+    out = tmp_path / "report"
+    argv = [*argv[:-1], str(out), "--report-only", "--seeds", "2"]
+    assert two_dim.main(argv) == 0
+    assert json.loads((out / "two_dim.json").read_text()) == records  # seed 43 is missing
+    page = (out / "two_dim.md").read_text()
+    assert "not run (no cached result; --report-only): gaussian-8gaussians icfm seed 43" in page
+
+
 def test_resume_after_a_killed_cell(tmp_path, monkeypatch):
     cell = Cell("gaussian-moons", "icfm", 42)
     original = loop.Trainer.train_step

@@ -431,6 +431,12 @@ def run_cells(
     )
 
 
+def cached_results(cells: Sequence[Cell], p: Protocol, runs: str | Path) -> list[CellResult]:
+    """The finished cells among ``cells`` (nothing is run)."""
+    records = ((c, cached_record(c, p, Path(runs))) for c in cells)
+    return [CellResult(c, r, cached=True) for c, r in records if r is not None]
+
+
 # --------------------------------------------------------------------------- progress view
 class CellProgress:
     """One line per finished cell plus done/total counts (a tqdm bar when on a terminal)."""
@@ -498,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", action="append", default=[], metavar="METHOD@TASK",
                    help="leave out cells, e.g. sbcfm@moons-8gaussians (repeatable)")
     p.add_argument("--workers", type=int, default=1, help="coupling threads per cell")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the page from the cells already cached; run nothing")
     p.add_argument("--remarks", type=Path, metavar="FILE",
                    help="markdown file appended to the page as its 'Remarks' section (what "
                    "this run left out, what was tried)")
@@ -566,11 +574,19 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}", flush=True)
     print(f"{len(cells)} cells, {args.jobs} job(s), runs in {runs}", flush=True)
-    progress = CellProgress(len(cells))
-    try:
-        results = run_cells(cells, protocol, runs, jobs=args.jobs, on_done=progress)
-    finally:
-        progress.close()
+    if args.report_only:
+        results = cached_results(cells, protocol, runs)
+        done = {r.cell for r in results}
+        missing = [c.label for c in cells if c not in done]
+        if missing:
+            notes.append(f"not run (no cached result; --report-only): {', '.join(missing)}")
+        print(f"{len(results)} of {len(cells)} cells cached", flush=True)
+    else:
+        progress = CellProgress(len(cells))
+        try:
+            results = run_cells(cells, protocol, runs, jobs=args.jobs, on_done=progress)
+        finally:
+            progress.close()
     from otcfm.experiments.two_dim_report import write_outputs
 
     meta = {
