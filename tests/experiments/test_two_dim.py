@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -173,6 +174,22 @@ def test_report_only_runs_nothing_and_lists_the_missing_cells(quick, monkeypatch
     assert json.loads((out / "two_dim.json").read_text()) == records  # seed 43 is missing
     page = (out / "two_dim.md").read_text()
     assert "not run (no cached result; --report-only): gaussian-8gaussians icfm seed 43" in page
+
+
+def test_an_override_of_another_method_keeps_a_cell_cached(tmp_path):
+    approx = replace(TINY, couplings=(("otcfm", "approx"),), sigmas=(("icfm", 0.2),))
+    for method in ("sbcfm", "otcfm", "icfm", "rf"):
+        cell = Cell("gaussian-moons", method, 42)
+        path = cell.run_dir(tmp_path) / "cell.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"w2": 1.0, "protocol": approx.fingerprint()}))
+    cached = {m: two_dim.cached_record(Cell("gaussian-moons", m, 42), TINY, tmp_path)
+              for m in ("sbcfm", "otcfm", "icfm", "rf")}
+    assert cached["sbcfm"] == {"w2": 1.0, "protocol": approx.fingerprint()}
+    assert cached["otcfm"] is None  # its own coupling changed
+    assert cached["icfm"] is None and cached["rf"] is None  # the teacher's sigma changed
+    other = replace(approx, steps=TINY.steps + 1)
+    assert two_dim.cached_record(Cell("gaussian-moons", "sbcfm", 42), other, tmp_path) is None
 
 
 def test_resume_after_a_killed_cell(tmp_path, monkeypatch):

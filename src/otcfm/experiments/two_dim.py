@@ -248,7 +248,25 @@ def cached_record(cell: Cell, p: Protocol, runs: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    return record if record.get("protocol") == p.fingerprint() else None
+    stored = record.get("protocol")
+    if not isinstance(stored, dict):
+        return None
+    same = for_cell(stored, cell) == for_cell(p.fingerprint(), cell)
+    return record if same else None
+
+
+def for_cell(fingerprint: dict[str, Any], cell: Cell) -> dict[str, Any]:
+    """The part of a protocol fingerprint that can change ``cell``'s numbers.
+
+    Coupling and sigma overrides count only for the cell's own method and, for rf, its
+    I-CFM teacher's: ``--coupling otcfm=approx`` leaves the cached SB-CFM cells valid.
+    """
+    dep = cell.depends_on()
+    methods = {cell.method} | ({dep.method} if dep is not None else set())
+    out = dict(fingerprint)
+    for key in ("couplings", "sigmas"):
+        out[key] = [item for item in out.get(key, []) if item[0] in methods]
+    return out
 
 
 def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
