@@ -91,8 +91,34 @@ class EvalConfig:
     use_best: bool = True  # evaluate the best-validation checkpoint
 
 
+class TomlConfig:
+    """Dict and TOML conversions of a run config (a dataclass with ``name`` and ``out_dir``)."""
+
+    name: str
+    out_dir: str
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """Build a config, rejecting unknown sections or keys with the valid ones listed."""
+        return build_config(cls, data)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Any:
+        return cls.from_dict(read_toml(path))
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+
 @dataclass
-class RunConfig:
+class RunConfig(TomlConfig):
     """Everything a training run needs."""
 
     name: str = "run"
@@ -105,26 +131,6 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     couplings: CouplingsConfig = field(default_factory=CouplingsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
-
-    # ----------------------------------------------------------------- conversions
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        """Build a config, rejecting unknown sections or keys with the valid ones listed."""
-        return build_config(cls, data)
-
-    @classmethod
-    def from_toml(cls, path: str | Path) -> RunConfig:
-        return cls.from_dict(read_toml(path))
-
-    def to_toml(self) -> str:
-        return dumps_toml(self.to_dict())
 
     def override(self, assignments: list[str]) -> RunConfig:
         """Apply ``section.key=value`` strings (values parsed as TOML, else kept as text)."""

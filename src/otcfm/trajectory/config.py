@@ -6,12 +6,10 @@ the training stream (``otcfm trajectory fit --config FILE`` repeats a run).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from otcfm.train.config import build_config, dumps_toml, read_toml
+from otcfm.train.config import TomlConfig, build_config
 
 METHODS = ("otcfm", "icfm", "sbcfm")
 
@@ -62,7 +60,7 @@ class EvalSection:
 
 
 @dataclass
-class TrajectoryConfig:
+class TrajectoryConfig(TomlConfig):
     name: str = "trajectory"
     out_dir: str = "runs"
     seed: int = 42
@@ -73,24 +71,10 @@ class TrajectoryConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     eval: EvalSection = field(default_factory=EvalSection)
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrajectoryConfig:
-        """Build a config; unknown sections or keys raise with the valid ones listed."""
+        """Build and validate a config; unknown sections or keys raise with the valid ones."""
         return build_config(cls, data).validate()
-
-    @classmethod
-    def from_toml(cls, path: str | Path) -> TrajectoryConfig:
-        return cls.from_dict(read_toml(path))
-
-    def to_toml(self) -> str:
-        return dumps_toml(self.to_dict())
 
     def validate(self) -> TrajectoryConfig:
         o, e, d = self.optim, self.eval, self.data
