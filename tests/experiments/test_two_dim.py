@@ -272,6 +272,21 @@ def test_cell_config_follows_the_protocol(tmp_path):
             two_dim.protocol_from_args(args)
 
 
+def test_ema_option_reaches_the_run_and_the_cache_key(tmp_path):
+    assert cfg_ema(tmp_path, []) == 0.0
+    assert cfg_ema(tmp_path, ["--ema", "0.999"]) == 0.999
+    assert "ema" not in Protocol().fingerprint()  # cells cached before the option stay valid
+    assert Protocol(ema=0.999).fingerprint()["ema"] == 0.999
+    for bad in (["--ema", "1"], ["--ema", "-0.1"], ["--ema", "0.9", "--torchcfm"]):
+        with pytest.raises(ValueError, match="--ema"):
+            two_dim.protocol_from_args(two_dim.build_parser().parse_args(bad))
+
+
+def cfg_ema(tmp_path, argv):
+    p = two_dim.protocol_from_args(two_dim.build_parser().parse_args(argv))
+    return two_dim.cell_config(Cell("gaussian-moons", "otcfm", 42), p, tmp_path).optim.ema_decay
+
+
 def test_rf_pulls_in_its_icfm_cell():
     cells, notes = plan_cells(["gaussian-moons"], ["rf"], [42])
     assert cells == [Cell("gaussian-moons", "rf", 42), Cell("gaussian-moons", "icfm", 42)]
@@ -300,3 +315,25 @@ def test_steps_needed():
     assert steps_needed({1: 1.1, 100: 1.0}) == 1
     assert steps_needed({1: 5.0, 100: 1.0}) == 100
     assert math.isclose(np.std([1.0, 3.0]), 1.0)
+
+
+def test_sf2m_cell_scores_its_bridge_sde(tmp_path):
+    """An SF2M cell adds w2_sde: a hand Euler-Maruyama loop with the cell's seed reproduces it."""
+    p = replace(TINY, couplings=(("sf2m", "approx"),))
+    [result] = run_cells([Cell("gaussian-8gaussians", "sf2m", 42)], p, tmp_path)
+    rec = result.record
+    run = load_run(tmp_path / "gaussian-8gaussians" / "sf2m-seed42", "best")
+    x0, x1 = run.data.source.test, run.data.target.test
+    sigma = rec["sigma"]
+    assert sigma == 1.0 and rec["coupling"] == "approx"
+    noise = torch.Generator().manual_seed(42)
+    x = x0.clone()
+    with torch.no_grad():
+        for k in range(100):
+            t = torch.full((x.shape[0],), k / 100)
+            drift = run.model(x, t) + 0.5 * sigma**2 * run.model.score(x, t)
+            x = x + drift / 100 + sigma * 0.1 * torch.randn(x.shape, generator=noise)
+    assert rec["w2_sde"] == pytest.approx(exact_w2(x, x1), rel=1e-4)
+    ode_end, _ = hand_euler(run.model, x0, 100)  # w2 stays the probability-flow ODE's
+    assert rec["w2"] == pytest.approx(exact_w2(ode_end, x1), rel=1e-4)
+    assert rec["w2_sde"] != pytest.approx(rec["w2"], rel=1e-3)

@@ -36,7 +36,8 @@ from otcfm.experiments import _cells
 from otcfm.experiments._cells import CellResult
 from otcfm.matchers import MATCHERS
 from otcfm.metrics import normalized_path_energy, wasserstein
-from otcfm.sampling import integrate
+from otcfm.models import DriftScore
+from otcfm.sampling import integrate, integrate_sde
 from otcfm.train.checkpoint import load_checkpoint, save_atomic, write_text_atomic
 from otcfm.train.config import (
     CouplingsConfig,
@@ -79,6 +80,7 @@ class Protocol:
     workers: int = 1  # coupling threads of cells with a non-trivial coupling (no effect on results)
     couplings: tuple[tuple[str, str], ...] = ()  # (method, coupling name) overrides
     sigmas: tuple[tuple[str, float], ...] = ()  # (method, sigma) overrides of SIGMA
+    ema: float = 0.0  # EMA decay of the weights that are validated and tested (0 = off)
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes a cell's numbers (workers do not)."""
@@ -89,6 +91,8 @@ class Protocol:
         d["sigmas"] = [list(c) for c in self.sigmas]
         if not self.sigmas:
             d.pop("sigmas")  # keeps the fingerprints of cells run before the option existed
+        if not self.ema:
+            d.pop("ema")  # likewise
         return d
 
     def sigma(self, method: str) -> float:
@@ -236,7 +240,8 @@ def cell_config(cell: Cell, p: Protocol, runs: Path, data: DataConfig | None = N
         data=data or task_data_config(cell.task, p),
         method=method,
         model=ModelConfig(width=64, depth=3, activation="selu"),
-        optim=OptimConfig(steps=p.steps, batch_size=p.batch_size, lr=1e-3, weight_decay=1e-5),
+        optim=OptimConfig(steps=p.steps, batch_size=p.batch_size, lr=1e-3, weight_decay=1e-5,
+                          ema_decay=p.ema),
         couplings=CouplingsConfig(workers=0 if independent else p.workers),
         eval=EvalConfig(val_every=p.val_every, checkpoint_every=p.val_every, ode_steps=100),
     )
@@ -308,7 +313,9 @@ def finish_record(
     """Evaluate ``model`` on the task's test sets, add the numbers and write ``cell.json``."""
     start = time.perf_counter()
     data = load_run_data(task_data_config(cell.task, p), cell.seed)
-    metrics, paths = evaluate_model(model, data, p, reference_w2(cell, p, runs, data))
+    sde_sigma = p.sigma(cell.method) if isinstance(model, DriftScore) else None
+    metrics, paths = evaluate_model(model, data, p, reference_w2(cell, p, runs, data),
+                                    sde_sigma=sde_sigma, seed=cell.seed)
     record.update(metrics, eval_seconds=time.perf_counter() - start, protocol=p.fingerprint())
     out = cell.run_dir(runs)
     save_atomic({"xs": paths, "target": data.target.test[:2_000]}, out / "trajectories.pt")
@@ -342,11 +349,15 @@ def _trained_steps(run_dir: Path) -> int:
 # --------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate_model(
-    model: nn.Module, data: RunData, p: Protocol, w2_ref: float
+    model: nn.Module, data: RunData, p: Protocol, w2_ref: float,
+    *, sde_sigma: float | None = None, seed: int = 0,
 ) -> tuple[dict[str, Any], Tensor]:
     """W2, NPE (100 Euler steps), dopri5 NFE and W2 per Euler step count; plus flow lines.
 
-    Returns the metrics and (101, TRAJECTORY_PATHS, 2) states of the first test points.
+    With ``sde_sigma`` (a :class:`DriftScore` model, SF2M) also ``w2_sde``: W2 of the bridge
+    SDE dx = [v + (sigma^2/2) s] dt + sigma dW, 100 Euler-Maruyama steps (noise seeded by
+    ``seed``). Returns the metrics and (101, TRAJECTORY_PATHS, 2) states of the first test
+    points (probability-flow ODE).
     """
     model.eval()
     x0, x1 = data.source.test, data.target.test
@@ -369,6 +380,10 @@ def evaluate_model(
         "w2_euler": curve,
         "curve_points": m,
     }
+    if sde_sigma is not None:
+        noise = torch.Generator().manual_seed(seed)
+        sde = integrate_sde(model, x0, sigma=sde_sigma, steps=100, generator=noise, save="ends")
+        metrics["w2_sde"] = wasserstein(sde.x_final, x1, p=2)
     return metrics, traj.xs[:, :TRAJECTORY_PATHS].clone()
 
 
@@ -522,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", action="append", default=[], metavar="METHOD@TASK",
                    help="leave out cells, e.g. sbcfm@moons-8gaussians (repeatable)")
     p.add_argument("--workers", type=int, default=1, help="coupling threads per cell")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate and test an exponential moving average of the weights "
+                   "(e.g. 0.999; default 0: the paper's raw weights)")
     p.add_argument("--report-only", action="store_true",
                    help="write the page from the cells already cached; run nothing")
     p.add_argument("--remarks", type=Path, metavar="FILE",
@@ -547,6 +565,11 @@ def protocol_from_args(args: argparse.Namespace) -> Protocol:
             raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if not 0 <= args.ema < 1:
+        raise ValueError(f"--ema must be in [0, 1), got {args.ema}")
+    if args.ema and args.torchcfm:
+        raise ValueError("--ema applies to otcfm's cells only; the TorchCFM side by side "
+                         "keeps the paper's raw weights")
     couplings = []
     for item in args.coupling:
         method, sep, name = item.partition("=")
@@ -566,7 +589,7 @@ def protocol_from_args(args: argparse.Namespace) -> Protocol:
                              f"sf2m=0.1), got {item!r}")
         sigmas.append((method, sigma))
     return replace(base, **over, workers=args.workers, couplings=tuple(sorted(couplings)),
-                   sigmas=tuple(sorted(sigmas)))
+                   sigmas=tuple(sorted(sigmas)), ema=args.ema)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -147,11 +147,13 @@ def markdown(
         "# 2-D benchmark (paper Table 2)\n",
         f"Each cell: MLP 3x64 SELU, AdamW lr 1e-3 / weight decay 1e-5, batch {p['batch_size']}, "
         f"{p['steps']} steps on {p['n_train']} training points, sigma 0.1 (SB-CFM 1, entropic "
-        f"reg 2; rf 0), validation every {p['val_every']} steps on {p['n_val']} points, test "
-        f"metrics from the best-validation checkpoint on {p['n_test']}-point test sets with 100 "
+        f"reg 2; SF2M 1; rf 0), validation every {p['val_every']} steps on {p['n_val']} points, "
+        f"test metrics from the best-validation checkpoint on {p['n_test']}-point test sets with 100 "
         "Euler steps (REFERENCE.md section 4). Ours: mean ± std (population, ddof 0) over "
         "seeds; paper: SF2M Table 2 (5 seeds). NFE: dopri5, atol = rtol = "
-        f"{p['tol']:g}. Train s: wall time of the training loop including validation.\n",
+        f"{p['tol']:g}. Train s: wall time of the training loop including validation."
+        + (f" Weights: EMA with decay {p['ema']:g} (not in the paper's protocol)."
+           if p.get("ema") else "") + "\n",
         _run_line(meta, records, theirs),
     ]
     for task in tasks_of(records):
@@ -303,9 +305,21 @@ def _notes(meta: dict[str, Any], groups) -> str:
     if any(m == "sf2m" for _, m in groups):
         lines.append("- SF2M is scored by its probability-flow ODE (the drift network), with "
                      "the registry's coupling and the sigma in the records.")
+        lines.append("- SF2M's bridge SDE, dx = [v + (sigma^2/2) s] dt + sigma dW with 100 "
+                     "Euler-Maruyama steps from the same source test points, W2: "
+                     + _sde_w2s(groups) + ".")
     for failure in meta.get("failed", []):
         lines.append(f"- FAILED: {failure}")
     return "\n".join(lines) + "\n"
+
+
+def _sde_w2s(groups) -> str:
+    parts = []
+    for (task, method), g in groups.items():
+        values = [r["w2_sde"] for r in g if "w2_sde" in r]
+        if method == "sf2m" and values:
+            parts.append(f"{task} {fmt(*mean_std(values))}")
+    return "; ".join(parts) or "not measured"
 
 
 # --------------------------------------------------------------------------- figures
