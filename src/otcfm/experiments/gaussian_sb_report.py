@@ -237,8 +237,19 @@ NOTES = [
     "(mean KL at or below the paper), but its KL rises over the last fifth of it, where the "
     "score regression has little weight (lambda(t)^2 = 4 t (1 - t) / sigma^2 -> 0) and the "
     "sigma^2/2 factor passes the score error on to the samples. The same models' drift alone "
-    "(ODE) is compared with the published SF2M-Exact numbers in the list above; the SDE "
-    "needs a better trained score near t = 1 (a longer budget).",
+    "(ODE) is compared with the published SF2M-Exact numbers in the list above.",
+    "- Probes of the SF2M SDE gap (SF2M-Exact, KL(t=1) at d = 5 / 20 / 50, 2026-11-28): "
+    "(1) more Euler-Maruyama steps on the same 5 x 3 models: 20 steps 0.021 / 0.055 / 0.165, "
+    "100 steps 0.019 / 0.050 / 0.165, 400 steps 0.017 / 0.049 / 0.160, so discretisation is a "
+    "small part; (2) 1,000 training steps instead of 200 (one seed): 0.021 / 0.041 / 0.122, "
+    "which closes d = 50 only; (3) an arcsine time sampler, Beta(1/2, 1/2), to put more "
+    "score samples near the ends (3 seeds): 0.023 / 0.113 / 0.244, worse. Diagnosis: on "
+    "samples of q_t, the learned score of the entropic-coupling model (whose population "
+    "marginals are q_t; d = 5, seed 42) has 0.92-0.93 of the analytic slope -1/var_t at t = 0 "
+    "and 1 and 0.97 at t = 0.5. The score is shrunk most where lambda(t)^2 is small, so the SDE "
+    "removes too little of the noise it injects and ends with a variance above 1 at t = 1 "
+    "(per coordinate, seed 42, d = 5 and 20: 1.07-1.14 for the SDE against 1.00-1.02 for the "
+    "same models' ODE).",
     "- SF2M's drift network is SB-CFM's network, trained on the same draws from the same "
     "initialisation (the score is a separate network with its own parameters), so \"SF2M's "
     "drift alone\" repeats the SB-CFM rows wherever both kept the same checkpoint.",
