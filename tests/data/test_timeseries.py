@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from otcfm.data.preprocess import Preprocessor, fit_preprocessor
 from otcfm.data.timeseries import (
-    Preprocessor,
     TimeSeries,
-    fit_preprocessor,
     load_timeseries,
     save_populations,
     save_timeseries,

@@ -35,13 +35,9 @@ from typing import Any
 
 import torch
 
+from otcfm.data.preprocess import Preprocessor, fit_preprocessor
 from otcfm.data.synthetic_cells import SyntheticCells
-from otcfm.data.timeseries import (
-    Preprocessor,
-    TimeSeries,
-    fit_preprocessor,
-    load_timeseries,
-)
+from otcfm.data.timeseries import TimeSeries, load_timeseries
 from otcfm.train.checkpoint import write_text_atomic
 from otcfm.train.datasets import stream
 from otcfm.trajectory.fit import DEFAULT_SIGMA, METHODS, FitSpec, Fitter

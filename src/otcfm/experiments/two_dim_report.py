@@ -408,11 +408,11 @@ def _trajectory_grid(groups, tasks, results, path: Path, runs: Path) -> Path:
                 continue
             saved = torch.load(cell.run_dir(runs) / "trajectories.pt", weights_only=True)
             draw_trajectories(ax, saved["xs"], saved["target"], title=f"{method}: {task}")
-    return _save(fig, path)
+    return _save(fig, path, dpi=65)  # methods x tasks panels of dense lines: keep the PNG small
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, dpi: int = 100) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     _pyplot().close(fig)
     return path
