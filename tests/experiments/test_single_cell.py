@@ -11,6 +11,7 @@ import torch
 
 from otcfm.experiments.single_cell import (
     BASELINE,
+    _verdict,
     main,
     parse_methods,
     published_set,
@@ -88,6 +89,22 @@ def test_summary_is_the_seed_spread_of_left_out_averages():
     # per-seed averages 2.0 and 4.0 -> mean 3, population std 1
     assert w1["mean"] == pytest.approx(3.0) and w1["std"] == pytest.approx(1.0)
     assert w1["per_left_out"] == {"1": [1.0, 2.0], "2": [3.0, 6.0]}
+    assert w1["per_seed"] == {"0": 2.0, "1": 4.0}
+
+
+def test_verdict_pairs_the_seeds():
+    # per-seed W1: OT-CFM 1.0, 2.0, 3.0; "b" 1.1, 2.3, 3.2 -> differences -0.1, -0.3, -0.2:
+    # mean -0.2, sample std 0.1, standard error 0.1 / sqrt(3) = 0.058 -> outside 2 SE
+    # "c" 0.9, 2.2, 3.0 -> +0.1, -0.2, 0.0: mean -0.033, SE 0.088 -> within the noise
+    table = {"otcfm": (1.0, 2.0, 3.0), "b": (1.1, 2.3, 3.2), "c": (0.9, 2.2, 3.0)}
+    recs = [{"method": m, "left_out": 1, "seed": s, "w1": w, "mmd": 0.0}
+            for m, ws in table.items() for s, w in enumerate(ws)]
+    lines = _verdict(summarize(recs), synthetic=False).splitlines()
+    assert lines[0] == ("- OT-CFM's mean W1 (2.000) is lower than b's (2.200); paired over 3 "
+                        "seeds, OT-CFM minus it is -0.200 ± 0.058 (standard error), outside "
+                        "the seed noise.")
+    assert lines[1].startswith("- OT-CFM's mean W1 (2.000) is lower than c's (2.033)")
+    assert lines[1].endswith("-0.033 ± 0.088 (standard error), within the seed noise.")
 
 
 def test_method_entries():

@@ -178,6 +178,7 @@ def summarize(
             entry[key] = {
                 "mean": statistics.fmean(per_seed),
                 "std": statistics.pstdev(per_seed) if len(per_seed) > 1 else 0.0,
+                "per_seed": dict(zip(map(str, seeds), per_seed, strict=True)),
                 "per_left_out": {
                     str(k): [r[key] for r in rows if r["left_out"] == k]
                     for k in sorted({r["left_out"] for r in rows})
@@ -272,7 +273,15 @@ def _markdown(report: dict[str, Any]) -> str:
 
 def _sigmas(report: dict[str, Any]) -> str:
     parts = [f"{s:g} ({label(m)})" for m, s in report["sigmas"].items()]
-    return ", ".join(parts) + " (SB-CFM: entropic OT with reg 2 sigma^2)"
+    text = ", ".join(parts) + " (SB-CFM: entropic OT with reg 2 sigma^2"
+    sb = {s for m, s in report["sigmas"].items() if m.partition(":")[0] == "sbcfm"}
+    if len(sb) > 1:  # say why there are several SB-CFM rows
+        text += ("; sigma 1 is SB-CFM's preset, as in the reference runner's SB-CFM model "
+                 "and the 2-D protocol, while REFERENCE.md §6 lists sigma 0.1 for the "
+                 "networks; at 0.1 the plan (reg 0.02 on standardised cells) is close to "
+                 "the exact one, so that SB-CFM differs from OT-CFM mainly in its Brownian-"
+                 "bridge noise, at most 0.05")
+    return text + ")"
 
 
 def _verdict(summary: dict[str, Any], synthetic: bool) -> str:
@@ -285,13 +294,27 @@ def _verdict(summary: dict[str, Any], synthetic: bool) -> str:
             v = summary[other]["w1"]["mean"]
             word = "lower" if ot < v else "NOT lower"
             lines.append(f"- OT-CFM's mean W1 ({ot:.3f}) is {word} than {label(other)}'s "
-                         f"({v:.3f}).")
+                         f"({v:.3f}){_paired(summary['otcfm']['w1'], summary[other]['w1'])}.")
     if synthetic and BASELINE in summary and "w1_truth" in summary["otcfm"]:
         a, b = summary["otcfm"]["w1_truth"]["mean"], summary[BASELINE]["w1_truth"]["mean"]
         word = "closer to" if a < b else "NOT closer to"
         lines.append(f"- Against fresh ground-truth cells, OT-CFM's predictions ({a:.3f}) are "
                      f"{word} the truth than the interpolation baseline's ({b:.3f}).")
     return "\n".join(lines) + "\n"
+
+
+def _paired(ours: dict[str, Any], other: dict[str, Any]) -> str:
+    """'; paired over seeds ...': the per-seed difference, its standard error and whether it
+    stands out of the seed noise (|mean| > 2 SE); empty with fewer than 2 common seeds."""
+    a, b = ours.get("per_seed", {}), other.get("per_seed", {})
+    diffs = [a[s] - b[s] for s in a if s in b]
+    if len(diffs) < 2:
+        return ""
+    mean = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    verdict = "outside" if abs(mean) > 2 * se else "within"
+    return (f"; paired over {len(diffs)} seeds, OT-CFM minus it is {mean:+.3f} ± {se:.3f} "
+            f"(standard error), {verdict} the seed noise")
 
 
 # --------------------------------------------------------------------------- figures
