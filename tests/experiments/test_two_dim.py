@@ -337,3 +337,19 @@ def test_sf2m_cell_scores_its_bridge_sde(tmp_path):
     ode_end, _ = hand_euler(run.model, x0, 100)  # w2 stays the probability-flow ODE's
     assert rec["w2"] == pytest.approx(exact_w2(ode_end, x1), rel=1e-4)
     assert rec["w2_sde"] != pytest.approx(rec["w2"], rel=1e-3)
+
+
+def test_sampling_floor_is_w2_between_two_target_samples(quick):
+    root, _, _ = quick
+    from otcfm.data import toy
+    from otcfm.train.datasets import stream
+
+    path = root / "runs" / "moons-8gaussians" / "w2_floor-n500.json"
+    draws = json.loads(path.read_text())["w2"]
+    assert len(draws) == two_dim.FLOOR_DRAWS
+    for k, value in enumerate(draws):
+        g = stream(0, "two-dim-floor", "moons-8gaussians", str(k))
+        a, b = toy.sample("8gaussians-r12", 500, g), toy.sample("8gaussians-r12", 500, g)
+        assert value == pytest.approx(exact_w2(a, b), rel=1e-6)
+    md = (root / "out" / "two_dim.md").read_text()
+    assert f"500-point samples of the target is {sum(draws) / len(draws):.3f}" in md

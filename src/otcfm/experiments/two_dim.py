@@ -397,6 +397,26 @@ def reference_w2(cell: Cell, p: Protocol, runs: Path, data: RunData) -> float:
     return w2
 
 
+FLOOR_DRAWS = 2
+
+
+def sampling_floor(task: str, p: Protocol, runs: Path) -> list[float]:
+    """W2 between two independent ``n_test``-point samples of the task's target, for
+    FLOOR_DRAWS pairs of draws (cached): the W2 a perfect model would still score."""
+    path = Path(runs) / task / f"w2_floor-n{p.n_test}.json"
+    if path.is_file():
+        return [float(v) for v in json.loads(path.read_text())["w2"]]
+    target = toy.task(task)[1]
+    draws = []
+    for k in range(FLOOR_DRAWS):
+        g = stream(0, "two-dim-floor", task, str(k))
+        draws.append(wasserstein(toy.sample(target, p.n_test, g),
+                                 toy.sample(target, p.n_test, g), p=2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(json.dumps({"w2": draws}) + "\n", path)
+    return draws
+
+
 # --------------------------------------------------------------------------- reflow
 def reflow_pairs(cell: Cell, p: Protocol, runs: Path) -> tuple[DataConfig, dict[str, Any]]:
     """(x0, ODE_icfm(x0)) pairs for the rf cell, from the I-CFM cell's best checkpoint.
@@ -630,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
             progress.close()
     from otcfm.experiments.two_dim_report import write_outputs
 
+    floors = {t: sampling_floor(t, protocol, runs) for t in tasks}
     meta = {
         "command": "otcfm bench two-dim " + " ".join(argv),
         "wall_seconds": time.perf_counter() - started,
@@ -638,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes,
         "protocol": asdict(protocol),
         "remarks": remarks,
+        "floors": floors,
     }
     written = write_outputs(results, out, meta, runs)
     print("wrote " + ", ".join(str(w) for w in written))

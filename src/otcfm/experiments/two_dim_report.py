@@ -157,7 +157,7 @@ def markdown(
         _run_line(meta, records, theirs),
     ]
     for task in tasks_of(records):
-        parts.append(_task_table(task, groups))
+        parts.append(_task_table(task, groups, meta.get("floors", {}).get(task), p["n_test"]))
     parts.append(_claims(groups))
     parts.append(_euler_section(groups, p))
     if theirs:
@@ -181,7 +181,7 @@ def _run_line(meta: dict[str, Any], records, theirs) -> str:
     )
 
 
-def _task_table(task: str, groups) -> str:
+def _task_table(task: str, groups, floor: list[float] | None = None, n_test: int = 0) -> str:
     rows = [
         f"### {task}\n",
         "| method | seeds | W2 (ours) | W2 (paper) | NPE (ours) | NPE (paper) | NFE dopri5 | "
@@ -196,6 +196,12 @@ def _task_table(task: str, groups) -> str:
             f"| {method} | {len(g)} | {fmt(*mean_std([r['w2'] for r in g]))} | "
             f"{published('w2', method, task)} | {fmt(*mean_std([r['npe'] for r in g]))} | "
             f"{published('npe', method, task)} | {fmt(*nfe, 1)} | {fmt(*secs, 0)} |"
+        )
+    if floor:
+        rows.append(
+            f"\nSampling floor: W2 between two independent {n_test:,}-point samples of the "
+            f"target is {sum(floor) / len(floor):.3f} (draws "
+            f"{', '.join(f'{v:.3f}' for v in floor)}); a perfect model scores about this."
         )
     return "\n".join(rows) + "\n"
 
