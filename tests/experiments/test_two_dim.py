@@ -353,3 +353,14 @@ def test_sampling_floor_is_w2_between_two_target_samples(quick):
         assert value == pytest.approx(exact_w2(a, b), rel=1e-6)
     md = (root / "out" / "two_dim.md").read_text()
     assert f"500-point samples of the target is {sum(draws) / len(draws):.3f}" in md
+
+
+def test_torchcfm_w2_difference_is_paired_by_seed():
+    from otcfm.experiments.two_dim_report import _paired_w2
+
+    ours = [{"seed": 42, "w2": 0.30}, {"seed": 43, "w2": 0.50}, {"seed": 44, "w2": 0.40}]
+    theirs = [{"seed": 44, "w2": 0.45}, {"seed": 42, "w2": 0.40}, {"seed": 43, "w2": 0.45}]
+    # differences -0.10, +0.05, -0.05: mean -0.033, sample std 0.0764, SE 0.0441
+    assert _paired_w2(ours, theirs) == "-0.033 ± 0.044"
+    assert _paired_w2(ours[:1], theirs) == "-0.100"
+    assert _paired_w2(ours, []) == "-"
