@@ -38,6 +38,7 @@ import torch
 from otcfm.data.preprocess import Preprocessor, fit_preprocessor
 from otcfm.data.synthetic_cells import SyntheticCells
 from otcfm.data.timeseries import TimeSeries, load_timeseries
+from otcfm.experiments._stats import paired_difference
 from otcfm.train.checkpoint import write_text_atomic
 from otcfm.train.datasets import stream
 from otcfm.trajectory.fit import DEFAULT_SIGMA, METHODS, FitSpec, Fitter
@@ -306,14 +307,12 @@ def _verdict(summary: dict[str, Any], synthetic: bool) -> str:
 def _paired(ours: dict[str, Any], other: dict[str, Any]) -> str:
     """'; paired over seeds ...': the per-seed difference, its standard error and whether it
     stands out of the seed noise (|mean| > 2 SE); empty with fewer than 2 common seeds."""
-    a, b = ours.get("per_seed", {}), other.get("per_seed", {})
-    diffs = [a[s] - b[s] for s in a if s in b]
-    if len(diffs) < 2:
+    paired = paired_difference(ours.get("per_seed", {}), other.get("per_seed", {}))
+    if paired is None or paired[1] is None:
         return ""
-    mean = statistics.fmean(diffs)
-    se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    mean, se, n = paired
     verdict = "outside" if abs(mean) > 2 * se else "within"
-    return (f"; paired over {len(diffs)} seeds, OT-CFM minus it is {mean:+.3f} ± {se:.3f} "
+    return (f"; paired over {n} seeds, OT-CFM minus it is {mean:+.3f} ± {se:.3f} "
             f"(standard error), {verdict} the seed noise")
 
 

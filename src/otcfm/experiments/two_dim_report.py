@@ -9,7 +9,6 @@ validation W2 against training step, and a trajectory grid (methods x tasks).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from otcfm.experiments._machine import machine, version
+from otcfm.experiments._stats import paired_difference
 from otcfm.experiments.two_dim import TASKS, CellResult, records_of
 from otcfm.train.checkpoint import write_text_atomic
 
@@ -294,15 +294,12 @@ def _torchcfm_table(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, A
 
 def _paired_w2(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]]) -> str:
     """Mean per-seed W2 difference ours - theirs, with its standard error from 2 seeds on."""
-    w2 = {r["seed"]: r["w2"] for r in theirs}
-    diffs = [r["w2"] - w2[r["seed"]] for r in ours if r["seed"] in w2]
-    if not diffs:
+    paired = paired_difference({r["seed"]: r["w2"] for r in ours},
+                               {r["seed"]: r["w2"] for r in theirs})
+    if paired is None:
         return "-"
-    mean = sum(diffs) / len(diffs)
-    if len(diffs) == 1:
-        return f"{mean:+.3f}"
-    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
-    return f"{mean:+.3f} ± {math.sqrt(var / len(diffs)):.3f}"
+    mean, se, _ = paired
+    return f"{mean:+.3f}" if se is None else f"{mean:+.3f} ± {se:.3f}"
 
 
 def _figure_links(figures: dict[str, Path], out: Path) -> str:
