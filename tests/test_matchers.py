@@ -10,7 +10,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from otcfm.couplings import EntropicOT, ExactOT, Independent
+from otcfm.couplings import ApproxOT, EntropicOT, ExactOT, Independent, coupling, coupling_spec
 from otcfm.matchers import MATCHERS, FlowMatcher, matcher
 from otcfm.paths import (
     BrownianBridgePath,
@@ -215,6 +215,52 @@ def test_preset_parts_and_defaults():
     assert isinstance(matcher("vpcfm", coupling="exact").coupling, ExactOT)
     exact = ExactOT()
     assert matcher("otcfm", coupling=exact).coupling is exact
+
+
+def test_coupling_spec_reads_options_as_literals():
+    assert coupling_spec("exact") == ("exact", {})
+    name, kw = coupling_spec("exact: sampling=plan, replace=False,n_pairs=None ,x=1e-3,y=7,z='a b'")
+    assert name == "exact"
+    assert kw == {"sampling": "plan", "replace": False, "n_pairs": None, "x": 1e-3, "y": 7,
+                  "z": "a b"}
+    assert type(kw["y"]) is int
+
+
+@pytest.mark.parametrize("bad", ["exact:", "exact:sampling", "exact:=plan", "exact:a=",
+                                 "exact:a=1,a=2", "exact:1a=2"])
+def test_coupling_spec_rejects_malformed_options(bad):
+    with pytest.raises(ValueError, match="key=value"):
+        coupling_spec(bad)
+
+
+def test_coupling_spec_unknown_name_or_option():
+    with pytest.raises(ValueError, match="valid names"):
+        coupling_spec("exakt:tol=1")
+    with pytest.raises(TypeError, match="frobnicate.*key=value"):
+        matcher("otcfm", coupling="exact:frobnicate=1")
+
+
+def test_coupling_by_spec_equals_the_instance():
+    x0, x1 = _data((32, 2))
+    by_spec = coupling("exact:sampling=plan,replace=True")
+    direct = ExactOT(sampling="plan", replace=True)
+    a, b = by_spec(x0, x1, generator=_gen(3)), direct(x0, x1, generator=_gen(3))
+    assert torch.equal(a.i, b.i) and torch.equal(a.j, b.j)
+    assert coupling("approx:tol=0.001", tol=0.002).tol == 0.002  # keywords win
+    m = matcher("otcfm", coupling="approx:tol=0.001")
+    assert isinstance(m.coupling, ApproxOT) and m.coupling.tol == 0.001
+
+
+@pytest.mark.parametrize("name", ["sbcfm", "sf2m"])
+def test_entropic_spec_keeps_the_bridge_reg(name):
+    m = matcher(name, sigma=0.5, coupling="entropic:tol=1e-4")
+    assert isinstance(m.coupling, EntropicOT)
+    assert math.isclose(m.coupling.reg, 0.5) and m.coupling.tol == 1e-4
+    assert math.isclose(matcher(name, sigma=0.5, coupling="entropic:reg=0.3").coupling.reg, 0.3)
+
+
+def test_sbcfm_zero_sigma_with_explicit_entropic_reg():
+    assert math.isclose(matcher("sbcfm", sigma=0.0, coupling="entropic:reg=0.3").coupling.reg, 0.3)
 
 
 def test_time_sampler_by_name_or_instance():

@@ -54,7 +54,8 @@ FLAG_HELP = {
     "target": "x1: a built-in distribution or a .npy/.npz/.csv file",
     "method": "icfm, otcfm, sbcfm, sf2m, fm, vpcfm or rf (rf: paired data, data.paired)",
     "sigma": "path noise (sbcfm: entropic reg = 2 sigma^2)",
-    "coupling": "override the method's coupling (exact, approx, entropic, ...)",
+    "coupling": "override the method's coupling: a name (exact, approx, entropic, ...) or a "
+    "spec with options, e.g. approx:tol=0.001 or exact:sampling=plan",
     "steps": "optimizer steps",
     "workers": "background coupling threads (0 = couple in the training thread)",
     "ot_batch": "points coupled at once; a multiple of --batch-size (0 = batch size)",

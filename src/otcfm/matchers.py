@@ -18,7 +18,15 @@ import torch
 from torch import Tensor
 
 from otcfm._utils import Registry, check_cond, check_pair, check_positive, pad_t
-from otcfm.couplings import COUPLINGS, Coupling, EntropicOT, ExactOT, Independent, Pairing
+from otcfm.couplings import (
+    COUPLINGS,
+    Coupling,
+    EntropicOT,
+    ExactOT,
+    Independent,
+    Pairing,
+    coupling_spec,
+)
 from otcfm.paths import (
     BrownianBridgePath,
     GaussianTargetPath,
@@ -265,7 +273,8 @@ def matcher(name: str, **kw: Any) -> FlowMatcher:
     """Build a preset FlowMatcher by name: icfm, otcfm, sbcfm, fm, vpcfm, rf, sf2m (MATCHERS).
 
     Common keywords: ``sigma``, ``time_sampler`` (instance or TIME_SAMPLERS name) and, where
-    meaningful, ``coupling`` (instance or COUPLINGS name). Unknown names raise ValueError,
+    meaningful, ``coupling`` (instance, COUPLINGS name or spec ``"name:key=value,..."``, see
+    :func:`otcfm.couplings.coupling_spec`). Unknown names raise ValueError,
     unknown keywords TypeError.
     """
     factory = MATCHERS.factory(name)
@@ -296,14 +305,8 @@ def _coupling(value: Coupling | str | None, default: Callable[[], Coupling]) -> 
     if value is None:
         return default()
     if isinstance(value, str):
-        factory = COUPLINGS.factory(value)
-        try:
-            return factory()
-        except TypeError as err:
-            raise TypeError(
-                f"coupling {value!r} needs parameters ({err}); pass an instance instead, "
-                f"e.g. coupling={factory.__name__}(...)"
-            ) from None
+        name, kwargs = coupling_spec(value)
+        return _coupling_of(COUPLINGS.factory(name), kwargs, value)
     if callable(value):
         return value
     raise TypeError(
@@ -331,6 +334,25 @@ def _otcfm(
     )
 
 
+def _entropic_options(coupling: Coupling | str | None) -> dict[str, Any] | None:
+    """The spec's keywords if ``coupling`` names the entropic coupling, else None."""
+    if not isinstance(coupling, str):
+        return None
+    name, kwargs = coupling_spec(coupling)
+    return kwargs if COUPLINGS.factory(name) is EntropicOT else None
+
+
+def _coupling_of(factory: Callable[..., Coupling], kwargs: dict[str, Any], spec: str) -> Coupling:
+    """``factory(**kwargs)``; a missing or unknown keyword names the spec and the syntax."""
+    try:
+        return factory(**kwargs)
+    except TypeError as err:
+        raise TypeError(
+            f"coupling {spec!r}: {err}; give options as 'name:key=value,...' or pass an "
+            f"instance, e.g. coupling={factory.__name__}(...)"
+        ) from None
+
+
 @MATCHERS.register("sbcfm")
 def _sbcfm(
     *,
@@ -340,17 +362,20 @@ def _sbcfm(
 ) -> FlowMatcher:
     """SB-CFM: Brownian bridge of sigma W, entropic OT with reg = 2 sigma^2 by default.
 
-    ``coupling="entropic"`` by name also gets reg = 2 sigma^2.
+    ``coupling="entropic"`` by name (or a spec such as ``"entropic:tol=1e-4"``) also gets
+    reg = 2 sigma^2 unless the spec sets ``reg``.
     """
     sigma = check_positive("sigma", sigma, allow_zero=True)
-    by_name = isinstance(coupling, str) and COUPLINGS.factory(coupling) is EntropicOT
-    if coupling is None or by_name:
-        if sigma == 0:
+    options = _entropic_options(coupling)
+    if coupling is None or options is not None:
+        if sigma == 0 and "reg" not in (options or {}):
             raise ValueError(
                 "sbcfm needs sigma > 0 for its entropic coupling (reg = 2 sigma^2), got "
                 "sigma=0.0; use matcher('otcfm') or pass coupling='exact'"
             )
-        cpl: Coupling = EntropicOT(reg=2 * sigma**2)
+        cpl: Coupling = _coupling_of(
+            EntropicOT, {"reg": 2 * sigma**2, **(options or {})}, str(coupling or "entropic")
+        )
     else:
         cpl = _coupling(coupling, ExactOT)
     return FlowMatcher(BrownianBridgePath(sigma), cpl, _time_sampler(time_sampler), name="sbcfm")
@@ -396,7 +421,8 @@ def _sf2m(
 ) -> SF2M:
     """SF2M: SB-CFM's Brownian bridge plus a score loss; exact minibatch OT by default.
 
-    ``coupling="entropic"`` by name gets reg = 2 sigma^2 (the Schrodinger bridge coupling).
+    ``coupling="entropic"`` by name (or an ``"entropic:..."`` spec without ``reg``) gets
+    reg = 2 sigma^2 (the Schrodinger bridge coupling).
     """
     value = check_positive("sigma", sigma, allow_zero=True)
     if value == 0:
@@ -404,6 +430,9 @@ def _sf2m(
             "sf2m needs sigma > 0 (the SDE noise and the score weight 2 sigma_t / sigma^2), "
             "got sigma=0.0; use matcher('otcfm') for a deterministic flow"
         )
-    by_name = isinstance(coupling, str) and COUPLINGS.factory(coupling) is EntropicOT
-    cpl = EntropicOT(reg=2 * value**2) if by_name else _coupling(coupling, ExactOT)
+    options = _entropic_options(coupling)
+    cpl = (
+        _coupling(coupling, ExactOT) if options is None
+        else _coupling_of(EntropicOT, {"reg": 2 * value**2, **options}, str(coupling))
+    )
     return SF2M(BrownianBridgePath(value), cpl, _time_sampler(time_sampler), name="sf2m")

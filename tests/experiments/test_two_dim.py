@@ -266,6 +266,15 @@ def test_cell_config_follows_the_protocol(tmp_path):
         == "approx"
     assert two_dim.cell_config(Cell("gaussian-moons", "otcfm", 42), p, tmp_path).method.sigma \
         == 0.1
+    args = two_dim.build_parser().parse_args(["--coupling", "otcfm=exact:sampling=plan"])
+    cfg = two_dim.cell_config(Cell("gaussian-moons", "otcfm", 42),
+                              two_dim.protocol_from_args(args), tmp_path)
+    assert cfg.method.coupling == "exact:sampling=plan"
+    for bad, why in (("otcfm=exakt", "valid names"), ("otcfm=exact:foo=1", "foo"),
+                     ("icfm=exact", "coupling")):
+        args = two_dim.build_parser().parse_args(["--coupling", bad])
+        with pytest.raises(ValueError, match=why):
+            two_dim.protocol_from_args(args)
     for bad in ("icfm", "icfm=-1", "icfm=x", "nope=0.1"):
         args = two_dim.build_parser().parse_args(["--sigma", bad])
         with pytest.raises(ValueError, match="METHOD=VALUE"):

@@ -11,11 +11,14 @@ Euclidean distances between flattened samples, computed in ``cost_dtype``.
 - :class:`UnbalancedOT`: entropic OT with KL-relaxed marginals.
 - :class:`PartialOT`: exact OT of a fraction ``mass`` of the mass.
 
-``coupling(name, **kw)`` builds one by its registry name (see ``COUPLINGS.names()``).
+``coupling(name, **kw)`` builds one by its registry name (see ``COUPLINGS.names()``) or by a
+spec with options, ``"name:key=value,..."`` (:func:`coupling_spec`; configs and the command
+line use this form).
 """
 
 from __future__ import annotations
 
+import ast
 from typing import Any
 
 from otcfm._utils import Registry
@@ -30,9 +33,36 @@ for _cls in (Independent, ExactOT, EntropicOT, UnbalancedOT, PartialOT, ApproxOT
 del _cls
 
 
+def coupling_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split ``"name"`` or ``"name:key=value,key=value"`` into (COUPLINGS name, keywords).
+
+    Values are read as Python literals (numbers, True, False, None, quoted strings), anything
+    else as a plain string: ``"exact:sampling=plan"``, ``"approx:tol=0.001"``,
+    ``"entropic:reg=0.5,tol=1e-4"``. This is how configs and ``--coupling`` set options.
+    """
+    name, sep, rest = spec.partition(":")
+    name, kwargs = name.strip(), {}
+    for item in rest.split(",") if sep else ():
+        key, eq, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not eq or not key.isidentifier() or not raw or key in kwargs:
+            raise ValueError(
+                f"coupling spec {spec!r}: options must be distinct key=value pairs separated by "
+                f"commas after the name, e.g. 'exact:sampling=plan,replace=False'"
+            )
+        try:
+            kwargs[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            kwargs[key] = raw
+    COUPLINGS.factory(name)  # unknown names raise ValueError listing the valid ones
+    return name, kwargs
+
+
 def coupling(name: str, **kwargs: Any) -> Coupling:
-    """Build the coupling registered as ``name`` (e.g. ``coupling("entropic", reg=0.5)``)."""
-    return COUPLINGS.get(name, **kwargs)
+    """Build the coupling registered as ``name`` (e.g. ``coupling("entropic", reg=0.5)``);
+    ``name`` may be a spec with options, ``coupling("exact:sampling=plan")``; keywords win."""
+    name, options = coupling_spec(name)
+    return COUPLINGS.get(name, **{**options, **kwargs})
 
 
 __all__ = [
@@ -47,4 +77,5 @@ __all__ = [
     "PartialOT",
     "UnbalancedOT",
     "coupling",
+    "coupling_spec",
 ]

@@ -34,7 +34,7 @@ from otcfm.couplings import Independent
 from otcfm.data import save_points, toy
 from otcfm.experiments import _cells
 from otcfm.experiments._cells import CellResult
-from otcfm.matchers import MATCHERS
+from otcfm.matchers import MATCHERS, matcher
 from otcfm.metrics import normalized_path_energy, wasserstein
 from otcfm.models import DriftScore
 from otcfm.sampling import integrate, integrate_sde
@@ -566,7 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="markdown file appended to the page as its 'Remarks' section (what "
                    "this run left out, what was tried)")
     p.add_argument("--coupling", action="append", default=[], metavar="METHOD=NAME",
-                   help="override a method's coupling, e.g. otcfm=approx (repeatable)")
+                   help="override a method's coupling: a name or a spec with options, e.g. "
+                   "otcfm=approx or otcfm=exact:sampling=plan (repeatable)")
     for flag, help_ in (("n-train", "training points"), ("n-val", "validation points"),
                         ("n-test", "test points"), ("batch-size", "batch size"),
                         ("val-every", "steps between validations"),
@@ -594,8 +595,12 @@ def protocol_from_args(args: argparse.Namespace) -> Protocol:
     for item in args.coupling:
         method, sep, name = item.partition("=")
         if not sep or method not in MATCHERS or not name:
-            raise ValueError(f"--coupling must look like METHOD=NAME (e.g. otcfm=approx), "
-                             f"got {item!r}")
+            raise ValueError(f"--coupling must look like METHOD=NAME (e.g. otcfm=approx or "
+                             f"otcfm=exact:sampling=plan), got {item!r}")
+        try:  # a typo fails here, not in every cell
+            matcher(method, coupling=name)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"--coupling {item!r}: {err}") from None
         couplings.append((method, name))
     sigmas = []
     for item in args.sigma:

@@ -39,7 +39,7 @@ class MethodConfig:
 
     name: str = "otcfm"
     sigma: float = 0.1
-    coupling: str = ""  # "" = the method's own; else a coupling registry name
+    coupling: str = ""  # "" = the method's own; else a name or spec, e.g. "approx:tol=0.001"
     time_sampler: str = "uniform"
 
 
