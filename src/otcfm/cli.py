@@ -65,7 +65,7 @@ FLAG_HELP = {
 
 # `otcfm bench NAME`: module whose main(argv) -> int runs it
 BENCHES = {
-    "two-dim": "otcfm.experiments.two_dim",
+    "two-dim": "otcfm.experiments.two_dim_cli",
     "gaussian-sb": "otcfm.experiments.gaussian_sb",
     "single-cell": "otcfm.experiments.single_cell",
 }

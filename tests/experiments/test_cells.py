@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from otcfm.experiments._cells import run_cells
+from otcfm.experiments._cells import CellProgress, run_cells
 
 
 def test_cached_cells_are_not_run_and_results_keep_the_given_order():
@@ -55,3 +55,14 @@ def test_a_dependency_waits_for_its_cell_even_when_listed_later():
         cost=lambda c: 9 if c == "rf" else 1, depends_on=lambda c: "icfm" if c == "rf" else None,
     )
     assert order == ["icfm", "rf"] and all(r.record for r in results)
+
+
+def test_progress_prints_one_line_per_finished_cell_with_counts():
+    lines = []
+    progress = CellProgress(3, lambda r: "FAILED" if r.record is None else f"v={r.record['v']}",
+                            write=lines.append)
+    run_cells([1, 2, 3], lambda c: {"v": c} if c != 2 else 1 / 0, {3: {"v": 30}}.get,
+              on_done=progress)
+    progress.close()
+    assert [line.split("] ", 1)[1] for line in lines] == ["3: v=30", "1: v=1", "2: FAILED"]
+    assert [line.split(",")[0] for line in lines] == ["[1/3", "[2/3", "[3/3"]

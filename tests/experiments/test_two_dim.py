@@ -18,7 +18,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from otcfm import cli
-from otcfm.experiments import two_dim
+from otcfm.experiments import two_dim, two_dim_cli
 from otcfm.experiments.two_dim import Cell, Protocol, plan_cells, run_cells
 from otcfm.experiments.two_dim_report import steps_needed
 from otcfm.matchers import MATCHERS
@@ -43,7 +43,7 @@ def quick(tmp_path_factory, one_thread):
     """One real --quick run (2 tasks x icfm/otcfm/fm/rf, 1 seed), shared by several tests."""
     root = tmp_path_factory.mktemp("quick")
     argv = ["--quick", "--runs", str(root / "runs"), "--out", str(root / "out")]
-    assert two_dim.main(argv) == 0
+    assert two_dim_cli.main(argv) == 0
     records = json.loads((root / "out" / "two_dim.json").read_text())
     return root, argv, records
 
@@ -153,7 +153,7 @@ def test_second_call_uses_the_cache(quick, monkeypatch, capsys):
     monkeypatch.setattr(two_dim, "train", no_training)
     remarks = root / "remarks.md"
     remarks.write_text("SB-CFM left out on moons-8gaussians: 100 ms per coupling.\n")
-    assert two_dim.main([*argv, "--remarks", str(remarks)]) == 0
+    assert two_dim_cli.main([*argv, "--remarks", str(remarks)]) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert capsys.readouterr().out.count("(cached)") == 7
     page = (root / "out" / "two_dim.md").read_text()
@@ -170,7 +170,7 @@ def test_report_only_runs_nothing_and_lists_the_missing_cells(quick, monkeypatch
     monkeypatch.setattr(two_dim, "train", no_training)
     out = tmp_path / "report"
     argv = [*argv[:-1], str(out), "--report-only", "--seeds", "2"]
-    assert two_dim.main(argv) == 0
+    assert two_dim_cli.main(argv) == 0
     assert json.loads((out / "two_dim.json").read_text()) == records  # seed 43 is missing
     page = (out / "two_dim.md").read_text()
     assert "not run (no cached result; --report-only): gaussian-8gaussians icfm seed 43" in page
@@ -245,7 +245,7 @@ def test_method_and_task_validation(capsys):
         assert cli.main(["bench", "two-dim", "--methods", "icfm,sf2m"]) == 2
         assert "sf2m" in capsys.readouterr().err
     with pytest.raises(ValueError, match="METHOD=NAME"):
-        two_dim.main(["--coupling", "otcfm", "--runs", "unused"])
+        two_dim_cli.main(["--coupling", "otcfm", "--runs", "unused"])
 
 
 def test_cell_config_follows_the_protocol(tmp_path):
@@ -259,26 +259,27 @@ def test_cell_config_follows_the_protocol(tmp_path):
     assert cfg.couplings.workers == 1  # entropic OT is coupled in a background thread
     icfm = two_dim.cell_config(Cell("gaussian-moons", "icfm", 44), Protocol(), tmp_path)
     assert icfm.couplings.workers == 0  # nothing to compute ahead for independent pairs
-    args = two_dim.build_parser().parse_args(["--sigma", "icfm=0.2", "--coupling", "otcfm=approx"])
-    p = two_dim.protocol_from_args(args)
+    argv = ["--sigma", "icfm=0.2", "--coupling", "otcfm=approx"]
+    args = two_dim_cli.build_parser().parse_args(argv)
+    p = two_dim_cli.protocol_from_args(args)
     assert two_dim.cell_config(Cell("gaussian-moons", "icfm", 42), p, tmp_path).method.sigma == 0.2
     assert two_dim.cell_config(Cell("gaussian-moons", "otcfm", 42), p, tmp_path).method.coupling \
         == "approx"
     assert two_dim.cell_config(Cell("gaussian-moons", "otcfm", 42), p, tmp_path).method.sigma \
         == 0.1
-    args = two_dim.build_parser().parse_args(["--coupling", "otcfm=exact:sampling=plan"])
+    args = two_dim_cli.build_parser().parse_args(["--coupling", "otcfm=exact:sampling=plan"])
     cfg = two_dim.cell_config(Cell("gaussian-moons", "otcfm", 42),
-                              two_dim.protocol_from_args(args), tmp_path)
+                              two_dim_cli.protocol_from_args(args), tmp_path)
     assert cfg.method.coupling == "exact:sampling=plan"
     for bad, why in (("otcfm=exakt", "valid names"), ("otcfm=exact:foo=1", "foo"),
                      ("icfm=exact", "coupling")):
-        args = two_dim.build_parser().parse_args(["--coupling", bad])
+        args = two_dim_cli.build_parser().parse_args(["--coupling", bad])
         with pytest.raises(ValueError, match=why):
-            two_dim.protocol_from_args(args)
+            two_dim_cli.protocol_from_args(args)
     for bad in ("icfm", "icfm=-1", "icfm=x", "nope=0.1"):
-        args = two_dim.build_parser().parse_args(["--sigma", bad])
+        args = two_dim_cli.build_parser().parse_args(["--sigma", bad])
         with pytest.raises(ValueError, match="METHOD=VALUE"):
-            two_dim.protocol_from_args(args)
+            two_dim_cli.protocol_from_args(args)
 
 
 def test_ema_option_reaches_the_run_and_the_cache_key(tmp_path):
@@ -288,11 +289,11 @@ def test_ema_option_reaches_the_run_and_the_cache_key(tmp_path):
     assert Protocol(ema=0.999).fingerprint()["ema"] == 0.999
     for bad in (["--ema", "1"], ["--ema", "-0.1"], ["--ema", "0.9", "--torchcfm"]):
         with pytest.raises(ValueError, match="--ema"):
-            two_dim.protocol_from_args(two_dim.build_parser().parse_args(bad))
+            two_dim_cli.protocol_from_args(two_dim_cli.build_parser().parse_args(bad))
 
 
 def cfg_ema(tmp_path, argv):
-    p = two_dim.protocol_from_args(two_dim.build_parser().parse_args(argv))
+    p = two_dim_cli.protocol_from_args(two_dim_cli.build_parser().parse_args(argv))
     return two_dim.cell_config(Cell("gaussian-moons", "otcfm", 42), p, tmp_path).optim.ema_decay
 
 

@@ -9,6 +9,8 @@ others; its :class:`CellResult` carries the error instead of a record.
 from __future__ import annotations
 
 import multiprocessing
+import sys
+import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -123,3 +125,36 @@ def _run_here(run: Callable[[Any], Record], cell: Hashable) -> CellResult:
 
 def _msg(err: BaseException | None) -> str:
     return "" if err is None else f"{type(err).__name__}: {err}"
+
+
+class CellProgress:
+    """``on_done`` for :func:`run_cells`: one line per finished cell with done/total counts
+    and minutes so far (a tqdm bar below the lines when stderr is a terminal)."""
+
+    def __init__(self, total: int, describe: Callable[[CellResult], str],
+                 write: Callable[[str], None] | None = None) -> None:
+        self.total, self.count, self.describe = total, 0, describe
+        self._write = write or (lambda line: print(line, flush=True))
+        self._start = time.perf_counter()
+        self._bar = None
+        if write is None and sys.stderr.isatty():
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                return
+            self._bar = tqdm(total=total, desc="cells", file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, result: CellResult) -> None:
+        self.count += 1
+        minutes = (time.perf_counter() - self._start) / 60
+        label = getattr(result.cell, "label", result.cell)
+        line = f"[{self.count}/{self.total}, {minutes:.0f} min] {label}: {self.describe(result)}"
+        if self._bar is not None:
+            self._bar.write(line)
+            self._bar.update(1)
+        else:
+            self._write(line)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

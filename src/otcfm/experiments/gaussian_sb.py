@@ -36,7 +36,7 @@ from torch import Tensor
 
 from otcfm.data import save_points
 from otcfm.experiments import _cells
-from otcfm.experiments._cells import CellResult
+from otcfm.experiments._cells import CellProgress, CellResult
 from otcfm.sampling import Trajectory, integrate, integrate_sde
 from otcfm.train.checkpoint import load_checkpoint, write_text_atomic
 from otcfm.train.config import (
@@ -398,13 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or runs
     cells = plan_cells(methods, couplings, dims, seeds)
     print(f"{len(cells)} cells, {args.jobs} job(s), runs in {runs}")
-    count = [0]
-
-    def progress(result: CellResult) -> None:
-        count[0] += 1
-        print(f"[{count[0]}/{len(cells)}] {result.cell.label}: {describe(result)}", flush=True)
-
-    results = run_cells(cells, p, runs, jobs=args.jobs, on_done=progress)
+    progress = CellProgress(len(cells), describe)
+    try:
+        results = run_cells(cells, p, runs, jobs=args.jobs, on_done=progress)
+    finally:
+        progress.close()
     from otcfm.experiments.gaussian_sb_report import write_outputs
 
     meta = {

@@ -9,20 +9,18 @@ matches the protocol is skipped; a killed cell resumes from its latest checkpoin
 2-rectified flow ("rf") is the reflow of the I-CFM cell of the same task and seed: that cell's
 ODE (dopri5) pushes its training and validation sources to endpoints, and "rf" trains on the
 pairs (``data.paired``). Results: ``OUT/two_dim.json`` (one record per cell), ``two_dim.md``
-and figures under ``OUT/two_dim/`` (see :mod:`otcfm.experiments.two_dim_report`).
+and figures under ``OUT/two_dim/`` (see :mod:`otcfm.experiments.two_dim_report`); the
+command line is :mod:`otcfm.experiments.two_dim_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from otcfm.couplings import Independent
 from otcfm.data import save_points, toy
 from otcfm.experiments import _cells
 from otcfm.experiments._cells import CellResult
-from otcfm.matchers import MATCHERS, matcher
+from otcfm.matchers import MATCHERS
 from otcfm.metrics import normalized_path_energy, wasserstein
 from otcfm.models import DriftScore
 from otcfm.sampling import integrate, integrate_sde
@@ -490,38 +488,7 @@ def cached_results(cells: Sequence[Cell], p: Protocol, runs: str | Path) -> list
     return [CellResult(c, r, cached=True) for c, r in records if r is not None]
 
 
-# --------------------------------------------------------------------------- progress view
-class CellProgress:
-    """One line per finished cell plus done/total counts (a tqdm bar when on a terminal)."""
-
-    def __init__(self, total: int, write: Callable[[str], None] | None = None) -> None:
-        self.total, self.count = total, 0
-        self._write = write or (lambda line: print(line, flush=True))
-        self._start = time.perf_counter()
-        self._bar = None
-        if sys.stderr.isatty():
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                return
-            self._bar = tqdm(total=total, desc="cells", file=sys.stderr, dynamic_ncols=True)
-
-    def __call__(self, result: CellResult) -> None:
-        self.count += 1
-        minutes = (time.perf_counter() - self._start) / 60
-        line = (f"[{self.count}/{self.total}, {minutes:.0f} min] {result.cell.label}: "
-                f"{describe(result)}")
-        if self._bar is not None:
-            self._bar.write(line)
-            self._bar.update(1)
-        else:
-            self._write(line)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
+# --------------------------------------------------------------------------- progress
 def describe(result: CellResult) -> str:
     if result.record is None:
         return f"FAILED ({result.error})"
@@ -529,149 +496,6 @@ def describe(result: CellResult) -> str:
     tag = " (cached)" if result.cached else ""
     return (f"W2 {r['w2']:.3f}  NPE {r['npe']:.3f}  NFE {r['nfe']}  "
             f"train {r['train_seconds']:.0f} s{tag}")
-
-
-# --------------------------------------------------------------------------- command line
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="otcfm bench two-dim",
-        description="The paper's 2-D benchmark (Table 2): tasks x methods x seeds, cached "
-        "and resumable; writes OUT/two_dim.json, OUT/two_dim.md and OUT/two_dim/*.png.",
-    )
-    p.add_argument("--tasks", help="comma-separated task names (default: all four)")
-    p.add_argument("--methods", help="comma-separated matcher names (default: "
-                   + ",".join(METHODS) + "; rf = reflow of icfm)")
-    p.add_argument("--seeds", type=int, help="first N seeds of 42, 43, ... (default 5)")
-    p.add_argument("--steps", type=int, help="optimizer steps per cell (default 20000)")
-    p.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes")
-    p.add_argument("--out", type=Path, help="report folder (default: the runs folder)")
-    p.add_argument("--runs", type=Path,
-                   help="cache of cell runs (default runs/two_dim, --quick: runs/two_dim-quick)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run in well under a minute: 200 steps of batch 128, 2 tasks, "
-                   "icfm/otcfm/fm/rf, 1 seed")
-    p.add_argument("--torchcfm", action="store_true",
-                   help="also train icfm/otcfm with TorchCFM (extra 'bench') for comparison")
-    p.add_argument("--sigma", action="append", default=[], metavar="METHOD=VALUE",
-                   help="override a method's sigma, e.g. sf2m=0.1 (repeatable)")
-    p.add_argument("--skip", action="append", default=[], metavar="METHOD@TASK",
-                   help="leave out cells, e.g. sbcfm@moons-8gaussians (repeatable)")
-    p.add_argument("--workers", type=int, default=1, help="coupling threads per cell")
-    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
-                   help="validate and test an exponential moving average of the weights "
-                   "(e.g. 0.999; default 0: the paper's raw weights)")
-    p.add_argument("--report-only", action="store_true",
-                   help="write the page from the cells already cached; run nothing")
-    p.add_argument("--remarks", type=Path, metavar="FILE",
-                   help="markdown file appended to the page as its 'Remarks' section (what "
-                   "this run left out, what was tried)")
-    p.add_argument("--coupling", action="append", default=[], metavar="METHOD=NAME",
-                   help="override a method's coupling: a name or a spec with options, e.g. "
-                   "otcfm=approx or otcfm=exact:sampling=plan (repeatable)")
-    for flag, help_ in (("n-train", "training points"), ("n-val", "validation points"),
-                        ("n-test", "test points"), ("batch-size", "batch size"),
-                        ("val-every", "steps between validations"),
-                        ("curve-points", "test points for W2 against Euler steps")):
-        p.add_argument(f"--{flag}", type=int, help=help_)
-    return p
-
-
-def protocol_from_args(args: argparse.Namespace) -> Protocol:
-    base = Protocol(**QUICK) if args.quick else Protocol()
-    over = {k: getattr(args, k) for k in ("steps", "n_train", "n_val", "n_test", "batch_size",
-                                          "val_every", "curve_points")}
-    over = {k: v for k, v in over.items() if v is not None}
-    for k, v in over.items():
-        if v < 1:
-            raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
-    if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    if not 0 <= args.ema < 1:
-        raise ValueError(f"--ema must be in [0, 1), got {args.ema}")
-    if args.ema and args.torchcfm:
-        raise ValueError("--ema applies to otcfm's cells only; the TorchCFM side by side "
-                         "keeps the paper's raw weights")
-    couplings = []
-    for item in args.coupling:
-        method, sep, name = item.partition("=")
-        if not sep or method not in MATCHERS or not name:
-            raise ValueError(f"--coupling must look like METHOD=NAME (e.g. otcfm=approx or "
-                             f"otcfm=exact:sampling=plan), got {item!r}")
-        try:  # a typo fails here, not in every cell
-            matcher(method, coupling=name)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"--coupling {item!r}: {err}") from None
-        couplings.append((method, name))
-    sigmas = []
-    for item in args.sigma:
-        method, sep, value = item.partition("=")
-        try:
-            sigma = float(value)
-        except ValueError:
-            sigma = -1.0
-        if not sep or method not in MATCHERS or not sigma >= 0:
-            raise ValueError(f"--sigma must look like METHOD=VALUE with VALUE >= 0 (e.g. "
-                             f"sf2m=0.1), got {item!r}")
-        sigmas.append((method, sigma))
-    return replace(base, **over, workers=args.workers, couplings=tuple(sorted(couplings)),
-                   sigmas=tuple(sorted(sigmas)), ema=args.ema)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    started = time.perf_counter()
-    protocol = protocol_from_args(args)
-    tasks = parse_tasks(args.tasks or ",".join(QUICK_TASKS if args.quick else TASKS))
-    methods = parse_methods(args.methods or ",".join(QUICK_METHODS if args.quick else METHODS))
-    n_seeds = args.seeds if args.seeds is not None else (1 if args.quick else 5)
-    if n_seeds < 1 or args.jobs < 1:
-        raise ValueError(f"--seeds and --jobs must be >= 1, got {n_seeds} and {args.jobs}")
-    if args.torchcfm:
-        from otcfm.experiments.two_dim_torchcfm import require_torchcfm
-
-        require_torchcfm()
-    seeds = [FIRST_SEED + k for k in range(n_seeds)]
-    runs = args.runs or Path("runs/two_dim-quick" if args.quick else "runs/two_dim")
-    out = args.out or runs
-    skip = parse_skip(args.skip)
-    remarks = args.remarks.read_text() if args.remarks is not None else ""
-    cells, notes = plan_cells(tasks, methods, seeds, torchcfm=args.torchcfm, skip=skip)
-    for note in notes:
-        print(f"note: {note}", flush=True)
-    print(f"{len(cells)} cells, {args.jobs} job(s), runs in {runs}", flush=True)
-    if args.report_only:
-        results = cached_results(cells, protocol, runs)
-        done = {r.cell for r in results}
-        missing = [c.label for c in cells if c not in done]
-        if missing:
-            notes.append(f"not run (no cached result; --report-only): {', '.join(missing)}")
-        print(f"{len(results)} of {len(cells)} cells cached", flush=True)
-    else:
-        progress = CellProgress(len(cells))
-        try:
-            results = run_cells(cells, protocol, runs, jobs=args.jobs, on_done=progress)
-        finally:
-            progress.close()
-    from otcfm.experiments.two_dim_report import write_outputs
-
-    floors = {t: sampling_floor(t, protocol, runs) for t in tasks}
-    meta = {
-        "command": "otcfm bench two-dim " + " ".join(argv),
-        "wall_seconds": time.perf_counter() - started,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "jobs": args.jobs,
-        "notes": notes,
-        "protocol": asdict(protocol),
-        "remarks": remarks,
-        "floors": floors,
-    }
-    written = write_outputs(results, out, meta, runs)
-    print("wrote " + ", ".join(str(w) for w in written))
-    failed = [r for r in results if r.record is None]
-    for r in failed:
-        print(f"failed: {r.cell.label}: {r.error}", file=sys.stderr)
-    return 1 if failed else 0
 
 
 def records_of(results: Iterable[CellResult], library: str = "otcfm") -> list[dict[str, Any]]:
