@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from otcfm.experiments.single_cell import (
-    BASELINE,
-    _verdict,
-    main,
-    parse_methods,
-    published_set,
-    summarize,
-)
+from otcfm.experiments.single_cell import main, parse_methods, published_set
+from otcfm.experiments.single_cell_report import BASELINE, _verdict, summarize
 
 pytest.importorskip("sklearn")
 
@@ -53,7 +47,11 @@ def test_quick_synthetic_bench(tmp_path, capsys):
         assert text in md, text
     for fig in ("time_course.png", "w1_per_time.png"):
         assert (out / "single_cell" / fig).stat().st_size > 1000
-    assert "OT-CFM: W1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "OT-CFM: W1" in printed
+    fits = [line for line in printed.splitlines() if line.startswith("[")]
+    assert len(fits) == 8 and fits[-1].startswith("[8/8, ")  # one line per finished fit
+    assert any("] SB-CFM (σ=0.1) seed 43, time 2 held out: W1 " in line for line in fits)
 
 
 def test_real_format_file_gets_published_numbers(tmp_path):

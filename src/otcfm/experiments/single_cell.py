@@ -22,12 +22,10 @@ import argparse
 import json
 import math
 import multiprocessing
-import platform
 import shlex
-import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,7 +36,17 @@ import torch
 from otcfm.data.preprocess import Preprocessor, fit_preprocessor
 from otcfm.data.synthetic_cells import SyntheticCells
 from otcfm.data.timeseries import TimeSeries, load_timeseries
-from otcfm.experiments._stats import paired_difference
+from otcfm.experiments._cells import CellProgress, CellResult
+from otcfm.experiments._machine import machine
+from otcfm.experiments.single_cell_report import (
+    BASELINE,
+    PUBLISHED,
+    label,
+    markdown,
+    pm,
+    summarize,
+    write_figures,
+)
 from otcfm.train.checkpoint import write_text_atomic
 from otcfm.train.datasets import stream
 from otcfm.trajectory.fit import DEFAULT_SIGMA, METHODS, FitSpec, Fitter
@@ -46,26 +54,10 @@ from otcfm.trajectory.predict import (
     interpolation_baseline,
     predict_left_out,
     score,
-    trajectories,
 )
 
-BASELINE = "linear-ot"
 SEED0 = 42
-LABELS = {"otcfm": "OT-CFM", "icfm": "I-CFM", "sbcfm": "SB-CFM", BASELINE: "linear interp. (OT)"}
-# REFERENCE.md §6 (paper Table 4): W1 mean +- std over left-out times and 5 seeds
-PUBLISHED = {
-    "eb": {"otcfm": (0.790, 0.068), "icfm": (0.872, 0.087), "sbcfm": (1.221, 0.380)},
-    "cite": {"otcfm": (0.882, 0.058), "icfm": (0.965, 0.111), "sbcfm": (1.067, 0.107)},
-    "multi": {"otcfm": (0.937, 0.054), "icfm": (1.085, 0.099), "sbcfm": (1.129, 0.363)},
-}
-PUBLISHED_NAMES = {"eb": "EB", "cite": "CITE", "multi": "Multiome"}
 QUICK = {"steps": 100, "n_cells": 150, "ode_steps": 20}
-
-
-def label(entry: str) -> str:
-    """Display name of a method entry: 'sbcfm' -> 'SB-CFM', 'sbcfm:0.1' -> 'SB-CFM (σ=0.1)'."""
-    base, _, sigma = entry.partition(":")
-    return LABELS.get(base, base) + (f" (σ={sigma})" if sigma else "")
 
 
 def parse_methods(flag: str, sigma: float | None) -> dict[str, tuple[str, float]]:
@@ -146,6 +138,39 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def run_tasks(tasks: list[dict[str, Any]], jobs: int) -> list[dict[str, Any]]:
+    """:func:`run_task` over ``tasks`` in ``jobs`` worker processes (1 torch thread each),
+    one progress line per finished fit; results in task order."""
+    progress = CellProgress(len(tasks), _describe)
+    results: list[dict[str, Any]] = [{} for _ in tasks]
+
+    def finished(i: int, result: dict[str, Any]) -> None:
+        results[i] = result
+        t = tasks[i]
+        name = (f"{label(t['label'])} seed {t['spec'].seed}, "
+                f"time {t['ts'].time_names[t['spec'].left_out]} held out")
+        progress(CellResult(name, result["record"]))
+
+    try:
+        if jobs > 1:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker) as pool:
+                futures = {pool.submit(run_task, t): i for i, t in enumerate(tasks)}
+                for fut in as_completed(futures):
+                    finished(futures[fut], fut.result())
+        else:
+            for i, t in enumerate(tasks):
+                finished(i, run_task(t))
+    finally:
+        progress.close()
+    return results
+
+
+def _describe(result: CellResult) -> str:
+    r = result.record
+    return f"W1 {r['w1']:.3f}  MMD {r['mmd']:.4f}  train {r['train_seconds']:.0f} s"
+
+
 def baseline_record(
     ts: TimeSeries, k: int, seed: int, truth: torch.Tensor | None
 ) -> dict[str, Any]:
@@ -156,194 +181,6 @@ def baseline_record(
     if truth is not None:
         rec["w1_truth"] = score(pred, truth).w1
     return rec
-
-
-# --------------------------------------------------------------------------- summary
-def summarize(
-    records: list[dict[str, Any]], order: list[str] | None = None
-) -> dict[str, Any]:
-    """Per method: mean +- std over seeds of the per-seed average over left-out times, and
-    per left-out time the list of values over seeds. Methods in ``order`` first, then in
-    order of appearance."""
-    out: dict[str, Any] = {}
-    seen = list(dict.fromkeys(r["method"] for r in records))
-    methods = [m for m in (order or []) if m in seen] + [m for m in seen if m not in (order or [])]
-    for m in methods:
-        rows = [r for r in records if r["method"] == m]
-        entry: dict[str, Any] = {}
-        for key in ("w1", "mmd", "w1_truth"):
-            if not all(key in r for r in rows):
-                continue
-            seeds = sorted({r["seed"] for r in rows})
-            per_seed = [statistics.fmean(r[key] for r in rows if r["seed"] == s) for s in seeds]
-            entry[key] = {
-                "mean": statistics.fmean(per_seed),
-                "std": statistics.pstdev(per_seed) if len(per_seed) > 1 else 0.0,
-                "per_seed": dict(zip(map(str, seeds), per_seed, strict=True)),
-                "per_left_out": {
-                    str(k): [r[key] for r in rows if r["left_out"] == k]
-                    for k in sorted({r["left_out"] for r in rows})
-                },
-            }
-        out[m] = entry
-    return out
-
-
-def _pm(entry: dict[str, Any] | None, fmt: str = ".3f") -> str:
-    if not entry:
-        return "-"
-    return f"{entry['mean']:{fmt}} ± {entry['std']:{fmt}}"
-
-
-def _markdown(report: dict[str, Any]) -> str:
-    summary, ts_info = report["summary"], report["data"]
-    pub = report.get("published")
-    synthetic = report["data"]["path"] == "synthetic"
-    head = ["method", "W1 (held-out cells)", "MMD"]
-    if synthetic:
-        head.append("W1 (fresh ground truth)")
-    if pub:
-        head.append(f"published W1 ({PUBLISHED_NAMES[pub]})")
-    rows = []
-    for m, entry in summary.items():
-        cells = [label(m), _pm(entry.get("w1")), _pm(entry.get("mmd"), ".4f")]
-        if synthetic:
-            cells.append(_pm(entry.get("w1_truth")))
-        if pub:
-            p = PUBLISHED[pub].get(m)
-            cells.append(f"{p[0]:.3f} ± {p[1]:.3f}" if p else "-")
-        rows.append("| " + " | ".join(cells) + " |")
-    times = sorted({int(k) for e in summary.values() for k in e["w1"]["per_left_out"]})
-    names = ts_info["time_names"]
-    per = ["| method | " + " | ".join(f"t={names[k]}" for k in times) + " |",
-           "|---" * (len(times) + 1) + "|"]
-    for m, entry in summary.items():
-        vals = []
-        for k in times:
-            v = entry["w1"]["per_left_out"].get(str(k), [])
-            sd = statistics.pstdev(v) if len(v) > 1 else 0.0
-            vals.append(f"{statistics.fmean(v):.3f} ± {sd:.3f}" if v else "-")
-        per.append(f"| {label(m)} | " + " | ".join(vals) + " |")
-    verdict = _verdict(summary, synthetic)
-    if report.get("truth_floor"):
-        fl = report["truth_floor"]
-        verdict += (
-            "- Sampling floor: the held-out cells themselves are at W1 "
-            + ", ".join(f"{fl[str(k)]:.3f} (t={names[k]})" for k in times)
-            + " from fresh ground-truth cells (mean "
-            + f"{statistics.fmean(fl[str(k)] for k in times):.3f}); no prediction can be "
-            "expected to score much below it.\n"
-        )
-    ref = "\n".join(
-        f"- {PUBLISHED_NAMES[s]}: " + ", ".join(
-            f"{LABELS[m]} {v[0]:.3f} ± {v[1]:.3f}" for m, v in PUBLISHED[s].items())
-        for s in PUBLISHED
-    )
-    data_line = (
-        "the synthetic branching time course (`otcfm.data.synthetic_cells`: a 3-D latent SDE "
-        f"in a bifurcating potential observed in {ts_info['obs_dim']} noisy features)"
-        if synthetic else f"`{ts_info['path']}`"
-    )
-    return (
-        "# Single-cell trajectory inference: leave one time point out\n\n"
-        f"Data: {data_line}; {ts_info['cells']} cells at times {', '.join(names)} "
-        f"(counts {', '.join(map(str, ts_info['counts']))}); representation: "
-        f"{ts_info['preprocessing']}.\n\n"
-        "Protocol (REFERENCE.md §6): for each intermediate time k, one MLP (3x64, SELU) is "
-        "trained on all other populations (interval k uses time t + k; the skip pair "
-        "(k-1, k+1) uses 2t + (k-1) and target u/2), AdamW lr 1e-3 / wd 1e-5, batch 128 cells "
-        f"per time, sigma {_sigmas(report)}, {report['steps']} steps; every cell of k-1 is "
-        f"pushed one unit forward with {report['ode_steps']} Euler steps and compared with "
-        "the true cells at k (exact W1; MMD with the RBF mixture of REFERENCE.md §3). "
-        f"Mean ± std over {report['seeds']} seed(s) of the average over left-out times "
-        f"{', '.join(names[k] for k in times)}. The baseline pairs the cells of k-1 and k+1 "
-        "by exact OT and takes the midpoints.\n\n"
-        "| " + " | ".join(head) + " |\n" + "|---" * len(head) + "|\n" + "\n".join(rows)
-        + "\n\nW1 per left-out time (mean ± std over seeds):\n\n" + "\n".join(per) + "\n\n"
-        + verdict
-        + "\n![populations and trajectories](single_cell/time_course.png)\n\n"
-        "![W1 per left-out time](single_cell/w1_per_time.png)\n\n"
-        "Published W1 on the real sets (paper Table 4, REFERENCE.md §6), for reference"
-        + (" (not comparable with the synthetic set)" if synthetic else "") + ":\n\n"
-        + ref + "\n\n"
-        f"Command: `{report['command']}`  \n"
-        f"Machine: {report['machine']}; {report['jobs']} worker process(es); wall time "
-        f"{report['wall_seconds']:.0f} s; {report['date']}.\n"
-    )
-
-
-def _sigmas(report: dict[str, Any]) -> str:
-    parts = [f"{s:g} ({label(m)})" for m, s in report["sigmas"].items()]
-    text = ", ".join(parts) + " (SB-CFM: entropic OT with reg 2 sigma^2"
-    sb = {s for m, s in report["sigmas"].items() if m.partition(":")[0] == "sbcfm"}
-    if len(sb) > 1:  # say why there are several SB-CFM rows
-        text += ("; sigma 1 is SB-CFM's preset, as in the reference runner's SB-CFM model "
-                 "and the 2-D protocol, while REFERENCE.md §6 lists sigma 0.1 for the "
-                 "networks; at 0.1 the plan (reg 0.02 on standardised cells) is close to "
-                 "the exact one, so that SB-CFM differs from OT-CFM mainly in its Brownian-"
-                 "bridge noise, at most 0.05")
-    return text + ")"
-
-
-def _verdict(summary: dict[str, Any], synthetic: bool) -> str:
-    if "otcfm" not in summary:
-        return ""
-    ot = summary["otcfm"]["w1"]["mean"]
-    lines = []
-    for other in summary:
-        if other != "otcfm":
-            v = summary[other]["w1"]["mean"]
-            word = "lower" if ot < v else "NOT lower"
-            lines.append(f"- OT-CFM's mean W1 ({ot:.3f}) is {word} than {label(other)}'s "
-                         f"({v:.3f}){_paired(summary['otcfm']['w1'], summary[other]['w1'])}.")
-    if synthetic and BASELINE in summary and "w1_truth" in summary["otcfm"]:
-        a, b = summary["otcfm"]["w1_truth"]["mean"], summary[BASELINE]["w1_truth"]["mean"]
-        word = "closer to" if a < b else "NOT closer to"
-        lines.append(f"- Against fresh ground-truth cells, OT-CFM's predictions ({a:.3f}) are "
-                     f"{word} the truth than the interpolation baseline's ({b:.3f}).")
-    return "\n".join(lines) + "\n"
-
-
-def _paired(ours: dict[str, Any], other: dict[str, Any]) -> str:
-    """'; paired over seeds ...': the per-seed difference, its standard error and whether it
-    stands out of the seed noise (|mean| > 2 SE); empty with fewer than 2 common seeds."""
-    paired = paired_difference(ours.get("per_seed", {}), other.get("per_seed", {}))
-    if paired is None or paired[1] is None:
-        return ""
-    mean, se, n = paired
-    verdict = "outside" if abs(mean) > 2 * se else "within"
-    return (f"; paired over {n} seeds, OT-CFM minus it is {mean:+.3f} ± {se:.3f} "
-            f"(standard error), {verdict} the seed noise")
-
-
-# --------------------------------------------------------------------------- figures
-def _figures(out: Path, ts: TimeSeries, k: int, models: dict[str, dict], spec: FitSpec,
-             summary: dict[str, Any], ode_steps: int) -> None:
-    from otcfm.models import MLP
-    from otcfm.trajectory.plots import Panel, View2D, plot_time_course, plot_w1_per_time
-
-    g = stream(0, "figure")
-    start = ts.at(0)
-    cells = start[torch.randperm(start.shape[0], generator=g)[:60]]
-    grid = torch.linspace(0, ts.n_times - 1, 10 * (ts.n_times - 1) + 1)[1:].tolist()
-    panels = []
-    for m, state in models.items():
-        model = MLP(ts.dim, width=spec.width, depth=spec.depth, activation=spec.activation)
-        model.load_state_dict(state)
-        model.eval().requires_grad_(False)
-        paths = trajectories(model, cells, 0.0, grid, steps_per_unit=ode_steps)
-        pred = predict_left_out(model, ts, k, steps_per_unit=ode_steps)
-        panels.append(Panel(label(m), paths.xs, pred))
-    panels.append(Panel(LABELS[BASELINE], None, interpolation_baseline(ts, k, generator=g)))
-    plot_time_course(
-        ts, panels, out / "time_course.png", left_out=k, view=View2D.first_two(ts.dim),
-        title=f"time {ts.time_names[k]} held out (black); predictions in red; grey: paths of "
-              "60 cells from the first time",
-    )
-    table = {label(m): {int(key): v for key, v in e["w1"]["per_left_out"].items()}
-             for m, e in summary.items()}
-    plot_w1_per_time(table, out / "w1_per_time.png", time_names=ts.time_names,
-                     title="W1 to the held-out cells (mean ± std over seeds)")
 
 
 # --------------------------------------------------------------------------- main
@@ -446,19 +283,15 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         for s in seeds
         for k in left_outs
     ]
-    if args.jobs > 1:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_init_worker) as pool:
-            results = list(pool.map(run_task, tasks))
-    else:
-        results = [run_task(t) for t in tasks]
+    print(f"{len(tasks)} fits, {args.jobs} job(s)", flush=True)
+    results = run_tasks(tasks, args.jobs)
     records = [r["record"] for r in results]
     records += [baseline_record(ts, k, s, truths.get(k)) for s in seeds for k in left_outs]
     models = {r["record"]["method"]: r["state"] for r in results if "state" in r}
     models = {e: models[e] for e in entries if e in models}
     summary = summarize(records, [*entries, BASELINE])
     out = Path(args.out)
-    _figures(out / "single_cell", ts, figure_k, models, base_spec, summary, args.ode_steps)
+    write_figures(out / "single_cell", ts, figure_k, models, base_spec, summary, args.ode_steps)
     report = {
         "benchmark": "single-cell leave-one-time-point-out",
         "command": "otcfm bench single-cell " + " ".join(shlex.quote(a) for a in argv),
@@ -475,20 +308,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "jobs": args.jobs,
         "summary": summary,
         "records": records,
-        "machine": _machine(),
+        "machine": machine(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "wall_seconds": time.perf_counter() - started,
     }
     write_text_atomic(json.dumps(report, indent=2) + "\n", out / "single_cell.json")
-    write_text_atomic(_markdown(report), out / "single_cell.md")
+    write_text_atomic(markdown(report), out / "single_cell.md")
     return report
-
-
-def _machine() -> str:
-    import os
-
-    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, Python "
-            f"{platform.python_version()}, torch {torch.__version__}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -500,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"otcfm bench single-cell: error: {err}", file=sys.stderr)
         return 2
     for m, entry in report["summary"].items():
-        extra = f"  W1 truth {_pm(entry.get('w1_truth'))}" if "w1_truth" in entry else ""
-        print(f"{label(m):>22}: W1 {_pm(entry['w1'])}  MMD {_pm(entry['mmd'], '.4f')}"
+        extra = f"  W1 truth {pm(entry.get('w1_truth'))}" if "w1_truth" in entry else ""
+        print(f"{label(m):>22}: W1 {pm(entry['w1'])}  MMD {pm(entry['mmd'], '.4f')}"
               f"{extra}")
     print(f"wrote {Path(args.out) / 'single_cell.md'} ({report['wall_seconds']:.0f} s)")
     return 0
