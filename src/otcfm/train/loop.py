@@ -200,8 +200,9 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def train_step(self) -> float:
         o = self.cfg.optim
+        if not self.net.training:  # validation leaves it in eval mode; a call walks every module
+            self.net.train()
         pair = self.next_pairs()
-        self.net.train()
         g = stream(self.cfg.seed, "step", str(self.rank), str(self.step))
         loss = self.matcher.loss_paired(self.net, pair, generator=g)
         if not torch.isfinite(loss):
