@@ -9,12 +9,8 @@ import pytest
 import torch
 
 from otcfm.data.preprocess import Preprocessor, fit_preprocessor
-from otcfm.data.timeseries import (
-    TimeSeries,
-    load_timeseries,
-    save_populations,
-    save_timeseries,
-)
+from otcfm.data.timeseries import TimeSeries
+from otcfm.data.timeseries_files import load_timeseries, save_populations, save_timeseries
 
 
 def cells(seed=0, times=(0.0, 1.0, 2.0), n=20, d=3):

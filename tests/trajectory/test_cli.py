@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from otcfm.cli import main as otcfm_main
-from otcfm.data.timeseries import load_timeseries
+from otcfm.data.timeseries_files import load_timeseries
 from otcfm.trajectory.cli import main
 from otcfm.trajectory.run import load_trajectory_run
 

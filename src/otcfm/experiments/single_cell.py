@@ -35,7 +35,8 @@ import torch
 
 from otcfm.data.preprocess import Preprocessor, fit_preprocessor
 from otcfm.data.synthetic_cells import SyntheticCells
-from otcfm.data.timeseries import TimeSeries, load_timeseries
+from otcfm.data.timeseries import TimeSeries
+from otcfm.data.timeseries_files import load_timeseries
 from otcfm.experiments._cells import CellProgress, CellResult
 from otcfm.experiments._machine import machine
 from otcfm.experiments.single_cell_report import (

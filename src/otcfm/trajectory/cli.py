@@ -139,7 +139,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from otcfm.data.timeseries import save_populations
+    from otcfm.data.timeseries_files import save_populations
     from otcfm.trajectory.predict import predict_at, trajectories
     from otcfm.trajectory.run import load_trajectory_run
 

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from otcfm.data.preprocess import Preprocessor, fit_preprocessor
 from otcfm.data.synthetic_cells import SyntheticCells
-from otcfm.data.timeseries import TimeSeries, load_timeseries
+from otcfm.data.timeseries import TimeSeries
+from otcfm.data.timeseries_files import load_timeseries
 from otcfm.train.checkpoint import load_checkpoint, save_atomic, write_text_atomic
 from otcfm.train.datasets import stream
 from otcfm.train.progress import Progress
