@@ -322,7 +322,7 @@ def test_sf2m_recovers_the_gaussian_bridge_marginals_roughly():
         for _ in range(16)
     ]
     for step in range(STEPS):
-        loss = m.loss_paired(model, pairs[step % len(pairs)], generator=g)
+        loss = m.loss(model, pairs[step % len(pairs)], generator=g)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -37,7 +37,7 @@ from otcfm.paths import (
 )
 from otcfm.time_samplers import TIME_SAMPLERS, TimeSampler, UniformTime
 
-__all__ = ["MATCHERS", "SF2M", "FlowMatcher", "SF2MLoss", "matcher"]
+__all__ = ["MATCHERS", "SF2M", "FlowMatcher", "SF2MLoss", "matcher", "preset_defaults"]
 
 
 class FlowMatcher:
@@ -77,58 +77,76 @@ class FlowMatcher:
         self.name = str(name)
 
     def sample(
-        self, x0: Tensor, x1: Tensor, generator: torch.Generator | None = None, **cond: Any
+        self,
+        x0: Tensor | Pairing,
+        x1: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **cond: Any,
     ) -> PathSample:
         """Pair the batch, draw t and xt; returns a :class:`PathSample` with ``cond`` filled.
 
         Args:
-            x0: (B0, *event) source samples; x1: (B1, *event) target samples.
+            x0: (B0, *event) source samples, or a :class:`Pairing` already made by a coupling
+                (``pair.x0[k]`` goes with ``pair.x1[k]``; then x1 and cond are not given and
+                no coupling runs: the training pipeline couples ahead in background workers).
+            x1: (B1, *event) target samples.
             generator: the only source of randomness (coupling, then t, then noise).
             **cond: per-sample conditions of the TARGET samples x1 (e.g. ``y=labels``),
                 reindexed with the pairing and returned as ``PathSample.cond`` (a dict).
-        """
-        check_pair(x0, x1, same_batch=False)
-        cond1 = cond or None
-        check_cond(cond1, x1.shape[0], "cond")
-        pair = self.coupling(x0, x1, generator=generator, cond1=cond1)
-        return self.sample_paired(pair, generator=generator)
 
-    def sample_paired(self, pair: Pairing, generator: torch.Generator | None = None) -> PathSample:
-        """Time and path for an already coupled batch (``pair.x0[k]`` goes with ``pair.x1[k]``).
-
-        ``sample(x0, x1, g)`` equals ``sample_paired(coupling(x0, x1, generator=g), g)``; the
-        training loop uses this to couple ahead in background workers.
+        ``sample(x0, x1, g)`` equals ``sample(coupling(x0, x1, generator=g), generator=g)``.
         """
-        if not isinstance(pair, Pairing):
-            raise TypeError(f"pair must be a Pairing, got {type(pair).__name__}")
+        pair = self._pairs(x0, x1, generator, cond)
         n = pair.x1.shape[0]
         t = self.time_sampler(n, generator=generator, device=pair.x1.device)
         s = self.path.sample(pair.x0, pair.x1, t, generator=generator)
         return replace(s, cond=pair.cond1)
 
+    def _pairs(
+        self,
+        x0: Tensor | Pairing,
+        x1: Tensor | None,
+        generator: torch.Generator | None,
+        cond: dict[str, Any],
+    ) -> Pairing:
+        """The coupled batch: ``x0`` itself when it is a Pairing, else the coupling of x0, x1."""
+        if isinstance(x0, Pairing):
+            if x1 is not None or cond:
+                raise TypeError(
+                    "a Pairing carries its own targets and conditions; pass it alone, "
+                    "e.g. fm.sample(pair, generator=g)"
+                )
+            return x0
+        if x1 is None:
+            raise TypeError("x1 is missing: pass x0 and x1 tensors, or one Pairing")
+        check_pair(x0, x1, same_batch=False)
+        cond1 = cond or None
+        check_cond(cond1, x1.shape[0], "cond")
+        return self.coupling(x0, x1, generator=generator, cond1=cond1)
+
     def loss(
         self,
         model: Callable[..., Tensor],
-        x0: Tensor,
-        x1: Tensor,
+        x0: Tensor | Pairing,
+        x1: Tensor | None = None,
         generator: torch.Generator | None = None,
         **cond: Any,
     ) -> Tensor:
         """CFM loss mean((model(xt, t, **cond) - ut)^2) over batch and coordinates, in float32.
 
+        ``x0, x1`` as for :meth:`sample` (tensors, or one coupled :class:`Pairing`).
         ``model(x, t, **cond)`` gets xt (B, *event) in the data dtype and t (B,) float32.
         Returns a 0-dim float32 tensor.
         """
-        return self._regress(model, self.sample(x0, x1, generator=generator, **cond))
+        return self.regress(model, self.sample(x0, x1, generator=generator, **cond))
 
-    def loss_paired(
-        self,
-        model: Callable[..., Tensor],
-        pair: Pairing,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """CFM loss on an already coupled batch (see :meth:`sample_paired`); 0-dim float32."""
-        return self._regress(model, self.sample_paired(pair, generator=generator))
+    def regress(self, model: Callable[..., Tensor], s: PathSample) -> Tensor:
+        """The training loss on a drawn :class:`PathSample` (the total loss for SF2M).
+
+        The training loop draws the path sample of the global batch and regresses each
+        process's shard of it (``s`` may be any slice of a sample along the batch).
+        """
+        return self._regress(model, s)
 
     def _regress(self, model: Callable[..., Tensor], s: PathSample) -> Tensor:
         kwargs = s.cond if isinstance(s.cond, Mapping) else {}
@@ -214,19 +232,14 @@ class SF2M(FlowMatcher):
     def losses(
         self,
         model: Callable[..., Any],
-        x0: Tensor,
-        x1: Tensor,
+        x0: Tensor | Pairing,
+        x1: Tensor | None = None,
         generator: torch.Generator | None = None,
         **cond: Any,
     ) -> SF2MLoss:
-        """Both loss terms for a fresh batch (same draws as :meth:`loss` with the same seed)."""
+        """Both loss terms (same draws as :meth:`loss` with the same seed); ``x0, x1`` as for
+        :meth:`sample` (tensors, or one coupled :class:`Pairing`)."""
         return self._losses(model, self.sample(x0, x1, generator=generator, **cond))
-
-    def losses_paired(
-        self, model: Callable[..., Any], pair: Pairing, generator: torch.Generator | None = None
-    ) -> SF2MLoss:
-        """Both loss terms for an already coupled batch."""
-        return self._losses(model, self.sample_paired(pair, generator=generator))
 
     def _regress(self, model: Callable[..., Any], s: PathSample) -> Tensor:
         return self._losses(model, s).total
@@ -286,6 +299,16 @@ def matcher(name: str, **kw: Any) -> FlowMatcher:
             f"allowed: {', '.join(allowed)}"
         )
     return factory(**kw)
+
+
+def preset_defaults(name: str) -> dict[str, Any]:
+    """The keyword defaults of preset ``name`` (e.g. ``{"sigma": 1.0, ...}`` for sbcfm).
+
+    The presets are the one home of these defaults: configs and command lines that leave a
+    value unset resolve it here, so a run records what its matcher actually used.
+    """
+    params = inspect.signature(MATCHERS.factory(name)).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
 def _time_sampler(value: TimeSampler | str | None) -> TimeSampler:
@@ -353,6 +376,22 @@ def _coupling_of(factory: Callable[..., Coupling], kwargs: dict[str, Any], spec:
         ) from None
 
 
+def _bridge_coupling(name: str, sigma: float, coupling: Coupling | str | None,
+                     default: Callable[[], Coupling]) -> Coupling:
+    """The coupling of a Brownian-bridge preset: the entropic coupling, by name or spec without
+    ``reg``, gets the Schrodinger bridge's reg = 2 sigma^2 (the one place this is written);
+    ``coupling=None`` means ``default``."""
+    options = _entropic_options(coupling)
+    if options is None:
+        return _coupling(coupling, default)
+    if "reg" not in options and sigma == 0:
+        raise ValueError(
+            f"{name} needs sigma > 0 for its entropic coupling (reg = 2 sigma^2), got "
+            f"sigma=0.0; use matcher('otcfm') or pass coupling='exact'"
+        )
+    return _coupling_of(EntropicOT, {"reg": 2 * sigma**2, **options}, str(coupling))
+
+
 @MATCHERS.register("sbcfm")
 def _sbcfm(
     *,
@@ -366,18 +405,7 @@ def _sbcfm(
     reg = 2 sigma^2 unless the spec sets ``reg``.
     """
     sigma = check_positive("sigma", sigma, allow_zero=True)
-    options = _entropic_options(coupling)
-    if coupling is None or options is not None:
-        if sigma == 0 and "reg" not in (options or {}):
-            raise ValueError(
-                "sbcfm needs sigma > 0 for its entropic coupling (reg = 2 sigma^2), got "
-                "sigma=0.0; use matcher('otcfm') or pass coupling='exact'"
-            )
-        cpl: Coupling = _coupling_of(
-            EntropicOT, {"reg": 2 * sigma**2, **(options or {})}, str(coupling or "entropic")
-        )
-    else:
-        cpl = _coupling(coupling, ExactOT)
+    cpl = _bridge_coupling("sbcfm", sigma, "entropic" if coupling is None else coupling, ExactOT)
     return FlowMatcher(BrownianBridgePath(sigma), cpl, _time_sampler(time_sampler), name="sbcfm")
 
 
@@ -430,9 +458,5 @@ def _sf2m(
             "sf2m needs sigma > 0 (the SDE noise and the score weight 2 sigma_t / sigma^2), "
             "got sigma=0.0; use matcher('otcfm') for a deterministic flow"
         )
-    options = _entropic_options(coupling)
-    cpl = (
-        _coupling(coupling, ExactOT) if options is None
-        else _coupling_of(EntropicOT, {"reg": 2 * value**2, **options}, str(coupling))
-    )
+    cpl = _bridge_coupling("sf2m", value, coupling, ExactOT)
     return SF2M(BrownianBridgePath(value), cpl, _time_sampler(time_sampler), name="sf2m")

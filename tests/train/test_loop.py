@@ -50,7 +50,9 @@ def test_run_folder_layout(tmp_path):
         assert (run / rel).is_file(), rel
     rows = list(csv.DictReader((run / "log.csv").open()))
     assert [int(r["step"]) for r in rows] == [10, 20]
-    assert RunConfig.from_toml(run / "config.toml") == cfg
+    saved = RunConfig.from_toml(run / "config.toml")
+    assert saved == cfg.resolve()
+    assert cfg.method.sigma == -1 and saved.method.sigma == 0.1  # the otcfm preset's sigma
 
 
 def test_same_seed_same_weights(tmp_path):

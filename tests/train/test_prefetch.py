@@ -14,7 +14,7 @@ from otcfm.models import MLP
 from otcfm.train.config import RunConfig
 from otcfm.train.evaluate import load_run
 from otcfm.train.loop import Trainer, train
-from otcfm.train.prefetch import Prefetcher, chunks, couple_batch
+from otcfm.train.prefetch import Prefetcher, Shard, chunks, couple_batch
 
 
 def tiny(tmp_path, name="run", steps=12, **over) -> RunConfig:
@@ -109,10 +109,26 @@ def test_couple_batch_depends_only_on_seed_and_index():
     t.join()
     b = box["b"]
     c = couple_batch(ExactOT(), src, tgt, 64, 6, seed=7)
-    d = couple_batch(ExactOT(), src, tgt, 64, 5, seed=7, rank=1)
     assert a.index == 5 and torch.equal(a.pair.x0, b.pair.x0) and torch.equal(a.pair.x1, b.pair.x1)
     assert not torch.equal(a.pair.x0, c.pair.x0)
-    assert not torch.equal(a.pair.x0, d.pair.x0)
+
+
+def test_local_scope_couples_this_processes_share_of_the_same_points():
+    src, tgt = points(200, seed=1), points(200, seed=2) + 3
+    whole = couple_batch(Independent(), src, tgt, 64, 5, seed=7).pair  # identity pairing
+    for rank in range(2):
+        part = couple_batch(
+            ExactOT(), src, tgt, 64, 5, seed=7, shard=Shard(rank, 2, "local")
+        ).pair
+        rows = slice(32 * rank, 32 * (rank + 1))
+        assert part.x0.shape == (32, 2)
+        torch.testing.assert_close(part.x0, whole.x0[rows][part.i], rtol=0, atol=0)
+        torch.testing.assert_close(part.x1, whole.x1[rows][part.j], rtol=0, atol=0)
+        # optimal on its own 32 points (scipy's assignment as the oracle)
+        cost = torch.cdist(whole.x0[rows].double(), whole.x1[rows].double()).pow(2).numpy()
+        r, c = linear_sum_assignment(cost)
+        own = (part.x0.double() - part.x1.double()).pow(2).sum()
+        assert abs(float(own) - cost[r, c].sum()) < 1e-4
 
 
 def test_chunks_cover_each_coupled_pair_exactly_once_and_keep_the_big_batch_optimal():
@@ -142,17 +158,20 @@ def test_chunks_reject_sizes_that_do_not_divide(size):
         chunks(pair, size)
 
 
-def test_loss_paired_equals_loss_with_the_same_generator():
+def test_loss_of_a_pairing_equals_loss_with_the_same_generator():
     x0, x1 = points(48, seed=5), points(48, seed=6) + 2
     fm = matcher("otcfm", sigma=0.1)
     torch.manual_seed(0)
     net = MLP(dim=2, width=8, depth=1)
     g1, g2 = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
     expect = fm.loss(net, x0, x1, generator=g1)
-    got = fm.loss_paired(net, fm.coupling(x0, x1, generator=g2), generator=g2)
+    pair = fm.coupling(x0, x1, generator=g2)
+    got = fm.loss(net, pair, generator=g2)
     torch.testing.assert_close(got, expect, rtol=0, atol=0)
     with pytest.raises(TypeError, match="Pairing"):
-        fm.sample_paired((x0, x1))
+        fm.sample(pair, x1)
+    with pytest.raises(TypeError, match="x1 is missing"):
+        fm.sample(x0)
 
 
 # ----------------------------------------------------------------- the training loop

@@ -35,10 +35,14 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    """The flow matcher: a registry name plus its options (REFERENCE.md §2)."""
+    """The flow matcher: a registry name (``otcfm list``) plus its options.
+
+    Defaults left unset (sigma = -1) are the preset's own (``otcfm.matchers.preset_defaults``),
+    written into the config by :meth:`RunConfig.resolve` before a run starts.
+    """
 
     name: str = "otcfm"
-    sigma: float = 0.1
+    sigma: float = -1.0  # -1 = the preset's default (RunConfig.resolve() writes it in)
     coupling: str = ""  # "" = the method's own; else a name or spec, e.g. "approx:tol=0.001"
     time_sampler: str = "uniform"
 
@@ -72,12 +76,16 @@ class CouplingsConfig:
     consecutive optimizer steps, one chunk of ``batch_size`` pairs each (0 = batch_size).
     ``workers`` background threads couple the next batches while the model trains (0 = couple
     synchronously in the training thread); ``prefetch`` bounds how many coupled batches are
-    computed ahead.
+    computed ahead. ``ot_batch`` and ``optim.batch_size`` count points of the global batch,
+    summed over all processes.
     """
 
     workers: int = 1
     prefetch: int = 2
     ot_batch: int = 0
+    # under torch.distributed: "global" = couple the global batch once and give every process
+    # its share of the pairs; "local" = each process couples its own share (as TorchCFM does)
+    scope: str = "global"
 
 
 @dataclass
@@ -89,6 +97,21 @@ class EvalConfig:
     solver: str = "euler"
     ode_steps: int = 100
     use_best: bool = True  # evaluate the best-validation checkpoint
+
+
+@dataclass
+class DistributedConfig:
+    """torch.distributed settings (used when the run is launched on several processes).
+
+    ``backend``: "" = nccl on CUDA devices, gloo on the CPU. ``timeout``: seconds a process
+    waits for the others before the run stops with an error (a dead or stuck process).
+    """
+
+    backend: str = ""
+    timeout: float = 600.0
+
+
+SCOPES = ("global", "local")
 
 
 class TomlConfig:
@@ -131,6 +154,20 @@ class RunConfig(TomlConfig):
     optim: OptimConfig = field(default_factory=OptimConfig)
     couplings: CouplingsConfig = field(default_factory=CouplingsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def resolve(self) -> RunConfig:
+        """This config with every preset default written in (e.g. the method's sigma).
+
+        Raises ValueError for an unknown method name (the valid ones listed).
+        """
+        if self.method.sigma != -1:
+            return self
+        from otcfm.matchers import preset_defaults
+
+        data = self.to_dict()
+        data["method"]["sigma"] = float(preset_defaults(self.method.name)["sigma"])
+        return RunConfig.from_dict(data)
 
     def override(self, assignments: list[str]) -> RunConfig:
         """Apply ``section.key=value`` strings (values parsed as TOML, else kept as text)."""
@@ -167,7 +204,24 @@ class RunConfig(TomlConfig):
                 0 <= self.optim.ema_decay < 1,
                 f"optim.ema_decay must be in [0, 1), got {self.optim.ema_decay}",
             ),
-            (self.method.sigma >= 0, f"method.sigma must be >= 0, got {self.method.sigma}"),
+            (
+                self.method.sigma >= 0 or self.method.sigma == -1,
+                f"method.sigma must be >= 0 (or -1 = the method's default), got "
+                f"{self.method.sigma}",
+            ),
+            (
+                c.scope in SCOPES,
+                f"couplings.scope must be one of {', '.join(SCOPES)}, got {c.scope!r}",
+            ),
+            (
+                self.distributed.backend in ("", "gloo", "nccl"),
+                f"distributed.backend must be '', 'gloo' or 'nccl', got "
+                f"{self.distributed.backend!r}",
+            ),
+            (
+                self.distributed.timeout > 0,
+                f"distributed.timeout must be > 0 seconds, got {self.distributed.timeout}",
+            ),
             (self.data.n_train >= 2, f"data.n_train must be >= 2, got {self.data.n_train}"),
             (self.data.n_val >= 2, f"data.n_val must be >= 2, got {self.data.n_val}"),
             (self.data.n_test >= 2, f"data.n_test must be >= 2, got {self.data.n_test}"),

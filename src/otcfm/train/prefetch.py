@@ -14,6 +14,13 @@ One coupled batch of ``ot_batch`` pairs feeds ``ot_batch / batch_size`` consecut
 steps, one consecutive chunk of ``batch_size`` pairs each (:func:`chunks`). The chunks are
 consecutive steps rather than gradient accumulation, so the optimizer sees the same number of
 samples per step as without a larger OT batch; every coupled pair is trained on exactly once.
+
+Under torch.distributed (:class:`Shard` with world > 1) the points of coupled batch k are the
+same on every process and for every world size: they are drawn from ``stream(seed, "couple",
+"0", k)``, as in a single process. With scope "global" one process (rank k mod world) couples
+the whole batch and broadcasts the index pairs, so every process holds the global pairs and
+trains on its share of each step's chunk; with scope "local" each process couples only its
+share of the points (the reference library's behaviour: cheaper, further from the global plan).
 """
 
 from __future__ import annotations
@@ -22,9 +29,10 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from otcfm._utils import index_cond
@@ -32,7 +40,7 @@ from otcfm.couplings import Coupling, Pairing
 from otcfm.data import sample_batch
 from otcfm.train.datasets import stream
 
-__all__ = ["CoupledBatch", "Prefetcher", "chunks", "couple_batch"]
+__all__ = ["CoupledBatch", "Prefetcher", "Shard", "chunks", "couple_batch"]
 
 T = TypeVar("T")
 
@@ -45,6 +53,25 @@ class CoupledBatch:
     pair: Pairing
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in a torch.distributed job (rank 0 of 1 without one).
+
+    ``group``: the process group coupled batches are broadcast in (a group of their own, so
+    that the coupling thread never interleaves its messages with the model's all-reduce).
+    """
+
+    rank: int = 0
+    world: int = 1
+    scope: str = "global"
+    group: Any = None
+
+    def rows(self, n: int) -> slice:
+        """This process's rows of n rows split in ``world`` equal consecutive parts."""
+        m = n // self.world
+        return slice(self.rank * m, (self.rank + 1) * m)
+
+
 def couple_batch(
     coupling: Coupling,
     source: Tensor,
@@ -53,17 +80,20 @@ def couple_batch(
     index: int,
     *,
     seed: int,
-    rank: int = 0,
+    shard: Shard = Shard(),
     device: torch.device | str | None = None,
     paired: bool = False,
 ) -> CoupledBatch:
     """Draw ``size`` points of ``source`` and of ``target`` (N, *event) and couple them.
 
-    All randomness (both draws and the coupling's) comes from ``stream(seed, "couple", rank,
+    All randomness (both draws and the coupling's) comes from ``stream(seed, "couple", "0",
     index)``; the coupling runs on ``device`` (default: the data's). With ``paired`` (row i of
-    source goes with row i of target, same N) the same rows are drawn on both sides.
+    source goes with row i of target, same N) the same rows are drawn on both sides. Under a
+    :class:`Shard` of world > 1 the result is the global pairing (scope "global", ``size``
+    pairs, identical on every process) or this process's own pairing of its ``size / world``
+    points (scope "local").
     """
-    g = stream(seed, "couple", str(rank), str(index))
+    g = stream(seed, "couple", "0", str(index))
     if paired:
         if source.shape[0] != target.shape[0]:
             raise ValueError(
@@ -75,9 +105,22 @@ def couple_batch(
     else:
         x0 = sample_batch(source, size, g)
         x1 = sample_batch(target, size, g)
+    if shard.world > 1 and shard.scope == "local":
+        part = shard.rows(size)
+        x0, x1 = x0[part], x1[part]
     if device is not None:
         x0, x1 = x0.to(device), x1.to(device)
-    return CoupledBatch(index, coupling(x0, x1, generator=g))
+    if shard.world == 1 or shard.scope == "local":
+        return CoupledBatch(index, coupling(x0, x1, generator=g))
+    src = index % shard.world  # the processes take turns solving
+    message: list[Any] = [None]
+    if shard.rank == src:
+        pair = coupling(x0, x1, generator=g)
+        message = [(pair.i.cpu(), pair.j.cpu(), dict(pair.info))]
+    dist.broadcast_object_list(message, src=src, group=shard.group)
+    i, j, info = message[0]
+    i, j = i.to(x0.device), j.to(x1.device)
+    return CoupledBatch(index, Pairing(x0=x0[i], x1=x1[j], i=i, j=j, info=info))
 
 
 def chunks(pair: Pairing, size: int) -> list[Pairing]:
