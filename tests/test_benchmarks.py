@@ -103,3 +103,99 @@ def test_gap_is_zero_at_optimum_and_one_at_independent(bench):
 def test_unknown_part_is_refused(bench):
     with pytest.raises(SystemExit, match="unknown --parts"):
         bench.main(["--grid", "tiny", "--parts", "plan,bogus"])
+
+
+# --------------------------------------------------------------------- two_dim_torchcfm.py
+class _FakeCFM:
+    """Stands in for TorchCFM's I-CFM matcher when it is not installed: the same maths
+    (x_t = t x1 + (1 - t) x0 + sigma eps, u_t = x1 - x0), drawn from the global RNGs."""
+
+    def __init__(self, sigma: float) -> None:
+        self.sigma = sigma
+
+    def pair(self, x0, x1):
+        return x0, x1
+
+    def sample_location_and_conditional_flow(self, x0, x1):
+        x0, x1 = self.pair(x0, x1)
+        t = torch.rand(x0.shape[0])
+        eps = torch.randn_like(x0)
+        xt = t[:, None] * x1 + (1 - t[:, None]) * x0 + self.sigma * eps
+        return t, xt, x1 - x0
+
+
+class _FakeOTCFM(_FakeCFM):
+    def pair(self, x0, x1):  # a random permutation from numpy's global RNG: not OT
+        return x0, x1[torch.as_tensor(np.random.permutation(x1.shape[0]))]
+
+
+@pytest.fixture()
+def side_by_side(monkeypatch):
+    try:
+        import torchcfm  # noqa: F401
+    except ImportError:
+        fake = type(sys)("torchcfm")
+        fake.ConditionalFlowMatcher = _FakeCFM
+        fake.ExactOptimalTransportConditionalFlowMatcher = _FakeOTCFM
+        monkeypatch.setitem(sys.modules, "torchcfm", fake)
+    spec = importlib.util.spec_from_file_location(
+        "bench_two_dim_torchcfm", ROOT / "benchmarks" / "two_dim_torchcfm.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield mod
+    torch.set_num_threads(threads)
+    sys.modules.pop(spec.name, None)
+
+
+TINY_2D = ["--tasks", "gaussian-moons", "--methods", "icfm", "--seeds", "1", "--steps", "40",
+           "--n-train", "600", "--n-val", "100", "--n-test", "200", "--batch-size", "100",
+           "--val-every", "10", "--curve-points", "100"]
+
+
+def test_two_dim_torchcfm_script_writes_both_libraries_side_by_side(side_by_side, tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    argv = [*TINY_2D, "--runs", str(runs), "--out", str(out)]
+    assert side_by_side.main(argv) == 0
+    ours = json.loads((out / "two_dim.json").read_text())
+    theirs = json.loads((out / "two_dim_torchcfm.json").read_text())
+    assert [(r["task"], r["method"], r["seed"]) for r in ours] == [("gaussian-moons", "icfm", 42)]
+    [rec] = theirs
+    assert rec["library"] == "torchcfm" and rec["steps"] == 40
+    assert [s for s, _ in rec["val_curve"]] == [10, 20, 30, 40]
+    # same data, initial weights, optimizer and budget, other draws of t and noise: close
+    assert rec["w2"] == pytest.approx(ours[0]["w2"], rel=0.5)
+    page = (out / "two_dim.md").read_text()
+    assert "## Side by side with TorchCFM" in page
+    assert "Command: `python benchmarks/two_dim_torchcfm.py --tasks gaussian-moons" in page
+    # cached: a second run trains nothing and writes the same records
+    assert side_by_side.main([*argv, "--report-only"]) == 0
+    assert json.loads((out / "two_dim_torchcfm.json").read_text()) == theirs
+    # seeded from the cell: a fresh run folder gives the same TorchCFM cell
+    again = tmp_path / "again"
+    assert side_by_side.main([*TINY_2D, "--runs", str(again), "--out", str(again)]) == 0
+    [rec2] = json.loads((again / "two_dim_torchcfm.json").read_text())
+    assert rec2["w2"] == pytest.approx(rec["w2"], rel=1e-6)
+    # the TorchCFM runner seeds the global RNGs it needs and puts them back
+    cell = side_by_side.Cell("gaussian-moons", "icfm", 43, "torchcfm")
+    p = side_by_side.two_dim_cli.protocol_from_args(
+        side_by_side.two_dim_cli.build_parser().parse_args(TINY_2D))
+    torch_rng, np_rng = torch.get_rng_state(), np.random.get_state()
+    side_by_side.run_any_cell(cell, p, tmp_path / "rng")
+    assert torch.equal(torch.get_rng_state(), torch_rng)
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), np_rng, strict=True))
+
+
+def test_two_dim_torchcfm_script_errors(side_by_side, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="--ema"):
+        side_by_side.main(["--ema", "0.9", "--runs", str(tmp_path)])
+    with pytest.raises(ValueError, match="covers icfm, otcfm"):
+        side_by_side.torchcfm_matcher("sbcfm", 1.0)
+    cells = side_by_side.torchcfm_cells(["gaussian-moons"], ["icfm", "rf", "otcfm"], [42])
+    assert [(c.method, c.library) for c in cells] == [("icfm", "torchcfm"), ("otcfm", "torchcfm")]
+    monkeypatch.setitem(sys.modules, "torchcfm", None)
+    with pytest.raises(ImportError, match=r"otcfm\[bench\]"):
+        side_by_side.require_torchcfm()

@@ -66,3 +66,34 @@ def test_progress_prints_one_line_per_finished_cell_with_counts():
     progress.close()
     assert [line.split("] ", 1)[1] for line in lines] == ["3: v=30", "1: v=1", "2: FAILED"]
     assert [line.split(",")[0] for line in lines] == ["[1/3", "[2/3", "[3/3"]
+
+
+def _fail_on_two(cell: int) -> dict:
+    if cell == 2:
+        raise ValueError(f"bad cell {cell}")
+    return {"cell": cell}
+
+
+def test_fail_fast_raises_the_first_error_and_runs_nothing_after_it():
+    ran = []
+
+    def run(cell):
+        ran.append(cell)
+        return _fail_on_two(cell)
+
+    seen = []
+    try:
+        run_cells([1, 2, 3], run, lambda c: None, fail_fast=True,
+                  on_done=lambda r: seen.append(r.cell))
+    except ValueError as err:
+        assert str(err) == "bad cell 2"
+    else:
+        raise AssertionError("fail_fast did not raise")
+    assert ran == [1, 2] and seen == [1]
+    # in worker processes the worker's exception comes back with its type and message
+    try:
+        run_cells([1, 2, 3], _fail_on_two, lambda c: None, jobs=2, fail_fast=True)
+    except ValueError as err:
+        assert "bad cell 2" in str(err)
+    else:
+        raise AssertionError("fail_fast did not raise in the pool")

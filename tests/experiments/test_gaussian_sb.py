@@ -12,7 +12,6 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
-from otcfm.cli import main
 from otcfm.couplings import EntropicOT
 from otcfm.experiments.gaussian_sb import (
     Cell,
@@ -23,7 +22,8 @@ from otcfm.experiments.gaussian_sb import (
     sample_cell,
     sb_marginal,
 )
-from otcfm.experiments.gaussian_sb_report import kl_floor
+from otcfm.experiments.gaussian_sb_cli import main
+from otcfm.experiments.gaussian_sb_report import PROBES_FILE, kl_floor
 from otcfm.models import DriftScore
 
 
@@ -152,8 +152,7 @@ class _Neg(nn.Module):
 # --------------------------------------------------------------------- the command
 def test_quick_bench_writes_records_page_and_figure_then_caches(tmp_path, capsys):
     runs, out = tmp_path / "runs", tmp_path / "out"
-    argv = ["bench", "gaussian-sb", "--quick", "--dims", "2", "--runs", str(runs),
-            "--out", str(out)]
+    argv = ["--quick", "--dims", "2", "--runs", str(runs), "--out", str(out)]
     assert main(argv) == 0
     records = json.loads((out / "gaussian_sb.json").read_text())
     assert len(records) == 4
@@ -175,11 +174,41 @@ def test_quick_bench_writes_records_page_and_figure_then_caches(tmp_path, capsys
     assert [r["kl_t1"] for r in again] == [r["kl_t1"] for r in records]
 
 
-def test_bad_arguments(tmp_path, capsys):
-    base = ["bench", "gaussian-sb", "--quick", "--runs", str(tmp_path)]
-    assert main([*base, "--dims", "2,x"]) == 2
-    assert "--dims must be comma-separated integers" in capsys.readouterr().err
-    assert main([*base, "--methods", "otcfm"]) == 2
-    assert "valid: sbcfm, sf2m" in capsys.readouterr().err
-    assert main([*base, "--sigma", "0"]) == 2
-    assert "--sigma must be > 0" in capsys.readouterr().err
+def test_report_only_rewrites_the_page_from_the_records(tmp_path, capsys):
+    """--report-only trains nothing: the page is rebuilt from gaussian_sb.json and
+    gaussian_sb_run.json alone (the run folder is deleted first), and probe numbers appear
+    only through the probes record."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    assert main(["--quick", "--dims", "2", "--seeds", "1", "--methods", "sbcfm",
+                 "--couplings", "exact", "--runs", str(runs), "--out", str(out)]) == 0
+    first = (out / "gaussian_sb.md").read_text()
+    records = json.loads((out / "gaussian_sb.json").read_text())
+    for path in sorted(runs.rglob("*"), reverse=True):  # nothing cached may be used
+        path.unlink() if path.is_file() else path.rmdir()
+    probes = {"probes": {"sbcfm_budget": {
+        "command": "otcfm bench gaussian-sb --steps N", "date": "2000-01-02",
+        "source": "a test", "kl_t1_by_steps": {"1000": [0.1234, 0.0042]},
+        "best_seed_kl_t1_at_5000": 0.0777}}}
+    (out / PROBES_FILE).write_text(json.dumps(probes))
+    assert main(["--report-only", "--out", str(out)]) == 0
+    page = (out / "gaussian_sb.md").read_text()
+    assert not runs.exists() or not any(runs.iterdir())
+    assert "Page rewritten from gaussian_sb.json" in page
+    assert "0.1234 ± 0.0042 at N = 1,000" in page and "0.0777" in page
+    assert "transcribed" in page and "2000-01-02" in page
+    # every other line of the page is the one the run wrote
+    kept = [line for line in first.splitlines() if line not in page.splitlines()]
+    assert kept == [], kept
+    assert f"{records[0]['kl_t1']:.4f}" in page
+    with pytest.raises(ValueError, match="gaussian_sb.json"):
+        main(["--report-only", "--out", str(tmp_path / "empty")])
+
+
+def test_bad_arguments(tmp_path):
+    base = ["--quick", "--runs", str(tmp_path)]
+    with pytest.raises(ValueError, match="--dims must be comma-separated integers"):
+        main([*base, "--dims", "2,x"])
+    with pytest.raises(ValueError, match="valid: sbcfm, sf2m"):
+        main([*base, "--methods", "otcfm"])
+    with pytest.raises(ValueError, match="--sigma must be > 0"):
+        main([*base, "--sigma", "0"])

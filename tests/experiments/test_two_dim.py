@@ -6,10 +6,11 @@ cell equals one never interrupted; cells run in two processes equal cells run in
 
 from __future__ import annotations
 
+import ast
 import json
 import math
-import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,7 +288,7 @@ def test_ema_option_reaches_the_run_and_the_cache_key(tmp_path):
     assert cfg_ema(tmp_path, ["--ema", "0.999"]) == 0.999
     assert "ema" not in Protocol().fingerprint()  # cells cached before the option stay valid
     assert Protocol(ema=0.999).fingerprint()["ema"] == 0.999
-    for bad in (["--ema", "1"], ["--ema", "-0.1"], ["--ema", "0.9", "--torchcfm"]):
+    for bad in (["--ema", "1"], ["--ema", "-0.1"]):
         with pytest.raises(ValueError, match="--ema"):
             two_dim_cli.protocol_from_args(two_dim_cli.build_parser().parse_args(bad))
 
@@ -304,20 +305,56 @@ def test_rf_pulls_in_its_icfm_cell():
     assert notes
 
 
-def test_torchcfm_cell_and_missing_extra(tmp_path, monkeypatch):
-    pytest.importorskip("torchcfm")
-    ours, theirs = Cell("gaussian-moons", "otcfm", 42), Cell("gaussian-moons", "otcfm", 42,
-                                                               "torchcfm")
-    a, b = run_cells([ours, theirs], TINY, tmp_path)
-    assert b.record["library"] == "torchcfm" and b.record["steps"] == TINY.steps
-    # same data, model, optimizer and budget: close, not identical (different OT pairs)
-    assert b.record["w2"] == pytest.approx(a.record["w2"], rel=0.5)
-    assert (theirs.run_dir(tmp_path) / "cell.json").is_file()
-    monkeypatch.setitem(sys.modules, "torchcfm", None)
-    from otcfm.experiments.two_dim_torchcfm import require_torchcfm
+def test_torchcfm_option_points_to_the_script(tmp_path, capsys):
+    assert two_dim_cli.main(["--torchcfm", "--runs", str(tmp_path)]) == 2
+    assert "benchmarks/two_dim_torchcfm.py" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="runner"):
+        two_dim.run_cell(Cell("gaussian-moons", "otcfm", 42, "torchcfm"), TINY, tmp_path)
 
-    with pytest.raises(ImportError, match=r"otcfm\[bench\]"):
-        require_torchcfm()
+
+def test_the_package_never_imports_torchcfm():
+    """Side-by-side adapters live in benchmarks/, outside the installed package."""
+    src = Path(two_dim.__file__).resolve().parents[1]
+    for path in src.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert not any(n.split(".")[0] == "torchcfm" for n in names), path
+
+
+def test_recipe_modules_import_each_other_without_cycles():
+    """The experiments modules form an acyclic graph, function-level imports included."""
+    pkg = Path(two_dim.__file__).resolve().parent
+    graph = {}
+    for path in pkg.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module == "otcfm.experiments":
+                    deps |= {a.name for a in node.names}
+                elif node.module.startswith("otcfm.experiments."):
+                    deps.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[2] for a in node.names
+                         if a.name.startswith("otcfm.experiments.")}
+        graph[path.stem] = deps - {path.stem}
+    done: set[str] = set()
+
+    def visit(name: str, stack: tuple[str, ...]) -> None:
+        assert name not in stack, " -> ".join([*stack, name])
+        if name in done:
+            return
+        for dep in graph.get(name, ()):
+            visit(dep, (*stack, name))
+        done.add(name)
+
+    for name in graph:
+        visit(name, ())
+    assert "two_dim_torchcfm" not in graph
 
 
 def test_steps_needed():

@@ -3,7 +3,8 @@
 A cell is any hashable description of one training-and-evaluation run; a recipe supplies
 ``run(cell) -> record`` (picklable, e.g. a ``functools.partial`` of a module-level function,
 when ``jobs > 1``) and ``cached(cell) -> record | None``. One failed cell never stops the
-others; its :class:`CellResult` carries the error instead of a record.
+others (its :class:`CellResult` carries the error instead of a record) unless the recipe asks
+for ``fail_fast``: then the first error cancels the cells not started and is raised.
 """
 
 from __future__ import annotations
@@ -51,11 +52,14 @@ def run_cells(
     cost: Callable[[Any], float] = lambda cell: 1.0,
     depends_on: Callable[[Any], Hashable | None] = lambda cell: None,
     on_done: Callable[[CellResult], None] | None = None,
+    fail_fast: bool = False,
 ) -> list[CellResult]:
     """Results of ``cells`` in their order: cached ones first, the others run costliest first.
 
     A cell whose ``depends_on`` cell is still pending or running waits for it; if that cell
-    failed (or is neither planned nor cached) it fails too without running.
+    failed (or is neither planned nor cached) it fails too without running. With
+    ``fail_fast`` the first exception of a cell is raised instead (cells not yet started are
+    cancelled, running ones finish).
     """
     results: dict[Hashable, CellResult] = {}
 
@@ -101,7 +105,7 @@ def run_cells(
                 elif state and (pool is None or len(running) < jobs):
                     pending.remove(cell)
                     if pool is None:
-                        done(_run_here(run, cell))
+                        done(_run_here(run, cell, fail_fast))
                     else:
                         running[pool.submit(run, cell)] = cell
             if running:
@@ -109,6 +113,8 @@ def run_cells(
                 for fut in finished:
                     cell = running.pop(fut)
                     err = fut.exception()
+                    if err is not None and fail_fast:
+                        raise err
                     done(CellResult(cell, None if err else fut.result(), error=_msg(err)))
     finally:
         if pool is not None:
@@ -116,7 +122,9 @@ def run_cells(
     return [results[c] for c in cells if c in results]
 
 
-def _run_here(run: Callable[[Any], Record], cell: Hashable) -> CellResult:
+def _run_here(run: Callable[[Any], Record], cell: Hashable, fail_fast: bool) -> CellResult:
+    if fail_fast:
+        return CellResult(cell, _run_one_thread(run, cell))
     try:
         return CellResult(cell, _run_one_thread(run, cell))
     except Exception as err:  # one failed cell must not stop the others (as in the pool)

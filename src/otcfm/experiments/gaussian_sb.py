@@ -1,7 +1,7 @@
 """`otcfm bench gaussian-sb`: the closed-form Schrodinger bridge between two Gaussians.
 
 Source N(-a 1, I), target N(a 1, I) in d dimensions, reference process sigma W. The bridge's
-marginals are known exactly (REFERENCE.md section 5):
+marginals are known in closed form:
 
     q_t = N((2t - 1) a 1, [sqrt(4 + sigma^4) t (1 - t) + (1 - t)^2 + t^2] I).
 
@@ -14,19 +14,17 @@ the samples at each of the 21 grid times t = 0, 0.05, ..., 1 is compared with q_
 Gaussian KL(fit || q_t). A cell whose ``cell.json`` matches the protocol is skipped.
 
 Results: ``OUT/gaussian_sb.json`` (one record per cell), ``OUT/gaussian_sb.md`` and the figure
-``OUT/gaussian_sb/kl_vs_t.png`` (see :mod:`otcfm.experiments.gaussian_sb_report`).
+``OUT/gaussian_sb/kl_vs_t.png`` (see :mod:`otcfm.experiments.gaussian_sb_report`); the command
+line is :mod:`otcfm.experiments.gaussian_sb_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ from torch import Tensor
 
 from otcfm.data import save_points
 from otcfm.experiments import _cells
-from otcfm.experiments._cells import CellProgress, CellResult
+from otcfm.experiments._cells import CellResult
 from otcfm.sampling import Trajectory, integrate, integrate_sde
 from otcfm.train.checkpoint import load_checkpoint, write_text_atomic
 from otcfm.train.config import (
@@ -61,7 +59,7 @@ FIRST_SEED = 42
 
 # --------------------------------------------------------------------------- closed form
 def sb_marginal(t: float, a: float, sigma: float) -> tuple[float, float]:
-    """Mean coordinate and variance of q_t: N(m 1, v I) (REFERENCE.md section 5).
+    """Mean coordinate and variance of q_t: N(m 1, v I), the closed-form bridge marginal.
 
     m = (2t - 1) a, v = sqrt(4 + sigma^4) t (1 - t) + (1 - t)^2 + t^2; the same in every
     coordinate (the bridge between isotropic Gaussians factorises over coordinates).
@@ -113,7 +111,7 @@ class Protocol:
     """Budget and evaluation shared by every cell (defaults: SF2M's protocol, our budget).
 
     The data, batch, sample count and step count of the sampler are the protocol's
-    (REFERENCE.md section 5); sigma, the network, optimizer and training budget are ours.
+    (SF2M, Table 3); sigma, the network, optimizer and training budget are ours.
     """
 
     a: float = 0.1
@@ -323,98 +321,3 @@ def describe(result: CellResult) -> str:
     tag = " (cached)" if result.cached else ""
     return (f"KL(t=1) {r['kl_t1']:.4f}  mean KL {r['kl_mean']:.4f}  "
             f"train {r['train_seconds']:.0f} s{tag}")
-
-
-# --------------------------------------------------------------------------- command line
-def _int_list(text: str, flag: str) -> tuple[int, ...]:
-    try:
-        values = tuple(dict.fromkeys(int(v) for v in text.split(",") if v.strip()))
-    except ValueError:
-        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise ValueError(f"{flag} needs positive integers, got {text!r}")
-    return values
-
-
-def _names(text: str, flag: str, valid: Sequence[str]) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
-    bad = [n for n in names if n not in valid]
-    if not names or bad:
-        raise ValueError(f"{flag}: unknown or missing name(s) {bad or text!r}; valid: "
-                         f"{', '.join(valid)}")
-    return names
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="otcfm bench gaussian-sb",
-        description="Closed-form Schrodinger bridge between N(-a 1, I) and N(a 1, I) (SF2M "
-        "Table 3): KL of the learned marginals against the exact ones for SB-CFM (ODE) and "
-        "SF2M (SDE) with exact and entropic couplings; cached and resumable.",
-    )
-    p.add_argument("--dims", help="comma-separated dimensions (default 2,5,20,50,100)")
-    p.add_argument("--seeds", type=int, help="first N seeds of 42, 43, ... (default 5)")
-    p.add_argument("--methods", help="comma-separated: sbcfm (ODE), sf2m (SDE) (default both)")
-    p.add_argument("--couplings", help="comma-separated: exact, entropic (default both)")
-    p.add_argument("--steps", type=int, help=f"optimizer steps per cell (default "
-                   f"{Protocol.steps})")
-    p.add_argument("--sigma", type=float, help=f"bridge sigma (default {Protocol.sigma:g})")
-    p.add_argument("--width", type=int, help=f"MLP width (default {Protocol.width})")
-    p.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes")
-    p.add_argument("--out", type=Path, help="report folder (default: the runs folder)")
-    p.add_argument("--runs", type=Path, help="cache of cell runs (default runs/gaussian_sb, "
-                   "--quick: runs/gaussian_sb-quick)")
-    p.add_argument("--quick", action="store_true", help="smoke run (seconds): d = 2, 5, one "
-                   "seed, 60 steps of batch 100 on 1,000 points, 10 steps, 2,000 samples")
-    return p
-
-
-def protocol_from_args(args: argparse.Namespace) -> Protocol:
-    base = Protocol(**QUICK) if args.quick else Protocol()
-    over = {k: getattr(args, k) for k in ("steps", "width") if getattr(args, k) is not None}
-    for k, v in over.items():
-        if v < 1:
-            raise ValueError(f"--{k} must be >= 1, got {v}")
-    if args.sigma is not None:
-        if not (math.isfinite(args.sigma) and args.sigma > 0):
-            raise ValueError(f"--sigma must be > 0, got {args.sigma}")
-        over["sigma"] = args.sigma
-    return replace(base, **over)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    started = time.perf_counter()
-    p = protocol_from_args(args)
-    dims = _int_list(args.dims, "--dims") if args.dims else (QUICK_DIMS if args.quick else DIMS)
-    methods = _names(args.methods, "--methods", METHODS) if args.methods else METHODS
-    couplings = _names(args.couplings, "--couplings", COUPLINGS) if args.couplings else COUPLINGS
-    n_seeds = args.seeds if args.seeds is not None else (1 if args.quick else 5)
-    if n_seeds < 1 or args.jobs < 1:
-        raise ValueError(f"--seeds and --jobs must be >= 1, got {n_seeds} and {args.jobs}")
-    seeds = [FIRST_SEED + k for k in range(n_seeds)]
-    runs = args.runs or Path("runs/gaussian_sb-quick" if args.quick else "runs/gaussian_sb")
-    out = args.out or runs
-    cells = plan_cells(methods, couplings, dims, seeds)
-    print(f"{len(cells)} cells, {args.jobs} job(s), runs in {runs}")
-    progress = CellProgress(len(cells), describe)
-    try:
-        results = run_cells(cells, p, runs, jobs=args.jobs, on_done=progress)
-    finally:
-        progress.close()
-    from otcfm.experiments.gaussian_sb_report import write_outputs
-
-    meta = {
-        "command": "otcfm bench gaussian-sb " + " ".join(argv),
-        "wall_seconds": time.perf_counter() - started,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "jobs": args.jobs,
-        "protocol": asdict(p),
-    }
-    written = write_outputs(results, out, meta)
-    print("wrote " + ", ".join(str(w) for w in written))
-    failed = [r for r in results if r.record is None]
-    for r in failed:
-        print(f"failed: {r.cell.label}: {r.error}", file=sys.stderr)
-    return 1 if failed else 0

@@ -1,4 +1,11 @@
-"""Outputs of `otcfm bench gaussian-sb`: JSON records, a markdown page and the KL-vs-t figure."""
+"""Outputs of `otcfm bench gaussian-sb`: JSON records, a markdown page and the KL-vs-t figure.
+
+Files in the report folder: ``gaussian_sb.json`` (one record per cell), ``gaussian_sb_run.json``
+(the command, date, machine and protocol of the run that wrote them), ``gaussian_sb.md`` and
+``gaussian_sb/kl_vs_t.png``. The page's notes quote probe measurements from
+``gaussian_sb_probes.json`` when that record is in the folder; every number on the page comes
+from these files or from published.json (the paper's table).
+"""
 
 from __future__ import annotations
 
@@ -10,19 +17,34 @@ from typing import Any
 
 import numpy as np
 
+from otcfm.experiments._cells import CellResult
 from otcfm.experiments._machine import machine
-from otcfm.experiments.gaussian_sb import COUPLINGS, METHODS, CellResult
+from otcfm.experiments._published import section
+from otcfm.experiments.gaussian_sb import COUPLINGS, METHODS
 from otcfm.train.checkpoint import write_text_atomic
 
-# SF2M paper, Table 3 (REFERENCE.md section 5): SB-CFM (entropic coupling) and SF2M-Exact.
-PUBLISHED: dict[tuple[str, str], dict[str, dict[int, float]]] = {
-    ("sbcfm", "entropic"): {"kl_t1": {5: 0.001, 20: 0.034, 50: 0.170},
-                            "kl_mean": {5: 0.008, 20: 0.086, 50: 0.447}},
-    ("sf2m", "exact"): {"kl_t1": {5: 0.007, 20: 0.029, 50: 0.124},
-                        "kl_mean": {5: 0.006, 20: 0.028, 50: 0.258}},
-}
-PUBLISHED_NAMES = {("sbcfm", "entropic"): "SB-CFM", ("sf2m", "exact"): "SF2M-Exact"}
-DSBM_KL_T1 = {5: 0.015, 20: 0.132, 50: 0.528}
+RECORDS_FILE = "gaussian_sb.json"
+RUN_FILE = "gaussian_sb_run.json"
+PROBES_FILE = "gaussian_sb_probes.json"
+
+
+def _published() -> tuple[dict, dict, dict]:
+    """(PUBLISHED, PUBLISHED_NAMES, DSBM_KL_T1) from published.json (SF2M Table 3)."""
+    rows = section("gaussian_sb")["rows"]
+    pub, names, dsbm = {}, {}, {}
+    for row in rows:
+        values = {k: {int(d): float(v) for d, v in row[k].items()}
+                  for k in ("kl_t1", "kl_mean") if k in row}
+        if row["method"] is None:  # a row of another method (DSBM-IPF): KL(t=1) only
+            dsbm = values["kl_t1"]
+            continue
+        pub[(row["method"], row["coupling"])] = values
+        names[(row["method"], row["coupling"])] = row["name"]
+    return pub, names, dsbm
+
+
+# the paper's KL(t=1) and mean KL of SB-CFM (entropic) and SF2M-Exact, and DSBM-IPF's KL(t=1)
+PUBLISHED, PUBLISHED_NAMES, DSBM_KL_T1 = _published()
 LABELS = {"sbcfm": "SB-CFM (ODE)", "sf2m": "SF2M (SDE)"}
 RECORD_KEYS = ("method", "coupling", "dim", "seed", "kl_t1", "kl_mean")
 
@@ -30,18 +52,44 @@ RECORD_KEYS = ("method", "coupling", "dim", "seed", "kl_t1", "kl_mean")
 def write_outputs(
     results: Sequence[CellResult], out: str | Path, meta: dict[str, Any]
 ) -> list[Path]:
-    """Write ``gaussian_sb.json``, ``gaussian_sb.md`` and ``gaussian_sb/kl_vs_t.png``."""
+    """Write ``gaussian_sb.json``, ``gaussian_sb_run.json``, ``gaussian_sb.md`` and
+    ``gaussian_sb/kl_vs_t.png``; ``meta``: command, date, jobs, wall_seconds, protocol."""
     out = Path(out)
     records = records_of(results)
-    written = [write_text_atomic(json_lines(records), out / "gaussian_sb.json")]
+    failed = [f"{r.cell.label}: {r.error}" for r in results if r.record is None]
+    run = {**meta, "machine": machine(), "failed": failed}
+    written = [write_text_atomic(json_lines(records), out / RECORDS_FILE),
+               write_text_atomic(json.dumps(run, indent=1) + "\n", out / RUN_FILE)]
     figure = None
     if records:
         figure = kl_figure(records, out / "gaussian_sb" / "kl_vs_t.png", meta["protocol"])
         written.append(figure)
-    failed = [f"{r.cell.label}: {r.error}" for r in results if r.record is None]
-    page = markdown(records, {**meta, "failed": failed}, figure, out)
-    written.insert(1, write_text_atomic(page, out / "gaussian_sb.md"))
+    page = markdown(records, run, figure, out, probes=read_probes(out))
+    written.insert(2, write_text_atomic(page, out / "gaussian_sb.md"))
     return written
+
+
+def rewrite_page(out: str | Path, *, command: str, date: str) -> Path:
+    """Rewrite ``OUT/gaussian_sb.md`` from the records already in ``out`` (nothing is run;
+    the figure is linked if it is there). ``command`` and ``date``: of this rewrite."""
+    out = Path(out)
+    paths = {name: out / name for name in (RECORDS_FILE, RUN_FILE)}
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    if missing:
+        raise ValueError(f"--report-only needs {' and '.join(missing)} (written by a run of "
+                         "otcfm bench gaussian-sb with this --out)")
+    records = json.loads(paths[RECORDS_FILE].read_text())
+    run = json.loads(paths[RUN_FILE].read_text())
+    figure = out / "gaussian_sb" / "kl_vs_t.png"
+    meta = {**run, "rewritten": {"command": command, "date": date}}
+    page = markdown(records, meta, figure if figure.is_file() else None, out,
+                    probes=read_probes(out))
+    return write_text_atomic(page, out / "gaussian_sb.md")
+
+
+def read_probes(out: Path) -> dict[str, Any] | None:
+    path = Path(out) / PROBES_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def records_of(results: Sequence[CellResult]) -> list[dict[str, Any]]:
@@ -90,7 +138,8 @@ def fmt(mean: float, std: float | None = None) -> str:
 
 # --------------------------------------------------------------------------- markdown
 def markdown(
-    records: Sequence[dict[str, Any]], meta: dict[str, Any], figure: Path | None, out: Path
+    records: Sequence[dict[str, Any]], meta: dict[str, Any], figure: Path | None, out: Path,
+    probes: dict[str, Any] | None = None,
 ) -> str:
     p = meta["protocol"]
     groups = groups_of(records)
@@ -99,8 +148,8 @@ def markdown(
     parts = [
         "# Schrödinger bridge between Gaussians (SF2M Table 3)\n",
         f"Source N(-a 1, I), target N(a 1, I), a = {p['a']:g}, reference process sigma W with "
-        f"**sigma = {p['sigma']:g}** (our choice: REFERENCE.md gives the formula, not the "
-        "sigma; entropic coupling reg = 2 sigma^2). Exact marginals (REFERENCE.md §5): "
+        f"**sigma = {p['sigma']:g}** (our choice: the paper gives the formula, not the "
+        "sigma; entropic coupling reg = 2 sigma^2). Exact marginals: "
         "q_t = N((2t - 1) a 1, [sqrt(4 + sigma^4) t(1 - t) + (1 - t)^2 + t^2] I).\n",
         f"Each cell: {p['n_train']:,} training points per side, batch {p['batch_size']}, "
         f"{p['steps']} AdamW steps (lr {p['lr']:g}, weight decay {p['weight_decay']:g}, EMA "
@@ -124,19 +173,25 @@ def markdown(
         parts.append(_ode_of_sf2m(groups, dims, p["euler_steps"]))
     if figure is not None:
         parts.append(f"![KL against t]({figure.relative_to(out).as_posix()})\n")
-    parts.append(_notes(meta))
+    parts.append(_notes(meta, groups, p, probes))
     return "\n".join(parts)
 
 
 def _run_lines(meta: dict[str, Any], records: Sequence[dict[str, Any]]) -> str:
     compute = sum(r["train_seconds"] + r.get("eval_seconds", 0.0) for r in records)
-    return (
+    lines = (
         f"- Command: `{meta['command']}`\n"
-        f"- Machine: {machine()}; {meta['jobs']} job(s), 1 torch thread per cell\n"
+        f"- Machine: {meta.get('machine') or machine()}; {meta['jobs']} job(s), 1 torch thread "
+        "per cell\n"
         f"- Date: {meta['date']}\n"
         f"- Wall time of this invocation: {meta['wall_seconds']:.0f} s (cached cells cost "
         f"nothing); train + eval time summed over the cells: {compute:.0f} s\n"
     )
+    again = meta.get("rewritten")
+    if again:
+        lines += (f"- Page rewritten from {RECORDS_FILE} and {RUN_FILE} (nothing trained) by "
+                  f"`{again['command']}` on {again['date']}\n")
+    return lines
 
 
 def _table(groups, dims: list[int], key: str, p: dict[str, Any]) -> str:
@@ -214,50 +269,130 @@ def _ode_of_sf2m(groups, dims: list[int], steps: int) -> str:
             f"({steps} Euler steps) instead of the SDE:\n\n" + "\n".join(rows) + "\n")
 
 
-def _notes(meta: dict[str, Any]) -> str:
-    lines = ["## Notes\n", *NOTES]
+def _notes(meta: dict[str, Any], groups, p: dict[str, Any],
+           probes: dict[str, Any] | None) -> str:
+    n = p["n_test"]
+    lines = [
+        "## Notes\n",
+        "- The KL of a Gaussian fitted to n exact samples is not 0: about d(d+3)/(4n) "
+        f"({kl_floor(50, n):.4f} at d = 50, {kl_floor(100, n):.4f} at d = 100 for n = {n:,}), "
+        "visible as the KL at t = 0 (the source samples themselves). The published d = 5 "
+        f"SB-CFM number ({PUBLISHED[('sbcfm', 'entropic')]['kl_t1'][5]:g}) is about this "
+        f"floor ({kl_floor(5, n):.4f} at n = {n:,}).",
+    ]
+    lines += _probe_notes(probes or {}, groups, p) if probes else []
+    lines += [note.format(batch=p["batch_size"]) for note in NOTES]
     for f in meta.get("failed", []):
         lines.append(f"- FAILED cell: {f}")
     return "\n".join(lines) + "\n"
 
 
+def _pair(value: Sequence[float]) -> str:
+    return f"{value[0]:.4f} ± {value[1]:.4f}"
+
+
+def _slash(values: Sequence[float | None]) -> str:
+    return " / ".join("—" if v is None else f"{v:.3f}" for v in values)
+
+
+def _probe_notes(record: dict[str, Any], groups, p: dict[str, Any]) -> list[str]:
+    """The notes that quote probe measurements, every number from ``record``
+    (``gaussian_sb_probes.json``) or from this grid's records."""
+    probes = record.get("probes", {})
+    dates = sorted({v["date"] for v in probes.values()})
+    lines = [
+        f"- The probes below were run by hand ({', '.join(dates)}). Their numbers are "
+        f"transcribed from the session logs into `{PROBES_FILE}` (with the command where it "
+        "was recorded), not regenerated by the command of this page."
+    ]
+    budget = probes.get("sbcfm_budget")
+    if budget:
+        by_steps = budget["kl_t1_by_steps"]
+        here = groups.get(("sbcfm", "entropic", 5))
+        grid = (f", against {_pair(mean_std([r['kl_t1'] for r in here]))} at the "
+                f"{p['steps']} steps of this grid" if here else "")
+        lines.append(
+            "- SB-CFM's gap at d = 5 is the training budget: with the entropic coupling and 3 "
+            f"seeds (`{budget['command']}`, {budget['date']}), KL(t=1) is "
+            + " and ".join(f"{_pair(v)} at N = {int(k):,}" for k, v in by_steps.items())
+            + f" (one seed {budget['best_seed_kl_t1_at_5000']:g} at N = 5,000){grid}."
+        )
+    first = probes.get("first_settings_d50")
+    if first:
+        tried = "; ".join(
+            f"{row['setting']}" + (f" at d = {row['dim']}" if row["dim"] != 50 else "")
+            + (f": {row['sde']:g} / {row['ode']:g}" if row["ode"] is not None
+               else f": {row['sde']:g} (SDE)")
+            for row in first["rows"]
+        )
+        cells = [r for g in groups.values() for r in g]
+        cpu = sum(r["train_seconds"] + r.get("eval_seconds", 0.0) for r in cells) / 60
+        lines.append(
+            f"- Budget: {p['steps']} steps per cell, chosen so that the whole grid ("
+            f"{len(cells)} training runs here, {cpu:.0f} minutes of training and evaluation "
+            "summed over the cells) runs on 2 shared CPU cores; the paper trained far longer. What "
+            f"was tried first ({first['date']}; d = 50 unless stated, one seed, SF2M-Exact, "
+            f"width 128, KL(t=1) of the SDE / of the ODE): {tried}."
+        )
+    gap = probes.get("sf2m_sde_gap")
+    if gap:
+        dims = " / ".join(str(d) for d in gap["dims"])
+        em = gap["euler_maruyama_steps"]["kl_t1"]
+        slope, var = gap["score_slope"], gap["variance_at_t1"]
+        lines.append(
+            f"- Probes of the SF2M SDE gap (SF2M-Exact, KL(t=1) at d = {dims}, {gap['date']}): "
+            "(1) more Euler-Maruyama steps on the same models: "
+            + ", ".join(f"{k} steps {_slash(v)}" for k, v in em.items())
+            + ", so discretisation is a small part; (2) 1,000 training steps instead of 200 "
+            f"(one seed): {_slash(gap['steps_1000']['kl_t1'])}, {_closes(gap)}; (3) an "
+            "arcsine time sampler, Beta(1/2, 1/2), to put more score samples near the ends "
+            f"(3 seeds): {_slash(gap['arcsine_times']['kl_t1'])}, {_against_euler(gap)}. "
+            "Diagnosis: on samples of q_t, the "
+            "learned score of the entropic-coupling model (whose population marginals are "
+            f"q_t; d = 5, seed 42) has {slope['at_ends'][0]:.2f}-{slope['at_ends'][1]:.2f} of "
+            f"the analytic slope -1/var_t at t = 0 and 1 and {slope['at_half']:.2f} at t = 0.5. "
+            "The score is shrunk most where lambda(t)^2 is small, so the SDE removes too "
+            "little of the noise it injects and ends with a variance above 1 at t = 1 (per "
+            f"coordinate, seed 42, d = 5 and 20: {var['sde'][0]:.2f}-{var['sde'][1]:.2f} for "
+            f"the SDE against {var['ode'][0]:.2f}-{var['ode'][1]:.2f} for the same models' ODE)."
+        )
+    return lines
+
+
+def _closes(gap: dict[str, Any]) -> str:
+    """Where the 1,000-step probe reaches the published SF2M-Exact KL(t=1)."""
+    pub = PUBLISHED[("sf2m", "exact")]["kl_t1"]
+    hit = [d for d, v in zip(gap["dims"], gap["steps_1000"]["kl_t1"], strict=True)
+           if d in pub and v <= pub[d]]
+    if not hit:
+        return "at no d at or below the published SF2M-Exact value"
+    return ("which reaches the published SF2M-Exact value at d = "
+            + ", ".join(map(str, hit)) + (" only" if len(hit) < len(gap["dims"]) else ""))
+
+
+def _against_euler(gap: dict[str, Any]) -> str:
+    """The arcsine-times probe against the 20-step values of the same protocol."""
+    base = gap["euler_maruyama_steps"]["kl_t1"].get("20")
+    if base is None:
+        return "not compared"
+    arc = gap["arcsine_times"]["kl_t1"]
+    if all(a > b for a, b in zip(arc, base, strict=True)):
+        return "worse at every d"
+    if all(a <= b for a, b in zip(arc, base, strict=True)):
+        return "at or below the 20-step values at every d"
+    return "mixed against the 20-step values"
+
+
 NOTES = [
-    "- The KL of a Gaussian fitted to n exact samples is not 0: about d(d+3)/(4n) "
-    "(0.0663 at d = 50, 0.2575 at d = 100 for n = 10,000), visible as the KL at t = 0 "
-    "(the source samples themselves). The published d = 5 SB-CFM number (0.001) is this floor.",
-    "- SB-CFM's gap at d = 5 is the training budget: with the entropic coupling and 3 seeds "
-    "(`otcfm bench gaussian-sb --dims 5 --seeds 3 --methods sbcfm --couplings entropic "
-    "--steps N`, 2026-11-29), KL(t=1) is 0.0036 ± 0.0014 at N = 1,000 and 0.0018 ± 0.0008 at "
-    "N = 5,000 (one seed 0.0007), against 0.0041 ± 0.0009 at the 200 steps of this grid.",
-    "- Budget: 200 steps per cell, chosen so that the whole grid (5 dims x 5 seeds x 4 "
-    "method/coupling pairs = 100 training runs) fits in about 20-25 minutes on 2 shared CPU "
-    "cores; the paper trained far longer. What was tried first at d = 50 (one seed, "
-    "SF2M-Exact, width 128, KL(t=1) of the SDE / of the ODE): 400 steps at lr 1e-3 without "
-    "EMA 0.23 / 0.27; 400 steps at lr 3e-3 with EMA 0.99 0.13 / 0.11; EMA 0.995 averaged in "
-    "too many early weights (0.41 SDE); width 64 made the SDE worse (0.35); 200 steps at lr "
-    "5e-3 with EMA 0.98 (the setting used) 0.16 / 0.11; at d = 100, 400 steps (lr 3e-3, EMA "
-    "0.99) gave 1.04 / 0.39.",
     "- Where the gap is: the SDE follows q_t closer than the ODE over most of the interval "
     "(mean KL at or below the paper), but its KL rises over the last fifth of it, where the "
     "score regression has little weight (lambda(t)^2 = 4 t (1 - t) / sigma^2 -> 0) and the "
     "sigma^2/2 factor passes the score error on to the samples. The same models' drift alone "
     "(ODE) is compared with the published SF2M-Exact numbers in the list above.",
-    "- Probes of the SF2M SDE gap (SF2M-Exact, KL(t=1) at d = 5 / 20 / 50, 2026-11-28): "
-    "(1) more Euler-Maruyama steps on the same 5 x 3 models: 20 steps 0.021 / 0.055 / 0.165, "
-    "100 steps 0.019 / 0.050 / 0.165, 400 steps 0.017 / 0.049 / 0.160, so discretisation is a "
-    "small part; (2) 1,000 training steps instead of 200 (one seed): 0.021 / 0.041 / 0.122, "
-    "which closes d = 50 only; (3) an arcsine time sampler, Beta(1/2, 1/2), to put more "
-    "score samples near the ends (3 seeds): 0.023 / 0.113 / 0.244, worse. Diagnosis: on "
-    "samples of q_t, the learned score of the entropic-coupling model (whose population "
-    "marginals are q_t; d = 5, seed 42) has 0.92-0.93 of the analytic slope -1/var_t at t = 0 "
-    "and 1 and 0.97 at t = 0.5. The score is shrunk most where lambda(t)^2 is small, so the SDE "
-    "removes too little of the noise it injects and ends with a variance above 1 at t = 1 "
-    "(per coordinate, seed 42, d = 5 and 20: 1.07-1.14 for the SDE against 1.00-1.02 for the "
-    "same models' ODE).",
     "- SF2M's drift network is SB-CFM's network, trained on the same draws from the same "
     "initialisation (the score is a separate network with its own parameters), so \"SF2M's "
     "drift alone\" repeats the SB-CFM rows wherever both kept the same checkpoint.",
-    "- Minibatch couplings of 500 points are far from the population couplings at d = 50 "
+    "- Minibatch couplings of {batch} points are far from the population couplings at d = 50 "
     "and 100, so the exact and entropic rows differ less than the population bridges would.",
 ]
 

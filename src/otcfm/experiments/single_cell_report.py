@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from otcfm.data.timeseries import TimeSeries
+from otcfm.experiments._published import mean_std_table, section
 from otcfm.experiments._stats import paired_difference
 from otcfm.train.datasets import stream
 from otcfm.trajectory.fit import FitSpec
@@ -22,13 +23,10 @@ from otcfm.trajectory.predict import interpolation_baseline, predict_left_out, t
 
 BASELINE = "linear-ot"
 LABELS = {"otcfm": "OT-CFM", "icfm": "I-CFM", "sbcfm": "SB-CFM", BASELINE: "linear interp. (OT)"}
-# REFERENCE.md §6 (paper Table 4): W1 mean +- std over left-out times and 5 seeds
-PUBLISHED = {
-    "eb": {"otcfm": (0.790, 0.068), "icfm": (0.872, 0.087), "sbcfm": (1.221, 0.380)},
-    "cite": {"otcfm": (0.882, 0.058), "icfm": (0.965, 0.111), "sbcfm": (1.067, 0.107)},
-    "multi": {"otcfm": (0.937, 0.054), "icfm": (1.085, 0.099), "sbcfm": (1.129, 0.363)},
-}
-PUBLISHED_NAMES = {"eb": "EB", "cite": "CITE", "multi": "Multiome"}
+# the paper's W1 (mean, std) per real set and method: published.json
+_SINGLE_CELL = section("single_cell")
+PUBLISHED: dict[str, dict[str, tuple[float, float]]] = mean_std_table(_SINGLE_CELL["w1"])
+PUBLISHED_NAMES: dict[str, str] = dict(_SINGLE_CELL["names"])
 
 
 def label(entry: str) -> str:

@@ -1,4 +1,4 @@
-"""`otcfm bench two-dim`: the paper's 2-D benchmark (Table 2, REFERENCE.md section 4).
+"""`otcfm bench two-dim`: the paper's 2-D benchmark (Table 2).
 
 Cells are (task, method, seed). Each cell is one training run (``otcfm.train.train``) under
 ``--runs DIR/<task>/<method>-seed<seed>``, evaluated from its best-validation checkpoint on the
@@ -10,7 +10,9 @@ matches the protocol is skipped; a killed cell resumes from its latest checkpoin
 ODE (dopri5) pushes its training and validation sources to endpoints, and "rf" trains on the
 pairs (``data.paired``). Results: ``OUT/two_dim.json`` (one record per cell), ``two_dim.md``
 and figures under ``OUT/two_dim/`` (see :mod:`otcfm.experiments.two_dim_report`); the
-command line is :mod:`otcfm.experiments.two_dim_cli`.
+command line is :mod:`otcfm.experiments.two_dim_cli`. Cells of other libraries (the TorchCFM
+side by side in ``benchmarks/two_dim_torchcfm.py``) pass their own ``runner`` to
+:func:`run_cells`; this module never imports them.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ TASKS: tuple[str, ...] = tuple(toy.TASKS)
 METHODS: tuple[str, ...] = ("icfm", "otcfm", "sbcfm", "fm", "vpcfm", "rf")
 FIRST_SEED = 42
 EULER_STEPS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 100)
-# sigma of the protocol (REFERENCE.md section 4); other registered methods use their default
+# sigma of the paper's protocol (Table 2); other registered methods use their default
 SIGMA = {"icfm": 0.1, "otcfm": 0.1, "fm": 0.1, "vpcfm": 0.1, "sbcfm": 1.0, "rf": 0.0}
 GAUSSIAN_SOURCE_ONLY = ("fm",)  # Lipman's path assumes x0 ~ N(0, I)
 RELATIVE_COST = {"otcfm": 8, "sbcfm": 10, "sf2m": 10}  # scheduling order: long cells first
@@ -105,7 +107,8 @@ QUICK_METHODS = ("icfm", "otcfm", "fm", "rf")
 
 @dataclass(frozen=True)
 class Cell:
-    """One (task, method, seed) of the benchmark; ``library`` is "otcfm" or "torchcfm"."""
+    """One (task, method, seed) of the benchmark; ``library`` names who trained it ("otcfm",
+    or another library's side-by-side runner, e.g. "torchcfm")."""
 
     task: str
     method: str
@@ -176,7 +179,6 @@ def plan_cells(
     tasks: Sequence[str],
     methods: Sequence[str],
     seeds: Sequence[int],
-    torchcfm: bool = False,
     skip: Sequence[tuple[str, str]] = (),
 ) -> tuple[list[Cell], list[str]]:
     """The cells to run (rf pulls in its I-CFM cell) and notes on the cells skipped."""
@@ -197,14 +199,6 @@ def plan_cells(
         if dep is not None and dep not in cells:
             cells.append(dep)
             notes.append(f"{dep.label} added: rf is the reflow of that I-CFM run")
-    if torchcfm:
-        cells += [
-            Cell(t, m, s, "torchcfm")
-            for t in tasks
-            for m in ("icfm", "otcfm")
-            if m in methods
-            for s in seeds
-        ]
     return cells, notes
 
 
@@ -273,12 +267,11 @@ def for_cell(fingerprint: dict[str, Any], cell: Cell) -> dict[str, Any]:
 
 
 def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
-    """Train (or resume) and evaluate one cell; write and return its record."""
+    """Train (or resume) and evaluate one cell of this library; write and return its record."""
     runs = Path(runs)
-    if cell.library == "torchcfm":
-        from otcfm.experiments.two_dim_torchcfm import run_torchcfm_cell
-
-        return run_torchcfm_cell(cell, p, runs)
+    if cell.library != "otcfm":
+        raise ValueError(f"{cell.label}: run_cell trains otcfm's cells; a {cell.library!r} "
+                         "cell needs its library's runner (run_cells(..., runner=...))")
     extra: dict[str, Any] = {}
     if cell.method == "rf":
         data, extra = reflow_pairs(cell, p, runs)
@@ -468,12 +461,17 @@ def run_cells(
     *,
     jobs: int = 1,
     on_done: Callable[[CellResult], None] | None = None,
+    runner: Callable[..., dict[str, Any]] = run_cell,
 ) -> list[CellResult]:
-    """Run the cells not cached yet (``jobs`` processes), dependencies first; in cell order."""
+    """Run the cells not cached yet (``jobs`` processes), dependencies first; in cell order.
+
+    ``runner(cell, p=..., runs=...)`` trains and evaluates one cell (default :func:`run_cell`);
+    a module-level function, so that worker processes can unpickle it.
+    """
     runs = Path(runs)
     return _cells.run_cells(
         cells,
-        partial(run_cell, p=p, runs=str(runs)),
+        partial(runner, p=p, runs=str(runs)),
         partial(cached_record, p=p, runs=runs),
         jobs=jobs,
         cost=lambda c: RELATIVE_COST.get(c.method, 1),

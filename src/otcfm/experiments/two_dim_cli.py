@@ -1,7 +1,9 @@
 """`otcfm bench two-dim` command line: options, the protocol they set, and the run.
 
 The recipe itself (cells, training, evaluation) is :mod:`otcfm.experiments.two_dim`; the
-page and figures are :mod:`otcfm.experiments.two_dim_report`.
+page and figures are :mod:`otcfm.experiments.two_dim_report`. :func:`execute` is shared with
+the TorchCFM side by side, ``benchmarks/two_dim_torchcfm.py`` (outside the package), which adds
+its cells and its cell runner.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from otcfm.experiments import two_dim_report
 from otcfm.experiments._cells import CellProgress
 from otcfm.experiments.two_dim import (
     FIRST_SEED,
@@ -21,6 +25,7 @@ from otcfm.experiments.two_dim import (
     QUICK_METHODS,
     QUICK_TASKS,
     TASKS,
+    Cell,
     Protocol,
     cached_results,
     describe,
@@ -28,17 +33,23 @@ from otcfm.experiments.two_dim import (
     parse_skip,
     parse_tasks,
     plan_cells,
+    run_cell,
     run_cells,
     sampling_floor,
 )
 from otcfm.matchers import MATCHERS, matcher
 
+TORCHCFM_SCRIPT = "benchmarks/two_dim_torchcfm.py"
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(
+    prog: str = "otcfm bench two-dim", description: str | None = None
+) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="otcfm bench two-dim",
-        description="The paper's 2-D benchmark (Table 2): tasks x methods x seeds, cached "
-        "and resumable; writes OUT/two_dim.json, OUT/two_dim.md and OUT/two_dim/*.png.",
+        prog=prog,
+        description=description or "The paper's 2-D benchmark (Table 2): tasks x methods x "
+        "seeds, cached and resumable; writes OUT/two_dim.json, OUT/two_dim.md and "
+        f"OUT/two_dim/*.png. The TorchCFM side by side: python {TORCHCFM_SCRIPT} (same options).",
     )
     p.add_argument("--tasks", help="comma-separated task names (default: all four)")
     p.add_argument("--methods", help="comma-separated matcher names (default: "
@@ -52,8 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="smoke run in well under a minute: 200 steps of batch 128, 2 tasks, "
                    "icfm/otcfm/fm/rf, 1 seed")
-    p.add_argument("--torchcfm", action="store_true",
-                   help="also train icfm/otcfm with TorchCFM (extra 'bench') for comparison")
     p.add_argument("--sigma", action="append", default=[], metavar="METHOD=VALUE",
                    help="override a method's sigma, e.g. sf2m=0.1 (repeatable)")
     p.add_argument("--skip", action="append", default=[], metavar="METHOD@TASK",
@@ -90,9 +99,6 @@ def protocol_from_args(args: argparse.Namespace) -> Protocol:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if not 0 <= args.ema < 1:
         raise ValueError(f"--ema must be in [0, 1), got {args.ema}")
-    if args.ema and args.torchcfm:
-        raise ValueError("--ema applies to otcfm's cells only; the TorchCFM side by side "
-                         "keeps the paper's raw weights")
     couplings = []
     for item in args.coupling:
         method, sep, name = item.partition("=")
@@ -121,7 +127,29 @@ def protocol_from_args(args: argparse.Namespace) -> Protocol:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--torchcfm" in argv:
+        print(f"otcfm bench two-dim: --torchcfm moved out of the package: run python "
+              f"{TORCHCFM_SCRIPT} with the other options (needs the 'bench' extra)",
+              file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
+    return execute(args, argv, command="otcfm bench two-dim")
+
+
+def execute(
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    *,
+    command: str,
+    extra_cells: Callable[[Sequence[str], Sequence[str], Sequence[int]], list[Cell]] | None = None,
+    runner: Callable[..., dict] = run_cell,
+) -> int:
+    """Plan, run (or, with --report-only, collect) the cells and write the outputs.
+
+    ``extra_cells(tasks, methods, seeds)``: cells of another library added to the plan;
+    ``runner``: the cell runner given to :func:`otcfm.experiments.two_dim.run_cells`;
+    ``command``: how the page names the program (the options follow).
+    """
     started = time.perf_counter()
     protocol = protocol_from_args(args)
     tasks = parse_tasks(args.tasks or ",".join(QUICK_TASKS if args.quick else TASKS))
@@ -129,16 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     n_seeds = args.seeds if args.seeds is not None else (1 if args.quick else 5)
     if n_seeds < 1 or args.jobs < 1:
         raise ValueError(f"--seeds and --jobs must be >= 1, got {n_seeds} and {args.jobs}")
-    if args.torchcfm:
-        from otcfm.experiments.two_dim_torchcfm import require_torchcfm
-
-        require_torchcfm()
     seeds = [FIRST_SEED + k for k in range(n_seeds)]
     runs = args.runs or Path("runs/two_dim-quick" if args.quick else "runs/two_dim")
     out = args.out or runs
     skip = parse_skip(args.skip)
     remarks = args.remarks.read_text() if args.remarks is not None else ""
-    cells, notes = plan_cells(tasks, methods, seeds, torchcfm=args.torchcfm, skip=skip)
+    cells, notes = plan_cells(tasks, methods, seeds, skip=skip)
+    if extra_cells is not None:
+        cells += extra_cells(tasks, methods, seeds)
     for note in notes:
         print(f"note: {note}", flush=True)
     print(f"{len(cells)} cells, {args.jobs} job(s), runs in {runs}", flush=True)
@@ -152,14 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         progress = CellProgress(len(cells), describe)
         try:
-            results = run_cells(cells, protocol, runs, jobs=args.jobs, on_done=progress)
+            results = run_cells(cells, protocol, runs, jobs=args.jobs, on_done=progress,
+                                runner=runner)
         finally:
             progress.close()
-    from otcfm.experiments.two_dim_report import write_outputs
-
     floors = {t: sampling_floor(t, protocol, runs) for t in tasks}
     meta = {
-        "command": "otcfm bench two-dim " + " ".join(argv),
+        "command": " ".join([command, *argv]),
         "wall_seconds": time.perf_counter() - started,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "jobs": args.jobs,
@@ -168,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "remarks": remarks,
         "floors": floors,
     }
-    written = write_outputs(results, out, meta, runs)
+    written = two_dim_report.write_outputs(results, out, meta, runs)
     print("wrote " + ", ".join(str(w) for w in written))
     failed = [r for r in results if r.record is None]
     for r in failed:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from otcfm.experiments._machine import machine, version
+from otcfm.experiments._published import mean_std_table, section
 from otcfm.experiments._stats import paired_difference
 from otcfm.experiments.two_dim import TASKS, CellResult, records_of
 from otcfm.train.checkpoint import write_text_atomic
@@ -31,36 +32,10 @@ METHOD_ORDER = ("otcfm", "icfm", "fm", "sbcfm", "vpcfm", "rf", "sf2m")
 COLORS = dict(zip(METHOD_ORDER, ("C0", "C1", "C2", "C3", "C4", "C5", "C6"), strict=True))
 RATIO = 1.2  # "W2 within 1.2 x its 100-step value"
 
-# Published mean and std over 5 seeds (SF2M Table 2: 10k test sets, 100 Euler steps).
+# The paper's numbers (mean, std over 5 seeds) by metric, method and task: published.json
+_TWO_DIM = section("two_dim")
 PUBLISHED: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
-    "w2": {
-        "otcfm": {"gaussian-8gaussians": (0.303, 0.043), "moons-8gaussians": (0.601, 0.027),
-                  "gaussian-moons": (0.130, 0.016), "gaussian-scurve": (0.144, 0.028)},
-        "icfm": {"gaussian-8gaussians": (0.373, 0.103), "moons-8gaussians": (1.557, 0.407),
-                 "gaussian-moons": (0.178, 0.014), "gaussian-scurve": (0.242, 0.141)},
-        "fm": {"gaussian-8gaussians": (0.343, 0.058), "gaussian-moons": (0.209, 0.055),
-               "gaussian-scurve": (0.198, 0.037)},
-        "sbcfm": {"gaussian-8gaussians": (2.314, 2.112), "gaussian-moons": (0.434, 0.594),
-                  "gaussian-scurve": (0.341, 0.468)},
-        "rf": {"gaussian-8gaussians": (0.421, 0.071), "moons-8gaussians": (1.525, 0.330),
-               "gaussian-moons": (0.283, 0.045), "gaussian-scurve": (0.345, 0.079)},
-        "sf2m": {"gaussian-8gaussians": (0.275, 0.058), "moons-8gaussians": (0.726, 0.137),
-                 "gaussian-moons": (0.124, 0.023), "gaussian-scurve": (0.128, 0.005)},
-    },
-    "npe": {
-        "otcfm": {"gaussian-8gaussians": (0.031, 0.027), "moons-8gaussians": (0.015, 0.010),
-                  "gaussian-moons": (0.083, 0.009), "gaussian-scurve": (0.027, 0.012)},
-        "icfm": {"gaussian-8gaussians": (0.202, 0.055), "moons-8gaussians": (2.680, 0.292),
-                 "gaussian-moons": (0.891, 0.120), "gaussian-scurve": (0.856, 0.031)},
-        "fm": {"gaussian-8gaussians": (0.190, 0.054), "gaussian-moons": (0.762, 0.099),
-               "gaussian-scurve": (0.743, 0.116)},
-        "sbcfm": {"gaussian-8gaussians": (1.000, 0.000), "gaussian-moons": (0.995, 0.000),
-                  "gaussian-scurve": (0.745, 0.039)},
-        "rf": {"gaussian-8gaussians": (0.044, 0.031), "moons-8gaussians": (0.203, 0.090),
-               "gaussian-moons": (0.130, 0.078), "gaussian-scurve": (0.099, 0.066)},
-        "sf2m": {"gaussian-8gaussians": (0.016, 0.012), "moons-8gaussians": (0.045, 0.031),
-                 "gaussian-moons": (0.053, 0.038), "gaussian-scurve": (0.034, 0.024)},
-    },
+    metric: mean_std_table(_TWO_DIM[metric]) for metric in ("w2", "npe")
 }
 
 
