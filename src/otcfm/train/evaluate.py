@@ -24,7 +24,7 @@ from otcfm.sampling import Trajectory, integrate, integrate_sde
 from otcfm.train.checkpoint import load_checkpoint, save_atomic, write_text_atomic
 from otcfm.train.config import RunConfig
 from otcfm.train.datasets import RunData, load_run_data, stream
-from otcfm.train.loop import build_model, needs_score
+from otcfm.train.loop import build_matcher, build_model, needs_score
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     config_path = run_dir / "config.toml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.toml)")
-    cfg = RunConfig.from_toml(config_path)
+    cfg = RunConfig.from_toml(config_path).resolve()  # runs written before sigma was recorded
     cfg.out_dir, cfg.name = str(run_dir.parent), run_dir.name
     path = run_dir / "checkpoints" / f"{which}.pt"
     if which == "best" and not path.is_file():
@@ -55,6 +55,11 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     model.eval().requires_grad_(False)
     return LoadedRun(cfg, model, data, int(state["step"]), path.name)
+
+
+def sde_sigma(cfg: RunConfig) -> float:
+    """The diffusion coefficient of the run's bridge SDE, read from its matcher (SF2M)."""
+    return float(build_matcher(cfg.method).path.sigma)
 
 
 def sample_run(
@@ -89,7 +94,7 @@ def sample_run(
         return integrate_sde(
             run.model,
             x0,
-            sigma=run.cfg.method.sigma,
+            sigma=sde_sigma(run.cfg),
             steps=run.cfg.eval.ode_steps if sde_steps is None else sde_steps,
             generator=generator if generator is not None else stream(run.cfg.seed, "sde"),
             save=save,
