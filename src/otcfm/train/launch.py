@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -59,20 +60,11 @@ def process_group(device: str, backend: str = "", timeout: float = 600.0) -> Ite
         dist.destroy_process_group()
 
 
-def _job(argv: Sequence[str]) -> int:
-    """The entry point of each launched process: the command line without ``--nproc``."""
-    from otcfm.cli import main
-
-    code = main(list(argv))
-    if code:
-        raise SystemExit(code)
-    return code
-
-
 def launch(argv: Sequence[str], nproc: int, *, timeout: float = 600.0) -> None:
-    """Run ``otcfm <argv>`` on ``nproc`` local processes (torchrun --standalone); return when
-    all finished. Raises :class:`LaunchFailure` naming the first process that failed (its
-    exit code or signal); the others are stopped."""
+    """Run ``python -m otcfm <argv>`` on ``nproc`` local processes (as ``torchrun --standalone
+    --nproc_per_node nproc -m otcfm <argv>`` would); return when all finished. Raises
+    :class:`LaunchFailure` naming the process that failed (its exit code or signal); the
+    others are stopped."""
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"--nproc must be an integer >= 1, got {nproc!r}")
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -90,7 +82,7 @@ def launch(argv: Sequence[str], nproc: int, *, timeout: float = 600.0) -> None:
         monitor_interval=0.5,
     )
     try:
-        elastic_launch(config, _job)(list(argv))
+        elastic_launch(config, sys.executable)("-m", "otcfm", *argv)
     except ChildFailedError as err:
         raise LaunchFailure(_describe(err)) from None
 
