@@ -4,7 +4,8 @@
   (``toy.sample(name, n, generator=g)``, ``toy.task("gaussian-8gaussians")``).
 - :func:`load_points` / :func:`save_points`: (n, d) arrays in .npy, .npz, .csv/.tsv/.txt.
 - :func:`resolve_points`: a built-in distribution name or a file path -> points.
-- :func:`sample_batch` / :class:`PointDataset`: random minibatches of a fixed point set.
+- :func:`sample_batch` / :func:`sample_indices` / :class:`PointDataset`: random minibatches of
+  a fixed point set, O(batch) per draw.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "load_points",
     "resolve_points",
     "sample_batch",
+    "sample_indices",
     "save_points",
     "toy",
 ]
@@ -48,15 +50,72 @@ def _perm(n: int, generator: torch.Generator | None) -> Tensor:
     return torch.randperm(n, generator=generator, device=device)
 
 
+# Above this share of the rows a batch is a prefix of one permutation (O(n) = O(batch) there);
+# below it a few more draws than the batch nearly always hold enough distinct indices.
+_PERM_FRACTION = 0.25
+
+
+def sample_indices(n: int, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+    """``batch_size`` distinct indices in [0, n), uniformly at random, in random order (seeded).
+
+    Every ordered choice of ``batch_size`` distinct indices is equally likely. A batch of at
+    most a quarter of ``n`` costs O(batch_size log batch_size) whatever ``n``: it is the first
+    ``batch_size`` distinct values of a stream of independent uniform draws (drawn a little
+    ahead, about 2 batch_size^2 / n + 16 extra, and extended in the rare case that is not
+    enough). A larger batch is the first ``batch_size`` entries of a random permutation.
+    Returns an int64 (batch_size,) tensor on the generator's device (CPU without one).
+    """
+    if isinstance(n, bool):
+        raise TypeError(f"n must be an integer, got {n!r}")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"n must be an integer, got {n!r}") from None
+    if n < 1:
+        raise ValueError(f"n must be >= 1 (the number of rows to draw from), got {n}")
+    b = _batch_size(batch_size, n)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if b > _PERM_FRACTION * n:
+        return _perm(n, generator)[:b]
+    device = generator.device if generator is not None else torch.device("cpu")
+    ahead = _lookahead(b, n)
+    stream = torch.randint(n, (b + ahead,), generator=generator, device=device)
+    while True:
+        distinct = _first_occurrences(stream)
+        if distinct.shape[0] >= b:
+            return distinct[:b]
+        size = (b - distinct.shape[0] + ahead,)
+        stream = torch.cat((distinct, torch.randint(n, size, generator=generator, device=device)))
+
+
+def _lookahead(b: int, n: int) -> int:
+    """Draws beyond ``b``: about twice the expected number of repeats among b draws, plus 16."""
+    return 2 * b * b // n + 16
+
+
+def _first_occurrences(values: Tensor) -> Tensor:
+    """The entries of ``values`` (m,) that are not repeats of earlier ones, in order."""
+    ranked, order = torch.sort(values, stable=True)  # equal values keep their order
+    new = torch.ones_like(values, dtype=torch.bool)  # per rank: differs from the one before
+    torch.ne(ranked[1:], ranked[:-1], out=new[1:])
+    return values.masked_select(torch.empty_like(new).scatter_(0, order, new))
+
+
 def sample_batch(x: Tensor, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
     """``batch_size`` rows of ``x`` (n, ...) drawn uniformly without replacement (seeded).
 
     Returns (batch_size, ...) on ``x``'s device. Successive calls draw independent batches
-    (a row may appear in two batches, never twice in one).
+    (a row may appear in two batches, never twice in one); the rows are chosen by
+    :func:`sample_indices`, so a draw costs O(batch_size), not O(n). ``x`` is not scanned for
+    NaN or inf here (that would cost O(n) per draw): check a data set once when it is loaded
+    (:func:`load_points`, :class:`PointDataset` and the couplings of the drawn batch do).
     """
-    check_tensor("x", x)
-    b = _batch_size(batch_size, x.shape[0])
-    idx = _perm(x.shape[0], generator)[:b]
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"x must have at least one row, got shape {tuple(x.shape)}")
+    idx = sample_indices(x.shape[0], batch_size, generator)
     return x[idx.to(x.device)]
 
 
