@@ -11,6 +11,7 @@ import math
 import operator
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -30,6 +31,9 @@ __all__ = [
 class TimeSampler(ABC):
     """Draws n training times in [0, 1]: ``sampler(n, generator=g, device=d) -> (n,) float32``."""
 
+    #: whether :meth:`_draw` already returns float32 times in [0, 1] (no clamp needed)
+    _in_unit_interval: ClassVar[bool] = False
+
     def __call__(
         self,
         n: int,
@@ -39,7 +43,9 @@ class TimeSampler(ABC):
     ) -> Tensor:
         n = _check_n(n)
         src = generator.device if generator is not None else torch.device(device or "cpu")
-        t = self._draw(n, generator, src).to(torch.float32).clamp_(0.0, 1.0)
+        t = self._draw(n, generator, src)
+        if not self._in_unit_interval:
+            t = t.to(torch.float32).clamp_(0.0, 1.0)
         return t.to(device) if device is not None else t
 
     @abstractmethod
@@ -53,6 +59,8 @@ class TimeSampler(ABC):
 @dataclass(frozen=True, repr=True)
 class UniformTime(TimeSampler):
     """t ~ U[0, 1) (the paper's choice)."""
+
+    _in_unit_interval: ClassVar[bool] = True  # torch.rand: float32 in [0, 1)
 
     def _draw(self, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
         return torch.rand(n, generator=generator, device=device)

@@ -6,6 +6,7 @@ file is shuffled once with the run's seed and cut into train, validation and tes
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +39,31 @@ class RunData:
 
 
 def stream(seed: int, *labels: str) -> torch.Generator:
-    """A torch.Generator for one named purpose, derived from the run seed (no global RNG)."""
-    key = "/".join((str(seed), *labels))
-    digest = 0
-    for ch in key.encode():
-        digest = (digest * 1_000_003 + ch) % (2**61 - 1)
-    return torch.Generator().manual_seed(digest)
+    """A torch.Generator for one named purpose, derived from the run seed (no global RNG).
+
+    Its seed is a polynomial hash of the bytes of ``"seed/label/.../label"``. The hash of all
+    but the last label is cached (per step only the step number changes), so a call hashes a
+    few bytes in Python.
+    """
+    if not labels:
+        return torch.Generator().manual_seed(_digest(0, str(seed)))
+    head = _prefix_digest(str(seed), labels[:-1])
+    return torch.Generator().manual_seed(_digest(head, "/" + labels[-1]))
+
+
+_HASH_BASE, _HASH_MOD = 1_000_003, 2**61 - 1
+
+
+def _digest(digest: int, text: str) -> int:
+    """Continue the hash ``digest`` over the UTF-8 bytes of ``text``."""
+    for ch in text.encode():
+        digest = (digest * _HASH_BASE + ch) % _HASH_MOD
+    return digest
+
+
+@functools.lru_cache(maxsize=256)
+def _prefix_digest(seed: str, labels: tuple[str, ...]) -> int:
+    return _digest(0, "/".join((seed, *labels)))
 
 
 def is_file_spec(spec: str) -> bool:
