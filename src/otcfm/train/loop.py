@@ -1,32 +1,26 @@
-"""The training loop shared by every recipe.
+"""The one training engine: every recipe trains through :class:`Engine`.
 
-data -> coupling -> matcher.sample -> loss -> optimizer step -> EMA -> periodic validation,
-checkpoint and log. It counts optimizer steps (not epochs), seeds everything from the run's
-seed, writes nothing outside ``cfg.run_dir`` and keeps no globals.
-
-Couplings are made ahead by background threads (``couplings.workers``, see
-:mod:`otcfm.train.prefetch`): coupled batch k comes from a generator derived from (seed, rank,
-k) and step s's time and path noise from one derived from (seed, rank, s), so results are the
-same for any number of workers, with prefetch off (workers = 0), and across a resume. A coupled
-batch of ``couplings.ot_batch`` pairs feeds ot_batch / batch_size consecutive optimizer steps.
+An objective (:mod:`otcfm.train.objectives`) -> loss -> optimizer step (AdamW, optional
+gradient clipping) -> EMA -> periodic logging and validation, checkpoint. The engine counts
+optimizer steps (not epochs), takes each step's draws from the objective as a function of
+(seed, step), writes files only through a :class:`~otcfm.train.runfolder.RunFolder` and keeps
+no globals; the same loop trains pairs of point clouds (:class:`Trainer`, built from a
+:class:`RunConfig`) and time-course populations (:class:`otcfm.trajectory.fit.Fitter`).
 
 Under torch.distributed (the caller initialises the process group, e.g. ``otcfm train`` under
-``torchrun``) ``optim.batch_size`` and ``couplings.ot_batch`` are global: the sequence of
-global batches and of each step's times and path noise is a function of the seed alone, each
-process trains on its consecutive share of every step's batch, DDP averages the gradients, and
-an optimizer step is one step of the whole job. So a run on N processes follows the same
-trajectory as on one (up to float rounding in the gradient sum), and a checkpoint resumes on
-any number of processes. With ``couplings.scope = "global"`` one process couples each global
-batch (:mod:`otcfm.train.prefetch`); only rank 0 validates and writes files.
+``torchrun``) the model is wrapped in DDP, each process computes the loss of its share of the
+global batch (the objective's ``loss``), DDP averages the gradients, and an optimizer step is
+one step of the whole job: a run on N processes follows the same trajectory as on one (up to
+float rounding in the gradient sum), and a checkpoint resumes on any number of processes. The
+logged training loss is the mean over processes; only rank 0 validates and writes files.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,23 +29,22 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from otcfm._utils import index_cond
 from otcfm.couplings import Pairing
 from otcfm.matchers import FlowMatcher, matcher
-from otcfm.metrics import wasserstein
 from otcfm.models import MLP, DriftScore
 from otcfm.paths import PathSample
-from otcfm.sampling import integrate
-from otcfm.train.checkpoint import load_checkpoint, save_atomic, write_text_atomic
+from otcfm.train.checkpoint import load_checkpoint
 from otcfm.train.config import MethodConfig, ModelConfig, RunConfig
-from otcfm.train.datasets import RunData, load_run_data, stream
+from otcfm.train.datasets import RunData
 from otcfm.train.ema import EMA
-from otcfm.train.prefetch import CoupledBatch, Prefetcher, Shard, chunks, couple_batch
+from otcfm.train.objectives import Objective, PairObjective
+from otcfm.train.prefetch import CoupledBatch, Shard
 from otcfm.train.progress import Progress
+from otcfm.train.runfolder import RunFolder
 
 log = logging.getLogger("otcfm.train")
 
-LOG_FIELDS = ("step", "loss", "val_loss", "val_w2", "seconds")
+LOG_FIELDS = ("step", "loss", *PairObjective.metrics, "seconds")
 
 
 def build_matcher(cfg: MethodConfig) -> FlowMatcher:
@@ -102,68 +95,76 @@ class RankFailure(RuntimeError):
     """Another process of a torch.distributed run died or stopped answering."""
 
 
-class Trainer:
-    """Owns the model, optimizer, EMA and RNG state of one run; ``run()`` trains to the budget.
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the engine optimises: AdamW(lr, weight_decay) to ``steps`` optimizer steps, the
+    gradient norm clipped at ``grad_clip`` (0: off), an EMA of the weights with ``ema_decay``
+    (0: off; validation then uses the EMA weights). The mean training loss is logged (and the
+    objective validated) every ``log_every`` steps and ``checkpoints/latest.pt`` written every
+    ``checkpoint_every`` steps (0: only at the end); both happen at the last step."""
 
-    Under an initialised torch.distributed process group every process builds a Trainer with
-    the same config; the model is wrapped in DDP and the global batch split among processes.
+    steps: int
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    ema_decay: float = 0.0
+    log_every: int = 100
+    checkpoint_every: int = 1_000
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every < 0 or self.grad_clip < 0 or not self.lr > 0:
+            raise ValueError(
+                f"need lr > 0, grad_clip >= 0 and checkpoint_every >= 0, got lr {self.lr}, "
+                f"grad_clip {self.grad_clip}, checkpoint_every {self.checkpoint_every}"
+            )
+
+
+class Engine:
+    """Model, optimizer, EMA and step count of one run of ``objective``; :meth:`run` trains.
+
+    ``model`` is built by the caller (from ``objective.event_shape``) and already on
+    ``device``. ``folder``: where the run's files go (None: nowhere); ``config_toml`` becomes
+    its ``config.toml``; ``extra_state`` is added to every checkpoint beside the objective's
+    :meth:`~otcfm.train.objectives.Objective.state`. Under an initialised torch.distributed
+    process group every process builds an Engine alike; the model is wrapped in DDP.
     """
 
     def __init__(
-        self, cfg: RunConfig, *, device: str | torch.device | None = None, progress: bool = True
+        self,
+        objective: Objective,
+        model: nn.Module,
+        settings: LoopSettings,
+        *,
+        device: str | torch.device = "cpu",
+        folder: RunFolder | None = None,
+        config_toml: str | None = None,
+        extra_state: dict[str, Any] | None = None,
+        progress: bool = False,
+        desc: str = "",
     ) -> None:
-        cfg = cfg.validate().resolve()
-        self.cfg = cfg
-        self.rank = dist.get_rank() if _distributed() else 0
-        self.world = dist.get_world_size() if _distributed() else 1
-        self.device = process_device(device or cfg.device)
+        self.objective = objective
+        self.settings = settings
+        self.rank, self.world = _rank_world()
+        self.device = torch.device(device)
+        self.folder = folder
+        self.config_toml = config_toml
+        self.extra_state = dict(extra_state or {})
         self.progress = progress and self.rank == 0
-        for key, value in (("optim.batch_size", cfg.optim.batch_size),
-                           ("couplings.ot_batch", cfg.ot_batch)):
-            if value % self.world:
-                raise ValueError(
-                    f"{key} {value} is the global batch; it must be a multiple of the "
-                    f"{self.world} processes"
-                )
-        self.run_dir = cfg.run_dir
-        self.matcher = build_matcher(cfg.method)
-        self.data: RunData = load_run_data(cfg.data, cfg.seed)
-        n_min = min(self.data.source.train.shape[0], self.data.target.train.shape[0])
-        if cfg.optim.batch_size > n_min:
-            raise ValueError(
-                f"optim.batch_size {cfg.optim.batch_size} exceeds the smaller training set "
-                f"({n_min} points)"
-            )
-        if cfg.ot_batch > n_min:
-            raise ValueError(
-                f"couplings.ot_batch {cfg.ot_batch} exceeds the smaller training set "
-                f"({n_min} points)"
-            )
-        self.chunks_per_batch = cfg.ot_batch // cfg.optim.batch_size
-        self.shard = Shard(
-            self.rank,
-            self.world,
-            cfg.couplings.scope,
-            dist.new_group(backend="gloo") if self.world > 1 else None,
-        )
-        self.model = build_model(
-            cfg.model,
-            self.data.event_shape,
-            score=self.matcher.needs_score,
-            generator=torch.Generator().manual_seed(cfg.seed),
-        ).to(self.device)
-        self.ema = EMA(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+        self.desc = desc
+        self.model = model
+        s = settings
+        self.ema = EMA(self.model, s.ema_decay) if s.ema_decay > 0 else None
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+            self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay
         )
         self.net: nn.Module = self.model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.step = 0
-        self._prefetcher: Prefetcher[CoupledBatch] | None = None
-        self._coupled: CoupledBatch | None = None
-        self._chunks: list[Pairing] = []
         self.best_val_loss = math.inf
         self.best_step = 0
         self.train_seconds = 0.0
@@ -172,7 +173,8 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {
-            "config": self.cfg.to_dict(),
+            **self.objective.state(),
+            **self.extra_state,
             "step": self.step,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
@@ -188,174 +190,119 @@ class Trainer:
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.close()  # coupled batches made ahead belong to the old step count
+        self.close()  # batches made ahead belong to the old step count
         self.step = int(state["step"])
-        self.best_val_loss = float(state["best_val_loss"])
-        self.best_step = int(state["best_step"])
+        self.best_val_loss = float(state.get("best_val_loss", math.inf))
+        self.best_step = int(state.get("best_step", 0))
         self.train_seconds = float(state["train_seconds"])
-        self.history = list(state["history"])
+        self.history = [dict(row) for row in state["history"]]
 
     def eval_model(self) -> nn.Module:
         """The network used for validation and sampling (EMA weights when enabled)."""
         return self.ema.shadow if self.ema is not None else self.model
 
-    # ------------------------------------------------------------------ couplings
-    @property
-    def _local(self) -> bool:
-        """Whether each process couples (and draws times and noise for) only its own share."""
-        return self.world > 1 and self.shard.scope == "local"
-
-    def couple(self, index: int) -> CoupledBatch:
-        """Coupled batch ``index``: a function of (seed, index) and the coupling scope only."""
-        return couple_batch(
-            self.matcher.coupling,
-            self.data.source.train,
-            self.data.target.train,
-            self.cfg.ot_batch,
-            index,
-            seed=self.cfg.seed,
-            shard=self.shard,
-            device=self.device,
-            paired=self.cfg.data.paired,
-        )
-
-    def next_pairs(self) -> Pairing:
-        """The pairs of the current step (chunk step % m of coupled batch step // m): the global
-        batch_size pairs, or this process's share of them with scope "local"."""
-        index, part = divmod(self.step, self.chunks_per_batch)
-        if self._coupled is None or self._coupled.index != index:
-            p = self._prefetcher
-            if p is None or p.next_index != index:  # first step, after a resume or past the end
-                self.close()
-                c = self.cfg.couplings
-                stop = max(index + 1, -(-self.cfg.optim.steps // self.chunks_per_batch))
-                # one coupling thread per process under DDP: its broadcasts stay in order
-                workers = min(c.workers, 1) if self.world > 1 else c.workers
-                p = Prefetcher(self.couple, index, stop, workers=workers, depth=c.prefetch)
-                self._prefetcher = p
-            self._coupled = p.next()
-            if self._coupled.index != index:  # pragma: no cover - guards the bookkeeping
-                raise RuntimeError(f"coupled batch {self._coupled.index} != expected {index}")
-            size = self.cfg.optim.batch_size // (self.world if self._local else 1)
-            self._chunks = chunks(self._coupled.pair, size)
-        return self._chunks[part]
-
-    def step_sample(self) -> PathSample:
-        """This process's share of the current step's path sample.
-
-        Times and noise are drawn for the whole global batch from ``stream(seed, "step", "0",
-        step)`` and sliced, so every world size trains on the same samples (scope "local"
-        draws them per process instead).
-        """
-        pair = self.next_pairs()
-        rank = str(self.rank) if self._local else "0"
-        s = self.matcher.sample(pair, generator=stream(self.cfg.seed, "step", rank, str(self.step)))
-        if self.world == 1 or self._local:
-            return s
-        part = self.shard.rows(s.t.shape[0])
-        k = torch.arange(part.start, part.stop, device=s.t.device)
-        return PathSample(
-            t=s.t[part], x0=s.x0[part], x1=s.x1[part], xt=s.xt[part], ut=s.ut[part],
-            noise=s.noise[part], cond=index_cond(s.cond, k),
-        )
-
     def close(self) -> None:
-        """Stop the coupling workers (a later step starts them again)."""
-        if self._prefetcher is not None:
-            self._prefetcher.close()
-        self._prefetcher, self._coupled, self._chunks = None, None, []
+        """Stop the objective's background work (a later step starts it again)."""
+        self.objective.close()
 
     # ------------------------------------------------------------------ steps
     def train_step(self) -> float:
-        o = self.cfg.optim
+        """One optimizer step on the objective's loss at step :attr:`step`; returns it."""
+        s = self.settings
         if not self.net.training:  # validation leaves it in eval mode; a call walks every module
             self.net.train()
-        loss = self.matcher.regress(self.net, self.step_sample())
+        loss = self.objective.loss(self.net, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP: the gradient all-reduce, before any process can stop
         if not torch.isfinite(loss):
             where = f" on rank {self.rank}" if self.world > 1 else ""
             raise FloatingPointError(
-                f"training loss is {loss.item()} at step {self.step}{where}; lower optim.lr "
-                f"(now {o.lr}) or set optim.grad_clip"
+                f"training loss is {loss.item()} at step {self.step}{where}; lower the "
+                f"learning rate (now {s.lr}) or clip the gradient norm (now {s.grad_clip})"
             )
-        if o.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
+        if s.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
         return float(loss.detach())
 
-    @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """Validation loss (fixed seed, whole validation set) and W2 of pushed-forward samples."""
-        model = self.eval_model().eval()
-        x0 = self.data.source.val.to(self.device)
-        x1 = self.data.target.val.to(self.device)
-        n = min(x0.shape[0], x1.shape[0])
-        val_loss = float(
-            self.matcher.loss(model, x0[:n], x1[:n], generator=stream(self.cfg.seed, "val"))
-        )
-        e = self.cfg.eval
-        traj = integrate(model, x0, method=e.solver, steps=e.ode_steps, save="ends", energy=False)
-        val_w2 = wasserstein(traj.x_final.cpu(), x1.cpu(), p=2)
-        return {"val_loss": val_loss, "val_w2": val_w2}
+    def run(
+        self,
+        until: int | None = None,
+        *,
+        log_every: int | None = None,
+        checkpoint_every: int | None = None,
+        callback: Callable[[Engine], None] | None = None,
+    ) -> None:
+        """Train to step ``until`` (default ``settings.steps``).
 
-    # ------------------------------------------------------------------ run
-    def run(self) -> TrainResult:
-        cfg = self.cfg
-        if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(cfg.to_toml(), self.run_dir / "config.toml")
-        bar = Progress(
-            total=cfg.optim.steps,
-            initial=self.step,
-            enabled=self.progress,
-            desc=f"{cfg.name} ({cfg.method.name})",
-        )
+        Every ``log_every`` steps and at the last: the mean training loss since the last row
+        (over all processes) and the objective's validation metrics become a history row
+        (rank 0; log.csv; best.pt when ``val_loss`` improves). Every ``checkpoint_every``
+        steps (0: never) and at the last: checkpoints/latest.pt, then ``callback(self)``.
+        """
+        s = self.settings
+        until = s.steps if until is None else until
+        log_every = s.log_every if log_every is None else log_every
+        save_every = s.checkpoint_every if checkpoint_every is None else checkpoint_every
+        if self.folder is not None:
+            self.folder.start(self.config_toml)
+        bar = Progress(total=until, initial=self.step, enabled=self.progress, desc=self.desc)
+        shown = ("loss", *self.objective.metrics)
         running, count = 0.0, 0
         start = time.perf_counter() - self.train_seconds
         try:
-            while self.step < cfg.optim.steps:
+            while self.step < until:
                 running += self._guarded(self.train_step)
                 count += 1
                 bar.update(1, loss=running / count)
-                last = self.step == cfg.optim.steps
-                if self.step % cfg.eval.val_every == 0 or last:
+                last = self.step == until
+                if self.step % log_every == 0 or last:
                     self.train_seconds = time.perf_counter() - start
                     mean = self._guarded(self._mean_over_processes, running / count)
                     running, count = 0.0, 0
                     if self.rank == 0:
-                        row = {"step": self.step, "loss": mean, **self.validate(),
-                               "seconds": self.train_seconds}
+                        row = {"step": self.step, "loss": mean}
+                        row.update(self.objective.validate(self.eval_model().eval()) or {})
+                        row["seconds"] = self.train_seconds
                         self._record(row)
-                        bar.update(0, loss=mean, val_loss=row["val_loss"], val_w2=row["val_w2"])
-                if self.step % cfg.eval.checkpoint_every == 0 or last:
+                        bar.update(0, **{k: row[k] for k in shown})
+                if last or (save_every and self.step % save_every == 0):
                     self.train_seconds = time.perf_counter() - start
-                    self._save("latest.pt")
+                    if self.folder is not None:
+                        self.folder.save("latest.pt", self.state_dict)
+                    if callback is not None:
+                        callback(self)
         finally:
             bar.close()
             self.close()
         self.train_seconds = time.perf_counter() - start
-        result = TrainResult(
-            self.run_dir,
-            self.step,
-            self.best_step,
-            self.best_val_loss,
-            self.train_seconds,
-            self.history,
-        )
-        if self.rank == 0:
-            summary = {
-                "steps": self.step,
-                "best_step": self.best_step,
-                "best_val_loss": self.best_val_loss,
-                "train_seconds": self.train_seconds,
-                "processes": self.world,
-            }
-            _merge_json(self.run_dir / "metrics.json", {"train": summary})
-        return result
+        if self.folder is not None:
+            self.folder.merge_metrics({"train": self.summary()})
+
+    def summary(self) -> dict[str, Any]:
+        """The ``train`` section of metrics.json."""
+        out: dict[str, Any] = {
+            "steps": self.step,
+            "train_seconds": self.train_seconds,
+            "processes": self.world,
+            "final_loss": self.history[-1]["loss"] if self.history else None,
+        }
+        if "val_loss" in self.objective.metrics:
+            out.update(best_step=self.best_step, best_val_loss=self.best_val_loss)
+        return out
+
+    def _record(self, row: dict[str, float]) -> None:
+        self.history.append(row)
+        if row.get("val_loss", math.inf) < self.best_val_loss:
+            self.best_val_loss, self.best_step = row["val_loss"], self.step
+            if self.folder is not None:
+                self.folder.save("best.pt", self.state_dict)
+        if self.folder is not None:
+            self.folder.log(self.history)
+        log.debug("step %d %s", self.step, " ".join(f"{k} {v:.4g}" for k, v in row.items()))
 
     def _mean_over_processes(self, value: float) -> float:
         """The mean of ``value`` over all processes (the value itself in a single process)."""
@@ -375,54 +322,102 @@ class Trainer:
             if isinstance(err, (RankFailure, FloatingPointError)):
                 raise
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            where = (f", its last checkpoint is {self.folder.checkpoints / 'latest.pt'}: "
+                     "continue it with --resume") if self.folder is not None else ""
             raise RankFailure(
                 f"rank {self.rank} of {self.world} lost contact with another process at step "
-                f"{self.step} ({first[:200]}); the run stopped, its last checkpoint is "
-                f"{self.run_dir / 'checkpoints' / 'latest.pt'}: continue it with --resume"
+                f"{self.step} ({first[:200]}); the run stopped{where}"
             ) from err
 
-    def _record(self, row: dict[str, float]) -> None:
-        self.history.append(row)
-        if row["val_loss"] < self.best_val_loss:
-            self.best_val_loss, self.best_step = row["val_loss"], self.step
-            self._save("best.pt")
-        _write_log(self.run_dir / "log.csv", self.history)
-        log.debug(
-            "step %d loss %.4f val_loss %.4f val_w2 %.4f",
+
+class Trainer(Engine):
+    """The engine on a :class:`RunConfig`: flow matching between two point clouds
+    (:class:`~otcfm.train.objectives.PairObjective`), files in ``cfg.run_dir``.
+
+    ``run()`` trains to ``cfg.optim.steps``. Under an initialised torch.distributed process
+    group every process builds a Trainer with the same config.
+    """
+
+    def __init__(
+        self, cfg: RunConfig, *, device: str | torch.device | None = None, progress: bool = True
+    ) -> None:
+        cfg = cfg.validate().resolve()
+        self.cfg = cfg
+        rank, world = _rank_world()
+        dev = process_device(device or cfg.device)
+        self.run_dir = cfg.run_dir
+        self.matcher = build_matcher(cfg.method)
+        objective = PairObjective(cfg, self.matcher, rank=rank, world=world, device=dev)
+        model = build_model(
+            cfg.model,
+            objective.event_shape,
+            score=objective.needs_score,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        ).to(dev)
+        o = cfg.optim
+        settings = LoopSettings(
+            steps=o.steps, lr=o.lr, weight_decay=o.weight_decay, grad_clip=o.grad_clip,
+            ema_decay=o.ema_decay, log_every=cfg.eval.val_every,
+            checkpoint_every=cfg.eval.checkpoint_every,
+        )
+        super().__init__(
+            objective, model, settings, device=dev,
+            folder=RunFolder(cfg.run_dir, fields=LOG_FIELDS, rank=rank),
+            config_toml=cfg.to_toml(), progress=progress,
+            desc=f"{cfg.name} ({cfg.method.name})",
+        )
+        self.objective: PairObjective = objective
+
+    @property
+    def data(self) -> RunData:
+        return self.objective.data
+
+    @property
+    def shard(self) -> Shard:
+        return self.objective.shard
+
+    @property
+    def chunks_per_batch(self) -> int:
+        return self.objective.chunks_per_batch
+
+    def couple(self, index: int) -> CoupledBatch:
+        """Coupled batch ``index`` (see :meth:`PairObjective.couple`)."""
+        return self.objective.couple(index)
+
+    def next_pairs(self) -> Pairing:
+        """The pairs of the current step (see :meth:`PairObjective.next_pairs`)."""
+        return self.objective.next_pairs(self.step)
+
+    def step_sample(self) -> PathSample:
+        """This process's share of the current step's path sample."""
+        return self.objective.step_sample(self.step)
+
+    def validate(self) -> dict[str, float]:
+        """Validation loss and W2 of the eval model (see :meth:`PairObjective.validate`)."""
+        return self.objective.validate(self.eval_model().eval())
+
+    def run(self) -> TrainResult:  # type: ignore[override]
+        """Train to ``cfg.optim.steps``; write the run folder (rank 0)."""
+        super().run()
+        return TrainResult(
+            self.run_dir,
             self.step,
-            row["loss"],
-            row["val_loss"],
-            row["val_w2"],
+            self.best_step,
+            self.best_val_loss,
+            self.train_seconds,
+            self.history,
         )
 
-    def _save(self, name: str) -> None:
-        if self.rank == 0:
-            save_atomic(self.state_dict(), self.run_dir / "checkpoints" / name)
+
+def _rank_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 without torch.distributed)."""
+    if _distributed():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
-
-
-def _write_log(path: Path, rows: list[dict[str, float]]) -> None:
-    """Rewrite log.csv from the history (kept in the checkpoint, so resume never duplicates)."""
-    lines: list[str] = []
-
-    class _Sink:
-        def write(self, s: str) -> None:
-            lines.append(s)
-
-    writer = csv.DictWriter(_Sink(), fieldnames=LOG_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: row[k] for k in LOG_FIELDS})
-    write_text_atomic("".join(lines), path)
-
-
-def _merge_json(path: Path, update: dict[str, Any]) -> None:
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data.update(update)
-    write_text_atomic(json.dumps(data, indent=2, default=float) + "\n", path)
 
 
 def process_device(device: str | torch.device) -> torch.device:

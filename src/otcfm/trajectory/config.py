@@ -16,7 +16,7 @@ METHODS = ("otcfm", "icfm", "sbcfm")
 
 @dataclass
 class DataSection:
-    """Where the populations come from and how they are represented (REFERENCE.md §6)."""
+    """Where the populations come from and how they are represented."""
 
     path: str = "synthetic"  # "synthetic" or a .h5ad / .npz / .csv file
     time_key: str = ""  # "" = the format's default (day/time/..., sample_labels, time)
@@ -33,7 +33,7 @@ class DataSection:
 @dataclass
 class MethodSection:
     name: str = "otcfm"  # otcfm, icfm or sbcfm
-    sigma: float = -1.0  # -1 = the method's default: 0.1 (otcfm, icfm), 1.0 (sbcfm)
+    sigma: float = -1.0  # -1 = the method preset's default, written in by validate()
 
 
 @dataclass
@@ -77,6 +77,7 @@ class TrajectoryConfig(TomlConfig):
         return build_config(cls, data).validate()
 
     def validate(self) -> TrajectoryConfig:
+        """Check every value (ValueError naming the bad one), then :meth:`resolve`."""
         o, e, d = self.optim, self.eval, self.data
         checks = [
             (self.method.name in METHODS,
@@ -101,4 +102,13 @@ class TrajectoryConfig(TomlConfig):
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        return self.resolve()
+
+    def resolve(self) -> TrajectoryConfig:
+        """Write in the defaults left unset: sigma -1 becomes the method preset's sigma
+        (``otcfm.matchers.preset_defaults``), so the saved config records the sigma used."""
+        if self.method.sigma == -1:
+            from otcfm.matchers import preset_defaults
+
+            self.method.sigma = float(preset_defaults(self.method.name)["sigma"])
         return self

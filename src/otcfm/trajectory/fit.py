@@ -1,4 +1,5 @@
-"""Multi-marginal flow matching through populations at times 0, 1, ..., K (REFERENCE.md §6).
+"""Multi-marginal flow matching through populations at times 0, 1, ..., K (Tong et al. 2024,
+single-cell trajectory inference).
 
 One time-conditioned network v(x, tau) serves every interval. Index time tau = k is the
 population at ``times[k]``. For each pair (a, b) of consecutive *kept* populations a batch of
@@ -13,7 +14,6 @@ The loss is the mean squared error over all intervals' samples together.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -21,17 +21,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from otcfm.couplings import EntropicOT
 from otcfm.data import sample_batch
 from otcfm.data.timeseries import TimeSeries
-from otcfm.matchers import FlowMatcher, matcher
-from otcfm.models import MLP
+from otcfm.matchers import FlowMatcher, matcher, preset_defaults
+from otcfm.train.config import ModelConfig
 from otcfm.train.datasets import stream
+from otcfm.train.loop import Engine, LoopSettings, build_model
+from otcfm.train.runfolder import RunFolder
 
 __all__ = [
     "FitSpec",
     "Fitter",
     "FlowFit",
+    "TimeSeriesObjective",
     "build_matcher",
     "fit_flow",
     "intervals",
@@ -39,9 +41,9 @@ __all__ = [
 ]
 
 METHODS = ("otcfm", "icfm", "sbcfm")
-# sigma when none is given: the paper's 0.1 for OT-CFM and I-CFM; 1.0 for SB-CFM (entropic reg
-# 2 sigma^2 = 2), the library's sbcfm preset and the reference implementation's SB-CFM setting
-DEFAULT_SIGMA = {"otcfm": 0.1, "icfm": 0.1, "sbcfm": 1.0}
+# sigma when none is given: the presets' own (otcfm.matchers, the one home of the defaults): the
+# paper's 0.1 for OT-CFM and I-CFM, 1.0 for SB-CFM (entropic reg 2 sigma^2 = 2)
+DEFAULT_SIGMA: dict[str, float] = {m: float(preset_defaults(m)["sigma"]) for m in METHODS}
 # SB-CFM's plan at a small sigma (0.1: reg 0.02, costs ~1-50 on whitened data) converges
 # slowly: the default tol 1e-6 costs ~80 ms per 128 x 128 coupling, 1e-2 (1% of the mass off
 # the uniform marginals) ~20 ms, which keeps a 5-seed benchmark affordable on a CPU.
@@ -87,13 +89,12 @@ class FitSpec:
 
 def build_matcher(method: str, sigma: float) -> FlowMatcher:
     """The registry preset: otcfm (exact OT), icfm (independent), sbcfm (Brownian bridge,
-    entropic OT with reg 2 sigma^2, Sinkhorn stopped at marginal L1 error
+    entropic OT with the preset's reg 2 sigma^2, Sinkhorn stopped at marginal L1 error
     :data:`SB_SINKHORN_TOL`)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if method == "sbcfm" and sigma > 0:
-        coupling = EntropicOT(reg=2 * sigma**2, tol=SB_SINKHORN_TOL)
-        return matcher(method, sigma=sigma, coupling=coupling)
+    if method == "sbcfm":
+        return matcher(method, sigma=sigma, coupling=f"entropic:tol={SB_SINKHORN_TOL}")
     return matcher(method, sigma=sigma)
 
 
@@ -158,48 +159,94 @@ class FlowFit:
         return self.spec.left_out
 
 
-class Fitter:
-    """Model, optimizer and step count of one fit; each step's draws come from a generator
-    derived from (seed, step), so a resumed fit equals an uninterrupted one."""
+class TimeSeriesObjective:
+    """Multi-marginal flow matching through the populations of ``ts`` (an objective of the
+    engine, :class:`otcfm.train.objectives.Objective`).
 
-    def __init__(
-        self, ts: TimeSeries, spec: FitSpec, *, device: str | torch.device = "cpu"
-    ) -> None:
+    Step s draws its cells, times and path noise from ``stream(seed, "trajectory", "step", s)``
+    and returns :func:`multimarginal_loss` over the kept intervals. Every process computes the
+    whole loss (the batch is small), so under torch.distributed the processes agree.
+    """
+
+    metrics: tuple[str, ...] = ()
+    needs_score = False
+
+    def __init__(self, ts: TimeSeries, spec: FitSpec, *, device: str | torch.device = "cpu"
+                 ) -> None:
         if not isinstance(ts, TimeSeries):
             raise TypeError(f"ts must be a TimeSeries, got {type(ts).__name__}")
         self.spec = spec
+        self.ts = ts
+        self.pairs = intervals(ts.n_times, spec.left_out)
+        self.populations = [p.to(device) for p in ts.populations()]
+        self.matcher = build_matcher(spec.method, spec.sigma)
+        self.event_shape: tuple[int, ...] = (ts.dim,)
+
+    def loss(self, net: nn.Module, step: int) -> Tensor:
+        g = stream(self.spec.seed, "trajectory", "step", str(step))
+        return multimarginal_loss(net, self.matcher, self.populations, self.pairs,
+                                  self.spec.batch_size, g)
+
+    def validate(self, model: nn.Module) -> None:
+        return None
+
+    def state(self) -> dict[str, Any]:
+        """What rebuilds the network and its time axis: the spec, times and feature count."""
+        return {"spec": self.spec.to_dict(), "times": list(self.ts.times),
+                "time_names": list(self.ts.time_names), "dim": self.ts.dim}
+
+    def close(self) -> None:
+        pass
+
+
+class Fitter:
+    """One fit on the training engine (:class:`otcfm.train.loop.Engine`) with a
+    :class:`TimeSeriesObjective`: model (initialised from ``stream(seed, "trajectory",
+    "init")``), AdamW and step count; each step's draws come from a generator derived from
+    (seed, step), so a resumed fit equals an uninterrupted one.
+
+    ``folder``, ``config_toml``, ``extra_state``, ``progress``, ``desc``: passed to the engine
+    (a run folder's files and checkpoint payload; none by default).
+    """
+
+    def __init__(
+        self,
+        ts: TimeSeries,
+        spec: FitSpec,
+        *,
+        device: str | torch.device = "cpu",
+        folder: RunFolder | None = None,
+        config_toml: str | None = None,
+        extra_state: dict[str, Any] | None = None,
+        progress: bool = False,
+        desc: str = "",
+    ) -> None:
+        self.objective = TimeSeriesObjective(ts, spec, device=device)
+        self.spec = spec
         self.device = torch.device(device)
         self.n_times = ts.n_times
-        self.pairs = intervals(ts.n_times, spec.left_out)
-        self.populations = [p.to(self.device) for p in ts.populations()]
-        self.matcher = build_matcher(spec.method, spec.sigma)
-        self.model = MLP(
-            ts.dim, width=spec.width, depth=spec.depth, activation=spec.activation,
-            generator=stream(spec.seed, "trajectory", "init"),
-        ).to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay
-        )
-        self.step = 0
-        self.history: list[tuple[int, float]] = []
-        self.train_seconds = 0.0
+        model = _network(spec, ts.dim, stream(spec.seed, "trajectory", "init")).to(self.device)
+        settings = LoopSettings(steps=spec.steps, lr=spec.lr, weight_decay=spec.weight_decay)
+        self.engine = Engine(self.objective, model, settings, device=self.device, folder=folder,
+                             config_toml=config_toml, extra_state=extra_state,
+                             progress=progress, desc=desc)
+
+    # the engine's state, under the names of a fit
+    model = property(lambda self: self.engine.model)
+    optimizer = property(lambda self: self.engine.optimizer)
+    step = property(lambda self: self.engine.step)
+    train_seconds = property(lambda self: self.engine.train_seconds)
+    matcher = property(lambda self: self.objective.matcher)
+    pairs = property(lambda self: self.objective.pairs)
+    populations = property(lambda self: self.objective.populations)
+
+    @property
+    def history(self) -> list[tuple[int, float]]:
+        """(step, mean training loss since the previous entry) pairs."""
+        return [(int(r["step"]), float(r["loss"])) for r in self.engine.history]
 
     def train_step(self) -> float:
-        g = stream(self.spec.seed, "trajectory", "step", str(self.step))
-        self.model.train()
-        loss = multimarginal_loss(
-            self.model, self.matcher, self.populations, self.pairs, self.spec.batch_size, g
-        )
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss is {loss.item()} at step {self.step}; lower lr (now "
-                f"{self.spec.lr})"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.step += 1
-        return float(loss.detach())
+        return self.engine.train_step()
 
     def run(
         self,
@@ -210,21 +257,10 @@ class Fitter:
         callback_every: int = 0,
     ) -> FlowFit:
         """Train to step ``until`` (default spec.steps); record the mean loss every
-        ``log_every`` steps; call ``callback(self)`` every ``callback_every`` steps and last."""
-        until = self.spec.steps if until is None else until
-        start = time.perf_counter() - self.train_seconds
-        running, count = 0.0, 0
-        while self.step < until:
-            running += self.train_step()
-            count += 1
-            last = self.step == until
-            if self.step % log_every == 0 or last:
-                self.history.append((self.step, running / count))
-                running, count = 0.0, 0
-            self.train_seconds = time.perf_counter() - start
-            if callback is not None and (last or (callback_every and
-                                                  self.step % callback_every == 0)):
-                callback(self)
+        ``log_every`` steps; checkpoint (with a run folder) and call ``callback(self)`` every
+        ``callback_every`` steps (0: never) and at the last."""
+        self.engine.run(until, log_every=log_every, checkpoint_every=callback_every,
+                        callback=None if callback is None else lambda _: callback(self))
         self.model.eval()
         return self.result()
 
@@ -233,21 +269,14 @@ class Fitter:
                        self.train_seconds)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "spec": self.spec.to_dict(),
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "history": [list(h) for h in self.history],
-            "train_seconds": self.train_seconds,
-        }
+        return self.engine.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
-        self.history = [(int(s), float(v)) for s, v in state["history"]]
-        self.train_seconds = float(state["train_seconds"])
+        """Load :meth:`state_dict` (also a checkpoint of before the engine, whose history
+        holds [step, loss] pairs)."""
+        history = [r if isinstance(r, dict) else {"step": int(r[0]), "loss": float(r[1])}
+                   for r in state["history"]]
+        self.engine.load_state_dict({**state, "history": history})
 
 
 def fit_flow(
@@ -264,8 +293,12 @@ def fit_flow(
 
 def model_from_state(state: dict[str, Any], dim: int) -> nn.Module:
     """Rebuild the network of a saved :meth:`Fitter.state_dict` (eval mode, no grads)."""
-    spec = FitSpec(**state["spec"])
-    model = MLP(dim, width=spec.width, depth=spec.depth, activation=spec.activation)
+    model = _network(FitSpec(**state["spec"]), dim)
     model.load_state_dict(state["model"])
     return model.eval().requires_grad_(False)
 
+
+def _network(spec: FitSpec, dim: int, generator: torch.Generator | None = None) -> nn.Module:
+    """The paper's MLP v(x, tau) of the spec's width, depth and activation."""
+    cfg = ModelConfig(width=spec.width, depth=spec.depth, activation=spec.activation)
+    return build_model(cfg, (dim,), generator=generator)

@@ -7,7 +7,6 @@ optimizer, step, the fitted preprocessor), ``log.csv`` (training loss), ``metric
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -21,9 +20,9 @@ from otcfm.data.preprocess import Preprocessor, fit_preprocessor
 from otcfm.data.synthetic_cells import SyntheticCells
 from otcfm.data.timeseries import TimeSeries
 from otcfm.data.timeseries_files import load_timeseries
-from otcfm.train.checkpoint import load_checkpoint, save_atomic, write_text_atomic
+from otcfm.train.checkpoint import load_checkpoint, write_text_atomic
 from otcfm.train.datasets import stream
-from otcfm.train.progress import Progress
+from otcfm.train.runfolder import RunFolder
 from otcfm.trajectory.config import DataSection, TrajectoryConfig
 from otcfm.trajectory.fit import FitSpec, Fitter, model_from_state
 from otcfm.trajectory.predict import (
@@ -36,6 +35,8 @@ from otcfm.trajectory.predict import (
 )
 
 log = logging.getLogger("otcfm.trajectory")
+
+LOG_FIELDS = ("step", "loss", "seconds")
 
 __all__ = [
     "LoadedData",
@@ -143,56 +144,21 @@ def fit_run(
             f"eval.left_out must be an intermediate time index in [1, {data.ts.n_times - 2}] "
             f"(the data has times {list(data.ts.times)}), got {spec.left_out}"
         )
-    fitter = Fitter(data.ts, spec, device=cfg.device)
+    fitter = Fitter(
+        data.ts, spec, device=cfg.device, folder=RunFolder(run_dir, fields=LOG_FIELDS),
+        config_toml=cfg.to_toml(), progress=progress, desc=f"{cfg.name} ({spec.method})",
+        extra_state={
+            "config": cfg.to_dict(),
+            "preprocessor": data.preprocessor.to_dict() if data.preprocessor else None,
+        },
+    )
     if state is not None:
-        fitter.load_state_dict(state["fit"])
+        fitter.load_state_dict(state.get("fit", state))  # "fit": a folder of before the engine
         log.info("resumed %s at step %d", run_dir, fitter.step)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(cfg.to_toml(), run_dir / "config.toml")
-    bar = Progress(total=spec.steps, initial=fitter.step, enabled=progress,
-                   desc=f"{cfg.name} ({spec.method})")
-    seen = [fitter.step]
-
-    def checkpoint(f: Fitter) -> None:
-        bar.update(f.step - seen[0], loss=f.history[-1][1] if f.history else float("nan"))
-        seen[0] = f.step
-        _save(run_dir, cfg, f, data)
-
-    try:
-        fitter.run(log_every=cfg.eval.log_every, callback=checkpoint,
-                   callback_every=min(cfg.eval.checkpoint_every, cfg.eval.log_every))
-    finally:
-        bar.close()
-    _merge_json(run_dir / "metrics.json", {"train": {
-        "steps": fitter.step, "train_seconds": fitter.train_seconds,
-        "final_loss": fitter.history[-1][1] if fitter.history else None,
-    }})
+    fitter.run(log_every=cfg.eval.log_every, callback_every=cfg.eval.checkpoint_every)
     if evaluate:
         evaluate_trajectory_run(run_dir)
     return run_dir
-
-
-def _save(run_dir: Path, cfg: TrajectoryConfig, f: Fitter, data: LoadedData) -> None:
-    if f.step % cfg.eval.checkpoint_every == 0 or f.step == f.spec.steps:
-        save_atomic(
-            {
-                "config": cfg.to_dict(),
-                "fit": f.state_dict(),
-                "preprocessor": data.preprocessor.to_dict() if data.preprocessor else None,
-                "times": list(data.ts.times),
-                "time_names": list(data.ts.time_names),
-                "dim": data.ts.dim,
-            },
-            run_dir / "checkpoints" / "latest.pt",
-        )
-    rows = ["step,loss"] + [f"{s},{v:.6g}" for s, v in f.history]
-    write_text_atomic("\n".join(rows) + "\n", run_dir / "log.csv")
-
-
-def _merge_json(path: Path, update: dict[str, Any]) -> None:
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data.update(update)
-    write_text_atomic(json.dumps(data, indent=2, default=float) + "\n", path)
 
 
 # --------------------------------------------------------------------------- loading
@@ -223,15 +189,17 @@ def load_trajectory_run(run_dir: str | Path) -> TrajectoryRun:
         raise ValueError(
             f"{run_dir}: the data now has {data.ts.dim} features, the model {state['dim']}"
         )
-    model = model_from_state(state["fit"], data.ts.dim)
-    return TrajectoryRun(cfg, model, data, int(state["fit"]["step"]), run_dir)
+    fit = state.get("fit", state)  # "fit": a folder of before the engine
+    model = model_from_state(fit, data.ts.dim)
+    return TrajectoryRun(cfg, model, data, int(fit["step"]), run_dir)
 
 
 # --------------------------------------------------------------------------- evaluation
 def evaluate_trajectory_run(
     run_dir: str | Path, *, ode_steps: int | None = None, plots: bool = True
 ) -> dict[str, Any]:
-    """Score a run (REFERENCE.md §6) and write metrics.json, plots and report.md.
+    """Score a run (the leave-one-out protocol of Tong et al. 2024) and write metrics.json,
+    plots and report.md.
 
     With a left-out time k: W1 and MMD of the cells of k-1 pushed to k against the true cells
     at k, beside the linear-interpolation baseline (and, for synthetic data, against fresh
@@ -256,7 +224,7 @@ def evaluate_trajectory_run(
             pred = predict_left_out(run.model, ts, k, steps_per_unit=steps)
             ev["w1_truth"] = score(pred, truth).w1
     ev["eval_seconds"] = time.perf_counter() - start
-    _merge_json(Path(run_dir) / "metrics.json", {"eval": ev})
+    RunFolder(run_dir).merge_metrics({"eval": ev})
     if plots:
         _plot(run, steps)
     write_text_atomic(_report(run, ev), Path(run_dir) / "report.md")

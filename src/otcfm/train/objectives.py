@@ -1,0 +1,199 @@
+"""What the training engine (:mod:`otcfm.train.loop`) minimises: pluggable objectives.
+
+An objective owns the data and the draws of one kind of training; the engine owns the model,
+optimizer, EMA, clipping, DDP, step counting, progress, logs and checkpoints. The interface
+(:class:`Objective`) is small and makes no assumption on the shape of a point:
+
+- ``event_shape``: the shape of one point, ``needs_score``: whether the network has a score
+  head as well (SF2M); the caller builds the model from them.
+- ``loss(net, step)``: the scalar loss of optimizer step ``step`` on this process's share of
+  the step's batch (a function of the run's seed and ``step`` only, so resuming equals never
+  stopping); ``net`` is the network to call (the DDP wrapper under torch.distributed).
+- ``metrics`` and ``validate(model)``: the names and values of validation metrics (rank 0
+  only; ``None`` when the objective has none). A ``"val_loss"`` selects ``best.pt``.
+- ``state()``: extra checkpoint payload (e.g. what a run needs to rebuild its data).
+- ``close()``: stop background work (a later ``loss`` starts it again).
+
+:class:`PairObjective` is conditional flow matching between two point clouds (Tong et al.,
+eqs. (8)-(9) with a minibatch coupling, Sec. 3.2); the time-series objective lives beside the
+engine in :mod:`otcfm.trajectory.fit`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from otcfm._utils import index_cond
+from otcfm.couplings import Pairing
+from otcfm.matchers import FlowMatcher
+from otcfm.metrics import wasserstein
+from otcfm.paths import PathSample
+from otcfm.sampling import integrate
+from otcfm.train.config import RunConfig
+from otcfm.train.datasets import RunData, load_run_data, stream
+from otcfm.train.prefetch import CoupledBatch, Prefetcher, Shard, chunks, couple_batch
+
+__all__ = ["Objective", "PairObjective"]
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """The interface between the training engine and what it trains (see the module doc)."""
+
+    event_shape: tuple[int, ...]
+    needs_score: bool
+    metrics: tuple[str, ...]
+
+    def loss(self, net: nn.Module, step: int) -> Tensor: ...
+
+    def validate(self, model: nn.Module) -> dict[str, float] | None: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class PairObjective:
+    """Flow matching from ``cfg.data.source`` to ``cfg.data.target`` with the configured
+    matcher and minibatch coupling.
+
+    Couplings are made ahead by background threads (``couplings.workers``, see
+    :mod:`otcfm.train.prefetch`): coupled batch k comes from a generator derived from (seed,
+    k) and step s's times and path noise from one derived from (seed, s), so results are the
+    same for any number of workers, with prefetch off and across a resume. A coupled batch of
+    ``couplings.ot_batch`` pairs feeds ot_batch / batch_size consecutive optimizer steps.
+    ``optim.batch_size`` and ``couplings.ot_batch`` are global: process ``rank`` of ``world``
+    trains on its consecutive share of every step's batch.
+    """
+
+    metrics = ("val_loss", "val_w2")
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        matcher: FlowMatcher,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.cfg = cfg
+        self.matcher = matcher
+        self.rank, self.world = rank, world
+        self.device = torch.device(device)
+        for key, value in (("optim.batch_size", cfg.optim.batch_size),
+                           ("couplings.ot_batch", cfg.ot_batch)):
+            if value % world:
+                raise ValueError(
+                    f"{key} {value} is the global batch; it must be a multiple of the "
+                    f"{world} processes"
+                )
+        self.data: RunData = load_run_data(cfg.data, cfg.seed)
+        n_min = min(self.data.source.train.shape[0], self.data.target.train.shape[0])
+        for key, value in (("optim.batch_size", cfg.optim.batch_size),
+                           ("couplings.ot_batch", cfg.ot_batch)):
+            if value > n_min:
+                raise ValueError(
+                    f"{key} {value} exceeds the smaller training set ({n_min} points)"
+                )
+        self.event_shape: tuple[int, ...] = self.data.event_shape
+        self.needs_score = bool(matcher.needs_score)
+        self.chunks_per_batch = cfg.ot_batch // cfg.optim.batch_size
+        # coupled batches are broadcast in a group of their own (see Shard)
+        group = dist.new_group(backend="gloo") if world > 1 else None
+        self.shard = Shard(rank, world, cfg.couplings.scope, group)
+        # whether each process couples (and draws times and noise for) only its own share
+        self._local = world > 1 and self.shard.scope == "local"
+        self._size = cfg.optim.batch_size // (world if self._local else 1)
+        self._rank_label = str(rank) if self._local else "0"
+        self._prefetcher: Prefetcher[CoupledBatch] | None = None
+        self._coupled: CoupledBatch | None = None
+        self._chunks: list[Pairing] = []
+
+    # ------------------------------------------------------------------ couplings
+    def couple(self, index: int) -> CoupledBatch:
+        """Coupled batch ``index``: a function of (seed, index) and the coupling scope only."""
+        return couple_batch(
+            self.matcher.coupling,
+            self.data.source.train,
+            self.data.target.train,
+            self.cfg.ot_batch,
+            index,
+            seed=self.cfg.seed,
+            shard=self.shard,
+            device=self.device,
+            paired=self.cfg.data.paired,
+        )
+
+    def next_pairs(self, step: int) -> Pairing:
+        """The pairs of ``step`` (chunk step % m of coupled batch step // m): the global
+        batch_size pairs, or this process's share of them with scope "local"."""
+        index, part = divmod(step, self.chunks_per_batch)
+        if self._coupled is None or self._coupled.index != index:
+            p = self._prefetcher
+            if p is None or p.next_index != index:  # first step, after a resume or past the end
+                self.close()
+                c = self.cfg.couplings
+                stop = max(index + 1, -(-self.cfg.optim.steps // self.chunks_per_batch))
+                # one coupling thread per process under DDP: its broadcasts stay in order
+                workers = min(c.workers, 1) if self.world > 1 else c.workers
+                p = Prefetcher(self.couple, index, stop, workers=workers, depth=c.prefetch)
+                self._prefetcher = p
+            self._coupled = p.next()
+            if self._coupled.index != index:  # pragma: no cover - guards the bookkeeping
+                raise RuntimeError(f"coupled batch {self._coupled.index} != expected {index}")
+            self._chunks = chunks(self._coupled.pair, self._size)
+        return self._chunks[part]
+
+    def step_sample(self, step: int) -> PathSample:
+        """This process's share of the path sample of ``step``.
+
+        Times and noise are drawn for the whole global batch from ``stream(seed, "step", "0",
+        step)`` and sliced, so every world size trains on the same samples (scope "local"
+        draws them per process instead).
+        """
+        pair = self.next_pairs(step)
+        s = self.matcher.sample(
+            pair, generator=stream(self.cfg.seed, "step", self._rank_label, str(step))
+        )
+        if self.world == 1 or self._local:
+            return s
+        part = self.shard.rows(s.t.shape[0])
+        k = torch.arange(part.start, part.stop, device=s.t.device)
+        return PathSample(
+            t=s.t[part], x0=s.x0[part], x1=s.x1[part], xt=s.xt[part], ut=s.ut[part],
+            noise=s.noise[part], cond=index_cond(s.cond, k),
+        )
+
+    def loss(self, net: nn.Module, step: int) -> Tensor:
+        """The matcher's regression loss (eq. (9)) on this process's share of ``step``."""
+        return self.matcher.regress(net, self.step_sample(step))
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """Validation loss (fixed seed, whole validation set) and W2 of pushed-forward
+        validation sources against the validation targets."""
+        x0 = self.data.source.val.to(self.device)
+        x1 = self.data.target.val.to(self.device)
+        n = min(x0.shape[0], x1.shape[0])
+        val_loss = float(
+            self.matcher.loss(model, x0[:n], x1[:n], generator=stream(self.cfg.seed, "val"))
+        )
+        e = self.cfg.eval
+        traj = integrate(model, x0, method=e.solver, steps=e.ode_steps, save="ends", energy=False)
+        val_w2 = wasserstein(traj.x_final.cpu(), x1.cpu(), p=2)
+        return {"val_loss": val_loss, "val_w2": val_w2}
+
+    def state(self) -> dict[str, Any]:
+        return {"config": self.cfg.to_dict()}
+
+    def close(self) -> None:
+        """Stop the coupling workers (a later step starts them again)."""
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+        self._prefetcher, self._coupled, self._chunks = None, None, []
