@@ -47,11 +47,12 @@ class RunFolder:
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
-    def start(self, config_toml: str) -> None:
-        """Create the folder and write ``config.toml``."""
+    def start(self, config_toml: str | None = None) -> None:
+        """Create the folder and write ``config.toml`` (when given)."""
         if self.writes:
             self.path.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(config_toml, self.path / "config.toml")
+            if config_toml is not None:
+                write_text_atomic(config_toml, self.path / "config.toml")
 
     def log(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Rewrite ``log.csv`` from all rows so far (each must hold every field)."""

@@ -1,0 +1,267 @@
+"""The one training engine and its objectives, against plain PyTorch loops written out here.
+
+Oracles: (1) the time-series objective on the engine (and the Fitter facade over it) gives the
+weights of the multi-marginal loop written plainly (AdamW on multimarginal_loss, one
+generator per step); (2) the pair objective on the engine gives the weights of a plain loop
+over coupled batches and an explicit squared error; (3) with a toy objective on points of
+shape (2, 3, 4): gradient clipping and the EMA equal their textbook formulas, the log and
+checkpoint cadence, best-by-val_loss, a non-finite loss, and resume equal to never stopping.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from otcfm.data.timeseries import TimeSeries
+from otcfm.models import MLP
+from otcfm.train.config import RunConfig
+from otcfm.train.datasets import stream
+from otcfm.train.loop import Engine, LoopSettings, Trainer
+from otcfm.train.objectives import Objective, PairObjective
+from otcfm.train.prefetch import chunks, couple_batch
+from otcfm.train.runfolder import RunFolder
+from otcfm.trajectory.fit import (
+    FitSpec,
+    Fitter,
+    TimeSeriesObjective,
+    build_matcher,
+    intervals,
+    multimarginal_loss,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def series(n=48, times=4, dim=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TimeSeries.from_populations(
+        [torch.randn(n, dim, generator=g) + k for k in range(times)]
+    )
+
+
+def same(a: nn.Module, b: nn.Module) -> None:
+    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), k
+
+
+# ------------------------------------------------------------------ time series
+@pytest.mark.parametrize("method", ["otcfm", "sbcfm"])
+def test_time_series_engine_equals_the_plain_multimarginal_loop(method):
+    ts, steps = series(), 15
+    spec = FitSpec(method=method, left_out=1, steps=steps, batch_size=16, width=16, depth=2,
+                   seed=5)
+    # the plain loop
+    model = MLP(ts.dim, width=16, depth=2, activation="selu",
+                generator=stream(5, "trajectory", "init"))
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    fm, pops, pairs = build_matcher(method, spec.sigma), ts.populations(), intervals(4, 1)
+    losses = []
+    for step in range(steps):
+        g = stream(5, "trajectory", "step", str(step))
+        loss = multimarginal_loss(model, fm, pops, pairs, 16, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    # the facade and the bare engine
+    fit = Fitter(ts, spec).run(log_every=5)
+    same(fit.model, model)
+    assert [s for s, _ in fit.history] == [5, 10, 15]
+    assert fit.history[1][1] == pytest.approx(sum(losses[5:10]) / 5, rel=1e-12)
+    objective = TimeSeriesObjective(ts, spec)
+    net = MLP(ts.dim, width=16, depth=2, generator=stream(5, "trajectory", "init"))
+    engine = Engine(objective, net, LoopSettings(steps=steps, lr=spec.lr,
+                                                 weight_decay=spec.weight_decay))
+    engine.run()
+    same(engine.model, model)
+    assert engine.model is net and fit.model.training is False
+
+
+def test_objectives_follow_the_protocol(tmp_path):
+    ts = series()
+    assert isinstance(TimeSeriesObjective(ts, FitSpec()), Objective)
+    objective = TimeSeriesObjective(ts, FitSpec(left_out=2, seed=1))
+    assert objective.event_shape == (3,) and objective.validate(nn.Identity()) is None
+    assert objective.state()["dim"] == 3 and objective.state()["spec"]["left_out"] == 2
+    trainer = Trainer(tiny(tmp_path), progress=False)
+    try:
+        assert isinstance(trainer.objective, PairObjective)
+        assert isinstance(trainer.objective, Objective)
+        assert trainer.objective.event_shape == (2,)
+    finally:
+        trainer.close()
+
+
+# ------------------------------------------------------------------ pairs
+def tiny(tmp_path, **over) -> RunConfig:
+    return RunConfig(name="pairs", out_dir=str(tmp_path)).override([
+        "optim.steps=6", "optim.batch_size=32", "couplings.ot_batch=64", "data.n_train=128",
+        "data.n_val=32", "data.n_test=32", "eval.val_every=3", "eval.ode_steps=3",
+        "model.width=16", "model.depth=2", "method.name='otcfm'",
+        *[f"{k}={v}" for k, v in over.items()],
+    ])
+
+
+def test_pair_engine_equals_a_plain_loop_over_coupled_batches(tmp_path):
+    cfg = tiny(tmp_path).resolve()
+    trainer = Trainer(cfg, progress=False)
+    result = trainer.run()
+    data, fm = trainer.data, trainer.matcher
+    model = MLP(2, width=16, depth=2, activation=cfg.model.activation,
+                generator=torch.Generator().manual_seed(cfg.seed))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr,
+                            weight_decay=cfg.optim.weight_decay)
+    for step in range(6):
+        batch = couple_batch(fm.coupling, data.source.train, data.target.train, 64, step // 2,
+                             seed=cfg.seed)
+        pair = chunks(batch.pair, 32)[step % 2]
+        s = fm.sample(pair, generator=stream(cfg.seed, "step", "0", str(step)))
+        loss = ((model(s.xt, s.t) - s.ut) ** 2).sum(dim=1).mean() / 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for p, q in zip(trainer.model.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    assert [r["step"] for r in result.history] == [3, 6]
+    assert set(result.history[0]) == {"step", "loss", "val_loss", "val_w2", "seconds"}
+
+
+# ------------------------------------------------------------------ the loop itself
+class Toy:
+    """Regress a fixed linear map on points of shape (2, 3, 4): loss at step s is the mean
+    squared error on 8 points from stream(seed, "toy", s); val_loss follows ``val``."""
+
+    event_shape = (2, 3, 4)
+    needs_score = False
+    metrics = ("val_loss",)
+
+    def __init__(self, val=(), scale=1.0):
+        self.weight = torch.randn(24, 24, generator=torch.Generator().manual_seed(1))
+        self.val, self.calls, self.closed, self.scale = list(val), 0, 0, scale
+
+    def batch(self, step):
+        x = torch.randn(8, *self.event_shape, generator=stream(3, "toy", str(step)))
+        return x, (x.flatten(1) @ self.weight).view_as(x) * self.scale
+
+    def loss(self, net, step):
+        x, y = self.batch(step)
+        return (net(x) - y).pow(2).mean()
+
+    def validate(self, model):
+        self.calls += 1
+        assert not model.training
+        return {"val_loss": self.val.pop(0) if self.val else 0.0}
+
+    def state(self):
+        return {"toy": True}
+
+    def close(self):
+        self.closed += 1
+
+
+class Flat(nn.Module):
+    """x -> W flat(x) + b, reshaped back: a network for any event shape."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.weight = nn.Parameter(torch.randn(24, 24, generator=g) * 0.1)
+        self.bias = nn.Parameter(torch.zeros(24))
+
+    def forward(self, x):
+        return (x.flatten(1) @ self.weight.T + self.bias).view_as(x)
+
+
+def test_clipping_and_ema_equal_their_formulas():
+    clip, decay, lr, steps = 0.5, 0.9, 1e-2, 7
+    engine = Engine(Toy(), Flat(), LoopSettings(steps=steps, lr=lr, grad_clip=clip,
+                                                ema_decay=decay))
+    engine.run()
+    model, toy = Flat(), Toy()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    shadow = [p.detach().clone() for p in model.parameters()]
+    clipped = 0
+    for step in range(steps):
+        opt.zero_grad()
+        toy.loss(model, step).backward()
+        grads = [p.grad for p in model.parameters()]
+        norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
+        if norm > clip:
+            clipped += 1
+            for g in grads:
+                g.mul_(clip / norm)
+        opt.step()
+        shadow = [decay * s + (1 - decay) * p.detach() for s, p in zip(shadow, model.parameters(),
+                                                                       strict=True)]
+    assert clipped == steps  # the clip is active, so the test can tell it from no clip
+    for p, q in zip(engine.model.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+    for p, q in zip(engine.eval_model().parameters(), shadow, strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+
+
+def test_cadence_best_checkpoint_and_files(tmp_path):
+    toy = Toy(val=[3.0, 1.0, 2.0, 0.5])
+    folder = RunFolder(tmp_path / "run", fields=("step", "loss", "val_loss", "seconds"))
+    engine = Engine(toy, Flat(), LoopSettings(steps=10, log_every=3, checkpoint_every=4),
+                    folder=folder, config_toml="name = 'toy'\n")
+    seen = []
+    engine.run(callback=lambda e: seen.append(e.step))
+    assert [r["step"] for r in engine.history] == [3, 6, 9, 10]
+    assert toy.calls == 4 and seen == [4, 8, 10]
+    assert engine.best_step == 10 and engine.best_val_loss == 0.5
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)
+    latest = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=False)
+    assert best["toy"] and latest["step"] == 10 and best["step"] == 10
+    lines = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert lines[0] == "step,loss,val_loss,seconds" and len(lines) == 5
+    assert (tmp_path / "run" / "config.toml").read_text() == "name = 'toy'\n"
+    assert toy.closed >= 1
+
+
+def test_best_checkpoint_keeps_the_lowest_val_loss(tmp_path):
+    folder = RunFolder(tmp_path, fields=("step", "loss", "val_loss", "seconds"))
+    engine = Engine(Toy(val=[2.0, 1.0, 4.0]), Flat(), LoopSettings(steps=3, log_every=1),
+                    folder=folder)
+    engine.run()
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
+    assert best["step"] == 2 and best["best_val_loss"] == 1.0
+
+
+def test_a_non_finite_loss_stops_with_the_step():
+    engine = Engine(Toy(scale=float("nan")), Flat(), LoopSettings(steps=3))
+    with pytest.raises(FloatingPointError, match="at step 0"):
+        engine.run()
+
+
+def test_resume_equals_never_stopping():
+    def make():
+        return Engine(Toy(), Flat(), LoopSettings(steps=8, lr=1e-2, ema_decay=0.5,
+                                                  log_every=2))
+    straight = make()
+    straight.run()
+    first = make()
+    first.run(until=5)
+    second = make()
+    second.load_state_dict(first.state_dict())
+    second.run()
+    same(straight.model, second.model)
+    same(straight.eval_model(), second.eval_model())
+    assert [r["step"] for r in second.history] == [2, 4, 5, 6, 8]
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="steps"):
+        LoopSettings(steps=0)
+    with pytest.raises(ValueError, match="grad_clip"):
+        LoopSettings(steps=1, grad_clip=-1.0)
