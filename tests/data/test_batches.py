@@ -41,7 +41,9 @@ def mode(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize(("n", "b"), [(10_000, 512), (40, 10), (7, 1), (1000, 250)])
+@pytest.mark.parametrize(
+    ("n", "b"), [(10_000, 512), (40, 10), (7, 1), (1000, 250), (2**16 + 3, 300), (2**20, 700)]
+)
 def test_indices_are_distinct_and_in_range(n, b, mode):
     g = gen(0)
     for _ in range(200):
@@ -51,13 +53,30 @@ def test_indices_are_distinct_and_in_range(n, b, mode):
         assert torch.unique(idx).numel() == b
 
 
+@pytest.mark.parametrize("n", [5, 2**16, 2**16 + 1, 3 * 2**20, 2**32, 2**32 + 7, 2**50])
+def test_first_occurrences_match_a_python_oracle(n):
+    # dict.fromkeys keeps the first occurrence of each key, in order: the reference
+    g = gen(10)
+    for m in (1, 2, 40, 600):
+        values = torch.randint(min(n, 60), (m,), generator=g)  # many repeats
+        values = values * (n // 60 if n > 60 else 1) + (n - 1) % 3 * (n > 60)
+        values = values.clamp_max(n - 1)
+        want = list(dict.fromkeys(values.tolist()))
+        assert data._first_occurrences(values, n).tolist() == want
+        assert data._first_occurrences_torch(values).tolist() == want  # the non-CPU path
+        spread = torch.randint(n, (m,), generator=g)  # all digits in play
+        want = list(dict.fromkeys(spread.tolist()))
+        assert data._first_occurrences(spread, n).tolist() == want
+        assert data._first_occurrences_torch(spread).tolist() == want
+
+
 def test_redraw_rounds_happen_and_keep_the_batch_distinct(monkeypatch):
     calls = []
     original = data._first_occurrences
 
-    def counted(values):
+    def counted(values, n):
         calls.append(values.numel())
-        return original(values)
+        return original(values, n)
 
     monkeypatch.setattr(data, "_lookahead", lambda b, n: 0)
     monkeypatch.setattr(data, "_first_occurrences", counted)

@@ -14,6 +14,7 @@ import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -82,7 +83,7 @@ def sample_indices(n: int, batch_size: int, generator: torch.Generator | None = 
     ahead = _lookahead(b, n)
     stream = torch.randint(n, (b + ahead,), generator=generator, device=device)
     while True:
-        distinct = _first_occurrences(stream)
+        distinct = _first_occurrences(stream, n)
         if distinct.shape[0] >= b:
             return distinct[:b]
         size = (b - distinct.shape[0] + ahead,)
@@ -94,12 +95,40 @@ def _lookahead(b: int, n: int) -> int:
     return 2 * b * b // n + 16
 
 
-def _first_occurrences(values: Tensor) -> Tensor:
-    """The entries of ``values`` (m,) that are not repeats of earlier ones, in order."""
+def _first_occurrences(values: Tensor, n: int) -> Tensor:
+    """The entries of ``values`` (m,) in [0, n) that are not repeats of earlier ones, in order."""
+    if values.device.type == "cpu":  # numpy radix-sorts 16-bit keys: no O(m log m) compares
+        return torch.from_numpy(_first_occurrences_numpy(values.numpy(), n))
+    return _first_occurrences_torch(values)
+
+
+def _first_occurrences_torch(values: Tensor) -> Tensor:
     ranked, order = torch.sort(values, stable=True)  # equal values keep their order
     new = torch.ones_like(values, dtype=torch.bool)  # per rank: differs from the one before
     torch.ne(ranked[1:], ranked[:-1], out=new[1:])
     return values.masked_select(torch.empty_like(new).scatter_(0, order, new))
+
+
+def _first_occurrences_numpy(values: np.ndarray, n: int) -> np.ndarray:
+    order = _stable_order(values, n)
+    ranked = values[order]
+    new = np.empty(values.shape[0], dtype=bool)
+    new[:1] = True
+    np.not_equal(ranked[1:], ranked[:-1], out=new[1:])
+    first = np.empty_like(new)
+    first[order] = new
+    return values[first]
+
+
+def _stable_order(values: np.ndarray, n: int) -> np.ndarray:
+    """Stable argsort of int64 ``values`` in [0, n): least significant 16-bit digit first."""
+    if n > 2**32:
+        return np.argsort(values, kind="stable")
+    order = np.argsort(values.astype(np.uint16), kind="stable")  # the low 16 bits
+    if n > 2**16:
+        high = (values[order] >> 16).astype(np.uint16)
+        order = order[np.argsort(high, kind="stable")]
+    return order
 
 
 def sample_batch(x: Tensor, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
@@ -116,7 +145,7 @@ def sample_batch(x: Tensor, batch_size: int, generator: torch.Generator | None =
     if x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"x must have at least one row, got shape {tuple(x.shape)}")
     idx = sample_indices(x.shape[0], batch_size, generator)
-    return x[idx.to(x.device)]
+    return x.index_select(0, idx.to(x.device))
 
 
 @dataclass(frozen=True, eq=False)
