@@ -37,7 +37,7 @@ from torch import Tensor
 
 from otcfm._utils import index_cond
 from otcfm.couplings import Coupling, Pairing
-from otcfm.data import sample_batch
+from otcfm.data import sample_indices
 from otcfm.train.datasets import stream
 
 __all__ = ["CoupledBatch", "Prefetcher", "Shard", "chunks", "couple_batch"]
@@ -100,26 +100,33 @@ def couple_batch(
                 f"paired source and target need the same number of rows, got "
                 f"{source.shape[0]} and {target.shape[0]}"
             )
-        rows = sample_batch(torch.arange(source.shape[0]), size, g)
-        x0, x1 = source[rows.to(source.device)], target[rows.to(target.device)]
+        rows0 = rows1 = sample_indices(source.shape[0], size, g)
     else:
-        x0 = sample_batch(source, size, g)
-        x1 = sample_batch(target, size, g)
-    if shard.world > 1 and shard.scope == "local":
+        rows0 = sample_indices(source.shape[0], size, g)
+        rows1 = sample_indices(target.shape[0], size, g)
+    local = shard.world > 1 and shard.scope == "local"
+    if local:  # only this process's share of the points is gathered
         part = shard.rows(size)
-        x0, x1 = x0[part], x1[part]
+        rows0, rows1 = rows0[part], rows1[part]
+    x0, x1 = source[rows0.to(source.device)], target[rows1.to(target.device)]
     if device is not None:
         x0, x1 = x0.to(device), x1.to(device)
-    if shard.world == 1 or shard.scope == "local":
+    if shard.world == 1 or local or coupling.in_order:  # in order: no solve to share
         return CoupledBatch(index, coupling(x0, x1, generator=g))
     src = index % shard.world  # the processes take turns solving
-    message: list[Any] = [None]
+    n = torch.zeros(1, dtype=torch.long)
     if shard.rank == src:
         pair = coupling(x0, x1, generator=g)
-        message = [(pair.i.cpu(), pair.j.cpu(), dict(pair.info))]
-    dist.broadcast_object_list(message, src=src, group=shard.group)
-    i, j, info = message[0]
+        i, j = pair.i.cpu().contiguous(), pair.j.cpu().contiguous()  # broadcast sends storage
+        n[0] = i.shape[0]
+    dist.broadcast(n, src=src, group=shard.group)
+    if shard.rank != src:
+        i = torch.empty(int(n), dtype=torch.long)
+        j = torch.empty(int(n), dtype=torch.long)
+    dist.broadcast(i, src=src, group=shard.group)
+    dist.broadcast(j, src=src, group=shard.group)
     i, j = i.to(x0.device), j.to(x1.device)
+    info = pair.info if shard.rank == src else {"pairs": int(n)}
     return CoupledBatch(index, Pairing(x0=x0[i], x1=x1[j], i=i, j=j, info=info))
 
 
