@@ -105,6 +105,18 @@ class Registry(Generic[T]):
 
 
 # --------------------------------------------------------------------------- tensor plumbing
+def cast(
+    x: Tensor, *, dtype: torch.dtype | None = None, device: torch.device | None = None
+) -> Tensor:
+    """``x.to(device=device, dtype=dtype)``, without the call when nothing would change.
+
+    A no-op ``.to`` still costs microseconds of argument parsing: this matters in per-step code.
+    """
+    if (dtype is None or x.dtype == dtype) and (device is None or x.device == device):
+        return x
+    return x.to(device=device, dtype=dtype)
+
+
 def pad_t(t: Tensor, x: Tensor) -> Tensor:
     """Reshape per-sample times (B,) to (B, 1, ..., 1) so they broadcast against ``x``."""
     return t.reshape(-1, *([1] * (x.dim() - 1)))

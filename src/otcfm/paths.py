@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from otcfm._utils import Registry, check_pair, check_positive, check_tensor, flat, pad_t
+from otcfm._utils import Registry, cast, check_pair, check_positive, check_tensor, flat, pad_t
 
 __all__ = [
     "PATHS",
@@ -115,15 +115,15 @@ class ProbabilityPath(ABC):
         """
         x0, x1, t_c, work = _prepare(x0, x1, t)
         eps = self._noise(x0, x1, noise, generator, work)
-        xt, ut = self._fields(x0.to(work), x1.to(work), t_c, eps)
+        xt, ut = self._fields(cast(x0, dtype=work), cast(x1, dtype=work), t_c, eps)
         dtype = x1.dtype
         return PathSample(
-            t=t_c.to(torch.float32),
+            t=cast(t_c, dtype=torch.float32),
             x0=x0,
             x1=x1,
-            xt=xt.to(dtype),
-            ut=ut.to(dtype),
-            noise=eps.to(dtype),
+            xt=cast(xt, dtype=dtype),
+            ut=cast(ut, dtype=dtype),
+            noise=cast(eps, dtype=dtype),
         )
 
     def _fields(self, x0: Tensor, x1: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
@@ -144,13 +144,13 @@ class ProbabilityPath(ABC):
         if noise is None:
             device = generator.device if generator is not None else x1.device
             eps = torch.randn(x1.shape, generator=generator, device=device, dtype=torch.float32)
-            return eps.to(device=x1.device, dtype=work)
+            return cast(eps, device=x1.device, dtype=work)
         check_tensor("noise", noise)
         if noise.shape != x1.shape:
             raise ValueError(
                 f"noise must have the shape of x1 {tuple(x1.shape)}, got {tuple(noise.shape)}"
             )
-        return noise.to(device=x1.device, dtype=work)
+        return cast(noise, device=x1.device, dtype=work)
 
     def __repr__(self) -> str:  # dataclass subclasses override this
         return f"{type(self).__name__}()"
@@ -394,7 +394,7 @@ def _as_times(t: Any, batch: int, device: torch.device, dtype: torch.dtype) -> T
         raise ValueError(
             f"t must have shape ({batch},) (one time per sample), got {tuple(t.shape)}"
         )
-    t = t.to(device=device, dtype=dtype)
+    t = cast(t, device=device, dtype=dtype)
     lo, hi = torch.aminmax(t)  # NaN propagates to both; one reduction instead of five ops
     if not (lo.item() >= 0.0 and hi.item() <= 1.0):
         bad = ~torch.isfinite(t) | (t < 0) | (t > 1)

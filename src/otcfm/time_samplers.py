@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from otcfm._utils import Registry, check_positive
+from otcfm._utils import Registry, cast, check_positive
 
 __all__ = [
     "TIME_SAMPLERS",
@@ -46,7 +46,7 @@ class TimeSampler(ABC):
         t = self._draw(n, generator, src)
         if not self._in_unit_interval:
             t = t.to(torch.float32).clamp_(0.0, 1.0)
-        return t.to(device) if device is not None else t
+        return cast(t, device=torch.device(device)) if device is not None else t
 
     @abstractmethod
     def _draw(self, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from otcfm._utils import check_cond, check_pair, flat, index_cond
+from otcfm._utils import cast, check_cond, check_pair, flat, index_cond
 
 COST_DTYPES = (torch.float32, torch.float64)
 
@@ -69,8 +69,8 @@ class Coupling(ABC):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         start = time.perf_counter()
         i, j, info = self.pair(x0, x1, generator=generator)
-        i = i.to(device=x0.device, dtype=torch.long)
-        j = j.to(device=x1.device, dtype=torch.long)
+        i = cast(i, device=x0.device, dtype=torch.long)
+        j = cast(j, device=x1.device, dtype=torch.long)
         info = {**info, "pairs": int(i.shape[0]), "seconds": time.perf_counter() - start}
         if self.in_order:  # x0[i] would be a copy of x0 (two gathers per call saved)
             return Pairing(x0=x0, x1=x1, i=i, j=j, cond0=cond0, cond1=cond1, info=info)

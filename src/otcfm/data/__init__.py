@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from otcfm._utils import check_tensor
+from otcfm._utils import cast, check_tensor
 from otcfm.data import toy
 from otcfm.data.files import SUPPORTED_EXTENSIONS, load_points, resolve_points, save_points
 
@@ -145,7 +145,7 @@ def sample_batch(x: Tensor, batch_size: int, generator: torch.Generator | None =
     if x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"x must have at least one row, got shape {tuple(x.shape)}")
     idx = sample_indices(x.shape[0], batch_size, generator)
-    return x.index_select(0, idx.to(x.device))
+    return x.index_select(0, cast(idx, device=x.device))
 
 
 @dataclass(frozen=True, eq=False)
