@@ -8,9 +8,10 @@ xt = (1 - t) x0 + t x1 + sigma eps, ut = x1 - x0, MSE, AdamW step, loss.item(). 
 ``Trainer(cfg).train_step()`` with method icfm, once with the default number of coupling
 workers and once with ``couplings.workers=0``.
 
-Rounds alternate the three loops (the order rotates every round), each a block of ``--steps``
-timed steps after a warm-up; a round's ratio is engine / plain of the per-step medians of that
-round, and the summary gives the median and spread of the ratios over rounds.
+After a warm-up, each round times ``--steps`` steps of every loop, taken in alternating blocks
+of ``--chunk`` steps (the order rotates from block to block), so that the drifting load of a
+shared machine falls on all loops alike; a round's ratio is engine / plain of that round's
+per-step medians, and the summary gives the median and spread of the ratios over rounds.
 
 Usage:
     python benchmarks/engine_overhead.py                  # 10 rounds x 200 steps, writes
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import gc
 import json
 import os
 import platform
@@ -104,7 +104,6 @@ def engine_config(
 # --------------------------------------------------------------------------- timing
 def time_block(step: Callable[[], float], steps: int) -> list[float]:
     """Seconds of each of ``steps`` consecutive calls."""
-    gc.collect()
     out = []
     clock = time.perf_counter
     for _ in range(steps):
@@ -124,8 +123,17 @@ def block_stats(seconds: list[float]) -> dict[str, float]:
     }
 
 
+def _load() -> list[float] | None:
+    """1, 5 and 15 minute load averages (None where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def run(args: argparse.Namespace, command: str) -> dict:
     torch.set_num_threads(args.threads)
+    load_before = _load()
     total = args.warmup + args.rounds * args.steps + 10
     default_workers = RunConfig().couplings.workers
     with tempfile.TemporaryDirectory(prefix="engine_overhead_") as tmp:
@@ -145,10 +153,17 @@ def run(args: argparse.Namespace, command: str) -> dict:
             names = list(loops)
             rounds = []
             for k in range(args.rounds):
-                order = names[k % len(names) :] + names[: k % len(names)]
-                record: dict = {"round": k, "order": order}
-                for name in order:
-                    record[name] = block_stats(time_block(loops[name], args.steps))
+                times: dict[str, list[float]] = {name: [] for name in names}
+                done = 0
+                while done < args.steps:  # short alternating blocks: load drifts hit all loops
+                    n = min(args.chunk, args.steps - done)
+                    shift = (k + done // args.chunk) % len(names)
+                    for name in names[shift:] + names[:shift]:
+                        times[name] += time_block(loops[name], n)
+                    done += n
+                record: dict = {"round": k}
+                for name in names:
+                    record[name] = block_stats(times[name])
                 plain = record["plain"]["median_us"]
                 for name in names[1:]:
                     record[f"ratio_{name}"] = record[name]["median_us"] / plain
@@ -189,6 +204,8 @@ def run(args: argparse.Namespace, command: str) -> dict:
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
+            "load_average_before": load_before,
+            "load_average_after": _load(),
         },
         "settings": {
             "task": TASK,
@@ -200,6 +217,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
             "torch_threads": args.threads,
             "rounds": args.rounds,
             "steps_per_block": args.steps,
+            "chunk_steps": args.chunk,
             "warmup_steps": args.warmup,
             "seed": args.seed,
             "default_coupling_workers": default_workers,
@@ -222,7 +240,9 @@ def render(result: dict) -> str:
         f"Date: {result['date']}  ",
         f"Machine: {result['machine']['platform']}, {result['machine']['cpu_count']} CPUs "
         f"({result['machine']['processor']}), Python {result['machine']['python']}, "
-        f"torch {result['machine']['torch']}",
+        f"torch {result['machine']['torch']}; load average (1/5/15 min) "
+        f"{result['machine'].get('load_average_before')} before, "
+        f"{result['machine'].get('load_average_after')} after",
         "",
         f"Both loops train {s['model']} with {s['optimizer']} at batch {s['batch']} on "
         f"{s['task']} (training sets of {s['n_train']:,} points, sigma = {s['sigma']}), with "
@@ -231,9 +251,10 @@ def render(result: dict) -> str:
         "ut = x1 - x0, MSE, AdamW step, loss.item(). The engine is "
         "`otcfm.train.Trainer(cfg).train_step()` with method icfm, with the default "
         f"couplings.workers = {s['default_coupling_workers']} and with couplings.workers = 0. "
-        f"{s['rounds']} rounds, each a block of {s['steps_per_block']} timed steps per loop "
-        f"(order rotated every round) after {s['warmup_steps']} warm-up steps; a round's "
-        "ratio is engine / plain of that round's per-step medians. "
+        f"{s['rounds']} rounds of {s['steps_per_block']} timed steps per loop, taken in "
+        f"alternating blocks of {s.get('chunk_steps', s['steps_per_block'])} steps (order "
+        f"rotated from block to block), after {s['warmup_steps']} warm-up steps per loop; a "
+        "round's ratio is engine / plain of that round's per-step medians. "
         f"Target: ratio <= {s['target_ratio']}.",
         "",
         "## Summary",
@@ -288,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=200, help="timed steps per block")
+    parser.add_argument(
+        "--chunk", type=int, default=10, help="steps per loop before switching to the next"
+    )
     parser.add_argument("--warmup", type=int, default=50, help="untimed steps per loop first")
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (both loops)")
@@ -303,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report_only:
         result = json.loads(args.out.read_text())
     else:
-        for name in ("rounds", "steps", "warmup", "batch", "threads"):
+        for name in ("rounds", "steps", "chunk", "warmup", "batch", "threads"):
             if getattr(args, name) < 1:
                 parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
         given = sys.argv[1:] if argv is None else argv
