@@ -209,15 +209,16 @@ class Engine:
     def train_step(self) -> float:
         """One optimizer step on the objective's loss at step :attr:`step`; returns it."""
         s = self.settings
-        if not self.net.training:  # validation leaves it in eval mode; a call walks every module
+        if not self.model.training:  # validation leaves it in eval mode; .train() walks modules
             self.net.train()
         loss = self.objective.loss(self.net, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP: the gradient all-reduce, before any process can stop
-        if not torch.isfinite(loss):
+        value = loss.item()
+        if not math.isfinite(value):
             where = f" on rank {self.rank}" if self.world > 1 else ""
             raise FloatingPointError(
-                f"training loss is {loss.item()} at step {self.step}{where}; lower the "
+                f"training loss is {value} at step {self.step}{where}; lower the "
                 f"learning rate (now {s.lr}) or clip the gradient norm (now {s.grad_clip})"
             )
         if s.grad_clip > 0:
@@ -226,7 +227,7 @@ class Engine:
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
-        return float(loss.detach())
+        return value
 
     def run(
         self,

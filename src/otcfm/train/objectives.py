@@ -139,8 +139,11 @@ class PairObjective:
                 self.close()
                 c = self.cfg.couplings
                 stop = max(index + 1, -(-self.cfg.optim.steps // self.chunks_per_batch))
-                # one coupling thread per process under DDP: its broadcasts stay in order
+                # one coupling thread per process under DDP: its broadcasts stay in order;
+                # none for in-order couplings (I-CFM): drawing rows costs less than a handoff
                 workers = min(c.workers, 1) if self.world > 1 else c.workers
+                if self.matcher.coupling.in_order:
+                    workers = 0
                 p = Prefetcher(self.couple, index, stop, workers=workers, depth=c.prefetch)
                 self._prefetcher = p
             self._coupled = p.next()

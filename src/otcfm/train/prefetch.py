@@ -108,9 +108,7 @@ def couple_batch(
     if local:  # only this process's share of the points is gathered
         part = shard.rows(size)
         rows0, rows1 = rows0[part], rows1[part]
-    x0, x1 = source[rows0.to(source.device)], target[rows1.to(target.device)]
-    if device is not None:
-        x0, x1 = x0.to(device), x1.to(device)
+    x0, x1 = _rows(source, rows0, device), _rows(target, rows1, device)
     if shard.world == 1 or local or coupling.in_order:  # in order: no solve to share
         return CoupledBatch(index, coupling(x0, x1, generator=g))
     src = index % shard.world  # the processes take turns solving
@@ -130,6 +128,16 @@ def couple_batch(
     return CoupledBatch(index, Pairing(x0=x0[i], x1=x1[j], i=i, j=j, info=info))
 
 
+def _rows(x: Tensor, rows: Tensor, device: torch.device | str | None) -> Tensor:
+    """``x[rows]`` on ``device`` (default x's), with no copies or moves that change nothing."""
+    if rows.device != x.device:
+        rows = rows.to(x.device)
+    out = x.index_select(0, rows)
+    if device is not None and out.device != torch.device(device):
+        out = out.to(device)
+    return out
+
+
 def chunks(pair: Pairing, size: int) -> list[Pairing]:
     """Split a pairing of N pairs into N / size consecutive pairings of ``size`` pairs.
 
@@ -138,17 +146,21 @@ def chunks(pair: Pairing, size: int) -> list[Pairing]:
     n = pair.x0.shape[0]
     if isinstance(size, bool) or not isinstance(size, int) or size < 1 or n % size:
         raise ValueError(f"chunk size must be a positive divisor of the {n} pairs, got {size!r}")
+    if size == n:
+        return [pair]
     out = []
     for a in range(0, n, size):
-        k = torch.arange(a, a + size, device=pair.i.device)
+        k = None
+        if pair.cond0 is not None or pair.cond1 is not None:
+            k = torch.arange(a, a + size, device=pair.i.device)
         out.append(
             Pairing(
                 x0=pair.x0[a : a + size],
                 x1=pair.x1[a : a + size],
                 i=pair.i[a : a + size],
                 j=pair.j[a : a + size],
-                cond0=index_cond(pair.cond0, k),
-                cond1=index_cond(pair.cond1, k),
+                cond0=None if k is None else index_cond(pair.cond0, k),
+                cond1=None if k is None else index_cond(pair.cond1, k),
                 info=pair.info,
             )
         )
