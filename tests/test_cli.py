@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from otcfm.cli import main
+from otcfm.cli import BENCHES, FLAG_FIELDS, ConfigType, _run_defaults, main
 
 TINY = [
     "--steps",
@@ -84,7 +86,7 @@ def test_train_from_config_and_files(tmp_path):
     [
         (["train", "--method", "nosuch"], "unknown .*'nosuch'.*otcfm"),
         (["train", "--source", "nosuch.npy"], "nosuch.npy"),
-        (["train", "--sigma", "-1"], "sigma"),
+        (["train", "--sigma", "-2"], "sigma"),  # -1 means "the preset's default"
         (["train", "--set", "optim.nosuch=1"], "unknown key.*'nosuch'"),
         (["train", "--task", "nosuch"], "nosuch"),
         (["evaluate", "/nonexistent/run"], "not a run folder"),
@@ -107,3 +109,72 @@ def test_print_config_and_list(capsys):
     assert main(["list"]) == 0
     listing = capsys.readouterr().out
     assert "otcfm" in listing and "dopri5" in listing and "moons-8gaussians" in listing
+
+
+def _modules_after(argv: list[str]) -> tuple[str, set[str]]:
+    """Run ``otcfm ARGV`` in a fresh interpreter; its stdout and the modules it imported."""
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from otcfm.cli import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        "    try:\n"
+        f"        main({argv!r})\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(json.dumps({'out': out.getvalue(), 'modules': sorted(sys.modules)}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    record = json.loads(done.stdout)
+    return record["out"], set(record["modules"])
+
+
+HEAVY = ("ot", "sklearn", "matplotlib", "numba", "anndata", "torchdiffeq")
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["train", "--help"], ["trajectory", "fit", "--help"]]
+)
+def test_help_imports_no_torch(argv):
+    out, modules = _modules_after(argv)
+    assert out.startswith("usage: otcfm")
+    assert "torch" not in modules and "numpy" not in modules
+    assert not modules & set(HEAVY)
+
+
+def test_list_imports_no_heavy_optional_packages():
+    out, modules = _modules_after(["list"])
+    assert "couplings:" in out and "torch" in modules
+    assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
+
+
+def test_train_flag_table_matches_the_config():
+    from otcfm.train.config import RunConfig
+
+    cfg = RunConfig()
+    for flag, (section, key) in FLAG_FIELDS.items():
+        value = getattr(getattr(cfg, section) if section else cfg, key)
+        assert ConfigType(_run_defaults, section, key).kind() is type(value), flag
+
+
+def test_config_type_converts_like_the_field():
+    assert ConfigType(_run_defaults, "optim", "steps")("12") == 12
+    assert ConfigType(_run_defaults, "method", "sigma")("0.5") == 0.5
+    use_best = ConfigType(_run_defaults, "eval", "use_best")
+    assert use_best("false") is False and use_best("YES") is True
+    with pytest.raises(Exception, match="invalid bool value: 'maybe'"):
+        use_best("maybe")
+
+
+def test_flag_type_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--steps", "1.5"])
+    assert exit_.value.code == 2
+    assert "argument --steps: invalid int value: '1.5'" in capsys.readouterr().err
+
+
+def test_every_bench_has_an_entry_point():
+    for name, load in BENCHES.items():
+        assert callable(load()), name

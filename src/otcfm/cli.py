@@ -1,20 +1,24 @@
-"""Command line: ``otcfm train | sample | evaluate | demo | list``.
+"""Command line: one parser tree, ``otcfm train | sample | evaluate | trajectory | bench | demo
+| list``.
 
-Thin by design: parse flags -> build a RunConfig -> call the library.
+Thin by design: parse flags -> build a config -> call the library. Building the parser imports
+neither torch nor any recipe (``otcfm --help`` answers at once): config classes are read when a
+flag is given and each command imports what it runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from otcfm.train.config import RunConfig
+if TYPE_CHECKING:  # the config packages import torch; the parser must not
+    from otcfm.train.config import RunConfig
+    from otcfm.trajectory.config import TrajectoryConfig
 
 # flag -> (section, key) of RunConfig
 FLAG_FIELDS = {
@@ -63,12 +67,103 @@ FLAG_HELP = {
 }
 
 
-# `otcfm bench NAME`: module whose main(argv) -> int runs it
-BENCHES = {
-    "two-dim": "otcfm.experiments.two_dim_cli",
-    "gaussian-sb": "otcfm.experiments.gaussian_sb",
-    "single-cell": "otcfm.experiments.single_cell",
+# `otcfm trajectory fit`: flag -> (section, key, help) of TrajectoryConfig (section None: top
+# level; --method sets method.name)
+TRAJECTORY_FLAGS: dict[str, tuple[str | None, str, str]] = {
+    "data": ("data", "path", "'synthetic' or a .h5ad / .npz / .csv file"),
+    "time_key": ("data", "time_key", "time column: obs column, npz array or CSV header"),
+    "obsm_key": ("data", "obsm_key", ".h5ad: features from obsm[KEY] (e.g. X_pca), not X"),
+    "npz_key": ("data", "npz_key", ".npz: the feature array (default pcs)"),
+    "dims": ("data", "dims", "features kept: PCA dims (0 = all; paper: 5)"),
+    "n_cells": ("data", "n_cells", "synthetic: cells per time point"),
+    "obs_dim": ("data", "obs_dim", "synthetic: observed features"),
+    "data_seed": ("data", "data_seed", "synthetic: seed of the snapshots"),
+    "method": ("method", "name", "method"),
+    "sigma": ("method", "sigma", "path noise (default 0.1; sbcfm 1.0, entropic reg 2 sigma^2)"),
+    "steps": ("optim", "steps", "optimizer steps"),
+    "batch_size": ("optim", "batch_size", "cells per time point and interval"),
+    "lr": ("optim", "lr", "AdamW learning rate"),
+    "weight_decay": ("optim", "weight_decay", "AdamW weight decay"),
+    "width": ("model", "width", "MLP hidden width"),
+    "depth": ("model", "depth", "MLP hidden layers"),
+    "left_out": ("eval", "left_out", "hold out this time index (-1 = none)"),
+    "ode_steps": ("eval", "ode_steps", "Euler steps per unit of index time"),
+    "seed": (None, "seed", "training seed"),
+    "name": (None, "name", "run folder name under --out"),
+    "out": (None, "out_dir", "parent folder of runs"),
+    "device": (None, "device", "torch device"),
 }
+# the methods of otcfm.trajectory.config.METHODS (a test keeps the two equal; importing that
+# package here would load torch whenever the parser is built)
+TRAJECTORY_METHODS = ("otcfm", "icfm", "sbcfm")
+
+
+def _bench_two_dim() -> Callable[[list[str]], int]:
+    from otcfm.experiments.two_dim_cli import main
+
+    return main
+
+
+def _bench_gaussian_sb() -> Callable[[list[str]], int]:
+    from otcfm.experiments.gaussian_sb_cli import main
+
+    return main
+
+
+def _bench_single_cell() -> Callable[[list[str]], int]:
+    from otcfm.experiments.single_cell import main
+
+    return main
+
+
+# `otcfm bench NAME`: the recipe's main(argv) -> exit code, imported when that recipe runs
+BENCHES: dict[str, Callable[[], Callable[[list[str]], int]]] = {
+    "two-dim": _bench_two_dim,
+    "gaussian-sb": _bench_gaussian_sb,
+    "single-cell": _bench_single_cell,
+}
+
+
+def _run_defaults() -> RunConfig:
+    from otcfm.train.config import RunConfig
+
+    return RunConfig()
+
+
+def _trajectory_defaults() -> TrajectoryConfig:
+    from otcfm.trajectory.config import TrajectoryConfig
+
+    return TrajectoryConfig()
+
+
+class ConfigType:
+    """argparse ``type`` of a config field: converts a flag's text like the field's default.
+
+    The config class is imported only when the flag is given (not when the parser is built:
+    the config packages import torch). Bools accept true/false, yes/no, 1/0.
+    """
+
+    def __init__(self, defaults: Callable[[], Any], section: str | None, key: str) -> None:
+        self.defaults, self.section, self.key = defaults, section, key
+
+    def kind(self) -> type:
+        cfg = self.defaults()
+        return type(getattr(getattr(cfg, self.section) if self.section else cfg, self.key))
+
+    def __call__(self, text: str) -> Any:
+        kind = self.kind()
+        if kind is bool:
+            word = text.strip().lower()
+            if word in ("true", "yes", "1"):
+                return True
+            if word in ("false", "no", "0"):
+                return False
+        else:
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}")
 
 
 def _flag_help(flag: str, section: str | None, key: str) -> str:
@@ -77,12 +172,37 @@ def _flag_help(flag: str, section: str | None, key: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree (imports no torch)."""
     parser = argparse.ArgumentParser(
         prog="otcfm", description="Conditional flow matching with minibatch optimal transport."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_sample(sub)
+    _add_evaluate(sub)
+    _add_trajectory(sub)
 
+    p = sub.add_parser("demo", help="the main job: OT-CFM vs I-CFM on moons -> 8gaussians")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per method")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--fresh", action="store_true", help="retrain even if finished runs exist")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sub.add_parser("list", help="list methods, couplings, solvers, distributions and tasks")
+
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark recipe: " + ", ".join(BENCHES),
+        description="Benchmark recipes over the library; `otcfm bench NAME --help` for options.",
+    )
+    p.add_argument("name", choices=tuple(BENCHES), help="benchmark")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="options of that benchmark")
+    return parser
+
+
+def _add_train(sub: Any) -> None:
     p = sub.add_parser(
         "train",
         help="train a flow; writes runs/<name>/",
@@ -92,11 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="TOML config (see `otcfm train --print-config`)")
     p.add_argument("--task", help="a benchmark task name, sets --source and --target")
     for flag, (section, key) in FLAG_FIELDS.items():
-        kind = type(getattr(getattr(RunConfig(), section) if section else RunConfig(), key))
         p.add_argument(
             "--" + flag.replace("_", "-"),
             dest=flag,
-            type=kind,
+            type=ConfigType(_run_defaults, section, key),
             default=None,
             help=_flag_help(flag, section, key),
         )
@@ -115,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
+
+def _add_sample(sub: Any) -> None:
     p = sub.add_parser("sample", help="draw samples from a trained run")
     p.add_argument("run", type=Path, help="run folder, e.g. runs/demo/otcfm")
     p.add_argument("--n", type=int, default=1000, help="number of samples (test sources)")
@@ -128,37 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=None, help="seed of the SDE noise (default: the run's seed)"
     )
 
+
+def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="score a trained run: W2, MMD, path energy, NPE, NFE")
     p.add_argument("run", type=Path, help="run folder")
     p.add_argument("--checkpoint", default=None, choices=("best", "latest"))
     p.add_argument("--adaptive", default="dopri5", help="adaptive solver for NFE ('none' skips)")
     p.add_argument("--no-plots", action="store_true")
     _add_sde_flags(p, also="also score SDE samples (w2_sde, ...) beside the ODE metrics; ")
-
-    p = sub.add_parser("demo", help="the main job: OT-CFM vs I-CFM on moons -> 8gaussians")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per method")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--fresh", action="store_true", help="retrain even if finished runs exist")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    sub.add_parser("list", help="list methods, couplings, solvers, distributions and tasks")
-
-    p = sub.add_parser(
-        "bench",
-        help="run a benchmark recipe: " + ", ".join(BENCHES),
-        description="Benchmark recipes over the library; `otcfm bench NAME --help` for options.",
-    )
-    p.add_argument("name", choices=tuple(BENCHES), help="benchmark")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="options of that benchmark")
-
-    p = sub.add_parser(
-        "trajectory",
-        help="trajectory inference from time-course snapshots: fit | predict | evaluate",
-        description="`otcfm trajectory {fit,predict,evaluate} --help` for options.",
-    )
-    p.add_argument("args", nargs=argparse.REMAINDER, help="subcommand and its options")
-    return parser
 
 
 def _add_sde_flags(p: argparse.ArgumentParser, also: str = "") -> None:
@@ -173,7 +271,63 @@ def _add_sde_flags(p: argparse.ArgumentParser, also: str = "") -> None:
     )
 
 
+def _add_trajectory(sub: Any) -> None:
+    group = sub.add_parser(
+        "trajectory",
+        help="trajectory inference from time-course snapshots: fit | predict | evaluate",
+        description="Trajectory inference from time-course snapshots; "
+        "`otcfm trajectory {fit,predict,evaluate} --help` for options.",
+    )
+    tsub = group.add_subparsers(dest="trajectory_command", required=True)
+
+    p = tsub.add_parser(
+        "fit",
+        help="train a flow through all time points; writes a run folder",
+        description="Fit one flow through all populations of a time course (optionally "
+        "holding one time point out). Flags override the --config file.",
+    )
+    p.add_argument("--config", type=Path, help="TOML config (see --print-config)")
+    for flag, (section, key, text) in TRAJECTORY_FLAGS.items():
+        where = f"{section}.{key}" if section else key
+        if flag == "method":
+            p.add_argument("--method", choices=TRAJECTORY_METHODS, default=None,
+                           help=f"{', '.join(TRAJECTORY_METHODS)} [{where}]")
+            continue
+        p.add_argument("--" + flag.replace("_", "-"), dest=flag,
+                       type=ConfigType(_trajectory_defaults, section, key), default=None,
+                       help=f"{text} [{where}]")
+    p.add_argument("--no-pca", action="store_true",
+                   help="keep the first --dims columns instead of PCA (e.g. TrajectoryNet pcs)")
+    p.add_argument("--no-standardize", action="store_true", help="skip the StandardScaler")
+    p.add_argument("--resume", action="store_true", help="continue the run from its checkpoint")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the config and exit")
+
+    p = tsub.add_parser("predict", help="populations at any times, or cell paths, from a run")
+    p.add_argument("run", type=Path, help="run folder")
+    p.add_argument("--time", dest="times", type=float, nargs="+", required=True,
+                   help="observation time(s) to predict (in the data's units, e.g. days)")
+    p.add_argument("--start", type=int, default=None,
+                   help="push the cells of this time index (default: the last at or before "
+                        "each time)")
+    p.add_argument("--paths", type=int, default=0, metavar="N",
+                   help="instead, follow N cells of --start (default 0) through the times "
+                        "(writes .npz or .pt: xs (T, N, d), times)")
+    p.add_argument("--original", action="store_true",
+                   help="map predictions back to the original features (inverse preprocessing)")
+    p.add_argument("--out", type=Path, required=True, help=".npz, .csv, .tsv or .pt")
+
+    p = tsub.add_parser("evaluate", help="leave-one-out W1 / MMD, every interval, plots, report")
+    p.add_argument("run", type=Path, help="run folder")
+    p.add_argument("--ode-steps", type=int, default=None, help="Euler steps per unit of time")
+    p.add_argument("--no-plots", action="store_true")
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig of ``otcfm train``: --config file, then --task, flags and --set."""
+    from otcfm.train.config import RunConfig
+
     cfg = RunConfig.from_toml(args.config) if args.config else RunConfig()
     data = cfg.to_dict()
     if args.task:
@@ -187,6 +341,26 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if value is not None:
             (data[section] if section else data)[key] = value
     return RunConfig.from_dict(data).override(args.overrides).validate()
+
+
+def trajectory_config_from_args(args: argparse.Namespace) -> TrajectoryConfig:
+    """The TrajectoryConfig of ``otcfm trajectory fit``: --config file, then flags."""
+    from otcfm.trajectory.config import TrajectoryConfig
+
+    cfg = TrajectoryConfig.from_toml(args.config) if args.config else TrajectoryConfig()
+    data = cfg.to_dict()
+    for flag, (section, key, _) in TRAJECTORY_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            (data[section] if section else data)[key] = value
+    if args.no_pca:
+        data["data"]["pca"] = False
+    if args.no_standardize:
+        data["data"]["standardize"] = False
+    if args.name is None and not args.config:
+        lo = data["eval"]["left_out"]
+        data["name"] = data["method"]["name"] + (f"-leave{lo}" if lo >= 0 else "")
+    return TrajectoryConfig.from_dict(data)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -209,6 +383,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
     from otcfm.data import load_points, save_points
     from otcfm.train.evaluate import load_run, sample_run
 
@@ -287,14 +463,17 @@ def cmd_list(_: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    module = importlib.import_module(BENCHES[args.name])
-    return module.main(args.args)
+    return BENCHES[args.name]()(args.args)
 
 
 def cmd_trajectory(args: argparse.Namespace) -> int:
-    from otcfm.trajectory.cli import main as trajectory_main
+    from otcfm.trajectory import cli as trajectory
 
-    return trajectory_main(args.args)
+    if args.trajectory_command == "fit":
+        return trajectory.cmd_fit(args, trajectory_config_from_args(args))
+    if args.trajectory_command == "predict":
+        return trajectory.cmd_predict(args)
+    return trajectory.cmd_evaluate(args)
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -315,10 +494,17 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    user_errors: tuple[type[Exception], ...] = (
+        ValueError, TypeError, FileNotFoundError, FileExistsError
+    )
+    command = args.command
+    if command == "trajectory":
+        command = f"trajectory {args.trajectory_command}"
+        user_errors += (ImportError,)  # a missing extra (anndata for .h5ad, matplotlib, ...)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
-        print(f"otcfm {args.command}: error: {err}", file=sys.stderr)
+    except user_errors as err:
+        print(f"otcfm {command}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -13,9 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import ot
 import torch
-from scipy.spatial.distance import cdist
 
 __all__ = ["wasserstein", "mmd", "path_energy", "normalized_path_energy", "MMD_BANDWIDTHS"]
 
@@ -72,6 +70,8 @@ def _weights(name: str, w: Any, n: int) -> np.ndarray:
 def _sq_dists(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Squared Euclidean distances (n, m), float64, >= 0."""
     if x.shape[1] <= _CDIST_MAX_DIM:
+        from scipy.spatial.distance import cdist  # scipy.spatial loads slowly
+
         return cdist(x, y, metric="sqeuclidean")
     shift = np.concatenate([x, y]).mean(axis=0)  # centring limits cancellation in the expansion
     xc, yc = x - shift, y - shift
@@ -103,6 +103,8 @@ def wasserstein(
     wa, wb = _weights("a", a, n), _weights("b", b, m)
     cost = _cost(xa, ya, p)
     iters = max(100 * n * m, 1_000_000) if max_iter is None else int(max_iter)
+    import ot  # POT imports scikit-learn and more: load it on first use, not with the module
+
     with warnings.catch_warnings():  # POT's generic warning is replaced by ours (with numbers)
         warnings.filterwarnings("ignore", message="numItermax reached", category=UserWarning)
         value, log = ot.emd2(wa, wb, cost, numItermax=iters, log=True)

@@ -11,8 +11,13 @@ import torch
 
 from otcfm.cli import main as otcfm_main
 from otcfm.data.timeseries_files import load_timeseries
-from otcfm.trajectory.cli import main
 from otcfm.trajectory.run import load_trajectory_run
+
+
+def main(argv):
+    """``otcfm trajectory ARGV`` through the one parser tree."""
+    return otcfm_main(["trajectory", *argv])
+
 
 TINY = ["--steps", "20", "--batch-size", "16", "--width", "16", "--depth", "2",
         "--ode-steps", "5", "--quiet"]
@@ -126,7 +131,9 @@ def test_top_level_cli_dispatches(tmp_path, csv_data, capsys):
 )
 def test_fit_errors(tmp_path, csv_data, capsys, extra, match):
     assert fit(tmp_path, csv_data, *extra) == 2
-    assert match in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("otcfm trajectory fit: error: ") and err.count("\n") == 1, err
+    assert match in err
 
 
 def test_refuses_to_overwrite_a_run(tmp_path, csv_data, capsys):
@@ -134,3 +141,43 @@ def test_refuses_to_overwrite_a_run(tmp_path, csv_data, capsys):
     assert fit(tmp_path, csv_data, "--name", "x", "--no-eval") == 2
     assert "--resume" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.parametrize("command", ["fit", "predict", "evaluate"])
+def test_help_through_the_main_parser(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        otcfm_main(["trajectory", command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: otcfm trajectory {command}")
+    flags = {"fit": ["--data", "--time-key", "--left-out", "--no-pca", "--print-config"],
+             "predict": ["--time", "--paths", "--original", "--out"],
+             "evaluate": ["--ode-steps", "--no-plots"]}[command]
+    assert all(flag in out for flag in flags), out
+
+
+def test_flag_table_matches_the_config():
+    from otcfm.cli import TRAJECTORY_FLAGS, TRAJECTORY_METHODS, ConfigType, _trajectory_defaults
+    from otcfm.trajectory.config import METHODS, TrajectoryConfig
+
+    assert TRAJECTORY_METHODS == METHODS
+    cfg = TrajectoryConfig()
+    for flag, (section, key, _) in TRAJECTORY_FLAGS.items():
+        value = getattr(getattr(cfg, section) if section else cfg, key)
+        assert ConfigType(_trajectory_defaults, section, key).kind() is type(value), flag
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["fit", "--steps", "many"], "argument --steps: invalid int value: 'many'"),
+        (["fit", "--method", "nosuch"], "argument --method: invalid choice: 'nosuch'"),
+        (["predict", "run"], "the following arguments are required: --time, --out"),
+    ],
+)
+def test_argument_errors_exit_2(args, match, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"otcfm trajectory {args[0]}: error: " in err and match in err, err

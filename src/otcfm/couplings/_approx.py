@@ -39,7 +39,6 @@ import torch
 from torch import Tensor
 
 from otcfm._utils import check_positive
-from otcfm.couplings import _auction_kernels as kernels
 from otcfm.couplings._approx_cpu import gap_bound, solve_auction
 from otcfm.couplings._base import (
     ConvergenceWarning,
@@ -60,6 +59,13 @@ _WARM_SCHEDULE = ((0.3, 3), (0.1, 3), (0.03, 3))
 _WARM_EPS = 2.5  # first auction eps after a warm start, in certifying eps (tol >= 0.01)
 _WARM_CHUNK = 1 << 16  # cost entries per block in the Sinkhorn sweeps on CPU (cache sized)
 _EXP_MIN = -80.0  # exponents are clamped here: exp stays a normal float32
+
+
+def _kernels():
+    """The compiled auction kernels, imported on first use (numba loads slowly)."""
+    from otcfm.couplings import _auction_kernels
+
+    return _auction_kernels
 
 
 def _row_chunks(n_rows: int, n_cols: int) -> int:
@@ -286,7 +292,7 @@ class ApproxOT(Coupling):
         self.warm_start = warm_start
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        if backend == "compiled" and not kernels.available():
+        if backend == "compiled" and not _kernels().available():
             raise ImportError(
                 "ApproxOT(backend='compiled') needs numba: pip install 'otcfm[fast]'"
             )
@@ -305,7 +311,7 @@ class ApproxOT(Coupling):
             if not 2.0 * (float(na.max()) + float(nb.max())) < float(torch.finfo().max):
                 raise overflow_error(torch.float32, a, b)
             gram = (a @ b.T).numpy()
-            reduced = kernels.sq_cost_reduced(gram, na.numpy(), nb.numpy())
+            reduced = _kernels().sq_cost_reduced(gram, na.numpy(), nb.numpy())
             j, info = self._solve_compiled(gram, *reduced)
         else:
             j, info = self._solve(sq_cost(x0, x1, self.cost_dtype).detach())
@@ -320,7 +326,7 @@ class ApproxOT(Coupling):
     def _compiled_for(self, device: torch.device, dtype: torch.dtype) -> bool:
         """Whether costs of this dtype on this device go to the compiled backend."""
         if self.backend == "auto":
-            return kernels.available() and device.type == "cpu" and dtype == torch.float32
+            return _kernels().available() and device.type == "cpu" and dtype == torch.float32
         if self.backend == "compiled" and device.type != "cpu":
             raise ValueError(f"ApproxOT(backend='compiled') runs on CPU; the data is on {device}")
         return self.backend == "compiled"
@@ -329,7 +335,7 @@ class ApproxOT(Coupling):
         """As :meth:`solve`, overwriting ``cost`` (no extra B x B copy)."""
         if self._compiled_for(cost.device, cost.dtype):
             c = cost.contiguous().numpy()
-            return self._solve_compiled(c, *kernels.reduce_rows(c))
+            return self._solve_compiled(c, *_kernels().reduce_rows(c))
         n = cost.shape[0]
         # Subtracting row minima changes every assignment's cost by the same constant.
         shift = cost.amin(1, keepdim=True)

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from otcfm.couplings import _auction_kernels as kernels
-
 COARSE_MIN = 128  # smallest batch solved with a multiscale warm start
 COARSE_RATIO = 2  # the coarse problem has n / COARSE_RATIO points
 WARM_EPS = 3.0  # first eps after a warm start, in certifying eps
@@ -68,6 +66,8 @@ def solve_auction(
     floor, or ``max_bids`` bids are spent (then ``cols`` is the best complete assignment
     found, or None). ``ind`` (sum of the costs / n) and ``cmax``: if already known.
     """
+    from otcfm.couplings import _auction_kernels as kernels  # numba: loaded on first use
+
     n = cost.shape[0]
     rng = np.random.default_rng(n) if rng is None else rng
     if ind is None or cmax is None:
@@ -109,6 +109,8 @@ def _coarse_prices(
     cost: np.ndarray, tol: float, scaling: float, max_bids: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, float]:
     """Column prices (n,) from the problem on a random n / 2 subset, and their lower bound."""
+    from otcfm.couplings import _auction_kernels as kernels  # numba: loaded on first use
+
     n = cost.shape[0]
     m = n // COARSE_RATIO
     rows = np.sort(rng.choice(n, m, replace=False))

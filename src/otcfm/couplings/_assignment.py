@@ -23,8 +23,6 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
-import ot
-from scipy.optimize import linear_sum_assignment
 
 SolverFn = Callable[[np.ndarray], "np.ndarray | None"]
 
@@ -46,6 +44,8 @@ def _module(name: str):
 
 
 def _solve_emd(cost: np.ndarray) -> np.ndarray | None:
+    import ot  # POT imports scikit-learn and more: load it on first use, not with the package
+
     n = cost.shape[0]
     ones = np.ones(n)
     plan, log = ot.emd(ones, ones, cost, numItermax=sys.maxsize, log=True)
@@ -60,6 +60,8 @@ def _solve_emd(cost: np.ndarray) -> np.ndarray | None:
 
 
 def _solve_scipy(cost: np.ndarray) -> np.ndarray:
+    from scipy.optimize import linear_sum_assignment  # scipy.optimize loads slowly
+
     rows, cols = linear_sum_assignment(cost)
     out = np.empty(cost.shape[0], dtype=np.int64)
     out[rows] = cols

@@ -6,7 +6,6 @@ import sys
 import warnings
 
 import numpy as np
-import ot
 import torch
 from torch import Tensor
 
@@ -69,6 +68,8 @@ def emd(
     ``max_iter=None`` lifts the iteration cap. A non-optimal or infeasible result raises
     RuntimeError (on_fail="raise") or warns (on_fail="warn"); it is never returned silently.
     """
+    import ot  # POT imports scikit-learn and more: load it on first use, not with the package
+
     cap = sys.maxsize if max_iter is None else max_iter
     plan, log = ot.emd(a, b, cost, numItermax=cap, log=True)
     code = int(log["result_code"])
