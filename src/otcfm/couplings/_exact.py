@@ -34,10 +34,13 @@ _RESULT_CODES = {0: "infeasible", 1: "optimal", 2: "unbounded", 3: "iteration ca
 class Independent(Coupling):
     """q(x0, x1) = q0 x q1: the inputs are already independent draws, so pair them in order.
 
-    ``i = j = arange(B)``. Batches of different sizes raise ValueError (slice them first).
+    ``i = j = arange(B)``, and ``pair.x0``, ``pair.x1`` (and the conditions) are the input
+    tensors themselves, not copies. Batches of different sizes raise ValueError (slice them
+    first).
     """
 
     name = "independent"
+    in_order = True
 
     def pair(
         self, x0: Tensor, x1: Tensor, *, generator: torch.Generator | None = None
