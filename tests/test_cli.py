@@ -178,3 +178,31 @@ def test_flag_type_errors_exit_2(capsys):
 def test_every_bench_has_an_entry_point():
     for name, load in BENCHES.items():
         assert callable(load()), name
+
+
+@pytest.mark.parametrize("method", ["icfm", "otcfm", "sbcfm", "fm", "vpcfm", "rf", "sf2m"])
+def test_train_records_the_sigma_its_matcher_uses(method, capsys):
+    """`otcfm train --method M` without --sigma writes the preset's sigma into the config."""
+    import tomllib
+
+    from otcfm.matchers import MATCHERS, matcher
+
+    assert method in MATCHERS.names()
+    assert main(["train", "--method", method, "--print-config"]) == 0
+    sigma = tomllib.loads(capsys.readouterr().out)["method"]["sigma"]
+    default, recorded = matcher(method), matcher(method, sigma=sigma)
+    assert repr(recorded.path) == repr(default.path)  # the same path, so the same sigma
+    assert repr(recorded.coupling) == repr(default.coupling)  # SB-CFM: reg = 2 sigma^2 too
+
+
+def test_all_presets_are_covered_by_the_sigma_test():
+    from otcfm.matchers import MATCHERS
+
+    assert set(MATCHERS.names()) == {"icfm", "otcfm", "sbcfm", "fm", "vpcfm", "rf", "sf2m"}
+
+
+def test_resume_of_a_missing_run_is_an_error(tmp_path, capsys):
+    code = main(["train", "--name", "nope", "--out", str(tmp_path), "--resume", "--quiet"])
+    assert code == 2
+    assert "--resume: there is no run" in capsys.readouterr().err
+    assert not (tmp_path / "nope").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,7 @@ FLAG_FIELDS = {
     "ode_steps": ("eval", "ode_steps"),
     "workers": ("couplings", "workers"),
     "ot_batch": ("couplings", "ot_batch"),
+    "coupling_scope": ("couplings", "scope"),
 }
 
 
@@ -63,6 +65,10 @@ FLAG_HELP = {
     "steps": "optimizer steps",
     "workers": "background coupling threads (0 = couple in the training thread)",
     "ot_batch": "points coupled at once; a multiple of --batch-size (0 = batch size)",
+    "batch_size": "global batch: points per optimizer step, summed over all processes",
+    "coupling_scope": "with several processes: global (couple the global batch once) or "
+    "local (each process couples its own share)",
+    "device": "cpu, cuda or cuda:N (with several processes cuda means cuda:LOCAL_RANK)",
     "ode_steps": "fixed-step solver steps for validation and evaluation",
 }
 
@@ -233,6 +239,14 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip the test evaluation after training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on N processes of this machine (torch.distributed: gloo on the CPU, nccl "
+        "on GPUs), as `torchrun --standalone --nproc_per_node N -m otcfm train ...` does",
+    )
 
 
 def _add_sample(sub: Any) -> None:
@@ -365,13 +379,28 @@ def trajectory_config_from_args(args: argparse.Namespace) -> TrajectoryConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from otcfm.train.evaluate import evaluate_run
+    from otcfm.train.launch import launch, launched_world, process_group
     from otcfm.train.loop import train
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args).resolve()
     if args.print_config:
         print(cfg.to_toml(), end="")
         return 0
-    result = train(cfg, resume=args.resume, progress=not args.quiet)
+    rank = int(os.environ.get("RANK", "0"))
+    if args.resume and rank == 0 and not cfg.run_dir.is_dir():
+        raise FileNotFoundError(f"--resume: there is no run {cfg.run_dir} (check --name, --out)")
+    if args.nproc is not None:
+        if launched_world() > 1:
+            raise ValueError("--nproc starts the processes itself; under torchrun leave it out")
+        if args.nproc > 1:
+            launch(_without_nproc(args.argv), args.nproc, timeout=cfg.distributed.timeout)
+            return 0
+        if args.nproc < 1:
+            raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    with process_group(cfg.device, cfg.distributed.backend, cfg.distributed.timeout):
+        result = train(cfg, resume=args.resume, progress=not args.quiet)
+    if rank != 0:
+        return 0
     print(
         f"trained {result.steps} steps in {result.train_seconds:.1f} s "
         f"(best validation loss {result.best_val_loss:.4g} at step {result.best_step})"
@@ -380,6 +409,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print_metrics(evaluate_run(result.run_dir))
     print(f"run written to {result.run_dir}")
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line of each launched process: ``argv`` less ``--nproc N``."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            out.append(item)
+    return out
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -492,7 +534,9 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     user_errors: tuple[type[Exception], ...] = (
         ValueError, TypeError, FileNotFoundError, FileExistsError
@@ -506,6 +550,14 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors as err:
         print(f"otcfm {command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # a process of a multi-process run died or stopped answering
+        from otcfm.train.launch import LaunchFailure
+        from otcfm.train.loop import RankFailure
+
+        if not isinstance(err, (LaunchFailure, RankFailure)):
+            raise
+        print(f"otcfm {command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

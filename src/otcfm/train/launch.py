@@ -88,11 +88,15 @@ def launch(argv: Sequence[str], nproc: int, *, timeout: float = 600.0) -> None:
 
 
 def _describe(err: object) -> str:
-    """One line for a failed launch: which rank, how it ended, and what to do next."""
+    """One line for a failed launch: which rank, how it ended, and what to do next.
+
+    Processes the launcher itself stopped (SIGTERM) after another failed are not listed.
+    """
     failures = getattr(err, "failures", {}) or {}
+    ended = {rank: int(getattr(f, "exitcode", 1) or 1) for rank, f in failures.items()}
+    causes = {r: c for r, c in ended.items() if c != -signal.SIGTERM} or ended
     parts = []
-    for rank, failure in sorted(failures.items()):
-        code = int(getattr(failure, "exitcode", 1) or 1)
+    for rank, code in sorted(causes.items()):
         if code < 0:
             try:
                 how = f"was killed by {signal.Signals(-code).name}"
