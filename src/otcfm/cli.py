@@ -59,7 +59,8 @@ FLAG_HELP = {
     "source": "x0: a built-in distribution (otcfm list) or a .npy/.npz/.csv file",
     "target": "x1: a built-in distribution or a .npy/.npz/.csv file",
     "method": "icfm, otcfm, sbcfm, sf2m, fm, vpcfm or rf (rf: paired data, data.paired)",
-    "sigma": "path noise (sbcfm: entropic reg = 2 sigma^2)",
+    "sigma": "path noise (default: the method's preset, recorded in config.toml; sbcfm and "
+    "sf2m: entropic reg = 2 sigma^2)",
     "coupling": "override the method's coupling: a name (exact, approx, entropic, ...) or a "
     "spec with options, e.g. approx:tol=0.001 or exact:sampling=plan",
     "steps": "optimizer steps",
@@ -85,7 +86,7 @@ TRAJECTORY_FLAGS: dict[str, tuple[str | None, str, str]] = {
     "obs_dim": ("data", "obs_dim", "synthetic: observed features"),
     "data_seed": ("data", "data_seed", "synthetic: seed of the snapshots"),
     "method": ("method", "name", "method"),
-    "sigma": ("method", "sigma", "path noise (default 0.1; sbcfm 1.0, entropic reg 2 sigma^2)"),
+    "sigma": ("method", "sigma", "path noise (default: the method's preset; sbcfm: reg 2 sigma^2)"),
     "steps": ("optim", "steps", "optimizer steps"),
     "batch_size": ("optim", "batch_size", "cells per time point and interval"),
     "lr": ("optim", "lr", "AdamW learning rate"),
@@ -428,7 +429,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from otcfm.data import load_points, save_points
-    from otcfm.train.evaluate import load_run, sample_run
+    from otcfm.train.evaluate import load_run, sample_run, sde_sigma
 
     if args.sde_steps is not None and not args.sde:
         raise ValueError("--sde-steps applies to SDE sampling; add --sde")
@@ -451,7 +452,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         torch.save({"x0": traj.xs[0], "samples": traj.x_final, "nfe": traj.nfe}, out)
     else:
         save_points(out, traj.x_final)
-    how = f"SDE, sigma {run.cfg.method.sigma}" if args.sde else "ODE"
+    how = f"SDE, sigma {sde_sigma(run.cfg)}" if args.sde else "ODE"
     print(f"wrote {traj.x_final.shape[0]} samples to {out} ({how}, NFE {traj.nfe})")
     return 0
 
