@@ -1,7 +1,7 @@
 # %% [markdown]
 # # OT-CFM vs I-CFM in a few lines
 # Train both methods on moons -> 8gaussians with the library core, then compare how straight
-# their flows are (normalized path energy, REFERENCE.md §3). Set OTCFM_EXAMPLE_STEPS to change
+# their flows are (normalized path energy, docs/reference.md §3). Set OTCFM_EXAMPLE_STEPS to change
 # the budget.
 
 # %%

@@ -89,7 +89,7 @@ ROOT = math.sqrt(4 + SIGMA_B**4)
 
 def gauss_moments(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A Gaussian family p_t = N(m_t 1, v_t I) from N(-A 1, I) to N(A 1, I) and its time
-    derivatives: the Schrodinger bridge marginals of REFERENCE.md section 5."""
+    derivatives: the Schrodinger bridge marginals of docs/reference.md §5."""
     m = (2 * t - 1) * A
     v = ROOT * t * (1 - t) + (1 - t) ** 2 + t**2
     return m, v

@@ -305,7 +305,7 @@ STEPS = 800
 
 def test_sf2m_recovers_the_gaussian_bridge_marginals_roughly():
     """N(-a 1, I) -> N(a 1, I) in 2-D, sigma = 1, entropic coupling (reg = 2): the learned SDE
-    should follow the closed-form Schrodinger bridge marginals (REFERENCE.md section 5).
+    should follow the closed-form Schrodinger bridge marginals (docs/reference.md §5).
 
     With a = 1 the competing answers are far apart at t = 1/2: variance 1.059 (bridge) vs
     1.25 (exact OT pairs) vs 0.75 (independent pairs)."""

@@ -1,4 +1,4 @@
-"""Distribution metrics of the paper (REFERENCE.md section 3): exact W1/W2, MMD, path energy, NPE.
+"""Distribution metrics of the paper (docs/reference.md §3): exact W1/W2, MMD, path energy, NPE.
 
 Inputs are torch tensors (any device or dtype, bf16 included) or numpy arrays of shape
 (n, *event); trailing dimensions are flattened and 1-D inputs are read as n scalar samples.
@@ -183,7 +183,7 @@ def path_energy(trajectory_or_energy: Any) -> float:
 
 
 def normalized_path_energy(pe: float, w2_squared: float) -> float:
-    """NPE = |PE - W2^2| / W2^2 (REFERENCE.md section 3); 0 iff the flow solves dynamic OT."""
+    """NPE = |PE - W2^2| / W2^2 (docs/reference.md §3); 0 iff the flow solves dynamic OT."""
     pe_v, w2_v = float(pe), float(w2_squared)
     if not math.isfinite(pe_v) or pe_v < 0:
         raise ValueError(f"pe must be finite and >= 0, got {pe!r}")

@@ -1,7 +1,7 @@
 """Velocity-field networks with the library's calling convention ``model(x, t, **cond)``.
 
 :class:`MLP` is the paper's network for 2-D and single-cell tasks (3 hidden layers of width 64,
-SELU, time concatenated to the input; REFERENCE.md section 4). :class:`DriftScore` pairs a
+SELU, time concatenated to the input; docs/reference.md §4). :class:`DriftScore` pairs a
 drift and a score network for SF2M (its forward is the drift). Models are also reachable by
 name through the :data:`MODELS` registry: ``MODELS.get("mlp", dim=2)``.
 """

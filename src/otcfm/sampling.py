@@ -11,12 +11,12 @@ Python scalar. Internally the state is kept in float32 (float64 if ``x0`` is flo
 bf16/fp16 inputs do not lose the small increments ``dt * v``; the saved states are returned in
 ``x0.dtype`` (pass ``x0.float()`` to get float32 states).
 
-Path energy (REFERENCE.md section 3): ``E = integral ||v(t, x_t)||^2 |dt|`` per sample, summed
+Path energy (docs/reference.md §3): ``E = integral ||v(t, x_t)||^2 |dt|`` per sample, summed
 over every trailing coordinate. Fixed-step methods use their own quadrature weights on the
 evaluations made anyway; adaptive methods integrate it as an extra ODE component.
 
 ``integrate_sde(drift, x0, sigma=..., score=...)`` samples the SDE of a Schrodinger bridge
-learned by SF2M (REFERENCE.md section 2), dx = [v + (sigma^2/2) s] dt + sigma dW from t = 0 to
+learned by SF2M (docs/reference.md §2), dx = [v + (sigma^2/2) s] dt + sigma dW from t = 0 to
 1, or its time reversal dx = [v - (sigma^2/2) s] dt + sigma dW integrated from t = 1 down to 0
 (dt < 0). All three (forward SDE, reverse SDE and the probability-flow ODE dx = v dt, which
 is ``integrate(drift, ...)``) share the marginals p_t when s = grad log p_t. The SDE schemes

@@ -3,7 +3,7 @@
 :func:`fit_preprocessor` fits it with scikit-learn (extra ``singlecell``) and returns a
 :class:`Preprocessor`: a plain affine map stored as tensors, serialisable with ``to_dict`` /
 ``from_dict``, whose ``inverse_transform`` maps model predictions back to the original
-feature space (REFERENCE.md §6: 5 PCs, whitened).
+feature space (docs/reference.md §6: 5 PCs, whitened).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Preprocessor:
 def fit_preprocessor(
     x: Tensor, *, dims: int | None = 5, pca: bool = True, standardize: bool = True
 ) -> Preprocessor:
-    """Fit the paper's representation on all cells ``x`` (N, D) (REFERENCE.md §6).
+    """Fit the paper's representation on all cells ``x`` (N, D) (docs/reference.md §6).
 
     dims: features kept: the first ``dims`` principal components (``pca=True``, scikit-learn
         PCA) or the first ``dims`` columns as they are (``pca=False``, e.g. TrajectoryNet's

@@ -12,7 +12,7 @@ the same seed gives the same tensor. Mixtures draw each point's component indepe
 uniformly (a true mixture, not a fixed split), except the two-moons and circles shapes, which
 split ``n`` into halves as ``sklearn.datasets.make_moons`` does and then shuffle the rows.
 
-Benchmark distributions (REFERENCE.md section 4):
+Benchmark distributions (docs/reference.md §4):
 
 - ``gaussian``: N(0, I_2), the source of three tasks.
 - ``8gaussians``: 8 Gaussians of std 1, centres on the circle of radius 5 at angles 2 pi k / 8.

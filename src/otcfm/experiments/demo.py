@@ -1,7 +1,7 @@
 """The main job: OT-CFM against I-CFM on moons -> 8gaussians, evaluated side by side.
 
 Both methods share data, seed, model, optimizer and budget; the report shows that minibatch
-OT gives straighter flows (lower normalized path energy, REFERENCE.md §3-4).
+OT gives straighter flows (lower normalized path energy, docs/reference.md §3-4).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def _markdown(report: dict[str, Any]) -> str:
         f"# otcfm demo: {report['task']}\n\n"
         f"Each method: MLP 3x64 SELU, AdamW lr 1e-3, batch 512, {report['steps']} steps, "
         f"sigma 0.1, seed {report['seed']}; test metrics on 5,000 fresh points from the "
-        "best-validation checkpoint, 100 Euler steps (REFERENCE.md §3).\n\n"
+        "best-validation checkpoint, 100 Euler steps (docs/reference.md §3).\n\n"
         f"{head}\n{rule}\n"
         + "\n".join(rows)
         + "\n"

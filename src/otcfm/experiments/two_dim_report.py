@@ -125,7 +125,7 @@ def markdown(
         f"{p['steps']} steps on {p['n_train']} training points, sigma 0.1 (SB-CFM 1, entropic "
         f"reg 2; SF2M 1; rf 0), validation every {p['val_every']} steps on {p['n_val']} points, "
         f"test metrics from the best-validation checkpoint on {p['n_test']}-point test sets "
-        "with 100 Euler steps (REFERENCE.md section 4). Ours: mean ± std (population, ddof 0) over "
+        "with 100 Euler steps (docs/reference.md §4). Ours: mean ± std (population, ddof 0) over "
         "seeds; paper: SF2M Table 2 (5 seeds). NFE: dopri5, atol = rtol = "
         f"{p['tol']:g}. Train s: wall time of the training loop including validation."
         + (f" Weights: EMA with decay {p['ema']:g} (not in the paper's protocol)."

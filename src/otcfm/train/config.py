@@ -90,7 +90,7 @@ class CouplingsConfig:
 
 @dataclass
 class EvalConfig:
-    """Validation cadence, checkpointing and the evaluation protocol (REFERENCE.md §3)."""
+    """Validation cadence, checkpointing and the evaluation protocol (docs/reference.md §3)."""
 
     val_every: int = 1_000
     checkpoint_every: int = 1_000

@@ -1,4 +1,4 @@
-"""Evaluate and sample a finished run (REFERENCE.md §3 protocol).
+"""Evaluate and sample a finished run (docs/reference.md §3 protocol).
 
 W2 and MMD of model samples against the target test set, path energy along the model ODE,
 the normalized path energy NPE = |PE - W2^2(q0, q1)| / W2^2(q0, q1) with W2^2 taken between

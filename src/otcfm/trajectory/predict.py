@@ -1,5 +1,5 @@
 """Predictions of a trained flow: populations at any time, single-cell trajectories, and the
-leave-one-out score of REFERENCE.md §6 (push every cell of time k-1 forward one unit of index
+leave-one-out score of docs/reference.md §6 (push every cell of time k-1 forward one unit of index
 time with 100 Euler steps; W1 and MMD against the true cells at k).
 
 Times given as ``tau`` are index times (tau = k is the k-th observed population); functions
