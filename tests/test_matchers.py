@@ -10,7 +10,15 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from otcfm.couplings import ApproxOT, EntropicOT, ExactOT, Independent, coupling, coupling_spec
+from otcfm.couplings import (
+    ApproxOT,
+    EntropicOT,
+    ExactOT,
+    Independent,
+    Pairing,
+    coupling,
+    coupling_spec,
+)
 from otcfm.matchers import MATCHERS, FlowMatcher, matcher
 from otcfm.paths import (
     BrownianBridgePath,
@@ -371,3 +379,42 @@ def test_no_global_rng_use():
             assert torch.equal(torch.get_rng_state(), before_t), name
             assert np.array_equal(np.random.get_state()[1], before_np), name
     np.random.set_state(np_state)
+
+
+# ---------------------------------------------------------------------- the pipeline's route
+@pytest.mark.parametrize("name", sorted(MATCHERS.names()))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_sampling_a_library_pairing_without_checks_draws_the_same_sample(name, dtype):
+    """The training pipeline's unchecked route equals the public ``sample(pair)``."""
+    fm = matcher(name)
+    x0, x1 = _data((12, 3), dtype)
+    pair = fm.coupling(x0, x1, generator=_gen(1), cond1={"y": torch.arange(12)})
+    want = fm.sample(pair, generator=_gen(2))
+    got = fm._sample_pairing(pair, _gen(2))
+    for field in ("t", "x0", "x1", "xt", "ut", "noise"):
+        a, b = getattr(got, field), getattr(want, field)
+        assert a.dtype == b.dtype and torch.equal(a, b), field
+    assert torch.equal(got.cond["y"], want.cond["y"])
+
+
+def test_a_matcher_that_samples_its_own_way_keeps_its_sample_on_the_pipeline_route():
+    class Shifted(FlowMatcher):
+        def sample(self, x0, x1=None, generator=None, **cond):
+            s = super().sample(x0, x1, generator=generator, **cond)
+            return PathSample(s.t, s.x0, s.x1, s.xt + 1, s.ut, s.noise, s.cond)
+
+    fm = Shifted(LinearPath(0.1))
+    x0, x1 = _data((12, 2))
+    pair = fm.coupling(x0, x1)
+    assert torch.equal(fm._sample_pairing(pair, _gen(3)).xt, fm.sample(pair, generator=_gen(3)).xt)
+
+
+def test_public_sample_of_a_pairing_still_checks_the_points():
+    fm = matcher("icfm")
+    x0, x1 = _data((12, 2))
+    pair = Independent()(x0, x1)
+    x1[3, 0] = float("nan")  # the pairing holds x1 itself: spoiled after it was made
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fm.sample(pair, generator=_gen(0))
+    with pytest.raises(ValueError, match="shape"):
+        fm.sample(Pairing(x0=x0, x1=x1[:6], i=pair.i, j=pair.j), generator=_gen(0))

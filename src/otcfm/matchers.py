@@ -3,7 +3,7 @@
 ``FlowMatcher.sample`` draws z = (x0, x1) from the minibatch coupling q(z), t from the time
 sampler and x ~ p_t(x | z) from the path; ``FlowMatcher.loss`` is the CFM regression loss
 E ||v(xt, t) - u_t(xt | z)||^2. ``matcher(name, **kw)`` builds the paper's
-variants (REFERENCE.md section 2) by name. :class:`SF2M` adds a score regression to the
+variants (docs/reference.md §2) by name. :class:`SF2M` adds a score regression to the
 Brownian-bridge flow loss, for a model with a drift and a score head (``models.DriftScore``).
 """
 
@@ -102,6 +102,21 @@ class FlowMatcher:
         s = self.path.sample(pair.x0, pair.x1, t, generator=generator)
         return replace(s, cond=pair.cond1)
 
+    def _sample_pairing(self, pair: Pairing, generator: torch.Generator | None) -> PathSample:
+        """``sample(pair, generator=generator)`` for a pairing the library made of checked
+        data (the training pipeline's coupled batches: finite floating x0, x1 of one shape,
+        dtype and device): the same draws and values, without validating them again."""
+        if (
+            type(self).sample is not FlowMatcher.sample
+            or type(self.path).sample is not ProbabilityPath.sample
+        ):  # a subclass draws its own way: take the public route
+            return self.sample(pair, generator=generator)
+        x1 = pair.x1
+        # times on the generator's device are on x1's when those agree: no move to ask for
+        same = generator is not None and generator.device == x1.device
+        t = self.time_sampler(x1.shape[0], generator=generator, device=None if same else x1.device)
+        return self.path._sample_valid(pair.x0, x1, t, generator, pair.cond1)
+
     def _pairs(
         self,
         x0: Tensor | Pairing,
@@ -156,7 +171,12 @@ class FlowMatcher:
             raise ValueError(
                 f"model output must have the shape of x {tuple(s.ut.shape)}, got {got}"
             )
-        return (v.float() - s.ut.float()).pow(2).mean()
+        ut = s.ut
+        if v.dtype != torch.float32:
+            v = v.float()
+        if ut.dtype != torch.float32:
+            ut = ut.float()
+        return (v - ut).pow(2).mean()
 
     def __repr__(self) -> str:
         return (
@@ -179,7 +199,7 @@ class SF2M(FlowMatcher):
     """Simulation-free score and flow matching (SF2M; Tong et al., AISTATS 2024).
 
     Same coupling -> time -> Brownian-bridge path as SB-CFM, plus a score regression
-    (REFERENCE.md section 2), per sample and averaged over coordinates:
+    (docs/reference.md §2), per sample and averaged over coordinates:
 
         ||v(xt, t) - u_t(xt | z)||^2 + lambda(t)^2 ||s(xt, t) - grad log p_t(xt | z)||^2,
 

@@ -1,10 +1,10 @@
 """Conditional probability paths p_t(x | z) = N(mu_t(z), sigma_t^2 I) and their vector fields.
 
-Every path here is Gaussian given z = (x0, x1) (REFERENCE.md sections 1-2), so a sample is
+Every path here is Gaussian given z = (x0, x1) (docs/reference.md §1-2), so a sample is
 
     x_t = mu_t(x0, x1) + sigma_t * eps,          eps ~ N(0, I),
     u_t = d/dt x_t (eps fixed) = mu_t' + sigma_t' * eps
-        = (sigma_t' / sigma_t) (x_t - mu_t) + mu_t'          (REFERENCE.md section 1).
+        = (sigma_t' / sigma_t) (x_t - mu_t) + mu_t'          (docs/reference.md §1).
 
 ``u_t`` is computed in the first (noise) form, which stays finite where sigma_t = 0.
 Convention: t = 0 is the source x0, t = 1 the target x1; tensors are batch-first with any
@@ -114,16 +114,35 @@ class ProbabilityPath(ABC):
         The returned ``t`` is always float32.
         """
         x0, x1, t_c, work = _prepare(x0, x1, t)
-        eps = self._noise(x0, x1, noise, generator, work)
-        xt, ut = self._fields(cast(x0, dtype=work), cast(x1, dtype=work), t_c, eps)
+        return self._draw(x0, x1, t_c, self._noise(x0, x1, noise, generator, work), work)
+
+    def _sample_valid(
+        self, x0: Tensor, x1: Tensor, t: Tensor, generator: torch.Generator | None, cond: Any
+    ) -> PathSample:
+        """:meth:`sample` with fresh noise for inputs known to be valid, with ``cond`` set.
+
+        For the training pipeline (via ``FlowMatcher``): x0, x1 finite floating (B, *event)
+        batches of one shape, dtype and device, t (B,) in [0, 1] on that device. The same
+        draws and values as ``sample(x0, x1, t, generator=generator)``, without its checks.
+        """
+        work = torch.float64 if x1.dtype == torch.float64 else torch.float32
+        eps = self._noise(x0, x1, None, generator, work)
+        return self._draw(x0, x1, cast(t, dtype=work), eps, work, cond)
+
+    def _draw(
+        self, x0: Tensor, x1: Tensor, t: Tensor, eps: Tensor, work: torch.dtype, cond: Any = None
+    ) -> PathSample:
+        """The sample for checked inputs: t (B,) and eps in the working dtype ``work``."""
+        xt, ut = self._fields(cast(x0, dtype=work), cast(x1, dtype=work), t, eps)
         dtype = x1.dtype
         return PathSample(
-            t=cast(t_c, dtype=torch.float32),
+            t=cast(t, dtype=torch.float32),
             x0=x0,
             x1=x1,
             xt=cast(xt, dtype=dtype),
             ut=cast(ut, dtype=dtype),
             noise=cast(eps, dtype=dtype),
+            cond=cond,
         )
 
     def _fields(self, x0: Tensor, x1: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:

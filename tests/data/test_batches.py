@@ -197,3 +197,30 @@ def test_data_sets_are_checked_for_nan_once_when_loaded(tmp_path):
     drawn = sample_batch(x, 6, gen(9))  # every row, the inf one included
     with pytest.raises(ValueError, match="x0 contains 1 NaN or inf"):
         Independent()(drawn, torch.zeros(6, 2))
+
+
+@pytest.mark.parametrize(
+    ("ns", "b"),
+    [
+        ((10_000, 10_000), 512),  # one pass over both sides
+        ((10_000, 7_000), 300),  # sides of different lengths
+        ((40,), 10),
+        ((1000, 30), 10),  # a permutation prefix beside a stream
+        ((2**16 + 3, 2**20), 300),  # values past 16 bits
+    ],
+)
+def test_many_draws_equal_draws_one_at_a_time(ns, b, mode):
+    """The batched draw of the training pipeline: the same indices, item by item (in the
+    "redraw" mode nearly every item falls back to the one-at-a-time path)."""
+
+    def make(k: int) -> torch.Generator:
+        return gen(1000 + k)
+
+    got = data._draw_indices_many(ns, b, make, range(3, 23))
+    assert list(got) == list(range(3, 23))
+    for k, rows in got.items():
+        g = make(k)
+        want = [sample_indices(n, b, g) for n in ns]
+        assert len(rows) == len(ns)
+        for a, w in zip(rows, want, strict=True):
+            assert a.dtype == torch.int64 and torch.equal(a, w)

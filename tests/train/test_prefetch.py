@@ -8,13 +8,20 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from otcfm.couplings import ExactOT, Independent
+from otcfm.couplings import ExactOT, Independent, Pairing
 from otcfm.matchers import matcher
 from otcfm.models import MLP
 from otcfm.train.config import RunConfig
 from otcfm.train.evaluate import load_run
 from otcfm.train.loop import Trainer, train
-from otcfm.train.prefetch import Prefetcher, Shard, chunks, couple_batch
+from otcfm.train.prefetch import (
+    InOrderBatches,
+    Prefetcher,
+    Shard,
+    chunks,
+    couple_batch,
+    pairs_in_order,
+)
 
 
 def tiny(tmp_path, name="run", steps=12, **over) -> RunConfig:
@@ -240,3 +247,49 @@ def test_bad_coupling_config(tmp_path, override, match):
 def test_ot_batch_larger_than_the_data_is_refused(tmp_path):
     with pytest.raises(ValueError, match="couplings.ot_batch 512 exceeds"):
         Trainer(tiny(tmp_path, **{"couplings.ot_batch": 512}), progress=False)
+
+
+# ----------------------------------------------------------------- in-order batches
+@pytest.mark.parametrize("paired", [False, True])
+@pytest.mark.parametrize("shard", [Shard(), Shard(1, 2, "local"), Shard(0, 2, "global")], ids=str)
+def test_in_order_batches_equal_couple_batch(paired, shard):
+    src, tgt = points(300, seed=1), points(300, seed=2) + 3
+    make = InOrderBatches(src, tgt, 64, seed=7, shard=shard, paired=paired, ahead=4, stop=11)
+    for index in [0, 1, 2, 5, 6, 3, 9, 10, 10]:  # in order, a jump, back again, the end
+        got = make(index)
+        want = couple_batch(Independent(), src, tgt, 64, index, seed=7, shard=shard, paired=paired)
+        assert got.index == index
+        for field in ("x0", "x1", "i", "j"):
+            assert torch.equal(getattr(got.pair, field), getattr(want.pair, field)), field
+
+
+@pytest.mark.parametrize("coupling", [Independent(), ExactOT()], ids=repr)
+def test_couple_batch_of_checked_sets_equals_the_checked_call(coupling):
+    src, tgt = points(300, seed=1), points(300, seed=2) + 3
+    for index in range(3):
+        a = couple_batch(coupling, src, tgt, 64, index, seed=7).pair
+        b = couple_batch(coupling, src, tgt, 64, index, seed=7, checked=True).pair
+        for field in ("x0", "x1", "i", "j"):
+            assert torch.equal(getattr(a, field), getattr(b, field)), field
+
+
+def test_an_in_order_coupling_with_its_own_call_is_called():
+    class Flipped(Independent):
+        def __call__(self, x0, x1, **kw):
+            pair = super().__call__(x0, x1, **kw)
+            return Pairing(x0=pair.x0, x1=-pair.x1, i=pair.i, j=pair.j)
+
+    assert pairs_in_order(Independent()) and not pairs_in_order(Flipped())
+    assert not pairs_in_order(ExactOT())
+    src, tgt = points(300, seed=1), points(300, seed=2) + 3
+    a = couple_batch(Flipped(), src, tgt, 64, 0, seed=7, checked=True).pair
+    b = couple_batch(Independent(), src, tgt, 64, 0, seed=7, checked=True).pair
+    assert torch.equal(a.x1, -b.x1)
+
+
+def test_in_order_batches_check_their_settings():
+    src = points(300)
+    with pytest.raises(ValueError, match="same number of rows"):
+        InOrderBatches(src, src[:200], 64, seed=0, paired=True)
+    with pytest.raises(ValueError, match="ahead"):
+        InOrderBatches(src, src, 64, seed=0, ahead=0)

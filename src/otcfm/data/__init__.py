@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,8 +46,11 @@ def _batch_size(batch_size: int, n: int) -> int:
     return b
 
 
+_CPU = torch.device("cpu")
+
+
 def _perm(n: int, generator: torch.Generator | None) -> Tensor:
-    device = generator.device if generator is not None else torch.device("cpu")
+    device = generator.device if generator is not None else _CPU
     return torch.randperm(n, generator=generator, device=device)
 
 
@@ -77,17 +80,85 @@ def sample_indices(n: int, batch_size: int, generator: torch.Generator | None = 
     b = _batch_size(batch_size, n)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    return _draw_indices(n, b, generator)
+
+
+def _draw_indices(n: int, b: int, generator: torch.Generator | None) -> Tensor:
+    """:func:`sample_indices` for arguments already checked (ints 1 <= b <= n, a Generator or
+    None): the same indices for the same generator state, without the checks (per-step use)."""
     if b > _PERM_FRACTION * n:
         return _perm(n, generator)[:b]
-    device = generator.device if generator is not None else torch.device("cpu")
+    device = generator.device if generator is not None else _CPU
     ahead = _lookahead(b, n)
     stream = torch.randint(n, (b + ahead,), generator=generator, device=device)
     while True:
         distinct = _first_occurrences(stream, n)
         if distinct.shape[0] >= b:
-            return distinct[:b]
+            return distinct if distinct.shape[0] == b else distinct[:b]
         size = (b - distinct.shape[0] + ahead,)
         stream = torch.cat((distinct, torch.randint(n, size, generator=generator, device=device)))
+
+
+def _draw_indices_many(
+    ns: tuple[int, ...], b: int, generator: Callable[[int], torch.Generator], items: range
+) -> dict[int, tuple[Tensor, ...]]:
+    """``{k: tuple(_draw_indices(n, b, generator(k)) for n in ns) for k in items}``: the same
+    indices, drawn for many items together (arguments checked: 1 <= b <= every n).
+
+    One draw of distinct indices is a dozen operations on arrays of a few hundred values, so
+    it costs mostly per-call overhead; here each item's generator still draws its own values
+    (in the same order), but the first-occurrence pass runs once over all items' streams.
+    ``generator(k)`` must return a fresh CPU generator in the same state at every call: the
+    rare item whose stream holds fewer than b distinct values (the one-at-a-time draw then
+    extends its stream) is drawn again one at a time from a fresh generator.
+    """
+    keys = list(items)
+    lengths = [0 if b > _PERM_FRACTION * n else b + _lookahead(b, n) for n in ns]
+    drawn: list[list[Tensor]] = [[] for _ in ns]  # per side: each item's stream or prefix
+    for k in keys:
+        g = generator(k)
+        for side, (n, m) in enumerate(zip(ns, lengths, strict=True)):
+            drawn[side].append(torch.randint(n, (m,), generator=g) if m else _perm(n, g)[:b])
+    # one pass over the streams of all sides of one length: rows side-major, (S K, m)
+    groups: dict[int, list[int]] = {}
+    for side, m in enumerate(lengths):
+        if m:  # (permutation prefixes are distinct already)
+            groups.setdefault(m, []).append(side)
+    ok = np.ones(len(keys), dtype=bool)  # items whose streams all hold b distinct values
+    kept = []
+    for sides in groups.values():
+        values = torch.stack([x for side in sides for x in drawn[side]]).numpy()
+        first = _first_mask_rows(values, max(ns[side] for side in sides))
+        count = np.cumsum(first, axis=1)
+        ok &= (count[:, -1] >= b).reshape(len(sides), -1).all(0)
+        kept.append((sides, values, first & (count <= b)))  # the first b distinct per row
+    for sides, values, keep in kept:
+        keep &= np.tile(ok, len(sides))[:, None]  # b per row kept, none in the others
+        rows = iter(torch.from_numpy(values[keep].reshape(-1, b)).unbind(0))
+        good = ok.tolist()
+        for side in sides:
+            drawn[side] = [next(rows) if g else x for x, g in zip(drawn[side], good, strict=True)]
+    out = dict(zip(keys, zip(*drawn, strict=True), strict=True))
+    for pos in np.flatnonzero(~ok).tolist():  # again, one at a time, from a fresh generator
+        g = generator(keys[pos])
+        out[keys[pos]] = tuple(_draw_indices(n, b, g) for n in ns)
+    return out
+
+
+def _first_mask_rows(values: np.ndarray, n: int) -> np.ndarray:
+    """Per row of ``values`` (K, m) in [0, n): where a value appears for the first time in
+    its row (bool (K, m))."""
+    # stable: among equal values the earliest comes first in ``order`` and is the one kept
+    keys = values.astype(np.uint16) if n <= 2**16 else values
+    order = np.argsort(keys, axis=1, kind="stable")
+    order += np.arange(0, values.size, values.shape[1])[:, None]  # positions in the flat array
+    ranked = values.reshape(-1)[order]
+    new = np.empty(values.shape, dtype=bool)
+    new[:, :1] = True
+    np.not_equal(ranked[:, 1:], ranked[:, :-1], out=new[:, 1:])
+    first = np.empty(values.size, dtype=bool)
+    first[order] = new
+    return first.reshape(values.shape)
 
 
 def _lookahead(b: int, n: int) -> int:

@@ -21,6 +21,7 @@ engine in :mod:`otcfm.trajectory.fit`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -35,7 +36,15 @@ from otcfm.paths import PathSample
 from otcfm.sampling import integrate
 from otcfm.train.config import RunConfig
 from otcfm.train.datasets import RunData, load_run_data, stream
-from otcfm.train.prefetch import CoupledBatch, Prefetcher, Shard, chunks, couple_batch
+from otcfm.train.prefetch import (
+    CoupledBatch,
+    InOrderBatches,
+    Prefetcher,
+    Shard,
+    chunks,
+    couple_batch,
+    pairs_in_order,
+)
 
 __all__ = ["Objective", "PairObjective"]
 
@@ -127,6 +136,7 @@ class PairObjective:
             shard=self.shard,
             device=self.device,
             paired=self.cfg.data.paired,
+            checked=True,  # load_run_data checked the sets, __init__ the sizes
         )
 
     def next_pairs(self, step: int) -> Pairing:
@@ -142,9 +152,21 @@ class PairObjective:
                 # one coupling thread per process under DDP: its broadcasts stay in order;
                 # none for in-order couplings (I-CFM): drawing rows costs less than a handoff
                 workers = min(c.workers, 1) if self.world > 1 else c.workers
+                make: Callable[[int], CoupledBatch] = self.couple
                 if self.matcher.coupling.in_order:
                     workers = 0
-                p = Prefetcher(self.couple, index, stop, workers=workers, depth=c.prefetch)
+                    if pairs_in_order(self.matcher.coupling):  # the same batches as couple
+                        make = InOrderBatches(
+                            self.data.source.train,
+                            self.data.target.train,
+                            self.cfg.ot_batch,
+                            seed=self.cfg.seed,
+                            shard=self.shard,
+                            device=self.device,
+                            paired=self.cfg.data.paired,
+                            stop=stop,
+                        )
+                p = Prefetcher(make, index, stop, workers=workers, depth=c.prefetch)
                 self._prefetcher = p
             self._coupled = p.next()
             if self._coupled.index != index:  # pragma: no cover - guards the bookkeeping
@@ -160,8 +182,9 @@ class PairObjective:
         draws them per process instead).
         """
         pair = self.next_pairs(step)
-        s = self.matcher.sample(
-            pair, generator=stream(self.cfg.seed, "step", self._rank_label, str(step))
+        # the pairs come from the checked training sets: the matcher need not re-check them
+        s = self.matcher._sample_pairing(
+            pair, stream(self.cfg.seed, "step", self._rank_label, str(step))
         )
         if self.world == 1 or self._local:
             return s
