@@ -419,12 +419,14 @@ def _steps_section(data: dict[str, Any], title: str) -> list[str]:
         f" / W), device {data['device']}, backend {backend} when W > 1. Each process is "
         f"`benchmarks/distributed.py --worker` started with RANK, WORLD_SIZE, MASTER_ADDR and "
         f"MASTER_PORT set, as torchrun starts it, with `torch.set_num_threads(1)` and one "
-        f"coupling thread (`couplings.workers = 1`). Each process times {st['steps']} steps "
+        f"coupling thread (`couplings.workers = 1`; I-CFM's in-order pairs "
+        f"are drawn in the training thread). Each process times {st['steps']} steps "
         f"({st['exact_steps']} for exact OT) after {st['warmup']} warm-up steps, starting "
         f"together after a barrier; steps/s = steps / the slowest process's time. Scope global: "
         f"the processes take turns coupling the whole batch and broadcast the index pairs; "
-        f"local: each couples its own share (I-CFM's pairs are the same in both scopes; scope "
-        f"global still broadcasts them). Scope does not apply to 1 process. One run per row.",
+        f"local: each couples its own share (I-CFM's in-order pairs need no solve: with scope "
+        f"global each process draws the whole batch itself, nothing is broadcast). Scope does "
+        f"not apply to 1 process. One run per row.",
         "",
     ]
     busy = 2 * max(r["processes"] for r in recs)
