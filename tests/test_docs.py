@@ -36,3 +36,16 @@ def test_example_runs(script):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_readme_demo_numbers_come_from_the_committed_record():
+    """The README's demo table is the generator's output for docs/results/demo.json."""
+    import json
+
+    from otcfm.experiments.demo import README_END, README_START, readme_section
+
+    record = json.loads((ROOT / "docs" / "results" / "demo.json").read_text())
+    text = (ROOT / "README.md").read_text()
+    start, end = text.index(README_START), text.index(README_END) + len(README_END)
+    assert text[start:end] == readme_section(record)
+    assert record["steps"] == 4000 and set(record["methods"]) == {"otcfm", "icfm"}

@@ -146,3 +146,45 @@ def _markdown(report: dict[str, Any]) -> str:
         f"Runs:\n{links}\n\n"
         f"Wall time {report['wall_seconds']:.0f} s on {report['machine']}, {report['date']}.\n"
     )
+
+
+README_START = "<!-- demo numbers: generated from docs/results/demo.json -->"
+README_END = "<!-- end of demo numbers -->"
+_README_ROWS = (("otcfm", "OT-CFM"), ("icfm", "I-CFM"))
+
+
+def readme_section(report: dict[str, Any]) -> str:
+    """The README's demo paragraph and table, written from a demo record (metrics.json)."""
+    from otcfm.experiments._published import section
+
+    npe = section("two_dim")["npe"]
+    task = report["task"]
+    rows = [
+        "| method | W2 | NPE | path energy | NFE (dopri5, tol 1e-4) | train time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, name in _README_ROWS:
+        m = report["methods"][key]
+        rows.append(
+            f"| {name} | {m['w2']:.3f} | {m['npe']:.3f} | {m['path_energy']:.1f} | "
+            f"{m.get('nfe_dopri5', '-')} | {m['train_seconds']:.0f} s |"
+        )
+    ot, ind = (report["methods"][k]["npe"] for k in ("otcfm", "icfm"))
+    (p_ot, s_ot), (p_ind, s_ind) = npe["otcfm"][task], npe["icfm"][task]
+    minutes, seconds = divmod(round(report["wall_seconds"]), 60)
+    return "\n".join([
+        README_START,
+        "",
+        f"Measured with `{report.get('command', 'otcfm demo')}` on {report['machine']}, "
+        f"{report['date']} ({minutes} min {seconds} s wall in all; record "
+        "`docs/results/demo.json`):",
+        "",
+        *rows,
+        "",
+        f"OT-CFM's normalized path energy is {ot:.3f} against I-CFM's {ind:.3f} (the SF2M "
+        f"paper's Table 2 has {p_ot:.3f} ± {s_ot:.3f} and {p_ind:.3f} ± {s_ind:.3f} after "
+        f"20,000 steps): its flow is {'closer' if ot < ind else 'NOT closer'} to dynamic "
+        "optimal transport.",
+        *([f"Since the previous record: {report['note']}."] if report.get("note") else []),
+        README_END,
+    ])
