@@ -42,6 +42,29 @@ def run_ranks(cfg: RunConfig, folder: Path, *, world: int = 2, resume: bool = Fa
         assert p.returncode == 0, f"rank {rank} failed:\n{out[-3000:]}"
 
 
+def run_script(name: str, args: list[str], *, world: int = 2, timeout: float = 240) -> None:
+    """Run tests/train/``name`` on ``world`` local gloo processes (torchrun's environment)."""
+    port = str(free_port())
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+               "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen(
+            [sys.executable, str(JOB.with_name(name)), *args], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for rank, (p, out) in enumerate(zip(procs, outputs, strict=True)):
+        assert p.returncode == 0, f"rank {rank} failed:\n{out[-3000:]}"
+
+
+@pytest.fixture
+def scripts():
+    """``scripts(name, args, world=2)``: run a job script of this folder on local processes."""
+    return run_script
+
+
 @pytest.fixture
 def ranks():
     """``ranks(cfg, folder, world=2, resume=False)``: run a config on local gloo processes."""

@@ -101,3 +101,21 @@ def test_global_pairs_cost_no_more_than_local_pairs():
         local = sum(cost(p) for p in parts)
         assert cost(whole) <= local * (1 + 1e-6)
         assert cost(whole) < 0.99 * local  # and strictly better on these 4 x 64 splits
+
+
+
+def test_conditions_travel_with_the_pairs_in_one_and_two_processes(tmp_path, scripts):
+    """Labels drawn with the rows stay with their points through the coupling and the
+    broadcast of the pairs; the oracle: each label is written from its own point."""
+    g = torch.Generator().manual_seed(0)
+    src, tgt = torch.randn(300, 2, generator=g), torch.randn(300, 2, generator=g) + 3
+    one = couple_batch(ExactOT(), src, tgt, 64, 1, seed=5,
+                       cond0={"id": torch.arange(300)}, cond1=tgt[:, 0].clone()).pair
+    torch.testing.assert_close(one.cond1, one.x1[:, 0], rtol=0, atol=0)
+    torch.testing.assert_close(src[one.cond0["id"]], one.x0, rtol=0, atol=0)
+    scripts("cond_job.py", [str(tmp_path)], world=2)
+    for rank in range(2):
+        two = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for key in ("x0", "x1", "cond1"):
+            torch.testing.assert_close(two[key], getattr(one, key), rtol=0, atol=0)
+        torch.testing.assert_close(two["cond0"]["id"], one.cond0["id"], rtol=0, atol=0)

@@ -84,6 +84,8 @@ def couple_batch(
     device: torch.device | str | None = None,
     paired: bool = False,
     checked: bool = False,
+    cond0: Any = None,
+    cond1: Any = None,
 ) -> CoupledBatch:
     """Draw ``size`` points of ``source`` and of ``target`` (N, *event) and couple them.
 
@@ -100,6 +102,10 @@ def couple_batch(
     checking the arguments again, and an in-order coupling (:attr:`Coupling.in_order`, e.g.
     I-CFM's Independent) is not called: the drawn batches are paired in order directly, the
     same x0, x1, i, j as the coupling's pairing (``info`` holds only ``"pairs"``).
+
+    ``cond0``, ``cond1``: per-row conditions of ``source`` and ``target`` (tensors, lists or
+    dicts of them, e.g. class labels): they are drawn with the rows, given to the coupling, and
+    travel with the pairs (``Pairing.cond0``, ``cond1``), across the broadcast too.
     """
     g = stream(seed, "couple", "0", str(index))
     draw = _draw_indices if checked else sample_indices
@@ -118,14 +124,15 @@ def couple_batch(
         part = shard.rows(size)
         rows0, rows1 = rows0[part], rows1[part]
     x0, x1 = _rows(source, rows0, device), _rows(target, rows1, device)
+    c0, c1 = index_cond(cond0, rows0), index_cond(cond1, rows1)
     if checked and pairs_in_order(coupling):
-        return CoupledBatch(index, _in_order(x0, x1))
+        return CoupledBatch(index, _in_order(x0, x1, c0, c1))
     if shard.world == 1 or local or coupling.in_order:  # in order: no solve to share
-        return CoupledBatch(index, coupling(x0, x1, generator=g))
+        return CoupledBatch(index, coupling(x0, x1, generator=g, cond0=c0, cond1=c1))
     src = index % shard.world  # the processes take turns solving
     n = torch.zeros(1, dtype=torch.long)
     if shard.rank == src:
-        pair = coupling(x0, x1, generator=g)
+        pair = coupling(x0, x1, generator=g, cond0=c0, cond1=c1)
         i, j = pair.i.cpu().contiguous(), pair.j.cpu().contiguous()  # broadcast sends storage
         n[0] = i.shape[0]
     dist.broadcast(n, src=src, group=shard.group)
@@ -136,7 +143,9 @@ def couple_batch(
     dist.broadcast(j, src=src, group=shard.group)
     i, j = i.to(x0.device), j.to(x1.device)
     info = pair.info if shard.rank == src else {"pairs": int(n)}
-    return CoupledBatch(index, Pairing(x0=x0[i], x1=x1[j], i=i, j=j, info=info))
+    return CoupledBatch(index, Pairing(
+        x0=x0[i], x1=x1[j], i=i, j=j, cond0=index_cond(c0, i), cond1=index_cond(c1, j), info=info
+    ))
 
 
 def pairs_in_order(coupling: Coupling) -> bool:
@@ -226,12 +235,12 @@ class InOrderBatches:
         return CoupledBatch(index, Pairing(x0=x0, x1=x1, i=i, j=i, info={"pairs": i.shape[0]}))
 
 
-def _in_order(x0: Tensor, x1: Tensor) -> Pairing:
+def _in_order(x0: Tensor, x1: Tensor, cond0: Any = None, cond1: Any = None) -> Pairing:
     """The pairing an in-order coupling makes of checked batches of one size: the batches
     themselves, i = j = arange(B) (no validation, no timing: per-step use)."""
     n = x0.shape[0]
     i = torch.arange(n, device=x0.device)
-    return Pairing(x0=x0, x1=x1, i=i, j=i.clone(), info={"pairs": n})
+    return Pairing(x0=x0, x1=x1, i=i, j=i.clone(), cond0=cond0, cond1=cond1, info={"pairs": n})
 
 
 def _rows(x: Tensor, rows: Tensor, device: torch.device | str | None) -> Tensor:
