@@ -206,3 +206,9 @@ def test_resume_of_a_missing_run_is_an_error(tmp_path, capsys):
     assert code == 2
     assert "--resume: there is no run" in capsys.readouterr().err
     assert not (tmp_path / "nope").exists()
+
+
+def test_nproc_checks_the_global_batch_before_launching(tmp_path, capsys):
+    code = main(["train", "--batch-size", "511", "--nproc", "2", "--out", str(tmp_path)])
+    assert code == 2
+    assert "must be a multiple of --nproc 2" in capsys.readouterr().err

@@ -394,6 +394,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if launched_world() > 1:
             raise ValueError("--nproc starts the processes itself; under torchrun leave it out")
         if args.nproc > 1:
+            for key, value in (("--batch-size", cfg.optim.batch_size),
+                               ("--ot-batch", cfg.ot_batch)):
+                if value % args.nproc:
+                    raise ValueError(
+                        f"{key} {value} is the global batch; it must be a multiple of "
+                        f"--nproc {args.nproc}"
+                    )
             launch(_without_nproc(args.argv), args.nproc, timeout=cfg.distributed.timeout)
             return 0
         if args.nproc < 1:

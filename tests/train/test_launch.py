@@ -102,6 +102,11 @@ def test_failures_are_described_in_one_line():
     assert "\n" not in text and "--resume" in text
     Err.failures = {0: Failure(-15), 1: Failure(-9)}  # rank 0 stopped by the launcher
     assert _describe(Err()).startswith("rank 1 was killed by SIGKILL; the other")
+    Err.failures = {0: Failure(2), 1: Failure(2)}  # both printed a user error
+    assert _describe(Err()) == (
+        "rank 0 exited with code 2; rank 1 exited with code 2: the error each printed above "
+        "stopped the run"
+    )
     with pytest.raises(ValueError, match="--nproc"):
         launch(["list"], 0)
     assert issubclass(LaunchFailure, RuntimeError)

@@ -106,6 +106,8 @@ def _describe(err: object) -> str:
             how = f"exited with code {code}"
         parts.append(f"rank {rank} {how}")
     what = "; ".join(parts) or str(err).splitlines()[0]
+    if causes and all(code == 2 for code in causes.values()):  # the CLI's code for user errors
+        return f"{what}: the error each printed above stopped the run"
     return (
         f"{what}; the other processes were stopped. The run keeps its last checkpoint: "
         f"continue it with the same command and --resume"
