@@ -423,7 +423,8 @@ def _steps_section(data: dict[str, Any], title: str) -> list[str]:
         f"are drawn in the training thread). Each process times {st['steps']} steps "
         f"({st['exact_steps']} for exact OT) after {st['warmup']} warm-up steps, starting "
         f"together after a barrier; steps/s = steps / the slowest process's time. Scope global: "
-        f"the processes take turns coupling the whole batch and broadcast the index pairs; "
+        f"the processes take turns coupling the whole batch and broadcast the index pairs "
+        f"(each solves its next turn in a thread of its own while it waits for the others'); "
         f"local: each couples its own share (I-CFM's in-order pairs need no solve: with scope "
         f"global each process draws the whole batch itself, nothing is broadcast). Scope does "
         f"not apply to 1 process. One run per row.",

@@ -293,3 +293,24 @@ def test_in_order_batches_check_their_settings():
         InOrderBatches(src, src[:200], 64, seed=0, paired=True)
     with pytest.raises(ValueError, match="ahead"):
         InOrderBatches(src, src, 64, seed=0, ahead=0)
+
+
+def test_own_turns_are_solved_ahead_and_equal_the_solve():
+    from otcfm.train.prefetch import OwnTurns
+
+    src, tgt = points(300, seed=1), points(300, seed=2) + 3
+    calls = []
+
+    def solve(k):
+        calls.append(k)
+        return couple_batch(ExactOT(), src, tgt, 32, k, seed=3).pair
+
+    turns = OwnTurns(solve, Shard(1, 2, "global"), ahead=2, stop=9)
+    try:
+        for k in (1, 3, 7):  # this process's turns; 5 skipped (a jump)
+            got, want = turns(k), couple_batch(ExactOT(), src, tgt, 32, k, seed=3).pair
+            torch.testing.assert_close(got.x1, want.x1, rtol=0, atol=0)
+    finally:
+        turns.close()
+    assert calls[:2] == [1, 3] and set(calls) <= {1, 3, 5, 7}  # only own turns, in order
+    assert all(k % 2 == 1 for k in calls)

@@ -21,6 +21,7 @@ engine in :mod:`otcfm.trajectory.fit`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -39,6 +40,7 @@ from otcfm.train.datasets import RunData, load_run_data, stream
 from otcfm.train.prefetch import (
     CoupledBatch,
     InOrderBatches,
+    OwnTurns,
     Prefetcher,
     Shard,
     chunks,
@@ -122,10 +124,14 @@ class PairObjective:
         self._prefetcher: Prefetcher[CoupledBatch] | None = None
         self._coupled: CoupledBatch | None = None
         self._chunks: list[Pairing] = []
+        self._turns: OwnTurns | None = None
 
     # ------------------------------------------------------------------ couplings
-    def couple(self, index: int) -> CoupledBatch:
-        """Coupled batch ``index``: a function of (seed, index) and the coupling scope only."""
+    def couple(
+        self, index: int, solved: Callable[[int], Pairing] | None = None
+    ) -> CoupledBatch:
+        """Coupled batch ``index``: a function of (seed, index) and the coupling scope only
+        (``solved``: this process's turns of the global solve, see :class:`OwnTurns`)."""
         return couple_batch(
             self.matcher.coupling,
             self.data.source.train,
@@ -137,7 +143,17 @@ class PairObjective:
             device=self.device,
             paired=self.cfg.data.paired,
             checked=True,  # load_run_data checked the sets, __init__ the sizes
+            solved=solved,
         )
+
+    def _solve_alone(self, index: int) -> Pairing:
+        """The pairing one process makes of coupled batch ``index`` (a turn of the global
+        solve, made ahead by :class:`OwnTurns`)."""
+        return couple_batch(
+            self.matcher.coupling, self.data.source.train, self.data.target.train,
+            self.cfg.ot_batch, index, seed=self.cfg.seed, device=self.device,
+            paired=self.cfg.data.paired, checked=True,
+        ).pair
 
     def next_pairs(self, step: int) -> Pairing:
         """The pairs of ``step`` (chunk step % m of coupled batch step // m): the global
@@ -166,6 +182,9 @@ class PairObjective:
                             paired=self.cfg.data.paired,
                             stop=stop,
                         )
+                elif self.world > 1 and not self._local:  # the processes' turns overlap
+                    self._turns = OwnTurns(self._solve_alone, self.shard, stop=stop)
+                    make = functools.partial(self.couple, solved=self._turns)
                 p = Prefetcher(make, index, stop, workers=workers, depth=c.prefetch)
                 self._prefetcher = p
             self._coupled = p.next()
@@ -222,4 +241,6 @@ class PairObjective:
         """Stop the coupling workers (a later step starts them again)."""
         if self._prefetcher is not None:
             self._prefetcher.close()
-        self._prefetcher, self._coupled, self._chunks = None, None, []
+        if self._turns is not None:
+            self._turns.close()
+        self._prefetcher, self._coupled, self._chunks, self._turns = None, None, [], None

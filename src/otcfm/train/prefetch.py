@@ -86,6 +86,7 @@ def couple_batch(
     checked: bool = False,
     cond0: Any = None,
     cond1: Any = None,
+    solved: Callable[[int], Pairing] | None = None,
 ) -> CoupledBatch:
     """Draw ``size`` points of ``source`` and of ``target`` (N, *event) and couple them.
 
@@ -106,6 +107,10 @@ def couple_batch(
     ``cond0``, ``cond1``: per-row conditions of ``source`` and ``target`` (tensors, lists or
     dicts of them, e.g. class labels): they are drawn with the rows, given to the coupling, and
     travel with the pairs (``Pairing.cond0``, ``cond1``), across the broadcast too.
+
+    ``solved(index)``: under scope "global", this process's turn made elsewhere (the single-
+    process pairing of batch ``index``, e.g. by :class:`OwnTurns` ahead of time) instead of
+    solving it here.
     """
     g = stream(seed, "couple", "0", str(index))
     draw = _draw_indices if checked else sample_indices
@@ -132,7 +137,8 @@ def couple_batch(
     src = index % shard.world  # the processes take turns solving
     n = torch.zeros(1, dtype=torch.long)
     if shard.rank == src:
-        pair = coupling(x0, x1, generator=g, cond0=c0, cond1=c1)
+        pair = (coupling(x0, x1, generator=g, cond0=c0, cond1=c1) if solved is None
+                else solved(index))
         i, j = pair.i.cpu().contiguous(), pair.j.cpu().contiguous()  # broadcast sends storage
         n[0] = i.shape[0]
     dist.broadcast(n, src=src, group=shard.group)
@@ -146,6 +152,47 @@ def couple_batch(
     return CoupledBatch(index, Pairing(
         x0=x0[i], x1=x1[j], i=i, j=j, cond0=index_cond(c0, i), cond1=index_cond(c1, j), info=info
     ))
+
+
+class OwnTurns:
+    """This process's turns of the global solve (batches k with k % world == rank), solved
+    ahead in a thread of its own that makes no collective calls: a process solves its next
+    turn while it waits for the pairs of the others' turns, so the turns overlap.
+
+    ``solve(k)`` must return the pairing one process would make of batch k (the single-process
+    ``couple_batch(..., index=k).pair``); ``ahead`` turns of each process are kept in flight.
+    """
+
+    def __init__(
+        self, solve: Callable[[int], Pairing], shard: Shard, *, ahead: int = 2,
+        stop: int | None = None,
+    ) -> None:
+        self._solve, self._shard, self._ahead, self._stop = solve, shard, ahead, stop
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="otcfm-turn")
+        self._futures: dict[int, Future[Pairing]] = {}
+        self._scheduled = -1  # the last own batch submitted
+
+    def __call__(self, index: int) -> Pairing:
+        w, r = self._shard.world, self._shard.rank
+        end = index + self._ahead * w
+        if self._stop is not None:
+            end = min(end, self._stop)
+        k = max(index, self._scheduled + 1)
+        k += (r - k) % w  # the first own batch from there
+        while k < end:
+            self._futures[k] = self._pool.submit(self._solve, k)
+            self._scheduled = k
+            k += w
+        future = self._futures.pop(index, None)
+        for old in [i for i in self._futures if i < index]:  # skipped (a jump): not needed
+            self._futures.pop(old).cancel()
+        return future.result() if future is not None else self._solve(index)
+
+    def close(self) -> None:
+        for future in self._futures.values():
+            future.cancel()
+        self._futures.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def pairs_in_order(coupling: Coupling) -> bool:
