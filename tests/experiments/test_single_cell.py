@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from otcfm.experiments.single_cell import main, parse_methods, published_set
 from otcfm.experiments.single_cell_report import BASELINE, _verdict, summarize
@@ -15,12 +14,7 @@ from otcfm.experiments.single_cell_report import BASELINE, _verdict, summarize
 pytest.importorskip("sklearn")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_quick_synthetic_bench(tmp_path, capsys):

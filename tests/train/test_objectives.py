@@ -33,13 +33,7 @@ from otcfm.trajectory.fit import (
     multimarginal_loss,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def series(n=48, times=4, dim=3, seed=0):

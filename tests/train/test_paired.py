@@ -20,14 +20,7 @@ from otcfm.train.evaluate import load_run
 from otcfm.train.loop import Trainer, train
 from otcfm.train.prefetch import couple_batch
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models on a shared 2-core machine: a second torch thread only spins."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ROT = torch.tensor([[0.0, -1.0], [1.0, 0.0]])  # x -> R x, rotation by +90 degrees

@@ -23,12 +23,7 @@ TINY = ["--steps", "20", "--batch-size", "16", "--width", "16", "--depth", "2",
         "--ode-steps", "5", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

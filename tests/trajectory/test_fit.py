@@ -22,13 +22,7 @@ from otcfm.trajectory import (
 SPEED = torch.tensor([2.0, -1.0])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread (and do not fight other jobs for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def translating(n=256, times=5, seed=0, shared=False):
