@@ -34,13 +34,18 @@ __all__ = [
 ]
 
 
-def _batch_size(batch_size: int, n: int) -> int:
-    if isinstance(batch_size, bool):
-        raise TypeError(f"batch_size must be an integer, got {batch_size!r}")
+def _integer(name: str, value: int) -> int:
+    """``value`` as an int; TypeError naming ``name`` for bools and non-integers."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
     try:
-        b = operator.index(batch_size)
+        return operator.index(value)
     except TypeError:
-        raise TypeError(f"batch_size must be an integer, got {batch_size!r}") from None
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _batch_size(batch_size: int, n: int) -> int:
+    b = _integer("batch_size", batch_size)
     if not 1 <= b <= n:
         raise ValueError(f"batch_size must be in [1, {n}] (the number of points), got {b}")
     return b
@@ -69,12 +74,7 @@ def sample_indices(n: int, batch_size: int, generator: torch.Generator | None = 
     enough). A larger batch is the first ``batch_size`` entries of a random permutation.
     Returns an int64 (batch_size,) tensor on the generator's device (CPU without one).
     """
-    if isinstance(n, bool):
-        raise TypeError(f"n must be an integer, got {n!r}")
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"n must be an integer, got {n!r}") from None
+    n = _integer("n", n)
     if n < 1:
         raise ValueError(f"n must be >= 1 (the number of rows to draw from), got {n}")
     b = _batch_size(batch_size, n)
