@@ -193,7 +193,7 @@ def test_report_only_rewrites_the_page_from_the_records(tmp_path, capsys):
     assert main(["--report-only", "--out", str(out)]) == 0
     page = (out / "gaussian_sb.md").read_text()
     assert not runs.exists() or not any(runs.iterdir())
-    assert "Page rewritten from gaussian_sb.json" in page
+    assert "Rendered from gaussian_sb.json" in page
     assert "0.1234 ± 0.0042 at N = 1,000" in page and "0.0777" in page
     assert "transcribed" in page and "2000-01-02" in page
     # every other line of the page is the one the run wrote

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         if args.out is None:
             raise ValueError("--report-only needs --out: the folder holding gaussian_sb.json")
-        page = report.rewrite_page(args.out, command=command, date=_now())
+        page = report.rewrite_page(args.out)
         print(f"wrote {page}")
         return 0
     started = time.perf_counter()

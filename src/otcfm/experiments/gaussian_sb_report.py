@@ -69,9 +69,10 @@ def write_outputs(
     return written
 
 
-def rewrite_page(out: str | Path, *, command: str, date: str) -> Path:
-    """Rewrite ``OUT/gaussian_sb.md`` from the records already in ``out`` (nothing is run;
-    the figure is linked if it is there). ``command`` and ``date``: of this rewrite."""
+def render_page(out: str | Path) -> str:
+    """``OUT/gaussian_sb.md`` as the records in ``out`` give it: a function of
+    ``gaussian_sb.json``, ``gaussian_sb_run.json`` and ``gaussian_sb_probes.json`` alone
+    (nothing is run; the figure is linked if it is there)."""
     out = Path(out)
     paths = {name: out / name for name in (RECORDS_FILE, RUN_FILE)}
     missing = [str(path) for path in paths.values() if not path.is_file()]
@@ -81,10 +82,13 @@ def rewrite_page(out: str | Path, *, command: str, date: str) -> Path:
     records = json.loads(paths[RECORDS_FILE].read_text())
     run = json.loads(paths[RUN_FILE].read_text())
     figure = out / "gaussian_sb" / "kl_vs_t.png"
-    meta = {**run, "rewritten": {"command": command, "date": date}}
-    page = markdown(records, meta, figure if figure.is_file() else None, out,
+    return markdown(records, run, figure if figure.is_file() else None, out,
                     probes=read_probes(out))
-    return write_text_atomic(page, out / "gaussian_sb.md")
+
+
+def rewrite_page(out: str | Path) -> Path:
+    """Rewrite ``OUT/gaussian_sb.md`` from the records already in ``out`` (:func:`render_page`)."""
+    return write_text_atomic(render_page(out), Path(out) / "gaussian_sb.md")
 
 
 def read_probes(out: Path) -> dict[str, Any] | None:
@@ -181,16 +185,15 @@ def _run_lines(meta: dict[str, Any], records: Sequence[dict[str, Any]]) -> str:
     compute = sum(r["train_seconds"] + r.get("eval_seconds", 0.0) for r in records)
     lines = (
         f"- Command: `{meta['command']}`\n"
-        f"- Machine: {meta.get('machine') or machine()}; {meta['jobs']} job(s), 1 torch thread "
-        "per cell\n"
+        f"- Machine: {meta.get('machine') or 'not recorded'}; {meta['jobs']} job(s), 1 torch "
+        "thread per cell\n"
         f"- Date: {meta['date']}\n"
         f"- Wall time of this invocation: {meta['wall_seconds']:.0f} s (cached cells cost "
         f"nothing); train + eval time summed over the cells: {compute:.0f} s\n"
     )
-    again = meta.get("rewritten")
-    if again:
-        lines += (f"- Page rewritten from {RECORDS_FILE} and {RUN_FILE} (nothing trained) by "
-                  f"`{again['command']}` on {again['date']}\n")
+    lines += (f"- Rendered from {RECORDS_FILE}, {RUN_FILE} and {PROBES_FILE} (nothing trained) "
+              "by `otcfm bench gaussian-sb --report-only --out DIR`, DIR the folder of this "
+              "page\n")
     return lines
 
 

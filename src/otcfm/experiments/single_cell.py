@@ -44,6 +44,7 @@ from otcfm.experiments.single_cell_report import (
     label,
     markdown,
     pm,
+    render_page,
     summarize,
     write_figures,
 )
@@ -223,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-cells", type=int, default=1000, help="synthetic: cells per time")
     p.add_argument("--obs-dim", type=int, default=20, help="synthetic: observed features")
     p.add_argument("--data-seed", type=int, default=0, help="synthetic: seed of the snapshots")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite OUT/single_cell.md from OUT/single_cell.json; run nothing")
     return p
 
 
@@ -324,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
+        if args.report_only:
+            page = write_text_atomic(render_page(args.out), Path(args.out) / "single_cell.md")
+            print(f"wrote {page}")
+            return 0
         report = run(args, argv)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         print(f"otcfm bench single-cell: error: {err}", file=sys.stderr)

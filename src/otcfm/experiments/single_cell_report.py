@@ -8,6 +8,7 @@ comparisons of OT-CFM with each other method, published Table 4 numbers for the 
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,9 @@ def markdown(report: dict[str, Any]) -> str:
         + ref + "\n\n"
         f"Command: `{report['command']}`  \n"
         f"Machine: {report['machine']}; {report['jobs']} worker process(es); wall time "
-        f"{report['wall_seconds']:.0f} s; {report['date']}.\n"
+        f"{report['wall_seconds']:.0f} s; {report['date']}.  \n"
+        "Rendered from `single_cell.json` by `otcfm bench single-cell --report-only --out DIR`, "
+        "DIR the folder of this page (runs nothing).\n"
     )
 
 
@@ -223,3 +226,12 @@ def write_figures(out: Path, ts: TimeSeries, k: int, models: dict[str, dict], sp
              for m, e in summary.items()}
     plot_w1_per_time(table, out / "w1_per_time.png", time_names=ts.time_names,
                      title="W1 to the held-out cells (mean ± std over seeds)")
+
+
+def render_page(out: str | Path) -> str:
+    """``OUT/single_cell.md`` from the record ``OUT/single_cell.json`` alone."""
+    path = Path(out) / "single_cell.json"
+    if not path.is_file():
+        raise ValueError(f"--report-only needs {path} (written by a run of otcfm bench "
+                         "single-cell with this --out)")
+    return markdown(json.loads(path.read_text()))

@@ -9,6 +9,7 @@ its cells and its cell runner.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ from otcfm.experiments.two_dim import (
     sampling_floor,
 )
 from otcfm.matchers import MATCHERS, matcher
+from otcfm.train.checkpoint import write_text_atomic
 
 TORCHCFM_SCRIPT = "benchmarks/two_dim_torchcfm.py"
 
@@ -72,10 +74,14 @@ def build_parser(
                    help="validate and test an exponential moving average of the weights "
                    "(e.g. 0.999; default 0: the paper's raw weights)")
     p.add_argument("--report-only", action="store_true",
-                   help="write the page from the cells already cached; run nothing")
+                   help="write the records and page from the cells already cached; run nothing")
+    p.add_argument("--page-only", action="store_true",
+                   help="rewrite OUT/two_dim.md from the records in OUT (two_dim.json, "
+                   "two_dim_run.json, ...); needs no cached cells, runs nothing")
     p.add_argument("--remarks", type=Path, metavar="FILE",
                    help="markdown file appended to the page as its 'Remarks' section (what "
-                   "this run left out, what was tried)")
+                   "this run left out, what was tried); its {{name}} placeholders are filled "
+                   "with numbers computed from the records (otcfm.experiments.two_dim_facts)")
     p.add_argument("--coupling", action="append", default=[], metavar="METHOD=NAME",
                    help="override a method's coupling: a name or a spec with options, e.g. "
                    "otcfm=approx or otcfm=exact:sampling=plan (repeatable)")
@@ -150,6 +156,12 @@ def execute(
     ``runner``: the cell runner given to :func:`otcfm.experiments.two_dim.run_cells`;
     ``command``: how the page names the program (the options follow).
     """
+    if args.page_only:
+        if args.out is None:
+            raise ValueError("--page-only needs --out: the folder holding two_dim.json")
+        page = write_text_atomic(two_dim_report.render_page(args.out), args.out / "two_dim.md")
+        print(f"wrote {page}")
+        return 0
     started = time.perf_counter()
     protocol = protocol_from_args(args)
     tasks = parse_tasks(args.tasks or ",".join(QUICK_TASKS if args.quick else TASKS))
@@ -161,7 +173,11 @@ def execute(
     runs = args.runs or Path("runs/two_dim-quick" if args.quick else "runs/two_dim")
     out = args.out or runs
     skip = parse_skip(args.skip)
-    remarks = args.remarks.read_text() if args.remarks is not None else ""
+    remarks = None
+    if args.remarks is not None:
+        if not args.remarks.is_file():
+            raise ValueError(f"--remarks: no such file {args.remarks}")
+        remarks = os.path.relpath(args.remarks.resolve(), out.resolve())
     cells, notes = plan_cells(tasks, methods, seeds, skip=skip)
     if extra_cells is not None:
         cells += extra_cells(tasks, methods, seeds)
@@ -190,7 +206,7 @@ def execute(
         "jobs": args.jobs,
         "notes": notes,
         "protocol": asdict(protocol),
-        "remarks": remarks,
+        "remarks_file": remarks,
         "floors": floors,
     }
     written = two_dim_report.write_outputs(results, out, meta, runs)

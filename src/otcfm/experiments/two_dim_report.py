@@ -1,9 +1,11 @@
 """Outputs of `otcfm bench two-dim`: JSON records, the markdown page and the figures.
 
 ``OUT/two_dim.json``: one record per (task, method, seed) cell of this library;
-``OUT/two_dim_torchcfm.json``: the TorchCFM cells (``--torchcfm``); ``OUT/two_dim.md``: mean
-+- std over seeds beside the published numbers; ``OUT/two_dim/*.png``: W2 against Euler steps,
-validation W2 against training step, and a trajectory grid (methods x tasks).
+``OUT/two_dim_torchcfm.json``: the TorchCFM cells (``--torchcfm``); ``OUT/two_dim_run.json``:
+the command, date, machine, protocol, notes and sampling floors of the run; ``OUT/two_dim.md``:
+mean +- std over seeds beside the published numbers, a function of these records alone
+(:func:`render_page`); ``OUT/two_dim/*.png``: W2 against Euler steps, validation W2 against
+training step, and a trajectory grid (methods x tasks).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from otcfm.experiments._machine import machine, version
 from otcfm.experiments._published import mean_std_table, section
 from otcfm.experiments._stats import paired_difference
+from otcfm.experiments.two_dim_facts import fill_remarks
 from otcfm.experiments.two_dim import TASKS, CellResult, records_of
 from otcfm.train.checkpoint import write_text_atomic
 
@@ -31,6 +34,7 @@ FIGURES = {
 METHOD_ORDER = ("otcfm", "icfm", "fm", "sbcfm", "vpcfm", "rf", "sf2m")
 COLORS = dict(zip(METHOD_ORDER, ("C0", "C1", "C2", "C3", "C4", "C5", "C6"), strict=True))
 RATIO = 1.2  # "W2 within 1.2 x its 100-step value"
+RECORDS_FILE, TORCHCFM_FILE, RUN_FILE = "two_dim.json", "two_dim_torchcfm.json", "two_dim_run.json"
 
 # The paper's numbers (mean, std over 5 seeds) by metric, method and task: published.json
 _TWO_DIM = section("two_dim")
@@ -46,17 +50,37 @@ def write_outputs(
     out = Path(out)
     records = records_of(results)
     theirs = records_of(results, "torchcfm")
-    written = [write_text_atomic(json_lines(records), out / "two_dim.json")]
+    written = [write_text_atomic(json_lines(records), out / RECORDS_FILE)]
     if theirs:
-        written.append(write_text_atomic(json_lines(theirs), out / "two_dim_torchcfm.json"))
+        written.append(write_text_atomic(json_lines(theirs), out / TORCHCFM_FILE))
     figures = {}
     if records:
         figures = write_figures(records, results, out / "two_dim", Path(runs))
     failed = [f"{r.cell.label}: {r.error}" for r in results if r.record is None]
     cached = sum(r.cached for r in results)
-    page = markdown(records, theirs, {**meta, "failed": failed, "cached": cached}, figures, out)
+    run = {**meta, "machine": machine(), "failed": failed, "cached": cached}
+    written.append(write_text_atomic(json.dumps(run, indent=1) + "\n", out / RUN_FILE))
+    page = markdown(records, theirs, run, figures, out)
     written.append(write_text_atomic(page, out / "two_dim.md"))
     return written + list(figures.values())
+
+
+def render_page(out: str | Path) -> str:
+    """``OUT/two_dim.md`` as the committed records in ``out`` give it (``two_dim.json``,
+    ``two_dim_torchcfm.json`` when present, ``two_dim_run.json`` and the remarks file it
+    names); runs nothing, needs no cached cells, and links the figures that are there."""
+    out = Path(out)
+    missing = [str(out / f) for f in (RECORDS_FILE, RUN_FILE) if not (out / f).is_file()]
+    if missing:
+        raise ValueError(f"--page-only needs {' and '.join(missing)} (written by a run of "
+                         "otcfm bench two-dim with this --out)")
+    records = json.loads((out / RECORDS_FILE).read_text())
+    theirs = (json.loads((out / TORCHCFM_FILE).read_text())
+              if (out / TORCHCFM_FILE).is_file() else [])
+    run = json.loads((out / RUN_FILE).read_text())
+    figures = {key: out / "two_dim" / f"{key}.png" for key in FIGURES
+               if (out / "two_dim" / f"{key}.png").is_file()}
+    return markdown(records, theirs, run, figures, out)
 
 
 def json_lines(records: Sequence[dict[str, Any]]) -> str:
@@ -140,8 +164,9 @@ def markdown(
         parts.append(_torchcfm_table(records, theirs))
     parts.append(_figure_links(figures, out))
     parts.append(_notes(meta, groups))
-    if meta.get("remarks", "").strip():
-        parts.append("## Remarks\n\n" + meta["remarks"].strip() + "\n")
+    if meta.get("remarks_file"):
+        remarks = fill_remarks((out / meta["remarks_file"]).read_text(), out)
+        parts.append("## Remarks\n\n" + remarks.strip() + "\n")
     return "\n".join(parts)
 
 
@@ -149,11 +174,15 @@ def _run_line(meta: dict[str, Any], records, theirs) -> str:
     compute = sum(r["train_seconds"] + r.get("eval_seconds", 0.0) for r in [*records, *theirs])
     return (
         f"- Command: `{meta['command']}`\n"
-        f"- Machine: {machine()}; {meta['jobs']} job(s), 1 torch thread per cell\n"
+        f"- Machine: {meta.get('machine') or 'not recorded'}; {meta['jobs']} job(s), 1 torch "
+        "thread per cell\n"
         f"- Date: {meta['date']}\n"
         f"- Wall time of this invocation: {meta['wall_seconds']:.0f} s, with "
         f"{meta.get('cached', 0)} of {len(records) + len(theirs)} cells taken from the cache; "
         f"train + eval time summed over all the cells (when each ran): {compute:.0f} s\n"
+        f"- Rendered from {RECORDS_FILE}{', ' + TORCHCFM_FILE if theirs else ''} and "
+        f"{RUN_FILE} by `otcfm bench two-dim --page-only --out DIR`, DIR the folder of this "
+        "page (runs nothing)\n"
     )
 
 
