@@ -21,8 +21,8 @@ import torch
 from otcfm.experiments._machine import machine, version
 from otcfm.experiments._published import mean_std_table, section
 from otcfm.experiments._stats import paired_difference
-from otcfm.experiments.two_dim_facts import fill_remarks
 from otcfm.experiments.two_dim import TASKS, CellResult, records_of
+from otcfm.experiments.two_dim_facts import fill_remarks
 from otcfm.train.checkpoint import write_text_atomic
 
 FIGURES = {
