@@ -484,24 +484,99 @@ def machine(threads: int) -> str:
     )
 
 
-def write_md(
-    path: Path, records: list[dict[str, Any]], command: str, threads: int, max_seconds: float
-) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = "\n".join([
+def render(report: dict[str, Any]) -> str:
+    """The markdown page, a function of the JSON report alone (command, machine, date, limits
+    and records)."""
+    return "\n".join([
         "# Coupling performance: otcfm vs TorchCFM",
         "",
-        f"- Command: `{command}`",
-        f"- Machine: {machine(threads)}",
-        f"- Date: {now}",
+        f"- Command: `{report['command']}`",
+        f"- Machine: {report['machine']}",
+        f"- Date: {report['date']}",
         "- Timings are medians of repeats on a possibly shared machine: indicative.",
-        f"- 'skipped': predicted to take over {max_seconds:g} s (B^{GROWTH} extrapolation from "
-        "the previous batch size; raise with --max-seconds).",
+        f"- 'skipped': predicted to take over {report['max_seconds']:g} s (B^{GROWTH} "
+        "extrapolation from the previous batch size; raise with --max-seconds).",
+        "- `ExactOT()` solves the cost matrix rounded to float32 (its default `cost_dtype`) "
+        "exactly; its gap is measured against a float64 reference solve, '-' where that solve "
+        "was skipped (not measured).",
+        "- Rendered from the JSON record by `python benchmarks/couplings.py --report-only "
+        "--out JSON --md PAGE` (runs nothing).",
         "",
-        tables(records),
-    ])
-    path.write_text(text + "\n")
+        tables(report["records"]),
+    ]) + "\n"
+
+
+def readme_section(report: dict[str, Any]) -> str:
+    """The README's coupling-speed paragraph, every number from the JSON report."""
+    recs = report["records"]
+
+    def plan(lib: str, solver: str, b: int, d: int) -> dict[str, Any] | None:
+        return next((r for r in recs if (r["kind"], r["library"], r["solver"], r["B"], r["d"])
+                     == ("plan", lib, solver, b, d) and r.get("seconds") is not None), None)
+
+    approx = [r for r in recs if r["kind"] == "plan" and r["solver"] == "ApproxOT(tol=0.01)"]
+    gaps = [r["gap"] for r in approx if r.get("gap") is not None]
+    exact = [r for r in recs if r["kind"] == "plan" and r["solver"] == "ExactOT()"]
+    exact_gap = [r for r in exact if r.get("gap") is not None]
+    unmeasured = sorted({r["B"] for r in exact if r.get("gap") is None})
+    sizes = sorted({r["B"] for r in exact_gap})
+    speed = []
+    for b in (1024, 4096, 8192):
+        for d in (2, 64):
+            ours, theirs = plan("otcfm", "ApproxOT(tol=0.01)", b, d), plan(
+                "torchcfm", "OTPlanSampler(exact)", b, d)
+            if ours and theirs:
+                speed.append(f"B = {b}, d = {d}: {_fmt_s(ours)} against {_fmt_s(theirs)} "
+                             f"({theirs['seconds'] / ours['seconds']:.0f}x)")
+    capped = [r for r in recs if r["kind"] == "plan" and r["library"] == "torchcfm"
+              and r["B"] == 4096 and r["d"] >= 64 and r.get("gap") is not None]
+    step = {(r["library"], r["solver"]): r for r in recs
+            if r["kind"] == "step" and r["B"] == 512 and r["d"] == 2}
+    mem = {(r["library"], r["solver"]): r for r in recs
+           if r["kind"] == "memory" and r.get("peak_bytes") is not None}
+    lines = [
+        README_START,
+        f"Measured by `{report['command']}` ({report['machine']}; {report['date']}; "
+        "record `docs/results/performance.json`, page `docs/results/performance.md`):",
+        "",
+        f"- approximate plans (`ApproxOT(tol=0.01)`): measured coupling gap "
+        f"{min(gaps):.2%} to {max(gaps):.2%} (the gap, (cost - optimal) / (independent - "
+        "optimal), not the cost relative to the optimum), against TorchCFM's exact plan: "
+        + "; ".join(speed) + ".",
+        f"- exact plans (`ExactOT()`, optimal for the float32-rounded costs): gap to the "
+        f"float64 reference at most {max(abs(r['gap']) for r in exact_gap):.0e} at every size "
+        f"measured (B = {', '.join(map(str, sizes))}); at B = "
+        f"{', '.join(map(str, unmeasured))} the reference solve was skipped, so the gap is "
+        "not measured there."
+        + (f" TorchCFM's capped solver at B = 4096, d >= 64: gap "
+           f"{min(r['gap'] for r in capped):.1%} to {max(r['gap'] for r in capped):.1%}, "
+           + _span([r["distinct"] for r in capped], "{:.0%}")
+           + " of the x0 kept (pairs drawn with replacement)." if capped else ""),
+    ]
+    if step:
+        parts = [f"{name} {_fmt_s(step.get(key))}" for key, name in (
+            (("otcfm", "otcfm-approx"), "OT-CFM with `ApproxOT`"),
+            (("otcfm", "otcfm"), "OT-CFM exact"), (("torchcfm", "otcfm"), "TorchCFM's OT-CFM"),
+            (("otcfm", "icfm"), "our I-CFM")) if step.get(key)]
+        lines.append("- training step at batch 512 in 2-D, coupling inside the step: "
+                     + ", ".join(parts) + ".")
+    if mem:
+        parts = [f"{name} {r['peak_bytes'] / 2**20:,.0f} MiB ({r['ratio_to_cost_matrix']:.1f}x "
+                 "one float32 cost matrix)" for (lib, solver), r in mem.items()
+                 for name in [f"{lib} {solver}"]]
+        first = next(iter(mem.values()))
+        lines.append(f"- peak memory of one B = {first['B']}, d = {first['d']} coupling: "
+                     + "; ".join(parts) + ".")
+    return "\n".join([*lines, README_END])
+
+
+def _span(values: list[float], fmt: str) -> str:
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+README_START = "<!-- coupling numbers: generated from docs/results/performance.json -->"
+README_END = "<!-- end of coupling numbers -->"
 
 
 # --------------------------------------------------------------------------- main
@@ -518,6 +593,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=60.0,
                    help="skip cells predicted to take longer than this")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report-only", action="store_true",
+                   help="re-render --md from the JSON report --out; run nothing")
     p.add_argument("--memory-child", nargs=4, metavar=("LIB", "SOLVER", "B", "D"),
                    help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -529,6 +606,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.memory_child:
         lib, solver, b, d = args.memory_child
         print(json.dumps(memory_child(lib, solver, int(b), int(d), args.seed)))
+        return []
+    if args.report_only:
+        if args.out is None or args.md is None:
+            raise SystemExit("--report-only needs --out (the JSON report) and --md (the page)")
+        args.md.write_text(render(json.loads(args.out.read_text())))
         return []
     name = args.grid or ("quick" if args.quick else "full")
     grid = GRIDS[name]
@@ -556,14 +638,24 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print()
     print(tables(records))
     print(f"total {total:.0f} s")
+    command = "python benchmarks/couplings.py " + " ".join(argv if argv is not None
+                                                            else sys.argv[1:])
+    report = {
+        "command": command.strip(),
+        "machine": machine(args.threads),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "threads": args.threads,
+        "max_seconds": args.max_seconds,
+        "total_seconds": total,
+        "records": records,
+    }
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(records, indent=1) + "\n")
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
     md = args.md if args.md is not None else (DEFAULT_MD if name == "full" else None)
     if md is not None:
-        command = "python benchmarks/couplings.py " + " ".join(argv if argv is not None
-                                                                else sys.argv[1:])
-        write_md(md, records, command.strip(), args.threads, args.max_seconds)
+        md.parent.mkdir(parents=True, exist_ok=True)
+        md.write_text(render(report))
     return records
 
 
