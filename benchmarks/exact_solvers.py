@@ -196,9 +196,8 @@ def main() -> None:
     p.add_argument("--report-only", action="store_true",
                    help="re-render --out from --json; run nothing")
     args = p.parse_args()
-    if args.report_only or (args.out and not args.json):
-        if not (args.json and args.out):
-            raise SystemExit("--out is rendered from the record: give --json too")
+    if (args.report_only or args.out) and not (args.json and args.out):
+        raise SystemExit("--out is rendered from the record: give --json too")
     if not args.report_only:
         rows = run(args)
         print(table(rows, args.solvers))
