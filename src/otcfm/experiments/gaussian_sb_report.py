@@ -438,3 +438,29 @@ def kl_figure(records: Sequence[dict[str, Any]], path: Path, p: dict[str, Any]) 
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+README_START = "<!-- gaussian-sb numbers: generated from docs/results/gaussian_sb.json -->"
+README_END = "<!-- end of gaussian-sb numbers -->"
+
+
+def readme_section(out: str | Path, dims: tuple[int, ...] = (20, 50)) -> str:
+    """The README's Schrödinger-bridge sentence: KL(p_1, q_1) of SB-CFM (entropic) and SF2M
+    (exact, SDE) at ``dims`` against the paper, from ``OUT/gaussian_sb.json``."""
+    groups = groups_of(json.loads((Path(out) / RECORDS_FILE).read_text()))
+
+    def ours(method: str, coupling: str) -> str:
+        return " / ".join(fmt(mean_std([r["kl_t1"] for r in groups[(method, coupling, d)]])[0])
+                          for d in dims)
+
+    def paper(method: str, coupling: str) -> str:
+        return " / ".join(fmt(PUBLISHED[(method, coupling)]["kl_t1"][d]) for d in dims)
+
+    at = " / ".join(map(str, dims))
+    return "\n".join([
+        README_START,
+        f"KL(p1, q1) at d = {at}: SB-CFM (entropic, ODE) {ours('sbcfm', 'entropic')} (paper "
+        f"{paper('sbcfm', 'entropic')}); SF2M (exact, SDE) {ours('sf2m', 'exact')} (paper "
+        f"{paper('sf2m', 'exact')}); record `docs/results/gaussian_sb.json`.",
+        README_END,
+    ])

@@ -235,3 +235,31 @@ def render_page(out: str | Path) -> str:
         raise ValueError(f"--report-only needs {path} (written by a run of otcfm bench "
                          "single-cell with this --out)")
     return markdown(json.loads(path.read_text()))
+
+
+README_START = "<!-- single-cell numbers: generated from docs/results/single_cell.json -->"
+README_END = "<!-- end of single-cell numbers -->"
+
+
+def readme_section(report: dict[str, Any]) -> str:
+    """The README's single-cell sentence, every number from the record."""
+    summary = report["summary"]
+    w1 = ", ".join(f"{label(m)} {summary[m]['w1']['mean']:.3f}" for m in summary)
+    ties = []
+    for m in summary:
+        if m in ("otcfm", BASELINE):
+            continue
+        got = paired_difference(summary["otcfm"]["w1"]["per_seed"], summary[m]["w1"]["per_seed"])
+        if got and got[1] is not None:
+            ties.append(f"{label(m)} {got[0]:+.3f} ± {got[1]:.3f}")
+    return "\n".join([
+        README_START,
+        "Leave-one-time-out W1 (mean over left-out times "
+        f"{', '.join(map(str, report['left_outs']))} and {report['seeds']} seeds, "
+        f"{report['steps']} steps): {w1}. OT-CFM minus each "
+        f"method, paired over seeds (± standard error): {'; '.join(ties)}. The whole protocol "
+        f"({len(report['methods'])} methods: {', '.join(map(label, report['methods']))}) took "
+        f"{report['wall_seconds']:.0f} s with `--jobs {report['jobs']}` ({report['machine']}, "
+        f"{report['date']}; record `docs/results/single_cell.json`).",
+        README_END,
+    ])
