@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +12,10 @@ import torch
 
 from otcfm.data import (
     SUPPORTED_EXTENSIONS,
+    DataSpec,
     PointDataset,
     load_points,
+    parse_spec,
     resolve_points,
     sample_batch,
     save_points,
@@ -183,9 +186,10 @@ def test_npy_dtypes_1d_and_flatten(tmp_path):
 
 
 # --------------------------------------------------------------------------- bad files
-def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"nothere\.csv: points file not found"):
-        load_points(tmp_path / "nothere.csv")
+@pytest.mark.parametrize("name", ["nothere.csv", "nothere.tsv", "nothere.txt", "nothere.h5"])
+def test_missing_file_is_not_found_whatever_its_extension(tmp_path, name):
+    with pytest.raises(FileNotFoundError, match=rf"points file not found: .*{name}$"):
+        load_points(tmp_path / name)
 
 
 def test_unknown_extension_lists_supported(tmp_path):
@@ -372,12 +376,43 @@ def test_resolve_npz_key_suffix(tmp_path):
 
 
 def test_resolve_unknown_spec(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown points spec 'mooons'.*8gaussians.*\.npy"):
+    with pytest.raises(ValueError, match=r"unknown 'mooons'.*8gaussians.*\.npy"):
         resolve_points("mooons", 10)
-    with pytest.raises(FileNotFoundError, match="points file not found"):
-        resolve_points(str(tmp_path / "missing.csv"))
+    for name in ("missing.csv", "missing.tsv", "missing.npz:pcs"):
+        with pytest.raises(FileNotFoundError, match=r"points file not found: .*missing\."):
+            resolve_points(str(tmp_path / name))
     with pytest.raises(TypeError, match="spec must be"):
         resolve_points(5, 10)
+
+
+@pytest.mark.parametrize(
+    "text, builtin, path, key",
+    [
+        ("moons", "moons", None, None),
+        ("x.tsv", None, "x.tsv", None),
+        ("x.txt", None, "x.txt", None),
+        ("dir/x", None, "dir/x", None),  # a path separator: a file, not a distribution
+        ("cells.npz:pcs", None, "cells.npz", "pcs"),
+        ("d/cells.NPZ:X_pca", None, "d/cells.NPZ", "X_pca"),
+        ("x.npy:pcs", None, "x.npy:pcs", None),  # keys only for .npz
+    ],
+)
+def test_parse_spec_grammar(text, builtin, path, key):
+    spec = parse_spec(text)
+    assert (spec.text, spec.builtin, spec.key) == (text, builtin, key)
+    assert spec.path == (None if path is None else Path(path))
+    assert spec.is_file == (path is not None)
+
+
+def test_parse_spec_existing_file_wins_over_the_key_grammar(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.npz:b").write_text("x")  # a file whose name looks like FILE.npz:KEY
+    assert parse_spec("a.npz:b") == DataSpec("a.npz:b", path=Path("a.npz:b"))
+    (tmp_path / "noext").write_text("x")  # an existing file without extension
+    assert parse_spec("noext").path == Path("noext")
+    with pytest.raises(ValueError, match=r"--x0: unknown 'moons': not a file"):
+        parse_spec("moons", builtins=(), name="--x0")
+    assert parse_spec("synthetic", builtins=("synthetic",)).builtin == "synthetic"
 
 
 # --------------------------------------------------------------------------- minibatches

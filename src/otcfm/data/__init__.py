@@ -3,7 +3,9 @@
 - :mod:`otcfm.data.toy`: named 2-D distributions and the paper's benchmark tasks
   (``toy.sample(name, n, generator=g)``, ``toy.task("gaussian-8gaussians")``).
 - :func:`load_points` / :func:`save_points`: (n, d) arrays in .npy, .npz, .csv/.tsv/.txt.
-- :func:`resolve_points`: a built-in distribution name or a file path -> points.
+- :func:`parse_spec`: the one grammar of data specs (a built-in name, a file, ``FILE.npz:KEY``);
+  :func:`resolve_points`: such a spec -> points.
+- :mod:`otcfm.data.provenance`: records of data files (path, size, SHA-256) and their checks.
 - :func:`sample_batch` / :func:`sample_indices` / :class:`PointDataset`: random minibatches of
   a fixed point set, O(batch) per draw.
 """
@@ -20,12 +22,21 @@ from torch import Tensor
 
 from otcfm._utils import cast, check_tensor
 from otcfm.data import toy
-from otcfm.data.files import SUPPORTED_EXTENSIONS, load_points, resolve_points, save_points
+from otcfm.data.files import (
+    SUPPORTED_EXTENSIONS,
+    DataSpec,
+    load_points,
+    parse_spec,
+    resolve_points,
+    save_points,
+)
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",
+    "DataSpec",
     "PointDataset",
     "load_points",
+    "parse_spec",
     "resolve_points",
     "sample_batch",
     "sample_indices",

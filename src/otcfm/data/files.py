@@ -25,7 +25,8 @@ import os
 import re
 import uuid
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,14 @@ from torch import Tensor
 from otcfm._utils import check_tensor
 from otcfm.data.toy import DISTRIBUTIONS, sample
 
-__all__ = ["SUPPORTED_EXTENSIONS", "load_points", "resolve_points", "save_points"]
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "DataSpec",
+    "load_points",
+    "parse_spec",
+    "resolve_points",
+    "save_points",
+]
 
 TEXT_EXTENSIONS = (".csv", ".tsv", ".txt")
 SUPPORTED_EXTENSIONS = (".npy", ".npz", *TEXT_EXTENSIONS)
@@ -94,9 +102,9 @@ def _supported_path(path: str | os.PathLike) -> tuple[Path, str]:
 def _existing_file(path: str | os.PathLike) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    p, ext = _supported_path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: points file not found")
+    if not Path(path).expanduser().exists():  # whatever the extension
+        raise FileNotFoundError(f"points file not found: {Path(path).expanduser()}")
+    p, _ = _supported_path(path)
     if not p.is_file():
         raise ValueError(f"{p}: not a regular file")
     return p
@@ -368,36 +376,80 @@ def _format_text(arr: np.ndarray, names: list[str] | None, ext: str) -> str:
 
 
 # --------------------------------------------------------------------------- specs
+@dataclass(frozen=True)
+class DataSpec:
+    """A data spec as the user wrote it (``text``), parsed by :func:`parse_spec`: either a
+    built-in name (``builtin``) or a file (``path``, relative to the working directory unless
+    written absolute; ``key``: the array of an ``.npz`` archive given as ``FILE.npz:KEY``)."""
+
+    text: str
+    builtin: str | None = None
+    path: Path | None = None
+    key: str | None = None
+
+    @property
+    def is_file(self) -> bool:
+        return self.path is not None
+
+
+def parse_spec(
+    spec: str | os.PathLike | DataSpec,
+    builtins: Collection[str] | None = None,
+    *,
+    name: str = "spec",
+) -> DataSpec:
+    """The one grammar of data specs (``--source``, ``--target``, ``--x0``, ``data.path``, ...).
+
+    In order: a name in ``builtins`` (default: the distributions of
+    :data:`otcfm.data.toy.DISTRIBUTIONS`) is built in; ``FILE.npz:KEY`` (when no file of that
+    whole name exists) is array KEY of an archive; anything that exists, has an extension or
+    holds a path separator is a file (existing or not: loading a missing one raises
+    ``FileNotFoundError`` "... not found: PATH", whatever its extension). Any other word is
+    an unknown built-in (ValueError naming ``name`` and listing the built-ins). Nothing is
+    read here.
+    """
+    if isinstance(spec, DataSpec):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a name or a path, got {type(spec).__name__}")
+    text = os.fspath(spec)
+    names = DISTRIBUTIONS.names() if builtins is None else list(builtins)
+    if isinstance(spec, str) and text in names:
+        return DataSpec(text, builtin=text)
+    path = Path(text).expanduser()
+    m = _NPZ_KEY.match(text)
+    if m is not None and not path.exists():
+        return DataSpec(text, path=Path(m["path"]).expanduser(), key=m["key"])
+    if path.exists() or path.suffix or any(sep in text for sep in {"/", os.sep}):
+        return DataSpec(text, path=path)
+    known = f"a built-in ({', '.join(names)}) nor " if names else ""
+    raise ValueError(
+        f"{name}: unknown {text!r}: not {known}a file (a path with an extension: "
+        f"{', '.join(SUPPORTED_EXTENSIONS)}, or FILE.npz:KEY)"
+    )
+
+
 def resolve_points(
-    spec: str | os.PathLike,
+    spec: str | os.PathLike | DataSpec,
     n: int | None = None,
     generator: torch.Generator | None = None,
     *,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Points from a spec: a built-in 2-D distribution name or a points file.
+    """Points from a spec (:func:`parse_spec`): a built-in 2-D distribution name or a file.
 
     - a name of :data:`otcfm.data.toy.DISTRIBUTIONS`: draws ``n`` points (``n`` required);
     - a file path (``"cells.npz:pcs"`` picks array ``pcs`` of an archive): loads it; with ``n``
       set, returns ``n`` rows drawn without replacement using ``generator`` (ValueError if the
       file has fewer rows); with ``n=None`` all rows in file order.
     """
-    if isinstance(spec, str) and spec in DISTRIBUTIONS:
+    parsed = parse_spec(spec)
+    if parsed.builtin is not None:
         if n is None:
             raise ValueError(f"n is required to sample the built-in distribution {spec!r}")
-        return sample(spec, n, generator=generator).to(dtype)
-    if not isinstance(spec, (str, os.PathLike)):
-        raise TypeError(f"spec must be a distribution name or a path, got {type(spec).__name__}")
-    path, key = Path(spec), None
-    m = _NPZ_KEY.match(str(spec))
-    if m is not None and not path.exists():
-        path, key = Path(m["path"]), m["key"]
-    if path.suffix.lower() not in SUPPORTED_EXTENSIONS and not path.exists():
-        raise ValueError(
-            f"unknown points spec {str(spec)!r}: not a built-in distribution "
-            f"({', '.join(DISTRIBUTIONS.names())}) nor a file with extension "
-            f"{', '.join(SUPPORTED_EXTENSIONS)}"
-        )
+        return sample(parsed.builtin, n, generator=generator).to(dtype)
+    assert parsed.path is not None
+    path, key = parsed.path, parsed.key
     x = load_points(path, key=key, dtype=dtype)
     if n is None:
         return x

@@ -1,7 +1,15 @@
-"""Train / validation / test splits of a run's source and target, reproducible from the seed.
+"""Train / validation / test splits of a run's source and target, reproducible from the seed,
+and the run's record of its data.
 
 Built-in distributions are sampled afresh for each split from independent seeded streams; a
 file is shuffled once with the run's seed and cut into train, validation and test rows.
+
+A run records its data in ``data.json`` beside ``config.toml`` (written when training starts,
+see :class:`~otcfm.data.provenance.DataRecord`): for ``data.source`` and ``data.target`` the
+absolute path, size and SHA-256 of the file (and the ``.npz`` key), or the built-in
+distribution's name, and the event shape of one point (so the model can be rebuilt without
+the data). :func:`load_run_data` given that record reads each file from its recorded path
+(or by name under ``data_root``) and refuses a file whose size or hash changed.
 """
 
 from __future__ import annotations
@@ -14,9 +22,12 @@ import torch
 from torch import Tensor
 
 from otcfm.data import load_points, toy
+from otcfm.data.files import DataSpec, parse_spec
+from otcfm.data.provenance import DataRecord, FileRecord
 from otcfm.train.config import DataConfig
 
 SPLITS = ("train", "val", "test")
+SIDES = ("source", "target")
 
 
 @dataclass(frozen=True)
@@ -66,41 +77,108 @@ def _prefix_digest(seed: str, labels: tuple[str, ...]) -> int:
     return _digest(0, "/".join((seed, *labels)))
 
 
-def is_file_spec(spec: str) -> bool:
-    return Path(spec).suffix.lower() in {".npy", ".npz", ".csv"} or Path(spec).exists()
+DATA_RECORD = "data.json"  # the run folder's record of its data files (DataRecord)
 
 
-def load_side(spec: str, cfg: DataConfig, seed: int, side: str) -> Splits:
-    """Split one side of the data into train / val / test."""
-    if is_file_spec(spec):
-        points = load_points(spec)
-        n = points.shape[0]
-        n_hold = max(1, int(round(cfg.val_fraction * n)))
-        if n - 2 * n_hold < 2:
-            raise ValueError(
-                f"{spec} has {n} rows: too few to hold out {n_hold} for validation and "
-                f"{n_hold} for test (data.val_fraction = {cfg.val_fraction})"
-            )
-        # paired files share one permutation, so row i of each split stays a pair
-        label = "paired" if cfg.paired else side
-        perm = torch.randperm(n, generator=stream(seed, label, "split"))
-        points = points[perm]
-        return Splits(
-            train=points[2 * n_hold :], val=points[:n_hold], test=points[n_hold : 2 * n_hold]
+def data_specs(cfg: DataConfig) -> dict[str, DataSpec]:
+    """The parsed ``data.source`` and ``data.target`` (one grammar: :func:`parse_spec`)."""
+    return {side: parse_spec(getattr(cfg, side), name=f"data.{side}") for side in SIDES}
+
+
+def record_run_data(cfg: DataConfig, event_shape: tuple[int, ...]) -> DataRecord:
+    """The record of a run's data as it is now: every file's absolute path (relative paths are
+    taken against the working directory), size and SHA-256; built-ins by name."""
+    inputs: dict[str, FileRecord | str] = {}
+    for side, spec in data_specs(cfg).items():
+        if spec.path is not None:
+            inputs[f"data.{side}"] = FileRecord.of(spec.path, spec.key)
+        else:
+            inputs[f"data.{side}"] = str(spec.builtin)
+    return DataRecord(inputs, tuple(event_shape))
+
+
+def read_data_record(run_dir: str | Path) -> DataRecord | None:
+    """The run folder's ``data.json`` (None for a run written before runs recorded data)."""
+    path = Path(run_dir) / DATA_RECORD
+    if not path.is_file():
+        return None
+    return DataRecord.from_json(path.read_text(), str(path))
+
+
+def recorded_file(
+    record: DataRecord, key: str, spec: DataSpec, *, data_root: str | Path | None = None,
+    allow_changed_data: bool = False,
+) -> tuple[Path, str | None]:
+    """Where to read the input ``key`` (e.g. ``data.source``) of a recorded run, checked
+    against its record (see :meth:`FileRecord.locate`); returns (path, npz key)."""
+    entry = record.inputs.get(key)
+    if not isinstance(entry, FileRecord):
+        was = "not recorded" if entry is None else f"recorded as built-in {entry!r}"
+        raise ValueError(f"{key} = {spec.text!r} is a file but the run's data.json has it {was}")
+    path = entry.locate(key, data_root=data_root, allow_changed=allow_changed_data)
+    return path, entry.key
+
+
+def split_points(points: Tensor, cfg: DataConfig, seed: int, side: str, what: str) -> Splits:
+    """Shuffle a file's rows with the run's seed and cut them into train / val / test."""
+    n = points.shape[0]
+    n_hold = max(1, int(round(cfg.val_fraction * n)))
+    if n - 2 * n_hold < 2:
+        raise ValueError(
+            f"{what} has {n} rows: too few to hold out {n_hold} for validation and "
+            f"{n_hold} for test (data.val_fraction = {cfg.val_fraction})"
+        )
+    # paired files share one permutation, so row i of each split stays a pair
+    label = "paired" if cfg.paired else side
+    perm = torch.randperm(n, generator=stream(seed, label, "split"))
+    points = points[perm]
+    return Splits(
+        train=points[2 * n_hold :], val=points[:n_hold], test=points[n_hold : 2 * n_hold]
+    )
+
+
+def load_side(
+    spec: str | DataSpec, cfg: DataConfig, seed: int, side: str, *,
+    record: DataRecord | None = None, data_root: str | Path | None = None,
+    allow_changed_data: bool = False,
+) -> Splits:
+    """Split one side of the data into train / val / test.
+
+    With the ``record`` of a trained run a file is read from its recorded path (or by name
+    under ``data_root``) and must match its recorded size and SHA-256.
+    """
+    spec = parse_spec(spec, name=f"data.{side}")
+    if spec.path is not None:
+        path, key = spec.path, spec.key
+        if record is not None:
+            path, key = recorded_file(record, f"data.{side}", spec, data_root=data_root,
+                                      allow_changed_data=allow_changed_data)
+        return split_points(load_points(path, key=key), cfg, seed, side, spec.text)
+    if record is not None and record.inputs.get(f"data.{side}", spec.builtin) != spec.builtin:
+        raise ValueError(
+            f"data.{side} = {spec.builtin!r} but the run's data.json recorded "
+            f"{record.inputs[f'data.{side}']!r}"
         )
     sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
     drawn = {
-        split: toy.sample(spec, sizes[split], generator=stream(seed, side, split))
+        split: toy.sample(str(spec.builtin), sizes[split], generator=stream(seed, side, split))
         for split in SPLITS
     }
     return Splits(**drawn)
 
 
-def load_run_data(cfg: DataConfig, seed: int) -> RunData:
+def load_run_data(
+    cfg: DataConfig, seed: int, *, record: DataRecord | None = None,
+    data_root: str | Path | None = None, allow_changed_data: bool = False,
+) -> RunData:
+    """Both sides of a run's data, split; with a ``record`` (a trained run's data.json) every
+    file is checked against it first (see :func:`load_side`)."""
     if cfg.paired:
         check_paired_specs(cfg)
-    source = load_side(cfg.source, cfg, seed, "source")
-    target = load_side(cfg.target, cfg, seed, "target")
+    specs = data_specs(cfg)
+    kw = {"record": record, "data_root": data_root, "allow_changed_data": allow_changed_data}
+    source = load_side(specs["source"], cfg, seed, "source", **kw)
+    target = load_side(specs["target"], cfg, seed, "target", **kw)
     if source.train.shape[1:] != target.train.shape[1:]:
         raise ValueError(
             f"source and target points must have the same dimension, got "
@@ -122,9 +200,9 @@ def load_run_data(cfg: DataConfig, seed: int) -> RunData:
 
 def check_paired_specs(cfg: DataConfig) -> None:
     """Paired data must come from two files (built-in distributions have no row order)."""
-    built_in = [spec for spec in (cfg.source, cfg.target) if not is_file_spec(spec)]
+    built_in = [spec.text for spec in data_specs(cfg).values() if not spec.is_file]
     if built_in:
         raise ValueError(
-            f"data.paired = true needs .npy/.npz/.csv files for source and target, got "
+            f"data.paired = true needs files for source and target, got "
             f"built-in distribution(s) {', '.join(map(repr, built_in))}"
         )
