@@ -56,8 +56,9 @@ FLAG_FIELDS = {
 FLAG_HELP = {
     "name": "run folder name under --out",
     "out": "parent folder of runs (default runs)",
-    "source": "x0: a built-in distribution (otcfm list) or a .npy/.npz/.csv file",
-    "target": "x1: a built-in distribution or a .npy/.npz/.csv file",
+    "source": "x0: a built-in distribution (otcfm list) or a .npy/.npz/.csv/.tsv/.txt file "
+    "(FILE.npz:KEY picks one array of an archive)",
+    "target": "x1: a built-in distribution or a .npy/.npz/.csv/.tsv/.txt file (FILE.npz:KEY)",
     "method": "icfm, otcfm, sbcfm, sf2m, fm, vpcfm or rf (rf: paired data, data.paired)",
     "sigma": "path noise (default: the method's preset, recorded in config.toml; sbcfm and "
     "sf2m: entropic reg = 2 sigma^2)",
@@ -77,8 +78,11 @@ FLAG_HELP = {
 # `otcfm trajectory fit`: flag -> (section, key, help) of TrajectoryConfig (section None: top
 # level; --method sets method.name)
 TRAJECTORY_FLAGS: dict[str, tuple[str | None, str, str]] = {
-    "data": ("data", "path", "'synthetic' or a .h5ad / .npz / .csv file"),
+    "data": ("data", "path", "'synthetic' or a .h5ad / .npz / .csv / .tsv file (FILE.npz:KEY: "
+             "features from array KEY, as --npz-key)"),
     "time_key": ("data", "time_key", "time column: obs column, npz array or CSV header"),
+    "time_order": ("data", "time_order", "text time labels from first to last, e.g. "
+                   "early,mid,late (must list exactly the labels present)"),
     "obsm_key": ("data", "obsm_key", ".h5ad: features from obsm[KEY] (e.g. X_pca), not X"),
     "npz_key": ("data", "npz_key", ".npz: the feature array (default pcs)"),
     "dims": ("data", "dims", "features kept: PCA dims (0 = all; paper: 5)"),
@@ -214,7 +218,9 @@ def _add_train(sub: Any) -> None:
         "train",
         help="train a flow; writes runs/<name>/",
         description="Train a flow between two point clouds (built-in names or "
-        ".npy/.npz/.csv files). Flags override the --config file.",
+        ".npy/.npz/.csv/.tsv/.txt files, FILE.npz:KEY for one array of an archive). The run "
+        "records its data files (path, size, SHA-256) in data.json. Flags override the "
+        "--config file.",
     )
     p.add_argument("--config", type=Path, help="TOML config (see `otcfm train --print-config`)")
     p.add_argument("--task", help="a benchmark task name, sets --source and --target")
@@ -254,7 +260,8 @@ def _add_sample(sub: Any) -> None:
     p = sub.add_parser("sample", help="draw samples from a trained run")
     p.add_argument("run", type=Path, help="run folder, e.g. runs/demo/otcfm")
     p.add_argument("--n", type=int, default=1000, help="number of samples (test sources)")
-    p.add_argument("--x0", type=Path, help="push these source points instead (.npy/.npz/.csv)")
+    p.add_argument("--x0", help="push these source points instead (.npy/.npz/.csv/.tsv/.txt, "
+                   "FILE.npz:KEY); the run's data files are then not needed")
     p.add_argument("--solver", default=None, help="euler, midpoint, heun, rk4, dopri5, ...")
     p.add_argument("--ode-steps", type=int, default=None, help="fixed-step solver steps")
     p.add_argument("--checkpoint", default="best", choices=("best", "latest"))
@@ -263,6 +270,7 @@ def _add_sample(sub: Any) -> None:
     p.add_argument(
         "--seed", type=int, default=None, help="seed of the SDE noise (default: the run's seed)"
     )
+    _add_data_flags(p)
 
 
 def _add_evaluate(sub: Any) -> None:
@@ -272,6 +280,21 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--adaptive", default="dopri5", help="adaptive solver for NFE ('none' skips)")
     p.add_argument("--no-plots", action="store_true")
     _add_sde_flags(p, also="also score SDE samples (w2_sde, ...) beside the ODE metrics; ")
+    _add_data_flags(p)
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    """--data-root and --allow-changed-data: how a trained run finds and checks its data."""
+    p.add_argument(
+        "--data-root", type=Path, default=None, metavar="DIR",
+        help="the run's data files moved: look each up by its recorded file name in DIR "
+        "(its size and SHA-256 must still match the run's data.json)",
+    )
+    p.add_argument(
+        "--allow-changed-data", action="store_true",
+        help="use data files whose size or SHA-256 differ from the run's record (with a "
+        "warning) instead of refusing them",
+    )
 
 
 def _add_sde_flags(p: argparse.ArgumentParser, also: str = "") -> None:
@@ -332,11 +355,13 @@ def _add_trajectory(sub: Any) -> None:
     p.add_argument("--original", action="store_true",
                    help="map predictions back to the original features (inverse preprocessing)")
     p.add_argument("--out", type=Path, required=True, help=".npz, .csv, .tsv or .pt")
+    _add_data_flags(p)
 
     p = tsub.add_parser("evaluate", help="leave-one-out W1 / MMD, every interval, plots, report")
     p.add_argument("run", type=Path, help="run folder")
     p.add_argument("--ode-steps", type=int, default=None, help="Euler steps per unit of time")
     p.add_argument("--no-plots", action="store_true")
+    _add_data_flags(p)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -435,15 +460,24 @@ def _without_nproc(argv: list[str]) -> list[str]:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from otcfm.data import load_points, save_points
+    from otcfm.data import load_points, parse_spec, save_points
     from otcfm.train.evaluate import load_run, sample_run, sde_sigma
 
     if args.sde_steps is not None and not args.sde:
         raise ValueError("--sde-steps applies to SDE sampling; add --sde")
     if args.sde and (args.solver or args.ode_steps):
         raise ValueError("--solver and --ode-steps set the ODE; with --sde use --sde-steps")
-    run = load_run(args.run, args.checkpoint)
-    x0 = load_points(args.x0) if args.x0 else None
+    run = load_run(args.run, args.checkpoint, data_root=args.data_root,
+                   allow_changed_data=args.allow_changed_data)
+    x0 = None
+    if args.x0 is not None:
+        spec = parse_spec(args.x0, builtins=(), name="--x0")
+        x0 = load_points(spec.path, key=spec.key)
+        if tuple(x0.shape[1:]) != run.event_shape:
+            raise ValueError(
+                f"--x0 {args.x0}: points of shape {tuple(x0.shape[1:])}, the run's model takes "
+                f"{run.event_shape}"
+            )
     if x0 is None and args.n > run.data.source.test.shape[0]:
         n = run.data.source.test.shape[0]
         raise ValueError(f"--n {args.n} exceeds the run's {n} test sources; pass --x0 FILE")
@@ -472,7 +506,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError("--sde-steps applies to SDE sampling; add --sde")
     metrics = evaluate_run(
         args.run, which=args.checkpoint, adaptive=adaptive, plots=not args.no_plots,
-        sde=args.sde, sde_steps=args.sde_steps,
+        sde=args.sde, sde_steps=args.sde_steps, data_root=args.data_root,
+        allow_changed_data=args.allow_changed_data,
     )
     _print_metrics(metrics)
     return 0

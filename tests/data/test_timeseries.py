@@ -106,8 +106,9 @@ def test_npz_bad_files(tmp_path, pcs, labels, kw, match):
 
 
 def test_missing_file_and_unknown_extension(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        load_timeseries(tmp_path / "nope.npz")
+    for name in ("nope.npz", "nope.tsv", "nope.txt"):  # not found, whatever the extension
+        with pytest.raises(FileNotFoundError, match=rf"time-series file not found: .*{name}$"):
+            load_timeseries(tmp_path / name)
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(ValueError, match="unsupported extension"):
         load_timeseries(tmp_path / "x.json")
@@ -138,7 +139,8 @@ def test_csv_time_column_and_features(tmp_path):
         (["time", "a"], [[0, 1], [1, "inf"]], {}, "NaN or inf"),
         (["time", "a"], [[0, 1], ["", 2]], {}, "empty time value"),
         (["time"], [[0], [1]], {}, "no feature columns"),
-        (["time", "a"], [["early", 1], ["late", 2]], {}, "pass time_order"),
+        (["time", "a"], [["early", 1], ["late", 2]], {},
+         r"not numbers \('early', 'late'\).*--time-order early,late.*data\.time_order"),
         (["0", "1"], [[0, 1], [1, 2]], {}, "no column names"),
         (["time", "a"], [[0, 1, 5], [1, 2]], {}, "3 fields, the header has 2"),
         (["time", "a"], [[0, 1], [1, 2]], {"columns": ["b"]}, r"no column\(s\) \['b'\]"),
@@ -157,8 +159,12 @@ def test_csv_named_time_labels_with_order(tmp_path):
     assert ts.time_names == ("early", "mid", "late")
     assert ts.times == (0.0, 1.0, 2.0)
     np.testing.assert_allclose(ts.at(0).numpy().ravel(), [1.0, 1.5])
-    with pytest.raises(ValueError, match="not in time_order"):
+    with pytest.raises(ValueError, match=r"label\(s\) \['mid'\] of the data are not in it"):
         load_timeseries(path, time_order=["early", "late"])
+    with pytest.raises(ValueError, match=r"\['lat'\] occur in no cell"):  # a typo: both named
+        load_timeseries(path, time_order=["early", "mid", "lat"])
+    with pytest.raises(ValueError, match=r"\['never'\] occur in no cell"):
+        load_timeseries(path, time_order=["early", "mid", "never", "late"])
 
 
 @pytest.mark.parametrize("ext", [".npz", ".csv", ".tsv"])

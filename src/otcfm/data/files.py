@@ -140,8 +140,8 @@ def _read_npz(p: Path, key: str | None) -> np.ndarray:
                 if len(keys) != 1:
                     listed = ", ".join(repr(k) for k in keys) or "none"
                     raise ValueError(
-                        f"{p}: archive holds {len(keys)} arrays; choose one with key=, "
-                        f"keys: {listed}"
+                        f"{p}: archive holds {len(keys)} arrays; choose one with key= (or "
+                        f"{p.name}:KEY as a spec), keys: {listed}"
                     )
                 key = keys[0]
             if key not in keys:

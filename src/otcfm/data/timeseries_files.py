@@ -40,26 +40,28 @@ _EXTRA = "pip install 'otcfm[singlecell]'"
 
 # --------------------------------------------------------------------------- time labels
 def _time_labels(
-    source: str, values: np.ndarray, order: Sequence[Any] | None
+    source: str, values: np.ndarray, order: Sequence[Any] | None, strict: bool = True
 ) -> tuple[Tensor, tuple[float, ...], tuple[str, ...]]:
     """Raw per-cell time values -> (index labels, sorted times, display names).
 
     Numbers (or strings that all parse as numbers) are sorted by value. Other labels need
     ``order``: the labels from first to last, which then get times 0, 1, ... (or their own
-    values when every label in ``order`` is a number).
+    values when every label in ``order`` is a number). Every label of the data must be in
+    ``order``, and (``strict``) every label of ``order`` in the data.
     """
     values = np.asarray(values).reshape(-1)
     if values.size == 0:
         raise ValueError(f"{source}: no cells")
     if order is not None:
-        return _ordered_labels(source, values, list(order))
+        return _ordered_labels(source, values, list(order), strict)
     numeric = _as_numbers(values)
     if numeric is None:
         uniq = sorted({str(v) for v in values})
         raise ValueError(
             f"{source}: time labels are not numbers ({', '.join(map(repr, uniq[:6]))}"
-            f"{', ...' if len(uniq) > 6 else ''}); pass time_order=[...] listing them from "
-            "first to last"
+            f"{', ...' if len(uniq) > 6 else ''}); give their order from first to last: "
+            f"time_order (otcfm trajectory fit --time-order {','.join(uniq[:3])}"
+            f"{',...' if len(uniq) > 3 else ''}, or data.time_order)"
         )
     bad = ~np.isfinite(numeric)
     if bad.any():
@@ -88,17 +90,22 @@ def _as_numbers(values: np.ndarray) -> np.ndarray | None:
 
 
 def _ordered_labels(
-    source: str, values: np.ndarray, order: list[Any]
+    source: str, values: np.ndarray, order: list[Any], strict: bool
 ) -> tuple[Tensor, tuple[float, ...], tuple[str, ...]]:
     names = [str(o) for o in order]
     if len(set(names)) != len(names):
         raise ValueError(f"time_order has repeated labels: {names}")
     index = {n: k for k, n in enumerate(names)}
     text = np.array([str(v) for v in values])
-    unknown = sorted(set(text.tolist()) - set(names))
-    if unknown:
+    found = set(text.tolist())
+    unknown = sorted(found - set(names))
+    absent = [n for n in names if n not in found] if strict else []
+    if unknown or absent:
+        problems = [f"label(s) {unknown[:6]} of the data are not in it"] if unknown else []
+        problems += [f"{absent[:6]} occur in no cell"] if absent else []
         raise ValueError(
-            f"{source}: time label(s) {unknown[:6]} are not in time_order {names}"
+            f"{source}: time_order {names} does not match the time labels: "
+            f"{'; '.join(problems)} (labels present: {sorted(found)[:12]})"
         )
     labels = np.array([index[v] for v in text], dtype=np.int64)
     present = sorted(set(labels.tolist()))
@@ -137,7 +144,8 @@ def load_timeseries(
             matrices pass a precomputed embedding such as ``X_pca``.
         npz_key: (.npz) the feature array (TrajectoryNet: ``pcs``).
         columns: (.csv) feature columns by header name; default every other column.
-        time_order: labels from first to last, for non-numeric time labels ("early", ...).
+        time_order: labels from first to last, for non-numeric time labels ("early", ...);
+            it must list exactly the labels present.
 
     Errors (ValueError naming the file): missing time column or key, a single time point,
     NaN/inf in features or times, mismatched lengths, non-numeric features.
@@ -146,13 +154,15 @@ def load_timeseries(
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     p = Path(path).expanduser()
     ext = p.suffix.lower()
+    if not p.exists():  # whatever the extension
+        raise FileNotFoundError(f"time-series file not found: {p}")
     if ext not in TIMESERIES_EXTENSIONS:
         raise ValueError(
             f"{p}: unsupported extension {p.suffix!r} for a time series; supported: "
             f"{', '.join(TIMESERIES_EXTENSIONS)}"
         )
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: time-series file not found")
+        raise ValueError(f"{p}: not a regular file")
     if obsm_key is not None and ext != ".h5ad":
         raise ValueError(f"{p}: obsm_key only applies to .h5ad files")
     if ext == ".h5ad":
@@ -164,7 +174,7 @@ def load_timeseries(
 
 def _build(
     p: Path, x: Any, raw_times: np.ndarray, time_order: Sequence[Any] | None,
-    feature_names: Sequence[str] | None = None,
+    feature_names: Sequence[str] | None = None, strict: bool = True,
 ) -> TimeSeries:
     x = torch.as_tensor(np.asarray(x, dtype=np.float32))
     if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
@@ -182,7 +192,7 @@ def _build(
             f"{p}: {int(bad.sum())} NaN or inf feature value(s) in "
             f"{int(bad.any(1).sum())} cell(s); first at cell {row}, feature {col}"
         )
-    labels, times, names = _time_labels(str(p), raw_times, time_order)
+    labels, times, names = _time_labels(str(p), raw_times, time_order, strict)
     return TimeSeries(x, labels, times, names, feature_names)
 
 
@@ -302,8 +312,9 @@ def _from_anndata(
     if time_key not in obs_cols:
         raise ValueError(f"{p}: no obs column {time_key!r}; obs columns: {obs_cols}")
     series = adata.obs[time_key]
+    strict = True
     if order is None and hasattr(series, "cat") and series.cat.ordered:
-        order = list(series.cat.categories)
+        order, strict = list(series.cat.categories), False  # unused categories may remain
     raw = np.asarray(series.astype(object) if hasattr(series, "cat") else series)
     if obsm_key is not None:
         keys = [str(k) for k in adata.obsm]
@@ -322,7 +333,7 @@ def _from_anndata(
         raise ValueError(f"{p}: features must be 2-D, got shape {x.shape}")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise ValueError(f"{p}: non-numeric features of dtype {x.dtype}")
-    return _build(p, x, raw, order, names)
+    return _build(p, x, raw, order, names, strict)
 
 
 def save_timeseries(ts: TimeSeries, path: str | os.PathLike) -> Path:

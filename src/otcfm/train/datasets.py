@@ -105,6 +105,35 @@ def read_data_record(run_dir: str | Path) -> DataRecord | None:
     return DataRecord.from_json(path.read_text(), str(path))
 
 
+def check_same_data(run_dir: str | Path, record: DataRecord | None) -> None:
+    """Refuse to continue the run in ``run_dir`` when its data differ from its record: a file
+    whose SHA-256 (or .npz key) changed, or another built-in (a run without a record, or no
+    ``record`` given: nothing to compare)."""
+    old = read_data_record(run_dir)
+    if old is None or record is None:
+        return
+    for key, now in record.inputs.items():
+        was = old.inputs.get(key)
+        if isinstance(now, FileRecord) and isinstance(was, FileRecord):
+            same = (now.sha256, now.key) == (was.sha256, was.key)
+        else:
+            same = now == was
+        if not same:
+            raise ValueError(
+                f"cannot resume {run_dir}: {key} is not the data it was trained on "
+                f"(recorded {_describe(was)}, now {_describe(now)})"
+            )
+
+
+def _describe(entry: FileRecord | str | None) -> str:
+    if entry is None:
+        return "nothing"
+    if isinstance(entry, str):
+        return f"built-in {entry!r}"
+    key = f":{entry.key}" if entry.key else ""
+    return f"{entry.path}{key}, {entry.size} bytes, sha256 {entry.sha256[:12]}..."
+
+
 def recorded_file(
     record: DataRecord, key: str, spec: DataSpec, *, data_root: str | Path | None = None,
     allow_changed_data: bool = False,
@@ -153,7 +182,11 @@ def load_side(
         if record is not None:
             path, key = recorded_file(record, f"data.{side}", spec, data_root=data_root,
                                       allow_changed_data=allow_changed_data)
-        return split_points(load_points(path, key=key), cfg, seed, side, spec.text)
+        try:
+            points = load_points(path, key=key)
+        except (ValueError, FileNotFoundError) as err:  # name the config key too
+            raise type(err)(f"data.{side}: {err}") from None
+        return split_points(points, cfg, seed, side, spec.text)
     if record is not None and record.inputs.get(f"data.{side}", spec.builtin) != spec.builtin:
         raise ValueError(
             f"data.{side} = {spec.builtin!r} but the run's data.json recorded "

@@ -10,9 +10,12 @@ asked (``sde=True``).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +26,48 @@ from otcfm.metrics import mmd, normalized_path_energy, wasserstein
 from otcfm.sampling import Trajectory, integrate, integrate_sde
 from otcfm.train.checkpoint import load_checkpoint, save_atomic, write_text_atomic
 from otcfm.train.config import RunConfig
-from otcfm.train.datasets import RunData, load_run_data, stream
+from otcfm.train.datasets import RunData, load_run_data, read_data_record, stream
 from otcfm.train.loop import build_matcher, build_model, needs_score
 
 
 @dataclass(frozen=True)
 class LoadedRun:
+    """A trained run's config and model; its data (:attr:`data`) are loaded on first use.
+
+    ``event_shape``: the shape of one point the model takes (from the run's data.json, so
+    sampling given points never needs the training files).
+    """
+
     cfg: RunConfig
     model: nn.Module
-    data: RunData
     step: int
     checkpoint: str
+    event_shape: tuple[int, ...]
+    load_data: Callable[[], RunData] = field(repr=False, compare=False)
+
+    @property
+    def data(self) -> RunData:
+        """The run's data splits, read at the first use (files checked against the run's
+        data.json), then kept."""
+        return self.load_data()
 
 
-def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
-    """Rebuild a run's model from ``checkpoints/<which>.pt`` (EMA weights when present)."""
+def load_run(
+    run_dir: str | Path,
+    which: str = "best",
+    *,
+    data_root: str | Path | None = None,
+    allow_changed_data: bool = False,
+) -> LoadedRun:
+    """Rebuild a run's model from ``checkpoints/<which>.pt`` (EMA weights when present).
+
+    The data are read only when :attr:`LoadedRun.data` is first used: from the paths recorded
+    in the run's ``data.json`` (or by file name under ``data_root`` when they moved), and
+    refused when a file's size or SHA-256 differs from the record unless
+    ``allow_changed_data`` (see :func:`otcfm.train.datasets.load_run_data`). A run written
+    before runs recorded their data loads its data now (from its config, unverified: a
+    warning says so).
+    """
     run_dir = Path(run_dir)
     if which not in ("best", "latest"):
         raise ValueError(f"checkpoint must be 'best' or 'latest', got {which!r}")
@@ -50,11 +80,26 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     if which == "best" and not path.is_file():
         path = run_dir / "checkpoints" / "latest.pt"
     state = load_checkpoint(path)
-    data = load_run_data(cfg.data, cfg.seed)
-    model = build_model(cfg.model, data.event_shape, score=needs_score(cfg.method))
+    record = read_data_record(run_dir)
+
+    @functools.cache
+    def load_data() -> RunData:
+        return load_run_data(cfg.data, cfg.seed, record=record, data_root=data_root,
+                             allow_changed_data=allow_changed_data)
+
+    data = None
+    if record is None or record.event_shape is None:
+        warnings.warn(
+            f"{run_dir} has no data record (data.json, written by runs since this version): "
+            "its data files cannot be verified",
+            stacklevel=2,
+        )
+        data = load_data()
+    shape = data.event_shape if data is not None else record.event_shape
+    model = build_model(cfg.model, shape, score=needs_score(cfg.method))
     model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     model.eval().requires_grad_(False)
-    return LoadedRun(cfg, model, data, int(state["step"]), path.name)
+    return LoadedRun(cfg, model, int(state["step"]), path.name, shape, load_data)
 
 
 def sde_sigma(cfg: RunConfig) -> float:
@@ -119,8 +164,13 @@ def evaluate_run(
     plots: bool = True,
     sde: bool = False,
     sde_steps: int | None = None,
+    data_root: str | Path | None = None,
+    allow_changed_data: bool = False,
 ) -> dict[str, Any]:
     """Score a run on its test sets; write ``metrics.json``, ``samples.pt`` and plots.
+
+    ``data_root``, ``allow_changed_data``: where moved data files are, and whether changed
+    ones are used (see :func:`load_run`); the data are checked before anything is written.
 
     The ODE metrics (W2, MMD, path energy, NPE of the probability flow) are always computed;
     with ``sde`` (SF2M runs) the bridge SDE's samples are scored as well (``w2_sde``,
@@ -133,7 +183,8 @@ def evaluate_run(
         else None
     )
     use_best = probe.eval.use_best if probe is not None else True
-    run = load_run(run_dir, which or ("best" if use_best else "latest"))
+    run = load_run(run_dir, which or ("best" if use_best else "latest"), data_root=data_root,
+                   allow_changed_data=allow_changed_data)
     source, target = run.data.source.test, run.data.target.test
     n = min(source.shape[0], target.shape[0])
     source, target = source[:n], target[:n]

@@ -35,7 +35,7 @@ from otcfm.models import MLP, DriftScore
 from otcfm.paths import PathSample
 from otcfm.train.checkpoint import load_checkpoint
 from otcfm.train.config import MethodConfig, ModelConfig, RunConfig
-from otcfm.train.datasets import RunData
+from otcfm.train.datasets import DATA_RECORD, RunData, check_same_data, record_run_data
 from otcfm.train.ema import EMA
 from otcfm.train.objectives import Objective, PairObjective
 from otcfm.train.prefetch import CoupledBatch, Shard
@@ -127,7 +127,8 @@ class Engine:
 
     ``model`` is built by the caller (from ``objective.event_shape``) and already on
     ``device``. ``folder``: where the run's files go (None: nowhere); ``config_toml`` becomes
-    its ``config.toml``; ``extra_state`` is added to every checkpoint beside the objective's
+    its ``config.toml``, ``files`` (name -> text, e.g. ``data.json``) are written beside it when
+    training starts; ``extra_state`` is added to every checkpoint beside the objective's
     :meth:`~otcfm.train.objectives.Objective.state`. Under an initialised torch.distributed
     process group every process builds an Engine alike; the model is wrapped in DDP.
     """
@@ -141,6 +142,7 @@ class Engine:
         device: str | torch.device = "cpu",
         folder: RunFolder | None = None,
         config_toml: str | None = None,
+        files: dict[str, str] | None = None,
         extra_state: dict[str, Any] | None = None,
         progress: bool = False,
         desc: str = "",
@@ -151,6 +153,7 @@ class Engine:
         self.device = torch.device(device)
         self.folder = folder
         self.config_toml = config_toml
+        self.files = dict(files or {})
         self.extra_state = dict(extra_state or {})
         self.progress = progress and self.rank == 0
         self.desc = desc
@@ -249,7 +252,7 @@ class Engine:
         log_every = s.log_every if log_every is None else log_every
         save_every = s.checkpoint_every if checkpoint_every is None else checkpoint_every
         if self.folder is not None:
-            self.folder.start(self.config_toml)
+            self.folder.start(self.config_toml, self.files)
         bar = Progress(total=until, initial=self.step, enabled=self.progress, desc=self.desc)
         shown = ("loss", *self.objective.metrics)
         running, count = 0.0, 0
@@ -355,6 +358,8 @@ class Trainer(Engine):
             score=objective.needs_score,
             generator=torch.Generator().manual_seed(cfg.seed),
         ).to(dev)
+        # the data record (data.json) is hashed once, by the process that writes it
+        self.data_record = record_run_data(cfg.data, objective.event_shape) if rank == 0 else None
         o = cfg.optim
         settings = LoopSettings(
             steps=o.steps, lr=o.lr, weight_decay=o.weight_decay, grad_clip=o.grad_clip,
@@ -365,6 +370,7 @@ class Trainer(Engine):
             objective, model, settings, device=dev,
             folder=RunFolder(cfg.run_dir, fields=LOG_FIELDS, rank=rank),
             config_toml=cfg.to_toml(), progress=progress,
+            files={DATA_RECORD: self.data_record.to_json()} if self.data_record else None,
             desc=f"{cfg.name} ({cfg.method.name})",
         )
         self.objective: PairObjective = objective
@@ -445,7 +451,10 @@ def train(
     outcome: list[Any] = [None]
     if trainer.rank == 0:
         try:
-            outcome = [("state", _resume_state(cfg, resume))]
+            state = _resume_state(cfg, resume)
+            if state is not None:
+                check_same_data(cfg.run_dir, trainer.data_record)
+            outcome = [("state", state)]
         except (ValueError, FileExistsError, FileNotFoundError) as err:
             outcome = [("error", err)]
     if trainer.world > 1:

@@ -1,6 +1,8 @@
 """The files of a run folder, written by one class for every kind of run.
 
-``<run_dir>/``: ``config.toml`` (the fully resolved config), ``log.csv`` (one row per logged
+``<run_dir>/``: ``config.toml`` (the fully resolved config), ``data.json`` (the record of the
+run's data: absolute path, size and SHA-256 of every data file, built-ins by name, the event
+shape; see :mod:`otcfm.train.datasets`), ``log.csv`` (one row per logged
 step, rewritten whole from the run's history so a resume never duplicates rows),
 ``metrics.json`` (sections merged in: ``train``, ``eval``, ...) and ``checkpoints/latest.pt``,
 ``checkpoints/best.pt``. Every file is written atomically (temporary file + rename, see
@@ -47,12 +49,17 @@ class RunFolder:
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
-    def start(self, config_toml: str | None = None) -> None:
-        """Create the folder and write ``config.toml`` (when given)."""
+    def start(
+        self, config_toml: str | None = None, files: Mapping[str, str] | None = None
+    ) -> None:
+        """Create the folder and write ``config.toml`` (when given) and the text ``files``
+        (name -> content, e.g. ``data.json``)."""
         if self.writes:
             self.path.mkdir(parents=True, exist_ok=True)
             if config_toml is not None:
                 write_text_atomic(config_toml, self.path / "config.toml")
+            for name, text in (files or {}).items():
+                write_text_atomic(text, self.path / name)
 
     def log(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Rewrite ``log.csv`` from all rows so far (each must hold every field)."""

@@ -39,7 +39,9 @@ def cmd_fit(args: argparse.Namespace, cfg: TrajectoryConfig) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from otcfm.trajectory.run import evaluate_trajectory_run
 
-    ev = evaluate_trajectory_run(args.run, ode_steps=args.ode_steps, plots=not args.no_plots)
+    ev = evaluate_trajectory_run(args.run, ode_steps=args.ode_steps, plots=not args.no_plots,
+                                 data_root=args.data_root,
+                                 allow_changed_data=args.allow_changed_data)
     print(json.dumps(ev, indent=2))
     return 0
 
@@ -52,7 +54,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from otcfm.trajectory.predict import predict_at, trajectories
     from otcfm.trajectory.run import load_trajectory_run
 
-    run = load_trajectory_run(args.run)
+    run = load_trajectory_run(args.run, data_root=args.data_root,
+                              allow_changed_data=args.allow_changed_data)
     ts, pre = run.data.ts, run.data.preprocessor
     steps = run.cfg.eval.ode_steps
     back = pre.inverse_transform if (args.original and pre is not None) else (lambda x: x)

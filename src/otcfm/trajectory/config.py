@@ -18,8 +18,11 @@ METHODS = ("otcfm", "icfm", "sbcfm")
 class DataSection:
     """Where the populations come from and how they are represented."""
 
-    path: str = "synthetic"  # "synthetic" or a .h5ad / .npz / .csv file
+    path: str = "synthetic"  # "synthetic" or a .h5ad / .npz / .csv / .tsv file
     time_key: str = ""  # "" = the format's default (day/time/..., sample_labels, time)
+    # text time labels from first to last, comma-separated ("early,mid,late"); "" = numeric
+    # labels (sorted by value) or an .h5ad ordered category
+    time_order: str = ""
     obsm_key: str = ""  # .h5ad: features from obsm[KEY] instead of X
     npz_key: str = "pcs"  # .npz: the feature array
     dims: int = 5  # features kept (0 = all)
@@ -28,6 +31,13 @@ class DataSection:
     n_cells: int = 1000  # synthetic: cells per time point
     obs_dim: int = 20  # synthetic: observed features
     data_seed: int = 0  # synthetic: the snapshot draw
+
+    @property
+    def time_labels(self) -> list[str] | None:
+        """``time_order`` as a list of labels (None when unset)."""
+        if not self.time_order.strip():
+            return None
+        return [label.strip() for label in self.time_order.split(",")]
 
 
 @dataclass
@@ -96,6 +106,10 @@ class TrajectoryConfig(TomlConfig):
             (d.dims >= 0, f"data.dims must be >= 0 (0 = all features), got {d.dims}"),
             (d.n_cells >= 2, f"data.n_cells must be >= 2, got {d.n_cells}"),
             (d.obs_dim >= 3, f"data.obs_dim must be >= 3, got {d.obs_dim}"),
+            (d.time_labels is None or (all(d.time_labels)
+                                       and len(set(d.time_labels)) == len(d.time_labels)),
+             f"data.time_order must list distinct, non-empty labels separated by commas, got "
+             f"{d.time_order!r}"),
             (bool(self.name) and "/" not in self.name,
              f"name must be a plain folder name, got {self.name!r}"),
         ]

@@ -205,8 +205,8 @@ class Fitter:
     "init")``), AdamW and step count; each step's draws come from a generator derived from
     (seed, step), so a resumed fit equals an uninterrupted one.
 
-    ``folder``, ``config_toml``, ``extra_state``, ``progress``, ``desc``: passed to the engine
-    (a run folder's files and checkpoint payload; none by default).
+    ``folder``, ``config_toml``, ``files``, ``extra_state``, ``progress``, ``desc``: passed to the
+    engine (a run folder's files and checkpoint payload; none by default).
     """
 
     def __init__(
@@ -217,6 +217,7 @@ class Fitter:
         device: str | torch.device = "cpu",
         folder: RunFolder | None = None,
         config_toml: str | None = None,
+        files: dict[str, str] | None = None,
         extra_state: dict[str, Any] | None = None,
         progress: bool = False,
         desc: str = "",
@@ -228,7 +229,7 @@ class Fitter:
         model = _network(spec, ts.dim, stream(spec.seed, "trajectory", "init")).to(self.device)
         settings = LoopSettings(steps=spec.steps, lr=spec.lr, weight_decay=spec.weight_decay)
         self.engine = Engine(self.objective, model, settings, device=self.device, folder=folder,
-                             config_toml=config_toml, extra_state=extra_state,
+                             config_toml=config_toml, files=files, extra_state=extra_state,
                              progress=progress, desc=desc)
 
     # the engine's state, under the names of a fit

@@ -1,6 +1,8 @@
 """Run folders for trajectory inference, laid out like :mod:`otcfm.train` runs.
 
-``runs/<name>/``: ``config.toml`` (fully resolved), ``checkpoints/latest.pt`` (atomic; model,
+``runs/<name>/``: ``config.toml`` (fully resolved), ``data.json`` (the data file's absolute
+path, size and SHA-256, or "synthetic": checked before predict and evaluate use the data),
+``checkpoints/latest.pt`` (atomic; model,
 optimizer, step, the fitted preprocessor), ``log.csv`` (training loss), ``metrics.json``
 (train summary and evaluation), ``plots/time_course.png`` and ``report.md``.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +19,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from otcfm.data.files import DataSpec, parse_spec
 from otcfm.data.preprocess import Preprocessor, fit_preprocessor
+from otcfm.data.provenance import DataRecord, FileRecord
 from otcfm.data.synthetic_cells import SyntheticCells
 from otcfm.data.timeseries import TimeSeries
 from otcfm.data.timeseries_files import load_timeseries
 from otcfm.train.checkpoint import load_checkpoint, write_text_atomic
-from otcfm.train.datasets import stream
+from otcfm.train.datasets import (
+    DATA_RECORD,
+    check_same_data,
+    read_data_record,
+    recorded_file,
+    stream,
+)
 from otcfm.train.runfolder import RunFolder
 from otcfm.trajectory.config import DataSection, TrajectoryConfig
 from otcfm.trajectory.fit import FitSpec, Fitter, model_from_state
@@ -37,6 +48,7 @@ from otcfm.trajectory.predict import (
 log = logging.getLogger("otcfm.trajectory")
 
 LOG_FIELDS = ("step", "loss", "seconds")
+SYNTHETIC = "synthetic"  # data.path of the built-in synthetic time course
 
 __all__ = [
     "LoadedData",
@@ -70,22 +82,55 @@ def synthetic_process(cfg: DataSection) -> SyntheticCells:
     return SyntheticCells(obs_dim=cfg.obs_dim)
 
 
-def load_data(cfg: DataSection, preprocessor: Preprocessor | None = None) -> LoadedData:
+def data_spec(cfg: DataSection) -> DataSpec:
+    """``data.path`` parsed (:func:`~otcfm.data.files.parse_spec`): "synthetic" or a file."""
+    return parse_spec(cfg.path, builtins=(SYNTHETIC,), name="data.path")
+
+
+def record_data(cfg: DataSection, dim: int) -> DataRecord:
+    """The run's data record (data.json): the file's absolute path, size and SHA-256 (or
+    "synthetic") and the model's feature count."""
+    spec = data_spec(cfg)
+    entry = SYNTHETIC if spec.path is None else FileRecord.of(spec.path, spec.key)
+    return DataRecord({"data.path": entry}, (dim,))
+
+
+def load_data(
+    cfg: DataSection,
+    preprocessor: Preprocessor | None = None,
+    *,
+    record: DataRecord | None = None,
+    data_root: str | Path | None = None,
+    allow_changed_data: bool = False,
+) -> LoadedData:
     """Load (or simulate) the populations and represent them as the config says.
 
     A given ``preprocessor`` (from a checkpoint) is applied as is; otherwise one is fitted on
-    all cells when ``dims`` or ``standardize`` asks for it.
+    all cells when ``dims`` or ``standardize`` asks for it. With the ``record`` of a trained
+    run the file is read from its recorded path (or by name under ``data_root``) and must
+    match its recorded size and SHA-256 (see :func:`otcfm.train.datasets.recorded_file`).
     """
     synthetic = None
-    if cfg.path == "synthetic":
+    spec = data_spec(cfg)
+    if spec.path is None:
         synthetic = synthetic_process(cfg)
         raw = synthetic.snapshots(cfg.n_cells, stream(cfg.data_seed, "synthetic-cells"))
     else:
+        path, key = spec.path, spec.key
+        if record is not None:
+            path, key = recorded_file(record, "data.path", spec, data_root=data_root,
+                                      allow_changed_data=allow_changed_data)
+        if key is not None and cfg.npz_key not in (key, DataSection.npz_key):
+            raise ValueError(
+                f"data.path {cfg.path!r} names the feature array {key!r} but data.npz_key "
+                f"(--npz-key) is {cfg.npz_key!r}; give one of them"
+            )
         raw = load_timeseries(
-            cfg.path,
+            path,
             time_key=cfg.time_key or None,
             obsm_key=cfg.obsm_key or None,
-            npz_key=cfg.npz_key,
+            npz_key=key or cfg.npz_key,
+            time_order=cfg.time_labels,
         )
     if preprocessor is None and (cfg.dims or cfg.standardize):
         dims = min(cfg.dims, raw.dim) if cfg.dims else None
@@ -138,6 +183,9 @@ def fit_run(
             )
     pre = Preprocessor.from_dict(state["preprocessor"]) if state and state["preprocessor"] else None
     data = load_data(cfg.data, pre)
+    record = record_data(cfg.data, data.ts.dim)
+    if state is not None:
+        check_same_data(run_dir, record)
     spec = spec_from_config(cfg)
     if spec.left_out is not None and not 0 < spec.left_out < data.ts.n_times - 1:
         raise ValueError(
@@ -146,7 +194,8 @@ def fit_run(
         )
     fitter = Fitter(
         data.ts, spec, device=cfg.device, folder=RunFolder(run_dir, fields=LOG_FIELDS),
-        config_toml=cfg.to_toml(), progress=progress, desc=f"{cfg.name} ({spec.method})",
+        config_toml=cfg.to_toml(), files={DATA_RECORD: record.to_json()}, progress=progress,
+        desc=f"{cfg.name} ({spec.method})",
         extra_state={
             "config": cfg.to_dict(),
             "preprocessor": data.preprocessor.to_dict() if data.preprocessor else None,
@@ -175,8 +224,19 @@ class TrajectoryRun:
         return None if self.cfg.eval.left_out < 0 else self.cfg.eval.left_out
 
 
-def load_trajectory_run(run_dir: str | Path) -> TrajectoryRun:
-    """Rebuild a run's model and data (with its saved preprocessor) from its folder."""
+def load_trajectory_run(
+    run_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    allow_changed_data: bool = False,
+) -> TrajectoryRun:
+    """Rebuild a run's model and data (with its saved preprocessor) from its folder.
+
+    The data file is read from the path recorded in the run's ``data.json`` (or by its name
+    under ``data_root`` when it moved) and refused when its size or SHA-256 changed, unless
+    ``allow_changed_data``. A run written before runs recorded their data is read from its
+    config, unverified (a warning says so).
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a trajectory run folder (no config.toml)")
@@ -184,7 +244,15 @@ def load_trajectory_run(run_dir: str | Path) -> TrajectoryRun:
     cfg.out_dir, cfg.name = str(run_dir.parent), run_dir.name
     state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
     pre = Preprocessor.from_dict(state["preprocessor"]) if state["preprocessor"] else None
-    data = load_data(cfg.data, pre)
+    record = read_data_record(run_dir)
+    if record is None:
+        warnings.warn(
+            f"{run_dir} has no data record (data.json, written by runs since this version): "
+            "its data file cannot be verified",
+            stacklevel=2,
+        )
+    data = load_data(cfg.data, pre, record=record, data_root=data_root,
+                     allow_changed_data=allow_changed_data)
     if data.ts.dim != int(state["dim"]):
         raise ValueError(
             f"{run_dir}: the data now has {data.ts.dim} features, the model {state['dim']}"
@@ -196,7 +264,12 @@ def load_trajectory_run(run_dir: str | Path) -> TrajectoryRun:
 
 # --------------------------------------------------------------------------- evaluation
 def evaluate_trajectory_run(
-    run_dir: str | Path, *, ode_steps: int | None = None, plots: bool = True
+    run_dir: str | Path,
+    *,
+    ode_steps: int | None = None,
+    plots: bool = True,
+    data_root: str | Path | None = None,
+    allow_changed_data: bool = False,
 ) -> dict[str, Any]:
     """Score a run (the leave-one-out protocol of Tong et al. 2024) and write metrics.json,
     plots and report.md.
@@ -205,7 +278,7 @@ def evaluate_trajectory_run(
     at k, beside the linear-interpolation baseline (and, for synthetic data, against fresh
     ground-truth cells). Always: the same score for every observed interval (fit quality).
     """
-    run = load_trajectory_run(run_dir)
+    run = load_trajectory_run(run_dir, data_root=data_root, allow_changed_data=allow_changed_data)
     steps = ode_steps or run.cfg.eval.ode_steps
     ts, k = run.data.ts, run.left_out
     start = time.perf_counter()
