@@ -140,7 +140,7 @@ def test_csv_time_column_and_features(tmp_path):
         (["time", "a"], [[0, 1], ["", 2]], {}, "empty time value"),
         (["time"], [[0], [1]], {}, "no feature columns"),
         (["time", "a"], [["early", 1], ["late", 2]], {},
-         r"not numbers \('early', 'late'\).*--time-order early,late.*data\.time_order"),
+         r"not numbers \('early', 'late'\); list them .*--time-order .*data\.time_order"),
         (["0", "1"], [[0, 1], [1, 2]], {}, "no column names"),
         (["time", "a"], [[0, 1, 5], [1, 2]], {}, "3 fields, the header has 2"),
         (["time", "a"], [[0, 1], [1, 2]], {"columns": ["b"]}, r"no column\(s\) \['b'\]"),

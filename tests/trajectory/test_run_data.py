@@ -80,7 +80,8 @@ def test_text_labels_follow_the_given_order(fitted):
 @pytest.mark.parametrize(
     "order, message",
     [
-        (None, r"not numbers \('early', 'late', 'mid'\).*--time-order early,late,mid"),
+        (None, r"not numbers \('early', 'late', 'mid'\); list them from first to last with "
+               r"--time-order"),
         ("early,late", r"label\(s\) \['mid'\] of the data are not in it"),
         ("early,mid,late,never", r"\['never'\] occur in no cell"),
         ("early,mid,lat", r"\['late'\] of the data are not in it; \['lat'\] occur in no cell"),
@@ -137,7 +138,8 @@ def test_data_spec_errors(tmp_path, capsys):
     common = ["--out", str(tmp_path), *TINY]
     for name in ("gone.tsv", "gone.txt", "gone.npz"):  # not found, whatever the extension
         assert main(["fit", "--data", str(tmp_path / name), *common]) == 2
-        assert f"time-series file not found: {tmp_path / name}" in one_line_error(capsys)
+        assert f"data.path: time-series file not found: {tmp_path / name}" in one_line_error(
+            capsys)
     assert main(["fit", "--data", "synthetc", *common]) == 2
     assert "data.path: unknown 'synthetc': not a built-in (synthetic)" in one_line_error(capsys)
 

@@ -59,9 +59,9 @@ def _time_labels(
         uniq = sorted({str(v) for v in values})
         raise ValueError(
             f"{source}: time labels are not numbers ({', '.join(map(repr, uniq[:6]))}"
-            f"{', ...' if len(uniq) > 6 else ''}); give their order from first to last: "
-            f"time_order (otcfm trajectory fit --time-order {','.join(uniq[:3])}"
-            f"{',...' if len(uniq) > 3 else ''}, or data.time_order)"
+            f"{', ...' if len(uniq) > 6 else ''}); list them from first to last with "
+            "--time-order FIRST,SECOND,... (config key data.time_order; time_order= in "
+            "load_timeseries)"
         )
     bad = ~np.isfinite(numeric)
     if bad.any():

@@ -2,9 +2,9 @@
 
 ``runs/<name>/``: ``config.toml`` (fully resolved), ``data.json`` (the data file's absolute
 path, size and SHA-256, or "synthetic": checked before predict and evaluate use the data),
-``checkpoints/latest.pt`` (atomic; model,
-optimizer, step, the fitted preprocessor), ``log.csv`` (training loss), ``metrics.json``
-(train summary and evaluation), ``plots/time_course.png`` and ``report.md``.
+``checkpoints/latest.pt`` (atomic; model, optimizer, step, the fitted preprocessor),
+``log.csv`` (training loss), ``metrics.json`` (train summary and evaluation),
+``plots/time_course.png`` and ``report.md``.
 """
 
 from __future__ import annotations
@@ -125,13 +125,16 @@ def load_data(
                 f"data.path {cfg.path!r} names the feature array {key!r} but data.npz_key "
                 f"(--npz-key) is {cfg.npz_key!r}; give one of them"
             )
-        raw = load_timeseries(
-            path,
-            time_key=cfg.time_key or None,
-            obsm_key=cfg.obsm_key or None,
-            npz_key=key or cfg.npz_key,
-            time_order=cfg.time_labels,
-        )
+        try:
+            raw = load_timeseries(
+                path,
+                time_key=cfg.time_key or None,
+                obsm_key=cfg.obsm_key or None,
+                npz_key=key or cfg.npz_key,
+                time_order=cfg.time_labels,
+            )
+        except (ValueError, FileNotFoundError) as err:  # name the config key too
+            raise type(err)(f"data.path: {err}") from None
     if preprocessor is None and (cfg.dims or cfg.standardize):
         dims = min(cfg.dims, raw.dim) if cfg.dims else None
         preprocessor = fit_preprocessor(raw.x, dims=dims, pca=cfg.pca, standardize=cfg.standardize)
