@@ -199,3 +199,14 @@ def test_two_dim_torchcfm_script_errors(side_by_side, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchcfm", None)
     with pytest.raises(ImportError, match=r"otcfm\[bench\]"):
         side_by_side.require_torchcfm()
+
+
+def test_entropic_records_say_how_the_solve_ended(tiny_run):
+    records, _ = tiny_run
+    rows = [r for r in records if r["kind"] == "plan" and r["solver"].startswith("EntropicOT")]
+    assert len(rows) == 4  # 2 batch sizes x 2 dimensions on the tiny grid
+    for rec in rows:
+        assert rec["converged"] is True and 0.0 <= rec["marginal_error"] <= rec["tol"], rec
+        assert rec["iterations"] >= 1 and rec["gap"] > 0.0  # the entropic blur costs a little
+    exact = [r for r in records if r["kind"] == "plan" and r["solver"] == "ExactOT()"]
+    assert all("converged" not in r for r in exact)  # only couplings that report it

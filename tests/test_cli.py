@@ -212,3 +212,44 @@ def test_nproc_checks_the_global_batch_before_launching(tmp_path, capsys):
     code = main(["train", "--batch-size", "511", "--nproc", "2", "--out", str(tmp_path)])
     assert code == 2
     assert "must be a multiple of --nproc 2" in capsys.readouterr().err
+
+
+def test_sample_more_than_the_test_set_draws_fresh_built_in_sources(tmp_path):
+    # the README's `otcfm sample runs/mine --n 5000` on a run with n_test = 64
+    import torch
+
+    from otcfm.data import toy
+    from otcfm.train.evaluate import load_run
+
+    out = tmp_path / "runs"
+    assert main(["train", "--task", "moons-8gaussians", "--method", "icfm", "--name", "t",
+                 "--out", str(out), *TINY, "--steps", "2", "--no-eval"]) == 0
+    run = load_run(out / "t")
+    assert main(["sample", str(out / "t"), "--n", "500", "--out", str(tmp_path / "s.pt")]) == 0
+    x0 = torch.load(tmp_path / "s.pt")["x0"]
+    test = run.data.source.test
+    assert x0.shape == (500, 2) and torch.equal(x0[:64], test)  # the test sources first
+    fresh = x0[64:]
+    # new points, none of them a training, validation or test source
+    seen = torch.cat([run.data.source.train, run.data.source.val, test])
+    assert float(torch.cdist(fresh, seen).min()) > 0.0
+    assert torch.unique(fresh, dim=0).shape[0] == 436
+    # from the run's source distribution (moons-std7: mean 0, pooled std 7 by construction)
+    ref = toy.sample("moons-std7", 20_000, generator=torch.Generator().manual_seed(0))
+    assert float((fresh.mean(0) - ref.mean(0)).abs().max()) < 1.5  # ~4 standard errors
+    assert abs(float(fresh.std()) - float(ref.std())) < 1.0
+    # the same command twice: the same points
+    assert main(["sample", str(out / "t"), "--n", "500", "--out", str(tmp_path / "r.pt")]) == 0
+    assert torch.equal(torch.load(tmp_path / "r.pt")["x0"], x0)
+
+
+def test_sample_more_than_a_file_s_test_set_asks_for_x0(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", rng.normal(size=(100, 2)).astype("float32"))
+    out = tmp_path / "runs"
+    assert main(["train", "--source", str(tmp_path / "a.npy"), "--target", "8gaussians",
+                 "--method", "icfm", "--name", "f", "--out", str(out), *TINY, "--steps", "2",
+                 "--no-eval"]) == 0
+    assert main(["sample", str(out / "f"), "--n", "500", "--out", str(tmp_path / "s.npy")]) == 2
+    assert "--n 500 exceeds the 10 test sources" in capsys.readouterr().err
+    assert not (tmp_path / "s.npy").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import numpy as np
@@ -10,7 +11,14 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
-from otcfm.couplings import ConvergenceWarning, EntropicOT, UnbalancedOT
+from otcfm.couplings import (
+    ConvergenceError,
+    ConvergenceWarning,
+    EntropicOT,
+    ExactOT,
+    UnbalancedOT,
+    coupling,
+)
 from otcfm.couplings._sinkhorn import eps_schedule
 
 
@@ -115,17 +123,71 @@ def test_one_stage_plan_matches_pot_at_ratio_below_128():
 
 
 def test_not_converging_warns_or_raises_with_numbers():
-    with pytest.warns(ConvergenceWarning, match=r"reg=0.01, 3 iterations .*> tol=1e-06"):
+    # reg 0.01 on costs up to ~2000 cannot converge in 3 iterations
+    with pytest.warns(ConvergenceWarning) as caught:
         p = EntropicOT(reg=0.01, max_iter=3)(X0, X1, generator=torch.Generator().manual_seed(0))
-    assert p.info["converged"] == 0.0 and p.info["err"] > 1e-6
-    with pytest.raises(RuntimeError, match=r"did not converge: reg=0.01, 3 iterations"):
-        EntropicOT(reg=0.01, max_iter=3, on_fail="raise")(X0, X1)
+    c = p.convergence
+    assert c is not None and not c.converged and c.iterations == 3 and c.tol == 1e-6
+    # the warning gives reg, the iterations, the marginal error reached and the advice
+    msg = str(caught[0].message)
+    assert f"reg=0.01, 3 iterations (max_iter=3), L1 marginal error {c.marginal_error:.3g} > " \
+        "tol=1e-06; raise max_iter or reg" in msg
+    # the reported error is the plan's: row and column sums against the uniform weights
+    with pytest.warns(ConvergenceWarning):
+        P = EntropicOT(reg=0.01, max_iter=3).plan(X0, X1)
+    assert c.marginal_error == pytest.approx(marginal_l1(P), rel=1e-9) and c.marginal_error > 0.1
+    for err in (ConvergenceError, RuntimeError, ValueError):  # a one-line error in the CLI
+        with pytest.raises(err, match=r"did not converge: reg=0.01, 3 iterations .*error "
+                                      r"[0-9.]+ > tol=1e-06; raise max_iter or reg"):
+            EntropicOT(reg=0.01, max_iter=3, on_fail="raise")(X0, X1)
 
 
-def test_converged_info():
-    p = EntropicOT(reg=1.0)(X0, X1, generator=torch.Generator().manual_seed(0))
-    assert p.info["converged"] == 1.0 and p.info["err"] <= 1e-6
-    assert p.info["iterations"] >= 1 and p.info["reg"] == 1.0
+def test_converged_solve_reports_its_marginal_error():
+    cpl = EntropicOT(reg=1.0, cost_dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        p = cpl(X0, X1, generator=torch.Generator().manual_seed(0))
+        P = cpl.plan(X0, X1)
+    c = p.convergence
+    assert c.converged and 1 <= c.iterations <= cpl.max_iter and c.tol == 1e-6
+    # independent: the plan's row and column sums against 1/40 and 1/30
+    rows, cols = P.sum(1), P.sum(0)
+    independent = float((rows - 1 / 40).abs().sum() + (cols - 1 / 30).abs().sum())
+    assert c.marginal_error == pytest.approx(independent, rel=1e-6, abs=1e-15)
+    assert c.marginal_error <= 1e-6
+    assert p.info["converged"] == 1.0 and p.info["reg"] == 1.0  # the raw diagnostics agree
+
+
+def test_on_fail_is_keyword_only_and_validated():
+    for cls in (EntropicOT, UnbalancedOT):
+        kind = inspect.signature(cls).parameters["on_fail"].kind
+        assert kind is inspect.Parameter.KEYWORD_ONLY
+    with pytest.raises(ValueError, match="on_fail must be one of"):
+        UnbalancedOT(reg=1.0, reg_m=1.0, on_fail="ignore")
+    # the spec form configs and --coupling use
+    assert coupling("entropic:reg=0.5,on_fail=raise").on_fail == "raise"
+
+
+def test_unbalanced_reports_the_fixed_point_marginal_error():
+    # finite reg_m: the plan's marginals are a e^{-f/reg_m}, b e^{-g/reg_m}, not a and b
+    cpl = UnbalancedOT(reg=10.0, reg_m=5.0, tol=1e-9, cost_dtype=torch.float64)
+    p = cpl(X0, X1, generator=torch.Generator().manual_seed(0))
+    c = p.convergence
+    assert c.converged and c.marginal_error <= 1e-6
+    assert marginal_l1(cpl.plan(X0, X1)) > 1e-2  # so the check above is not the balanced one
+    with pytest.warns(ConvergenceWarning, match=r"potential change .* L1 marginal error"):
+        short = UnbalancedOT(reg=10.0, reg_m=5.0, max_iter=2)(X0, X1)
+    assert not short.convergence.converged and short.convergence.marginal_error > 1e-4
+    # balanced in the limit reg_m = inf: the error is the one against the uniform weights
+    inf = UnbalancedOT(reg=10.0, reg_m=float("inf"), tol=1e-9, cost_dtype=torch.float64)
+    q = inf(X0, X1)
+    assert q.convergence.marginal_error == pytest.approx(marginal_l1(inf.plan(X0, X1)),
+                                                          rel=1e-6, abs=1e-15)
+
+
+def test_couplings_without_a_tolerance_report_no_convergence():
+    assert ExactOT()(X0[:30], X1).convergence is None
+    assert not ExactOT.reports_convergence and EntropicOT.reports_convergence
 
 
 # --------------------------------------------------------------------------- sampling

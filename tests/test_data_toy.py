@@ -329,3 +329,14 @@ def test_swissroll_radius_tracks_angle():
     r = x.norm(dim=1)
     assert float(r.min()) >= 1.5 * math.pi / 3 - 0.6
     assert float(r.max()) <= 4.5 * math.pi / 3 + 0.6
+
+
+def test_display_names_are_the_readme_task_names():
+    from otcfm.plots import run_title
+
+    src, tgt = toy.task("moons-8gaussians")
+    assert (toy.display_name(src), toy.display_name(tgt)) == ("moons", "8gaussians")
+    assert toy.display_name("gaussian") == "gaussian" and toy.display_name("moons") == "moons"
+    assert toy.display_name("/data/runs/x0.npy") == "x0.npy"
+    assert toy.display_name("cells.npz:pcs") == "cells.npz:pcs"
+    assert run_title("otcfm", src, tgt) == "otcfm: moons -> 8gaussians"

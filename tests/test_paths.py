@@ -262,9 +262,10 @@ def test_bridge_score_matches_autograd_log_density():
     logp = torch.distributions.Normal(t[:, None] * x1 + (1 - t[:, None]) * x0, sd).log_prob(x)
     (grad,) = torch.autograd.grad(logp.sum(), x)
     torch.testing.assert_close(path.score(s.xt, x0, x1, t), grad, rtol=1e-10, atol=1e-10)
-    # the minimiser of ||lambda s + eps||^2 is s = (sigma^2 / 2) * score
+    # lambda^2 ||s - score||^2 = ||lambda s + (2 / sigma^2) eps||^2: zero at s = score itself
     lam = path.lambda_t(t)[:, None]
-    torch.testing.assert_close(lam * (0.9**2 / 2) * grad, -noise, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(lam * grad, -(2 / 0.9**2) * noise, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(lam, 2 * sd[:, :1] / 0.9**2, rtol=1e-12, atol=0.0)
     with pytest.raises(ValueError, match="sigma"):
         BrownianBridgePath(0.0).lambda_t(t)
 

@@ -259,7 +259,9 @@ def _add_train(sub: Any) -> None:
 def _add_sample(sub: Any) -> None:
     p = sub.add_parser("sample", help="draw samples from a trained run")
     p.add_argument("run", type=Path, help="run folder, e.g. runs/demo/otcfm")
-    p.add_argument("--n", type=int, default=1000, help="number of samples (test sources)")
+    p.add_argument("--n", type=int, default=1000,
+                   help="number of samples: the run's test sources, then (built-in sources) "
+                   "fresh draws")
     p.add_argument("--x0", help="push these source points instead (.npy/.npz/.csv/.tsv/.txt, "
                    "FILE.npz:KEY); the run's data files are then not needed")
     p.add_argument("--solver", default=None, help="euler, midpoint, heun, rk4, dopri5, ...")
@@ -479,8 +481,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 f"{run.event_shape}"
             )
     if x0 is None and args.n > run.data.source.test.shape[0]:
-        n = run.data.source.test.shape[0]
-        raise ValueError(f"--n {args.n} exceeds the run's {n} test sources; pass --x0 FILE")
+        x0 = _more_sources(run, args.n)
     generator = None
     if args.seed is not None:
         generator = torch.Generator().manual_seed(args.seed)
@@ -496,6 +497,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
     how = f"SDE, sigma {sde_sigma(run.cfg)}" if args.sde else "ODE"
     print(f"wrote {traj.x_final.shape[0]} samples to {out} ({how}, NFE {traj.nfe})")
     return 0
+
+
+def _more_sources(run: Any, n: int) -> Any:
+    """``n`` > n_test source points: the run's test sources, then fresh draws of its built-in
+    source distribution from a stream of their own (a file source has no more points)."""
+    import torch
+
+    from otcfm.data import parse_spec, toy
+    from otcfm.train.datasets import stream
+
+    test, spec = run.data.source.test, run.cfg.data.source
+    if parse_spec(spec, name="data.source").is_file:
+        raise ValueError(
+            f"--n {n} exceeds the {test.shape[0]} test sources held out of {spec}; "
+            "pass --x0 FILE with the points to push"
+        )
+    fresh = toy.sample(spec, n - test.shape[0], generator=stream(run.cfg.seed, "source", "more"))
+    return torch.cat([test, fresh.to(test.dtype)])
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

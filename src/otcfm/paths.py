@@ -261,9 +261,17 @@ class BrownianBridgePath(ProbabilityPath):
     def lambda_t(self, t: Tensor) -> Tensor:
         """SF2M score-loss weight lambda(t) = 2 sigma_t / sigma^2; (B,).
 
-        The SF2M loss ||lambda(t) s(t, xt) + eps||^2 is minimised by
-        s = -sigma^2 eps / (2 sigma_t) = (sigma^2 / 2) * score, i.e. s learns the drift term
-        (g^2/2) grad log p_t of the SDE with g = sigma directly.
+        The SF2M score term (docs/reference.md §2, :class:`otcfm.matchers.SF2M`) is
+
+            lambda(t)^2 ||s(xt, t) - grad log p_t(xt | z)||^2
+                = ||lambda(t) s(xt, t) + (2 / sigma^2) eps||^2,
+
+        minimised by s = :meth:`score` = -eps / sigma_t: the network s learns the score
+        grad_x log p_t itself (over z, the marginal score), and the SDE is sampled with that
+        s as dx = [v + (sigma^2 / 2) s] dt + sigma dW (``sampling.integrate_sde``). (A loss
+        ||lambda(t) s + eps||^2, as in TorchCFM's SF2M example, trains s to
+        (sigma^2 / 2) grad log p_t instead, for a sampler that adds s unscaled: do not mix
+        the two conventions.)
         """
         if self.sigma == 0:
             raise ValueError("lambda_t needs sigma > 0, got sigma=0.0")

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from otcfm.data.toy import display_name
+
 SOURCE_COLOR, TARGET_COLOR, SAMPLE_COLOR, PATH_COLOR = "#1f77b4", "#d62728", "#2ca02c", "#7f7f7f"
 
 
@@ -113,6 +115,12 @@ def plot_trajectory_grid(
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def run_title(method: str, source: str, target: str) -> str:
+    """The title of a run's figures: ``"otcfm: moons -> 8gaussians"`` (display names of the
+    data, :func:`otcfm.data.toy.display_name`)."""
+    return f"{method}: {display_name(source)} -> {display_name(target)}"
 
 
 def plot_history(history: Sequence[dict[str, float]], path: str | Path, title: str = "") -> Path:

@@ -10,18 +10,21 @@ checkpoint cadence, best-by-val_loss, a non-finite loss, and resume equal to nev
 
 from __future__ import annotations
 
+import csv
 import math
 
 import pytest
 import torch
 from torch import nn
 
+from otcfm.couplings import ConvergenceError, ConvergenceWarning
 from otcfm.data.timeseries import TimeSeries
 from otcfm.models import MLP
 from otcfm.train.config import RunConfig
-from otcfm.train.datasets import stream
-from otcfm.train.loop import Engine, LoopSettings, Trainer
-from otcfm.train.objectives import Objective, PairObjective
+from otcfm.train.datasets import load_run_data, stream
+from otcfm.train.loop import LOG_FIELDS, Engine, LoopSettings, Trainer
+from otcfm.train.loop import build_matcher as build_pair_matcher
+from otcfm.train.objectives import COUPLING_FIELDS, Objective, PairObjective
 from otcfm.train.prefetch import chunks, couple_batch
 from otcfm.train.runfolder import RunFolder
 from otcfm.trajectory.fit import (
@@ -128,6 +131,70 @@ def test_pair_engine_equals_a_plain_loop_over_coupled_batches(tmp_path):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
     assert [r["step"] for r in result.history] == [3, 6]
     assert set(result.history[0]) == {"step", "loss", "val_loss", "val_w2", "seconds"}
+
+
+def test_coupling_convergence_is_logged_per_row(tmp_path):
+    # sbcfm's entropic coupling: 2 steps per coupled batch of 64, a row every 3 steps
+    cfg = tiny(tmp_path, **{"method.name": "'sbcfm'"}).resolve()
+    trainer = Trainer(cfg, progress=False)
+    trainer.run()
+    rows = list(csv.DictReader((cfg.run_dir / "log.csv").open()))
+    assert list(rows[0]) == ["step", "loss", "val_loss", "val_w2", *COUPLING_FIELDS, "seconds"]
+    # steps 0-2 use coupled batches 0 and 1, steps 3-5 batches 1 (already solved) and 2
+    assert [int(r["coupling_calls"]) for r in rows] == [2, 1]
+    for r in rows:
+        assert float(r["coupling_converged"]) == 1.0
+        assert 0.0 <= float(r["coupling_marginal_error_max"]) <= 1e-6
+    # the bookkeeping (count, max, reset per row) against the batches solved again here
+    fm, data = trainer.matcher, trainer.data
+    errors = [
+        couple_batch(fm.coupling, data.source.train, data.target.train, 64, index,
+                     seed=cfg.seed).pair.convergence.marginal_error
+        for index in range(3)
+    ]
+    logged = [float(r["coupling_marginal_error_max"]) for r in rows]
+    assert logged == pytest.approx([max(errors[:2]), errors[2]], rel=1e-12)
+
+
+def test_unconverged_couplings_are_logged_and_raise_on_request(tmp_path):
+    spec = "'entropic:reg=0.001,max_iter=2'"
+    cfg = tiny(tmp_path, **{"method.name": "'sbcfm'", "method.coupling": spec}).resolve()
+    with pytest.warns(ConvergenceWarning, match="reg=0.001, 2 iterations"):
+        Trainer(cfg, progress=False).run()
+    rows = list(csv.DictReader((cfg.run_dir / "log.csv").open()))
+    assert [float(r["coupling_converged"]) for r in rows] == [0.0, 0.0]
+    assert all(float(r["coupling_marginal_error_max"]) > 1e-3 for r in rows)
+    # on_fail=raise in the coupling spec stops the run with the numbers
+    spec = "'entropic:reg=0.001,max_iter=2,on_fail=raise'"
+    cfg = tiny(tmp_path / "raise", **{"method.name": "'sbcfm'", "method.coupling": spec})
+    with pytest.raises(ConvergenceError, match=r"reg=0.001, 2 iterations .* > tol"):
+        Trainer(cfg.resolve(), progress=False).run()
+
+
+def test_coupling_columns_sum_the_solves_of_every_process(tmp_path, ranks):
+    # 2 processes take turns solving the global batches: rank 0 batches 0 and 2, rank 1
+    # batch 1; each row counts the solves of both, as one process would
+    cfg = tiny(tmp_path, **{"method.name": "'sbcfm'"}).resolve()
+    ranks(cfg, tmp_path, world=2)
+    rows = list(csv.DictReader((cfg.run_dir / "log.csv").open()))
+    assert [int(r["coupling_calls"]) for r in rows] == [2, 1]
+    assert all(float(r["coupling_converged"]) == 1.0 for r in rows)
+    data = load_run_data(cfg.data, cfg.seed)
+    coupling = build_pair_matcher(cfg.method).coupling
+    errors = [
+        couple_batch(coupling, data.source.train, data.target.train, 64, index,
+                     seed=cfg.seed).pair.convergence.marginal_error
+        for index in range(3)
+    ]
+    logged = [float(r["coupling_marginal_error_max"]) for r in rows]
+    assert logged == pytest.approx([max(errors[:2]), errors[2]], rel=1e-9)
+
+
+def test_couplings_without_a_tolerance_log_no_convergence_columns(tmp_path):
+    cfg = tiny(tmp_path).resolve()  # otcfm: exact OT
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.objective.log_fields == () and trainer.objective.coupling_log() == {}
+    assert trainer.folder.fields == LOG_FIELDS
 
 
 # ------------------------------------------------------------------ the loop itself

@@ -3,7 +3,11 @@
 Every coupling is called as ``coupling(x0, x1, generator=g, cond0=..., cond1=...)`` and
 returns a :class:`Pairing` (paired samples in the input shape and dtype, index tensors i, j,
 the conditions indexed alike, and solver diagnostics in ``info``). Costs are squared
-Euclidean distances between flattened samples, computed in ``cost_dtype``.
+Euclidean distances between flattened samples, computed in ``cost_dtype``. Couplings solved
+iteratively to a tolerance (``reports_convergence``: entropic, unbalanced) report how each
+solve ended as ``pairing.convergence`` (a :class:`Convergence`: converged, marginal error,
+iterations, tol) and, with ``on_fail="raise"``, raise :class:`ConvergenceError` instead of
+warning (:class:`ConvergenceWarning`) when they stop short.
 
 - :class:`Independent`: q0 x q1 (I-CFM).
 - :class:`ExactOT`: exact minibatch OT (OT-CFM); one-to-one on equal batches.
@@ -23,7 +27,13 @@ from typing import Any
 
 from otcfm._utils import Registry
 from otcfm.couplings._approx import ApproxOT
-from otcfm.couplings._base import ConvergenceWarning, Coupling, Pairing
+from otcfm.couplings._base import (
+    Convergence,
+    ConvergenceError,
+    ConvergenceWarning,
+    Coupling,
+    Pairing,
+)
 from otcfm.couplings._entropic import EntropicOT, UnbalancedOT
 from otcfm.couplings._exact import ExactOT, Independent, PartialOT
 
@@ -68,6 +78,8 @@ def coupling(name: str, **kwargs: Any) -> Coupling:
 __all__ = [
     "ApproxOT",
     "COUPLINGS",
+    "Convergence",
+    "ConvergenceError",
     "ConvergenceWarning",
     "Coupling",
     "EntropicOT",

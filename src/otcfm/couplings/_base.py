@@ -22,13 +22,41 @@ class ConvergenceWarning(RuntimeWarning):
     """An OT solver stopped before reaching its tolerance (the message gives the numbers)."""
 
 
+class ConvergenceError(RuntimeError, ValueError):
+    """An OT solver with ``on_fail="raise"`` stopped before reaching its tolerance.
+
+    The message names reg, the error reached, the tolerance and the iteration count, and what
+    to change. A ValueError as well: the remedy is a setting (reg, max_iter, tol).
+    """
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """How an iterative coupling solve ended (:attr:`Pairing.convergence`).
+
+    ``converged``: the solver's stopping rule held before ``max_iter`` ran out.
+    ``marginal_error``: L1 distance |P 1 - r|_1 + |P^T 1 - c|_1 between the returned plan's
+    marginals and the marginals (r, c) its optimality conditions prescribe: the uniform
+    weights for balanced couplings, so it lies in [0, 2] (the plan's mass is 1).
+    ``iterations``: solver iterations (all stages). ``tol``: the tolerance of the rule.
+    """
+
+    converged: bool
+    marginal_error: float
+    iterations: int
+    tol: float
+
+
 @dataclass(frozen=True)
 class Pairing:
     """Samples of a minibatch coupling q(x0, x1).
 
     ``x0 = input_x0[i]`` and ``x1 = input_x1[j]``, shape (N, *event), in the input dtype and
     device. ``cond0``/``cond1`` are the per-sample conditions indexed the same way. ``info``
-    holds solver diagnostics (cost, iterations, err, seconds, ...).
+    holds solver diagnostics (cost, iterations, err, seconds, ...); couplings that iterate to
+    a tolerance (``Coupling.reports_convergence``) also put ``converged`` (1.0 or 0.0),
+    ``marginal_error``, ``iterations`` and ``tol`` there, read as a :class:`Convergence` by
+    :attr:`convergence`.
     """
 
     x0: Tensor
@@ -38,6 +66,19 @@ class Pairing:
     cond0: Any = None
     cond1: Any = None
     info: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def convergence(self) -> Convergence | None:
+        """How the solve ended, for couplings that report it (None for the others)."""
+        info = self.info
+        if "converged" not in info:
+            return None
+        return Convergence(
+            converged=bool(info["converged"]),
+            marginal_error=float(info["marginal_error"]),
+            iterations=int(info["iterations"]),
+            tol=float(info["tol"]),
+        )
 
 
 class Coupling(ABC):
@@ -52,6 +93,9 @@ class Coupling(ABC):
     #: True for couplings whose :meth:`pair` always returns ``i = j = arange(B)``: the pairing
     #: then holds the input batches and conditions themselves rather than gathered copies.
     in_order: ClassVar[bool] = False
+    #: True for couplings whose pairings carry a :class:`Convergence` (iterative solvers with
+    #: a tolerance: the entropic and unbalanced couplings).
+    reports_convergence: ClassVar[bool] = False
 
     def __call__(
         self,

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from otcfm._utils import check_positive
 from otcfm.couplings._base import (
+    ConvergenceError,
     ConvergenceWarning,
     Coupling,
     check_choice,
@@ -38,6 +39,7 @@ def _check_scaling(scaling: Any) -> float | None:
 class _SinkhornCoupling(Coupling):
     """Shared plumbing: cost -> Sinkhorn -> checks -> pairs drawn from the plan."""
 
+    reports_convergence = True
     _rho: tuple[float, float] = (math.inf, math.inf)
 
     def __init__(
@@ -82,14 +84,19 @@ class _SinkhornCoupling(Coupling):
         return cost, res, scale
 
     def _not_converged(self, res: SinkhornResult) -> None:
-        what = "marginal L1 error" if self._rho == (math.inf, math.inf) else "potential change"
+        if self._rho == (math.inf, math.inf):
+            reached = f"L1 marginal error {res.marginal_error:.3g} > tol={self.tol:.3g}"
+        else:
+            reached = (f"potential change {res.err:.3g} > tol={self.tol:.3g}, L1 marginal error "
+                       f"{res.marginal_error:.3g}")
         msg = (
             f"{type(self).__name__} did not converge: reg={self.reg:.3g}, {res.iterations} "
-            f"iterations (max_iter={self.max_iter}), {what} {res.err:.3g} > tol={self.tol:.3g}"
+            f"iterations (max_iter={self.max_iter}), {reached}; raise max_iter or reg "
+            f"(coupling spec '{self.name}:reg=...,max_iter=...')"
         )
         if self.on_fail == "raise":
-            raise RuntimeError(msg)
-        warnings.warn(msg + "; raise max_iter or reg", ConvergenceWarning, stacklevel=5)
+            raise ConvergenceError(msg)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=5)
 
     def plan(self, x0: Tensor, x1: Tensor) -> Tensor:
         """The entropic plan (n0, n1) on the data's device (float64; float32 on MPS)."""
@@ -118,6 +125,8 @@ class _SinkhornCoupling(Coupling):
             "newton_steps": res.newton_steps,
             "err": res.err,
             "converged": float(res.converged),
+            "marginal_error": res.marginal_error,
+            "tol": self.tol,
             "reg": self.reg,
             "cost_scale": scale,
         }
@@ -132,9 +141,18 @@ class EntropicOT(_SinkhornCoupling):
     cost (divided by its max when ``normalize_cost``, making reg relative). Solved in torch
     on the data's device by stabilised log-domain Sinkhorn (float64 iterations) with
     epsilon scaling (factor ``eps_scaling`` per stage from reg = max C; None disables) and a
-    Newton polish, until the L1 marginal error |P1 - a|_1 + |P^T 1 - b|_1 < ``tol``. If
-    ``max_iter`` runs out first it warns (``on_fail="warn"``) or raises RuntimeError
-    (``"raise"``) with the numbers; a non-finite plan always raises.
+    Newton polish.
+
+    Stopping rule: the L1 marginal error |P 1 - a|_1 + |P^T 1 - b|_1 against the uniform
+    weights a = 1/n0, b = 1/n1 (the plan's mass is 1, so the error lies in [0, 2]; columns
+    are exact after every column update, so each iteration measures the rows), below ``tol``
+    at reg itself (the intermediate epsilon-scaling stages stop at max(tol, 1e-3)).
+    ``max_iter`` counts iterations and Newton steps over all stages. Every pairing reports
+    how the solve ended (:attr:`Pairing.convergence`: converged, the marginal error of the
+    returned plan, iterations, tol). If ``max_iter`` runs out first it warns
+    (:class:`ConvergenceWarning`, ``on_fail="warn"``) or raises :class:`ConvergenceError`
+    (``"raise"``), naming reg, the error reached and the iterations; a non-finite plan
+    always raises.
 
     ``sampling="rows"``: each x0_i once, j ~ P(j | i) (the pairs are distributed as P
     because P's row marginal is uniform). ``sampling="joint"`` (alias ``"plan"``):
@@ -149,10 +167,10 @@ class EntropicOT(_SinkhornCoupling):
         max_iter: int = 10_000,
         tol: float = 1e-6,
         sampling: str = "rows",
-        on_fail: str = "warn",
         cost_dtype: torch.dtype = torch.float32,
         normalize_cost: bool = False,
         *,
+        on_fail: str = "warn",
         n_pairs: int | None = None,
         replace: bool = True,
         eps_scaling: float | None = 0.5,
@@ -171,9 +189,14 @@ class UnbalancedOT(_SinkhornCoupling):
     (Chizat et al. 2018; the objective of POT's ``sinkhorn_unbalanced`` with reg_type="kl").
     ``reg_m`` is a number or a pair (reg_m0, reg_m1); ``float("inf")`` on one side keeps that
     marginal exact. Log-domain Sinkhorn in torch; converged when the potentials change by
-    less than ``tol`` (max |delta log u|) in one iteration. Pairs: ``sampling="joint"``
-    (default) draws ``n_pairs`` (default max(n0, n1)) cells from P / sum(P), so outliers the
-    plan leaves out are rarely paired; ``"rows"`` keeps every x0 once.
+    less than ``tol`` (max |delta log u|) in one iteration. The reported marginal error
+    (:attr:`Pairing.convergence`) is |P 1 - a e^{-f / reg_m0}|_1 + |P^T 1 - b e^{-g / reg_m1}|_1
+    for the final potentials f, g: the plan's marginals against those its fixed point
+    prescribes, zero at the solution. ``on_fail`` as for :class:`EntropicOT`.
+
+    Pairs: ``sampling="joint"`` (default) draws ``n_pairs`` (default max(n0, n1)) cells from
+    P / sum(P), so outliers the plan leaves out are rarely paired; ``"rows"`` keeps every x0
+    once.
     """
 
     name = "unbalanced"
@@ -185,10 +208,10 @@ class UnbalancedOT(_SinkhornCoupling):
         max_iter: int = 10_000,
         tol: float = 1e-6,
         sampling: str = "joint",
-        on_fail: str = "warn",
         cost_dtype: torch.dtype = torch.float32,
         normalize_cost: bool = False,
         *,
+        on_fail: str = "warn",
         n_pairs: int | None = None,
         replace: bool = True,
         eps_scaling: float | None = 0.5,

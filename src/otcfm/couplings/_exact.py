@@ -119,6 +119,14 @@ class ExactOT(Coupling):
 
     Unequal sizes use POT's network simplex with no iteration cap by default
     (``max_iter=None``); a non-optimal result raises (``on_fail="raise"``) or warns.
+
+    "Exact" is exact for the costs as computed: squared distances in ``cost_dtype`` (float32
+    by default; centred data, expanded form, see :func:`sq_cost`), rounded there and then
+    copied to float64 for the solver. If the computed costs differ from the true ones by at
+    most delta, the returned pairing's mean true cost is within 2 delta of the optimum
+    (pairings closer than that may come out either way). In float32 delta is about 3e-7
+    times the largest squared norm of the centred points (Gaussian batches, d = 2 to 3072);
+    ``cost_dtype=torch.float64`` makes it about 1e-16 relative.
     """
 
     name = "exact"

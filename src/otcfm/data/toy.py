@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import MappingProxyType
 
 import torch
@@ -42,6 +43,7 @@ __all__ = [
     "TASKS",
     "checkerboard",
     "circles",
+    "display_name",
     "eight_gaussians",
     "eight_gaussians_r12",
     "gaussian",
@@ -322,6 +324,25 @@ TASKS: Mapping[str, tuple[str, str]] = MappingProxyType(
     }
 )
 """Benchmark task name -> (source distribution, target distribution) (paper Table 2)."""
+
+
+_DISPLAY_NAMES: Mapping[str, str] = MappingProxyType(
+    {"moons-std7": "moons", "8gaussians-r12": "8gaussians"}
+)
+
+
+def display_name(spec: str) -> str:
+    """The name a person reads for a data source (plot titles; the README's task names).
+
+    The moons->8gaussians task's rescaled distributions go by the task's names
+    (``"moons-std7"`` -> ``"moons"``, ``"8gaussians-r12"`` -> ``"8gaussians"``), other built-in
+    names stay as they are, and a file by its file name (``"data/x0.npy"`` -> ``"x0.npy"``).
+    """
+    if spec in _DISPLAY_NAMES:
+        return _DISPLAY_NAMES[spec]
+    if spec in DISTRIBUTIONS.names():
+        return spec
+    return Path(spec).name or spec
 
 
 def names() -> list[str]:

@@ -241,7 +241,7 @@ def evaluate_run(
 def write_run_plots(run_dir: Path, run: LoadedRun, traj: Trajectory, target: Tensor) -> None:
     from otcfm import plots
 
-    title = f"{run.cfg.method.name}: {run.cfg.data.source} -> {run.cfg.data.target}"
+    title = plots.run_title(run.cfg.method.name, run.cfg.data.source, run.cfg.data.target)
     plots.plot_overview(
         traj.xs[0], target, traj.x_final, traj.xs, run_dir / "plots" / "overview.png", title
     )

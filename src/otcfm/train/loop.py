@@ -45,6 +45,11 @@ from otcfm.train.runfolder import RunFolder
 log = logging.getLogger("otcfm.train")
 
 LOG_FIELDS = ("step", "loss", *PairObjective.metrics, "seconds")
+"""log.csv columns of a run (:class:`Trainer`): ``loss`` is the mean training loss since the
+previous row, ``val_loss``/``val_w2`` the validation of the eval model (``val_loss`` couples
+the whole validation set at once, the training loss ``couplings.ot_batch`` points: see
+:class:`PairObjective`). A coupling that reports convergence adds
+:data:`~otcfm.train.objectives.COUPLING_FIELDS` before ``seconds``."""
 
 
 def build_matcher(cfg: MethodConfig) -> FlowMatcher:
@@ -172,6 +177,8 @@ class Engine:
         self.best_step = 0
         self.train_seconds = 0.0
         self.history: list[dict[str, float]] = []
+        #: names shown for the logged values on the progress line (default: their keys)
+        self.labels: dict[str, str] = {}
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -261,18 +268,19 @@ class Engine:
             while self.step < until:
                 running += self._guarded(self.train_step)
                 count += 1
-                bar.update(1, loss=running / count)
+                bar.update(1, **{self.labels.get("loss", "loss"): running / count})
                 last = self.step == until
                 if self.step % log_every == 0 or last:
                     self.train_seconds = time.perf_counter() - start
                     mean = self._guarded(self._mean_over_processes, running / count)
+                    logged = self._guarded(self._train_log)
                     running, count = 0.0, 0
                     if self.rank == 0:
-                        row = {"step": self.step, "loss": mean}
+                        row = {"step": self.step, "loss": mean, **logged}
                         row.update(self.objective.validate(self.eval_model().eval()) or {})
                         row["seconds"] = self.train_seconds
                         self._record(row)
-                        bar.update(0, **{k: row[k] for k in shown})
+                        bar.update(0, **{self.labels.get(k, k): row[k] for k in shown})
                 if last or (save_every and self.step % save_every == 0):
                     self.train_seconds = time.perf_counter() - start
                     if self.folder is not None:
@@ -307,6 +315,10 @@ class Engine:
         if self.folder is not None:
             self.folder.log(self.history)
         log.debug("step %d %s", self.step, " ".join(f"{k} {v:.4g}" for k, v in row.items()))
+
+    def _train_log(self) -> dict[str, float]:
+        """Extra training columns of a log row (every process calls it at each row)."""
+        return {}
 
     def _mean_over_processes(self, value: float) -> float:
         """The mean of ``value`` over all processes (the value itself in a single process)."""
@@ -366,14 +378,23 @@ class Trainer(Engine):
             ema_decay=o.ema_decay, log_every=cfg.eval.val_every,
             checkpoint_every=cfg.eval.checkpoint_every,
         )
+        fields = (*LOG_FIELDS[:-1], *objective.log_fields, LOG_FIELDS[-1])
         super().__init__(
             objective, model, settings, device=dev,
-            folder=RunFolder(cfg.run_dir, fields=LOG_FIELDS, rank=rank),
+            folder=RunFolder(cfg.run_dir, fields=fields, rank=rank),
             config_toml=cfg.to_toml(), progress=progress,
             files={DATA_RECORD: self.data_record.to_json()} if self.data_record else None,
             desc=f"{cfg.name} ({cfg.method.name})",
         )
         self.objective: PairObjective = objective
+        if not self.matcher.coupling.in_order:  # the loss depends on how many are coupled
+            local = world > 1 and self.shard.scope == "local"
+            n_val = min(self.data.source.val.shape[0], self.data.target.val.shape[0])
+            self.labels = {"loss": f"loss (OT batch {cfg.ot_batch // (world if local else 1)})",
+                           "val_loss": f"val_loss (OT batch {n_val})"}
+
+    def _train_log(self) -> dict[str, float]:
+        return self.objective.coupling_log()
 
     @property
     def data(self) -> RunData:

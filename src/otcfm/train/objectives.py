@@ -48,7 +48,10 @@ from otcfm.train.prefetch import (
     pairs_in_order,
 )
 
-__all__ = ["Objective", "PairObjective"]
+__all__ = ["COUPLING_FIELDS", "Objective", "PairObjective"]
+
+#: log.csv columns of a coupling that reports its convergence (see PairObjective.coupling_log)
+COUPLING_FIELDS = ("coupling_calls", "coupling_converged", "coupling_marginal_error_max")
 
 
 @runtime_checkable
@@ -79,6 +82,16 @@ class PairObjective:
     ``couplings.ot_batch`` pairs feeds ot_batch / batch_size consecutive optimizer steps.
     ``optim.batch_size`` and ``couplings.ot_batch`` are global: process ``rank`` of ``world``
     trains on its consecutive share of every step's batch.
+
+    The training loss and ``val_loss`` are the same CFM loss (eq. (9)) on different
+    couplings: each step's pairs come from one coupling of ``couplings.ot_batch`` points,
+    ``val_loss`` couples the whole validation set (``data.n_val`` points) at once. For an OT
+    coupling a larger coupled batch pairs points closer to the population OT plan, so the
+    regression targets vary less and the loss is lower: with the defaults (512 against
+    1,000 points) the training loss sits well above ``val_loss`` although nothing is wrong.
+    The independent coupling's loss does not depend on it. Couplings that report their
+    convergence (:attr:`~otcfm.couplings.Coupling.reports_convergence`) add the
+    :data:`COUPLING_FIELDS` to the log (:meth:`coupling_log`).
     """
 
     metrics = ("val_loss", "val_w2")
@@ -125,6 +138,11 @@ class PairObjective:
         self._coupled: CoupledBatch | None = None
         self._chunks: list[Pairing] = []
         self._turns: OwnTurns | None = None
+        #: extra log.csv columns: COUPLING_FIELDS when the coupling reports convergence
+        self.log_fields: tuple[str, ...] = (
+            COUPLING_FIELDS if matcher.coupling.reports_convergence else ()
+        )
+        self._solves = (0, 0, 0.0)  # since the last coupling_log: calls, converged, max error
 
     # ------------------------------------------------------------------ couplings
     def couple(
@@ -190,6 +208,7 @@ class PairObjective:
             self._coupled = p.next()
             if self._coupled.index != index:  # pragma: no cover - guards the bookkeeping
                 raise RuntimeError(f"coupled batch {self._coupled.index} != expected {index}")
+            self._count_solve(self._coupled.pair)
             self._chunks = chunks(self._coupled.pair, self._size)
         return self._chunks[part]
 
@@ -217,6 +236,41 @@ class PairObjective:
     def loss(self, net: nn.Module, step: int) -> Tensor:
         """The matcher's regression loss (eq. (9)) on this process's share of ``step``."""
         return self.matcher.regress(net, self.step_sample(step))
+
+    def _count_solve(self, pair: Pairing) -> None:
+        """Add a coupled batch's convergence (when this process solved it) to the tally."""
+        c = pair.convergence
+        if c is not None:
+            calls, converged, worst = self._solves
+            self._solves = (calls + 1, converged + c.converged, max(worst, c.marginal_error))
+
+    def coupling_log(self) -> dict[str, float]:
+        """The coupling's convergence since the last call, as log.csv columns; resets.
+
+        ``coupling_calls``: coupling solves; ``coupling_converged``: the fraction of them that
+        met the solver's tolerance; ``coupling_marginal_error_max``: the largest L1 marginal
+        error of their plans (:class:`~otcfm.couplings.Convergence`). NaN when no solve
+        happened since the last row (a coupled batch can feed many steps). Summed over
+        processes (each solve is counted by the process that made it): under
+        torch.distributed every process must call this at the same step. Empty when the
+        coupling does not report convergence.
+        """
+        if not self.log_fields:
+            return {}
+        calls, converged, worst = self._solves
+        self._solves = (0, 0, 0.0)
+        if self.world > 1:
+            t = torch.tensor([calls, converged, worst], dtype=torch.float64, device=self.device)
+            worst_t = t[2:].clone()
+            dist.all_reduce(t)
+            dist.all_reduce(worst_t, op=dist.ReduceOp.MAX)
+            calls, converged, worst = int(t[0]), int(t[1]), float(worst_t[0])
+        nan = float("nan")
+        return {
+            "coupling_calls": calls,
+            "coupling_converged": converged / calls if calls else nan,
+            "coupling_marginal_error_max": worst if calls else nan,
+        }
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
