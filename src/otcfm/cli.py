@@ -204,6 +204,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list methods, couplings, solvers, distributions and tasks")
 
     p = sub.add_parser(
+        "convert-checkpoint",
+        help="rewrite a TRUSTED checkpoint of an older otcfm as plain tensors and numbers",
+        description="otcfm reads checkpoints that hold only tensors, numbers and strings and "
+        "refuses any other (a pickle of other objects can run code when loaded). This command "
+        "converts a checkpoint written by an older otcfm, once: it unpickles the file in full, "
+        "which RUNS ANY CODE THE FILE CARRIES. Use it only on files you made yourself or "
+        "trust.",
+    )
+    p.add_argument("path", type=Path, help="the checkpoint (.pt) to convert")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write the converted checkpoint here (default: replace PATH)")
+    p.add_argument("--i-trust-this-file", dest="trusted", action="store_true",
+                   help="required: confirm that PATH comes from a source you trust")
+
+    p = sub.add_parser(
         "bench",
         help="run a benchmark recipe: " + ", ".join(BENCHES),
         description="Benchmark recipes over the library; `otcfm bench NAME --help` for options.",
@@ -463,6 +478,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from otcfm.data import load_points, parse_spec, save_points
+    from otcfm.train.checkpoint import StagedFiles
     from otcfm.train.evaluate import load_run, sample_run, sde_sigma
 
     if args.sde_steps is not None and not args.sde:
@@ -490,12 +506,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         sde=args.sde, sde_steps=args.sde_steps, generator=generator,
     )
     out = Path(args.out)
-    if out.suffix == ".pt":
-        torch.save({"x0": traj.xs[0], "samples": traj.x_final, "nfe": traj.nfe}, out)
-    else:
-        save_points(out, traj.x_final)
+    with StagedFiles() as staged:  # written whole or not at all
+        if out.suffix == ".pt":
+            staged.save({"x0": traj.xs[0], "samples": traj.x_final, "nfe": traj.nfe}, out)
+        else:
+            save_points(staged.path(out), traj.x_final)
     how = f"SDE, sigma {sde_sigma(run.cfg)}" if args.sde else "ODE"
-    print(f"wrote {traj.x_final.shape[0]} samples to {out} ({how}, NFE {traj.nfe})")
+    print(f"wrote {traj.x_final.shape[0]} samples to {out} ({how}, NFE {traj.nfe}; "
+          f"{run.checkpoint}, step {run.step})")
     return 0
 
 
@@ -566,6 +584,19 @@ def cmd_list(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
+    from otcfm.train.checkpoint import convert_checkpoint
+
+    if not args.trusted:
+        raise ValueError(
+            f"convert-checkpoint unpickles {args.path} in full, which runs any code it carries; "
+            "if you trust the file, run again with --i-trust-this-file"
+        )
+    out = convert_checkpoint(args.path, args.out)
+    print(f"wrote {out}: plain tensors, numbers and strings")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     return BENCHES[args.name]()(args.args)
 
@@ -591,6 +622,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "list": cmd_list,
     "bench": cmd_bench,
+    "convert-checkpoint": cmd_convert_checkpoint,
     "trajectory": cmd_trajectory,
 }
 

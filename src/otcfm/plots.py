@@ -6,6 +6,7 @@ are shown on their first two coordinates (the axes say so).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -124,16 +125,30 @@ def run_title(method: str, source: str, target: str) -> str:
 
 
 def plot_history(history: Sequence[dict[str, float]], path: str | Path, title: str = "") -> Path:
-    """Training loss, validation loss and validation W2 against the optimizer step."""
+    """Training loss (every row), validation loss and validation W2 (the rows that hold them)
+    against the optimizer step; the rows of a run's log.csv. Points are marked, so a run of
+    a single logged row still shows it."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    steps = [row["step"] for row in history]
-    axes[0].plot(steps, [row["loss"] for row in history], label="train loss")
-    axes[0].plot(steps, [row["val_loss"] for row in history], label="validation loss")
+
+    def series(key: str) -> tuple[list[float], list[float]]:
+        rows = [r for r in history if r.get(key) is not None and math.isfinite(r[key])]
+        return [r["step"] for r in rows], [r[key] for r in rows]
+
+    marker = "o" if len(history) <= 30 else None
+    axes[0].plot(*series("loss"), marker=marker, label="train loss")
+    steps, val = series("val_loss")
+    if steps:
+        axes[0].plot(steps, val, marker=marker, label="validation loss")
     axes[0].set_xlabel("step")
     axes[0].set_yscale("log")
     axes[0].legend()
-    axes[1].plot(steps, [row["val_w2"] for row in history], color=SAMPLE_COLOR)
+    steps, w2 = series("val_w2")
+    if steps:
+        axes[1].plot(steps, w2, marker=marker, color=SAMPLE_COLOR)
+    else:
+        axes[1].text(0.5, 0.5, "no validation rows", ha="center", va="center",
+                     transform=axes[1].transAxes)
     axes[1].set_xlabel("step")
     axes[1].set_ylabel("validation W2")
     if title:

@@ -36,7 +36,7 @@ from otcfm.data import save_points
 from otcfm.experiments import _cells
 from otcfm.experiments._cells import CellResult
 from otcfm.sampling import Trajectory, integrate, integrate_sde
-from otcfm.train.checkpoint import load_checkpoint, write_text_atomic
+from otcfm.train.checkpoint import write_text_atomic
 from otcfm.train.config import (
     CouplingsConfig,
     DataConfig,
@@ -49,6 +49,7 @@ from otcfm.train.config import (
 from otcfm.train.datasets import stream
 from otcfm.train.evaluate import load_run
 from otcfm.train.loop import train
+from otcfm.train.runfolder import newest_checkpoint
 
 METHODS: tuple[str, ...] = ("sbcfm", "sf2m")
 COUPLINGS: tuple[str, ...] = ("exact", "entropic")
@@ -243,8 +244,8 @@ def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
     runs = Path(runs)
     data = write_data(runs, cell.dim, cell.seed, p)
     cfg = cell_config(cell, p, runs, data)
-    latest = cfg.run_dir / "checkpoints" / "latest.pt"
-    done = int(load_checkpoint(latest)["step"]) if latest.is_file() else 0
+    found = newest_checkpoint(cfg.run_dir / "checkpoints")
+    done = int(found[0]["step"]) if found is not None else 0
     if done > p.steps:
         raise ValueError(f"{cell.label}: {cfg.run_dir} has {done} steps > --steps {p.steps}; "
                          "use another --runs folder")

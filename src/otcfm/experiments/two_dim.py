@@ -38,7 +38,7 @@ from otcfm.matchers import MATCHERS
 from otcfm.metrics import normalized_path_energy, wasserstein
 from otcfm.models import DriftScore
 from otcfm.sampling import integrate, integrate_sde
-from otcfm.train.checkpoint import load_checkpoint, save_atomic, write_text_atomic
+from otcfm.train.checkpoint import save_atomic, write_text_atomic
 from otcfm.train.config import (
     CouplingsConfig,
     DataConfig,
@@ -51,6 +51,7 @@ from otcfm.train.config import (
 from otcfm.train.datasets import RunData, load_run_data, stream
 from otcfm.train.evaluate import load_run
 from otcfm.train.loop import build_matcher, train
+from otcfm.train.runfolder import newest_checkpoint
 
 TASKS: tuple[str, ...] = tuple(toy.TASKS)
 METHODS: tuple[str, ...] = ("icfm", "otcfm", "sbcfm", "fm", "vpcfm", "rf")
@@ -281,7 +282,7 @@ def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
     _train_cell(cfg, cell)
     summary = json.loads((cfg.run_dir / "metrics.json").read_text())["train"]
     run = load_run(cfg.run_dir, "best")
-    history = load_checkpoint(cfg.run_dir / "checkpoints" / "latest.pt")["history"]
+    history = _newest_state(cfg.run_dir)["history"]
     record = {
         "task": cell.task,
         "method": cell.method,
@@ -332,9 +333,17 @@ def _train_cell(cfg: RunConfig, cell: Cell) -> None:
         ) from None
 
 
+def _newest_state(run_dir: Path) -> dict[str, Any]:
+    """The newest readable checkpoint of a trained cell."""
+    found = newest_checkpoint(run_dir / "checkpoints")
+    if found is None:
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint")
+    return found[0]
+
+
 def _trained_steps(run_dir: Path) -> int:
-    latest = run_dir / "checkpoints" / "latest.pt"
-    return int(load_checkpoint(latest)["step"]) if latest.is_file() else 0
+    found = newest_checkpoint(run_dir / "checkpoints")
+    return int(found[0]["step"]) if found is not None else 0
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -17,6 +17,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+from otcfm.train.runfolder import KEEP_CHECKPOINTS, check_run_name
+
 
 @dataclass
 class DataConfig:
@@ -97,6 +99,7 @@ class EvalConfig:
     solver: str = "euler"
     ode_steps: int = 100
     use_best: bool = True  # evaluate the best-validation checkpoint
+    keep_checkpoints: int = KEEP_CHECKPOINTS  # step checkpoints kept (the newest ones)
 
 
 @dataclass
@@ -244,10 +247,11 @@ class RunConfig(TomlConfig):
             (self.eval.checkpoint_every >= 1, "eval.checkpoint_every must be >= 1"),
             (self.eval.ode_steps >= 1, f"eval.ode_steps must be >= 1, got {self.eval.ode_steps}"),
             (
-                bool(self.name) and "/" not in self.name,
-                f"name must be a plain folder name, got {self.name!r}",
+                self.eval.keep_checkpoints >= 1,
+                f"eval.keep_checkpoints must be >= 1, got {self.eval.keep_checkpoints}",
             ),
         ]
+        check_run_name(self.name)
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)

@@ -10,8 +10,9 @@ asked (``sde=True``).
 
 from __future__ import annotations
 
+import csv
 import functools
-import json
+import logging
 import time
 import warnings
 from collections.abc import Callable
@@ -24,10 +25,13 @@ from torch import Tensor, nn
 
 from otcfm.metrics import mmd, normalized_path_energy, wasserstein
 from otcfm.sampling import Trajectory, integrate, integrate_sde
-from otcfm.train.checkpoint import load_checkpoint, save_atomic, write_text_atomic
+from otcfm.train.checkpoint import CorruptCheckpoint, StagedFiles, load_checkpoint
 from otcfm.train.config import RunConfig
 from otcfm.train.datasets import RunData, load_run_data, read_data_record, stream
 from otcfm.train.loop import build_matcher, build_model, needs_score
+from otcfm.train.runfolder import RunFolder, merged_metrics, newest_checkpoint
+
+log = logging.getLogger("otcfm.train")
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,8 @@ def load_run(
     data_root: str | Path | None = None,
     allow_changed_data: bool = False,
 ) -> LoadedRun:
-    """Rebuild a run's model from ``checkpoints/<which>.pt`` (EMA weights when present).
+    """Rebuild a run's model from its checkpoint ``which`` (:func:`choose_checkpoint`; EMA
+    weights when present); ``checkpoint`` of the result names the file used.
 
     The data are read only when :attr:`LoadedRun.data` is first used: from the paths recorded
     in the run's ``data.json`` (or by file name under ``data_root`` when they moved), and
@@ -76,10 +81,7 @@ def load_run(
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.toml)")
     cfg = RunConfig.from_toml(config_path).resolve()  # runs written before sigma was recorded
     cfg.out_dir, cfg.name = str(run_dir.parent), run_dir.name
-    path = run_dir / "checkpoints" / f"{which}.pt"
-    if which == "best" and not path.is_file():
-        path = run_dir / "checkpoints" / "latest.pt"
-    state = load_checkpoint(path)
+    state, path = choose_checkpoint(run_dir, which)
     record = read_data_record(run_dir)
 
     @functools.cache
@@ -100,6 +102,31 @@ def load_run(
     model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     model.eval().requires_grad_(False)
     return LoadedRun(cfg, model, int(state["step"]), path.name, shape, load_data)
+
+
+def choose_checkpoint(run_dir: Path, which: str = "best") -> tuple[dict[str, Any], Path]:
+    """The checkpoint ``which`` ("best" or "latest") of a run and its path.
+
+    ``latest``: the newest readable checkpoint (corrupt ones are reported by name, see
+    :func:`~otcfm.train.runfolder.newest_checkpoint`). ``best``: best.pt; when it is missing
+    (no validation yet) or corrupt, a warning says so and the newest readable one is used.
+    FileNotFoundError when the run has no checkpoint.
+    """
+    folder = run_dir / "checkpoints"
+    if which == "best":
+        best = folder / "best.pt"
+        try:
+            return load_checkpoint(best), best
+        except (FileNotFoundError, CorruptCheckpoint) as err:
+            why = str(err) if isinstance(err, CorruptCheckpoint) else f"{run_dir} has no best.pt"
+        found = newest_checkpoint(folder)
+        if found is not None:
+            log.warning("%s; using %s (step %s) instead", why, found[1].name, found[0]["step"])
+    else:
+        found = newest_checkpoint(folder)
+    if found is None:
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint (was it trained?)")
+    return found
 
 
 def sde_sigma(cfg: RunConfig) -> float:
@@ -167,7 +194,9 @@ def evaluate_run(
     data_root: str | Path | None = None,
     allow_changed_data: bool = False,
 ) -> dict[str, Any]:
-    """Score a run on its test sets; write ``metrics.json``, ``samples.pt`` and plots.
+    """Score a run on its test sets; write ``metrics.json``, ``samples.pt``, plots and
+    ``report.md``, each atomically and only once all of them were made (under the run
+    folder's lock).
 
     ``data_root``, ``allow_changed_data``: where moved data files are, and whether changed
     ones are used (see :func:`load_run`); the data are checked before anything is written.
@@ -225,29 +254,42 @@ def evaluate_run(
         metrics["mmd_sde"] = mmd(sde_samples, target)
         metrics["nfe_sde"] = sde_traj.nfe
 
-    save_atomic(
-        {"x0": source, "samples": samples, "target": target, "ts": traj.ts}, run_dir / "samples.pt"
-    )
+    history = read_log(run_dir / "log.csv")
+    # every output is written only once all of them were made, each atomically
     metrics_path = run_dir / "metrics.json"
-    data = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    data["test"] = metrics
-    write_text_atomic(json.dumps(data, indent=2) + "\n", metrics_path)
-    if plots:
-        write_run_plots(run_dir, run, traj, target)
-    write_text_atomic(run_report(run_dir, metrics), run_dir / "report.md")
+    with RunFolder(run_dir).writing(), StagedFiles() as staged:
+        staged.save({"x0": source, "samples": samples, "target": target, "ts": traj.ts},
+                    run_dir / "samples.pt")
+        if plots:
+            write_run_plots(run, traj, target, history,
+                            overview=staged.path(run_dir / "plots" / "overview.png"),
+                            training=staged.path(run_dir / "plots" / "training.png"))
+        staged.write_text(merged_metrics(metrics_path, {"test": metrics}), metrics_path)
+        staged.write_text(run_report(run_dir, metrics), run_dir / "report.md")
     return metrics
 
 
-def write_run_plots(run_dir: Path, run: LoadedRun, traj: Trajectory, target: Tensor) -> None:
+def read_log(path: Path) -> list[dict[str, float]]:
+    """The rows of a run's log.csv as numbers (empty cells left out; no file: no rows)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return [{k: float(v) for k, v in row.items() if k and v not in ("", None)}
+                for row in csv.DictReader(handle)]
+
+
+def write_run_plots(
+    run: LoadedRun, traj: Trajectory, target: Tensor, history: list[dict[str, float]], *,
+    overview: Path, training: Path,
+) -> None:
+    """The overview figure (source, target, samples, paths) and the training history (from
+    log.csv rows; drawn when there is at least one row)."""
     from otcfm import plots
 
     title = plots.run_title(run.cfg.method.name, run.cfg.data.source, run.cfg.data.target)
-    plots.plot_overview(
-        traj.xs[0], target, traj.x_final, traj.xs, run_dir / "plots" / "overview.png", title
-    )
-    ckpt = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
-    if ckpt.get("history"):
-        plots.plot_history(ckpt["history"], run_dir / "plots" / "training.png", title)
+    plots.plot_overview(traj.xs[0], target, traj.x_final, traj.xs, overview, title)
+    if history:
+        plots.plot_history(history, training, title)
 
 
 def run_report(run_dir: Path, metrics: dict[str, Any]) -> str:

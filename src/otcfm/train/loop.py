@@ -33,7 +33,6 @@ from otcfm.couplings import Pairing
 from otcfm.matchers import FlowMatcher, matcher
 from otcfm.models import MLP, DriftScore
 from otcfm.paths import PathSample
-from otcfm.train.checkpoint import load_checkpoint
 from otcfm.train.config import MethodConfig, ModelConfig, RunConfig
 from otcfm.train.datasets import DATA_RECORD, RunData, check_same_data, record_run_data
 from otcfm.train.ema import EMA
@@ -258,7 +257,9 @@ class Engine:
         until = s.steps if until is None else until
         log_every = s.log_every if log_every is None else log_every
         save_every = s.checkpoint_every if checkpoint_every is None else checkpoint_every
+        took = False
         if self.folder is not None:
+            took = self.folder.open(resume=self.step > 0)
             self.folder.start(self.config_toml, self.files)
         bar = Progress(total=until, initial=self.step, enabled=self.progress, desc=self.desc)
         shown = ("loss", *self.objective.metrics)
@@ -284,15 +285,17 @@ class Engine:
                 if last or (save_every and self.step % save_every == 0):
                     self.train_seconds = time.perf_counter() - start
                     if self.folder is not None:
-                        self.folder.save("latest.pt", self.state_dict)
+                        self.folder.save_checkpoint(self.step, self.state_dict)
                     if callback is not None:
                         callback(self)
+            self.train_seconds = time.perf_counter() - start
+            if self.folder is not None:
+                self.folder.merge_metrics({"train": self.summary()})
         finally:
             bar.close()
             self.close()
-        self.train_seconds = time.perf_counter() - start
-        if self.folder is not None:
-            self.folder.merge_metrics({"train": self.summary()})
+            if took:
+                self.folder.close()
 
     def summary(self) -> dict[str, Any]:
         """The ``train`` section of metrics.json."""
@@ -381,7 +384,8 @@ class Trainer(Engine):
         fields = (*LOG_FIELDS[:-1], *objective.log_fields, LOG_FIELDS[-1])
         super().__init__(
             objective, model, settings, device=dev,
-            folder=RunFolder(cfg.run_dir, fields=fields, rank=rank),
+            folder=RunFolder(cfg.run_dir, fields=fields, rank=rank,
+                             keep=cfg.eval.keep_checkpoints),
             config_toml=cfg.to_toml(), progress=progress,
             files={DATA_RECORD: self.data_record.to_json()} if self.data_record else None,
             desc=f"{cfg.name} ({cfg.method.name})",
@@ -461,54 +465,62 @@ def process_device(device: str | torch.device) -> torch.device:
 def train(
     cfg: RunConfig, *, resume: bool = False, device: str | None = None, progress: bool = True
 ) -> TrainResult:
-    """Train a run to ``cfg.optim.steps``; with ``resume``, continue from checkpoints/latest.pt.
+    """Train a run to ``cfg.optim.steps``; with ``resume``, continue from its newest readable
+    checkpoint (see :func:`otcfm.train.runfolder.newest_checkpoint`; none yet: from step 0).
 
-    Under torch.distributed every process calls this with the same config; rank 0 reads the
-    checkpoint and sends it to the others (no shared file system needed), so a run resumes
-    on any number of processes.
+    The run folder's lock is held from before the checkpoint is read to the end (a second
+    writer is refused, naming this process); without ``resume`` a folder that already holds a
+    run is refused. Under torch.distributed every process calls this with the same config;
+    rank 0 reads the checkpoint and sends it to the others (no shared file system needed), so
+    a run resumes on any number of processes.
     """
     trainer = Trainer(cfg, device=device, progress=progress)
     cfg = trainer.cfg
-    outcome: list[Any] = [None]
-    if trainer.rank == 0:
-        try:
-            state = _resume_state(cfg, resume)
-            if state is not None:
-                check_same_data(cfg.run_dir, trainer.data_record)
-            outcome = [("state", state)]
-        except (ValueError, FileExistsError, FileNotFoundError) as err:
-            outcome = [("error", err)]
-    if trainer.world > 1:
-        dist.broadcast_object_list(outcome, src=0, group=trainer.shard.group)
-    kind, value = outcome[0]
-    if kind == "error":
-        trainer.close()
-        raise value
-    if value is not None:
-        trainer.load_state_dict(value)
+    folder = trainer.folder
+    assert folder is not None
+    try:
+        outcome: list[Any] = [None]
         if trainer.rank == 0:
-            log.info("resumed %s at step %d", cfg.run_dir, trainer.step)
-    return trainer.run()
+            try:
+                folder.open(resume=resume)
+                state = _resume_state(cfg, folder)
+                if state is not None:
+                    check_same_data(cfg.run_dir, trainer.data_record)
+                outcome = [("state", state)]
+            except (ValueError, FileExistsError, FileNotFoundError) as err:
+                outcome = [("error", err)]
+        if trainer.world > 1:
+            dist.broadcast_object_list(outcome, src=0, group=trainer.shard.group)
+        kind, value = outcome[0]
+        if kind == "error":
+            trainer.close()
+            raise value
+        if value is not None:
+            trainer.load_state_dict(value)
+            if trainer.rank == 0:
+                log.info("resumed %s at step %d", cfg.run_dir, trainer.step)
+        return trainer.run()
+    finally:
+        folder.close()
 
 
-def _resume_state(cfg: RunConfig, resume: bool) -> dict[str, Any] | None:
-    """The checkpoint to continue from (None: start from step 0); errors for a config
-    mismatch or an existing run without ``resume``."""
-    latest = cfg.run_dir / "checkpoints" / "latest.pt"
-    if not latest.is_file():
+def _resume_state(cfg: RunConfig, folder: RunFolder) -> dict[str, Any] | None:
+    """The newest readable checkpoint of the run (None: start from step 0); ValueError when
+    its config differs from ``cfg``."""
+    found = folder.load_latest()
+    if found is None:
+        if folder.holds_run():
+            log.info("%s has no checkpoint yet; training from step 0", cfg.run_dir)
         return None
-    if not resume:
-        raise FileExistsError(
-            f"{cfg.run_dir} already holds a run; pass --resume to continue it or choose "
-            "another --name"
-        )
-    state = load_checkpoint(latest)
+    state, path = found
     saved = RunConfig.from_dict(state["config"]).resolve()
     if _without_steps(saved) != _without_steps(cfg):
         raise ValueError(
             f"cannot resume {cfg.run_dir}: its config differs from the one given "
             "(only optim.steps may change on resume)"
         )
+    if path.name != "latest.pt":
+        log.warning("%s: resuming from %s (step %d)", cfg.run_dir, path.name, state["step"])
     return state
 
 
@@ -517,6 +529,7 @@ def _without_steps(cfg: RunConfig) -> dict[str, Any]:
     distributed settings change nothing)."""
     d = cfg.to_dict()
     d["optim"] = {k: v for k, v in d["optim"].items() if k != "steps"}
+    d["eval"] = {k: v for k, v in d["eval"].items() if k != "keep_checkpoints"}
     d["couplings"] = {k: v for k, v in d["couplings"].items() if k in ("ot_batch", "scope")}
     for key in ("distributed", "device", "out_dir"):  # a moved run folder still resumes
         d.pop(key, None)

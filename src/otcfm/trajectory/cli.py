@@ -28,6 +28,8 @@ def cmd_fit(args: argparse.Namespace, cfg: TrajectoryConfig) -> int:
     if args.print_config:
         print(cfg.to_toml(), end="")
         return 0
+    if args.resume and not cfg.run_dir.is_dir():
+        raise FileNotFoundError(f"--resume: there is no run {cfg.run_dir} (check --name, --out)")
     run_dir = fit_run(cfg, resume=args.resume, progress=not args.quiet,
                       evaluate=not args.no_eval)
     metrics = json.loads((run_dir / "metrics.json").read_text())

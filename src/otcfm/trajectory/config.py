@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from otcfm.train.config import TomlConfig, build_config
+from otcfm.train.runfolder import KEEP_CHECKPOINTS, check_run_name
 
 METHODS = ("otcfm", "icfm", "sbcfm")
 
@@ -67,6 +68,7 @@ class EvalSection:
     ode_steps: int = 100  # Euler steps per unit of index time
     log_every: int = 100
     checkpoint_every: int = 1_000
+    keep_checkpoints: int = KEEP_CHECKPOINTS  # step checkpoints kept (the newest ones)
 
 
 @dataclass
@@ -110,9 +112,10 @@ class TrajectoryConfig(TomlConfig):
                                        and len(set(d.time_labels)) == len(d.time_labels)),
              f"data.time_order must list distinct, non-empty labels separated by commas, got "
              f"{d.time_order!r}"),
-            (bool(self.name) and "/" not in self.name,
-             f"name must be a plain folder name, got {self.name!r}"),
+            (e.keep_checkpoints >= 1,
+             f"eval.keep_checkpoints must be >= 1, got {e.keep_checkpoints}"),
         ]
+        check_run_name(self.name)
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)

@@ -2,9 +2,9 @@
 
 ``runs/<name>/``: ``config.toml`` (fully resolved), ``data.json`` (the data file's absolute
 path, size and SHA-256, or "synthetic": checked before predict and evaluate use the data),
-``checkpoints/latest.pt`` (atomic; model, optimizer, step, the fitted preprocessor),
-``log.csv`` (training loss), ``metrics.json`` (train summary and evaluation),
-``plots/time_course.png`` and ``report.md``.
+``checkpoints/`` (atomic; model, optimizer, step, the fitted preprocessor; the layout of
+:mod:`otcfm.train.runfolder`), ``log.csv`` (training loss), ``metrics.json`` (train summary
+and evaluation), ``plots/time_course.png`` and ``report.md``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from otcfm.data.provenance import DataRecord, FileRecord
 from otcfm.data.synthetic_cells import SyntheticCells
 from otcfm.data.timeseries import TimeSeries
 from otcfm.data.timeseries_files import load_timeseries
-from otcfm.train.checkpoint import load_checkpoint, write_text_atomic
+from otcfm.train.checkpoint import StagedFiles
 from otcfm.train.datasets import (
     DATA_RECORD,
     check_same_data,
@@ -33,7 +33,7 @@ from otcfm.train.datasets import (
     recorded_file,
     stream,
 )
-from otcfm.train.runfolder import RunFolder
+from otcfm.train.runfolder import RunFolder, merged_metrics, newest_checkpoint
 from otcfm.trajectory.config import DataSection, TrajectoryConfig
 from otcfm.trajectory.fit import FitSpec, Fitter, model_from_state
 from otcfm.trajectory.predict import (
@@ -162,23 +162,32 @@ def spec_from_config(cfg: TrajectoryConfig) -> FitSpec:
 def fit_run(
     cfg: TrajectoryConfig, *, resume: bool = False, progress: bool = True, evaluate: bool = True
 ) -> Path:
-    """Train the run of ``cfg`` (continuing ``checkpoints/latest.pt`` with ``resume``), then
-    evaluate it (metrics.json, plots, report.md). Returns the run folder."""
+    """Train the run of ``cfg`` (continuing its newest readable checkpoint with ``resume``),
+    then evaluate it (metrics.json, plots, report.md). Returns the run folder.
+
+    The run folder's lock is held while training: a second writer is refused; without
+    ``resume`` a folder that already holds a run is refused."""
     cfg.validate()
     run_dir = cfg.run_dir
-    latest = run_dir / "checkpoints" / "latest.pt"
-    state = None
-    if latest.is_file():
-        if not resume:
-            raise FileExistsError(
-                f"{run_dir} already holds a run; pass --resume to continue it or choose "
-                "another --name"
-            )
-        state = load_checkpoint(latest)
+    folder = RunFolder(run_dir, fields=LOG_FIELDS, keep=cfg.eval.keep_checkpoints)
+    with folder.writing(resume=resume):  # refuses a second writer, and a fresh run over one
+        _fit(cfg, folder, progress)
+    if evaluate:
+        evaluate_trajectory_run(run_dir)
+    return run_dir
+
+
+def _fit(cfg: TrajectoryConfig, folder: RunFolder, progress: bool) -> None:
+    """Train (continuing the newest readable checkpoint of ``folder``, if any)."""
+    run_dir = folder.path
+    found = folder.load_latest()
+    state = found[0] if found is not None else None
+    if state is not None:
         saved = TrajectoryConfig.from_dict(state["config"]).to_dict()
         mine = cfg.to_dict()
-        saved["optim"].pop("steps")
-        mine["optim"].pop("steps")
+        for d in (saved, mine):
+            d["optim"].pop("steps")
+            d["eval"].pop("keep_checkpoints", None)
         if saved != mine:
             raise ValueError(
                 f"cannot resume {run_dir}: its config differs from the one given "
@@ -196,7 +205,7 @@ def fit_run(
             f"(the data has times {list(data.ts.times)}), got {spec.left_out}"
         )
     fitter = Fitter(
-        data.ts, spec, device=cfg.device, folder=RunFolder(run_dir, fields=LOG_FIELDS),
+        data.ts, spec, device=cfg.device, folder=folder,
         config_toml=cfg.to_toml(), files={DATA_RECORD: record.to_json()}, progress=progress,
         desc=f"{cfg.name} ({spec.method})",
         extra_state={
@@ -208,9 +217,6 @@ def fit_run(
         fitter.load_state_dict(state.get("fit", state))  # "fit": a folder of before the engine
         log.info("resumed %s at step %d", run_dir, fitter.step)
     fitter.run(log_every=cfg.eval.log_every, callback_every=cfg.eval.checkpoint_every)
-    if evaluate:
-        evaluate_trajectory_run(run_dir)
-    return run_dir
 
 
 # --------------------------------------------------------------------------- loading
@@ -245,7 +251,12 @@ def load_trajectory_run(
         raise FileNotFoundError(f"{run_dir} is not a trajectory run folder (no config.toml)")
     cfg = TrajectoryConfig.from_toml(run_dir / "config.toml")
     cfg.out_dir, cfg.name = str(run_dir.parent), run_dir.name
-    state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    found = newest_checkpoint(run_dir / "checkpoints")
+    if found is None:
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint (was it trained?)")
+    state, path = found
+    if path.name != "latest.pt":
+        log.warning("%s: using %s (step %d)", run_dir, path.name, state.get("step", -1))
     pre = Preprocessor.from_dict(state["preprocessor"]) if state["preprocessor"] else None
     record = read_data_record(run_dir)
     if record is None:
@@ -300,14 +311,18 @@ def evaluate_trajectory_run(
             pred = predict_left_out(run.model, ts, k, steps_per_unit=steps)
             ev["w1_truth"] = score(pred, truth).w1
     ev["eval_seconds"] = time.perf_counter() - start
-    RunFolder(run_dir).merge_metrics({"eval": ev})
-    if plots:
-        _plot(run, steps)
-    write_text_atomic(_report(run, ev), Path(run_dir) / "report.md")
+    run_dir = run.run_dir
+    # every output is written only once all of them were made, each atomically
+    with RunFolder(run_dir).writing(), StagedFiles() as staged:
+        if plots:
+            _plot(run, steps, staged.path(run_dir / "plots" / "time_course.png"))
+        staged.write_text(merged_metrics(run_dir / "metrics.json", {"eval": ev}),
+                          run_dir / "metrics.json")
+        staged.write_text(_report(run, ev), run_dir / "report.md")
     return ev
 
 
-def _plot(run: TrajectoryRun, steps: int) -> None:
+def _plot(run: TrajectoryRun, steps: int, path: Path) -> None:
     from otcfm.trajectory.plots import Panel, View2D, plot_time_course
 
     ts, k = run.data.ts, run.left_out
@@ -319,8 +334,7 @@ def _plot(run: TrajectoryRun, steps: int) -> None:
     pred = predict_left_out(run.model, ts, k, steps_per_unit=steps) if k is not None else None
     title = f"{run.cfg.method.name}" + (f", time {ts.time_names[k]} held out" if k else "")
     view = View2D.first_two(ts.dim) if run.data.preprocessor is not None else None
-    plot_time_course(ts, [Panel(title, full.xs, pred)], run.run_dir / "plots" / "time_course.png",
-                     left_out=k, view=view)
+    plot_time_course(ts, [Panel(title, full.xs, pred)], path, left_out=k, view=view)
 
 
 def _report(run: TrajectoryRun, ev: dict[str, Any]) -> str:
