@@ -207,7 +207,7 @@ def test_resume_after_a_killed_cell(tmp_path, monkeypatch):
         run_cells([cell], TINY, tmp_path / "killed")
     run_dir = cell.run_dir(tmp_path / "killed")
     assert not (run_dir / "cell.json").exists()
-    assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["step"] == 20
+    assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["step"] == 20
     monkeypatch.setattr(loop.Trainer, "train_step", original)
     resumed = run_cells([cell], TINY, tmp_path / "killed")[0]
     straight = run_cells([cell], TINY, tmp_path / "straight")[0]

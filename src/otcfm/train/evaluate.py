@@ -119,9 +119,11 @@ def choose_checkpoint(run_dir: Path, which: str = "best") -> tuple[dict[str, Any
             return load_checkpoint(best), best
         except (FileNotFoundError, CorruptCheckpoint) as err:
             why = str(err) if isinstance(err, CorruptCheckpoint) else f"{run_dir} has no best.pt"
+            log.warning("%s; using the newest readable checkpoint instead", why)
         found = newest_checkpoint(folder)
         if found is not None:
-            log.warning("%s; using %s (step %s) instead", why, found[1].name, found[0]["step"])
+            log.warning("%s: using %s (step %s), not best.pt", run_dir, found[1].name,
+                        found[0]["step"])
     else:
         found = newest_checkpoint(folder)
     if found is None:

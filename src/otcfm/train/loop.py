@@ -104,8 +104,9 @@ class LoopSettings:
     """How the engine optimises: AdamW(lr, weight_decay) to ``steps`` optimizer steps, the
     gradient norm clipped at ``grad_clip`` (0: off), an EMA of the weights with ``ema_decay``
     (0: off; validation then uses the EMA weights). The mean training loss is logged (and the
-    objective validated) every ``log_every`` steps and ``checkpoints/latest.pt`` written every
-    ``checkpoint_every`` steps (0: only at the end); both happen at the last step."""
+    objective validated) every ``log_every`` steps and a checkpoint written every
+    ``checkpoint_every`` steps (0: only at the end; ``checkpoints/step-N.pt`` and ``latest.pt``,
+    see :class:`~otcfm.train.runfolder.RunFolder`); both happen at the last step."""
 
     steps: int
     lr: float = 1e-3
@@ -251,7 +252,9 @@ class Engine:
         Every ``log_every`` steps and at the last: the mean training loss since the last row
         (over all processes) and the objective's validation metrics become a history row
         (rank 0; log.csv; best.pt when ``val_loss`` improves). Every ``checkpoint_every``
-        steps (0: never) and at the last: checkpoints/latest.pt, then ``callback(self)``.
+        steps (0: never) and at the last: a checkpoint (:meth:`RunFolder.save_checkpoint`),
+        then ``callback(self)``. The run folder's lock is held throughout (taken here unless
+        the caller holds it; a fresh engine, at step 0, refuses a folder that holds a run).
         """
         s = self.settings
         until = s.steps if until is None else until
