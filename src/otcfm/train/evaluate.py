@@ -272,12 +272,19 @@ def evaluate_run(
 
 
 def read_log(path: Path) -> list[dict[str, float]]:
-    """The rows of a run's log.csv as numbers (empty cells left out; no file: no rows)."""
+    """The numeric cells of a run's log.csv, row by row (others left out; no file: no rows)."""
     if not path.is_file():
         return []
+
+    def number(text: str | None) -> float | None:
+        try:
+            return float(text) if text else None
+        except ValueError:
+            return None
+
     with path.open(newline="") as handle:
-        return [{k: float(v) for k, v in row.items() if k and v not in ("", None)}
-                for row in csv.DictReader(handle)]
+        rows = [{k: number(v) for k, v in row.items() if k} for row in csv.DictReader(handle)]
+    return [{k: v for k, v in row.items() if v is not None} for row in rows]
 
 
 def write_run_plots(
