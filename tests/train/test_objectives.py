@@ -281,8 +281,8 @@ def test_cadence_best_checkpoint_and_files(tmp_path):
     assert [r["step"] for r in engine.history] == [3, 6, 9, 10]
     assert toy.calls == 4 and seen == [4, 8, 10]
     assert engine.best_step == 10 and engine.best_val_loss == 0.5
-    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)
-    latest = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=False)
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    latest = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)
     assert best["toy"] and latest["step"] == 10 and best["step"] == 10
     lines = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert lines[0] == "step,loss,val_loss,seconds" and len(lines) == 5
@@ -295,7 +295,7 @@ def test_best_checkpoint_keeps_the_lowest_val_loss(tmp_path):
     engine = Engine(Toy(val=[2.0, 1.0, 4.0]), Flat(), LoopSettings(steps=3, log_every=1),
                     folder=folder)
     engine.run()
-    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
     assert best["step"] == 2 and best["best_val_loss"] == 1.0
 
 
