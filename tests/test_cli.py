@@ -208,6 +208,16 @@ def test_resume_of_a_missing_run_is_an_error(tmp_path, capsys):
     assert not (tmp_path / "nope").exists()
 
 
+def test_nproc_is_at_most_the_cores_of_the_machine(tmp_path, capsys):
+    import os
+
+    many = 2 * (os.cpu_count() or 1)
+    code = main(["train", "--batch-size", str(512 * many), "--nproc", str(many),
+                 "--out", str(tmp_path)])
+    assert code == 2
+    assert f"--nproc {many} exceeds the {os.cpu_count()} CPU cores" in capsys.readouterr().err
+
+
 def test_nproc_checks_the_global_batch_before_launching(tmp_path, capsys):
     code = main(["train", "--batch-size", "511", "--nproc", "2", "--out", str(tmp_path)])
     assert code == 2
@@ -253,3 +263,91 @@ def test_sample_more_than_a_file_s_test_set_asks_for_x0(tmp_path, capsys):
     assert main(["sample", str(out / "f"), "--n", "500", "--out", str(tmp_path / "s.npy")]) == 2
     assert "--n 500 exceeds the 10 test sources" in capsys.readouterr().err
     assert not (tmp_path / "s.npy").exists()
+
+
+@pytest.mark.parametrize("argv", [["--debug", "train", "--steps", "0"],
+                                  ["train", "--steps", "0", "--debug"],
+                                  ["trajectory", "fit", "--steps", "0", "--debug"]])
+def test_debug_lets_the_error_through_with_its_traceback(argv, tmp_path):
+    from otcfm.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"optim.steps \(--steps\) must be a positive"):
+        main([*argv, "--out", str(tmp_path)])
+
+
+def test_an_unexpected_error_keeps_its_traceback(monkeypatch, capsys):
+    """A bug is not dressed up as a user error: it propagates (traceback, exit 1) after a
+    line saying so."""
+    import otcfm.cli as cli
+
+    def broken(args):
+        raise KeyError("internal")
+
+    monkeypatch.setitem(cli.COMMANDS, "list", broken)
+    with pytest.raises(KeyError, match="internal"):
+        main(["list"])
+    err = capsys.readouterr().err
+    assert err.startswith("otcfm list: unexpected error") and "--debug" in err
+
+
+def _errors():
+    import errno
+
+    import tomllib
+
+    from otcfm.train.launch import LaunchFailure
+    from otcfm.train.loop import NonFiniteLoss, RankFailure
+
+    try:
+        tomllib.loads("a = [")
+    except tomllib.TOMLDecodeError as err:
+        toml = err
+    return [
+        (ValueError("bad\nvalue  here"), 2, "bad value here"),
+        (TypeError("tol must be a number"), 2, "tol must be a number"),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "x.npy"), 2,
+         "No such file or directory: x.npy"),
+        (PermissionError(errno.EACCES, "Permission denied", "/root/x"), 2,
+         "Permission denied: /root/x"),
+        (IsADirectoryError(errno.EISDIR, "Is a directory", "runs"), 2, "Is a directory: runs"),
+        (OSError(errno.ENOSPC, "No space left on device"), 2, "No space left on device"),
+        (FileExistsError("runs/x already holds a run"), 2, "runs/x already holds a run"),
+        (ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib"), 2,
+         "pip install 'otcfm[plot]'"),
+        (ModuleNotFoundError("No module named 'anndata'", name="anndata"), 2,
+         "pip install 'otcfm[singlecell]'"),
+        (ImportError("ApproxOT needs numba: pip install 'otcfm[fast]'"), 2, "otcfm[fast]"),
+        (toml, 2, "Invalid value"),
+        (NonFiniteLoss("training loss is nan at step 3"), 2, "training loss is nan"),
+        (MemoryError(), 2, "out of memory"),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"),
+         2, "out of memory (DefaultCPUAllocator"),
+        (LaunchFailure("rank 1 exited with code 1"), 1, "rank 1 exited"),
+        (RankFailure("rank 0 of 2 lost contact"), 1, "lost contact"),
+        (ModuleNotFoundError("No module named 'torchdiffeq'", name="torchdiffeq"), None, ""),
+        (ConnectionError("reset"), None, ""),
+        (RuntimeError("a bug"), None, ""),
+        (KeyError("a bug"), None, ""),
+        (AttributeError("a bug"), None, ""),
+        (FloatingPointError("a bug"), None, ""),
+    ]
+
+
+def test_user_errors_and_bugs_are_told_apart():
+    from otcfm.cli import user_error
+
+    for err, code, text in _errors():
+        got = user_error(err)
+        if code is None:
+            assert got is None, err
+        else:
+            assert got is not None and got[0] == code and text in got[1], (err, got)
+            assert "\n" not in got[1]
+
+
+def test_any_argv_text_is_accepted(capsys, tmp_path):
+    """Non-string items (paths, numbers) are read as their text, never a TypeError."""
+    from pathlib import Path
+
+    assert main([Path("train"), "--steps", 0, "--out", tmp_path]) == 2
+    assert "optim.steps (--steps) must be a positive integer, got 0" in capsys.readouterr().err

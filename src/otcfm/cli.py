@@ -4,18 +4,24 @@
 Thin by design: parse flags -> build a config -> call the library. Building the parser imports
 neither torch nor any recipe (``otcfm --help`` answers at once): config classes are read when a
 flag is given and each command imports what it runs.
+
+Errors: every config value and flag is checked before any work; an error a user can cause
+(:func:`user_error`) ends in one line ``otcfm <command>: error: ...`` naming the flag or config
+key, exit code 2 (1 when a process of a multi-process run failed). ``--debug`` (before or
+after the command) lets the traceback through; an unexpected error (a bug) always keeps it.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:  # the config packages import torch; the parser must not
     from otcfm.train.config import RunConfig
@@ -177,6 +183,66 @@ class ConfigType:
         raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``otcfm train: error: ... (see otcfm train --help)``,
+    exit code 2 (the usage is shown by --help, not after every mistake)."""
+
+    def error(self, message: str) -> NoReturn:
+        text = _one_line(message)
+        self.exit(2, f"{self.prog}: error: {text} (see `{self.prog} --help`)\n")
+
+
+def _one_line(message: object) -> str:
+    """``message`` on one line, printable in any encoding (lone surrogates escaped)."""
+    text = " ".join(str(message).split())
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def seed(text: str) -> int:
+    """argparse ``type`` of a seed flag: an integer in [0, 2^63)."""
+    value = _integer(text, 0)
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"must be below 2^63, got {value}")
+    return value
+
+
+def count(text: str) -> int:
+    """argparse ``type`` of a count flag: a positive integer."""
+    return _integer(text, 1)
+
+
+def index(text: str) -> int:
+    """argparse ``type`` of an index flag: an integer >= 0."""
+    return _integer(text, 0)
+
+
+def _integer(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < low:
+        need = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise argparse.ArgumentTypeError(f"must be {need}, got {value}")
+    return value
+
+
+def _add_debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--debug`` after any subcommand too (``otcfm train ... --debug``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                if name == "bench":  # its options go to the recipe's own parser
+                    continue
+                if "--debug" not in sub._option_string_actions:
+                    sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                     help=DEBUG_HELP)
+                _add_debug_everywhere(sub)
+
+
+DEBUG_HELP = "show the full traceback of an error (default: one line)"
+
+
 def _flag_help(flag: str, section: str | None, key: str) -> str:
     where = f"{section}.{key}" if section else key
     return f"{FLAG_HELP[flag]} [{where}]" if flag in FLAG_HELP else f"[{where}]"
@@ -184,10 +250,11 @@ def _flag_help(flag: str, section: str | None, key: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree (imports no torch)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="otcfm", description="Conditional flow matching with minibatch optimal transport."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_sample(sub)
@@ -196,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: OT-CFM vs I-CFM on moons -> 8gaussians")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per method")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--steps", type=count, default=None, help="optimizer steps per method")
+    p.add_argument("--seed", type=seed, default=42)
     p.add_argument("--fresh", action="store_true", help="retrain even if finished runs exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -225,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", choices=tuple(BENCHES), help="benchmark")
     p.add_argument("args", nargs=argparse.REMAINDER, help="options of that benchmark")
+    _add_debug_everywhere(parser)
     return parser
 
 
@@ -263,7 +331,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument(
         "--nproc",
-        type=int,
+        type=count,
         default=None,
         metavar="N",
         help="train on N processes of this machine (torch.distributed: gloo on the CPU, nccl "
@@ -274,18 +342,18 @@ def _add_train(sub: Any) -> None:
 def _add_sample(sub: Any) -> None:
     p = sub.add_parser("sample", help="draw samples from a trained run")
     p.add_argument("run", type=Path, help="run folder, e.g. runs/demo/otcfm")
-    p.add_argument("--n", type=int, default=1000,
+    p.add_argument("--n", type=count, default=1000,
                    help="number of samples: the run's test sources, then (built-in sources) "
                    "fresh draws")
     p.add_argument("--x0", help="push these source points instead (.npy/.npz/.csv/.tsv/.txt, "
                    "FILE.npz:KEY); the run's data files are then not needed")
     p.add_argument("--solver", default=None, help="euler, midpoint, heun, rk4, dopri5, ...")
-    p.add_argument("--ode-steps", type=int, default=None, help="fixed-step solver steps")
+    p.add_argument("--ode-steps", type=count, default=None, help="fixed-step solver steps")
     p.add_argument("--checkpoint", default="best", choices=("best", "latest"))
     p.add_argument("--out", type=Path, required=True, help="output file: .npy, .npz, .csv or .pt")
     _add_sde_flags(p)
     p.add_argument(
-        "--seed", type=int, default=None, help="seed of the SDE noise (default: the run's seed)"
+        "--seed", type=seed, default=None, help="seed of the SDE noise (default: the run's seed)"
     )
     _add_data_flags(p)
 
@@ -322,7 +390,7 @@ def _add_sde_flags(p: argparse.ArgumentParser, also: str = "") -> None:
         "the run's sigma) instead of the probability-flow ODE; SF2M runs only",
     )
     p.add_argument(
-        "--sde-steps", type=int, default=None, help="Euler-Maruyama steps (default: ode_steps)"
+        "--sde-steps", type=count, default=None, help="Euler-Maruyama steps (default: ode_steps)"
     )
 
 
@@ -363,12 +431,14 @@ def _add_trajectory(sub: Any) -> None:
     p.add_argument("run", type=Path, help="run folder")
     p.add_argument("--time", dest="times", type=float, nargs="+", required=True,
                    help="observation time(s) to predict (in the data's units, e.g. days)")
-    p.add_argument("--start", type=int, default=None,
+    p.add_argument("--start", type=index, default=None,
                    help="push the cells of this time index (default: the last at or before "
                         "each time)")
-    p.add_argument("--paths", type=int, default=0, metavar="N",
+    p.add_argument("--paths", type=count, default=None, metavar="N",
                    help="instead, follow N cells of --start (default 0) through the times "
                         "(writes .npz or .pt: xs (T, N, d), times)")
+    p.add_argument("--extrapolate", action="store_true",
+                   help="allow --time outside the time range of the data")
     p.add_argument("--original", action="store_true",
                    help="map predictions back to the original features (inverse preprocessing)")
     p.add_argument("--out", type=Path, required=True, help=".npz, .csv, .tsv or .pt")
@@ -376,16 +446,17 @@ def _add_trajectory(sub: Any) -> None:
 
     p = tsub.add_parser("evaluate", help="leave-one-out W1 / MMD, every interval, plots, report")
     p.add_argument("run", type=Path, help="run folder")
-    p.add_argument("--ode-steps", type=int, default=None, help="Euler steps per unit of time")
+    p.add_argument("--ode-steps", type=count, default=None, help="Euler steps per unit of time")
     p.add_argument("--no-plots", action="store_true")
     _add_data_flags(p)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The RunConfig of ``otcfm train``: --config file, then --task, flags and --set."""
+    """The RunConfig of ``otcfm train``: --config file, then --task, flags and --set; validated
+    (errors name the key and its flag)."""
     from otcfm.train.config import RunConfig
 
-    cfg = RunConfig.from_toml(args.config) if args.config else RunConfig()
+    cfg = _file_config(RunConfig, args.config) if args.config else RunConfig()
     data = cfg.to_dict()
     if args.task:
         from otcfm.data import toy
@@ -397,14 +468,18 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         value = getattr(args, flag)
         if value is not None:
             (data[section] if section else data)[key] = value
-    return RunConfig.from_dict(data).override(args.overrides).validate()
+    flags = {(f"{section}.{key}" if section else key): flag
+             for flag, (section, key) in FLAG_FIELDS.items()}
+    with _naming_flags(flags):
+        return RunConfig.from_dict(data).override(args.overrides).validate()
 
 
 def trajectory_config_from_args(args: argparse.Namespace) -> TrajectoryConfig:
-    """The TrajectoryConfig of ``otcfm trajectory fit``: --config file, then flags."""
+    """The TrajectoryConfig of ``otcfm trajectory fit``: --config file, then flags; validated
+    (errors name the key and its flag)."""
     from otcfm.trajectory.config import TrajectoryConfig
 
-    cfg = TrajectoryConfig.from_toml(args.config) if args.config else TrajectoryConfig()
+    cfg = _file_config(TrajectoryConfig, args.config) if args.config else TrajectoryConfig()
     data = cfg.to_dict()
     for flag, (section, key, _) in TRAJECTORY_FLAGS.items():
         value = getattr(args, flag)
@@ -417,10 +492,79 @@ def trajectory_config_from_args(args: argparse.Namespace) -> TrajectoryConfig:
     if args.name is None and not args.config:
         lo = data["eval"]["left_out"]
         data["name"] = data["method"]["name"] + (f"-leave{lo}" if lo >= 0 else "")
-    return TrajectoryConfig.from_dict(data)
+    flags = {(f"{section}.{key}" if section else key): flag
+             for flag, (section, key, _) in TRAJECTORY_FLAGS.items()}
+    with _naming_flags(flags):
+        return TrajectoryConfig.from_dict(data)
+
+
+def _file_config(cls: Any, path: Path) -> Any:
+    """The config of a --config file, its keys and types checked but not yet validated (the
+    flags may still change it; the method's default sigma is not written in yet)."""
+    from otcfm.train.config import ConfigError, build_config, read_toml
+
+    try:
+        return build_config(cls, read_toml(path))
+    except ConfigError as err:
+        raise ConfigError(err.key, f"--config {path}: {err}") from None
+
+
+class _naming_flags:  # noqa: N801 - a context manager used like a function
+    """Re-raise a ConfigError with the flag that sets its key: ``optim.steps (--steps) ...``."""
+
+    def __init__(self, flags: dict[str, str]) -> None:
+        self.flags = flags
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, err: Any, tb: Any) -> bool:
+        from otcfm.train.config import ConfigError
+
+        if isinstance(err, ConfigError) and err.key in self.flags:
+            flag = "--" + self.flags[err.key].replace("_", "-")
+            text = str(err)
+            if text.startswith(err.key) and f"({flag})" not in text:
+                raise ConfigError(err.key, f"{err.key} ({flag}){text[len(err.key):]}") from None
+        return False
+
+
+def _check_nproc(nproc: int, device: str) -> None:
+    """--nproc on this machine: one GPU per process on CUDA, at most one process per core."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        have, what = torch.cuda.device_count(), "CUDA devices"
+    else:
+        have, what = os.cpu_count() or 1, "CPU cores"
+    if nproc > have:
+        raise ValueError(f"--nproc {nproc} exceeds the {have} {what} of this machine")
+
+
+def _local_processes(world: int) -> int:
+    """The processes of this job on this machine (torchrun sets LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world))
+
+
+def check_coupling_memory(cfg: RunConfig, world: int, processes: int) -> None:
+    """Refuse a run whose couplings would not fit in memory, before any data is loaded.
+
+    Each of ``processes`` processes on this machine (of ``world`` in the job) solves
+    couplings of ``couplings.ot_batch`` points (scope "local": its share of them) in its
+    coupling threads at once; see :func:`otcfm.couplings.check_memory`.
+    """
+    from otcfm.couplings import check_memory
+    from otcfm.train.loop import build_matcher, process_device
+
+    c = cfg.couplings
+    n = cfg.ot_batch // world if (world > 1 and c.scope == "local") else cfg.ot_batch
+    threads = max(1, c.workers if world == 1 else min(c.workers, 1))
+    check_memory(build_matcher(cfg.method).coupling, n, n, device=process_device(cfg.device),
+                 copies=threads * processes)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from otcfm.train.config import check_device_available, check_folder
     from otcfm.train.evaluate import evaluate_run
     from otcfm.train.launch import launch, launched_world, process_group
     from otcfm.train.loop import train
@@ -429,6 +573,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_toml(), end="")
         return 0
+    with _naming_flags({"device": "device"}):
+        check_device_available(cfg.device)
+    check_folder(Path(cfg.out_dir), "out_dir (--out)")
+    check_folder(cfg.run_dir, "the run folder (--out/--name)")
     rank = int(os.environ.get("RANK", "0"))
     if args.resume and rank == 0 and not cfg.run_dir.is_dir():
         raise FileNotFoundError(f"--resume: there is no run {cfg.run_dir} (check --name, --out)")
@@ -443,10 +591,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                         f"{key} {value} is the global batch; it must be a multiple of "
                         f"--nproc {args.nproc}"
                     )
+            _check_nproc(args.nproc, cfg.device)
+            check_coupling_memory(cfg, args.nproc, args.nproc)
             launch(_without_nproc(args.argv), args.nproc, timeout=cfg.distributed.timeout)
             return 0
-        if args.nproc < 1:
-            raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    world = launched_world()
+    check_coupling_memory(cfg, world, _local_processes(world))
     with process_group(cfg.device, cfg.distributed.backend, cfg.distributed.timeout):
         result = train(cfg, resume=args.resume, progress=not args.quiet)
     if rank != 0:
@@ -478,19 +628,30 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from otcfm.data import load_points, parse_spec, save_points
+    from otcfm.data.files import SUPPORTED_EXTENSIONS
+    from otcfm.sampling import SOLVERS
     from otcfm.train.checkpoint import StagedFiles
+    from otcfm.train.config import check_output_file
     from otcfm.train.evaluate import load_run, sample_run, sde_sigma
 
     if args.sde_steps is not None and not args.sde:
         raise ValueError("--sde-steps applies to SDE sampling; add --sde")
     if args.sde and (args.solver or args.ode_steps):
         raise ValueError("--solver and --ode-steps set the ODE; with --sde use --sde-steps")
+    if args.solver is not None and args.solver not in SOLVERS:
+        raise ValueError(f"--solver: unknown solver {args.solver!r} (choose from "
+                         f"{', '.join(SOLVERS)})")
+    check_output_file(args.out, "--out", (*SUPPORTED_EXTENSIONS, ".pt"))
+    x0_spec = None
+    if args.x0 is not None:
+        x0_spec = parse_spec(args.x0, builtins=(), name="--x0")
+        if not x0_spec.path.is_file():
+            raise FileNotFoundError(f"--x0: file not found: {x0_spec.path}")
     run = load_run(args.run, args.checkpoint, data_root=args.data_root,
                    allow_changed_data=args.allow_changed_data)
     x0 = None
-    if args.x0 is not None:
-        spec = parse_spec(args.x0, builtins=(), name="--x0")
-        x0 = load_points(spec.path, key=spec.key)
+    if x0_spec is not None:
+        x0 = load_points(x0_spec.path, key=x0_spec.key)
         if tuple(x0.shape[1:]) != run.event_shape:
             raise ValueError(
                 f"--x0 {args.x0}: points of shape {tuple(x0.shape[1:])}, the run's model takes "
@@ -536,9 +697,13 @@ def _more_sources(run: Any, n: int) -> Any:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from otcfm.sampling import ADAPTIVE_SOLVERS
     from otcfm.train.evaluate import evaluate_run
 
     adaptive = "" if args.adaptive.lower() == "none" else args.adaptive
+    if adaptive and adaptive not in ADAPTIVE_SOLVERS:
+        raise ValueError(f"--adaptive: unknown adaptive solver {adaptive!r} (choose from "
+                         f"{', '.join(ADAPTIVE_SOLVERS)} or none)")
     if args.sde_steps is not None and not args.sde:
         raise ValueError("--sde-steps applies to SDE sampling; add --sde")
     metrics = evaluate_run(
@@ -554,10 +719,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
     from otcfm.experiments.demo import run_demo
+    from otcfm.train.config import check_folder
 
+    check_folder(args.out, "--out")
     if args.fresh and args.out.exists():
         shutil.rmtree(args.out)
-    kwargs = {"steps": args.steps} if args.steps else {}
+    kwargs = {"steps": args.steps} if args.steps is not None else {}
     report = run_demo(args.out, seed=args.seed, progress=not args.quiet, **kwargs)
     for method, m in report["methods"].items():
         print(
@@ -627,31 +794,94 @@ COMMANDS = {
 }
 
 
+# optional packages -> the extra that installs them (pyproject.toml)
+EXTRAS = {
+    "matplotlib": "plot", "tqdm": "progress", "lap": "fast", "numba": "fast",
+    "anndata": "singlecell", "sklearn": "singlecell", "h5py": "singlecell",
+    "torchcfm": "bench",
+}
+# errno of an OSError that is about the user's paths or disk, not a bug
+PATH_ERRNOS = {
+    errno.ENOENT, errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM,
+    errno.ENOSPC, errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP, errno.EDQUOT,
+}
+
+
+def user_error(err: BaseException) -> tuple[int, str] | None:
+    """(exit code, one-line message) of an error a user can cause, or None for a bug.
+
+    User errors: bad values (ValueError, TypeError, e.g. a config key, a flag, a file's
+    content), paths (FileNotFoundError, IsADirectoryError, PermissionError, a full disk, ...),
+    a missing optional package (named with its extra), memory (a batch too large): exit 2.
+    A process of a multi-process run that died: exit 1.
+    """
+    text = _one_line(err) or type(err).__name__
+    if _is(err, "otcfm.train.launch", "LaunchFailure") or _is(err, "otcfm.train.loop",
+                                                              "RankFailure"):
+        return 1, text
+    if isinstance(err, ImportError):
+        root = (err.name or "").partition(".")[0]
+        if "pip install" in text:
+            return 2, text
+        if isinstance(err, ModuleNotFoundError) and root in EXTRAS:
+            return 2, f"the optional package {root!r} is not installed: pip install " \
+                      f"'otcfm[{EXTRAS[root]}]'"
+        return None
+    if isinstance(err, OSError) and not isinstance(err, (ConnectionError, TimeoutError)):
+        if err.errno is None and isinstance(err, (FileNotFoundError, FileExistsError,
+                                                  IsADirectoryError, NotADirectoryError,
+                                                  PermissionError)):
+            return 2, text  # raised by otcfm with a message of its own
+        if err.errno in PATH_ERRNOS or err.filename is not None:
+            where = f": {err.filename}" if err.filename is not None else ""
+            if err.filename2 is not None:
+                where += f" -> {err.filename2}"
+            return 2, f"{err.strerror or text}{where}"
+        return None
+    if isinstance(err, (ValueError, TypeError)):
+        return 2, text
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in text
+    ):
+        return 2, f"out of memory ({text}); lower optim.batch_size (--batch-size) or " \
+                  "couplings.ot_batch (--ot-batch)"
+    return None
+
+
+def _is(err: BaseException, module: str, name: str) -> bool:
+    """``isinstance(err, module.name)``, without importing the module (if it is not loaded,
+    none of its errors was raised)."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(err, getattr(loaded, name))
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """``otcfm ARGV``: the exit code (0; 2 for a user error, told in one line on stderr; 1
+    when a process of a multi-process run failed). With ``--debug`` errors propagate with
+    their traceback; an unexpected error (a bug) always does."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
     args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    user_errors: tuple[type[Exception], ...] = (
-        ValueError, TypeError, FileNotFoundError, FileExistsError
-    )
     command = args.command
     if command == "trajectory":
         command = f"trajectory {args.trajectory_command}"
-        user_errors += (ImportError,)  # a missing extra (anndata for .h5ad, matplotlib, ...)
+    if getattr(args, "debug", False):
+        return COMMANDS[args.command](args)
     try:
         return COMMANDS[args.command](args)
-    except user_errors as err:
-        print(f"otcfm {command}: error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:  # a process of a multi-process run died or stopped answering
-        from otcfm.train.launch import LaunchFailure
-        from otcfm.train.loop import RankFailure
-
-        if not isinstance(err, (LaunchFailure, RankFailure)):
+    except Exception as err:
+        known = user_error(err)
+        if known is None:
+            print(
+                f"otcfm {command}: unexpected error (a bug in otcfm? please report it); its "
+                "traceback follows, as with --debug",
+                file=sys.stderr,
+            )
             raise
-        print(f"otcfm {command}: error: {err}", file=sys.stderr)
-        return 1
+        code, message = known
+        print(f"otcfm {command}: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -81,7 +81,8 @@ def test_refuses_to_overwrite_and_checks_resume_config(tmp_path):
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg, progress=False)
     changed = tiny(tmp_path, steps=20, **{"method.sigma": 0.3})
-    with pytest.raises(ValueError, match="config differs"):
+    with pytest.raises(ValueError, match="config differs from the one given: "
+                                         "method.sigma: 0.1 -> 0.3 \\(the run's value"):
         train(changed, resume=True, progress=False)
 
 

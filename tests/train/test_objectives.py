@@ -305,6 +305,42 @@ def test_a_non_finite_loss_stops_with_the_step():
         engine.run()
 
 
+class NanFrom(Toy):
+    """Toy whose loss is NaN from step ``bad`` on (a run that diverges)."""
+
+    def __init__(self, bad):
+        super().__init__()
+        self.bad = bad
+
+    def loss(self, net, step):
+        loss = super().loss(net, step)
+        return loss * float("nan") if step >= self.bad else loss
+
+
+def test_a_non_finite_loss_keeps_the_last_checkpoint(tmp_path):
+    """The error is a ValueError (a setting to change) naming the step, the learning rate
+    and the checkpoint kept, which holds the weights of a run that never diverged."""
+    from otcfm.train.loop import NonFiniteLoss
+
+    settings = LoopSettings(steps=6, lr=1e-2, log_every=1, checkpoint_every=2)
+    engine = Engine(NanFrom(3), Flat(), settings, folder=RunFolder(tmp_path))
+    with pytest.raises(NonFiniteLoss) as caught:
+        engine.run()
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value, FloatingPointError)
+    text = str(caught.value)
+    assert "training loss is nan at step 3" in text and "--lr, now 0.01" in text
+    assert "grad_clip" in text and "keeps its checkpoint of step 2" in text
+    kept = torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=False)
+    healthy = Engine(Toy(), Flat(), LoopSettings(steps=2, lr=1e-2))
+    healthy.run()
+    assert kept["step"] == 2
+    for key, value in healthy.model.state_dict().items():
+        assert torch.equal(kept["model"][key], value), key
+    fresh = Engine(NanFrom(0), Flat(), settings, folder=RunFolder(tmp_path / "new"))
+    with pytest.raises(NonFiniteLoss, match="no checkpoint was written"):
+        fresh.run()
+
+
 def test_resume_equals_never_stopping():
     def make():
         return Engine(Toy(), Flat(), LoopSettings(steps=8, lr=1e-2, ema_decay=0.5,

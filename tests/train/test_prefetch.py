@@ -235,8 +235,8 @@ def test_resume_refuses_a_different_ot_batch(tmp_path):
             r"couplings.ot_batch must be 0 .* multiple of optim.batch_size 32",
         ),
         ("couplings.ot_batch=-32", "couplings.ot_batch"),
-        ("couplings.workers=-1", "couplings.workers must be >= 0"),
-        ("couplings.prefetch=0", "couplings.prefetch must be >= 1"),
+        ("couplings.workers=-1", "couplings.workers must be an integer >= 0"),
+        ("couplings.prefetch=0", "couplings.prefetch must be a positive integer"),
     ],
 )
 def test_bad_coupling_config(tmp_path, override, match):

@@ -40,6 +40,7 @@ def csv_data(tmp_path):
 
 
 def fit(tmp_path, csv_data, *extra):
+    """Fit on ``csv_data`` (flags in ``extra`` come last, so they win)."""
     args = ["fit", "--data", str(csv_data), "--time-key", "day", "--dims", "0",
             "--no-standardize", "--out", str(tmp_path / "runs"), *TINY, *extra]
     return main(args)
@@ -92,6 +93,47 @@ def test_predict_populations_and_paths(tmp_path, csv_data, capsys):
     assert "wrote paths of 7 cells" in capsys.readouterr().out
 
 
+def test_predict_refuses_times_outside_the_data_unless_asked(tmp_path, csv_data, capsys):
+    """cells.csv spans days 0 to 5: day 99 (or -5) would be extrapolated, so it is refused
+    with the range, and predicted with --extrapolate."""
+    assert fit(tmp_path, csv_data, "--name", "all", "--no-eval") == 0
+    run, out = tmp_path / "runs" / "all", tmp_path / "pred.npz"
+    capsys.readouterr()
+    for times in (["-5", "99"], ["2", "99"], ["5.5"]):
+        assert main(["predict", str(run), "--time", *times, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "outside the time range of the data [0, 5]" in err, err
+        assert "--extrapolate" in err and not out.exists()
+    for extra in ([], ["--paths", "3"]):
+        assert main(["predict", str(run), "--time", "5", "6", "--out", str(out), *extra]) == 2
+    assert main(["predict", str(run), "--time", "0", "5", "--out", str(out)]) == 0  # the ends
+    assert main(["predict", str(run), "--time", "-1", "6", "--extrapolate",
+                 "--out", str(out)]) == 0
+    pred = load_timeseries(out)
+    assert pred.times == (-1.0, 6.0) and pred.counts == (40, 40)
+
+
+def test_predict_argument_checks_come_before_loading(tmp_path, capsys):
+    """Bad counts, times, indexes and output names are refused without a run to load."""
+    missing = str(tmp_path / "no-run")
+    cases = [
+        (["--time", "1", "--paths", "-3", "--out", "p.npz"], "--paths: must be a positive"),
+        (["--time", "1", "--paths", "0", "--out", "p.npz"], "--paths: must be a positive"),
+        (["--time", "1", "--start", "-1", "--out", "p.npz"], "--start: must be an integer >= 0"),
+        (["--time", "nan", "--out", "p.npz"], "--time must be finite"),
+        (["--time", "1", "--out", "p.txt"], "--out p.txt: the extension must be one of"),
+        (["--time", "1", "--paths", "2", "--out", "p.csv"], "the extension must be one of .npz"),
+        (["--time", "1", "--out", str(tmp_path / "p.npz")], "no-run is not a trajectory run"),
+    ]
+    for argv, match in cases:
+        try:
+            code = main(["predict", missing, *argv])
+        except SystemExit as exit_:
+            code = exit_.code
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and match in err, (argv, err)
+
+
 def test_predict_maps_back_to_original_features(tmp_path):
     pytest.importorskip("sklearn")
     runs = tmp_path / "runs"
@@ -121,7 +163,11 @@ def test_top_level_cli_dispatches(tmp_path, csv_data, capsys):
     [
         (["--left-out", "0"], "intermediate time index"),
         (["--time-key", "hour"], "no time column 'hour'"),
-        (["--method", "otcfm", "--steps", "0"], "optim.steps must be >= 1"),
+        (["--method", "otcfm", "--steps", "0"],
+         "optim.steps (--steps) must be a positive integer, got 0"),
+        # cells.csv has 3 features: --dims 10 is refused, not silently taken as 3
+        (["--dims", "10"], "data.dims (--dims) is 10 but"),
+        (["--data", "missing.csv"], "data.path (--data): file not found: missing.csv"),
     ],
 )
 def test_fit_errors(tmp_path, csv_data, capsys, extra, match):

@@ -51,3 +51,30 @@ def test_sbcfm_coupling_is_entropic_ot_at_two_sigma_squared(sigma):
     assert got.reg == pytest.approx(2 * sigma**2, rel=1e-15)
     with pytest.raises(ValueError, match="sigma > 0"):
         build_matcher("sbcfm", 0.0)
+
+
+@pytest.mark.parametrize(
+    "data, key, match",
+    [
+        ({"method": {"name": "nosuch"}}, "method.name", "unknown method 'nosuch'.*sbcfm"),
+        ({"model": {"activation": "nosuch"}}, "model.activation", "unknown activation"),
+        ({"optim": {"steps": 0}}, "optim.steps", "positive integer, got 0"),
+        ({"optim": {"batch_size": 1}}, "optim.batch_size", "integer >= 2"),
+        ({"optim": {"lr": float("inf")}}, "optim.lr", "finite number > 0"),
+        ({"optim": {"weight_decay": -1.0}}, "optim.weight_decay", ">= 0"),
+        ({"eval": {"left_out": -2}}, "eval.left_out", "-1 \\(none\\) or a time index"),
+        ({"eval": {"ode_steps": 0}}, "eval.ode_steps", "positive integer"),
+        ({"eval": {"log_every": 0}}, "eval.log_every", "positive integer"),
+        ({"data": {"dims": -1}}, "data.dims", "integer >= 0"),
+        ({"data": {"path": ""}}, "data.path", "'synthetic' or a file"),
+        ({"data": {"dims": 30, "obs_dim": 20}}, "data.dims", "exceeds the 20 features"),
+        ({"device": "foo"}, "device", "not a device"),
+        ({"seed": -3}, "seed", "0, 2\\^63"),
+    ],
+)
+def test_invalid_values_name_their_key(data, key, match):
+    from otcfm.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match) as caught:
+        TrajectoryConfig.from_dict(data)
+    assert caught.value.key == key and str(caught.value).startswith(key)

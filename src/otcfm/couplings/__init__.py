@@ -18,6 +18,10 @@ warning (:class:`ConvergenceWarning`) when they stop short.
 ``coupling(name, **kw)`` builds one by its registry name (see ``COUPLINGS.names()``) or by a
 spec with options, ``"name:key=value,..."`` (:func:`coupling_spec`; configs and the command
 line use this form).
+
+Before solving, a call checks that its cost matrix and solver workspace
+(:meth:`Coupling.memory_need`, an estimate) fit in the memory available, and raises
+:class:`CouplingMemoryError` with the sizes otherwise (:func:`check_memory`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,11 @@ from otcfm.couplings._base import (
     ConvergenceError,
     ConvergenceWarning,
     Coupling,
+    CouplingMemoryError,
+    MemoryNeed,
     Pairing,
+    available_memory,
+    check_memory,
 )
 from otcfm.couplings._entropic import EntropicOT, UnbalancedOT
 from otcfm.couplings._exact import ExactOT, Independent, PartialOT
@@ -82,12 +90,16 @@ __all__ = [
     "ConvergenceError",
     "ConvergenceWarning",
     "Coupling",
+    "CouplingMemoryError",
     "EntropicOT",
     "ExactOT",
     "Independent",
+    "MemoryNeed",
     "Pairing",
     "PartialOT",
     "UnbalancedOT",
+    "available_memory",
+    "check_memory",
     "coupling",
     "coupling_spec",
 ]

@@ -43,9 +43,11 @@ from otcfm.couplings._approx_cpu import gap_bound, solve_auction
 from otcfm.couplings._base import (
     ConvergenceWarning,
     Coupling,
+    MemoryNeed,
     centred,
     check_cost_dtype,
     check_max_iter,
+    cost_bytes,
     overflow_error,
     require_equal_batches,
     sq_cost,
@@ -316,6 +318,17 @@ class ApproxOT(Coupling):
         else:
             j, info = self._solve(sq_cost(x0, x1, self.cost_dtype).detach())
         return torch.arange(n, device=x0.device), j, info
+
+    def memory_need(
+        self, n0: int, n1: int, *, dim: int = 0, device: torch.device | str = "cpu"
+    ) -> MemoryNeed:
+        """The compiled backend: the float32 Gram matrix and its reduced copy (8 bytes per
+        entry); torch: the cost and two blocks of its size (prices, temporaries)."""
+        entries = n0 * n1
+        if self._compiled_for(torch.device(device), self.cost_dtype):
+            return MemoryNeed(device=8 * entries)
+        item = torch.empty((), dtype=self.cost_dtype).element_size()
+        return MemoryNeed(device=(cost_bytes(self.cost_dtype, device) + 2 * item) * entries)
 
     def solve(self, cost: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Column assigned to each row of a square cost (n, n), and diagnostics."""

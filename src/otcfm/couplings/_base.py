@@ -4,6 +4,7 @@ Euclidean cost and the samplers that draw index pairs from a transport plan."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -45,6 +46,21 @@ class Convergence:
     marginal_error: float
     iterations: int
     tol: float
+
+
+class CouplingMemoryError(MemoryError, ValueError):
+    """A coupling's cost matrix and solver workspace would not fit in the memory available
+    (raised before allocating; the message gives the sizes and what to do)."""
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """Estimated peak bytes of one coupling call: on the data's device (the cost matrix and
+    what is solved there) and on the host (CPU copies and CPU solvers). On a CPU the two add
+    up."""
+
+    device: int = 0
+    host: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,8 @@ class Coupling(ABC):
     #: True for couplings whose pairings carry a :class:`Convergence` (iterative solvers with
     #: a tolerance: the entropic and unbalanced couplings).
     reports_convergence: ClassVar[bool] = False
+    #: what would shrink the memory a call needs (an approximate coupling, ...), for errors
+    lighter: ClassVar[str] = ""
 
     def __call__(
         self,
@@ -111,6 +129,8 @@ class Coupling(ABC):
         check_cond(cond1, x1.shape[0], "cond1")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        check_memory(self, x0.shape[0], x1.shape[0], dim=math.prod(x0.shape[1:]),
+                     device=x0.device)
         start = time.perf_counter()
         i, j, info = self.pair(x0, x1, generator=generator)
         i = cast(i, device=x0.device, dtype=torch.long)
@@ -128,6 +148,13 @@ class Coupling(ABC):
             info=info,
         )
 
+    def memory_need(
+        self, n0: int, n1: int, *, dim: int = 0, device: torch.device | str = "cpu"
+    ) -> MemoryNeed:
+        """Estimated peak memory of coupling n0 x n1 points of ``dim`` features (0: unknown,
+        assume the costliest solver) on ``device``: nothing beyond the inputs by default."""
+        return MemoryNeed()
+
     @abstractmethod
     def pair(
         self, x0: Tensor, x1: Tensor, *, generator: torch.Generator | None = None
@@ -137,6 +164,100 @@ class Coupling(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({args})"
+
+
+# --------------------------------------------------------------------------- memory
+# Below this many bytes a coupling is not checked against the free memory (no system call on
+# the per-step path of small batches).
+CHECK_MEMORY_FROM = 256 * 2**20
+# (limit, usage) files of a cgroup's memory: v2, then v1
+CGROUP_MEMORY = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+
+def available_memory(device: torch.device | str = "cpu") -> int | None:
+    """Bytes that can be allocated now on ``device``; None if unknown.
+
+    CPU: MemAvailable of /proc/meminfo (else free pages, ``SC_AVPHYS_PAGES``), lowered to the
+    room left under a cgroup memory limit (containers). CUDA: the driver's free memory plus
+    what PyTorch's caching allocator holds unused.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
+    if device.type != "cpu":
+        return None
+    found = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    found = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        pass
+    if found is None:
+        try:
+            found = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):
+            return None
+    for limit, usage in CGROUP_MEMORY:
+        try:
+            with open(limit) as a, open(usage) as b:
+                room = int(a.read().strip()) - int(b.read().strip())
+        except (OSError, ValueError):  # no such cgroup file, or "max" (no limit)
+            continue
+        found = min(found, max(room, 0))
+        break
+    return found
+
+
+def check_memory(
+    coupling: Coupling,
+    n0: int,
+    n1: int,
+    *,
+    dim: int = 0,
+    device: torch.device | str = "cpu",
+    copies: int = 1,
+) -> None:
+    """Raise :class:`CouplingMemoryError` if ``copies`` calls of ``coupling`` on n0 x n1 points
+    at once (:meth:`Coupling.memory_need`) would not fit in the memory available now.
+
+    Needs under :data:`CHECK_MEMORY_FROM` bytes are not checked (no system call).
+    """
+    device = torch.device(device)
+    need = coupling.memory_need(n0, n1, dim=dim, device=device)
+    on_device, on_host = need.device * copies, need.host * copies
+    if device.type != "cuda":
+        on_device, on_host = 0, on_device + on_host
+    for where, size in ((device, on_device), (torch.device("cpu"), on_host)):
+        if size < CHECK_MEMORY_FROM:
+            continue
+        free = available_memory(where)
+        if free is None or size <= free:
+            continue
+        times = f" ({copies} at once)" if copies > 1 else ""
+        lighter = f" or use {coupling.lighter}" if coupling.lighter else ""
+        raise CouplingMemoryError(
+            f"the {coupling.name} coupling of {n0} x {n1} points{times} needs about "
+            f"{size / 1e9:.3g} GB of {'GPU' if where.type == 'cuda' else 'CPU'} memory (cost "
+            f"matrix and solver workspace) but {free / 1e9:.3g} GB is available; couple fewer "
+            f"points at once (couplings.ot_batch, --ot-batch){lighter}"
+        )
+
+
+def cost_bytes(dtype: torch.dtype, device: torch.device | str) -> int:
+    """Bytes per entry of a cost matrix made by :func:`sq_cost` (float64 work for float32
+    costs on CUDA, where TF32 matmuls may be on)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    if torch.device(device).type == "cuda" and dtype == torch.float32:
+        size += 8
+    return size
 
 
 # --------------------------------------------------------------------------- validation

@@ -57,6 +57,8 @@ def run_demo(
     resume: bool = True,
 ) -> dict[str, Any]:
     """Train, evaluate and report each method; returns the demo's metrics.json content."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
     out = Path(out)
     started = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}

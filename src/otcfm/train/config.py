@@ -7,6 +7,9 @@ so a run can be repeated (or resumed) from that file alone.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,6 +21,161 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 from otcfm.train.runfolder import KEEP_CHECKPOINTS, check_run_name
+
+# torch.device types the engine trains on
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+class ConfigError(ValueError):
+    """A config value that is not allowed; ``key`` is its dotted name (``optim.steps``).
+
+    The message names the key and the problem in one line; the command line adds the flag
+    that sets the key (``optim.steps (--steps) must be a positive integer, got 0``).
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def check_count(key: str, value: Any, low: int = 1, note: str = "") -> None:
+    """ConfigError unless ``value`` is an int >= ``low`` (1: a positive integer)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        need = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ConfigError(key, f"{key} must be {need}{note}, got {value!r}")
+
+
+def check_number(
+    key: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    open_low: bool = False,
+    open_high: bool = False,
+    note: str = "",
+) -> None:
+    """ConfigError unless ``value`` is a finite real in the interval [low, high] (a bound is
+    left out when None; ``open_low``/``open_high`` exclude it)."""
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (low is None or (value > low if open_low else value >= low))
+        and (high is None or (value < high if open_high else value <= high))
+    )
+    if not ok:
+        need = "a finite number"
+        if low is not None and high is not None:
+            need += f" in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        elif low is not None:
+            need += f" {'>' if open_low else '>='} {low:g}"
+        elif high is not None:
+            need += f" {'<' if open_high else '<='} {high:g}"
+        raise ConfigError(key, f"{key} must be {need}{note}, got {value!r}")
+
+
+def check_choice(key: str, value: Any, choices: Any, what: str) -> None:
+    """ConfigError unless ``value`` is one of ``choices`` (names listed in the message)."""
+    names = list(choices)
+    if not isinstance(value, str) or value not in names:
+        shown = ", ".join(str(n) if n else repr(n) for n in names)
+        raise ConfigError(key, f"{key}: unknown {what} {value!r} (choose from {shown})")
+
+
+def check_seed(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ConfigError(key, f"{key} must be an integer in [0, 2^63), got {value!r}")
+
+
+def check_name(key: str, value: Any) -> None:
+    """A run name: one folder under the output folder (:func:`check_run_name`)."""
+    try:
+        check_run_name(value)
+    except ValueError as err:
+        raise ConfigError(key, str(err)) from None
+
+
+def check_device(key: str, value: Any) -> None:
+    """The syntax of a torch device string (whether this machine has it: see
+    :func:`check_device_available`)."""
+    import torch
+
+    try:
+        ok = isinstance(value, str) and torch.device(value).type in DEVICE_TYPES
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ConfigError(
+            key, f"{key}: {value!r} is not a device (use cpu, cuda, cuda:N or mps)"
+        )
+
+
+def check_device_available(device: str, key: str = "device") -> None:
+    """ConfigError unless this machine has ``device`` (CUDA and MPS are checked)."""
+    import torch
+
+    check_device(key, device)
+    d = torch.device(device)
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "torch is built without CUDA" if torch.version.cuda is None else "no GPU found"
+            raise ConfigError(
+                key, f"{key} {device!r}: CUDA is not available on this machine ({why}); "
+                "use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if d.index is not None and d.index >= count:
+            raise ConfigError(
+                key, f"{key} {device!r}: this machine has {count} CUDA device(s) "
+                f"(cuda:0 to cuda:{count - 1})"
+            )
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(key, f"{key} {device!r}: MPS is not available on this machine")
+
+
+def check_folder(path: str | Path, what: str) -> None:
+    """``path`` is a folder or can be made one: nothing along it is a file, and the first
+    existing folder on it is writable (NotADirectoryError / PermissionError naming ``what``)."""
+    path = Path(path)
+    _check_along(path, (path, *path.parents), what)
+
+
+def check_output_file(path: str | Path, what: str, suffixes: tuple[str, ...]) -> None:
+    """An output file: not a folder, one of ``suffixes``, its folder can be made."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder; give a file name")
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(
+            f"{what} {path}: the extension must be one of {', '.join(suffixes)}"
+            + (f", not {path.suffix!r}" if path.suffix else "")
+        )
+    _check_along(path, path.parents, what)
+
+
+def _check_along(path: Path, parts: Any, what: str) -> None:
+    for part in parts:
+        if part.exists():
+            if not part.is_dir():
+                where = "is a file" if part == path else f"is inside {part}, a file"
+                raise NotADirectoryError(f"{what} {path} {where}, not a folder")
+            if not os.access(part, os.W_OK | os.X_OK):
+                raise PermissionError(f"{what} {path}: no permission to write in {part}")
+            return
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every key whose value differs between two config dicts."""
+    out = []
+    for key in sorted(set(old) | set(new), key=lambda k: (list(old) + list(new)).index(k)):
+        a, b = old.get(key, "(unset)"), new.get(key, "(unset)")
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, name + ".")
+        elif a != b:
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
 
 
 @dataclass
@@ -47,6 +205,47 @@ class MethodConfig:
     sigma: float = -1.0  # -1 = the preset's default (RunConfig.resolve() writes it in)
     coupling: str = ""  # "" = the method's own; else a name or spec, e.g. "approx:tol=0.001"
     time_sampler: str = "uniform"
+
+    def matcher_kwargs(self) -> dict[str, Any]:
+        """The keywords of ``otcfm.matchers.matcher(name, ...)`` this section sets."""
+        kwargs: dict[str, Any] = {"time_sampler": self.time_sampler}
+        if self.sigma != -1:
+            kwargs["sigma"] = self.sigma
+        if self.coupling:
+            kwargs["coupling"] = self.coupling
+        return kwargs
+
+    def validate(self, section: str = "method") -> None:
+        """Registry names and values, each error naming its key (``method.coupling: ...``).
+
+        The matcher is built once to check what only it knows (e.g. an option of the
+        coupling spec, or sigma = 0 where the method's path needs noise).
+        """
+        from otcfm.couplings import coupling_spec
+        from otcfm.matchers import MATCHERS, matcher
+        from otcfm.time_samplers import TIME_SAMPLERS
+
+        check_choice(f"{section}.name", self.name, MATCHERS.names(), "method")
+        check_choice(f"{section}.time_sampler", self.time_sampler, TIME_SAMPLERS.names(),
+                     "time sampler")
+        key = f"{section}.sigma"
+        if self.sigma != -1:
+            check_number(key, self.sigma, low=0, note=" (or -1 = the method's default)")
+        kwargs = self.matcher_kwargs()
+        kwargs.pop("coupling", None)
+        try:
+            matcher(self.name, **kwargs)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(key, f"{key} {self.sigma:g}: {err}") from None
+        if self.coupling:
+            key = f"{section}.coupling"
+            if not isinstance(self.coupling, str):
+                raise ConfigError(key, f"{key} must be a coupling name or spec")
+            try:
+                coupling_spec(self.coupling)
+                matcher(self.name, **self.matcher_kwargs())
+            except (ValueError, TypeError, ImportError) as err:
+                raise ConfigError(key, f"{key} {self.coupling!r}: {err}") from None
 
 
 @dataclass
@@ -137,7 +336,14 @@ class TomlConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Any:
-        return cls.from_dict(read_toml(path))
+        """Read and validate a config file; errors name the file and the key."""
+        try:
+            return cls.from_dict(read_toml(path)).validate()
+        except ConfigError as err:
+            raise ConfigError(err.key, f"{path}: {err}") from None
+
+    def validate(self) -> Any:
+        raise NotImplementedError
 
     def to_toml(self) -> str:
         return dumps_toml(self.to_dict())
@@ -160,10 +366,9 @@ class RunConfig(TomlConfig):
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def resolve(self) -> RunConfig:
-        """This config with every preset default written in (e.g. the method's sigma).
-
-        Raises ValueError for an unknown method name (the valid ones listed).
-        """
+        """This config, validated, with every preset default written in (e.g. the method's
+        sigma). Raises :class:`ConfigError` naming the key of a bad value."""
+        self.validate()
         if self.method.sigma != -1:
             return self
         from otcfm.matchers import preset_defaults
@@ -194,77 +399,90 @@ class RunConfig(TomlConfig):
         return self.couplings.ot_batch or self.optim.batch_size
 
     def validate(self) -> RunConfig:
-        """Check ranges that no type annotation can express; return self."""
-        c, b = self.couplings, self.optim.batch_size
-        checks = [
-            (self.optim.steps >= 1, f"optim.steps must be >= 1, got {self.optim.steps}"),
-            (
-                self.optim.batch_size >= 1,
-                f"optim.batch_size must be >= 1, got {self.optim.batch_size}",
-            ),
-            (self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}"),
-            (
-                0 <= self.optim.ema_decay < 1,
-                f"optim.ema_decay must be in [0, 1), got {self.optim.ema_decay}",
-            ),
-            (
-                self.method.sigma >= 0 or self.method.sigma == -1,
-                f"method.sigma must be >= 0 (or -1 = the method's default), got "
-                f"{self.method.sigma}",
-            ),
-            (
-                c.scope in SCOPES,
-                f"couplings.scope must be one of {', '.join(SCOPES)}, got {c.scope!r}",
-            ),
-            (
-                self.distributed.backend in ("", "gloo", "nccl"),
-                f"distributed.backend must be '', 'gloo' or 'nccl', got "
-                f"{self.distributed.backend!r}",
-            ),
-            (
-                self.distributed.timeout > 0,
-                f"distributed.timeout must be > 0 seconds, got {self.distributed.timeout}",
-            ),
-            (self.data.n_train >= 2, f"data.n_train must be >= 2, got {self.data.n_train}"),
-            (self.data.n_val >= 2, f"data.n_val must be >= 2, got {self.data.n_val}"),
-            (self.data.n_test >= 2, f"data.n_test must be >= 2, got {self.data.n_test}"),
-            (
-                0 < self.data.val_fraction < 1,
-                f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}",
-            ),
-            (
-                self.model.width >= 1 and self.model.depth >= 1,
-                "model.width and model.depth must be >= 1",
-            ),
-            (c.workers >= 0, f"couplings.workers must be >= 0 (0 = no prefetch), got {c.workers}"),
-            (c.prefetch >= 1, f"couplings.prefetch must be >= 1, got {c.prefetch}"),
-            (
-                c.ot_batch >= 0 and (b < 1 or c.ot_batch % b == 0),
+        """Check every value before any work: registry names (method, coupling, time sampler,
+        solver, activation, device, backend) and ranges; return self.
+
+        Raises :class:`ConfigError` (a ValueError) naming the key, e.g. ``eval.solver:
+        unknown solver 'dopri' (choose from ...)`` or ``optim.steps must be a positive
+        integer, got 0``. Whether this machine has the device is checked separately
+        (:func:`check_device_available`): a run trained on a GPU is still read on a CPU.
+        """
+        from otcfm.models import ACTIVATIONS
+        from otcfm.sampling import SOLVERS
+
+        check_name("name", self.name)
+        if not isinstance(self.out_dir, str) or not self.out_dir:
+            raise ConfigError("out_dir", f"out_dir must be a folder, got {self.out_dir!r}")
+        check_seed("seed", self.seed)
+        check_device("device", self.device)
+
+        d = self.data
+        for key in ("source", "target"):
+            value = getattr(d, key)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"data.{key}", f"data.{key} must name a distribution or a "
+                                  f"file, got {value!r}")
+        for key in ("n_train", "n_val", "n_test"):
+            check_count(f"data.{key}", getattr(d, key), low=2)
+        check_number("data.val_fraction", d.val_fraction, low=0, high=1, open_low=True,
+                     open_high=True)
+
+        self.method.validate("method")
+
+        m = self.model
+        check_count("model.width", m.width)
+        check_count("model.depth", m.depth)
+        check_choice("model.activation", m.activation, sorted(ACTIVATIONS), "activation")
+
+        o = self.optim
+        check_count("optim.steps", o.steps)
+        check_count("optim.batch_size", o.batch_size)
+        check_number("optim.lr", o.lr, low=0, open_low=True)
+        check_number("optim.weight_decay", o.weight_decay, low=0)
+        check_number("optim.grad_clip", o.grad_clip, low=0, note=" (0 = off)")
+        check_number("optim.ema_decay", o.ema_decay, low=0, high=1, open_high=True,
+                     note=" (0 = off)")
+
+        c, b = self.couplings, o.batch_size
+        check_count("couplings.workers", c.workers, low=0, note=" (0 = couple in the training "
+                    "thread)")
+        check_count("couplings.prefetch", c.prefetch)
+        if isinstance(c.ot_batch, bool) or not isinstance(c.ot_batch, int) or c.ot_batch < 0 or (
+            c.ot_batch % b
+        ):
+            raise ConfigError(
+                "couplings.ot_batch",
                 f"couplings.ot_batch must be 0 (= optim.batch_size) or a positive multiple of "
-                f"optim.batch_size {b} (e.g. {b}, {2 * b}, {4 * b}), got {c.ot_batch}",
-            ),
-            (self.eval.val_every >= 1, f"eval.val_every must be >= 1, got {self.eval.val_every}"),
-            (self.eval.checkpoint_every >= 1, "eval.checkpoint_every must be >= 1"),
-            (self.eval.ode_steps >= 1, f"eval.ode_steps must be >= 1, got {self.eval.ode_steps}"),
-            (
-                self.eval.keep_checkpoints >= 1,
-                f"eval.keep_checkpoints must be >= 1, got {self.eval.keep_checkpoints}",
-            ),
-        ]
-        check_run_name(self.name)
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+                f"optim.batch_size {b} (e.g. {b}, {2 * b}, {4 * b}), got {c.ot_batch!r}",
+            )
+        check_choice("couplings.scope", c.scope, SCOPES, "scope")
+
+        e = self.eval
+        check_count("eval.val_every", e.val_every)
+        check_count("eval.checkpoint_every", e.checkpoint_every)
+        check_choice("eval.solver", e.solver, SOLVERS, "solver")
+        check_count("eval.ode_steps", e.ode_steps)
+        check_count("eval.keep_checkpoints", e.keep_checkpoints)
+
+        # '' = nccl on CUDA devices, gloo on the CPU
+        check_choice("distributed.backend", self.distributed.backend, ("", "gloo", "nccl"),
+                     "backend")
+        check_number("distributed.timeout", self.distributed.timeout, low=0, open_low=True,
+                     note=" seconds")
         return self
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     """The tables of a TOML config file; FileNotFoundError / ValueError name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"config file {path} is a folder, not a TOML file")
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot parse config {path}: not a UTF-8 text (TOML) file") from None
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"cannot parse config {path}: {err}") from None
 
@@ -277,13 +495,18 @@ def build_config(cls: type, data: Any, section: str | None = None) -> Any:
     """
     where = f"[{section}]" if section else "config"
     if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a table, got {data!r}")
+        raise ConfigError(section or "config", f"{where} must be a table, got {data!r}")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ValueError(
-            f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; "
-            f"valid keys: {', '.join(known)}"
+        first = unknown[0]
+        close = difflib.get_close_matches(str(first), list(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        key = f"{section}.{first}" if section else str(first)
+        raise ConfigError(
+            key,
+            f"unknown key(s) {', '.join(map(repr, unknown))} in {where}{hint}; "
+            f"valid keys: {', '.join(known)}",
         )
     kwargs = {}
     for name, value in data.items():
@@ -303,8 +526,10 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
         return float(value)
     if kind is int and isinstance(value, float) and value.is_integer():
         return int(value)
+    if isinstance(value, dict) and kind is not dict:
+        raise ConfigError(name, f"{name} is a value, not a table [{name}]")
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"{name} must be of type {kind.__name__}, got {value!r}")
+        raise ConfigError(name, f"{name} must be of type {kind.__name__}, got {value!r}")
     return value
 
 

@@ -33,7 +33,7 @@ from otcfm.couplings import Pairing
 from otcfm.matchers import FlowMatcher, matcher
 from otcfm.models import MLP, DriftScore
 from otcfm.paths import PathSample
-from otcfm.train.config import MethodConfig, ModelConfig, RunConfig
+from otcfm.train.config import MethodConfig, ModelConfig, RunConfig, config_differences
 from otcfm.train.datasets import DATA_RECORD, RunData, check_same_data, record_run_data
 from otcfm.train.ema import EMA
 from otcfm.train.objectives import Objective, PairObjective
@@ -53,12 +53,7 @@ the whole validation set at once, the training loss ``couplings.ot_batch`` point
 
 def build_matcher(cfg: MethodConfig) -> FlowMatcher:
     """The configured flow matcher from the registry (sigma -1: the preset's default)."""
-    kwargs: dict[str, Any] = {"time_sampler": cfg.time_sampler}
-    if cfg.sigma != -1:
-        kwargs["sigma"] = cfg.sigma
-    if cfg.coupling:
-        kwargs["coupling"] = cfg.coupling
-    return matcher(cfg.name, **kwargs)
+    return matcher(cfg.name, **cfg.matcher_kwargs())
 
 
 def build_model(
@@ -97,6 +92,11 @@ class TrainResult:
 
 class RankFailure(RuntimeError):
     """Another process of a torch.distributed run died or stopped answering."""
+
+
+class NonFiniteLoss(FloatingPointError, ValueError):
+    """The training loss became NaN or inf (the message names the step, the loss, the
+    learning rate and the last checkpoint kept). A ValueError too: a setting to change."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,7 @@ class Engine:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.step = 0
+        self.saved_step: int | None = None  # step of the last checkpoints/latest.pt written
         self.best_val_loss = math.inf
         self.best_step = 0
         self.train_seconds = 0.0
@@ -201,7 +202,7 @@ class Engine:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.close()  # batches made ahead belong to the old step count
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
         self.best_val_loss = float(state.get("best_val_loss", math.inf))
         self.best_step = int(state.get("best_step", 0))
         self.train_seconds = float(state["train_seconds"])
@@ -227,9 +228,14 @@ class Engine:
         value = loss.item()
         if not math.isfinite(value):
             where = f" on rank {self.rank}" if self.world > 1 else ""
-            raise FloatingPointError(
-                f"training loss is {value} at step {self.step}{where}; lower the "
-                f"learning rate (now {s.lr}) or clip the gradient norm (now {s.grad_clip})"
+            kept = ""
+            if self.folder is not None:
+                kept = (f"; the run folder keeps its checkpoint of step {self.saved_step}"
+                        if self.saved_step is not None else "; no checkpoint was written")
+            raise NonFiniteLoss(
+                f"training loss is {value} at step {self.step}{where}: lower the "
+                f"learning rate (--lr, now {s.lr:g}) or clip the gradient norm (grad_clip, "
+                f"now {s.grad_clip:g}){kept}"
             )
         if s.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
@@ -289,6 +295,7 @@ class Engine:
                     self.train_seconds = time.perf_counter() - start
                     if self.folder is not None:
                         self.folder.save_checkpoint(self.step, self.state_dict)
+                        self.saved_step = self.step
                     if callback is not None:
                         callback(self)
             self.train_seconds = time.perf_counter() - start
@@ -517,10 +524,12 @@ def _resume_state(cfg: RunConfig, folder: RunFolder) -> dict[str, Any] | None:
         return None
     state, path = found
     saved = RunConfig.from_dict(state["config"]).resolve()
-    if _without_steps(saved) != _without_steps(cfg):
+    changed = config_differences(_without_steps(saved), _without_steps(cfg))
+    if changed:
         raise ValueError(
-            f"cannot resume {cfg.run_dir}: its config differs from the one given "
-            "(only optim.steps may change on resume)"
+            f"cannot resume {cfg.run_dir}: its config differs from the one given: "
+            f"{'; '.join(changed)} (the run's value -> the given one; only optim.steps may "
+            "change on resume)"
         )
     if path.name != "latest.pt":
         log.warning("%s: resuming from %s (step %d)", cfg.run_dir, path.name, state["step"])

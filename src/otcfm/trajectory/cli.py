@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,11 +24,15 @@ if TYPE_CHECKING:
 
 def cmd_fit(args: argparse.Namespace, cfg: TrajectoryConfig) -> int:
     """Print the config (--print-config) or fit, evaluate and write the run."""
+    from otcfm.train.config import check_device_available, check_folder
     from otcfm.trajectory.run import fit_run
 
     if args.print_config:
         print(cfg.to_toml(), end="")
         return 0
+    check_device_available(cfg.device, "device (--device)")
+    check_folder(Path(cfg.out_dir), "out_dir (--out)")
+    check_folder(cfg.run_dir, "the run folder (--out/--name)")
     if args.resume and not cfg.run_dir.is_dir():
         raise FileNotFoundError(f"--resume: there is no run {cfg.run_dir} (check --name, --out)")
     run_dir = fit_run(cfg, resume=args.resume, progress=not args.quiet,
@@ -53,19 +58,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from otcfm.data.timeseries_files import save_populations
+    from otcfm.train.config import check_output_file
     from otcfm.trajectory.predict import predict_at, trajectories
     from otcfm.trajectory.run import load_trajectory_run
 
+    out = Path(args.out)
+    suffixes = (".npz", ".pt") if args.paths is not None else (".npz", ".csv", ".tsv", ".pt")
+    check_output_file(out, "--out", suffixes)
+    bad = [t for t in args.times if not math.isfinite(t)]
+    if bad:
+        raise ValueError(f"--time must be finite, got {bad[0]}")
     run = load_trajectory_run(args.run, data_root=args.data_root,
                               allow_changed_data=args.allow_changed_data)
     ts, pre = run.data.ts, run.data.preprocessor
     steps = run.cfg.eval.ode_steps
     back = pre.inverse_transform if (args.original and pre is not None) else (lambda x: x)
-    out = Path(args.out)
-    if args.paths:
+    if args.start is not None and not args.start < ts.n_times:
+        raise ValueError(f"--start must be a time index in [0, {ts.n_times - 1}] (the data has "
+                         f"times {', '.join(ts.time_names)}), got {args.start}")
+    lo, hi = ts.times[0], ts.times[-1]
+    outside = [t for t in args.times if not lo <= t <= hi]
+    if outside and not args.extrapolate:
+        raise ValueError(
+            f"--time {outside[0]:g} is outside the time range of the data [{lo:g}, {hi:g}]; "
+            "pass --extrapolate to predict there anyway"
+        )
+    if args.paths is not None:
         start = args.start or 0
-        if not 0 <= start < ts.n_times:
-            raise ValueError(f"--start must be a time index in [0, {ts.n_times - 1}]")
         cells = ts.at(start)[: args.paths]
         taus = ts.to_index(args.times).tolist()
         traj = trajectories(run.model, cells, float(start), taus, steps_per_unit=steps)
@@ -75,7 +94,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             torch.save({"xs": xs, "times": torch.from_numpy(times)}, out)
         elif out.suffix == ".npz":
             np.savez(out, xs=xs.numpy(), times=times)
-        else:
+        else:  # pragma: no cover - the suffix was checked above
             raise ValueError(f"--paths writes .npz or .pt, not {out.suffix!r}")
         print(f"wrote paths of {xs.shape[1]} cells at {xs.shape[0]} times to {out}")
         return 0

@@ -9,8 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from otcfm.train.config import TomlConfig, build_config
-from otcfm.train.runfolder import KEEP_CHECKPOINTS, check_run_name
+from otcfm.train.config import (
+    ConfigError,
+    TomlConfig,
+    build_config,
+    check_choice,
+    check_count,
+    check_device,
+    check_name,
+    check_number,
+    check_seed,
+)
+from otcfm.train.runfolder import KEEP_CHECKPOINTS
 
 METHODS = ("otcfm", "icfm", "sbcfm")
 
@@ -89,36 +99,50 @@ class TrajectoryConfig(TomlConfig):
         return build_config(cls, data).validate()
 
     def validate(self) -> TrajectoryConfig:
-        """Check every value (ValueError naming the bad one), then :meth:`resolve`."""
-        o, e, d = self.optim, self.eval, self.data
-        checks = [
-            (self.method.name in METHODS,
-             f"method.name must be one of {', '.join(METHODS)}, got {self.method.name!r}"),
-            (self.method.sigma >= 0 or self.method.sigma == -1,
-             f"method.sigma must be >= 0 (or -1 = the method's default), got "
-             f"{self.method.sigma}"),
-            (o.steps >= 1, f"optim.steps must be >= 1, got {o.steps}"),
-            (o.batch_size >= 2, f"optim.batch_size must be >= 2, got {o.batch_size}"),
-            (o.lr > 0, f"optim.lr must be > 0, got {o.lr}"),
-            (e.left_out >= -1, f"eval.left_out must be -1 (none) or a time index, got "
-                               f"{e.left_out}"),
-            (e.ode_steps >= 1, f"eval.ode_steps must be >= 1, got {e.ode_steps}"),
-            (e.log_every >= 1 and e.checkpoint_every >= 1,
-             "eval.log_every and eval.checkpoint_every must be >= 1"),
-            (d.dims >= 0, f"data.dims must be >= 0 (0 = all features), got {d.dims}"),
-            (d.n_cells >= 2, f"data.n_cells must be >= 2, got {d.n_cells}"),
-            (d.obs_dim >= 3, f"data.obs_dim must be >= 3, got {d.obs_dim}"),
-            (d.time_labels is None or (all(d.time_labels)
-                                       and len(set(d.time_labels)) == len(d.time_labels)),
-             f"data.time_order must list distinct, non-empty labels separated by commas, got "
-             f"{d.time_order!r}"),
-            (e.keep_checkpoints >= 1,
-             f"eval.keep_checkpoints must be >= 1, got {e.keep_checkpoints}"),
-        ]
-        check_run_name(self.name)
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        """Check every value (:class:`ConfigError`, a ValueError naming the key), then
+        :meth:`resolve`. Whether the data has ``data.dims`` features is checked when it is
+        loaded."""
+        from otcfm.models import ACTIVATIONS
+
+        check_name("name", self.name)
+        if not isinstance(self.out_dir, str) or not self.out_dir:
+            raise ConfigError("out_dir", f"out_dir must be a folder, got {self.out_dir!r}")
+        check_seed("seed", self.seed)
+        check_device("device", self.device)
+        d, o, e = self.data, self.optim, self.eval
+        if not isinstance(d.path, str) or not d.path.strip():
+            raise ConfigError("data.path", f"data.path must be 'synthetic' or a file, got "
+                              f"{d.path!r}")
+        check_count("data.dims", d.dims, low=0, note=" (0 = all features)")
+        check_count("data.n_cells", d.n_cells, low=2)
+        check_count("data.obs_dim", d.obs_dim, low=3)
+        if d.path == "synthetic" and d.dims > d.obs_dim:
+            raise ConfigError("data.dims", f"data.dims {d.dims} exceeds the {d.obs_dim} "
+                              f"features of the synthetic data (data.obs_dim)")
+        check_seed("data.data_seed", d.data_seed)
+        labels = d.time_labels
+        if labels is not None and not (all(labels) and len(set(labels)) == len(labels)):
+            raise ConfigError("data.time_order", f"data.time_order must list distinct, "
+                              f"non-empty labels separated by commas, got {d.time_order!r}")
+        check_choice("method.name", self.method.name, METHODS, "method")
+        if self.method.sigma != -1:
+            check_number("method.sigma", self.method.sigma, low=0,
+                         note=" (or -1 = the method's default)")
+        check_count("model.width", self.model.width)
+        check_count("model.depth", self.model.depth)
+        check_choice("model.activation", self.model.activation, sorted(ACTIVATIONS),
+                     "activation")
+        check_count("optim.steps", o.steps)
+        check_count("optim.batch_size", o.batch_size, low=2)
+        check_number("optim.lr", o.lr, low=0, open_low=True)
+        check_number("optim.weight_decay", o.weight_decay, low=0)
+        if isinstance(e.left_out, bool) or not isinstance(e.left_out, int) or e.left_out < -1:
+            raise ConfigError("eval.left_out", f"eval.left_out must be -1 (none) or a time "
+                              f"index, got {e.left_out!r}")
+        check_count("eval.ode_steps", e.ode_steps)
+        check_count("eval.log_every", e.log_every)
+        check_count("eval.checkpoint_every", e.checkpoint_every)
+        check_count("eval.keep_checkpoints", e.keep_checkpoints)
         return self.resolve()
 
     def resolve(self) -> TrajectoryConfig:

@@ -26,6 +26,7 @@ from otcfm.data.synthetic_cells import SyntheticCells
 from otcfm.data.timeseries import TimeSeries
 from otcfm.data.timeseries_files import load_timeseries
 from otcfm.train.checkpoint import StagedFiles
+from otcfm.train.config import ConfigError, config_differences
 from otcfm.train.datasets import (
     DATA_RECORD,
     check_same_data,
@@ -135,8 +136,13 @@ def load_data(
             )
         except (ValueError, FileNotFoundError) as err:  # name the config key too
             raise type(err)(f"data.path: {err}") from None
+    if preprocessor is None and cfg.dims > raw.dim:
+        raise ConfigError(
+            "data.dims", f"data.dims (--dims) is {cfg.dims} but {cfg.path} has {raw.dim} "
+            f"features; use --dims {raw.dim} or fewer (0 = all)"
+        )
     if preprocessor is None and (cfg.dims or cfg.standardize):
-        dims = min(cfg.dims, raw.dim) if cfg.dims else None
+        dims = cfg.dims or None
         preprocessor = fit_preprocessor(raw.x, dims=dims, pca=cfg.pca, standardize=cfg.standardize)
     ts = raw if preprocessor is None else raw.map(preprocessor.transform)
     return LoadedData(raw, ts, preprocessor, synthetic)
@@ -188,10 +194,12 @@ def _fit(cfg: TrajectoryConfig, folder: RunFolder, progress: bool) -> None:
         for d in (saved, mine):
             d["optim"].pop("steps")
             d["eval"].pop("keep_checkpoints", None)
-        if saved != mine:
+        changed = config_differences(saved, mine)
+        if changed:
             raise ValueError(
-                f"cannot resume {run_dir}: its config differs from the one given "
-                "(only optim.steps may change on resume)"
+                f"cannot resume {run_dir}: its config differs from the one given: "
+                f"{'; '.join(changed)} (the run's value -> the given one; only optim.steps "
+                "may change on resume)"
             )
     pre = Preprocessor.from_dict(state["preprocessor"]) if state and state["preprocessor"] else None
     data = load_data(cfg.data, pre)
