@@ -122,7 +122,7 @@ CASES = [
     # ---- sample and evaluate
     ("sample-n-negative", [*SAMPLE, "--n", "-5"], "argument --n: must be a positive integer"),
     ("sample-n-zero", [*SAMPLE, "--n", "0"], "argument --n: must be a positive integer, got 0"),
-    ("sample-n-too-many", [*SAMPLE, "--n", "999999"], "exceeds the run's 32 test sources"),
+    ("sample-x0-word", [*SAMPLE, "--x0", "nosuch"], "--x0: unknown 'nosuch': not a file"),
     ("sample-ode-steps", [*SAMPLE, "--ode-steps", "0"], "argument --ode-steps: must be a pos"),
     ("sample-sde-steps", [*SAMPLE, "--sde", "--sde-steps", "0"], "argument --sde-steps"),
     ("sample-sde-steps-alone", [*SAMPLE, "--sde-steps", "3"], "add --sde"),
@@ -145,7 +145,7 @@ CASES = [
     ("fit-batch", [*FIT, "--batch-size", "1"], "optim.batch_size (--batch-size)"),
     ("fit-left-out", [*FIT, "--left-out", "-2"], "eval.left_out (--left-out)"),
     ("fit-left-out-end", [*FIT, "--left-out", "2"], "intermediate time index in [1, 1]"),
-    ("fit-data", [*FIT, "--data", "{root}/none.csv"], "data.path (--data): file not found"),
+    ("fit-data", [*FIT, "--data", "{root}/none.csv"], "data.path: time-series file not found"),
     ("fit-method", [*FIT, "--method", "nosuch"], "argument --method: invalid choice"),
     ("fit-device", [*FIT, "--device", "foo"], "device (--device): 'foo' is not a device"),
     pytest.param("fit-cuda", [*FIT, "--device", "cuda"], "CUDA is not available",

@@ -167,7 +167,7 @@ def test_top_level_cli_dispatches(tmp_path, csv_data, capsys):
          "optim.steps (--steps) must be a positive integer, got 0"),
         # cells.csv has 3 features: --dims 10 is refused, not silently taken as 3
         (["--dims", "10"], "data.dims (--dims) is 10 but"),
-        (["--data", "missing.csv"], "data.path (--data): file not found: missing.csv"),
+        (["--data", "missing.csv"], "data.path: time-series file not found: missing.csv"),
     ],
 )
 def test_fit_errors(tmp_path, csv_data, capsys, extra, match):

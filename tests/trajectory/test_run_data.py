@@ -85,8 +85,8 @@ def test_text_labels_follow_the_given_order(fitted):
         ("early,late", r"label\(s\) \['mid'\] of the data are not in it"),
         ("early,mid,late,never", r"\['never'\] occur in no cell"),
         ("early,mid,lat", r"\['late'\] of the data are not in it; \['lat'\] occur in no cell"),
-        ("early,,late", r"data\.time_order must list distinct, non-empty labels"),
-        ("early,mid,early", r"data\.time_order must list distinct"),
+        ("early,,late", r"data\.time_order \(--time-order\) must list distinct, non-empty"),
+        ("early,mid,early", r"data\.time_order \(--time-order\) must list distinct"),
     ],
 )
 def test_a_bad_time_order_is_refused(fitted, tmp_path, capsys, order, message):
