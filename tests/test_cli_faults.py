@@ -10,6 +10,8 @@ once for the cases that need one.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -51,9 +53,10 @@ def root(tmp_path_factory):
     return root
 
 
-TRAIN = ["train", "--out", "{runs}", "--name", "case", *TINY]
+# every case trains (if it wrongly got that far) into a run folder of its own, runs/case-ID
+TRAIN = ["train", "--out", "{runs}", "--name", "{name}", *TINY]
 FIT = ["trajectory", "fit", "--data", "{root}/cells.csv", "--time-key", "day", "--dims", "0",
-       "--no-standardize", "--out", "{runs}", "--name", "case", *TRAJ]
+       "--no-standardize", "--out", "{runs}", "--name", "{name}", *TRAJ]
 SAMPLE = ["sample", "{runs}/trained", "--out", "s.npy"]
 PREDICT = ["trajectory", "predict", "{runs}/course", "--out", "p.npz"]
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -175,8 +178,8 @@ CASES = [
      "argument --ode-steps"),
     ("traj-evaluate-no-run", ["trajectory", "evaluate", "{runs}/nope"], "not a trajectory run"),
     # ---- demo and the command tree
-    ("demo-steps-zero", ["demo", "--steps", "0", "--out", "{runs}/case"], "argument --steps: mu"),
-    ("demo-steps-negative", ["demo", "--steps", "-1", "--out", "{runs}/case"], "got -1"),
+    ("demo-steps-zero", ["demo", "--steps", "0", "--out", "{runs}/{name}"], "argument --steps"),
+    ("demo-steps-negative", ["demo", "--steps", "-1", "--out", "{runs}/{name}"], "got -1"),
     ("demo-out", ["demo", "--steps", "1", "--out", "{root}/a-file"], "is a file, not a folder"),
     ("no-command", [], "the following arguments are required: command"),
     ("unknown-command", ["nosuch"], "invalid choice: 'nosuch'"),
@@ -195,7 +198,7 @@ def snapshot(root):
     c.values[0] if hasattr(c, "values") else c[0] for c in CASES])
 def test_bad_command_line(root, case, argv, message, capsys, monkeypatch):
     runs = root / "runs"
-    argv = [a.format(root=root, runs=runs) for a in argv]
+    argv = [a.format(root=root, runs=runs, name=f"case-{case}") for a in argv]
     monkeypatch.chdir(root / "cwd")
     monkeypatch.setattr(_base, "available_memory", lambda device="cpu": 2 * 10**9)
     before = snapshot(root)
@@ -208,20 +211,23 @@ def test_bad_command_line(root, case, argv, message, capsys, monkeypatch):
     assert err.startswith("otcfm") and err.endswith("\n") and err.count("\n") == 1, err
     assert "Traceback" not in out + err
     assert message in err, err
-    own = runs / "case"
+    # the run folders the command names (--name NAME under runs/, or a run path): its lock
+    own = {runs / b for a, b in zip(argv, argv[1:], strict=False) if a == "--name"}
+    own |= {Path(a) for a in argv if Path(a).parent == runs}
     changed = [p for p, stat in snapshot(root).items() if before.get(p) != stat]
-    assert all(own in p.parents for p in changed), changed
+    assert all(own & set(p.parents) for p in changed), changed
 
 
 def test_a_diverged_run_is_left_resumable(root, capsys, monkeypatch):
     """--lr 1e6: one line naming the step, the loss and --lr; the folder holds no checkpoint
-    of the diverged weights, so the same --name starts again with a sane --lr."""
+    of the diverged weights, so --resume of the same --name starts again with a sane --lr."""
     runs = root / "runs"
     monkeypatch.chdir(root / "cwd")
     argv = ["train", "--out", str(runs), "--name", "diverged", *TINY]
     assert main([*argv, "--lr", "1e6"]) == 2
     err = capsys.readouterr().err
     assert "training loss is" in err and "at step" in err and "--lr, now 1e+06" in err
+    assert "rerun with --resume and a lower --lr" in err
     assert not (runs / "diverged" / "checkpoints" / "latest.pt").exists()
-    assert main([*argv, "--no-eval"]) == 0
+    assert main([*argv, "--resume", "--no-eval"]) == 0
     assert (runs / "diverged" / "checkpoints" / "latest.pt").is_file()

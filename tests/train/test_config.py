@@ -83,7 +83,7 @@ def test_missing_config_file(tmp_path):
         ("eval.ode_steps=0", "eval.ode_steps", "positive integer"),
         ("distributed.timeout=0", "distributed.timeout", "> 0"),
         ("seed=-1", "seed", r"\[0, 2\^63\)"),
-        ("name='a/b'", "name", "plain folder name"),
+        ("name='a/b'", "name", "single folder name"),
         # registry names: each error names its key and lists the valid names
         ("method.name='nosuch'", "method.name", "unknown method 'nosuch' .*otcfm"),
         ("method.time_sampler='nosuch'", "method.time_sampler", "unknown time sampler.*uniform"),

@@ -230,8 +230,9 @@ class Engine:
             where = f" on rank {self.rank}" if self.world > 1 else ""
             kept = ""
             if self.folder is not None:
-                kept = (f"; the run folder keeps its checkpoint of step {self.saved_step}"
-                        if self.saved_step is not None else "; no checkpoint was written")
+                kept = (f"; the run folder keeps its checkpoint of step {self.saved_step} (a "
+                        "lower --lr needs another --name)" if self.saved_step is not None else
+                        "; no checkpoint was written: rerun with --resume and a lower --lr")
             raise NonFiniteLoss(
                 f"training loss is {value} at step {self.step}{where}: lower the "
                 f"learning rate (--lr, now {s.lr:g}) or clip the gradient norm (grad_clip, "
