@@ -192,3 +192,20 @@ def test_data_spec_errors_name_the_key(trained, tmp_path, capsys, monkeypatch, f
     err = error(capsys)
     assert f"data.{flag[2:]}:" in err
     assert re.search(message, err), err
+
+
+def test_a_warning_is_one_line_naming_the_command(home, tmp_path):
+    """Run as a program, otcfm tells a warning the way it tells an error: one line."""
+    import subprocess
+    import sys
+
+    run = home / "runs" / "r"
+    (run / "data.json").unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "otcfm", "sample", str(run), "--n", "5", "--out",
+         str(tmp_path / "s.npy")], cwd=home, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("otcfm sample: warning: "), proc.stderr
+    assert "cannot be verified" in lines[0]

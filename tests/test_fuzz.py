@@ -171,7 +171,9 @@ def _check_outcome(argv: list[str], code: int, text: str, written: set[Path],
     if code == 2:
         last = text.strip().splitlines()[-1] if text.strip() else ""
         assert last.startswith(("otcfm", "usage:")) or "error" in last, (argv, text[-1000:])
-    stray = [p for p in written if not any(p == a or a in p.parents for a in allowed)]
+    # the allowed paths, what they hold, and the folders made to hold them
+    stray = [p for p in written
+             if not any(p == a or a in p.parents or p in a.parents for a in allowed)]
     assert not stray, f"{argv} wrote outside its run folder / --out: {stray}"
 
 

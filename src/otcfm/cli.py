@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -868,6 +869,8 @@ def main(argv: list[str] | None = None) -> int:
         command = f"trajectory {args.trajectory_command}"
     if getattr(args, "debug", False):
         return COMMANDS[args.command](args)
+    previous = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning(command)
     try:
         return COMMANDS[args.command](args)
     except Exception as err:
@@ -882,6 +885,18 @@ def main(argv: list[str] | None = None) -> int:
         code, message = known
         print(f"otcfm {command}: error: {message}", file=sys.stderr)
         return code
+    finally:
+        warnings.formatwarning = previous
+
+
+def _one_line_warning(command: str) -> Callable[..., str]:
+    """Warnings as the command's errors are told: ``otcfm CMD: warning: MESSAGE`` on one line
+    (Python's default adds the file, line and source of the code that warned)."""
+
+    def format_warning(message: Warning | str, *_: Any, **__: Any) -> str:
+        return f"otcfm {command}: warning: {' '.join(str(message).split())}\n"
+
+    return format_warning
 
 
 if __name__ == "__main__":

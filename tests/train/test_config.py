@@ -9,6 +9,7 @@ from otcfm.train.config import (
     RunConfig,
     check_device_available,
     config_differences,
+    tomllib,
 )
 
 
@@ -203,3 +204,20 @@ def test_override_syntax_errors():
         RunConfig().override(["optim.steps"])
     with pytest.raises(ValueError, match="unknown config section 'optimm'"):
         RunConfig().override(["optimm.steps=3"])
+
+
+@pytest.mark.parametrize("text", ["tab\there", "bell\x07", "del\x7f", 'quote " and \\ back',
+                                  "line\nbreak", "unit\x1f", "ünïcødé ✓"])
+def test_any_text_value_survives_the_toml_round_trip(text):
+    """config.toml is read back on --resume: every string the command line accepts must come
+    back as itself (control characters were written raw, which TOML refuses)."""
+    cfg = RunConfig()
+    cfg.data.source = text
+    assert RunConfig.from_dict(tomllib.loads(cfg.to_toml())).data.source == text
+
+
+def test_text_that_is_not_unicode_is_refused_naming_its_key():
+    cfg = RunConfig()
+    cfg.data.source = "bad\udcff"  # how Python decodes a non-UTF-8 byte of argv
+    with pytest.raises(ValueError, match="data.source: .* not valid Unicode"):
+        cfg.to_toml()

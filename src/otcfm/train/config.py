@@ -542,20 +542,30 @@ def _parse_value(raw: str) -> Any:
 
 def dumps_toml(data: dict[str, Any]) -> str:
     """Write a two-level dict of scalars as TOML (scalars first, then one table per section)."""
-    lines = [f"{k} = {_toml_scalar(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    lines = [f"{k} = {_toml_scalar(v, k)}" for k, v in data.items() if not isinstance(v, dict)]
     for section, table in data.items():
         if isinstance(table, dict):
             lines += ["", f"[{section}]"]
-            lines += [f"{k} = {_toml_scalar(v)}" for k, v in table.items()]
+            lines += [f"{k} = {_toml_scalar(v, f'{section}.{k}')}" for k, v in table.items()]
     return "\n".join(lines) + "\n"
 
 
-def _toml_scalar(v: Any) -> str:
+def _toml_scalar(v: Any, key: str) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        escaped = v.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
-    raise TypeError(f"cannot write {v!r} to TOML")
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in v):  # undecodable bytes of a command line
+            raise ConfigError(key, f"{key}: {v!r} is not valid Unicode (bytes that are not UTF-8?)")
+        return '"' + "".join(_toml_char(c) for c in v) + '"'
+    raise TypeError(f"{key}: cannot write {v!r} to TOML")
+
+
+def _toml_char(c: str) -> str:
+    """One character of a TOML basic string: quotes, backslashes and control characters
+    escaped, so that any text reads back as itself."""
+    if c in '"\\':
+        return "\\" + c
+    code = ord(c)
+    return f"\\u{code:04x}" if code < 0x20 or code == 0x7F else c
