@@ -157,6 +157,8 @@ class Engine:
         self.rank, self.world = _rank_world()
         self.device = torch.device(device)
         self.folder = folder
+        if folder is not None:
+            folder.add_fields(getattr(objective, "log_fields", ()))
         self.config_toml = config_toml
         self.files = dict(files or {})
         self.extra_state = dict(extra_state or {})
@@ -331,8 +333,10 @@ class Engine:
         log.debug("step %d %s", self.step, " ".join(f"{k} {v:.4g}" for k, v in row.items()))
 
     def _train_log(self) -> dict[str, float]:
-        """Extra training columns of a log row (every process calls it at each row)."""
-        return {}
+        """Extra training columns of a log row (every process calls it at each row): the
+        objective's optional ``coupling_log()``, whose keys it lists in ``log_fields``."""
+        coupling_log = getattr(self.objective, "coupling_log", None)
+        return coupling_log() if coupling_log is not None else {}
 
     def _mean_over_processes(self, value: float) -> float:
         """The mean of ``value`` over all processes (the value itself in a single process)."""
@@ -349,8 +353,8 @@ class Engine:
         try:
             return work(*args)
         except (RuntimeError, ConnectionError) as err:
-            if isinstance(err, (RankFailure, FloatingPointError)):
-                raise
+            if isinstance(err, (RankFailure, FloatingPointError, ValueError)):
+                raise  # its own error (a diverged loss, a coupling that did not converge)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             where = (f", its last checkpoint is {self.folder.checkpoints / 'latest.pt'}: "
                      "continue it with --resume") if self.folder is not None else ""
@@ -392,10 +396,9 @@ class Trainer(Engine):
             ema_decay=o.ema_decay, log_every=cfg.eval.val_every,
             checkpoint_every=cfg.eval.checkpoint_every,
         )
-        fields = (*LOG_FIELDS[:-1], *objective.log_fields, LOG_FIELDS[-1])
         super().__init__(
             objective, model, settings, device=dev,
-            folder=RunFolder(cfg.run_dir, fields=fields, rank=rank,
+            folder=RunFolder(cfg.run_dir, fields=LOG_FIELDS, rank=rank,
                              keep=cfg.eval.keep_checkpoints),
             config_toml=cfg.to_toml(), progress=progress,
             files={DATA_RECORD: self.data_record.to_json()} if self.data_record else None,
@@ -407,9 +410,6 @@ class Trainer(Engine):
             n_val = min(self.data.source.val.shape[0], self.data.target.val.shape[0])
             self.labels = {"loss": f"loss (OT batch {cfg.ot_batch // (world if local else 1)})",
                            "val_loss": f"val_loss (OT batch {n_val})"}
-
-    def _train_log(self) -> dict[str, float]:
-        return self.objective.coupling_log()
 
     @property
     def data(self) -> RunData:

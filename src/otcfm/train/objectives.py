@@ -13,6 +13,8 @@ optimizer, EMA, clipping, DDP, step counting, progress, logs and checkpoints. Th
   only; ``None`` when the objective has none). A ``"val_loss"`` selects ``best.pt``.
 - ``state()``: extra checkpoint payload (e.g. what a run needs to rebuild its data).
 - ``close()``: stop background work (a later ``loss`` starts it again).
+- optional: ``log_fields`` and ``coupling_log()``, extra training columns of log.csv and
+  their values at each logged row (a coupling's convergence: :class:`ConvergenceTally`).
 
 :class:`PairObjective` is conditional flow matching between two point clouds (Tong et al.,
 eqs. (8)-(9) with a minibatch coupling, Sec. 3.2); the time-series objective lives beside the
@@ -48,10 +50,56 @@ from otcfm.train.prefetch import (
     pairs_in_order,
 )
 
-__all__ = ["COUPLING_FIELDS", "Objective", "PairObjective"]
+__all__ = ["COUPLING_FIELDS", "ConvergenceTally", "Objective", "PairObjective"]
 
 #: log.csv columns of a coupling that reports its convergence (see PairObjective.coupling_log)
 COUPLING_FIELDS = ("coupling_calls", "coupling_converged", "coupling_marginal_error_max")
+
+
+class ConvergenceTally:
+    """The convergence of a coupling's solves between two log rows (log.csv columns).
+
+    ``fields``: :data:`COUPLING_FIELDS` when ``coupling`` reports its convergence
+    (:attr:`~otcfm.couplings.Coupling.reports_convergence`), else none. :meth:`add` counts a
+    solve; :meth:`log` returns ``coupling_calls`` (solves since the last row),
+    ``coupling_converged`` (the fraction of them that met the solver's tolerance) and
+    ``coupling_marginal_error_max`` (the largest L1 marginal error of their plans, see
+    :class:`~otcfm.couplings.Convergence`), then starts over. The last two are NaN when no
+    solve happened since the last row (a coupled batch can feed many steps).
+    """
+
+    def __init__(self, coupling: Any) -> None:
+        self.fields: tuple[str, ...] = COUPLING_FIELDS if coupling.reports_convergence else ()
+        self._calls, self._converged, self._worst = 0, 0, 0.0
+
+    def add(self, pair: Pairing) -> None:
+        """Count one solve (a pairing whose coupling reports no convergence counts nothing)."""
+        c = pair.convergence
+        if c is not None:
+            self._calls += 1
+            self._converged += int(c.converged)
+            self._worst = max(self._worst, c.marginal_error)
+
+    def log(self, world: int = 1, device: torch.device | str = "cpu") -> dict[str, float]:
+        """The columns since the last call; resets. With ``world`` > 1 the counts are summed
+        and the error max-reduced over processes (each solve counted by the process that made
+        it): every process must call this at the same step. Empty without ``fields``."""
+        if not self.fields:
+            return {}
+        calls, converged, worst = self._calls, self._converged, self._worst
+        self._calls, self._converged, self._worst = 0, 0, 0.0
+        if world > 1:
+            t = torch.tensor([calls, converged], dtype=torch.float64, device=device)
+            worst_t = torch.tensor([worst], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            dist.all_reduce(worst_t, op=dist.ReduceOp.MAX)
+            calls, converged, worst = int(t[0]), int(t[1]), float(worst_t[0])
+        nan = float("nan")
+        return {
+            "coupling_calls": calls,
+            "coupling_converged": converged / calls if calls else nan,
+            "coupling_marginal_error_max": worst if calls else nan,
+        }
 
 
 @runtime_checkable
@@ -138,11 +186,9 @@ class PairObjective:
         self._coupled: CoupledBatch | None = None
         self._chunks: list[Pairing] = []
         self._turns: OwnTurns | None = None
+        self._tally = ConvergenceTally(matcher.coupling)
         #: extra log.csv columns: COUPLING_FIELDS when the coupling reports convergence
-        self.log_fields: tuple[str, ...] = (
-            COUPLING_FIELDS if matcher.coupling.reports_convergence else ()
-        )
-        self._solves = (0, 0, 0.0)  # since the last coupling_log: calls, converged, max error
+        self.log_fields: tuple[str, ...] = self._tally.fields
 
     # ------------------------------------------------------------------ couplings
     def couple(
@@ -239,38 +285,12 @@ class PairObjective:
 
     def _count_solve(self, pair: Pairing) -> None:
         """Add a coupled batch's convergence (when this process solved it) to the tally."""
-        c = pair.convergence
-        if c is not None:
-            calls, converged, worst = self._solves
-            self._solves = (calls + 1, converged + c.converged, max(worst, c.marginal_error))
+        self._tally.add(pair)
 
     def coupling_log(self) -> dict[str, float]:
-        """The coupling's convergence since the last call, as log.csv columns; resets.
-
-        ``coupling_calls``: coupling solves; ``coupling_converged``: the fraction of them that
-        met the solver's tolerance; ``coupling_marginal_error_max``: the largest L1 marginal
-        error of their plans (:class:`~otcfm.couplings.Convergence`). NaN when no solve
-        happened since the last row (a coupled batch can feed many steps). Summed over
-        processes (each solve is counted by the process that made it): under
-        torch.distributed every process must call this at the same step. Empty when the
-        coupling does not report convergence.
-        """
-        if not self.log_fields:
-            return {}
-        calls, converged, worst = self._solves
-        self._solves = (0, 0, 0.0)
-        if self.world > 1:
-            t = torch.tensor([calls, converged, worst], dtype=torch.float64, device=self.device)
-            worst_t = t[2:].clone()
-            dist.all_reduce(t)
-            dist.all_reduce(worst_t, op=dist.ReduceOp.MAX)
-            calls, converged, worst = int(t[0]), int(t[1]), float(worst_t[0])
-        nan = float("nan")
-        return {
-            "coupling_calls": calls,
-            "coupling_converged": converged / calls if calls else nan,
-            "coupling_marginal_error_max": worst if calls else nan,
-        }
+        """The coupling's convergence since the last call, as log.csv columns
+        (:class:`ConvergenceTally`), summed over processes; resets."""
+        return self._tally.log(self.world, self.device)
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()

@@ -266,6 +266,12 @@ class RunFolder:
         self.keep = keep
         self._lock = _Lock(self.path / LOCK_NAME)
 
+    def add_fields(self, names: Sequence[str]) -> None:
+        """Add log.csv columns (those not there yet), before ``seconds`` when it is one."""
+        new = tuple(n for n in names if n not in self.fields)
+        at = self.fields.index("seconds") if "seconds" in self.fields else len(self.fields)
+        self.fields = (*self.fields[:at], *new, *self.fields[at:])
+
     @property
     def writes(self) -> bool:
         """Whether this process writes the files (rank 0)."""

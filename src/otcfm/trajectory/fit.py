@@ -21,12 +21,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from otcfm.couplings import Pairing
 from otcfm.data import sample_batch
 from otcfm.data.timeseries import TimeSeries
 from otcfm.matchers import FlowMatcher, matcher, preset_defaults
 from otcfm.train.config import ModelConfig
 from otcfm.train.datasets import stream
 from otcfm.train.loop import Engine, LoopSettings, build_model
+from otcfm.train.objectives import ConvergenceTally
 from otcfm.train.runfolder import RunFolder
 
 __all__ = [
@@ -124,18 +126,24 @@ def multimarginal_loss(
     pairs: list[tuple[int, int]],
     batch_size: int,
     generator: torch.Generator | None = None,
+    on_pair: Callable[[Pairing], None] | None = None,
 ) -> Tensor:
     """Mean over every interval's samples of ||v(x_t, a + (b-a) t) - u_t / (b-a)||^2.
 
     populations[k]: (n_k, d) cells at index time k; pairs: (a, b) intervals. Each interval
-    draws min(batch_size, n_a, n_b) cells from both ends. Returns a 0-dim float32 tensor.
+    draws min(batch_size, n_a, n_b) cells from both ends. ``on_pair``: called with each
+    interval's :class:`~otcfm.couplings.Pairing` (e.g. to record the coupling's
+    convergence). Returns a 0-dim float32 tensor.
     """
     xs, taus, targets = [], [], []
     for a, b in pairs:
         n = min(batch_size, populations[a].shape[0], populations[b].shape[0])
         x0 = sample_batch(populations[a], n, generator)
         x1 = sample_batch(populations[b], n, generator)
-        s = fm.sample(x0, x1, generator=generator)
+        pair = fm.coupling(x0, x1, generator=generator)  # what fm.sample(x0, x1) would draw
+        if on_pair is not None:
+            on_pair(pair)
+        s = fm.sample(pair, generator=generator)
         span = float(b - a)
         xs.append(s.xt)
         taus.append(a + span * s.t)
@@ -181,11 +189,19 @@ class TimeSeriesObjective:
         self.populations = [p.to(device) for p in ts.populations()]
         self.matcher = build_matcher(spec.method, spec.sigma)
         self.event_shape: tuple[int, ...] = (ts.dim,)
+        self._tally = ConvergenceTally(self.matcher.coupling)
+        #: log.csv columns of the coupling's convergence (SB-CFM's entropic plans)
+        self.log_fields: tuple[str, ...] = self._tally.fields
 
     def loss(self, net: nn.Module, step: int) -> Tensor:
         g = stream(self.spec.seed, "trajectory", "step", str(step))
         return multimarginal_loss(net, self.matcher, self.populations, self.pairs,
-                                  self.spec.batch_size, g)
+                                  self.spec.batch_size, g, on_pair=self._tally.add)
+
+    def coupling_log(self) -> dict[str, float]:
+        """The coupling's convergence since the last row (:class:`ConvergenceTally`); every
+        process solves the same plans, so each counts its own."""
+        return self._tally.log()
 
     def validate(self, model: nn.Module) -> None:
         return None
