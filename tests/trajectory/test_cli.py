@@ -93,6 +93,25 @@ def test_predict_populations_and_paths(tmp_path, csv_data, capsys):
     assert "wrote paths of 7 cells" in capsys.readouterr().out
 
 
+def test_predict_output_is_written_whole_or_not_at_all(tmp_path, csv_data, monkeypatch):
+    """A write that fails half-way leaves the previous --out as it was and no temporary file."""
+    import otcfm.data.timeseries_files as files
+
+    assert fit(tmp_path, csv_data, "--name", "all", "--no-eval") == 0
+    run, out = tmp_path / "runs" / "all", tmp_path / "pred.csv"
+    out.write_text("the previous prediction\n")
+    real = files.save_populations
+
+    def half_then_fail(path, *args, **kwargs):
+        real(path, *args, **kwargs)  # the temporary file is complete ...
+        raise OSError(28, "No space left on device")  # ... but the disk fills before rename
+
+    monkeypatch.setattr(files, "save_populations", half_then_fail)
+    assert main(["predict", str(run), "--time", "1", "--out", str(out)]) == 2
+    assert out.read_text() == "the previous prediction\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.csv", "pred.csv", "runs"]
+
+
 def test_predict_refuses_times_outside_the_data_unless_asked(tmp_path, csv_data, capsys):
     """cells.csv spans days 0 to 5: day 99 (or -5) would be extrapolated, so it is refused
     with the range, and predicted with --extrapolate."""

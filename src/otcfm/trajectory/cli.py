@@ -58,6 +58,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from otcfm.data.timeseries_files import save_populations
+    from otcfm.train.checkpoint import StagedFiles
     from otcfm.train.config import check_output_file
     from otcfm.trajectory.predict import predict_at, trajectories
     from otcfm.trajectory.run import load_trajectory_run
@@ -90,22 +91,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
         traj = trajectories(run.model, cells, float(start), taus, steps_per_unit=steps)
         xs = torch.stack([back(x) for x in traj.xs])
         times = ts.from_index(traj.ts.double().numpy())
-        if out.suffix == ".pt":
-            torch.save({"xs": xs, "times": torch.from_numpy(times)}, out)
-        elif out.suffix == ".npz":
-            np.savez(out, xs=xs.numpy(), times=times)
-        else:  # pragma: no cover - the suffix was checked above
-            raise ValueError(f"--paths writes .npz or .pt, not {out.suffix!r}")
+        with StagedFiles() as staged:  # written whole or not at all
+            if out.suffix == ".pt":
+                staged.save({"xs": xs, "times": torch.from_numpy(times)}, out)
+            elif out.suffix == ".npz":
+                np.savez(staged.path(out), xs=xs.numpy(), times=times)
+            else:  # pragma: no cover - the suffix was checked above
+                raise ValueError(f"--paths writes .npz or .pt, not {out.suffix!r}")
         print(f"wrote paths of {xs.shape[1]} cells at {xs.shape[0]} times to {out}")
         return 0
     if len(set(args.times)) != len(args.times):
         raise ValueError(f"--time values must be distinct, got {args.times}")
     pops = [back(predict_at(run.model, ts, t, start=args.start, steps_per_unit=steps))
             for t in args.times]
-    if out.suffix == ".pt":
-        torch.save({"times": list(args.times), "populations": pops}, out)
-    else:
-        names = run.data.raw.feature_names if args.original and pre is not None else None
-        save_populations(out, pops, args.times, names)
+    with StagedFiles() as staged:  # written whole or not at all
+        if out.suffix == ".pt":
+            staged.save({"times": list(args.times), "populations": pops}, out)
+        else:
+            names = run.data.raw.feature_names if args.original and pre is not None else None
+            save_populations(staged.path(out), pops, args.times, names)
     print(f"wrote {sum(p.shape[0] for p in pops)} predicted cells at times {args.times} to {out}")
     return 0
