@@ -70,7 +70,8 @@ FLAG_HELP = {
     "sigma": "path noise (default: the method's preset, recorded in config.toml; sbcfm and "
     "sf2m: entropic reg = 2 sigma^2)",
     "coupling": "override the method's coupling: a name (exact, approx, entropic, ...) or a "
-    "spec with options, e.g. approx:tol=0.001 or exact:sampling=plan",
+    "spec with options, e.g. approx:tol=0.001, exact:sampling=plan or "
+    "entropic:reg=0.5,on_fail=raise (stop when a plan does not converge)",
     "steps": "optimizer steps",
     "workers": "background coupling threads (0 = couple in the training thread)",
     "ot_batch": "points coupled at once; a multiple of --batch-size (0 = batch size)",

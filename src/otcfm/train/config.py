@@ -180,7 +180,8 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
 
 @dataclass
 class DataConfig:
-    """Where x0 (source) and x1 (target) come from: built-in names or .npy/.npz/.csv files."""
+    """Where x0 (source) and x1 (target) come from: built-in names, .npy/.npz/.csv/.tsv/.txt
+    files or ``FILE.npz:KEY`` (the grammar of :func:`otcfm.data.parse_spec`)."""
 
     source: str = "gaussian"
     target: str = "8gaussians"
