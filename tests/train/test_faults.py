@@ -257,23 +257,23 @@ def test_resume_of_a_missing_trajectory_run_is_an_error(tmp_path, capsys):
 
 
 def test_sample_out_is_written_whole_or_not_at_all(tmp_path, capsys, monkeypatch):
-    import otcfm.data
+    import otcfm.train.cli as commands
 
     run = tmp_path / "r"
     assert main(train_args(tmp_path, "r", 10, "--val-every", "10")) == 0
     out = tmp_path / "s.csv"
     out.write_text("old\n")
-    real = otcfm.data.save_points
+    real = commands.save_points
 
     def half_then_fail(path, x):
         Path(path).write_text("0.1,0.2\n")
         raise ValueError("disk full")
 
-    monkeypatch.setattr(otcfm.data, "save_points", half_then_fail)
+    monkeypatch.setattr(commands, "save_points", half_then_fail)
     assert main(["sample", str(run), "--n", "5", "--out", str(out)]) == 2
     assert out.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r", "s.csv"]
-    monkeypatch.setattr(otcfm.data, "save_points", real)
+    monkeypatch.setattr(commands, "save_points", real)
     assert main(["sample", str(run), "--n", "5", "--out", str(out)]) == 0
     assert len(out.read_text().strip().splitlines()) == 5
 

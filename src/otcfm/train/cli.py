@@ -1,0 +1,185 @@
+"""The commands of ``otcfm train | sample | evaluate`` (the parser and the error handling live
+in :mod:`otcfm.cli`, which imports this module when one of them runs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from otcfm.couplings import check_memory
+from otcfm.data import load_points, parse_spec, save_points, toy
+from otcfm.data.files import SUPPORTED_EXTENSIONS
+from otcfm.sampling import ADAPTIVE_SOLVERS, SOLVERS
+from otcfm.train.checkpoint import StagedFiles
+from otcfm.train.config import RunConfig, check_folder, check_output_file
+from otcfm.train.datasets import stream
+from otcfm.train.evaluate import evaluate_run, load_run, sample_run, sde_sigma
+from otcfm.train.launch import launch, launched_world, process_group
+from otcfm.train.loop import build_matcher, process_device, train
+
+
+def _check_nproc(nproc: int, device: str) -> None:
+    """--nproc on this machine: one GPU per process on CUDA, at most one process per core."""
+    if torch.device(device).type == "cuda":
+        have, what = torch.cuda.device_count(), "CUDA devices"
+    else:
+        have, what = os.cpu_count() or 1, "CPU cores"
+    if nproc > have:
+        raise ValueError(f"--nproc {nproc} exceeds the {have} {what} of this machine")
+
+
+def _local_processes(world: int) -> int:
+    """The processes of this job on this machine (torchrun sets LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world))
+
+
+def check_coupling_memory(cfg: RunConfig, world: int, processes: int) -> None:
+    """Refuse a run whose couplings would not fit in memory, before any data is loaded.
+
+    Each of ``processes`` processes on this machine (of ``world`` in the job) solves
+    couplings of ``couplings.ot_batch`` points (scope "local": its share of them) in its
+    coupling threads at once; see :func:`otcfm.couplings.check_memory`.
+    """
+    c = cfg.couplings
+    n = cfg.ot_batch // world if (world > 1 and c.scope == "local") else cfg.ot_batch
+    threads = max(1, c.workers if world == 1 else min(c.workers, 1))
+    check_memory(build_matcher(cfg.method).coupling, n, n, device=process_device(cfg.device),
+                 copies=threads * processes)
+
+
+def cmd_train(args: argparse.Namespace, cfg: RunConfig) -> int:
+    """``otcfm train`` with the resolved config ``cfg`` of its flags (device checked)."""
+    check_folder(Path(cfg.out_dir), "out_dir (--out)")
+    check_folder(cfg.run_dir, "the run folder (--out/--name)")
+    rank = int(os.environ.get("RANK", "0"))
+    if args.resume and rank == 0 and not cfg.run_dir.is_dir():
+        raise FileNotFoundError(f"--resume: there is no run {cfg.run_dir} (check --name, --out)")
+    if args.nproc is not None:
+        if launched_world() > 1:
+            raise ValueError("--nproc starts the processes itself; under torchrun leave it out")
+        if args.nproc > 1:
+            for key, value in (("--batch-size", cfg.optim.batch_size),
+                               ("--ot-batch", cfg.ot_batch)):
+                if value % args.nproc:
+                    raise ValueError(
+                        f"{key} {value} is the global batch; it must be a multiple of "
+                        f"--nproc {args.nproc}"
+                    )
+            _check_nproc(args.nproc, cfg.device)
+            check_coupling_memory(cfg, args.nproc, args.nproc)
+            launch(_without_nproc(args.argv), args.nproc, timeout=cfg.distributed.timeout)
+            return 0
+    world = launched_world()
+    check_coupling_memory(cfg, world, _local_processes(world))
+    with process_group(cfg.device, cfg.distributed.backend, cfg.distributed.timeout):
+        result = train(cfg, resume=args.resume, progress=not args.quiet)
+    if rank != 0:
+        return 0
+    print(
+        f"trained {result.steps} steps in {result.train_seconds:.1f} s "
+        f"(best validation loss {result.best_val_loss:.4g} at step {result.best_step})"
+    )
+    if not args.no_eval:
+        _print_metrics(evaluate_run(result.run_dir))
+    print(f"run written to {result.run_dir}")
+    return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line of each launched process: ``argv`` less ``--nproc N``."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            out.append(item)
+    return out
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+
+
+    if args.sde_steps is not None and not args.sde:
+        raise ValueError("--sde-steps applies to SDE sampling; add --sde")
+    if args.sde and (args.solver or args.ode_steps):
+        raise ValueError("--solver and --ode-steps set the ODE; with --sde use --sde-steps")
+    if args.solver is not None and args.solver not in SOLVERS:
+        raise ValueError(f"--solver: unknown solver {args.solver!r} (choose from "
+                         f"{', '.join(SOLVERS)})")
+    check_output_file(args.out, "--out", (*SUPPORTED_EXTENSIONS, ".pt"))
+    x0_spec = None
+    if args.x0 is not None:
+        x0_spec = parse_spec(args.x0, builtins=(), name="--x0")
+        if not x0_spec.path.is_file():
+            raise FileNotFoundError(f"--x0: file not found: {x0_spec.path}")
+    run = load_run(args.run, args.checkpoint, data_root=args.data_root,
+                   allow_changed_data=args.allow_changed_data)
+    x0 = None
+    if x0_spec is not None:
+        x0 = load_points(x0_spec.path, key=x0_spec.key)
+        if tuple(x0.shape[1:]) != run.event_shape:
+            raise ValueError(
+                f"--x0 {args.x0}: points of shape {tuple(x0.shape[1:])}, the run's model takes "
+                f"{run.event_shape}"
+            )
+    if x0 is None and args.n > run.data.source.test.shape[0]:
+        x0 = _more_sources(run, args.n)
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator().manual_seed(args.seed)
+    traj = sample_run(
+        run, x0, n=args.n, solver=args.solver, steps=args.ode_steps, save="ends",
+        sde=args.sde, sde_steps=args.sde_steps, generator=generator,
+    )
+    out = Path(args.out)
+    with StagedFiles() as staged:  # written whole or not at all
+        if out.suffix == ".pt":
+            staged.save({"x0": traj.xs[0], "samples": traj.x_final, "nfe": traj.nfe}, out)
+        else:
+            save_points(staged.path(out), traj.x_final)
+    how = f"SDE, sigma {sde_sigma(run.cfg)}" if args.sde else "ODE"
+    print(f"wrote {traj.x_final.shape[0]} samples to {out} ({how}, NFE {traj.nfe}; "
+          f"{run.checkpoint}, step {run.step})")
+    return 0
+
+
+def _more_sources(run: Any, n: int) -> Any:
+    """``n`` > n_test source points: the run's test sources, then fresh draws of its built-in
+    source distribution from a stream of their own (a file source has no more points)."""
+
+
+    test, spec = run.data.source.test, run.cfg.data.source
+    if parse_spec(spec, name="data.source").is_file:
+        raise ValueError(
+            f"--n {n} exceeds the {test.shape[0]} test sources held out of {spec}; "
+            "pass --x0 FILE with the points to push"
+        )
+    fresh = toy.sample(spec, n - test.shape[0], generator=stream(run.cfg.seed, "source", "more"))
+    return torch.cat([test, fresh.to(test.dtype)])
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    adaptive = "" if args.adaptive.lower() == "none" else args.adaptive
+    if adaptive and adaptive not in ADAPTIVE_SOLVERS:
+        raise ValueError(f"--adaptive: unknown adaptive solver {adaptive!r} (choose from "
+                         f"{', '.join(ADAPTIVE_SOLVERS)} or none)")
+    if args.sde_steps is not None and not args.sde:
+        raise ValueError("--sde-steps applies to SDE sampling; add --sde")
+    metrics = evaluate_run(
+        args.run, which=args.checkpoint, adaptive=adaptive, plots=not args.no_plots,
+        sde=args.sde, sde_steps=args.sde_steps, data_root=args.data_root,
+        allow_changed_data=args.allow_changed_data,
+    )
+    _print_metrics(metrics)
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    print(json.dumps(metrics, indent=2))
