@@ -221,3 +221,16 @@ def test_text_that_is_not_unicode_is_refused_naming_its_key():
     cfg.data.source = "bad\udcff"  # how Python decodes a non-UTF-8 byte of argv
     with pytest.raises(ValueError, match="data.source: .* not valid Unicode"):
         cfg.to_toml()
+
+
+def test_warmup_and_bf16_reach_the_engine_and_are_checked(tmp_path):
+    from otcfm.train.loop import Trainer
+
+    cfg = RunConfig(name="w", out_dir=str(tmp_path)).override(
+        ["optim.warmup=3", "optim.bf16=true", "data.n_train=64", "data.n_val=16",
+         "data.n_test=16", "optim.batch_size=16", "optim.steps=2"]).validate()
+    trainer = Trainer(cfg)
+    assert trainer.settings.warmup == 3 and trainer.settings.bf16 is True
+    trainer.close()
+    with pytest.raises(ConfigError, match=r"optim.warmup must be an integer >= 0 \(0 = off\)"):
+        RunConfig().override(["optim.warmup=-1"]).validate()

@@ -363,3 +363,56 @@ def test_settings_are_checked():
         LoopSettings(steps=0)
     with pytest.raises(ValueError, match="grad_clip"):
         LoopSettings(steps=1, grad_clip=-1.0)
+
+
+def test_warmup_rises_linearly_then_holds_and_resumes_alike():
+    """warmup=4, lr 0.01: steps 0-3 use 0.0025, 0.005, 0.0075, 0.01, then 0.01; the weights
+    equal a plain AdamW loop given those rates, and a run stopped inside the warmup resumes on
+    the same schedule."""
+    lr, steps = 1e-2, 7
+    rates = [0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01, 0.01]
+    settings = LoopSettings(steps=steps, lr=lr, warmup=4, log_every=2)
+    assert [settings.lr_at(s) for s in range(steps)] == pytest.approx(rates, rel=1e-12)
+    engine = Engine(Toy(), Flat(), settings)
+    engine.run()
+    model, toy = Flat(), Toy()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    for step in range(steps):
+        opt.zero_grad()
+        toy.loss(model, step).backward()
+        opt.param_groups[0]["lr"] = rates[step]
+        opt.step()
+    for p, q in zip(engine.model.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    first = Engine(Toy(), Flat(), settings)
+    first.run(until=2)
+    second = Engine(Toy(), Flat(), settings)
+    second.load_state_dict(first.state_dict())
+    second.run()
+    same(engine.model, second.model)
+    with pytest.raises(ValueError, match="warmup"):
+        LoopSettings(steps=1, warmup=-1)
+
+
+def test_bf16_runs_the_loss_under_autocast_and_keeps_float32_weights():
+    """bf16=True: the forward pass in bfloat16 (so the weights differ from a float32 run),
+    equal to a plain loop under the same autocast; parameters and EMA stay float32."""
+    lr, steps = 1e-2, 4
+    engine = Engine(Toy(), Flat(), LoopSettings(steps=steps, lr=lr, bf16=True, ema_decay=0.5))
+    engine.run()
+    model, toy = Flat(), Toy()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    for step in range(steps):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = toy.loss(model, step)
+        loss.backward()
+        opt.step()
+    plain = Engine(Toy(), Flat(), LoopSettings(steps=steps, lr=lr))
+    plain.run()
+    for p, q, r in zip(engine.model.parameters(), model.parameters(), plain.model.parameters(),
+                       strict=True):
+        assert p.dtype == torch.float32
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+        assert not torch.equal(p, r)
+    assert all(p.dtype == torch.float32 for p in engine.eval_model().parameters())

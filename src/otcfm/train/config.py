@@ -268,6 +268,8 @@ class OptimConfig:
     weight_decay: float = 1e-5
     grad_clip: float = 0.0  # 0 = off
     ema_decay: float = 0.0  # 0 = off; e.g. 0.999
+    warmup: int = 0  # steps of linear learning-rate warmup; 0 = off (CIFAR-10 recipe: 5000)
+    bf16: bool = False  # the forward pass under bfloat16 autocast (weights stay float32)
 
 
 @dataclass
@@ -441,6 +443,7 @@ class RunConfig(TomlConfig):
         check_number("optim.lr", o.lr, low=0, open_low=True)
         check_number("optim.weight_decay", o.weight_decay, low=0)
         check_number("optim.grad_clip", o.grad_clip, low=0, note=" (0 = off)")
+        check_count("optim.warmup", o.warmup, low=0, note=" (0 = off)")
         check_number("optim.ema_decay", o.ema_decay, low=0, high=1, open_high=True,
                      note=" (0 = off)")
 

@@ -106,7 +106,13 @@ class LoopSettings:
     (0: off; validation then uses the EMA weights). The mean training loss is logged (and the
     objective validated) every ``log_every`` steps and a checkpoint written every
     ``checkpoint_every`` steps (0: only at the end; ``checkpoints/step-N.pt`` and ``latest.pt``,
-    see :class:`~otcfm.train.runfolder.RunFolder`); both happen at the last step."""
+    see :class:`~otcfm.train.runfolder.RunFolder`); both happen at the last step.
+
+    ``warmup``: the learning rate rises linearly over the first ``warmup`` steps, then stays
+    at ``lr`` (:meth:`lr_at`; 0: constant, the 2-D recipes; the paper's CIFAR-10 recipe warms
+    up over 5,000 steps). ``bf16``: the loss (forward pass) runs under ``torch.autocast`` with
+    bfloat16 on the run's device; parameters, gradients and the optimizer stay float32.
+    """
 
     steps: int
     lr: float = 1e-3
@@ -115,6 +121,8 @@ class LoopSettings:
     ema_decay: float = 0.0
     log_every: int = 100
     checkpoint_every: int = 1_000
+    warmup: int = 0
+    bf16: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "log_every"):
@@ -125,6 +133,13 @@ class LoopSettings:
                 f"need lr > 0, grad_clip >= 0 and checkpoint_every >= 0, got lr {self.lr}, "
                 f"grad_clip {self.grad_clip}, checkpoint_every {self.checkpoint_every}"
             )
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup must be an integer >= 0 (steps), got {self.warmup!r}")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based): ``lr * min(1, (step + 1) /
+        warmup)``, so the first step already moves and step ``warmup - 1`` reaches ``lr``."""
+        return self.lr if self.warmup == 0 else self.lr * min(1.0, (step + 1) / self.warmup)
 
 
 class Engine:
@@ -224,7 +239,11 @@ class Engine:
         s = self.settings
         if not self.model.training:  # validation leaves it in eval mode; .train() walks modules
             self.net.train()
-        loss = self.objective.loss(self.net, self.step)
+        if s.bf16:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                loss = self.objective.loss(self.net, self.step)
+        else:
+            loss = self.objective.loss(self.net, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP: the gradient all-reduce, before any process can stop
         value = loss.item()
@@ -242,6 +261,9 @@ class Engine:
             )
         if s.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
+        if s.warmup:
+            for group in self.optimizer.param_groups:
+                group["lr"] = s.lr_at(self.step)
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)
@@ -393,7 +415,7 @@ class Trainer(Engine):
         o = cfg.optim
         settings = LoopSettings(
             steps=o.steps, lr=o.lr, weight_decay=o.weight_decay, grad_clip=o.grad_clip,
-            ema_decay=o.ema_decay, log_every=cfg.eval.val_every,
+            ema_decay=o.ema_decay, warmup=o.warmup, bf16=o.bf16, log_every=cfg.eval.val_every,
             checkpoint_every=cfg.eval.checkpoint_every,
         )
         super().__init__(
