@@ -186,6 +186,7 @@ def test_matcher_presets_take_dropout_options():
     [
         ({"cond_dropout": -0.1}, "cond_dropout must be finite and >= 0"),
         ({"cond_dropout": 1.5}, r"cond_dropout must be a probability in \[0, 1\]"),
+        ({"cond_dropout": True}, r"cond_dropout must be a probability in \[0, 1\]"),
         ({"cond_dropout": math.nan}, "cond_dropout must be finite"),
         ({"cond_dropout": 0.1, "null_class": -1}, "null_class must be None or an int >= 0"),
         ({"cond_dropout": 0.1, "null_class": True}, "null_class must be None or an int >= 0"),

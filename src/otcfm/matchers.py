@@ -93,6 +93,8 @@ class FlowMatcher:
 
     def _set_dropout(self, cond_dropout: Any, null_class: Any, cond_key: Any) -> None:
         """Validate and set the condition-dropout options (see the class docstring)."""
+        if isinstance(cond_dropout, bool):
+            raise ValueError(f"cond_dropout must be a probability in [0, 1], got {cond_dropout!r}")
         p = check_positive("cond_dropout", cond_dropout, allow_zero=True)
         if p > 1.0:
             raise ValueError(f"cond_dropout must be a probability in [0, 1], got {cond_dropout!r}")
