@@ -25,6 +25,7 @@ from otcfm.couplings import (
     ExactOT,
     Independent,
     Pairing,
+    build_coupling,
     coupling_spec,
 )
 from otcfm.paths import (
@@ -37,7 +38,9 @@ from otcfm.paths import (
 )
 from otcfm.time_samplers import TIME_SAMPLERS, TimeSampler, UniformTime
 
-__all__ = ["MATCHERS", "SF2M", "FlowMatcher", "SF2MLoss", "matcher", "preset_defaults"]
+__all__ = [
+    "DROPOUT_OPTIONS", "MATCHERS", "SF2M", "FlowMatcher", "SF2MLoss", "matcher", "preset_defaults",
+]
 
 
 class FlowMatcher:
@@ -48,6 +51,14 @@ class FlowMatcher:
         coupling: minibatch coupling q(x0, x1); default :class:`Independent`.
         time_sampler: distribution of t; default :class:`UniformTime`.
         name: a label shown in the repr (the registry name for presets).
+        cond_dropout: probability p in [0, 1] of replacing each training sample's class label
+            ``cond[cond_key]`` by ``null_class`` (condition dropout for classifier-free
+            guidance, Ho & Salimans 2022: one model learns v(x | y) and v(x | null); sample
+            with :class:`otcfm.sampling.Guided`). Default 0: labels kept, nothing drawn.
+        null_class: the label meaning "no condition" (K for a model built with
+            ``num_classes=K``, its ``model.null_class``); required when cond_dropout > 0.
+            Data labels must lie in [0, K): a label equal to K would read as unconditional.
+        cond_key: the condition that holds the class labels, default ``"y"``.
     """
 
     #: whether the model must also have a score head (see :class:`SF2M`)
@@ -60,6 +71,9 @@ class FlowMatcher:
         time_sampler: TimeSampler | None = None,
         *,
         name: str = "custom",
+        cond_dropout: float = 0.0,
+        null_class: int | None = None,
+        cond_key: str = "y",
     ) -> None:
         if not isinstance(path, ProbabilityPath):
             raise TypeError(f"path must be a ProbabilityPath, got {type(path).__name__}")
@@ -75,6 +89,60 @@ class FlowMatcher:
         self.coupling = coupling
         self.time_sampler = time_sampler
         self.name = str(name)
+        self._set_dropout(cond_dropout, null_class, cond_key)
+
+    def _set_dropout(self, cond_dropout: Any, null_class: Any, cond_key: Any) -> None:
+        """Validate and set the condition-dropout options (see the class docstring)."""
+        if isinstance(cond_dropout, bool):
+            raise ValueError(f"cond_dropout must be a probability in [0, 1], got {cond_dropout!r}")
+        p = check_positive("cond_dropout", cond_dropout, allow_zero=True)
+        if p > 1.0:
+            raise ValueError(f"cond_dropout must be a probability in [0, 1], got {cond_dropout!r}")
+        if null_class is not None and (
+            isinstance(null_class, bool) or not isinstance(null_class, int) or null_class < 0
+        ):
+            raise ValueError(
+                f"null_class must be None or an int >= 0 (the model's null label, K for "
+                f"num_classes=K), got {null_class!r}"
+            )
+        if p > 0 and null_class is None:
+            raise ValueError(
+                f"cond_dropout={cond_dropout!r} needs null_class, the label that means no "
+                f"condition (model.null_class, K for a model with num_classes=K)"
+            )
+        if not isinstance(cond_key, str) or not cond_key.isidentifier():
+            raise ValueError(f"cond_key must be a condition name such as 'y', got {cond_key!r}")
+        self.cond_dropout = p
+        self.null_class = null_class
+        self.cond_key = cond_key
+
+    def _drop_conditions(self, s: PathSample, generator: torch.Generator | None) -> PathSample:
+        """``s`` with each label ``cond[cond_key]`` replaced by ``null_class`` with probability
+        ``cond_dropout`` (one uniform per sample from ``generator``); ``s`` itself when
+        cond_dropout is 0 (no draw)."""
+        p = self.cond_dropout
+        if p == 0:
+            return s
+        cond, key = s.cond, self.cond_key
+        if not isinstance(cond, Mapping) or key not in cond:
+            have = ", ".join(cond) if isinstance(cond, Mapping) else "none"
+            raise ValueError(
+                f"cond_dropout={p:g} needs the targets' class labels {key}= (e.g. "
+                f"fm.sample(x0, x1, {key}=labels)); conditions given: {have}"
+            )
+        y = cond[key]
+        n = s.xt.shape[0]
+        if (not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex()
+                or y.dtype == torch.bool or tuple(y.shape) != (n,)):
+            got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(
+                f"cond_dropout needs class labels {key}= as an integer tensor of shape ({n},), "
+                f"got {got}"
+            )
+        gen_device = generator.device if generator is not None else y.device
+        u = torch.rand(n, generator=generator, device=gen_device, dtype=torch.float64)
+        dropped = y.masked_fill(u.to(y.device) < p, self.null_class)
+        return replace(s, cond={**cond, key: dropped})
 
     def sample(
         self,
@@ -95,12 +163,14 @@ class FlowMatcher:
                 reindexed with the pairing and returned as ``PathSample.cond`` (a dict).
 
         ``sample(x0, x1, g)`` equals ``sample(coupling(x0, x1, generator=g), generator=g)``.
+        With ``cond_dropout`` > 0 the labels ``cond[cond_key]`` are then dropped to
+        ``null_class`` (one more uniform per sample from the generator, after the noise).
         """
         pair = self._pairs(x0, x1, generator, cond)
         n = pair.x1.shape[0]
         t = self.time_sampler(n, generator=generator, device=pair.x1.device)
         s = self.path.sample(pair.x0, pair.x1, t, generator=generator)
-        return replace(s, cond=pair.cond1)
+        return self._drop_conditions(replace(s, cond=pair.cond1), generator)
 
     def _sample_pairing(self, pair: Pairing, generator: torch.Generator | None) -> PathSample:
         """``sample(pair, generator=generator)`` for a pairing the library made of checked
@@ -115,7 +185,8 @@ class FlowMatcher:
         # times on the generator's device are on x1's when those agree: no move to ask for
         same = generator is not None and generator.device == x1.device
         t = self.time_sampler(x1.shape[0], generator=generator, device=None if same else x1.device)
-        return self.path._sample_valid(pair.x0, x1, t, generator, pair.cond1)
+        s = self.path._sample_valid(pair.x0, x1, t, generator, pair.cond1)
+        return self._drop_conditions(s, generator)
 
     def _pairs(
         self,
@@ -179,9 +250,11 @@ class FlowMatcher:
         return (v - ut).pow(2).mean()
 
     def __repr__(self) -> str:
+        dropout = (f", cond_dropout={self.cond_dropout!r}, null_class={self.null_class!r}"
+                   if self.cond_dropout else "")
         return (
             f"FlowMatcher(name={self.name!r}, path={self.path!r}, "
-            f"coupling={self.coupling!r}, time_sampler={self.time_sampler!r})"
+            f"coupling={self.coupling!r}, time_sampler={self.time_sampler!r}{dropout})"
         )
 
 
@@ -300,6 +373,8 @@ def _check_score_model(model: Any) -> None:
 
 # ---------------------------------------------------------------------- presets
 MATCHERS: Registry[FlowMatcher] = Registry("matcher")
+#: keywords of :func:`matcher` that every preset accepts (FlowMatcher's condition dropout)
+DROPOUT_OPTIONS = ("cond_dropout", "null_class")
 
 
 def matcher(name: str, **kw: Any) -> FlowMatcher:
@@ -307,18 +382,25 @@ def matcher(name: str, **kw: Any) -> FlowMatcher:
 
     Common keywords: ``sigma``, ``time_sampler`` (instance or TIME_SAMPLERS name) and, where
     meaningful, ``coupling`` (instance, COUPLINGS name or spec ``"name:key=value,..."``, see
-    :func:`otcfm.couplings.coupling_spec`). Unknown names raise ValueError,
-    unknown keywords TypeError.
+    :func:`otcfm.couplings.coupling_spec`; ``"exact:within=y"`` pairs within classes). Every
+    preset also takes :data:`DROPOUT_OPTIONS` (``cond_dropout``, ``null_class``: condition
+    dropout for classifier-free guidance, see :class:`FlowMatcher`). Unknown names raise
+    ValueError, unknown keywords TypeError.
     """
     factory = MATCHERS.factory(name)
-    allowed = list(inspect.signature(factory).parameters)
+    allowed = [*inspect.signature(factory).parameters, *DROPOUT_OPTIONS]
     unknown = sorted(set(kw) - set(allowed))
     if unknown:
         raise TypeError(
             f"matcher {name!r} got unknown keyword argument(s) {', '.join(unknown)}; "
             f"allowed: {', '.join(allowed)}"
         )
-    return factory(**kw)
+    dropout = {k: kw.pop(k) for k in DROPOUT_OPTIONS if k in kw}
+    fm = factory(**kw)
+    if dropout:  # a new matcher of our own: set its options before anyone sees it
+        fm._set_dropout(dropout.get("cond_dropout", fm.cond_dropout),
+                        dropout.get("null_class", fm.null_class), fm.cond_key)
+    return fm
 
 
 def preset_defaults(name: str) -> dict[str, Any]:
@@ -386,9 +468,10 @@ def _entropic_options(coupling: Coupling | str | None) -> dict[str, Any] | None:
 
 
 def _coupling_of(factory: Callable[..., Coupling], kwargs: dict[str, Any], spec: str) -> Coupling:
-    """``factory(**kwargs)``; a missing or unknown keyword names the spec and the syntax."""
+    """``factory(**kwargs)`` (in a :class:`~otcfm.couplings.ByClass` for ``within=``); a
+    missing or unknown keyword names the spec and the syntax."""
     try:
-        return factory(**kwargs)
+        return build_coupling(factory, kwargs)
     except TypeError as err:
         raise TypeError(
             f"coupling {spec!r}: {err}; give options as 'name:key=value,...' or pass an "

@@ -14,10 +14,14 @@ warning (:class:`ConvergenceWarning`) when they stop short.
 - :class:`EntropicOT`: entropic OT, reg = 2 sigma^2 for SB-CFM.
 - :class:`UnbalancedOT`: entropic OT with KL-relaxed marginals.
 - :class:`PartialOT`: exact OT of a fraction ``mass`` of the mass.
+- :class:`ByClass`: any of these solved within each class of the labels ``cond[key]``
+  (condition-aware OT: never pairs across classes); the spec option ``within=y``.
 
 ``coupling(name, **kw)`` builds one by its registry name (see ``COUPLINGS.names()``) or by a
 spec with options, ``"name:key=value,..."`` (:func:`coupling_spec`; configs and the command
-line use this form).
+line use this form). Every spec takes the option ``within=KEY`` (``"exact:within=y"``): the
+coupling is then solved within each class of the integer labels ``cond1[KEY]`` (and
+``cond0[KEY]``, or labels assigned from the target's), a :class:`ByClass`.
 
 Before solving, a call checks that its cost matrix and solver workspace
 (:meth:`Coupling.memory_need`, an estimate) fit in the memory available, and raises
@@ -27,6 +31,7 @@ Before solving, a call checks that its cost matrix and solver workspace
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from typing import Any
 
 from otcfm._utils import Registry
@@ -42,6 +47,7 @@ from otcfm.couplings._base import (
     available_memory,
     check_memory,
 )
+from otcfm.couplings._by_class import ByClass
 from otcfm.couplings._entropic import EntropicOT, UnbalancedOT
 from otcfm.couplings._exact import ExactOT, Independent, PartialOT
 
@@ -78,13 +84,25 @@ def coupling_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 def coupling(name: str, **kwargs: Any) -> Coupling:
     """Build the coupling registered as ``name`` (e.g. ``coupling("entropic", reg=0.5)``);
-    ``name`` may be a spec with options, ``coupling("exact:sampling=plan")``; keywords win."""
+    ``name`` may be a spec with options, ``coupling("exact:sampling=plan")``; keywords win.
+    ``within="y"`` (or ``"exact:within=y"``) wraps it in :class:`ByClass` (pairs only within
+    the classes of the labels ``y``)."""
     name, options = coupling_spec(name)
-    return COUPLINGS.get(name, **{**options, **kwargs})
+    return build_coupling(COUPLINGS.factory(name), {**options, **kwargs})
+
+
+def build_coupling(factory: Callable[..., Coupling], options: dict[str, Any]) -> Coupling:
+    """``factory(**options)``, wrapped in :class:`ByClass` when the options hold ``within``
+    (the option every coupling spec accepts; the rest go to ``factory``)."""
+    options = dict(options)
+    within = options.pop("within", None)
+    inner = factory(**options)
+    return inner if within is None else ByClass(inner, key=within)
 
 
 __all__ = [
     "ApproxOT",
+    "ByClass",
     "COUPLINGS",
     "Convergence",
     "ConvergenceError",
@@ -99,6 +117,7 @@ __all__ = [
     "PartialOT",
     "UnbalancedOT",
     "available_memory",
+    "build_coupling",
     "check_memory",
     "coupling",
     "coupling_spec",
