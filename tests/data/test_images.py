@@ -128,8 +128,17 @@ def test_idx_wrong_folder_names_the_expected_files(tmp_path):
     assert "\n" not in text
     with pytest.raises(FileNotFoundError, match="MNIST has no default folder"):
         idx(kind="mnist")
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(FileNotFoundError, match=r"not found: .*expected train-images-idx3"):
         idx(tmp_path / "missing")
+
+
+def test_idx_without_debians_package_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(im, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError) as err:
+        load_images("fashion-mnist")
+    text = str(err.value)
+    assert "apt-get install dataset-fashion-mnist" in text and str(tmp_path / "absent") in text
+    assert "train-images-idx3-ubyte[.gz]" in text and "\n" not in text
     with pytest.raises(ValueError, match="split must be one of train, test"):
         idx(tmp_path, split="valid")
 
@@ -144,6 +153,8 @@ def corrupt(case: str, folder: Path) -> str:
         write_idx(images, 2049, x.reshape(-1))
     elif case == "short":
         write_idx(images, 2051, x, dims=(5, 28, 28))
+    elif case == "huge":  # a header announcing 1.7 TB: refused after reading what is there
+        write_idx(images, 2051, x, dims=(2**31, 28, 28))
     elif case == "trailing":
         write_idx(images, 2051, x, extra=b"\x00")
     elif case == "count":
@@ -165,6 +176,7 @@ def corrupt(case: str, folder: Path) -> str:
     [
         ("magic", "magic number 2049"),
         ("short", "announces 5 x 28 x 28 = 3920 bytes of data, the file holds 3136"),
+        ("huge", "announces 2147483648 x 28 x 28 = 1683627180032 bytes of data, the file holds"),
         ("trailing", "the file holds more"),
         ("count", "holds 3 labels but"),
         ("label", "labels must be 0..9, found 10"),
@@ -287,6 +299,8 @@ def test_cifar10_wrong_folder_names_the_expected_files(tmp_path):
         assert part in text
     with pytest.raises(FileNotFoundError, match="test_batch"):
         load_images(f"cifar10:{tmp_path}", split="test")
+    with pytest.raises(FileNotFoundError, match=r"not found: .*expected data_batch_1"):
+        cifar10(tmp_path / "absent")
 
 
 class Hostile:
@@ -448,6 +462,8 @@ def test_image_folder_sizes(tmp_path):
 def test_image_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no images in .*\.png.*FOLDER/CLASS"):
         image_folder(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"not found: .*expected PNG/JPEG"):
+        image_folder(tmp_path / "absent")
     save(tmp_path / "top.png", random_pixels((4, 4, 3)))
     save(tmp_path / "cls" / "x.png", random_pixels((4, 4, 3)))
     with pytest.raises(ValueError, match="both at its top"):

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import math
 import os
 import pickle
@@ -179,11 +180,12 @@ def _check_choice(name: str, value: str, allowed: Sequence[str]) -> str:
     return value
 
 
-def _folder(folder: str | os.PathLike, what: str) -> Path:
+def _folder(folder: str | os.PathLike, what: str, expected: str) -> Path:
+    """``folder`` as a Path; FileNotFoundError naming what it should hold unless it is one."""
     path = Path(folder).expanduser()
     if not path.is_dir():
         kind = "is not a folder" if path.exists() else "not found"
-        raise FileNotFoundError(f"{what} folder {kind}: {path}")
+        raise FileNotFoundError(f"{what} folder {kind}: {path}; expected {expected}")
     return path
 
 
@@ -241,7 +243,16 @@ def idx(
                 f"({_expected_idx(split)}), e.g. 'mnist:DIR'"
             )
         folder = DEBIAN_FASHION_MNIST
-    root = _folder(folder, f"{name} IDX")
+    hint = (
+        f"apt-get install dataset-fashion-mnist puts them in {DEBIAN_FASHION_MNIST}; "
+        if kind == "fashion-mnist"
+        else ""
+    )
+    expected = (
+        f"{_expected_idx(split)} ({hint}torchvision's layout ROOT/{_TORCHVISION_DIR[kind]}/raw "
+        "also works)"
+    )
+    root = _folder(folder, f"{name} IDX", expected)
     prefix = _IDX_PREFIX[split]
     stems = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
     for where in (root, root / _TORCHVISION_DIR[kind] / "raw", root / "raw"):
@@ -250,15 +261,7 @@ def idx(
             images_path, labels_path = found
             break
     else:
-        hint = (
-            f"Debian's dataset-fashion-mnist installs them in {DEBIAN_FASHION_MNIST}; "
-            if kind == "fashion-mnist"
-            else ""
-        )
-        raise FileNotFoundError(
-            f"no {name} IDX files in {root}: expected {_expected_idx(split)} ({hint}"
-            f"torchvision's layout ROOT/{_TORCHVISION_DIR[kind]}/raw also works)"
-        )
+        raise FileNotFoundError(f"no {name} IDX files in {root}: expected {expected}")
     pixels = _read_idx(images_path, _IDX_IMAGES, 3)
     labels = _read_idx(labels_path, _IDX_LABELS, 1)
     if labels.shape[0] != pixels.shape[0]:
@@ -286,6 +289,15 @@ def _raw_or_gz(stem: Path) -> Path | None:
     return None
 
 
+def _read_at_most(f: Any, n: int) -> bytes:
+    """Up to ``n`` bytes of ``f``, in chunks: memory follows the data, not a header's claim."""
+    chunks = []
+    while n > 0 and (chunk := f.read(min(n, 1 << 24))):
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
 def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     """The uint8 array of one IDX file (raw or .gz), its header checked."""
     what = "image" if ndim == 3 else "label"
@@ -307,7 +319,7 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
             if ndim == 3 and (dims[1] == 0 or dims[2] == 0):
                 raise ValueError(f"{path}: IDX images of size {dims[1]}x{dims[2]}")
             count = math.prod(dims)
-            data = f.read(count + 1)  # one byte more: trailing data is an error too
+            data = _read_at_most(f, count + 1)  # one byte more: trailing data is an error too
     except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
         raise ValueError(f"{path}: cannot read the IDX file ({err})") from None
     if len(data) != count:
@@ -343,17 +355,17 @@ def cifar10(
     published with the data set. ``flips`` is True (the paper's CIFAR-10 recipe flips).
     """
     _check_choice("split", split, SPLITS)
-    root = _folder(folder, "CIFAR-10")
     names = _CIFAR_FILES[split]
+    expected = (
+        f"{', '.join(names)} (and {_CIFAR_META}) in it or in its subfolder {_CIFAR_DIR}, the "
+        "folder that cifar-10-python.tar.gz unpacks to"
+    )
+    root = _folder(folder, "CIFAR-10", expected)
     for where in (root, root / _CIFAR_DIR):
         if all((where / n).is_file() for n in names):
             break
     else:
-        raise FileNotFoundError(
-            f"no CIFAR-10 python batches in {root}: expected {', '.join(names)} (and "
-            f"{_CIFAR_META}) in it or in {root / _CIFAR_DIR}, the folder that "
-            "cifar-10-python.tar.gz unpacks to"
-        )
+        raise FileNotFoundError(f"no CIFAR-10 python batches in {root}: expected {expected}")
     meta_path = where / _CIFAR_META
     if check_md5:
         for n in (*names, _CIFAR_META) if meta_path.is_file() else names:
@@ -419,8 +431,8 @@ class _CifarUnpickler(pickle.Unpickler):
 
 def _unpickle(path: Path) -> Any:
     try:
-        with open(path, "rb") as f:
-            return _CifarUnpickler(f, encoding="bytes").load()
+        # from memory: a length in the pickle cannot make the reader allocate beyond the file
+        return _CifarUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
     except RefusedGlobal as err:
         raise ValueError(
             f"{path}: the pickle asks for {err}, which a CIFAR-10 batch never holds; refused, "
@@ -487,7 +499,11 @@ def image_folder(
     same size; ``size=S`` or ``size=(H, W)`` resizes each (bicubic, the aspect ratio is not
     kept). ``flips`` is False: pass the images to :func:`hflip` where mirrored images fit.
     """
-    root = _folder(folder, "image")
+    expected = (
+        f"PNG/JPEG files ({', '.join(IMAGE_EXTENSIONS)}) in it, or in one subfolder per class "
+        "(FOLDER/CLASS/IMAGE.png)"
+    )
+    root = _folder(folder, "image", expected)
     shape = _size(size)
     image_lib = _pillow()
     top = _image_files(root)
@@ -501,10 +517,7 @@ def image_folder(
             f"({groups[0][0]}/, ...): use one layout"
         )
     if not top and not groups:
-        raise FileNotFoundError(
-            f"no images in {root}: expected PNG/JPEG files ({', '.join(IMAGE_EXTENSIONS)}) in "
-            "it, or in one subfolder per class (FOLDER/CLASS/IMAGE.png)"
-        )
+        raise FileNotFoundError(f"no images in {root}: expected {expected}")
     files = top if top else [f for _, fs in groups for f in fs]
     arrays = [_read_image(image_lib, f, shape) for f in files]
     sizes = {a.shape[:2] for a in arrays}
@@ -585,6 +598,7 @@ def load_images(
 ) -> ImageSet:
     """An image set from a spec: one of :data:`IMAGE_SPECS`.
 
+    A named spec wins over a folder of the same name (write ``./digits`` for the folder).
     ``split`` ("train" or "test") applies to the IDX and CIFAR-10 sets (digits are one set:
     "train" only); ``size`` only to a folder of images; ``check_md5`` only to CIFAR-10.
     """
