@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import pickle
 import struct
+import sys
 import warnings
 from pathlib import Path
 
@@ -60,6 +61,19 @@ def test_digits_shape_scaling_and_label_counts():
     assert float(d.images.min()) == -1.0 and float(d.images.max()) == 1.0
     assert d.classes == tuple("0123456789") and d.num_classes == 10 and d.shape == (1, 8, 8)
     assert d.flips is False  # digits are not mirror-symmetric
+
+
+@pytest.mark.parametrize(
+    "module,call,extra",
+    [
+        ("sklearn.datasets", digits, "singlecell"),
+        ("PIL", lambda: image_folder(Path(__file__).parent), "images"),
+    ],
+)
+def test_a_missing_optional_package_names_its_extra(monkeypatch, module, call, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # import of it fails
+    with pytest.raises(ImportError, match=rf"pip install 'otcfm\[{extra}\]'"):
+        call()
 
 
 # --------------------------------------------------------------------------- IDX
