@@ -5,6 +5,9 @@
 - :func:`load_points` / :func:`save_points`: (n, d) arrays in .npy, .npz, .csv/.tsv/.txt.
 - :func:`parse_spec`: the one grammar of data specs (a built-in name, a file, ``FILE.npz:KEY``);
   :func:`resolve_points`: such a spec -> points.
+- :mod:`otcfm.data.images`: image sets read from disk, never downloaded (:class:`ImageSet`,
+  :func:`digits`, :func:`idx` for (Fashion-)MNIST, :func:`cifar10`, :func:`image_folder`,
+  :func:`load_images` for a spec, :func:`hflip`).
 - :mod:`otcfm.data.provenance`: records of data files (path, size, SHA-256) and their checks.
 - :func:`sample_batch` / :func:`sample_indices` / :class:`PointDataset`: random minibatches of
   a fixed point set, O(batch) per draw.
@@ -21,7 +24,7 @@ import torch
 from torch import Tensor
 
 from otcfm._utils import cast, check_tensor
-from otcfm.data import toy
+from otcfm.data import images, toy
 from otcfm.data.files import (
     SUPPORTED_EXTENSIONS,
     DataSpec,
@@ -30,11 +33,28 @@ from otcfm.data.files import (
     resolve_points,
     save_points,
 )
+from otcfm.data.images import (
+    ImageSet,
+    cifar10,
+    digits,
+    hflip,
+    idx,
+    image_folder,
+    load_images,
+)
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",
     "DataSpec",
+    "ImageSet",
     "PointDataset",
+    "cifar10",
+    "digits",
+    "hflip",
+    "idx",
+    "image_folder",
+    "images",
+    "load_images",
     "load_points",
     "parse_spec",
     "resolve_points",
