@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" || $(PY) -m pip install --quiet "torch>=2.1"
-	$(PY) -m pip install --quiet -e ".[dev,plot,progress,fast,singlecell]"
+	$(PY) -m pip install --quiet -e ".[dev,plot,progress,fast,singlecell,images]"
 	touch $(STAMP)
 
 test: $(STAMP)
