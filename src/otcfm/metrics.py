@@ -386,7 +386,10 @@ def load_inception(path: str | os.PathLike[str], *, device: str | torch.device =
         raise FileNotFoundError(f"Inception network file {p} not found (expected a TorchScript "
                                 "file such as inception-2015-12-05.pt; otcfm never downloads it)")
     try:
-        net = torch.jit.load(str(p), map_location=torch.device(device))
+        with warnings.catch_warnings():  # recent torch deprecates TorchScript; the FID
+            # network exists only in that format, so the notice would only be noise here
+            warnings.filterwarnings("ignore", message=".*jit.load.*", category=DeprecationWarning)
+            net = torch.jit.load(str(p), map_location=torch.device(device))
     except (RuntimeError, ValueError, OSError) as e:
         raise ValueError(f"Inception network file {p} is not a TorchScript archive "
                          f"(torch.jit.load: {_first_line(e)}); expected a file such as "
