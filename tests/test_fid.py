@@ -8,7 +8,15 @@ import pytest
 import scipy.linalg
 import torch
 
-from otcfm.metrics import FeatureStats, fid, inception_features, load_fid_stats, load_inception
+from otcfm.metrics import (
+    FeatureStats,
+    feature_stats,
+    fid,
+    inception_features,
+    load_fid_stats,
+    load_inception,
+    save_fid_stats,
+)
 
 # the test networks are TorchScript, as the FID network is; recent torch deprecates the format
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*:DeprecationWarning")
@@ -216,3 +224,21 @@ def test_bad_images(flag_net, tmp_path):
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         fid(images(3, seed=9), batch_size=0, **kw)
     assert isinstance(load_fid_stats(tmp_path / "ref.npz"), FeatureStats)
+
+
+def test_saved_statistics_round_trip_in_clean_fid_format(flag_net, tmp_path):
+    feats = inception_features(images(30, seed=10), network=flag_net)
+    st = feature_stats(feats)
+    path = save_fid_stats(tmp_path / "mine.npz", st)
+    with np.load(path, allow_pickle=False) as z:  # the keys and dtypes clean-fid reads
+        assert sorted(z.files) == ["mu", "sigma"] and z["sigma"].dtype == np.float64
+        assert np.array_equal(z["mu"], feats.mean(0))
+        np.testing.assert_allclose(z["sigma"], np.cov(feats, rowvar=False), rtol=1e-12,
+                                   atol=1e-15)
+    back = load_fid_stats(path)
+    assert np.array_equal(back.mu, st.mu) and np.array_equal(back.cov, st.cov)
+    with pytest.raises(FileExistsError, match="mine.npz exists"):
+        save_fid_stats(path, st)
+    save_fid_stats(path, FeatureStats(mu=st.mu + 1, cov=st.cov), overwrite=True)
+    assert np.array_equal(load_fid_stats(path).mu, st.mu + 1)
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["flag.pt", "mine.npz"]

@@ -25,7 +25,7 @@ import torch
 __all__ = [
     "wasserstein", "mmd", "path_energy", "normalized_path_energy", "MMD_BANDWIDTHS",
     "FeatureStats", "feature_stats", "frechet_distance", "frechet_distance_from_stats",
-    "load_fid_stats", "load_inception", "inception_features", "fid",
+    "load_fid_stats", "save_fid_stats", "load_inception", "inception_features", "fid",
 ]
 
 MMD_BANDWIDTHS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -368,6 +368,25 @@ def load_fid_stats(path: str | os.PathLike[str]) -> FeatureStats:
                          f"{mu.dtype} and {sigma.dtype}")
     m, c = _check_stats(f"FID statistics file {p}:", mu, sigma)
     return FeatureStats(mu=m, cov=c)
+
+
+def save_fid_stats(path: str | os.PathLike[str], stats: FeatureStats, *,
+                   overwrite: bool = False) -> Path:
+    """Write ``stats`` as ``load_fid_stats`` reads them (clean-fid's format: a compressed .npz
+    with float64 ``mu`` and ``sigma``), whole or not at all (a temporary file, then a rename).
+    An existing file is replaced only with ``overwrite=True`` (FileExistsError otherwise)."""
+    p = Path(path)
+    mu, cov = _check_stats(f"stats for {p}:", stats.mu, stats.cov)
+    if p.exists() and not overwrite:
+        raise FileExistsError(f"FID statistics file {p} exists; pass overwrite=True to replace it")
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, mu=mu, sigma=cov)
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p
 
 
 def _first_line(e: BaseException) -> str:
