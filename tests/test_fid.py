@@ -219,8 +219,10 @@ def test_bad_images(flag_net, tmp_path):
         fid(torch.full((3, 3, 8, 8), float("inf")), **kw)
     with pytest.raises(ValueError, match="C = 1 or 3"):
         fid(torch.zeros(3, 2, 8, 8), **kw)
-    with pytest.raises(ValueError, match="at least one image"):
+    with pytest.raises(ValueError, match="at least 2 images, got 0"):
         fid(torch.zeros(0, 3, 8, 8), **kw)
+    with pytest.raises(ValueError, match="at least one image"):
+        inception_features([], network=flag_net)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         fid(images(3, seed=9), batch_size=0, **kw)
     assert isinstance(load_fid_stats(tmp_path / "ref.npz"), FeatureStats)
@@ -242,3 +244,18 @@ def test_saved_statistics_round_trip_in_clean_fid_format(flag_net, tmp_path):
     save_fid_stats(path, FeatureStats(mu=st.mu + 1, cov=st.cov), overwrite=True)
     assert np.array_equal(load_fid_stats(path).mu, st.mu + 1)
     assert sorted(q.name for q in tmp_path.iterdir()) == ["flag.pt", "mine.npz"]
+
+
+def test_streamed_statistics_of_features_with_a_large_mean(tmp_path):
+    # fid accumulates the moments batch by batch: bright images (pixels ~ 240-255, mean far
+    # from 0 compared with the spread) in batches of 3 give the statistics numpy computes
+    # from all features at once
+    g = torch.Generator().manual_seed(11)
+    x = 1.0 - 0.12 * torch.rand(40, 3, 2, 2, generator=g)
+    ref = 1.0 - 0.08 * torch.rand(50, 3, 2, 2, generator=g)
+    pix = pixels_oracle(x).reshape(40, -1).astype(np.float64)
+    mu, sigma = write_stats(tmp_path / "ref.npz",
+                            pixels_oracle(ref).reshape(50, -1).astype(np.float64))
+    expected = fd_oracle(pix, mu, sigma)
+    got = fid(x, inception=scripted(PixelNet), stats=tmp_path / "ref.npz", batch_size=3)
+    assert expected > 1.0 and got == pytest.approx(expected, rel=1e-9)

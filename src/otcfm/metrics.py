@@ -450,33 +450,17 @@ def _to_pixels(batch: torch.Tensor) -> torch.Tensor:
     return pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
 
 
-def inception_features(
-    images: Any,
-    *,
-    network: str | os.PathLike[str] | torch.nn.Module,
-    batch_size: int = 200,
-    device: str | torch.device = "cpu",
-) -> np.ndarray:
-    """Features (n, D), float64, of images through a feature network, batched, without grads.
-
-    images: a tensor (n, C, H, W) with values in [-1, 1] (C = 1 is repeated to 3 channels;
-    a uint8 tensor is taken as [0, 255] pixels), or an iterable of such batches (e.g. a
-    sampler's output, so that 50,000 images need not be in memory at once). Images are
-    quantised as when saved: ``floor(127.5 x + 128)`` clipped to [0, 255], uint8.
-    network: a TorchScript file (see ``load_inception``) or a loaded module, called in one of
-    two forms. If its ``forward`` takes ``return_features`` (inception-2015-12-05.pt), it gets
-    the uint8 images at their own resolution as ``net(x, return_features=True)``: that network
-    resizes to 299 x 299 itself (the paper's FID, clean-fid's legacy_tensorflow mode).
-    Otherwise ``net(x)`` gets float32 [0, 255] images resized to 299 x 299 (bilinear,
-    align_corners=False); any output (B, ...) is flattened to (B, D).
-    """
+def _feature_batches(
+    images: Any, network: str | os.PathLike[str] | torch.nn.Module, batch_size: int,
+    device: str | torch.device,
+) -> Iterator[np.ndarray]:
+    """(B, D) float64 features of each batch of ``images``, in order (see inception_features)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     dev = torch.device(device)
     net = network if isinstance(network, torch.nn.Module) else load_inception(network,
                                                                               device=dev)
     with_flag = _takes_return_features(net)
-    out: list[np.ndarray] = []
     with torch.no_grad():
         for batch in _image_batches(images, batch_size):
             pixels = _to_pixels(batch).to(dev)
@@ -492,10 +476,65 @@ def inception_features(
                 raise ValueError("the feature network must return a tensor (B, ...) with one "
                                  f"row per image; got {type(feats).__name__} "
                                  f"{tuple(getattr(feats, 'shape', ()))} for {pixels.shape[0]}")
-            out.append(feats.reshape(feats.shape[0], -1).to("cpu", torch.float64).numpy())
+            out = feats.reshape(feats.shape[0], -1).to("cpu", torch.float64).numpy()
+            if not np.isfinite(out).all():
+                raise ValueError("the feature network returned NaN or inf features")
+            yield out
+
+
+def inception_features(
+    images: Any,
+    *,
+    network: str | os.PathLike[str] | torch.nn.Module,
+    batch_size: int = 200,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Features (n, D), float64, of images through a feature network, batched, without grads.
+
+    images: a tensor (n, C, H, W) with values in [-1, 1] (C = 1 is repeated to 3 channels;
+    a uint8 tensor is taken as [0, 255] pixels), or an iterable of such batches (e.g. a
+    sampler's output, so that 50,000 images need not be in memory at once). Images are
+    quantised as when saved: ``floor(127.5 x + 128)`` clipped to [0, 255], uint8.
+    network: a TorchScript file (see ``load_inception``; loaded onto ``device``) or a loaded
+    module (used where it is), called in one of two forms. If its ``forward`` takes
+    ``return_features`` (inception-2015-12-05.pt), it gets the uint8 images at their own
+    resolution as ``net(x, return_features=True)``: that network resizes to 299 x 299 itself
+    (the paper's FID, clean-fid's legacy_tensorflow mode). Otherwise ``net(x)`` gets float32
+    [0, 255] images resized to 299 x 299 (bilinear, align_corners=False); any output (B, ...)
+    is flattened to (B, D).
+    """
+    out = list(_feature_batches(images, network, batch_size, device))
     if not out:
         raise ValueError("images must hold at least one image, got none")
     return np.concatenate(out)
+
+
+class _MomentSums:
+    """Streaming mean and unbiased covariance in float64: sums of x - shift and of their
+    outer products, the shift being the first batch's mean (limits cancellation)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.shift: np.ndarray | None = None
+        self.s1: np.ndarray | None = None
+        self.s2: np.ndarray | None = None
+
+    def add(self, x: np.ndarray) -> None:
+        if self.shift is None:
+            self.shift = x.mean(axis=0)
+            self.s1 = np.zeros_like(self.shift)
+            self.s2 = np.zeros((x.shape[1], x.shape[1]))
+        assert self.s1 is not None and self.s2 is not None
+        xc = x - self.shift
+        self.n += x.shape[0]
+        self.s1 += xc.sum(axis=0)
+        self.s2 += xc.T @ xc
+
+    def stats(self) -> FeatureStats:
+        assert self.shift is not None and self.s1 is not None and self.s2 is not None
+        d = self.s1 / self.n
+        cov = (self.s2 - self.n * np.outer(d, d)) / (self.n - 1)
+        return FeatureStats(mu=self.shift + d, cov=(cov + cov.T) / 2.0, n=self.n)
 
 
 def fid(
@@ -513,18 +552,23 @@ def fid(
     .npz in clean-fid's format). inception: the TorchScript file (or the loaded module); the
     paper's number needs inception-2015-12-05.pt and the reference statistics made with it
     (clean-fid's cifar10 legacy_tensorflow train statistics). Both files are checked before
-    any image is processed. Deterministic on the CPU; on CUDA up to the kernels' own order.
+    any image is processed; the features' moments are accumulated batch by batch in float64
+    (no (n, D) array is kept). Returns the FID as a float. Deterministic on the CPU; on CUDA
+    up to the kernels' own order.
     """
     ref = stats if isinstance(stats, FeatureStats) else load_fid_stats(stats)
     ref_name = "the reference statistics" if isinstance(stats, FeatureStats) else str(stats)
     dev = torch.device(device)
     net = inception if isinstance(inception, torch.nn.Module) else load_inception(inception,
                                                                                  device=dev)
-    feats = inception_features(images, network=net, batch_size=batch_size, device=dev)
-    if feats.shape[1] != ref.mu.shape[0]:
-        raise ValueError(f"the network gives {feats.shape[1]}-d features but {ref_name} holds "
-                         f"{ref.mu.shape[0]}-d statistics: they come from different networks")
-    if feats.shape[0] < 2:
-        raise ValueError(f"FID needs at least 2 images, got {feats.shape[0]}")
-    own = feature_stats(feats)
+    sums = _MomentSums()  # streamed: 50,000 x 2048 features are never held at once
+    for feats in _feature_batches(images, net, batch_size, dev):
+        if feats.shape[1] != ref.mu.shape[0]:
+            raise ValueError(f"the network gives {feats.shape[1]}-d features but {ref_name} "
+                             f"holds {ref.mu.shape[0]}-d statistics: they come from different "
+                             "networks")
+        sums.add(feats)
+    if sums.n < 2:
+        raise ValueError(f"FID needs at least 2 images, got {sums.n}")
+    own = sums.stats()
     return _frechet(own.mu, own.cov, ref.mu, ref.cov, "the images' features", ref_name)
