@@ -10,12 +10,21 @@ from types import SimpleNamespace
 import numpy as np
 import ot
 import pytest
+import scipy.linalg
 import scipy.optimize
 import scipy.stats
 import torch
 
 from otcfm import metrics
-from otcfm.metrics import MMD_BANDWIDTHS, mmd, normalized_path_energy, path_energy, wasserstein
+from otcfm.metrics import (
+    MMD_BANDWIDTHS,
+    frechet_distance,
+    frechet_distance_from_stats,
+    mmd,
+    normalized_path_energy,
+    path_energy,
+    wasserstein,
+)
 
 
 def randn(*shape, seed=0, dtype=torch.float64):
@@ -256,3 +265,129 @@ def test_normalized_path_energy_formula():
         normalized_path_energy(1.0, 0.0)
     with pytest.raises(ValueError, match="pe"):
         normalized_path_energy(float("nan"), 1.0)
+
+
+# --------------------------------------------------------------------------- Fréchet distance
+def random_cov(d, seed, rank=None):
+    """A random PSD covariance (d, d) of the given rank (full by default), float64 numpy."""
+    rng = np.random.default_rng(seed)
+    f = rng.normal(size=(d, rank or d))
+    return f @ f.T / (rank or d) + (0.0 if rank else 0.1 * np.eye(d))
+
+
+def sqrtm_fd(mu_a, cov_a, mu_b, cov_b):
+    """Oracle: the textbook formula with scipy's general matrix square root of A B."""
+    cross = np.trace(scipy.linalg.sqrtm(cov_a @ cov_b)).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
+
+
+@pytest.mark.parametrize("d", [1, 5, 64])
+def test_frechet_commuting_covariances_closed_form(d):
+    # diagonal A, B: d^2 = |mu_a - mu_b|^2 + sum_i (sqrt a_i - sqrt b_i)^2
+    rng = np.random.default_rng(d)
+    a, b = rng.uniform(0.1, 3.0, d), rng.uniform(0.1, 3.0, d)
+    mu_a, mu_b = rng.normal(size=d), rng.normal(size=d)
+    expected = ((mu_a - mu_b) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    got = frechet_distance_from_stats(mu_a, np.diag(a), mu_b, np.diag(b))
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_frechet_two_dimensional_non_commuting_closed_form():
+    # for 2 x 2 PSD M: tr sqrt(M) = sqrt(tr M + 2 sqrt(det M)); with M = A^1/2 B A^1/2,
+    # tr M = tr(AB) and det M = det A det B: a formula with no matrix square root at all
+    a = np.array([[2.0, 0.9], [0.9, 1.0]])
+    b = np.array([[0.5, -0.3], [-0.3, 1.5]])
+    assert not np.allclose(a @ b, b @ a)
+    mu_a, mu_b = np.array([0.3, -1.0]), np.array([1.0, 0.5])
+    cross = math.sqrt(np.trace(a @ b) + 2 * math.sqrt(np.linalg.det(a) * np.linalg.det(b)))
+    expected = ((mu_a - mu_b) ** 2).sum() + np.trace(a) + np.trace(b) - 2 * cross
+    got = frechet_distance_from_stats(mu_a, a, mu_b, b)
+    assert got == pytest.approx(expected, rel=1e-9)
+    assert got == pytest.approx(frechet_distance_from_stats(mu_b, b, mu_a, a), rel=1e-12)
+
+
+def test_frechet_non_commuting_matches_scipy_sqrtm_and_is_symmetric():
+    d = 20
+    a, b = random_cov(d, 1), random_cov(d, 2) * 2.0
+    rng = np.random.default_rng(3)
+    mu_a, mu_b = rng.normal(size=d), rng.normal(size=d) * 0.1
+    expected = sqrtm_fd(mu_a, a, mu_b, b)
+    got = frechet_distance_from_stats(mu_a, a, mu_b, b)
+    assert got == pytest.approx(expected, rel=1e-8)
+    assert frechet_distance_from_stats(mu_b, b, mu_a, a) == pytest.approx(got, rel=1e-10)
+    # tensors (float32) are read as their float64 values
+    ta = [torch.as_tensor(v, dtype=torch.float32) for v in (mu_a, a, mu_b, b)]
+    f64 = [t.double().numpy() for t in ta]
+    assert frechet_distance_from_stats(*ta) == pytest.approx(
+        frechet_distance_from_stats(*f64), rel=1e-12)
+
+
+def test_frechet_zero_for_identical_inputs_and_translation():
+    x = np.random.default_rng(4).normal(size=(300, 12)) @ random_cov(12, 5)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9 * np.trace(np.cov(x.T)))
+    mu, cov = x.mean(0), np.cov(x, rowvar=False)
+    assert frechet_distance_from_stats(mu, cov, mu, cov) < 1e-9 * np.trace(cov)
+    # a shift c of one set adds exactly |c|^2
+    c = np.linspace(-1, 1, 12)
+    assert frechet_distance(x, x + c) == pytest.approx((c**2).sum(), rel=1e-9)
+
+
+def test_frechet_from_features_equals_from_stats_with_unbiased_covariance():
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(150, 8)), rng.normal(size=(90, 8)) * 1.3 + 0.2
+    got = frechet_distance(x, y)
+    mx, cx = x.mean(0), np.cov(x, rowvar=False, ddof=1)
+    my, cy = y.mean(0), np.cov(y, rowvar=False, ddof=1)
+    assert got == pytest.approx(frechet_distance_from_stats(mx, cx, my, cy), rel=1e-12)
+    assert got == pytest.approx(sqrtm_fd(mx, cx, my, cy), rel=1e-8)
+    st = metrics.feature_stats(torch.as_tensor(x))
+    assert st.n == 150 and np.allclose(st.cov, cx, rtol=1e-13, atol=1e-15)
+    # ddof = 1 matters: the biased covariance gives a different value
+    biased = frechet_distance_from_stats(mx, np.cov(x.T, ddof=0), my, np.cov(y.T, ddof=0))
+    assert abs(biased - got) > 1e-3 * got
+
+
+def test_frechet_rank_deficient_features_equal_their_low_dimensional_value():
+    # 3-D features embedded in 50-D by an orthonormal frame: covariances of rank 3 (n = 30 < D
+    # for the second set); the distance is that of the 3-D features (orthogonal invariance)
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=(200, 3)), rng.normal(size=(30, 3)) * 0.7 + 0.5
+    frame = np.linalg.qr(rng.normal(size=(50, 3)))[0]
+    low = frechet_distance(x, y)
+    high = frechet_distance(x @ frame.T, y @ frame.T)
+    assert math.isfinite(high) and high == pytest.approx(low, rel=1e-10)
+    # duplicated columns: covariances J (x) A with J = [[1, 1], [1, 1]]: exactly twice the value
+    dup = frechet_distance(np.hstack([x, x]), np.hstack([y, y]))
+    assert dup == pytest.approx(2 * low, rel=1e-8)
+
+
+def test_frechet_finite_and_non_negative_on_degenerate_features():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(5, 40))  # fewer samples than dimensions
+    y = rng.normal(size=(6, 40))
+    x[:, 3] = 1.0  # a constant column
+    y[:, 7] = y[:, 8]  # duplicated columns
+    for a, b in [(x, y), (y, x), (x, x), (x[:2], y[:2])]:
+        v = frechet_distance(a, b)
+        assert math.isfinite(v) and v >= 0.0
+    assert frechet_distance(x, x) < 1e-9 * np.trace(np.cov(x.T))
+    # a rank-1 covariance against itself is 0, not a NaN from a square root of -1e-17
+    u = rng.normal(size=40)
+    r1 = np.outer(u, u)
+    assert frechet_distance_from_stats(np.zeros(40), r1, np.zeros(40), r1) < 1e-9 * u @ u
+
+
+def test_frechet_bad_inputs():
+    good = np.eye(3)
+    with pytest.raises(ValueError, match="feature dimension"):
+        frechet_distance(np.ones((4, 3)), np.ones((4, 2)))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        frechet_distance(np.ones((1, 3)), np.ones((4, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        frechet_distance(np.full((4, 3), np.nan), np.ones((4, 3)))
+    with pytest.raises(ValueError, match="not symmetric"):
+        frechet_distance_from_stats(np.zeros(3), np.triu(np.ones((3, 3))), np.zeros(3), good)
+    with pytest.raises(ValueError, match="not positive semi-definite"):
+        frechet_distance_from_stats(np.zeros(3), good, np.zeros(3), -good)
+    with pytest.raises(ValueError, match=r"shape \(3, 3\)"):
+        frechet_distance_from_stats(np.zeros(3), np.eye(2), np.zeros(3), good)
