@@ -1,9 +1,7 @@
-"""Velocity-field networks with the library's calling convention ``model(x, t, **cond)``.
+"""The fully connected velocity field :class:`MLP` and the SF2M pair :class:`DriftScore`.
 
 :class:`MLP` is the paper's network for 2-D and single-cell tasks (3 hidden layers of width 64,
-SELU, time concatenated to the input; docs/reference.md §4). :class:`DriftScore` pairs a
-drift and a score network for SF2M (its forward is the drift). Models are also reachable by
-name through the :data:`MODELS` registry: ``MODELS.get("mlp", dim=2)``.
+SELU, time concatenated to the input; docs/reference.md §4).
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._utils import Registry
+from ._common import MODELS, batch_times, check_cond, check_labels, positive_int, uniform_
 
 __all__ = ["ACTIVATIONS", "HEADS", "MLP", "MODELS", "DriftScore", "get_activation"]
 
@@ -29,9 +27,6 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "leaky_relu": nn.LeakyReLU,
 }
 
-MODELS: Registry[nn.Module] = Registry("model")
-
-
 def get_activation(name: str) -> nn.Module:
     """A fresh activation module by name (one of :data:`ACTIVATIONS`)."""
     if not isinstance(name, str) or name not in ACTIVATIONS:
@@ -41,17 +36,11 @@ def get_activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def _positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def _event_size(dim: int | Sequence[int]) -> int:
     if isinstance(dim, int) and not isinstance(dim, bool):
-        return _positive_int("dim", dim)
+        return positive_int("dim", dim)
     if isinstance(dim, Sequence) and len(dim) > 0:
-        return math.prod(_positive_int("dim[i]", d) for d in dim)
+        return math.prod(positive_int("dim[i]", d) for d in dim)
     raise ValueError(f"dim must be a positive int or a non-empty sequence of them, got {dim!r}")
 
 
@@ -66,9 +55,14 @@ class MLP(nn.Module):
     out_dim: output size; default D, in which case the output takes x's shape, otherwise it is
         (B, out_dim).
     num_classes, label_dim: with ``num_classes=K``, ``model(x, t, y=labels)`` (labels: (B,)
-        integers in [0, K)) concatenates a learned ``label_dim``-dim label embedding.
+        integers in [0, K]) concatenates a learned ``label_dim``-dim label embedding of K + 1
+        rows; label K (``model.null_class``) is the null class, "no condition", which
+        classifier-free guidance trains and samples with. (Checkpoints saved before the null
+        class existed hold a K-row ``label_emb.weight`` and no longer load.)
     generator: if given, parameters are initialised from it (PyTorch's default init
         distributions), so the same seed gives the same network; otherwise torch's global RNG.
+        The null-class row is drawn last, so the other weights are those a K-class MLP without
+        a null class drew from the same seed.
 
     Input layout: ``[flat(x), t, emb(y)]`` -> (Linear, activation) x depth -> Linear.
     The network computes in its parameters' dtype and returns x's dtype, so bf16 inputs work
@@ -89,17 +83,20 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         self.dim = _event_size(dim)
-        self.width = _positive_int("width", width)
-        self.depth = _positive_int("depth", depth)
+        self.width = positive_int("width", width)
+        self.depth = positive_int("depth", depth)
         self.time_input = bool(time_input)
-        self.out_dim = self.dim if out_dim is None else _positive_int("out_dim", out_dim)
+        self.out_dim = self.dim if out_dim is None else positive_int("out_dim", out_dim)
         self.num_classes = (
-            None if num_classes is None else _positive_int("num_classes", num_classes)
+            None if num_classes is None else positive_int("num_classes", num_classes)
         )
+        self.null_class = self.num_classes
         self.label_emb: nn.Embedding | None = None
         in_dim = self.dim + int(self.time_input)
         if self.num_classes is not None:
-            self.label_emb = nn.Embedding(self.num_classes, _positive_int("label_dim", label_dim))
+            # K classes + the null class (row K)
+            rows = self.num_classes + 1
+            self.label_emb = nn.Embedding(rows, positive_int("label_dim", label_dim))
             in_dim += label_dim
         layers: list[nn.Module] = []
         for k in range(self.depth):
@@ -113,15 +110,19 @@ class MLP(nn.Module):
     @torch.no_grad()
     def _init_from(self, generator: torch.Generator) -> None:
         """PyTorch's default init, drawn from ``generator``: Linear U(+-1/sqrt(fan_in)), N(0,1)
-        embeddings."""
+        embeddings (the class rows first, the null-class row after everything else)."""
         for mod in self.modules():
             if isinstance(mod, nn.Linear):
                 bound = 1.0 / math.sqrt(mod.in_features)
                 for w in (mod.weight, mod.bias):
-                    w.copy_(_uniform(w.shape, bound, generator).to(w.device))
+                    w.copy_(uniform_(w.shape, bound, generator).to(w.device))
             elif isinstance(mod, nn.Embedding):
-                draw = torch.randn(mod.weight.shape, generator=generator, device=generator.device)
-                mod.weight.copy_(draw.to(mod.weight.device))
+                classes = mod.weight[:-1]
+                draw = torch.randn(classes.shape, generator=generator, device=generator.device)
+                classes.copy_(draw.to(classes.device))
+        if self.label_emb is not None:
+            null = self.label_emb.weight[-1]
+            null.copy_(torch.randn(null.shape, generator=generator, device=generator.device))
 
     @property
     def accepted_cond(self) -> tuple[str, ...]:
@@ -130,10 +131,7 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
         """x: (B, *event) with prod(event) = dim; t: (B,), 0-dim or float -> velocity."""
-        unexpected = sorted(set(cond) - set(self.accepted_cond))
-        if unexpected:
-            accepted = ", ".join(self.accepted_cond) or "none"
-            raise TypeError(f"MLP got unexpected condition(s) {unexpected}; accepted: {accepted}")
+        check_cond(cond, self.accepted_cond, "MLP")
         if not isinstance(x, Tensor) or x.dim() < 1:
             raise TypeError(f"x must be a batched tensor (B, ...), got {type(x).__name__}")
         batch = x.shape[0]
@@ -146,7 +144,7 @@ class MLP(nn.Module):
         param = next(self.parameters())
         parts = [h.to(param.dtype)]
         if self.time_input:
-            parts.append(_batch_times(t, batch, x.device).to(param.dtype)[:, None])
+            parts.append(batch_times(t, batch, x.device).to(param.dtype)[:, None])
         if self.label_emb is not None:
             parts.append(self.label_emb(self._labels(cond.get("y"), batch, x.device)))
         out = self.net(torch.cat(parts, dim=1))
@@ -155,39 +153,8 @@ class MLP(nn.Module):
         return out.to(x.dtype)
 
     def _labels(self, y: Any, batch: int, device: torch.device) -> Tensor:
-        if y is None:
-            raise TypeError(f"this MLP has num_classes={self.num_classes} and needs labels y=")
-        y = torch.as_tensor(y, device=device)
-        if y.is_floating_point() or y.is_complex() or y.shape != (batch,):
-            raise ValueError(
-                f"y must hold one integer label per sample, shape ({batch},), "
-                f"got dtype {y.dtype} shape {tuple(y.shape)}"
-            )
-        if bool(((y < 0) | (y >= self.num_classes)).any()):
-            raise ValueError(
-                f"labels y must lie in [0, {self.num_classes}), got min {int(y.min())} "
-                f"max {int(y.max())}"
-            )
-        return y.long()
-
-
-def _uniform(shape: torch.Size, bound: float, generator: torch.Generator) -> Tensor:
-    u = torch.rand(shape, generator=generator, device=generator.device)
-    return (2.0 * u - 1.0) * bound
-
-
-def _batch_times(t: Tensor | float, batch: int, device: torch.device) -> Tensor:
-    """Times as a (B,) tensor: a float or 0-dim tensor is broadcast; (B,) or (B, 1) kept."""
-    if not isinstance(t, Tensor):
-        try:
-            return torch.full((batch,), float(t), device=device)
-        except (TypeError, ValueError):
-            raise TypeError(f"t must be a tensor or a number, got {type(t).__name__}") from None
-    if t.numel() == 1 and t.dim() <= 1 and batch != 1:
-        return t.reshape(()).to(device).expand(batch)
-    if t.numel() != batch or t.dim() > 2 or (t.dim() == 2 and t.shape[1] != 1):
-        raise ValueError(f"t must have shape ({batch},) or be a scalar, got {tuple(t.shape)}")
-    return t.reshape(batch).to(device)
+        assert self.num_classes is not None
+        return check_labels(y, batch, device, num_classes=self.num_classes, owner="MLP")
 
 
 # --------------------------------------------------------------------------- drift + score

@@ -1,4 +1,4 @@
-"""Tests for otcfm.models: calling convention, shapes/dtypes, parameter count, conditioning."""
+"""Tests for otcfm.models.mlp: calling convention, shapes/dtypes, parameter count, conditioning."""
 
 from __future__ import annotations
 
@@ -111,7 +111,8 @@ def test_class_conditioning_changes_output():
     assert v0.shape == x.shape
     assert (v0 - v1).abs().max() > 1e-4
     assert torch.equal(model(x, t, y=y0), v0)
-    hand = (2 + 1 + 16) * 64 + 64 + 2 * (64 * 64 + 64) + 64 * 2 + 2 + 4 * 16
+    # label embedding: 4 classes + the null class, 16 each
+    hand = (2 + 1 + 16) * 64 + 64 + 2 * (64 * 64 + 64) + 64 * 2 + 2 + 5 * 16
     assert sum(p.numel() for p in model.parameters()) == hand
     # gradients reach the label embedding
     model(x, t, y=y1).pow(2).sum().backward()
@@ -124,12 +125,51 @@ def test_class_conditioning_errors():
     x, t = randn(4, 2), torch.zeros(4)
     with pytest.raises(TypeError, match="needs labels"):
         model(x, t)
-    with pytest.raises(ValueError, match=r"\[0, 3\)"):
-        model(x, t, y=torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match=r"\[0, 3\] \(3 = the null class\), got min 0 max 4"):
+        model(x, t, y=torch.tensor([0, 1, 2, 4]))
+    with pytest.raises(ValueError, match=r"got min -1 max 2"):
+        model(x, t, y=torch.tensor([-1, 1, 2, 0]))
     with pytest.raises(ValueError, match="integer label"):
         model(x, t, y=torch.zeros(4))
     with pytest.raises(ValueError, match="integer label"):
         model(x, t, y=torch.zeros(3, dtype=torch.long))
+
+
+def test_null_class_row():
+    # num_classes=K: K + 1 embedding rows, label K is "no condition" and gets its own row
+    model = MLP(2, num_classes=3, generator=torch.Generator().manual_seed(5))
+    assert model.num_classes == 3 and model.null_class == 3
+    assert model.label_emb.weight.shape == (4, 16)
+    assert MLP(2).null_class is None
+    x, t = randn(4, 2), torch.rand(4, generator=torch.Generator().manual_seed(1))
+    v_null = model(x, t, y=torch.full((4,), 3))
+    for k in range(3):
+        assert (model(x, t, y=torch.full((4,), k)) - v_null).abs().max() > 1e-4
+    model(x, t, y=torch.full((4,), 3)).sum().backward()
+    grad = model.label_emb.weight.grad
+    assert grad[3].abs().sum() > 0 and grad[:3].abs().sum() == 0
+
+
+def test_null_class_row_drawn_last_keeps_the_other_weights():
+    # replay the generator: the class rows are its first draws and the Linear layers' the next
+    # (as before the null class existed); the null row comes after all of them
+    g = torch.Generator().manual_seed(11)
+    classes = torch.randn((3, 16), generator=g)
+    linears = []
+    for fan_in, fan_out in ((19, 64), (64, 64), (64, 64), (64, 2)):
+        bound = fan_in**-0.5
+        w = (2 * torch.rand((fan_out, fan_in), generator=g) - 1) * bound
+        b = (2 * torch.rand((fan_out,), generator=g) - 1) * bound
+        linears.append((w, b))
+    null = torch.randn((16,), generator=g)
+    model = MLP(2, num_classes=3, generator=torch.Generator().manual_seed(11))
+    emb = model.label_emb.weight.detach()
+    assert torch.equal(emb[:3], classes)
+    assert torch.equal(emb[3], null)
+    got = [m for m in model.net if isinstance(m, nn.Linear)]
+    for mod, (w, b) in zip(got, linears, strict=True):
+        assert torch.allclose(mod.weight.detach(), w, atol=1e-7, rtol=0)
+        assert torch.allclose(mod.bias.detach(), b, atol=1e-7, rtol=0)
 
 
 def test_unexpected_cond_key():
