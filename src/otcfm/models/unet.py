@@ -71,11 +71,13 @@ def timestep_embedding(t: Tensor, dim: int, *, max_period: float = 10000.0) -> T
 
 
 class _GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 whatever the input dtype (as ADM's GroupNorm32)."""
+    """GroupNorm computed in at least float32 (half-precision inputs are upcast, as ADM's
+    GroupNorm32; float64 stays float64)."""
 
     def forward(self, x: Tensor) -> Tensor:
+        dtype = torch.promote_types(x.dtype, torch.float32)
         return F.group_norm(
-            x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps
+            x.to(dtype), self.num_groups, self.weight.to(dtype), self.bias.to(dtype), self.eps
         ).to(x.dtype)
 
 
@@ -217,18 +219,19 @@ class UNet(nn.Module):
     norm_groups: GroupNorm groups (32 in ADM); every level's channel count must be a multiple.
     time_scale: the sinusoidal embedding sees ``time_scale * t``; 1000 maps t in [0, 1] onto
         the range of ADM's 1000 diffusion steps, so its frequencies (1 to 1e-4 per unit) span
-        the time axis.
+        the time axis; ``time_scale=1`` feeds t unscaled.
     generator: parameters drawn from it (PyTorch's default init distributions), so the same
         seed gives the same network; otherwise torch's global RNG.
 
     Layout (ADM): t -> sinusoidal(channels) -> Linear, SiLU, Linear (4 * channels) [+ class
     embedding] = emb; x -> conv3x3 -> down levels [res blocks (+ attention), downsample] ->
     middle (res block, attention, res block) -> up levels [res blocks on the concatenated skip
-    (+ attention), upsample] -> GroupNorm, SiLU, conv3x3 -> velocity. GroupNorm is computed in
-    float32. Zero-initialised, as in ADM, whatever the generator: the output conv, the second
-    conv of every residual block and every attention output projection. So a fresh network
-    outputs exactly 0 and, on its first backward, only the output conv's weight and bias get
-    non-zero gradients (the others get zeros; after one optimizer step they all move).
+    (+ attention), upsample] -> GroupNorm, SiLU, conv3x3 -> velocity. GroupNorm is computed
+    in at least float32. Zero-initialised, as in ADM, whatever the generator: the output conv,
+    the second conv of every residual block and every attention output projection. So a fresh
+    network outputs exactly 0 and, on its first backward, only the output conv's weight and
+    bias get non-zero gradients (the others get zeros, not None; after one optimizer step
+    they all move).
     The network computes in its parameters' dtype and returns x's shape and dtype.
     """
 
