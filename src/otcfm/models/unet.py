@@ -47,7 +47,7 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         "dim": (1, 28, 28),
         "channels": 32,
         "channel_mult": (1, 2, 2),
-        "num_res_blocks": 2,
+        "num_res_blocks": 1,
         "attention_resolutions": (7,),
         "num_head_channels": 32,
         "dropout": 0.1,
@@ -418,9 +418,14 @@ class UNet(nn.Module):
         3 output channels (no learned variance), conv resampling, no residual up/down blocks,
         the embedding added before the norm (no scale-shift norm: the paper's code base
         builds it so): 35,746,307 parameters, the paper's 35.7 M. (Scale-shift norm would
-        double each residual block's embedding linear: 38.3 M.) ``digits`` (1x8x8) and
-        ``fashion-mnist`` (1x28x28) are small CPU networks; see the README for their sizes and
-        step times.
+        double each residual block's embedding linear: 38.3 M.)
+
+        ``digits`` (1x8x8: 8, 4, 2 pixels) and ``fashion-mnist`` (1x28x28: 28, 14, 7) are small
+        CPU networks of the same layout: 32 channels, channel_mult (1, 2, 2), 1 residual block
+        per level, attention (2 heads of 32 channels) at 4x4 / 7x7, scale-shift norm;
+        1,191,233 parameters (+ 1,408 with ``num_classes=10``), dropout 0 / 0.1. One forward +
+        backward at batch 128 on one busy CPU core (torch 2.13) took about 0.2-0.5 s (digits)
+        and 2 s (fashion-mnist).
         """
         if not isinstance(name, str) or name not in UNET_PRESETS:
             raise ValueError(
