@@ -230,8 +230,8 @@ class UNet(nn.Module):
     in at least float32. Zero-initialised, as in ADM, whatever the generator: the output conv,
     the second conv of every residual block and every attention output projection. So a fresh
     network outputs exactly 0 and, on its first backward, only the output conv's weight and
-    bias get non-zero gradients (the others get zeros, not None; after one optimizer step
-    they all move).
+    bias get non-zero gradients (the others get zeros, not None); the other zero-initialised
+    layers get them from the second step and every parameter from the third.
     The network computes in its parameters' dtype and returns x's shape and dtype.
     """
 
