@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from otcfm.matchers import matcher
-from otcfm.models import MODELS, UNET_PRESETS, UNet
+from otcfm.models import MLP, MODELS, UNET_PRESETS, UNet
 from otcfm.models.unet import _Attention, timestep_embedding
-from otcfm.sampling import integrate
+from otcfm.sampling import Guided, integrate
 
 # a UNet small enough for many tests: 8x8 -> 4x4, 8 and 16 channels, 4 groups
 TINY = {
@@ -211,6 +211,23 @@ def test_class_conditioning_and_the_null_class():
     assert torch.allclose(mixed[1], outs[3][1], atol=1e-5, rtol=0)
     assert torch.allclose(mixed[2], outs[1][2], atol=1e-5, rtol=0)
     assert torch.equal(model(x, t, y=[0, 3, 1, 3]), mixed)  # a list of ints is fine
+
+
+@pytest.mark.parametrize("kind", ["unet", "mlp"])
+def test_guidance_uses_the_models_null_class(kind):
+    # sampling.Guided reads model.null_class; w = 0 is the conditional model, w > 0 mixes in
+    # the null-class output: (1 + w) v(x | y) - w v(x | null)
+    if kind == "unet":
+        model = wake(UNet((1, 8, 8), **TINY, num_classes=3, generator=gen(0)))
+    else:
+        model = MLP((1, 8, 8), num_classes=3, generator=gen(0)).eval()
+    x, t = randn(4, 1, 8, 8), torch.rand(4, generator=gen(2))
+    y = torch.tensor([0, 1, 2, 3])
+    cond, null = model(x, t, y=y), model(x, t, y=torch.full((4,), 3))
+    assert Guided(model, 2.0).null_class == 3
+    assert torch.equal(Guided(model, 0.0)(x, t, y=y), cond)
+    want = 3.0 * cond - 2.0 * null
+    assert torch.allclose(Guided(model, 2.0)(x, t, y=y), want, atol=1e-5, rtol=1e-5)
 
 
 def test_class_condition_errors():
