@@ -8,6 +8,8 @@ from torch import nn
 
 from otcfm.models import ACTIVATIONS, MLP, MODELS
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: a 2nd thread only spins
+
 SHAPES = [(5, 1), (5, 2), (5, 3, 4, 4)]
 
 

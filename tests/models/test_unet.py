@@ -14,6 +14,8 @@ from otcfm.models import MLP, MODELS, UNET_PRESETS, UNet
 from otcfm.models.unet import _Attention, timestep_embedding
 from otcfm.sampling import Guided, integrate
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: a 2nd thread only spins
+
 # a UNet small enough for many tests: 8x8 -> 4x4, 8 and 16 channels, 4 groups
 TINY = {
     "channels": 8,
