@@ -59,8 +59,19 @@ def test_cifar10_preset_has_the_papers_35_7_m_parameters():
     assert model.num_classes is None and model.null_class is None
 
 
-def test_cifar10_attention_runs_at_16x16_with_4_heads_of_64():
-    model = UNet.preset("cifar10").eval()
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        # 2 down + 3 up blocks at 16x16 (256 channels: 4 heads of 64), the middle block at 4x4
+        ("cifar10", [(4, 256, 16)] * 5 + [(4, 256, 4)]),
+        # 1 down + 2 up blocks at 4x4 (64 channels: 2 heads of 32), the middle block at 2x2
+        ("digits", [(2, 64, 4)] * 3 + [(2, 64, 2)]),
+        # 1 down + 2 up blocks and the middle block, all at 7x7
+        ("fashion-mnist", [(2, 64, 7)] * 4),
+    ],
+)
+def test_presets_attend_at_their_resolutions(name, expected):
+    model = UNet.preset(name).eval()
     seen: list[tuple[int, int, int]] = []
     for mod in model.modules():
         if isinstance(mod, _Attention):
@@ -68,10 +79,9 @@ def test_cifar10_attention_runs_at_16x16_with_4_heads_of_64():
                 lambda m, args, out: seen.append((m.heads, *args[0].shape[1:3]))
             )
     with torch.no_grad():
-        out = model(torch.zeros(1, 3, 32, 32), torch.tensor([0.5]))
-    assert out.shape == (1, 3, 32, 32)
-    # 2 down + 3 up blocks at 16x16 (256 channels), then the middle block at 4x4
-    assert sorted(seen) == sorted([(4, 256, 16)] * 5 + [(4, 256, 4)])
+        out = model(torch.zeros(1, *model.dim), torch.tensor([0.5]))
+    assert out.shape == (1, *model.dim)
+    assert sorted(seen) == sorted(expected)
 
 
 def test_parameter_count_by_hand_for_a_tiny_unet():
