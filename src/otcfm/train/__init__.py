@@ -2,6 +2,7 @@
 evaluation of runs."""
 
 from otcfm.train.config import RunConfig
+from otcfm.train.images import ImageObjective
 from otcfm.train.loop import (
     Engine,
     LoopSettings,
@@ -16,6 +17,7 @@ from otcfm.train.runfolder import RunFolder
 
 __all__ = [
     "Engine",
+    "ImageObjective",
     "LoopSettings",
     "Objective",
     "PairObjective",
