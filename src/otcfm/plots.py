@@ -1,4 +1,4 @@
-"""Matplotlib figures: point clouds, flow trajectories, training curves.
+"""Matplotlib figures: point clouds, flow trajectories, training curves, image grids.
 
 matplotlib is the ``plot`` extra and is imported lazily. Points of more than two dimensions
 are shown on their first two coordinates (the axes say so).
@@ -151,6 +151,47 @@ def plot_history(history: Sequence[dict[str, float]], path: str | Path, title: s
                      transform=axes[1].transAxes)
     axes[1].set_xlabel("step")
     axes[1].set_ylabel("validation W2")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> Tensor:
+    """Tile images (N, C, H, W) in [-1, 1] into one (C, H', W') image in [0, 1]: ``nrow``
+    images per row (default: about sqrt(N)), ``pad`` pixels of white between and around
+    them, row-major order; values outside [-1, 1] are clipped."""
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty (N, C, H, W) tensor, got "
+                         f"{tuple(images.shape) if isinstance(images, Tensor) else images!r}")
+    n, c, h, w = images.shape
+    nrow = max(1, math.ceil(math.sqrt(n))) if nrow is None else int(nrow)
+    if nrow < 1 or pad < 0:
+        raise ValueError(f"need nrow >= 1 and pad >= 0, got {nrow}, {pad}")
+    rows = math.ceil(n / nrow)
+    grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2)
+    for k in range(n):
+        top, left = pad + (k // nrow) * (h + pad), pad + (k % nrow) * (w + pad)
+        grid[:, top:top + h, left:left + w] = pixels[k]
+    return grid
+
+
+def plot_image_grids(grids: dict[str, Tensor], path: str | Path, title: str = "") -> Path:
+    """Panels side by side, one per entry of ``grids`` (label -> images (N, C, H, W) in
+    [-1, 1], tiled by :func:`image_grid`): e.g. the same noise pushed with 2, 8 and 100 Euler
+    steps. Grey images are drawn in grey, RGB in colour."""
+    if not grids:
+        raise ValueError("grids must hold at least one panel")
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids), 3.4), squeeze=False)
+    for ax, (label, images) in zip(axes[0], grids.items(), strict=True):
+        grid = image_grid(images)
+        if grid.shape[0] == 1:
+            ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(label)
+        ax.axis("off")
     if title:
         fig.suptitle(title)
     return _save(fig, path)

@@ -118,3 +118,33 @@ def test_training_lowers_the_validation_loss(data):
     engine.run()
     after = engine.history[-1]["val_loss"]
     assert after < 0.8 * before, (before, after)
+
+
+def test_samples_and_their_grid(data, tmp_path):
+    """sample(): deterministic from the generator, guidance w = 0 is the conditional model;
+    image_grid puts image k at row k // nrow, column k % nrow (pixels mapped to [0, 1])."""
+    from otcfm.plots import image_grid, plot_image_grids
+
+    obj = ImageObjective(data, matcher("icfm"), batch_size=16, seed=0, n_val=40,
+                         conditional=True)
+    net = small_unet(num_classes=10)
+    with torch.no_grad():
+        for p in net.parameters():  # a non-zero field (the fresh UNet outputs exactly 0)
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    y = torch.arange(6) % 10
+    a = obj.sample(net, 6, steps=3, generator=torch.Generator().manual_seed(4), y=y)
+    b = obj.sample(net, 6, steps=3, generator=torch.Generator().manual_seed(4), y=y)
+    c = obj.sample(net, 6, steps=3, generator=torch.Generator().manual_seed(4), y=y,
+                   guidance=2.0)
+    assert a.shape == (6, 1, 8, 8) and torch.equal(a, b) and not torch.allclose(a, c)
+    with pytest.raises(ValueError, match="guidance needs class labels"):
+        obj.sample(net, 2, guidance=1.0)
+    images = torch.linspace(-1, 1, 5 * 2 * 3 * 4).reshape(5, 2, 3, 4)
+    grid = image_grid(images, nrow=2, pad=1)
+    assert grid.shape == (2, 3 * 4 + 1, 2 * 5 + 1)
+    for k in range(5):
+        top, left = 1 + (k // 2) * 4, 1 + (k % 2) * 5
+        torch.testing.assert_close(grid[:, top:top + 3, left:left + 4], (images[k] + 1) / 2)
+    assert float(grid[:, 0].min()) == 1.0  # the padding is white
+    out = plot_image_grids({"3 steps": a, "guided": c}, tmp_path / "grid.png")
+    assert out.is_file() and out.stat().st_size > 1000

@@ -33,6 +33,7 @@ from otcfm.couplings import Pairing
 from otcfm.data import sample_indices
 from otcfm.data.images import ImageSet, hflip
 from otcfm.matchers import FlowMatcher
+from otcfm.sampling import Guided, integrate
 from otcfm.train.datasets import stream
 from otcfm.train.objectives import ConvergenceTally
 
@@ -129,6 +130,22 @@ class ImageObjective:
         share = self._coupling_seconds / max(now - self._since, 1e-12)
         self._coupling_seconds, self._since = 0.0, now
         return {"coupling_share": min(share, 1.0), **self._tally.log()}
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, model: nn.Module, n: int, *, steps: int = 100, method: str = "euler",
+               generator: torch.Generator | None = None, y: Tensor | None = None,
+               guidance: float = 0.0) -> Tensor:
+        """``n`` images: noise from ``generator`` pushed through the model ODE with ``steps``
+        steps of ``method``. A class-conditional model takes labels ``y`` (n,); ``guidance``
+        w > 0 samples v = (1 + w) v(x | y) - w v(x | null) (:class:`~otcfm.sampling.Guided`).
+        """
+        if guidance and y is None:
+            raise ValueError("guidance needs class labels y")
+        x0 = torch.randn((n, *self.event_shape), generator=generator).to(self.device)
+        field = Guided(model, guidance) if guidance else model
+        cond = {"y": y.to(self.device)} if y is not None else None
+        return integrate(field, x0, method=method, steps=steps, cond=cond).x_final
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
