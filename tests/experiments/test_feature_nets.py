@@ -82,3 +82,21 @@ def test_the_committed_fashion_mnist_network_matches_its_record():
     net, _ = load_feature_net("fashion-mnist")
     test = idx(split="test")  # images the network never saw
     assert accuracy(net, test.images, test.labels) > 0.8
+
+
+def test_feature_distance_is_the_frechet_distance_of_the_features():
+    """FD between two halves of digits is small against FD between digits and noise, and is
+    frechet_distance of the features computed directly (float64)."""
+    from otcfm.experiments.feature_nets import feature_distance, features
+    from otcfm.metrics import frechet_distance
+
+    net, _ = load_feature_net("digits")
+    images = digits().images
+    perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))
+    a, b = images[perm[:800]], images[perm[800:1600]]
+    noise = torch.rand(800, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    same, other = feature_distance(net, a, b), feature_distance(net, a, noise)
+    assert 0 <= same < 0.1 * other
+    fa, fb = features(net, a), features(net, b)
+    assert fa.dtype == torch.float64 and fa.shape == (800, FEATURE_DIM)
+    assert same == pytest.approx(frechet_distance(fa, fb), rel=1e-12)

@@ -35,8 +35,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from otcfm.data.images import ImageSet, load_images
+from otcfm.metrics import frechet_distance
 
-__all__ = ["FEATURE_DIM", "FeatureNet", "accuracy", "load_feature_net", "train_feature_net"]
+__all__ = [
+    "FEATURE_DIM", "FeatureNet", "accuracy", "feature_distance", "features", "load_feature_net",
+    "train_feature_net",
+]
 
 #: size of the feature vector (the classifier's penultimate layer)
 FEATURE_DIM = 64
@@ -99,6 +103,20 @@ def accuracy(net: FeatureNet, images: Tensor, labels: Tensor, batch_size: int = 
     for k in range(0, images.shape[0], batch_size):
         right += int((net(images[k:k + batch_size]).argmax(1) == labels[k:k + batch_size]).sum())
     return right / images.shape[0]
+
+
+@torch.no_grad()
+def features(net: FeatureNet, images: Tensor, batch_size: int = 1024) -> Tensor:
+    """(N, FEATURE_DIM) float64 features of ``images`` (N, C, H, W) in [-1, 1]."""
+    net.eval()
+    return torch.cat([net.features(images[k:k + batch_size]).double()
+                      for k in range(0, images.shape[0], batch_size)])
+
+
+def feature_distance(net: FeatureNet, samples: Tensor, reference: Tensor) -> float:
+    """The Fréchet distance (squared, as FID reports it) between the feature distributions
+    of ``samples`` and ``reference`` under ``net``: "FD (digits features)", never FID."""
+    return frechet_distance(features(net, samples), features(net, reference))
 
 
 def train_feature_net(data: ImageSet, *, steps: int = 2000, batch_size: int = 128,
