@@ -48,6 +48,15 @@ class Convergence:
     tol: float
 
 
+def check_call(x0: Tensor, x1: Tensor, generator: Any, cond0: Any, cond1: Any) -> None:
+    """The checks of every coupling call: the batches, their conditions and the generator."""
+    check_inputs(x0, x1)
+    check_cond(cond0, x0.shape[0], "cond0")
+    check_cond(cond1, x1.shape[0], "cond1")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+
+
 class CouplingMemoryError(MemoryError, ValueError):
     """A coupling's cost matrix and solver workspace would not fit in the memory available
     (raised before allocating; the message gives the sizes and what to do)."""
@@ -124,11 +133,7 @@ class Coupling(ABC):
         cond0: Any = None,
         cond1: Any = None,
     ) -> Pairing:
-        check_inputs(x0, x1)
-        check_cond(cond0, x0.shape[0], "cond0")
-        check_cond(cond1, x1.shape[0], "cond1")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        check_call(x0, x1, generator, cond0, cond1)
         check_memory(self, x0.shape[0], x1.shape[0], dim=math.prod(x0.shape[1:]),
                      device=x0.device)
         start = time.perf_counter()

@@ -10,12 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from otcfm._utils import check_cond, index_cond
+from otcfm._utils import index_cond
 from otcfm.couplings._base import (
     Coupling,
     MemoryNeed,
     Pairing,
-    check_inputs,
+    check_call,
 )
 
 # How per-class diagnostics combine into the batch's (any other key: the mean over classes
@@ -100,11 +100,7 @@ class ByClass(Coupling):
         cond0: Any = None,
         cond1: Any = None,
     ) -> Pairing:
-        check_inputs(x0, x1)
-        check_cond(cond0, x0.shape[0], "cond0")
-        check_cond(cond1, x1.shape[0], "cond1")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        check_call(x0, x1, generator, cond0, cond1)
         start = time.perf_counter()
         y0, y1 = self.labels(cond0, cond1, x0.shape[0], x1.shape[0], generator)
         y0, y1 = y0.to(x0.device), y1.to(x0.device)
