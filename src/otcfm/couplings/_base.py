@@ -92,6 +92,13 @@ class Pairing:
     cond1: Any = None
     info: Mapping[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def gather(cls, x0: Tensor, x1: Tensor, i: Tensor, j: Tensor, *, cond0: Any = None,
+               cond1: Any = None, info: Mapping[str, float] | None = None) -> Pairing:
+        """The pairing of index pairs (i, j) of the batches x0, x1 and their conditions."""
+        return cls(x0=x0[i], x1=x1[j], i=i, j=j, cond0=index_cond(cond0, i),
+                   cond1=index_cond(cond1, j), info=dict(info or {}))
+
     @property
     def convergence(self) -> Convergence | None:
         """How the solve ended, for couplings that report it (None for the others)."""
@@ -143,15 +150,7 @@ class Coupling(ABC):
         info = {**info, "pairs": int(i.shape[0]), "seconds": time.perf_counter() - start}
         if self.in_order:  # x0[i] would be a copy of x0 (two gathers per call saved)
             return Pairing(x0=x0, x1=x1, i=i, j=j, cond0=cond0, cond1=cond1, info=info)
-        return Pairing(
-            x0=x0[i],
-            x1=x1[j],
-            i=i,
-            j=j,
-            cond0=index_cond(cond0, i),
-            cond1=index_cond(cond1, j),
-            info=info,
-        )
+        return Pairing.gather(x0, x1, i, j, cond0=cond0, cond1=cond1, info=info)
 
     def memory_need(
         self, n0: int, n1: int, *, dim: int = 0, device: torch.device | str = "cpu"

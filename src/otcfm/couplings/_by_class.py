@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from otcfm._utils import index_cond
 from otcfm.couplings._base import (
     Coupling,
     MemoryNeed,
@@ -120,15 +119,7 @@ class ByClass(Coupling):
         i, j = i[order], j[order]
         info = {**merge_info(infos, weights), "classes": float(len(classes)),
                 "pairs": int(i.shape[0]), "seconds": time.perf_counter() - start}
-        return Pairing(
-            x0=x0[i],
-            x1=x1[j],
-            i=i,
-            j=j,
-            cond0=index_cond(cond0, i),
-            cond1=index_cond(cond1, j),
-            info=info,
-        )
+        return Pairing.gather(x0, x1, i, j, cond0=cond0, cond1=cond1, info=info)
 
     def labels(
         self,

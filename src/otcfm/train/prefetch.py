@@ -149,9 +149,7 @@ def couple_batch(
     dist.broadcast(j, src=src, group=shard.group)
     i, j = i.to(x0.device), j.to(x1.device)
     info = pair.info if shard.rank == src else {"pairs": int(n)}
-    return CoupledBatch(index, Pairing(
-        x0=x0[i], x1=x1[j], i=i, j=j, cond0=index_cond(c0, i), cond1=index_cond(c1, j), info=info
-    ))
+    return CoupledBatch(index, Pairing.gather(x0, x1, i, j, cond0=c0, cond1=c1, info=info))
 
 
 class OwnTurns:
