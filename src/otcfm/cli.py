@@ -44,6 +44,7 @@ FLAG_FIELDS = {
     "width": ("model", "width"),
     "depth": ("model", "depth"),
     "activation": ("model", "activation"),
+    "arch": ("model", "arch"),
     "steps": ("optim", "steps"),
     "batch_size": ("optim", "batch_size"),
     "lr": ("optim", "lr"),
@@ -64,7 +65,10 @@ FLAG_HELP = {
     "out": "parent folder of runs (default runs)",
     "source": "x0: a built-in distribution (otcfm list) or a .npy/.npz/.csv/.tsv/.txt file "
     "(FILE.npz:KEY picks one array of an archive)",
-    "target": "x1: a built-in distribution or a .npy/.npz/.csv/.tsv/.txt file (FILE.npz:KEY)",
+    "target": "x1: a built-in distribution or a .npy/.npz/.csv/.tsv/.txt file (FILE.npz:KEY); "
+    "or an image set (digits, fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, a folder of "
+    "PNG/JPEG images) to train noise -> images",
+    "arch": "mlp or unet (images; the preset named like the data set, model.preset)",
     "method": "icfm, otcfm, sbcfm, sf2m, fm, vpcfm or rf (rf: paired data, data.paired)",
     "sigma": "path noise (default: the method's preset, recorded in config.toml; sbcfm and "
     "sf2m: entropic reg = 2 sigma^2)",
@@ -325,6 +329,11 @@ def _add_train(sub: Any) -> None:
         help="override any config value, e.g. --set optim.ema_decay=0.999",
     )
     p.add_argument(
+        "--data-root", type=Path, default=None, metavar="DIR",
+        help="image runs: the folder of a named image set (cifar10 -> cifar10:DIR, "
+        "fashion-mnist -> fashion-mnist:DIR)",
+    )
+    p.add_argument(
         "--resume", action="store_true", help="continue runs/<name>/ from its checkpoint"
     )
     p.add_argument("--no-eval", action="store_true", help="skip the test evaluation after training")
@@ -351,11 +360,18 @@ def _add_sample(sub: Any) -> None:
     p.add_argument("--solver", default=None, help="euler, midpoint, heun, rk4, dopri5, ...")
     p.add_argument("--ode-steps", type=count, default=None, help="fixed-step solver steps")
     p.add_argument("--checkpoint", default="best", choices=("best", "latest"))
-    p.add_argument("--out", type=Path, required=True, help="output file: .npy, .npz, .csv or .pt")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output file: .npy, .npz, .csv or .pt; image runs: .png (a grid), "
+                   ".npz (uint8 pixels and labels) or .pt")
     _add_sde_flags(p)
     p.add_argument(
-        "--seed", type=seed, default=None, help="seed of the SDE noise (default: the run's seed)"
+        "--seed", type=seed, default=None,
+        help="seed of the SDE noise, or of an image run's source noise (default: the run's seed)",
     )
+    _add_image_flags(p)
+    p.add_argument("--class", dest="klass", default=None, metavar="K",
+                   help="image runs trained with class labels: samples of this class (an index "
+                   "or a name; none = unconditional); default: the classes in turn")
     _add_data_flags(p)
 
 
@@ -366,7 +382,37 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--adaptive", default="dopri5", help="adaptive solver for NFE ('none' skips)")
     p.add_argument("--no-plots", action="store_true")
     _add_sde_flags(p, also="also score SDE samples (w2_sde, ...) beside the ODE metrics; ")
+    g = p.add_argument_group(
+        "image runs", "samples from noise scored by the Fréchet distance of a feature network "
+        "(digits, Fashion-MNIST: 'FD (... features)'), the class accuracy of class-conditional "
+        "runs, and FID with your Inception file (--fid)")
+    g.add_argument("--n", type=count, default=None,
+                   help="samples to draw (default: the run's data.n_test; the paper's FID: 50000)")
+    g.add_argument("--solver", default=None,
+                   help="euler, midpoint, heun, rk4, dopri5, ... (default: the run's eval.solver)")
+    g.add_argument("--ode-steps", type=count, default=None,
+                   help="fixed-step solver steps (default: the run's eval.ode_steps)")
+    g.add_argument("--tol", type=float, default=1e-5,
+                   help="atol = rtol of an adaptive solver (default 1e-5, as the paper's FID)")
+    g.add_argument("--fid", action="store_true",
+                   help="compute FID; needs --inception and --fid-stats (nothing is downloaded)")
+    g.add_argument("--inception", type=Path, default=None, metavar="FILE",
+                   help="the Inception TorchScript file, e.g. inception-2015-12-05.pt")
+    g.add_argument("--fid-stats", type=Path, default=None, metavar="FILE",
+                   help="reference statistics: a .npz with mu and sigma (clean-fid's format)")
+    _add_image_flags(g)
     _add_data_flags(p)
+
+
+def _add_image_flags(p: Any) -> None:
+    """Sampling flags of image runs (``sample`` and ``evaluate``)."""
+    p.add_argument("--guidance", type=float, default=0.0, metavar="W",
+                   help="classifier-free guidance scale w: v = (1 + w) v(x|y) - w v(x|null) "
+                   "(class-conditional runs; 0 = the conditional model)")
+    p.add_argument("--device", default=None,
+                   help="image runs: the device to sample on (cpu, cuda, cuda:N; default cpu)")
+    p.add_argument("--batch-size", type=count, default=None,
+                   help="images per model call (default 500)")
 
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
@@ -472,7 +518,18 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     flags = {(f"{section}.{key}" if section else key): flag
              for flag, (section, key) in FLAG_FIELDS.items()}
     with _naming_flags(flags):
-        return RunConfig.from_dict(data).override(args.overrides).validate()
+        cfg = RunConfig.from_dict(data).override(args.overrides)
+        if getattr(args, "data_root", None) is not None:
+            from otcfm.data.images import with_folder
+
+            if not cfg.is_image_run:
+                raise ValueError(f"--data-root applies to image sets; data.target "
+                                 f"{cfg.data.target!r} is not one")
+            try:
+                cfg.data.target = with_folder(cfg.data.target, args.data_root)
+            except ValueError as err:
+                raise ValueError(f"--data-root: {err}") from None
+        return cfg.validate()
 
 
 def trajectory_config_from_args(args: argparse.Namespace) -> TrajectoryConfig:
@@ -540,7 +597,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     with _naming_flags({"device": "device"}):
         check_device_available(cfg.device)
-    return train_cli.cmd_train(args, cfg)
+    return train_cli.cmd_train(args, cfg, scorer=_scorer)
+
+
+def _scorer(spec: str) -> Any:
+    """The feature network that scores samples of an image set (None: none trained for it)."""
+    from otcfm.experiments.feature_nets import scorer_for
+
+    return scorer_for(spec)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -552,7 +616,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from otcfm.train import cli as train_cli
 
-    return train_cli.cmd_evaluate(args)
+    return train_cli.cmd_evaluate(args, scorer=_scorer)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

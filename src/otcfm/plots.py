@@ -176,6 +176,34 @@ def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> Tensor:
     return grid
 
 
+def save_image_grid(
+    images: Tensor, path: str | Path, nrow: int | None = None, *, min_size: int = 256
+) -> Path:
+    """Write images (N, C, H, W) in [-1, 1] as one PNG grid (:func:`image_grid`), each pixel
+    repeated (nearest neighbour) an integer number of times so the grid is at least
+    ``min_size`` pixels wide: 8x8 digits stay legible. The file is written whole (a
+    temporary file renamed into place)."""
+    import os
+    import tempfile
+
+    grid = image_grid(images, nrow)
+    scale = max(1, math.ceil(min_size / grid.shape[-1]))
+    grid = grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    pixels = grid[0].numpy() if grid.shape[0] == 1 else grid.permute(1, 2, 0).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        _plt().imsave(tmp, pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=1,
+                      format="png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
 def plot_image_grids(grids: dict[str, Tensor], path: str | Path, title: str = "") -> Path:
     """Panels side by side, one per entry of ``grids`` (label -> images (N, C, H, W) in
     [-1, 1], tiled by :func:`image_grid`): e.g. the same noise pushed with 2, 8 and 100 Euler

@@ -57,13 +57,16 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "IMAGE_SPECS",
     "MNIST_CLASSES",
+    "NAMED_SETS",
     "ImageSet",
     "cifar10",
     "digits",
     "hflip",
     "idx",
     "image_folder",
+    "is_image_spec",
     "load_images",
+    "with_folder",
 ]
 
 # where Debian's package dataset-fashion-mnist installs the four IDX .gz files
@@ -112,6 +115,8 @@ class ImageSet:
     ``classes``: the K class names (label k is ``classes[k]``; empty when unlabelled).
     ``name``: where the set came from. ``flips``: whether random horizontal flips
     (:func:`hflip`) suit the set, the recipes' default (see the module's docstring).
+    ``files``: the files the images and labels were read from, in reading order (empty for
+    data shipped inside a package: digits), for a run's record of its data.
     """
 
     images: Tensor
@@ -119,6 +124,7 @@ class ImageSet:
     classes: tuple[str, ...]
     name: str
     flips: bool = False
+    files: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         x = self.images
@@ -273,7 +279,8 @@ def idx(
         raise ValueError(f"{labels_path}: labels must be 0..9, found {int(labels.max())}")
     classes = FASHION_MNIST_CLASSES if kind == "fashion-mnist" else MNIST_CLASSES
     return ImageSet(
-        _from_uint8(pixels[:, None]), _labels(labels), classes, f"{kind}:{split}"
+        _from_uint8(pixels[:, None]), _labels(labels), classes, f"{kind}:{split}",
+        files=(images_path, labels_path),
     )
 
 
@@ -377,8 +384,10 @@ def cifar10(
         pixels.append(x)
         labels.append(y)
     x = np.concatenate(pixels).reshape(-1, 3, 32, 32)  # rows: 1024 red, green, blue; row-major
+    read = tuple(where / n for n in names) + ((meta_path,) if meta_path.is_file() else ())
     return ImageSet(
-        _from_uint8(x), _labels(np.concatenate(labels)), classes, f"cifar10:{split}", flips=True
+        _from_uint8(x), _labels(np.concatenate(labels)), classes, f"cifar10:{split}", flips=True,
+        files=read,
     )
 
 
@@ -533,9 +542,10 @@ def image_folder(
     pixels = np.stack([np.repeat(a, channels // a.shape[2], axis=2) for a in arrays])
     images = _from_uint8(pixels.transpose(0, 3, 1, 2))
     if top:
-        return ImageSet(images, None, (), root.name)
+        return ImageSet(images, None, (), root.name, files=tuple(files))
     labels = np.repeat(np.arange(len(groups)), [len(fs) for _, fs in groups])
-    return ImageSet(images, _labels(labels), tuple(n for n, _ in groups), root.name)
+    return ImageSet(images, _labels(labels), tuple(n for n, _ in groups), root.name,
+                    files=tuple(files))
 
 
 def _size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -589,6 +599,31 @@ def _read_image(image_lib: Any, path: Path, shape: tuple[int, int] | None) -> np
 
 
 # --------------------------------------------------------------------------- one grammar
+#: the named image sets of :func:`load_images` (the part of a spec before ``:``)
+NAMED_SETS = ("digits", *IDX_KINDS, "cifar10")
+
+
+def is_image_spec(spec: str | os.PathLike) -> bool:
+    """Whether ``spec`` names an image set of :func:`load_images` (nothing is read): a named
+    set (``digits``, ``fashion-mnist[:DIR]``, ``mnist:DIR``, ``cifar10:DIR``) or an existing
+    folder. Point-cloud specs (built-in distributions and files) are not."""
+    text = os.fspath(spec)
+    return text.partition(":")[0] in NAMED_SETS or Path(text).expanduser().is_dir()
+
+
+def with_folder(spec: str, folder: str | os.PathLike) -> str:
+    """The spec of a named image set read from ``folder``: ``cifar10`` -> ``cifar10:DIR``
+    (``--data-root DIR`` of ``otcfm train``). ValueError for digits (no folder), for a spec
+    that already names its folder, and for a folder spec."""
+    kind, sep, rest = spec.partition(":")
+    if kind not in NAMED_SETS or kind == "digits":
+        raise ValueError(f"image spec {spec!r} reads no named data set from a folder "
+                         f"({', '.join(n for n in NAMED_SETS if n != 'digits')} do)")
+    if sep:
+        raise ValueError(f"image spec {spec!r} already names its folder {rest!r}")
+    return f"{kind}:{os.fspath(folder)}"
+
+
 def load_images(
     spec: str | os.PathLike,
     *,
@@ -607,7 +642,7 @@ def load_images(
     if not isinstance(text, str) or not text:
         raise ValueError(f"image spec must be a non-empty string: one of {IMAGE_SPECS}")
     kind, sep, rest = text.partition(":")
-    named = kind in ("digits", *IDX_KINDS, "cifar10")
+    named = kind in NAMED_SETS
     if named and sep and not rest:
         raise ValueError(f"image spec {text!r} names no folder after ':'")
     if named and size is not None:

@@ -38,8 +38,8 @@ from otcfm.data.images import ImageSet, load_images
 from otcfm.metrics import frechet_distance
 
 __all__ = [
-    "FEATURE_DIM", "FeatureNet", "accuracy", "feature_distance", "features", "load_feature_net",
-    "train_feature_net",
+    "FEATURE_DIM", "FEATURE_NAMES", "FeatureNet", "FeatureScorer", "accuracy",
+    "feature_distance", "features", "load_feature_net", "scorer_for", "train_feature_net",
 ]
 
 #: size of the feature vector (the classifier's penultimate layer)
@@ -177,6 +177,34 @@ def load_feature_net(dataset: str, store: Path = STORE) -> tuple[FeatureNet, dic
     net = FeatureNet(record["channels"], record["num_classes"])
     net.load_state_dict(state)
     return net.eval().requires_grad_(False), record
+
+
+#: how each data set's features are named where their Fréchet distance is reported
+FEATURE_NAMES = {"digits": "digits features", "fashion-mnist": "Fashion-MNIST features"}
+
+
+class FeatureScorer:
+    """The committed network of a data set as the scorer of ``otcfm evaluate``: ``name``,
+    ``distance(samples, reference)`` (:func:`feature_distance`) and ``accuracy(samples,
+    labels)`` (:func:`accuracy`)."""
+
+    def __init__(self, dataset: str) -> None:
+        self.net, self.record = load_feature_net(dataset)
+        self.name = FEATURE_NAMES[dataset]
+
+    def distance(self, samples: Tensor, reference: Tensor) -> float:
+        return feature_distance(self.net, samples, reference)
+
+    def accuracy(self, samples: Tensor, labels: Tensor) -> float:
+        return accuracy(self.net, samples, labels)
+
+
+def scorer_for(spec: str) -> FeatureScorer | None:
+    """The :class:`FeatureScorer` of an image spec's data set (``fashion-mnist:DIR`` ->
+    Fashion-MNIST's), or None when no network was trained for it (MNIST, CIFAR-10, a
+    folder)."""
+    dataset = spec.partition(":")[0]
+    return FeatureScorer(dataset) if dataset in DATASETS else None
 
 
 def main(argv: list[str] | None = None) -> int:

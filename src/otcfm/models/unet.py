@@ -33,6 +33,7 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         "num_head_channels": 64,
         "dropout": 0.1,
         "scale_shift_norm": False,
+        "time_scale": 1.0,  # the paper feeds t in [0, 1] unscaled
     },
     "digits": {
         "dim": (1, 8, 8),

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,27 @@ from otcfm.data import load_points, parse_spec, save_points, toy
 from otcfm.data.files import SUPPORTED_EXTENSIONS
 from otcfm.sampling import ADAPTIVE_SOLVERS, SOLVERS
 from otcfm.train.checkpoint import StagedFiles
-from otcfm.train.config import RunConfig, check_folder, check_output_file
+from otcfm.train.config import (
+    RunConfig,
+    check_device_available,
+    check_folder,
+    check_output_file,
+)
 from otcfm.train.datasets import stream
 from otcfm.train.evaluate import evaluate_run, load_run, sample_run, sde_sigma
+from otcfm.train.evaluate_images import (
+    SAMPLE_BATCH,
+    FeatureScorer,
+    evaluate_image_run,
+    from_pixels,
+    load_image_run,
+    sample_images,
+)
 from otcfm.train.launch import launch, launched_world, process_group
 from otcfm.train.loop import build_matcher, process_device, train
+
+#: the feature network that scores samples of an image spec (None: none for that data set)
+Scorers = Callable[[str], FeatureScorer | None]
 
 
 def _check_nproc(nproc: int, device: str) -> None:
@@ -52,8 +70,10 @@ def check_coupling_memory(cfg: RunConfig, world: int, processes: int) -> None:
                  copies=threads * processes)
 
 
-def cmd_train(args: argparse.Namespace, cfg: RunConfig) -> int:
-    """``otcfm train`` with the resolved config ``cfg`` of its flags (device checked)."""
+def cmd_train(args: argparse.Namespace, cfg: RunConfig, scorer: Scorers | None = None) -> int:
+    """``otcfm train`` with the resolved config ``cfg`` of its flags (device checked);
+    ``scorer``: the feature network of an image set's spec, for the evaluation after
+    training (see :func:`cmd_evaluate`)."""
     check_folder(Path(cfg.out_dir), "out_dir (--out)")
     check_folder(cfg.run_dir, "the run folder (--out/--name)")
     rank = int(os.environ.get("RANK", "0"))
@@ -85,7 +105,12 @@ def cmd_train(args: argparse.Namespace, cfg: RunConfig) -> int:
         f"(best validation loss {result.best_val_loss:.4g} at step {result.best_step})"
     )
     if not args.no_eval:
-        _print_metrics(evaluate_run(result.run_dir))
+        if cfg.is_image_run:
+            _print_metrics(evaluate_image_run(
+                result.run_dir, scorer=scorer(cfg.data.target) if scorer else None,
+                device=cfg.device))
+        else:
+            _print_metrics(evaluate_run(result.run_dir))
     print(f"run written to {result.run_dir}")
     return 0
 
@@ -103,7 +128,78 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def _is_image_run(run: Path) -> bool:
+    """Whether the run folder holds an image run (its config.toml names an image set)."""
+    path = Path(run) / "config.toml"
+    return path.is_file() and RunConfig.from_toml(path).is_image_run
+
+
+IMAGE_FLAGS = {"klass": "--class", "guidance": "--guidance", "device": "--device",
+               "batch_size": "--batch-size", "n": "--n", "solver": "--solver",
+               "ode_steps": "--ode-steps", "fid": "--fid", "inception": "--inception",
+               "fid_stats": "--fid-stats"}
+
+
+def _refuse_image_flags(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
+    """A point run refuses the flags of image runs (given with a value other than their
+    default)."""
+    for dest, flag in IMAGE_FLAGS.items():
+        if dest in defaults and getattr(args, dest, defaults[dest]) != defaults[dest]:
+            raise ValueError(f"{flag} applies to image runs; {args.run} is a point-cloud run")
+
+
+def cmd_sample_images(args: argparse.Namespace) -> int:
+    """``otcfm sample RUN`` of an image run: a PNG grid, or the images as .npz / .pt."""
+    if args.sde or args.sde_steps is not None or args.x0 is not None:
+        raise ValueError("--sde, --sde-steps and --x0 apply to point-cloud runs; "
+                         f"{args.run} is an image run (it samples from noise)")
+    out = Path(args.out)
+    check_output_file(out, "--out", (".png", ".npz", ".pt"))
+    if args.solver is not None and args.solver not in SOLVERS:
+        raise ValueError(f"--solver: unknown solver {args.solver!r} (choose from "
+                         f"{', '.join(SOLVERS)})")
+    device = args.device or "cpu"
+    check_device_available(device, "--device")
+    run = load_image_run(args.run, args.checkpoint, device=device)
+    labels = None
+    if args.klass is not None:
+        labels = torch.full((args.n,), run.label(args.klass), dtype=torch.int64)
+    generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
+    drawn = sample_images(
+        run, args.n, solver=args.solver or run.cfg.eval.solver,
+        steps=args.ode_steps or run.cfg.eval.ode_steps, labels=labels, guidance=args.guidance,
+        generator=generator, batch_size=args.batch_size or SAMPLE_BATCH,
+    )
+    with StagedFiles() as staged:  # written whole or not at all
+        if out.suffix == ".png":
+            from otcfm.plots import save_image_grid
+
+            nrow = len(run.classes) if run.conditional and args.klass is None else None
+            save_image_grid(from_pixels(drawn.pixels), staged.path(out), nrow)
+        elif out.suffix == ".npz":
+            import numpy as np
+
+            arrays = {"images": drawn.pixels.numpy()}
+            if drawn.labels is not None:
+                arrays["labels"] = drawn.labels.numpy()
+            with open(staged.path(out), "wb") as handle:
+                np.savez_compressed(handle, **arrays)
+        else:
+            staged.save({"images": from_pixels(drawn.pixels), "labels": drawn.labels,
+                         "nfe": drawn.nfe}, out)
+    what = "" if labels is None else f", class {run.classes[int(labels[0])]}" if int(
+        labels[0]) < run.null_class else ", unconditional"
+    guided = f", guidance {args.guidance:g}" if args.guidance else ""
+    print(f"wrote {args.n} images to {out} (NFE {drawn.nfe:g}{what}{guided}; "
+          f"{run.checkpoint}, step {run.step})")
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
+    if _is_image_run(args.run):
+        return cmd_sample_images(args)
+    _refuse_image_flags(args, {"klass": None, "guidance": 0.0, "device": None,
+                               "batch_size": None})
 
 
     if args.sde_steps is not None and not args.sde:
@@ -165,7 +261,39 @@ def _more_sources(run: Any, n: int) -> Any:
     return torch.cat([test, fresh.to(test.dtype)])
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def cmd_evaluate(args: argparse.Namespace, scorer: Scorers | None = None) -> int:
+    """``otcfm evaluate RUN``; an image run is scored by ``scorer(spec)`` (the feature
+    network of its data set, or None) and, with --fid, by FID."""
+    if _is_image_run(args.run):
+        if args.sde or args.sde_steps is not None:
+            raise ValueError(f"--sde applies to SF2M point-cloud runs; {args.run} is an image run")
+        if args.fid and (args.inception is None or args.fid_stats is None):
+            raise ValueError("--fid needs --inception FILE (the Inception TorchScript file) and "
+                             "--fid-stats FILE (reference statistics, clean-fid's .npz); "
+                             "otcfm downloads neither")
+        if not args.fid and (args.inception is not None or args.fid_stats is not None):
+            raise ValueError("--inception and --fid-stats go with --fid")
+        if args.solver is not None and args.solver not in SOLVERS:
+            raise ValueError(f"--solver: unknown solver {args.solver!r} (choose from "
+                             f"{', '.join(SOLVERS)})")
+        if not (args.tol > 0 and math.isfinite(args.tol)):
+            raise ValueError(f"--tol must be a positive number, got {args.tol}")
+        device = args.device or "cpu"
+        check_device_available(device, "--device")
+        cfg = RunConfig.from_toml(Path(args.run) / "config.toml")
+        metrics = evaluate_image_run(
+            args.run, which=args.checkpoint or "best", n=args.n, solver=args.solver,
+            steps=args.ode_steps, tol=args.tol, guidance=args.guidance,
+            scorer=scorer(cfg.data.target) if scorer else None,
+            inception=args.inception, fid_stats=args.fid_stats, device=device,
+            batch_size=args.batch_size or SAMPLE_BATCH, data_root=args.data_root,
+            allow_changed_data=args.allow_changed_data, progress=True,
+        )
+        _print_metrics(metrics)
+        return 0
+    _refuse_image_flags(args, {"guidance": 0.0, "device": None, "batch_size": None, "n": None,
+                               "solver": None, "ode_steps": None, "fid": False,
+                               "inception": None, "fid_stats": None})
     adaptive = "" if args.adaptive.lower() == "none" else args.adaptive
     if adaptive and adaptive not in ADAPTIVE_SOLVERS:
         raise ValueError(f"--adaptive: unknown adaptive solver {adaptive!r} (choose from "

@@ -251,11 +251,42 @@ class MethodConfig:
 
 @dataclass
 class ModelConfig:
-    """The vector-field network (the paper's MLP: 3 hidden layers of 64 SELU units)."""
+    """The vector-field network: ``arch = "mlp"`` (the paper's MLP for points: 3 hidden layers
+    of 64 SELU units; on images it sees the flattened pixels) or ``"unet"`` (images only: the
+    ADM-style UNet of ``preset``, see ``otcfm.models.UNET_PRESETS``)."""
 
-    width: int = 64
-    depth: int = 3
-    activation: str = "selu"
+    arch: str = "mlp"
+    width: int = 64  # mlp: hidden units
+    depth: int = 3  # mlp: hidden layers
+    activation: str = "selu"  # mlp
+    preset: str = ""  # unet: "" = the preset named like the data set (digits, cifar10, ...)
+    channels: int = 0  # unet: base channels; 0 = the preset's
+    dropout: float = -1.0  # unet: dropout of its residual blocks; -1 = the preset's
+
+
+ARCHS = ("mlp", "unet")
+FLIPS = ("auto", "on", "off")
+
+
+@dataclass
+class ImagesConfig:
+    """Image runs (``data.target`` names an image set, from noise ``data.source = "gaussian"``).
+
+    ``conditional``: train on the class labels (``model(x, t, y=label)``); ``cond_dropout``
+    of them are replaced by the null class in training, for classifier-free guidance (Ho &
+    Salimans' default 0.1); a coupling spec with ``within=y`` pairs only within a class.
+    ``flips``: random horizontal flips of the training images ("auto": the data set's own
+    choice, on for CIFAR-10 only). Every ``grid_every`` steps (0: only at the end) a grid of
+    ``grid_size`` samples of the eval weights, ``grid_steps`` Euler steps from a fixed noise,
+    is written to ``samples/step-N.png`` (a conditional run: classes in turn).
+    """
+
+    conditional: bool = False
+    cond_dropout: float = 0.1
+    flips: str = "auto"
+    grid_every: int = 1_000
+    grid_size: int = 64
+    grid_steps: int = 100
 
 
 @dataclass
@@ -367,18 +398,36 @@ class RunConfig(TomlConfig):
     couplings: CouplingsConfig = field(default_factory=CouplingsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+
+    @property
+    def is_image_run(self) -> bool:
+        """Whether ``data.target`` names an image set (see :func:`otcfm.data.images.
+        is_image_spec`): the run trains noise -> images (:class:`~otcfm.train.images.
+        ImageObjective`)."""
+        from otcfm.data.images import is_image_spec
+
+        return isinstance(self.data.target, str) and bool(self.data.target) and is_image_spec(
+            self.data.target)
 
     def resolve(self) -> RunConfig:
         """This config, validated, with every preset default written in (e.g. the method's
         sigma). Raises :class:`ConfigError` naming the key of a bad value."""
         self.validate()
-        if self.method.sigma != -1:
-            return self
-        from otcfm.matchers import preset_defaults
-
         data = self.to_dict()
-        data["method"]["sigma"] = float(preset_defaults(self.method.name)["sigma"])
-        return RunConfig.from_dict(data)
+        if self.method.sigma == -1:
+            from otcfm.matchers import preset_defaults
+
+            data["method"]["sigma"] = float(preset_defaults(self.method.name)["sigma"])
+        m = data["model"]
+        if m["arch"] == "unet":  # the UNet's preset, channels and dropout written in
+            from otcfm.models import UNET_PRESETS
+
+            m["preset"] = m["preset"] or self.data.target.partition(":")[0]
+            preset = UNET_PRESETS[m["preset"]]
+            m["channels"] = m["channels"] or int(preset["channels"])
+            m["dropout"] = float(preset["dropout"]) if m["dropout"] == -1 else m["dropout"]
+        return self if data == self.to_dict() else RunConfig.from_dict(data)
 
     def override(self, assignments: list[str]) -> RunConfig:
         """Apply ``section.key=value`` strings (values parsed as TOML, else kept as text)."""
@@ -433,9 +482,15 @@ class RunConfig(TomlConfig):
         self.method.validate("method")
 
         m = self.model
+        check_choice("model.arch", m.arch, ARCHS, "architecture")
         check_count("model.width", m.width)
         check_count("model.depth", m.depth)
         check_choice("model.activation", m.activation, sorted(ACTIVATIONS), "activation")
+        check_count("model.channels", m.channels, low=0, note=" (0 = the preset's)")
+        if m.dropout != -1:
+            check_number("model.dropout", m.dropout, low=0, high=1, open_high=True,
+                         note=" (or -1 = the preset's)")
+        self._validate_images()
 
         o = self.optim
         check_count("optim.steps", o.steps)
@@ -474,6 +529,45 @@ class RunConfig(TomlConfig):
         check_number("distributed.timeout", self.distributed.timeout, low=0, open_low=True,
                      note=" seconds")
         return self
+
+    def _validate_images(self) -> None:
+        """The [images] section, and what an image run needs of the others."""
+        from otcfm.couplings import coupling_spec
+        from otcfm.models import UNET_PRESETS
+
+        im, m = self.images, self.model
+        check_number("images.cond_dropout", im.cond_dropout, low=0, high=1, open_high=True)
+        check_choice("images.flips", im.flips, FLIPS, "flips setting")
+        check_count("images.grid_every", im.grid_every, low=0, note=" (0 = at the end only)")
+        check_count("images.grid_size", im.grid_size)
+        check_count("images.grid_steps", im.grid_steps)
+        if m.preset:
+            check_choice("model.preset", m.preset, sorted(UNET_PRESETS), "UNet preset")
+        within = bool(self.method.coupling) and "within" in coupling_spec(
+            self.method.coupling)[1]
+        if within and not im.conditional:
+            raise ConfigError("method.coupling", f"method.coupling {self.method.coupling!r} "
+                              "pairs within classes: it needs images.conditional = true")
+        if not self.is_image_run:
+            if m.arch == "unet":
+                raise ConfigError("model.arch", f"model.arch 'unet' needs images: data.target "
+                                  f"{self.data.target!r} is not an image set")
+            if im.conditional:
+                raise ConfigError("images.conditional", "images.conditional needs images: "
+                                  f"data.target {self.data.target!r} is not an image set")
+            return
+        if self.data.source != "gaussian":
+            raise ConfigError("data.source", f"data.source must be 'gaussian' for images "
+                              f"(data.target {self.data.target!r}): image runs start from "
+                              f"noise, got {self.data.source!r}")
+        if self.data.paired:
+            raise ConfigError("data.paired", "data.paired applies to point files, not images")
+        if m.arch == "unet" and not m.preset:
+            kind = self.data.target.partition(":")[0]
+            if kind not in UNET_PRESETS:
+                raise ConfigError("model.preset", f"model.preset: the UNet needs a preset for "
+                                  f"{self.data.target!r} (choose from "
+                                  f"{', '.join(sorted(UNET_PRESETS))})")
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

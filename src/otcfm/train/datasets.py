@@ -15,6 +15,7 @@ the data). :func:`load_run_data` given that record reads each file from its reco
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from otcfm.data import load_points, toy
 from otcfm.data.files import DataSpec, parse_spec
+from otcfm.data.images import ImageSet
 from otcfm.data.provenance import DataRecord, FileRecord
 from otcfm.train.config import DataConfig
 
@@ -95,6 +97,37 @@ def record_run_data(cfg: DataConfig, event_shape: tuple[int, ...]) -> DataRecord
         else:
             inputs[f"data.{side}"] = str(spec.builtin)
     return DataRecord(inputs, tuple(event_shape))
+
+
+def record_image_data(cfg: DataConfig, images: ImageSet) -> DataRecord:
+    """The record of an image run's data: ``data.target`` is its image spec (e.g.
+    ``fashion-mnist``), and every file the images were read from is hashed under
+    ``data.target/NAME`` (none for digits, which ship inside scikit-learn)."""
+    inputs: dict[str, FileRecord | str] = {"data.source": cfg.source, "data.target": cfg.target}
+    for path in images.files:
+        inputs[f"data.target/{Path(path).name}"] = FileRecord.of(path)
+    return DataRecord(inputs, tuple(images.shape))
+
+
+def check_image_files(
+    record: DataRecord, images: ImageSet, *, allow_changed_data: bool = False
+) -> None:
+    """Refuse image files that differ from a run's record (by name: the files of a data set
+    read from another folder, ``--data-root``, must be the same bytes); with
+    ``allow_changed_data`` a difference is only a warning."""
+    recorded = {k.partition("/")[2]: v for k, v in record.inputs.items()
+                if k.startswith("data.target/") and isinstance(v, FileRecord)}
+    for path in images.files:
+        was = recorded.get(Path(path).name)
+        if was is None:
+            continue
+        now = FileRecord.of(path)
+        if now.sha256 != was.sha256:
+            message = (f"data.target: {path} differs from the file the run was trained on "
+                       f"(recorded sha256 {was.sha256[:12]}..., now {now.sha256[:12]}...)")
+            if not allow_changed_data:
+                raise ValueError(f"{message}; pass --allow-changed-data to use it anyway")
+            warnings.warn(f"{message}; used anyway (--allow-changed-data)", stacklevel=2)
 
 
 def read_data_record(run_dir: str | Path) -> DataRecord | None:

@@ -35,7 +35,7 @@ from otcfm.data.images import ImageSet, hflip
 from otcfm.matchers import FlowMatcher
 from otcfm.sampling import Guided, integrate
 from otcfm.train.datasets import stream
-from otcfm.train.objectives import ConvergenceTally
+from otcfm.train.objectives import ConvergenceTally, sample_rows
 
 __all__ = ["ImageObjective"]
 
@@ -46,6 +46,11 @@ class ImageObjective:
 
     ``flips``: horizontal flips of the training images (default: ``data.flips``, True only
     for CIFAR-10). ``conditional``: pass the labels as ``y`` (the data set must have labels).
+
+    Under torch.distributed (``rank`` of ``world`` processes) ``batch_size`` is the global
+    batch: every process draws and couples the same whole batch (the draws are a function of
+    the seed and the step) and trains on its consecutive share of the path sample, so a run
+    follows the same trajectory on any number of processes.
     """
 
     metrics = ("val_loss",)
@@ -62,6 +67,8 @@ class ImageObjective:
         flips: bool | None = None,
         conditional: bool = False,
         device: torch.device | str = "cpu",
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         if not isinstance(data, ImageSet):
             raise TypeError(f"data must be an ImageSet, got {type(data).__name__}")
@@ -74,6 +81,10 @@ class ImageObjective:
         if not 1 <= batch_size <= n - n_val:
             raise ValueError(f"batch_size must be in [1, {n - n_val}] (the training images), "
                              f"got {batch_size}")
+        if batch_size % world:
+            raise ValueError(f"optim.batch_size {batch_size} is the global batch; it must be a "
+                             f"multiple of the {world} processes")
+        self.rank, self.world = int(rank), int(world)
         self.matcher = matcher
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.flips = data.flips if flips is None else bool(flips)
@@ -119,13 +130,18 @@ class ImageObjective:
         return pair, g
 
     def loss(self, net: nn.Module, step: int) -> Tensor:
-        """The CFM loss (eq. (9)) of step ``step``'s coupled batch."""
+        """The CFM loss (eq. (9)) of step ``step``'s coupled batch (this process's share)."""
         pair, g = self.pair(step)
-        return self.matcher.regress(net, self.matcher.sample(pair, generator=g))
+        s = self.matcher.sample(pair, generator=g)
+        if self.world > 1:
+            size = self.batch_size // self.world
+            s = sample_rows(s, slice(self.rank * size, (self.rank + 1) * size))
+        return self.matcher.regress(net, s)
 
     def coupling_log(self) -> dict[str, float]:
-        """``coupling_share``: the coupling's share of the wall time since the previous row;
-        then the coupling's convergence, when it reports it."""
+        """``coupling_share``: the coupling's share of the wall time since the previous row
+        (of this process); then the coupling's convergence, when it reports it (counted once:
+        every process solves the same batch)."""
         now = time.perf_counter()
         share = self._coupling_seconds / max(now - self._since, 1e-12)
         self._coupling_seconds, self._since = 0.0, now
@@ -146,6 +162,21 @@ class ImageObjective:
         field = Guided(model, guidance) if guidance else model
         cond = {"y": y.to(self.device)} if y is not None else None
         return integrate(field, x0, method=method, steps=steps, cond=cond).x_final
+
+    def grid_labels(self, n: int) -> Tensor | None:
+        """Labels of a sample grid of ``n`` images: the classes in turn (0, 1, ..., K-1, 0,
+        ...), so a grid of K columns has one class per column; None when unconditional."""
+        if not self.conditional:
+            return None
+        return torch.arange(n) % int(self.num_classes or 1)
+
+    @torch.no_grad()
+    def sample_grid(self, model: nn.Module, n: int, *, steps: int) -> Tensor:
+        """``n`` images of ``model`` from the same noise at every call (the run's grid
+        stream), ``steps`` Euler steps, labels :meth:`grid_labels`: grids of one run are
+        comparable across steps."""
+        g = stream(self.seed, "images", "grid")
+        return self.sample(model, n, steps=steps, generator=g, y=self.grid_labels(n)).cpu()
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()

@@ -30,12 +30,26 @@ import torch.distributed as dist
 from torch import nn
 
 from otcfm.couplings import Pairing
+from otcfm.data.images import load_images
 from otcfm.matchers import FlowMatcher, matcher
-from otcfm.models import MLP, DriftScore
+from otcfm.models import MLP, DriftScore, UNet
 from otcfm.paths import PathSample
-from otcfm.train.config import MethodConfig, ModelConfig, RunConfig, config_differences
-from otcfm.train.datasets import DATA_RECORD, RunData, check_same_data, record_run_data
+from otcfm.train.config import (
+    ConfigError,
+    MethodConfig,
+    ModelConfig,
+    RunConfig,
+    config_differences,
+)
+from otcfm.train.datasets import (
+    DATA_RECORD,
+    RunData,
+    check_same_data,
+    record_image_data,
+    record_run_data,
+)
 from otcfm.train.ema import EMA
+from otcfm.train.images import ImageObjective
 from otcfm.train.objectives import Objective, PairObjective
 from otcfm.train.prefetch import CoupledBatch, Shard
 from otcfm.train.progress import Progress
@@ -51,9 +65,20 @@ the whole validation set at once, the training loss ``couplings.ot_batch`` point
 :data:`~otcfm.train.objectives.COUPLING_FIELDS` before ``seconds``."""
 
 
-def build_matcher(cfg: MethodConfig) -> FlowMatcher:
-    """The configured flow matcher from the registry (sigma -1: the preset's default)."""
-    return matcher(cfg.name, **cfg.matcher_kwargs())
+def build_matcher(cfg: MethodConfig, **extra: Any) -> FlowMatcher:
+    """The configured flow matcher from the registry (sigma -1: the preset's default);
+    ``extra``: further keywords of :func:`~otcfm.matchers.matcher` (the condition dropout of a
+    class-conditional image run, :func:`image_matcher`)."""
+    return matcher(cfg.name, **cfg.matcher_kwargs(), **extra)
+
+
+def image_matcher(cfg: RunConfig, num_classes: int | None) -> FlowMatcher:
+    """The matcher of an image run: a class-conditional one drops ``images.cond_dropout`` of
+    the labels to the null class ``num_classes`` (classifier-free guidance)."""
+    if not cfg.images.conditional:
+        return build_matcher(cfg.method)
+    return build_matcher(cfg.method, cond_dropout=cfg.images.cond_dropout,
+                         null_class=num_classes)
 
 
 def build_model(
@@ -62,17 +87,32 @@ def build_model(
     *,
     score: bool = False,
     generator: torch.Generator | None = None,
+    num_classes: int | None = None,
 ) -> nn.Module:
-    """The vector-field network for points of shape ``event_shape``.
+    """The vector-field network for points (or images) of shape ``event_shape``.
 
-    With ``score`` (methods whose matcher ``needs_score``, i.e. SF2M) a :class:`DriftScore`
-    of two such MLPs: its forward is the drift, so ODE sampling and validation are unchanged.
-    ``generator``: the initial weights are drawn from it (PyTorch's default init).
+    ``model.arch = "mlp"``: the MLP (on images: the flattened pixels); with ``score``
+    (methods whose matcher ``needs_score``, i.e. SF2M) a :class:`DriftScore` of two such MLPs:
+    its forward is the drift, so ODE sampling and validation are unchanged. ``"unet"``: the
+    UNet of ``model.preset`` on images of shape ``event_shape`` (its channels and dropout when
+    set). ``num_classes``: class-conditional, with a null class. ``generator``: the initial
+    weights are drawn from it (PyTorch's default init).
     """
+    if cfg.arch == "unet":
+        if score:
+            raise ValueError("model.arch 'unet' has no score network (SF2M needs the MLP)")
+        options: dict[str, Any] = {"dim": tuple(event_shape)}
+        if cfg.channels:
+            options["channels"] = cfg.channels
+        if cfg.dropout != -1:
+            options["dropout"] = cfg.dropout
+        return UNet.preset(cfg.preset, num_classes=num_classes, generator=generator, **options)
     kwargs = {"width": cfg.width, "depth": cfg.depth, "activation": cfg.activation}
     if score:
+        if num_classes is not None:
+            raise ValueError("SF2M's drift-and-score network takes no class labels")
         return DriftScore.mlp(event_shape, generator=generator, **kwargs)
-    return MLP(dim=event_shape, generator=generator, **kwargs)
+    return MLP(dim=event_shape, generator=generator, num_classes=num_classes, **kwargs)
 
 
 def needs_score(cfg: MethodConfig) -> bool:
@@ -197,6 +237,9 @@ class Engine:
         self.history: list[dict[str, float]] = []
         #: names shown for the logged values on the progress line (default: their keys)
         self.labels: dict[str, str] = {}
+        #: (every, hook): ``hook(engine)`` runs on rank 0 after every ``every``-th step and
+        #: after the last (every = 0: after the last only), e.g. a sample grid
+        self.periodic: list[tuple[int, Callable[[Engine], None]]] = []
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -316,6 +359,10 @@ class Engine:
                         row["seconds"] = self.train_seconds
                         self._record(row)
                         bar.update(0, **{self.labels.get(k, k): row[k] for k in shown})
+                if self.rank == 0:
+                    for every, hook in self.periodic:
+                        if last or (every and self.step % every == 0):
+                            hook(self)
                 if last or (save_every and self.step % save_every == 0):
                     self.train_seconds = time.perf_counter() - start
                     if self.folder is not None:
@@ -402,16 +449,38 @@ class Trainer(Engine):
         rank, world = _rank_world()
         dev = process_device(device or cfg.device)
         self.run_dir = cfg.run_dir
-        self.matcher = build_matcher(cfg.method)
-        objective = PairObjective(cfg, self.matcher, rank=rank, world=world, device=dev)
-        model = build_model(
-            cfg.model,
-            objective.event_shape,
-            score=objective.needs_score,
-            generator=torch.Generator().manual_seed(cfg.seed),
-        ).to(dev)
-        # the data record (data.json) is hashed once, by the process that writes it
-        self.data_record = record_run_data(cfg.data, objective.event_shape) if rank == 0 else None
+        generator = torch.Generator().manual_seed(cfg.seed)
+        objective: PairObjective | ImageObjective
+        if cfg.is_image_run:
+            images = load_images(cfg.data.target)
+            classes = images.num_classes if cfg.images.conditional else None
+            if cfg.images.conditional and images.labels is None:
+                raise ConfigError("images.conditional", f"images.conditional: {images.name} "
+                                  "has no class labels (a folder needs one subfolder per class)")
+            self.matcher = image_matcher(cfg, classes)
+            flips = {"auto": None, "on": True, "off": False}[cfg.images.flips]
+            try:
+                objective = ImageObjective(
+                    images, self.matcher, batch_size=cfg.optim.batch_size, seed=cfg.seed,
+                    n_val=cfg.data.n_val, flips=flips, conditional=cfg.images.conditional,
+                    device=dev, rank=rank, world=world,
+                )
+            except ValueError as err:
+                key = "data.n_val" if str(err).startswith("n_val") else "optim.batch_size"
+                raise ConfigError(key, f"{key}: {err}") from None
+            model = build_model(cfg.model, objective.event_shape, generator=generator,
+                                num_classes=classes).to(dev)
+            # the data record (data.json) is hashed once, by the process that writes it
+            self.data_record = record_image_data(cfg.data, images) if rank == 0 else None
+        else:
+            self.matcher = build_matcher(cfg.method)
+            objective = PairObjective(cfg, self.matcher, rank=rank, world=world, device=dev)
+            model = build_model(
+                cfg.model, objective.event_shape, score=objective.needs_score,
+                generator=generator,
+            ).to(dev)
+            self.data_record = (record_run_data(cfg.data, objective.event_shape) if rank == 0
+                                else None)
         o = cfg.optim
         settings = LoopSettings(
             steps=o.steps, lr=o.lr, weight_decay=o.weight_decay, grad_clip=o.grad_clip,
@@ -420,14 +489,25 @@ class Trainer(Engine):
         )
         super().__init__(
             objective, model, settings, device=dev,
-            folder=RunFolder(cfg.run_dir, fields=LOG_FIELDS, rank=rank,
-                             keep=cfg.eval.keep_checkpoints),
+            folder=RunFolder(cfg.run_dir, fields=("step", "loss", *objective.metrics, "seconds"),
+                             rank=rank, keep=cfg.eval.keep_checkpoints),
             config_toml=cfg.to_toml(), progress=progress,
             files={DATA_RECORD: self.data_record.to_json()} if self.data_record else None,
             desc=f"{cfg.name} ({cfg.method.name})",
         )
-        self.objective: PairObjective = objective
-        if not self.matcher.coupling.in_order:  # the loss depends on how many are coupled
+        self.objective: PairObjective | ImageObjective = objective  # type: ignore[assignment]
+        if isinstance(objective, ImageObjective):
+            self.extra_state["config"] = cfg.to_dict()
+            im = cfg.images
+            nrow = objective.num_classes if im.conditional else None
+
+            def grid(engine: Engine) -> None:
+                images = objective.sample_grid(engine.eval_model().eval(), im.grid_size,
+                                               steps=im.grid_steps)
+                engine.folder.save_grid(engine.step, images, nrow)  # type: ignore[union-attr]
+
+            self.periodic.append((im.grid_every, grid))
+        elif not self.matcher.coupling.in_order:  # the loss depends on how many are coupled
             local = world > 1 and self.shard.scope == "local"
             n_val = min(self.data.source.val.shape[0], self.data.target.val.shape[0])
             self.labels = {"loss": f"loss (OT batch {cfg.ot_batch // (world if local else 1)})",

@@ -119,6 +119,16 @@ class Objective(Protocol):
     def close(self) -> None: ...
 
 
+def sample_rows(s: PathSample, part: slice) -> PathSample:
+    """The rows ``part`` of a path sample, conditions included: one process's share of a
+    global batch under torch.distributed."""
+    k = torch.arange(part.start, part.stop, device=s.t.device)
+    return PathSample(
+        t=s.t[part], x0=s.x0[part], x1=s.x1[part], xt=s.xt[part], ut=s.ut[part],
+        noise=s.noise[part], cond=index_cond(s.cond, k),
+    )
+
+
 class PairObjective:
     """Flow matching from ``cfg.data.source`` to ``cfg.data.target`` with the configured
     matcher and minibatch coupling.
@@ -272,12 +282,7 @@ class PairObjective:
         )
         if self.world == 1 or self._local:
             return s
-        part = self.shard.rows(s.t.shape[0])
-        k = torch.arange(part.start, part.stop, device=s.t.device)
-        return PathSample(
-            t=s.t[part], x0=s.x0[part], x1=s.x1[part], xt=s.xt[part], ut=s.ut[part],
-            noise=s.noise[part], cond=index_cond(s.cond, k),
-        )
+        return sample_rows(s, self.shard.rows(s.t.shape[0]))
 
     def loss(self, net: nn.Module, step: int) -> Tensor:
         """The matcher's regression loss (eq. (9)) on this process's share of ``step``."""

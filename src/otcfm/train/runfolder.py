@@ -358,6 +358,15 @@ class RunFolder:
         path = self.path / "metrics.json"
         write_text_atomic(merged_metrics(path, update), path)
 
+    def save_grid(self, step: int, images: Any, nrow: int | None = None) -> Path | None:
+        """Write a grid of sample images (N, C, H, W) in [-1, 1] as ``samples/step-N.png``
+        (:func:`otcfm.plots.save_image_grid`). Returns the path (None on other ranks)."""
+        if not self.writes:
+            return None
+        from otcfm.plots import save_image_grid
+
+        return save_image_grid(images, self.path / "samples" / f"step-{step}.png", nrow)
+
     def save(self, name: str, state: Mapping[str, Any] | Callable[[], Mapping[str, Any]]
              ) -> Path | None:
         """Save a checkpoint as ``checkpoints/<name>``; ``state`` may be a callable, called
