@@ -290,3 +290,20 @@ def test_evaluate_refuses_half_the_fid_files_and_image_flags_on_point_runs(train
     assert main(["sample", str(points / "r"), "--class", "1", "--out",
                  str(tmp_path / "s.npy")]) == 2
     assert "--class applies to image runs" in capsys.readouterr().err
+
+
+def test_two_processes_train_an_image_run_like_one(tmp_path, ranks):
+    """Class-conditional OT-CFM within classes on digits, 2 gloo processes against 1: the
+    same weights (each process trains on its share of the same global batch)."""
+    cfgs = [digits_cfg(tmp_path / f"w{w}", "images.grid_every=0", "optim.lr=0.01")
+            for w in (1, 2)]
+    for world, cfg in zip((1, 2), cfgs, strict=True):
+        ranks(cfg, tmp_path, world=world)
+    a, b = (torch.load(c.run_dir / "checkpoints" / "latest.pt", weights_only=True)["model"]
+            for c in cfgs)
+    init = digits_cfg(tmp_path / "init", "images.grid_every=0", steps=1)
+    train(init, progress=False)
+    first = torch.load(init.run_dir / "checkpoints" / "latest.pt", weights_only=True)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=k)
+    assert max(float((a[k] - first[k]).abs().max()) for k in a) > 1e-3  # it trained

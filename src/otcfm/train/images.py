@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from otcfm.couplings import Pairing
@@ -85,6 +86,8 @@ class ImageObjective:
             raise ValueError(f"optim.batch_size {batch_size} is the global batch; it must be a "
                              f"multiple of the {world} processes")
         self.rank, self.world = int(rank), int(world)
+        #: a gloo group of all processes, for Python objects (e.g. a resumed state)
+        self.group = dist.new_group(backend="gloo") if world > 1 else None
         self.matcher = matcher
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.flips = data.flips if flips is None else bool(flips)

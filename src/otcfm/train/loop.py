@@ -518,6 +518,13 @@ class Trainer(Engine):
         return self.objective.data
 
     @property
+    def object_group(self) -> Any:
+        """The gloo process group that Python objects (a resumed state) are broadcast in."""
+        if isinstance(self.objective, ImageObjective):
+            return self.objective.group
+        return self.objective.shard.group
+
+    @property
     def shard(self) -> Shard:
         return self.objective.shard
 
@@ -603,7 +610,7 @@ def train(
             except (ValueError, FileExistsError, FileNotFoundError) as err:
                 outcome = [("error", err)]
         if trainer.world > 1:
-            dist.broadcast_object_list(outcome, src=0, group=trainer.shard.group)
+            dist.broadcast_object_list(outcome, src=0, group=trainer.object_group)
         kind, value = outcome[0]
         if kind == "error":
             trainer.close()
