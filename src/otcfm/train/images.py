@@ -87,7 +87,8 @@ class ImageObjective:
                              f"multiple of the {world} processes")
         self.rank, self.world = int(rank), int(world)
         #: a gloo group of all processes, for Python objects (e.g. a resumed state)
-        self.group = dist.new_group(backend="gloo") if world > 1 else None
+        self.group = (dist.new_group(backend="gloo") if world > 1 and dist.is_initialized()
+                      else None)
         self.matcher = matcher
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.flips = data.flips if flips is None else bool(flips)
