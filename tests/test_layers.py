@@ -15,7 +15,7 @@ LAYERS = {
     "otcfm": 0, "_utils": 0,
     "paths": 1, "couplings": 1, "time_samplers": 1, "sampling": 1, "models": 1, "metrics": 1,
     "data": 1,
-    "matchers": 2,
+    "matchers": 2, "likelihood": 2,
     "plots": 3,
     "train": 4, "trajectory": 4,
     "experiments": 5,
