@@ -25,7 +25,7 @@ class Affine(torch.nn.Module):
     def __init__(self, shape, seed=0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.a = torch.nn.Parameter((torch.rand(shape, generator=g, dtype=torch.float64) - 0.5))
+        self.a = torch.nn.Parameter(torch.rand(shape, generator=g, dtype=torch.float64) - 0.5)
         self.b = torch.nn.Parameter(torch.randn(shape, generator=g, dtype=torch.float64))
 
     def forward(self, x, t):
