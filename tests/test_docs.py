@@ -49,3 +49,18 @@ def test_readme_demo_numbers_come_from_the_committed_record():
     start, end = text.index(README_START), text.index(README_END) + len(README_END)
     assert text[start:end] == readme_section(record)
     assert record["steps"] == 4000 and set(record["methods"]) == {"otcfm", "icfm"}
+
+
+def test_readme_likelihood_example_runs(capsys):
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Likelihoods", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "README likelihoods", "exec"), {"__name__": "__likelihoods__"})
+    out = capsys.readouterr().out
+    match = re.search(r"NLL ([-\d.]+) nats \(Hutchinson ([-\d.]+)\), NFE (\d+)", out)
+    assert match, out
+    exact, hutch = float(match.group(1)), float(match.group(2))
+    # N(0, I) itself gives these moons points an NLL of 3.94 nats; the trained flow does
+    # better (2.91 when written), and Hutchinson's estimate of the same model agrees with the
+    # exact value within 0.2 nats at 200 points (0.07 when written)
+    assert exact < 3.5 and abs(exact - hutch) < 0.2

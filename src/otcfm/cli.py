@@ -382,6 +382,14 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--adaptive", default="dopri5", help="adaptive solver for NFE ('none' skips)")
     p.add_argument("--no-plots", action="store_true")
     _add_sde_flags(p, also="also score SDE samples (w2_sde, ...) beside the ODE metrics; ")
+    p.add_argument("--nll", action="store_true",
+                   help="also the negative log-likelihood of the test data under the flow "
+                   "(nats; image runs: bits per dimension too), by the change of variables")
+    p.add_argument("--divergence", choices=("exact", "hutchinson"), default=None,
+                   help="the divergence of --nll (default: exact for points, hutchinson for "
+                   "images)")
+    p.add_argument("--probes", type=count, default=None,
+                   help="Hutchinson probes per point (default 1)")
     g = p.add_argument_group(
         "image runs", "samples from noise scored by the Fréchet distance of a feature network "
         "(digits, Fashion-MNIST: 'FD (... features)'), the class accuracy of class-conditional "

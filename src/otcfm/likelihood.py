@@ -170,8 +170,9 @@ def log_likelihood(
     solver: any of :data:`otcfm.sampling.SOLVERS`; fixed-step solvers take ``steps`` steps,
         adaptive ones ``atol`` / ``rtol`` (on the joint state).
     chunk_size: solve the batch in chunks of this many samples (default: all at once for
-        Hutchinson, 64 for exact divergences); each chunk is its own solve, so an adaptive
-        solver's steps depend on the chunk.
+        Hutchinson; for exact divergences max(1, 4096 // D) for events of D coordinates, so
+        2-D points go at once and CIFAR-10 images one by one); each chunk is its own solve, so
+        an adaptive solver's steps depend on the chunk.
     cond: per-sample conditions for the model (e.g. ``y=labels``).
     """
     _check_choice("divergence", divergence, DIVERGENCES)
@@ -183,7 +184,7 @@ def log_likelihood(
         raise TypeError(f"source must be 'gaussian' or have a log_prob method, got {source!r}")
     batch, event = x.shape[0], tuple(x.shape[1:])
     if chunk_size is None:
-        chunk_size = batch if divergence == "hutchinson" else 64
+        chunk_size = batch if divergence == "hutchinson" else max(1, 4096 // x[0].numel())
     _check_count("chunk_size", chunk_size)
     probes = None
     if divergence == "hutchinson":

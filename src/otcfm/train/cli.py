@@ -25,7 +25,7 @@ from otcfm.train.config import (
     check_output_file,
 )
 from otcfm.train.datasets import stream
-from otcfm.train.evaluate import evaluate_run, load_run, sample_run, sde_sigma
+from otcfm.train.evaluate import NllSettings, evaluate_run, load_run, sample_run, sde_sigma
 from otcfm.train.evaluate_images import (
     SAMPLE_BATCH,
     FeatureScorer,
@@ -261,9 +261,25 @@ def _more_sources(run: Any, n: int) -> Any:
     return torch.cat([test, fresh.to(test.dtype)])
 
 
+def _nll_settings(args: argparse.Namespace, image: bool) -> NllSettings | None:
+    """The --nll settings (None without --nll)."""
+    if not args.nll:
+        if args.divergence is not None or args.probes is not None:
+            raise ValueError("--divergence and --probes go with --nll")
+        return None
+    divergence = args.divergence or ("hutchinson" if image else "exact")
+    if args.probes is not None and divergence != "hutchinson":
+        raise ValueError("--probes applies to --divergence hutchinson")
+    tol = getattr(args, "tol", 1e-5)
+    if not (isinstance(tol, float) and math.isfinite(tol) and tol > 0):
+        raise ValueError(f"--tol must be a positive number, got {tol}")
+    return NllSettings(divergence, args.probes or 1, tol)
+
+
 def cmd_evaluate(args: argparse.Namespace, scorer: Scorers | None = None) -> int:
     """``otcfm evaluate RUN``; an image run is scored by ``scorer(spec)`` (the feature
-    network of its data set, or None) and, with --fid, by FID."""
+    network of its data set, or None) and, with --fid, by FID; --nll adds the negative
+    log-likelihood of the test data (:class:`~otcfm.train.evaluate.NllSettings`)."""
     if _is_image_run(args.run):
         if args.sde or args.sde_steps is not None:
             raise ValueError(f"--sde applies to SF2M point-cloud runs; {args.run} is an image run")
@@ -288,6 +304,7 @@ def cmd_evaluate(args: argparse.Namespace, scorer: Scorers | None = None) -> int
             inception=args.inception, fid_stats=args.fid_stats, device=device,
             batch_size=args.batch_size or SAMPLE_BATCH, data_root=args.data_root,
             allow_changed_data=args.allow_changed_data, progress=True,
+            nll=_nll_settings(args, image=True),
         )
         _print_metrics(metrics)
         return 0
@@ -303,7 +320,7 @@ def cmd_evaluate(args: argparse.Namespace, scorer: Scorers | None = None) -> int
     metrics = evaluate_run(
         args.run, which=args.checkpoint, adaptive=adaptive, plots=not args.no_plots,
         sde=args.sde, sde_steps=args.sde_steps, data_root=args.data_root,
-        allow_changed_data=args.allow_changed_data,
+        allow_changed_data=args.allow_changed_data, nll=_nll_settings(args, image=False),
     )
     _print_metrics(metrics)
     return 0

@@ -35,7 +35,7 @@ from otcfm.sampling import ADAPTIVE_SOLVERS, SOLVERS, Guided, integrate
 from otcfm.train.checkpoint import StagedFiles
 from otcfm.train.config import RunConfig
 from otcfm.train.datasets import check_image_files, read_data_record, stream
-from otcfm.train.evaluate import choose_checkpoint
+from otcfm.train.evaluate import NllSettings, choose_checkpoint, nll_metrics
 from otcfm.train.loop import build_model
 from otcfm.train.runfolder import RunFolder, merged_metrics
 
@@ -254,6 +254,7 @@ def evaluate_image_run(
     data_root: str | Path | None = None,
     allow_changed_data: bool = False,
     progress: bool = False,
+    nll: NllSettings | None = None,
 ) -> dict[str, Any]:
     """Sample ``n`` images (default ``data.n_test``) of a run and score them; write the
     ``test`` section of ``metrics.json``, ``samples/eval.png`` (the first 100 samples) and
@@ -263,7 +264,10 @@ def evaluate_image_run(
     adaptive solver uses atol = rtol = ``tol`` and reports its NFE. ``scorer``: the feature
     network of ``fd`` (and, for class-conditional runs, ``accuracy``). ``inception`` and
     ``fid_stats``: FID, both files needed (checked before sampling). ``guidance``: w of
-    classifier-free guidance (conditional runs; samples use the classes in turn).
+    classifier-free guidance (conditional runs; samples use the classes in turn). ``nll``:
+    the negative log-likelihood and bits per dimension of ``n`` reference images (the test
+    split) under the flow (:func:`~otcfm.train.evaluate.nll_metrics`; a class-conditional
+    run's unconditional density, the null class).
     """
     if (inception is None) != (fid_stats is None):
         raise ValueError("FID needs both --inception FILE (TorchScript Inception network) and "
@@ -278,7 +282,7 @@ def evaluate_image_run(
     n = n or run.cfg.data.n_test
     reference, described = (reference_images(run, data_root=data_root,
                                              allow_changed_data=allow_changed_data)
-                            if scorer is not None else (None, ""))
+                            if scorer is not None or nll is not None else (None, ""))
     drawn = sample_images(run, n, solver=solver, steps=steps, tol=tol, guidance=guidance,
                           batch_size=batch_size, progress=progress)
     metrics: dict[str, Any] = {
@@ -294,6 +298,13 @@ def evaluate_image_run(
         if drawn.labels is not None:
             keep = drawn.labels < run.null_class
             metrics["accuracy"] = scorer.accuracy(samples[keep], drawn.labels[keep])
+    if nll is not None and reference is not None:
+        x = reference.images[:n].to(next(run.model.parameters()).device)
+        cond = {"y": torch.full((x.shape[0],), run.null_class, device=x.device)} if (
+            run.conditional) else {}
+        metrics.update(nll_metrics(run.model, x, nll, seed=run.cfg.seed,
+                                   image_shape=run.event_shape, **cond))
+        metrics["nll_reference"] = described
     if net is not None:
         metrics["fid"] = fid_of(torch.split(drawn.pixels, batch_size), inception=net,
                                 stats=stats, batch_size=batch_size, device=device)
