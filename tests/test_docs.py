@@ -13,12 +13,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_readme_quickstart_runs(capsys):
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Library quickstart", 1)[1]
+def run_readme_example(heading: str, capsys) -> str:
+    """Run the first python block after ``heading`` in the README; return what it printed."""
+    section = (ROOT / "README.md").read_text().split(heading, 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    exec(compile(code, "README quickstart", "exec"), {"__name__": "__quickstart__"})
-    out = capsys.readouterr().out
+    exec(compile(code, f"README {heading}", "exec"), {"__name__": "__readme__"})
+    return capsys.readouterr().out
+
+
+def test_readme_quickstart_runs(capsys):
+    out = run_readme_example("## Library quickstart", capsys)
     match = re.search(r"W2 ([\d.]+)\s+NPE ([\d.]+)\s+NFE 100", out)
     assert match, out
     assert float(match.group(1)) < 3.0  # 8gaussians has W2 ~ 5 from N(0, I) before training
@@ -52,11 +56,7 @@ def test_readme_demo_numbers_come_from_the_committed_record():
 
 
 def test_readme_likelihood_example_runs(capsys):
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Likelihoods", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    exec(compile(code, "README likelihoods", "exec"), {"__name__": "__likelihoods__"})
-    out = capsys.readouterr().out
+    out = run_readme_example("## Likelihoods", capsys)
     match = re.search(r"NLL ([-\d.]+) nats \(Hutchinson ([-\d.]+)\), NFE (\d+)", out)
     assert match, out
     exact, hutch = float(match.group(1)), float(match.group(2))
