@@ -138,11 +138,18 @@ def _bench_single_cell() -> Callable[[list[str]], int]:
     return main
 
 
+def _bench_images() -> Callable[[list[str]], int]:
+    from otcfm.experiments.images_cli import main
+
+    return main
+
+
 # `otcfm bench NAME`: the recipe's main(argv) -> exit code, imported when that recipe runs
 BENCHES: dict[str, Callable[[], Callable[[list[str]], int]]] = {
     "two-dim": _bench_two_dim,
     "gaussian-sb": _bench_gaussian_sb,
     "single-cell": _bench_single_cell,
+    "images": _bench_images,
 }
 
 
