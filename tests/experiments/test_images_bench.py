@@ -49,7 +49,7 @@ def test_tiny_protocol_writes_records_with_the_required_keys(tiny_run, tmp_path)
     cond = [r for r in records if r["method"] == "otcfm-cond"]
     assert len(plain) == 4 and len(cond) in (4, 8)
     for r in records:
-        assert REQUIRED <= set(r), set(REQUIRED) - set(r)
+        assert set(r) >= REQUIRED, set(REQUIRED) - set(r)
         assert r["fd"] >= 0 and r["nfe"] >= 1
         assert r["nfe"] == r["steps"] if r["solver"] == "euler" else r["steps"] is None
     for r in cond:

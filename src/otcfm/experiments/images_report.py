@@ -275,8 +275,9 @@ def dataset_section(data: dict[str, Any], dataset: str, out: Path) -> list[str]:
         f"pixels, {p['depth']} hidden layers of width {p['width']} (SELU, time input; the "
         f"conditional model adds a label embedding with a null class); {p['steps']:,} AdamW "
         f"steps of batch {p['batch_size']}, lr {p['lr']:g}, grad-norm clip {p['grad_clip']:g}, "
-        f"EMA {p['ema']:g} (samples from the EMA weights); sigma {p['sigma']:g} for every path "
-        f"(FM: sigma_min); {p['n_val']:,} training images held out for the validation loss "
+        f"EMA {p['ema']:g} (samples from the EMA weights); sigma {p['sigma']:g} for the I-CFM "
+        f"and OT-CFM paths, sigma_min {p.get('fm_sigma', 0):g} for FM's; {p['n_val']:,} "
+        "training images held out for the validation loss "
         "and the guidance sweep.",
         f"- FD reference: {ref['reference']}. {p['n_samples']:,} generated images per "
         f"evaluation (conditional: balanced labels). Feature network: held-out accuracy "
