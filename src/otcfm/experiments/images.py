@@ -363,6 +363,12 @@ def run_cells(cells: Sequence[Cell], p: Protocol, runs: str | Path, *, jobs: int
                             cost=lambda c: cost.get(c.method, 1.0), on_done=on_done)
 
 
+def cached_results(cells: Sequence[Cell], p: Protocol, runs: str | Path) -> list[CellResult]:
+    """The finished cells among ``cells`` (nothing is run)."""
+    records = ((c, cached_record(c, p, runs)) for c in cells)
+    return [CellResult(c, r, cached=True) for c, r in records if r is not None]
+
+
 def describe(result: CellResult) -> str:
     if result.record is None:
         return f"FAILED ({result.error})"

@@ -21,6 +21,7 @@ from otcfm.experiments.images import (
     METHODS,
     SEEDS,
     Cell,
+    cached_results,
     describe,
     parse_methods,
     parse_seeds,
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=Path,
                    help="cache of cell runs (default runs/images, --quick: runs/images-quick)")
     p.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the records and page from the cells already cached; run nothing")
     return p
 
 
@@ -81,11 +84,16 @@ def execute(args: argparse.Namespace, argv: list[str]) -> int:
     print(f"{len(cells)} cells of {args.dataset}, {args.jobs} job(s), runs in {runs}",
           flush=True)
     started = time.perf_counter()
-    progress = CellProgress(len(cells), describe)
-    try:
-        results = run_cells(cells, protocol, runs, jobs=args.jobs, on_done=progress)
-    finally:
-        progress.close()
+    if args.report_only:
+        results = cached_results(cells, protocol, runs)
+        print(f"{len(results)} of {len(cells)} cells cached", flush=True)
+    else:
+        progress = CellProgress(len(cells), describe)
+        try:
+            results = run_cells(cells, protocol, runs, jobs=args.jobs, on_done=progress)
+        finally:
+            progress.close()
+    done = {r.cell for r in results}
     meta = {
         "command": " ".join(["otcfm bench images", *argv]),
         "wall_seconds": time.perf_counter() - started,
@@ -98,6 +106,8 @@ def execute(args: argparse.Namespace, argv: list[str]) -> int:
         "methods": list(methods),
         "protocol": asdict(protocol),
         "failed": [f"{r.cell.label}: {r.error}" for r in results if r.record is None],
+        "missing": [c.label for c in cells if c not in done],
+        "report_only": bool(args.report_only),
     }
     written = images_report.write_outputs(results, out, meta, runs)
     print("wrote " + ", ".join(str(w) for w in written))

@@ -388,6 +388,12 @@ def shortfalls(data: dict[str, Any], dataset: str, acc: dict[str, Any] | None) -
                    "evaluation.")
     if meta["failed"]:
         out.append("Cells that failed: " + "; ".join(meta["failed"]))
+    if meta.get("missing"):
+        out.append("Cells not finished when this page was written (not in the tables): "
+                   + "; ".join(meta["missing"]) + ".")
+    if meta.get("report_only"):
+        out.append("Written by --report-only from the cached cells: the wall time above is "
+                   "that of collecting them; the cells' own train + eval times are below.")
     out.append(f"A small MLP on flattened pixels with {p['steps']:,} steps, not the UNet of "
                "the paper: the FDs measure these CPU budgets, not the methods' best.")
     out.append(f"FD from {p['n_samples']:,} samples is biased upwards by the finite sample "
