@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="smaller budget: 1 seed, fewer steps and samples (digits: a few minutes)")
     p.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; --quick: 0)")
-    p.add_argument("--methods", help="comma-separated methods (default all: "
-                   + ",".join(METHODS) + ")")
+    p.add_argument("--methods", help="comma-separated methods, run in this order with one "
+                   "job (default all: " + ",".join(METHODS) + ")")
     p.add_argument("--steps", type=int, help="optimizer steps per cell (overrides the preset)")
     p.add_argument("--out", type=Path, help="report folder (default: the runs folder)")
     p.add_argument("--runs", type=Path,
