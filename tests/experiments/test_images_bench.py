@@ -139,3 +139,15 @@ def test_cells_and_methods_cover_the_issue():
     with pytest.raises(ValueError, match="unknown dataset"):
         Protocol(dataset="cifar10")
     assert isinstance(CellResult(None, None), CellResult)
+
+
+def test_report_only_runs_nothing_and_names_what_is_missing(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["--dataset", "digits", "--quick", "--report-only", "--runs",
+               str(tmp_path / "runs"), "--out", str(out)])
+    assert rc == 0
+    assert "0 of 5 cells cached" in capsys.readouterr().out
+    data = json.loads((out / "images.json").read_text())
+    assert data["records"] == [] and len(data["runs"]["digits"]["missing"]) == 5
+    assert "No finished cell." in (out / "images.md").read_text()
+    assert not (tmp_path / "runs").exists()
