@@ -20,7 +20,13 @@ from functools import cache
 from pathlib import Path
 from types import ModuleType
 
-from otcfm.experiments import demo, gaussian_sb_report, single_cell_report, two_dim_report
+from otcfm.experiments import (
+    demo,
+    gaussian_sb_report,
+    images_report,
+    single_cell_report,
+    two_dim_report,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -69,6 +75,8 @@ PAGES: dict[str, tuple[Callable[[], str], tuple[str, ...]]] = {
     "engine_overhead.md": (
         lambda: bench("engine_overhead").render(_json("engine_overhead.json")), ()),
     "distributed.md": (_distributed, ()),
+    "images.md": (lambda: images_report.render_page(RESULTS), ()),
+    "images_quick/images.md": (lambda: images_report.render_page(RESULTS / "images_quick"), ()),
 }
 
 # README block -> (start marker, end marker, renderer); the block runs from start to end
@@ -85,6 +93,8 @@ BLOCKS: dict[str, tuple[str, str, Callable[[], str]]] = {
                   lambda: bench("couplings").readme_section(_json("performance.json"))),
     "throughput": (bench("throughput").README_START, bench("throughput").README_END,
                    lambda: bench("throughput").readme_section(_json("throughput.json"))),
+    "images": (images_report.README_START, images_report.README_END,
+               lambda: images_report.readme_section(RESULTS)),
 }
 
 
