@@ -57,8 +57,10 @@ def test_tiny_protocol_writes_records_with_the_required_keys(tiny_run, tmp_path)
     assert {r["coupling"] for r in cond} == {"exact:within=y"}
     cell = next(c for c in data["cells"] if c["method"] == "otcfm-cond")
     assert set(cell["guidance_sweep"]) == {"0.0", "1.0"}
+    assert data["real_fd"]["digits"]["n"] == 200 and data["real_fd"]["digits"]["fd"] > 0
     page = (out / "images.md").read_text()
     assert page == images_report.render_page(out)
+    assert "Real images for scale: 200 training images score FD (digits features)" in page
     for text in ("FD (digits features)", "not FID", "| OT-CFM (exact) |", "OT-CFM cond., w = 0",
                  "Guidance sweep", "FD reference: 500 of the 1,797 digits", "Euler 100"):
         assert text in page, text

@@ -215,6 +215,19 @@ def load_split(dataset: str) -> Split:
     raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
 
 
+def real_fd(dataset: str, n: int) -> dict[str, Any]:
+    """FD of ``n`` real training images (a fixed random choice; all of them when fewer)
+    against the FD reference: what a generator of the training set itself scores at this
+    sample size (the FD's finite-sample floor, and the train/reference gap)."""
+    split = load_split(dataset)
+    net, _ = load_feature_net(dataset)
+    images = split.train.images
+    k = min(n, images.shape[0])
+    pick = torch.randperm(images.shape[0], generator=stream(0, "images-bench", "real"))[:k]
+    fd = frechet_distance(features(net, images[pick]), features(net, split.reference))
+    return {"n": int(k), "fd": fd}
+
+
 # --------------------------------------------------------------------------- one cell
 def build(cell: Cell, p: Protocol, data: ImageSet) -> tuple[ImageObjective, MLP]:
     preset, coupling, conditional = METHODS[cell.method]

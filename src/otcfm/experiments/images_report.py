@@ -28,6 +28,7 @@ from otcfm.experiments.images import (
     Cell,
     cell_summaries,
     flat_records,
+    real_fd,
 )
 from otcfm.train.checkpoint import write_text_atomic
 
@@ -55,11 +56,27 @@ def write_outputs(results: Sequence[CellResult], out: str | Path, meta: dict[str
     data["cells"] = [c for c in data["cells"] if c["dataset"] != dataset] + cell_summaries(records)
     data["records"] = ([r for r in data["records"] if r["dataset"] != dataset]
                        + flat_records(records))
-    written = [write_text_atomic(json.dumps(data, indent=1) + "\n", path)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(json.dumps(data, indent=1) + "\n", path)
+    written = [add_real_fd(out)]
     if records:
         written += write_figures(data, dataset, out / FIGURES, Path(runs))
     written.append(write_text_atomic(render_page(out), out / PAGE_FILE))
     return written
+
+
+def add_real_fd(out: str | Path) -> Path:
+    """Add to ``OUT/images.json`` the FD of real training images against the reference
+    (:func:`~otcfm.experiments.images.real_fd`, as many as the samples of an evaluation) for
+    each data set that lacks it or has it for another sample count."""
+    path = Path(out) / RECORDS_FILE
+    data = json.loads(path.read_text())
+    real = data.setdefault("real_fd", {})
+    for dataset, meta in data["runs"].items():
+        n = meta["protocol"]["n_samples"]
+        if real.get(dataset, {}).get("n_asked") != n:
+            real[dataset] = {**real_fd(dataset, n), "n_asked": n}
+    return write_text_atomic(json.dumps(data, indent=1) + "\n", path)
 
 
 def write_figures(data: dict[str, Any], dataset: str, folder: Path, runs: Path) -> list[Path]:
@@ -281,6 +298,11 @@ def dataset_section(data: dict[str, Any], dataset: str, out: Path) -> list[str]:
         f"with atol = rtol = {p['tol']:g}.",
         "",
     ]
+    real = data.get("real_fd", {}).get(dataset)
+    if real is not None:
+        lines += [f"Real images for scale: {real['n']:,} training images score {fd} "
+                  f"{real['fd']:.2f} against the reference (the floor of this sample size and "
+                  "the train/reference gap).", ""]
     acc = acceptance(records, dataset)
     if acc is not None:
         head = "Acceptance (issue 16, digits)" if dataset == "digits" else "Same comparison"
