@@ -57,6 +57,8 @@ def test_tiny_protocol_writes_records_with_the_required_keys(tiny_run, tmp_path)
     assert {r["coupling"] for r in cond} == {"exact:within=y"}
     cell = next(c for c in data["cells"] if c["method"] == "otcfm-cond")
     assert set(cell["guidance_sweep"]) == {"0.0", "1.0"}
+    assert 0 < cell["coupling_share_mean"] <= 1  # exact OT within classes takes its share
+    assert "coupling share" in (out / "images.md").read_text()
     assert data["real_fd"]["digits"]["n"] == 200 and data["real_fd"]["digits"]["fd"] > 0
     page = (out / "images.md").read_text()
     assert page == images_report.render_page(out)

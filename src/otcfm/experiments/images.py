@@ -336,7 +336,9 @@ def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
         "steps_trained": engine.step,
         "train_seconds": engine.train_seconds,
         "val_curve": [[int(r["step"]), float(r["val_loss"])] for r in engine.history],
-        "coupling_share": objective.coupling_log()["coupling_share"],
+        # the engine logs the coupling's share of each logging interval
+        "coupling_share_mean": sum(r.get("coupling_share", 0.0) for r in engine.history)
+        / max(len(engine.history), 1),
     }
     guidance: list[float] = [0.0]
     if conditional:
@@ -419,6 +421,6 @@ def flat_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 def cell_summaries(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per cell: what images.json keeps beside the evaluations (times, sweep, val curve)."""
     keep = ("dataset", "method", "seed", "coupling", "train_seconds", "eval_seconds",
-            "steps_trained", "coupling_share", "guidance_chosen", "guidance_sweep", "val_curve",
-            "reference", "n_reference", "feature_net_accuracy", "fingerprint")
+            "steps_trained", "coupling_share_mean", "guidance_chosen", "guidance_sweep",
+            "val_curve", "reference", "n_reference", "feature_net_accuracy", "fingerprint")
     return [{k: r[k] for k in keep if k in r} for r in records]

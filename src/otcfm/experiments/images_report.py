@@ -357,15 +357,22 @@ def dataset_section(data: dict[str, Any], dataset: str, out: Path) -> list[str]:
                     f"{c['guidance_sweep'][w]:.2f}" for w in ws) + f" | {c['guidance_chosen']:g} |")
             lines.append("")
     lines += _figures(dataset, out)
+    shares = all("coupling_share_mean" in c for c in cells)
     lines += ["### Wall time per cell (seconds: train / evaluation)", "",
-              "| method | " + " | ".join(f"seed {s}" for s in meta["seeds"]) + " |",
-              "|---|" + "---:|" * len(meta["seeds"])]
+              "The cores were shared with other work while the cells ran: the times are upper "
+              "bounds" + ("; the coupling's share is that of the training time, averaged over "
+                          "the logging intervals and seeds." if shares else "."), "",
+              "| method | " + " | ".join(f"seed {s}" for s in meta["seeds"])
+              + (" | coupling share |" if shares else " |"),
+              "|---|" + "---:|" * (len(meta["seeds"]) + shares)]
     for method in METHODS:
         row = {c["seed"]: c for c in cells if c["method"] == method}
         if row:
+            share = (f" {statistics.fmean(c['coupling_share_mean'] for c in row.values()):.0%} |"
+                     if shares else "")
             lines.append(f"| {LABELS[method]} | " + " | ".join(
                 f"{row[s]['train_seconds']:.0f} / {row[s]['eval_seconds']:.0f}" if s in row
-                else "" for s in meta["seeds"]) + " |")
+                else "" for s in meta["seeds"]) + " |" + share)
     lines.append("")
     lines += ["### What falls short", ""] + [f"- {s}" for s in shortfalls(data, dataset, acc)]
     lines.append("")
@@ -379,8 +386,8 @@ def _figures(dataset: str, out: Path) -> list[str]:
         lines += [f"![{FD_NAME[dataset]} against NFE]({fd_plot})", ""]
     grids = [m for m in METHODS if (out / f"{FIGURES}/{dataset}_{m}.png").is_file()]
     if grids:
-        lines += ["Samples of the first seed (the same noise in every panel of a row; the "
-                  "conditional model's labels run 0..9 along each row):", ""]
+        lines += ["Samples of the first seed (the same noise in every panel of a figure; "
+                  "the conditional model's labels run 0..9 along each row):", ""]
         lines += [f"![{LABELS[m]}]({FIGURES}/{dataset}_{m}.png)" for m in grids]
         lines.append("")
     return lines
