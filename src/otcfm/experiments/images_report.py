@@ -405,6 +405,22 @@ def shortfalls(data: dict[str, Any], dataset: str, acc: dict[str, Any] | None) -
         if not acc["pass_100"]:
             out.append("OT-CFM's FD at 100 Euler steps is neither within 10% nor within 2 SE "
                        "of I-CFM's.")
+    records = [r for r in data["records"] if r["dataset"] == dataset]
+    real = data.get("real_fd", {}).get(dataset)
+    uncond = [r for r in records if "guidance" not in r]
+    if real is not None and uncond:
+        best = min(uncond, key=lambda r: r["fd"])
+        out.append(f"The lowest unconditional FD here ({best['fd']:.1f}, {LABELS[best['method']]}"
+                   f", {_key_name((best['solver'], best['steps']))}, seed {best['seed']}) is "
+                   f"{best['fd'] / real['fd']:.1f}x that of real training images "
+                   f"({real['fd']:.1f}): the samples are far from the data at this budget.")
+    cells = [c for c in data["cells"] if c["dataset"] == dataset]
+    train = {m: [c["train_seconds"] for c in cells if c["method"] == m] for m in METHODS}
+    if train.get("icfm") and train.get("otcfm"):
+        ratio = statistics.fmean(train["otcfm"]) / statistics.fmean(train["icfm"])
+        out.append(f"Training time: OT-CFM (exact) cells took {ratio:.1f}x as long as I-CFM's "
+                   "on average (shared cores: a rough ratio, not a measurement of the "
+                   "coupling's cost).")
     if len(meta["seeds"]) < 3:
         out.append(f"{len(meta['seeds'])} seed(s) only: the SEs need at least 2 (the issue "
                    "asks for 3).")
