@@ -421,6 +421,11 @@ def shortfalls(data: dict[str, Any], dataset: str, acc: dict[str, Any] | None) -
         out.append(f"Training time: OT-CFM (exact) cells took {ratio:.1f}x as long as I-CFM's "
                    "on average (shared cores: a rough ratio, not a measurement of the "
                    "coupling's cost).")
+    top = max(p["guidance"])
+    at_top = sorted(c["seed"] for c in cells if c.get("guidance_chosen") == top and top > 0)
+    if at_top:
+        out.append(f"The guidance sweep chose its largest w ({top:g}) for seed(s) "
+                   f"{', '.join(str(s) for s in at_top)}: a wider sweep may find a better w.")
     if len(meta["seeds"]) < 3:
         out.append(f"{len(meta['seeds'])} seed(s) only: the SEs need at least 2 (the issue "
                    "asks for 3).")
