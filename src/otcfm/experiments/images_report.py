@@ -413,7 +413,13 @@ def shortfalls(data: dict[str, Any], dataset: str, acc: dict[str, Any] | None) -
         out.append(f"The lowest unconditional FD here ({best['fd']:.1f}, {LABELS[best['method']]}"
                    f", {_key_name((best['solver'], best['steps']))}, seed {best['seed']}) is "
                    f"{best['fd'] / real['fd']:.1f}x that of real training images "
-                   f"({real['fd']:.1f}): the samples are far from the data at this budget.")
+                   f"({real['fd']:.2f}): the samples are far from the data at this budget.")
+    pixels = {"digits": 64, "fashion-mnist": 784}[dataset]
+    if p["width"] < pixels:
+        out.append(f"The MLP's hidden width ({p['width']}) is below the number of pixels "
+                   f"({pixels}): the velocity x1 - x0 must carry the noise x0 through that "
+                   "bottleneck, which it cannot do exactly; a likely cause of the speckle in the "
+                   "samples (not tested here).")
     cells = [c for c in data["cells"] if c["dataset"] == dataset]
     train = {m: [c["train_seconds"] for c in cells if c["method"] == m] for m in METHODS}
     if train.get("icfm") and train.get("otcfm"):
