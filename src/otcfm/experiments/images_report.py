@@ -224,8 +224,8 @@ def _pm(mean: float, se: float | None, digits: int = 2) -> str:
 def acceptance_line(acc: dict[str, Any]) -> str:
     two, hundred = acc[2], acc[100]
 
-    def units(d: dict) -> str:
-        return "n/a (one seed)" if not d["se"] else f"{d['diff'] / d['se']:.1f} SE"
+    def units(d: dict, sign: int = 1) -> str:
+        return "n/a (one seed)" if not d["se"] else f"{sign * d['diff'] / d['se']:+.1f} SE"
 
     ratio = hundred["ot"] / hundred["ic"]
     return (
@@ -233,7 +233,8 @@ def acceptance_line(acc: dict[str, Any]) -> str:
         f" vs {_pm(two['ic'], two['ic_se'])}, OT-CFM lower by {two['diff']:.2f} "
         f"= {units(two)} (needs > 2 SE: **{'pass' if acc['pass_2'] else 'fail'}**); at 100 "
         f"steps {_pm(hundred['ot'], hundred['ot_se'])} vs {_pm(hundred['ic'], hundred['ic_se'])}"
-        f", ratio {ratio:.3f}, difference {-hundred['diff']:+.2f} = {units(hundred)} (needs "
+        f", ratio {ratio:.3f}, difference (OT-CFM - I-CFM) {-hundred['diff']:+.2f} = "
+        f"{units(hundred, -1)} (needs "
         f"within 10% or 2 SE: **{'pass' if acc['pass_100'] else 'fail'}**)."
     )
 
