@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 
 from otcfm.experiments import images, images_report
 from otcfm.experiments._cells import CellResult
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = Protocol(dataset="digits", steps=20, width=32, depth=2, n_val=100, n_samples=200,
                 euler_steps=(1, 2, 100), tol=1e-3, guidance=(0.0, 1.0), sweep_steps=4,
-                sweep_samples=100, log_every=10)
+                sweep_samples=100, log_every=10, nll_images=20)
 REQUIRED = {"dataset", "method", "coupling", "seed", "solver", "steps", "nfe", "fd",
             "train_seconds", "fingerprint"}
 
@@ -67,6 +68,17 @@ def test_tiny_protocol_writes_records_with_the_required_keys(tiny_run, tmp_path)
                  "Guidance sweep", "FD reference: 500 of the 1,797 digits", "Euler 100"):
         assert text in page, text
     assert (out / "images" / "digits_fd_nfe.png").stat().st_size > 1000
+    # bits/dim: the likelihood of the reference images, recomputed from the saved EMA weights
+    lik = cell["likelihood"]
+    assert lik["nll_n"] == 20 and lik["nll_divergence"] == "hutchinson"
+    model = images.build(Cell("digits", "otcfm-cond", 0), TINY, images.load_split("digits")
+                         .train)[1]
+    model.load_state_dict(torch.load(runs / "digits" / "otcfm-cond-seed0" / "model.pt",
+                                     weights_only=True))
+    again = images.likelihood(model.eval(), images.load_split("digits").reference[:20], TINY,
+                              0, 10)
+    assert again["bits_per_dim"] == pytest.approx(lik["bits_per_dim"], rel=1e-9)
+    assert "Bits per dimension of 20 reference images" in page
     assert (out / "images" / "digits_otcfm-cond.png") in written
 
 

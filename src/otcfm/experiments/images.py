@@ -48,6 +48,7 @@ from otcfm.models import MLP
 from otcfm.sampling import Guided, integrate
 from otcfm.train.checkpoint import save_atomic, write_text_atomic
 from otcfm.train.datasets import stream
+from otcfm.train.evaluate import NllSettings, nll_metrics
 from otcfm.train.images import ImageObjective
 from otcfm.train.loop import Engine, LoopSettings
 
@@ -97,6 +98,9 @@ class Protocol:
     sweep_steps: int = 32  # Euler steps of the sweep
     sweep_samples: int = 1_000
     log_every: int = 500
+    # reference images whose bits/dim the flow is scored on (Hutchinson, one Rademacher probe
+    # per image, dopri5 at atol = rtol = tol; a conditional model's null class); 0 = off
+    nll_images: int = 500
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -105,6 +109,8 @@ class Protocol:
                      "sweep_steps", "sweep_samples", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.nll_images < 0:
+            raise ValueError(f"nll_images must be >= 0, got {self.nll_images}")
         if not self.euler_steps or min(self.euler_steps) < 1:
             raise ValueError(f"euler_steps must be positive integers, got {self.euler_steps}")
         if not self.guidance or min(self.guidance) < 0:
@@ -133,7 +139,7 @@ FULL: dict[str, dict[str, Any]] = {
 #: --quick (digits: well under 15 minutes on 2 cores)
 QUICK: dict[str, dict[str, Any]] = {
     "digits": {"steps": 1_500, "ema": 0.995, "n_samples": 1_000, "sweep_samples": 500,
-               "guidance": (0.0, 1.0, 2.0)},
+               "guidance": (0.0, 1.0, 2.0), "nll_images": 200},
     "fashion-mnist": {"steps": 500, "ema": 0.99, "width": 512, "n_val": 1_000, "n_samples": 500,
                       "sweep_samples": 500, "guidance": (0.0, 1.0, 2.0)},
 }
@@ -314,6 +320,21 @@ def evaluate(model: torch.nn.Module, cell: Cell, p: Protocol, net: torch.nn.Modu
     return evals, grids
 
 
+def likelihood(model: torch.nn.Module, images: Tensor, p: Protocol, seed: int,
+               null_class: int | None) -> dict[str, Any]:
+    """Bits per dimension (and NLL in nats) of ``images`` under the model's flow from N(0, I)
+    (:func:`otcfm.train.evaluate.nll_metrics`: Hutchinson, one Rademacher probe per image drawn
+    from the seed, dopri5 at atol = rtol = ``p.tol``); a class-conditional model is scored
+    with its null class, its unconditional density. The SE is over the images: it holds the
+    images' spread and the probes' noise together."""
+    settings = NllSettings("hutchinson", 1, p.tol)
+    cond = {} if null_class is None else {"y": torch.full((images.shape[0],), null_class)}
+    start = time.perf_counter()
+    out = nll_metrics(model, images, settings, seed=seed, image_shape=tuple(images.shape[1:]),
+                      **cond)
+    return {**out, "seconds": time.perf_counter() - start}
+
+
 def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
     """Train and evaluate one cell; write ``cell.json`` and ``grids.pt``; return the record."""
     if cell.dataset != p.dataset:
@@ -349,6 +370,9 @@ def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
     ref = features(net, split.reference)
     evals, grids = evaluate(sampler, cell, p, net, ref, split.train.shape,
                             split.train.num_classes, conditional, guidance)
+    if p.nll_images:
+        record["likelihood"] = likelihood(sampler, split.reference[:p.nll_images], p, cell.seed,
+                                          split.train.num_classes if conditional else None)
     record.update(
         evaluations=evals,
         eval_seconds=time.perf_counter() - start,
@@ -357,6 +381,7 @@ def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
         protocol=p.fingerprint(), fingerprint=p.digest(),
     )
     save_atomic({k: v.to(torch.float16) for k, v in grids.items()}, out / "grids.pt")
+    save_atomic(sampler.state_dict(), out / "model.pt")  # the EMA weights, for later scores
     write_text_atomic(json.dumps(record, indent=1) + "\n", out / "cell.json")
     return record
 
@@ -422,5 +447,6 @@ def cell_summaries(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per cell: what images.json keeps beside the evaluations (times, sweep, val curve)."""
     keep = ("dataset", "method", "seed", "coupling", "train_seconds", "eval_seconds",
             "steps_trained", "coupling_share_mean", "guidance_chosen", "guidance_sweep",
-            "val_curve", "reference", "n_reference", "feature_net_accuracy", "fingerprint")
+            "val_curve", "reference", "n_reference", "feature_net_accuracy", "likelihood",
+            "fingerprint")
     return [{k: r[k] for k in keep if k in r} for r in records]
