@@ -76,7 +76,8 @@ def test_tiny_protocol_writes_records_with_the_required_keys(tiny_run, tmp_path)
     model.load_state_dict(torch.load(runs / "digits" / "otcfm-cond-seed0" / "model.pt",
                                      weights_only=True))
     again = images.likelihood(model.eval(), images.load_split("digits").reference[:20], TINY,
-                              0, 10)
+                              0, 10, 17)
+    assert lik["levels"] == 17  # digits' pixels take the values 0..16
     assert again["bits_per_dim"] == pytest.approx(lik["bits_per_dim"], rel=1e-9)
     assert "Bits per dimension of 20 reference images" in page
     assert (out / "images" / "digits_otcfm-cond.png") in written

@@ -116,7 +116,9 @@ class ImageSet:
     ``name``: where the set came from. ``flips``: whether random horizontal flips
     (:func:`hflip`) suit the set, the recipes' default (see the module's docstring).
     ``files``: the files the images and labels were read from, in reading order (empty for
-    data shipped inside a package: digits), for a run's record of its data.
+    data shipped inside a package: digits), for a run's record of its data. ``levels``: how
+    many evenly spaced values a pixel can take (256 for 8-bit images, 17 for the digits'
+    0..16), which fixes the dequantization of bits per dimension.
     """
 
     images: Tensor
@@ -125,6 +127,7 @@ class ImageSet:
     name: str
     flips: bool = False
     files: tuple[Path, ...] = ()
+    levels: int = 256
 
     def __post_init__(self) -> None:
         x = self.images
@@ -133,6 +136,8 @@ class ImageSet:
             raise ValueError(f"images must be a float32 (N, C, H, W) tensor, got {got}")
         if x.numel() == 0:
             raise ValueError(f"images is empty (shape {tuple(x.shape)})")
+        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 2:
+            raise ValueError(f"levels must be an integer >= 2, got {self.levels!r}")
         lo, hi = torch.aminmax(x)
         if not (float(lo) >= -1.0 and float(hi) <= 1.0):  # also False for NaN
             raise ValueError(f"images must lie in [-1, 1], got [{float(lo)}, {float(hi)}]")
@@ -212,7 +217,7 @@ def digits() -> ImageSet:
     if pixels.min() < 0 or pixels.max() > 16 or not np.array_equal(pixels, np.round(pixels)):
         raise ValueError("scikit-learn's digits are not integers in 0..16 (unexpected release)")
     images = torch.from_numpy(pixels[:, None]).to(torch.float32).div_(8.0).sub_(1.0)
-    return ImageSet(images, _labels(bunch.target), MNIST_CLASSES, "digits")
+    return ImageSet(images, _labels(bunch.target), MNIST_CLASSES, "digits", levels=17)
 
 
 # --------------------------------------------------------------------------- IDX files

@@ -321,17 +321,18 @@ def evaluate(model: torch.nn.Module, cell: Cell, p: Protocol, net: torch.nn.Modu
 
 
 def likelihood(model: torch.nn.Module, images: Tensor, p: Protocol, seed: int,
-               null_class: int | None) -> dict[str, Any]:
+               null_class: int | None, levels: int) -> dict[str, Any]:
     """Bits per dimension (and NLL in nats) of ``images`` under the model's flow from N(0, I)
     (:func:`otcfm.train.evaluate.nll_metrics`: Hutchinson, one Rademacher probe per image drawn
     from the seed, dopri5 at atol = rtol = ``p.tol``); a class-conditional model is scored
-    with its null class, its unconditional density. The SE is over the images: it holds the
-    images' spread and the probes' noise together."""
+    with its null class, its unconditional density. ``levels``: the values a pixel takes
+    (17 for digits, 256 for Fashion-MNIST), the dequantization of bits/dim. The SE is over the
+    images: it holds the images' spread and the probes' noise together."""
     settings = NllSettings("hutchinson", 1, p.tol)
     cond = {} if null_class is None else {"y": torch.full((images.shape[0],), null_class)}
     start = time.perf_counter()
     out = nll_metrics(model, images, settings, seed=seed, image_shape=tuple(images.shape[1:]),
-                      **cond)
+                      levels=levels, **cond)
     return {**out, "seconds": time.perf_counter() - start}
 
 
@@ -372,7 +373,8 @@ def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
                             split.train.num_classes, conditional, guidance)
     if p.nll_images:
         record["likelihood"] = likelihood(sampler, split.reference[:p.nll_images], p, cell.seed,
-                                          split.train.num_classes if conditional else None)
+                                          split.train.num_classes if conditional else None,
+                                          split.train.levels)
     record.update(
         evaluations=evals,
         eval_seconds=time.perf_counter() - start,

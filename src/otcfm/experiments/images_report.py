@@ -54,7 +54,8 @@ def likelihood_table(cells: list[dict], p: dict[str, Any]) -> list[str]:
         f"### Bits per dimension of {n:,} reference images, mean ± SE over seeds", "",
         "log p1(x) by the change of variables (`otcfm.likelihood`): Hutchinson's divergence "
         f"with one Rademacher probe per image, dopri5 at atol = rtol = {p['tol']:g}, uniform "
-        "dequantization of the 8-bit pixels (`bits_per_dim`); the class-conditional model is "
+        f"dequantization of pixels of {scored[0]['likelihood']['levels']} evenly spaced levels "
+        "(`bits_per_dim`); the class-conditional model is "
         "scored with its null class (its unconditional density). \"within-seed SE\": the "
         "standard error over the images of one seed (the images' spread and the probes' noise "
         "together), averaged over seeds.", "",

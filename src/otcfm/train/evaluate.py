@@ -197,11 +197,12 @@ class NllSettings:
 
 def nll_metrics(
     model: nn.Module, x: Tensor, settings: NllSettings, *, seed: int,
-    image_shape: tuple[int, ...] | None = None, **cond: Any,
+    image_shape: tuple[int, ...] | None = None, levels: int = 256, **cond: Any,
 ) -> dict[str, Any]:
     """The negative log-likelihood of ``x`` under the model's flow from N(0, I): its mean and
     standard error over the points (nats), the NFE; for images (``image_shape``) also bits per
-    dimension of the 8-bit data (:func:`otcfm.likelihood.bits_per_dim`)."""
+    dimension of the discrete data, whose pixels take ``levels`` values evenly spaced over
+    [-1, 1] (:func:`otcfm.likelihood.bits_per_dim`; 256 for 8-bit images)."""
     from otcfm.likelihood import bits_per_dim, log_likelihood
 
     hutch = settings.divergence == "hutchinson"
@@ -219,7 +220,8 @@ def nll_metrics(
     if hutch:
         res["nll_probes"] = settings.probes
     if image_shape is not None:
-        bpd = bits_per_dim(out.logp.double(), image_shape)
+        bpd = bits_per_dim(out.logp.double(), image_shape, levels=levels)
+        res["levels"] = levels
         res["bits_per_dim"] = float(bpd.mean())
         res["bits_per_dim_se"] = float(bpd.std() / n**0.5) if n > 1 else 0.0
     return res

@@ -303,7 +303,7 @@ def evaluate_image_run(
         cond = {"y": torch.full((x.shape[0],), run.null_class, device=x.device)} if (
             run.conditional) else {}
         metrics.update(nll_metrics(run.model, x, nll, seed=run.cfg.seed,
-                                   image_shape=run.event_shape, **cond))
+                                   image_shape=run.event_shape, levels=reference.levels, **cond))
         metrics["nll_reference"] = described
     if net is not None:
         metrics["fid"] = fid_of(torch.split(drawn.pixels, batch_size), inception=net,
