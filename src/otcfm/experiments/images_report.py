@@ -55,7 +55,8 @@ def likelihood_table(cells: list[dict], p: dict[str, Any]) -> list[str]:
         "log p1(x) by the change of variables (`otcfm.likelihood`): Hutchinson's divergence "
         f"with one Rademacher probe per image, dopri5 at atol = rtol = {p['tol']:g}, uniform "
         f"dequantization of pixels of {scored[0]['likelihood']['levels']} evenly spaced levels "
-        "(`bits_per_dim`); the class-conditional model is "
+        "(`bits_per_dim`; the flows trained on the pixel values themselves, without "
+        "dequantization noise); the class-conditional model is "
         "scored with its null class (its unconditional density). \"within-seed SE\": the "
         "standard error over the images of one seed (the images' spread and the probes' noise "
         "together), averaged over seeds.", "",
