@@ -313,7 +313,9 @@ def _add_train(sub: Any) -> None:
         "train",
         help="train a flow; writes runs/<name>/",
         description="Train a flow between two point clouds (built-in names or "
-        ".npy/.npz/.csv/.tsv/.txt files, FILE.npz:KEY for one array of an archive). The run "
+        ".npy/.npz/.csv/.tsv/.txt files, FILE.npz:KEY for one array of an archive), or from "
+        "noise to an image set (--target digits, fashion-mnist, cifar10:DIR, a folder; see "
+        "configs/*.toml). The run "
         "records its data files (path, size, SHA-256) in data.json. Flags override the "
         "--config file.",
     )

@@ -166,3 +166,15 @@ class CellProgress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def int_list(text: str, flag: str, *, low: int = 1) -> tuple[int, ...]:
+    """The comma-separated integers of a flag (``--seeds 0,1,2``), each >= ``low``, in order
+    with repeats dropped; ValueError naming ``flag`` otherwise."""
+    try:
+        values = tuple(dict.fromkeys(int(v) for v in text.split(",") if v.strip()))
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < low:
+        raise ValueError(f"{flag} needs integers >= {low}, got {text!r}")
+    return values

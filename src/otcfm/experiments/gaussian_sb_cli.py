@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from otcfm.experiments import gaussian_sb_report as report
-from otcfm.experiments._cells import CellProgress, CellResult
+from otcfm.experiments._cells import CellProgress, CellResult, int_list
 from otcfm.experiments.gaussian_sb import (
     COUPLINGS,
     DIMS,
@@ -30,16 +30,6 @@ from otcfm.experiments.gaussian_sb import (
     plan_cells,
     run_cells,
 )
-
-
-def _int_list(text: str, flag: str) -> tuple[int, ...]:
-    try:
-        values = tuple(dict.fromkeys(int(v) for v in text.split(",") if v.strip()))
-    except ValueError:
-        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise ValueError(f"{flag} needs positive integers, got {text!r}")
-    return values
 
 
 def _names(text: str, flag: str, valid: Sequence[str]) -> tuple[str, ...]:
@@ -108,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.perf_counter()
     p = protocol_from_args(args)
-    dims = _int_list(args.dims, "--dims") if args.dims else (QUICK_DIMS if args.quick else DIMS)
+    dims = int_list(args.dims, "--dims") if args.dims else (QUICK_DIMS if args.quick else DIMS)
     methods = _names(args.methods, "--methods", METHODS) if args.methods else METHODS
     couplings = _names(args.couplings, "--couplings", COUPLINGS) if args.couplings else COUPLINGS
     n_seeds = args.seeds if args.seeds is not None else (1 if args.quick else 5)

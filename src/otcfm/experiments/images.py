@@ -181,13 +181,7 @@ def parse_methods(text: str) -> tuple[str, ...]:
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(dict.fromkeys(int(s) for s in text.split(",") if s.strip()))
-    except ValueError:
-        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
-    if not seeds or min(seeds) < 0:
-        raise ValueError(f"--seeds must name at least one seed >= 0, got {text!r}")
-    return seeds
+    return _cells.int_list(text, "--seeds", low=0)
 
 
 # --------------------------------------------------------------------------- data
