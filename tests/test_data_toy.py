@@ -340,3 +340,87 @@ def test_display_names_are_the_readme_task_names():
     assert toy.display_name("/data/runs/x0.npy") == "x0.npy"
     assert toy.display_name("cells.npz:pcs") == "cells.npz:pcs"
     assert run_title("otcfm", src, tgt) == "otcfm: moons -> 8gaussians"
+
+
+# --------------------------------------------------------------------------- log-densities
+def _grid(lim: float, k: int) -> tuple[torch.Tensor, float]:
+    u = torch.linspace(-lim, lim, k, dtype=torch.float64)
+    xx, yy = torch.meshgrid(u, u, indexing="ij")
+    return torch.stack([xx.flatten(), yy.flatten()], dim=1), float(u[1] - u[0]) ** 2
+
+
+# grid half-widths that hold all but ~1e-12 of each law's mass (5 noise stds past the support)
+LIMITS = {"gaussian": 8.0, "8gaussians": 11.0, "8gaussians-r12": 20.0, "moons-std7": 22.0,
+          "moons": 3.5, "scurve": 3.5}
+
+
+@pytest.mark.parametrize("name", BENCHMARK)
+def test_density_integrates_to_one_and_matches_the_sampler(name):
+    """The density against two oracles: it integrates to 1 on a grid, and the grid integrals
+    of test functions (moments and a quadrant's probability) equal the sampler's means within
+    K standard errors."""
+    pts, area = _grid(LIMITS[name], 260)
+    p = toy.log_prob(name, pts).exp()
+    assert abs(float(p.sum()) * area - 1.0) < 1e-6
+    x = toy.sample(name, 40_000, gen(3)).double()
+    tests = {
+        "x": lambda z: z[:, 0], "y": lambda z: z[:, 1], "x^2": lambda z: z[:, 0] ** 2,
+        "y^2": lambda z: z[:, 1] ** 2, "xy": lambda z: z[:, 0] * z[:, 1],
+        "quadrant": lambda z: ((z[:, 0] > 0.3) & (z[:, 1] > 0.1)).double(),
+    }
+    for label, f in tests.items():
+        expected = float((f(pts) * p).sum()) * area
+        assert_mean(f(x), expected), label
+
+
+def test_moons_std7_density_has_the_closed_form_moments():
+    """Population mean per coordinate 7 (1/2 - 3/8) / std and 7 (1/4 - 3/8) / std, pooled
+    variance 49 (the standardisation's constants), by grid integration of the density (the
+    variance to 1e-5 relative: the curve quadrature's h^2 error)."""
+    pts, area = _grid(LIMITS["moons-std7"], 300)
+    p = toy.log_prob("moons-std7", pts).exp() * area
+    mean = (pts * p[:, None]).sum(0)
+    scale = 7.0 / toy.MOONS_STD7_STD
+    assert torch.allclose(mean, torch.tensor([0.125, -0.125], dtype=torch.float64) * scale,
+                          atol=1e-8)
+    assert abs(float((pts.pow(2).sum(1) * p).sum()) / 2 / 49.0 - 1.0) < 1e-5
+
+
+def test_mixture_densities_equal_a_direct_sum():
+    """8gaussians (std 1, radius 5) and 8gaussians-r12 (std 1.5, radius 12) against the
+    mixture formula written out with numpy."""
+    x = toy.sample("8gaussians", 50, gen(1)).double()
+    for name, radius, std in (("8gaussians", 5.0, 1.0), ("8gaussians-r12", 12.0, 1.5)):
+        z = x.numpy() * radius / 5.0
+        total = np.zeros(len(z))
+        for k in range(8):
+            c = radius * np.array([math.cos(2 * math.pi * k / 8), math.sin(2 * math.pi * k / 8)])
+            total += np.exp(-((z - c) ** 2).sum(1) / (2 * std**2)) / (2 * math.pi * std**2) / 8
+        got = toy.log_prob(name, torch.from_numpy(z)).numpy()
+        np.testing.assert_allclose(got, np.log(total), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ("moons-std7", "moons", "scurve"))
+def test_curve_density_quadrature_converges(name, monkeypatch):
+    """Midpoint rule at NODES_PER_STD against four times the nodes: pointwise within 3e-3
+    nats (the far tails), mean over samples within 1e-6 nats."""
+    x = toy.sample(name, 5_000, gen(2))
+    coarse = toy.log_prob(name, x)
+    monkeypatch.setattr(toy, "NODES_PER_STD", 4 * toy.NODES_PER_STD)
+    fine = toy.log_prob(name, x)
+    assert float((coarse - fine).abs().max()) < 3e-3
+    assert abs(float((coarse - fine).mean())) < 1e-6
+
+
+def test_density_errors_and_density_object():
+    with pytest.raises(ValueError, match="valid names: .*moons"):
+        toy.log_prob("checkerboard", torch.zeros(3, 2))
+    with pytest.raises(ValueError, match=r"\(n, 2\)"):
+        toy.log_prob("moons", torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="unknown"):
+        toy.Density("spiral")
+    assert toy.has_density("scurve") and not toy.has_density("pinwheel")
+    x = torch.randn(4, 2, generator=gen(0))
+    lp = toy.Density("gaussian").log_prob(x)
+    assert lp.dtype == torch.float32
+    torch.testing.assert_close(lp, -0.5 * x.pow(2).sum(1) - math.log(2 * math.pi))

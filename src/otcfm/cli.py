@@ -399,6 +399,9 @@ def _add_evaluate(sub: Any) -> None:
                    "images)")
     p.add_argument("--probes", type=count, default=None,
                    help="Hutchinson probes per point (default 1)")
+    p.add_argument("--gaussian-source", action="store_true",
+                   help="for --nll: declare that a point run's source file holds draws of "
+                   "N(0, I) (a built-in source's own density is used without it)")
     g = p.add_argument_group(
         "image runs", "samples from noise scored by the Fréchet distance of a feature network "
         "(digits, Fashion-MNIST: 'FD (... features)'), the class accuracy of class-conditional "

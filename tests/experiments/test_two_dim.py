@@ -411,3 +411,59 @@ def test_torchcfm_w2_difference_is_paired_by_seed():
     assert _paired_w2(ours, theirs) == "-0.033 ± 0.044"
     assert _paired_w2(ours[:1], theirs) == "-0.100"
     assert _paired_w2(ours, []) == "-"
+
+
+class _Scaling(torch.nn.Module):
+    """v(x, t) = a x: the flow x1 = e^a x0, so q1(x) = p0(e^-a x) e^(-2a) in 2-D."""
+
+    def __init__(self, a: float) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(a))
+
+    def forward(self, x, t):
+        return self.a * x
+
+
+@pytest.mark.parametrize("task", ["moons-8gaussians", "gaussian-moons"])
+def test_test_nll_matches_the_closed_form_of_a_scaling_flow(task):
+    """The cell's NLL against the change of variables written out: the source density (the
+    moons law or N(0, I)) at e^-a x, plus 2a; the target's NLL is its own log_prob."""
+    source, target = two_dim.toy.task(task)
+    a = 0.3
+    x1 = two_dim.toy.sample(target, 300, torch.Generator().manual_seed(5))
+    got = two_dim.test_nll(_Scaling(a), x1, source, target, tol=1e-8)
+    x = x1.double()
+    expected = -(two_dim.toy.log_prob(source, math.exp(-a) * x) - 2 * a)
+    truth = -two_dim.toy.log_prob(target, x)
+    assert got["nll"] == pytest.approx(float(expected.mean()), abs=1e-6)
+    assert got["nll_target"] == pytest.approx(float(truth.mean()), abs=1e-12)
+    assert got["kl"] == pytest.approx(float((expected - truth).mean()), abs=1e-6)
+    assert got["kl_se"] == pytest.approx(float((expected - truth).std()) / 300**0.5, rel=1e-4)
+    assert got["nll_nfe"] > 0
+
+
+def test_quick_records_carry_the_test_nll(quick):
+    """Every cell has an NLL no lower than the target's own in expectation (KL >= 0 within 4
+    standard errors), and the page shows the column."""
+    root, _, records = quick
+    for r in records:
+        assert r["nll"] == pytest.approx(r["nll_target"] + r["kl"], abs=1e-9)
+        assert r["kl"] > -4 * r["kl_se"], r
+    assert "| test NLL | NLL − target's |" in (root / "out" / "two_dim.md").read_text()
+
+
+def test_a_new_nll_tolerance_reevaluates_without_retraining(tmp_path, monkeypatch):
+    cell = Cell("gaussian-moons", "icfm", 42)
+    first = run_cells([cell], TINY, tmp_path)[0].record
+    steps = []
+    original = loop.Trainer.train_step
+
+    def counted(self):
+        steps.append(self.step)
+        return original(self)
+
+    monkeypatch.setattr(loop.Trainer, "train_step", counted)
+    again = run_cells([cell], replace(TINY, nll_tol=1e-7), tmp_path)[0]
+    assert not again.cached and steps == []
+    assert again.record["w2"] == first["w2"] and again.record["nll_nfe"] > first["nll_nfe"]
+    assert again.record["nll"] == pytest.approx(first["nll"], abs=1e-3)

@@ -8,8 +8,10 @@ dtype float32, registered by name in :data:`DISTRIBUTIONS`::
     src, tgt = toy.task("moons-8gaussians")        # ("moons-std7", "8gaussians-r12")
 
 All randomness comes from the optional ``torch.Generator`` (its device is the output device);
-the same seed gives the same tensor. Mixtures draw each point's component independently and
-uniformly (a true mixture, not a fixed split), except the two-moons and circles shapes, which
+the same seed gives the same tensor. The benchmark distributions also have their log-density,
+``log_prob(name, x)`` (in :data:`DENSITIES`), for likelihoods and their floors. Mixtures
+draw each point's component independently and uniformly (a true mixture, not a fixed split),
+except the two-moons and circles shapes, which
 split ``n`` into halves as ``sklearn.datasets.make_moons`` does and then shuffle the rows.
 
 Benchmark distributions (docs/reference.md §4):
@@ -28,6 +30,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
@@ -37,7 +40,9 @@ from torch import Tensor
 from otcfm._utils import Registry, check_positive
 
 __all__ = [
+    "DENSITIES",
     "DISTRIBUTIONS",
+    "Density",
     "MOONS_STD7_MEAN",
     "MOONS_STD7_STD",
     "TASKS",
@@ -47,6 +52,8 @@ __all__ = [
     "eight_gaussians",
     "eight_gaussians_r12",
     "gaussian",
+    "has_density",
+    "log_prob",
     "moons",
     "moons_std7",
     "names",
@@ -312,6 +319,125 @@ def pinwheel(n: int, generator: torch.Generator | None = None) -> Tensor:
     angle = angle + 0.25 * torch.exp(r)
     c, sn = torch.cos(angle), torch.sin(angle)
     return 2.0 * torch.stack([c * r - sn * s, sn * r + c * s], dim=1)
+
+
+# --------------------------------------------------------------------------- log-densities
+# A curve plus isotropic noise, x = c(a) + s * eps with a ~ U[lo, hi], has the density
+#   p(x) = 1 / (hi - lo) * int_lo^hi N(x; c(a), s^2 I) da,
+# a 1-D integral evaluated with the midpoint rule, nodes NODES_PER_STD per noise std along the
+# curve (the tests compare it with twice the nodes and check that it integrates to 1 and has
+# the closed-form mean).
+NODES_PER_STD = 16
+_CHUNK = 1024  # rows of x per kernel block
+
+DENSITIES: Registry[Tensor] = Registry("distribution with a density")
+
+
+def _gauss_log_kernel(x: Tensor, centres: Tensor, std: float) -> Tensor:
+    """(n, m) log N(x_i; centre_j, std^2 I_2), float64."""
+    sq = (x[:, None, :] - centres[None, :, :]).pow(2).sum(-1)
+    return -0.5 * sq / std**2 - math.log(2.0 * math.pi * std**2)
+
+
+def _mixture_log_prob(x: Tensor, centres: Tensor, std: float) -> Tensor:
+    """log of the equal-weight mixture of N(centre_j, std^2 I_2), for rows of x (float64)."""
+    out = [torch.logsumexp(_gauss_log_kernel(chunk, centres, std), dim=1)
+           for chunk in x.split(_CHUNK)]
+    return torch.cat(out) - math.log(centres.shape[0])
+
+
+def _circle_centres(k: int, radius: float) -> Tensor:
+    angle = torch.arange(k, dtype=torch.float64) * (2.0 * math.pi / k)
+    return radius * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+
+
+def _midpoints(lo: float, hi: float, length: float, std: float) -> Tensor:
+    """Midpoint nodes on [lo, hi] for a curve of arc length ``length`` traversed at constant
+    speed, spaced at most std / NODES_PER_STD along it."""
+    k = max(1, math.ceil(NODES_PER_STD * length / std))
+    return lo + (hi - lo) * (torch.arange(k, dtype=torch.float64) + 0.5) / k
+
+
+def _moons_curve(scale: float, shift: Tensor, std: float) -> Tensor:
+    """Both moons' curves as drawn by :func:`two_moons`, times ``scale`` plus ``shift``, as
+    (2 k, 2) nodes: each moon carries half the mass, so one equal-weight mixture covers both."""
+    a = _midpoints(0.0, math.pi, math.pi * scale, std)
+    outer = torch.stack([torch.cos(a), torch.sin(a)], dim=1)
+    inner = torch.stack([1.0 - torch.cos(a), 0.5 - torch.sin(a)], dim=1)
+    return scale * torch.cat([outer, inner]) + shift
+
+
+def _as_points(x: Tensor) -> Tensor:
+    if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != 2:
+        raise ValueError(f"x must be a (n, 2) tensor, got {getattr(x, 'shape', type(x))}")
+    return x.detach().to(device="cpu", dtype=torch.float64)
+
+
+@DENSITIES.register("gaussian")
+def _log_prob_gaussian(x: Tensor) -> Tensor:
+    return -0.5 * x.pow(2).sum(1) - math.log(2.0 * math.pi)
+
+
+@DENSITIES.register("8gaussians")
+def _log_prob_8gaussians(x: Tensor) -> Tensor:
+    return _mixture_log_prob(x, _circle_centres(8, 5.0), 1.0)
+
+
+@DENSITIES.register("8gaussians-r12")
+def _log_prob_8gaussians_r12(x: Tensor) -> Tensor:
+    return _mixture_log_prob(x, _circle_centres(8, 12.0), 1.5)
+
+
+@DENSITIES.register("moons-std7")
+def _log_prob_moons_std7(x: Tensor) -> Tensor:
+    scale = 7.0 / MOONS_STD7_STD
+    std = _MOONS_STD7_NOISE * scale
+    shift = torch.full((2,), -MOONS_STD7_MEAN * scale, dtype=torch.float64)
+    return _mixture_log_prob(x, _moons_curve(scale, shift, std), std)
+
+
+@DENSITIES.register("moons")
+def _log_prob_moons(x: Tensor) -> Tensor:
+    std = 2.0 * 0.05
+    curve = _moons_curve(2.0, torch.tensor([-1.0, 0.0], dtype=torch.float64), std)
+    return _mixture_log_prob(x, curve, std)
+
+
+@DENSITIES.register("scurve")
+def _log_prob_scurve(x: Tensor) -> Tensor:
+    std = 1.5 * 0.05  # the curve (sin t, sign(t) (cos t - 1)) has unit speed in t
+    t = _midpoints(-1.5 * math.pi, 1.5 * math.pi, 1.5 * 3.0 * math.pi, std)
+    curve = 1.5 * torch.stack([torch.sin(t), torch.sign(t) * (torch.cos(t) - 1.0)], dim=1)
+    return _mixture_log_prob(x, curve, std)
+
+
+def has_density(name: str) -> bool:
+    """Whether :func:`log_prob` knows the registered distribution ``name``."""
+    return name in DENSITIES
+
+
+def log_prob(name: str, x: Tensor) -> Tensor:
+    """log p(x) (nats) of the registered distribution ``name`` at the rows of ``x`` (n, 2).
+
+    Exact for the Gaussians and mixtures; for the curves with noise (moons, scurve) the 1-D
+    integral over the curve's parameter by the midpoint rule (:data:`NODES_PER_STD`).
+    Returns float64 on the CPU.
+    """
+    return DENSITIES.factory(name)(_as_points(x))
+
+
+@dataclass(frozen=True)
+class Density:
+    """A registered distribution as a density object: ``Density("moons").log_prob(x)``
+    (the ``source`` of :func:`otcfm.likelihood.log_likelihood`; same dtype and device as x)."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        DENSITIES.factory(self.name)  # unknown names fail here, with the valid ones
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return log_prob(self.name, x).to(device=x.device, dtype=x.dtype)
 
 
 # --------------------------------------------------------------------------- public lookup

@@ -3,7 +3,9 @@
 Cells are (task, method, seed). Each cell is one training run (``otcfm.train.train``) under
 ``--runs DIR/<task>/<method>-seed<seed>``, evaluated from its best-validation checkpoint on the
 task's 10,000-point test sets: W2 and NPE with 100 Euler steps, the NFE of dopri5
-(atol = rtol = 1e-4), and W2 against the number of Euler steps. A cell whose ``cell.json``
+(atol = rtol = 1e-4), W2 against the number of Euler steps, and the test NLL of the flow
+(exact divergence, dopri5 at 1e-5 in float64, the source's own density) beside the target's
+NLL under its true density on the same points. A cell whose ``cell.json``
 matches the protocol is skipped; a killed cell resumes from its latest checkpoint.
 
 2-rectified flow ("rf") is the reflow of the I-CFM cell of the same task and seed: that cell's
@@ -17,6 +19,7 @@ side by side in ``benchmarks/two_dim_torchcfm.py``) pass their own ``runner`` to
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import shutil
@@ -34,6 +37,7 @@ from otcfm.couplings import Independent
 from otcfm.data import save_points, toy
 from otcfm.experiments import _cells
 from otcfm.experiments._cells import CellResult
+from otcfm.likelihood import log_likelihood
 from otcfm.matchers import MATCHERS
 from otcfm.metrics import normalized_path_energy, wasserstein
 from otcfm.models import DriftScore
@@ -82,6 +86,7 @@ class Protocol:
     couplings: tuple[tuple[str, str], ...] = ()  # (method, coupling name) overrides
     sigmas: tuple[tuple[str, float], ...] = ()  # (method, sigma) overrides of SIGMA
     ema: float = 0.0  # EMA decay of the weights that are validated and tested (0 = off)
+    nll_tol: float = 1e-5  # dopri5 atol = rtol of the test NLL (float64)
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes a cell's numbers (workers do not)."""
@@ -308,6 +313,7 @@ def finish_record(
     sde_sigma = p.sigma(cell.method) if isinstance(model, DriftScore) else None
     metrics, paths = evaluate_model(model, data, p, reference_w2(cell, p, runs, data),
                                     sde_sigma=sde_sigma, seed=cell.seed)
+    metrics.update(test_nll(model, data.target.test, *toy.task(cell.task), tol=p.nll_tol))
     record.update(metrics, eval_seconds=time.perf_counter() - start, protocol=p.fingerprint())
     out = cell.run_dir(runs)
     save_atomic({"xs": paths, "target": data.target.test[:2_000]}, out / "trajectories.pt")
@@ -385,6 +391,36 @@ def evaluate_model(
         sde = integrate_sde(model, x0, sigma=sde_sigma, steps=100, generator=noise, save="ends")
         metrics["w2_sde"] = wasserstein(sde.x_final, x1, p=2)
     return metrics, traj.xs[:, :TRAJECTORY_PATHS].clone()
+
+
+def test_nll(model: nn.Module, x1: Tensor, source: str, target: str, *,
+              tol: float) -> dict[str, float]:
+    """The flow's test NLL, -log q1(x1) in nats (exact divergence, dopri5 at atol = rtol =
+    ``tol``, on a float64 copy of the model; log p0 of the source's density at the flow's
+    source points), and the target's NLL under its true density on the same points.
+
+    Their per-point difference log p1 - log q1 averages to an estimate of KL(p1 || q1) >= 0
+    (``kl``, with its standard error ``kl_se`` over the points): the part of the NLL that the
+    model can still remove, where the NLL alone mixes it with the target's entropy.
+    """
+    start = time.perf_counter()
+    model64 = copy.deepcopy(model).double().eval()
+    x = x1.double()
+    result = log_likelihood(model64, x, source=toy.Density(source), divergence="exact",
+                            solver="dopri5", atol=tol, rtol=tol)
+    nll = -result.logp
+    nll_true = -toy.log_prob(target, x)
+    gap = nll - nll_true
+    n = x.shape[0]
+    return {
+        "nll": float(nll.mean()),
+        "nll_se": float(nll.std()) / n**0.5,
+        "nll_target": float(nll_true.mean()),
+        "kl": float(gap.mean()),
+        "kl_se": float(gap.std()) / n**0.5,
+        "nll_nfe": result.nfe,
+        "nll_seconds": time.perf_counter() - start,
+    }
 
 
 def reference_w2(cell: Cell, p: Protocol, runs: Path, data: RunData) -> float:

@@ -151,7 +151,11 @@ def markdown(
         f"test metrics from the best-validation checkpoint on {p['n_test']}-point test sets "
         "with 100 Euler steps (docs/reference.md §4). Ours: mean ± std (population, ddof 0) over "
         "seeds; paper: SF2M Table 2 (5 seeds). NFE: dopri5, atol = rtol = "
-        f"{p['tol']:g}. Train s: wall time of the training loop including validation."
+        f"{p['tol']:g}. "
+        + (f"Test NLL: -log q(x) of the flow on the test targets, exact divergence, dopri5 at "
+           f"atol = rtol = {p['nll_tol']:g} in float64, the source's own density at t = 0 "
+           "(Gaussian, or the moons law of moons->8gaussians). " if "nll_tol" in p else "")
+        + "Train s: wall time of the training loop including validation."
         + (f" Weights: EMA with decay {p['ema']:g} (not in the paper's protocol)."
            if p.get("ema") else "") + "\n",
         _run_line(meta, records, theirs),
@@ -187,21 +191,41 @@ def _run_line(meta: dict[str, Any], records, theirs) -> str:
 
 
 def _task_table(task: str, groups, floor: list[float] | None = None, n_test: int = 0) -> str:
+    methods = ordered({m for t, m in groups if t == task})
+    nll = any("nll" in r for m in methods for r in groups[(task, m)])  # columns when measured
     rows = [
         f"### {task}\n",
         "| method | seeds | W2 (ours) | W2 (paper) | NPE (ours) | NPE (paper) | NFE dopri5 | "
-        "train s |",
-        "|---|---|---|---|---|---|---|---|",
+        + ("test NLL | NLL − target's | " if nll else "") + "train s |",
+        "|---|---|---|---|---|---|---|---|" + ("---|---|" if nll else ""),
     ]
-    for method in ordered({m for t, m in groups if t == task}):
+    targets: list[float] = []
+    missing = False
+    for method in methods:
         g = groups[(task, method)]
         nfe = mean_std([r["nfe"] for r in g])
         secs = mean_std([r["train_seconds"] for r in g])
+        cells = ""
+        if nll and all("nll" in r for r in g):
+            cells = (f"{fmt(*mean_std([r['nll'] for r in g]))} | "
+                     f"{fmt(*mean_std([r['kl'] for r in g]))} | ")
+            targets += [r["nll_target"] for r in g]
+        elif nll:
+            cells, missing = "— | — | ", True
         rows.append(
             f"| {method} | {len(g)} | {fmt(*mean_std([r['w2'] for r in g]))} | "
             f"{published('w2', method, task)} | {fmt(*mean_std([r['npe'] for r in g]))} | "
-            f"{published('npe', method, task)} | {fmt(*nfe, 1)} | {fmt(*secs, 0)} |"
+            f"{published('npe', method, task)} | {fmt(*nfe, 1)} | {cells}{fmt(*secs, 0)} |"
         )
+    if targets:
+        rows.append(
+            f"\nNLL in nats per point. The target's NLL under its true density on the same "
+            f"test points is {sum(targets) / len(targets):.3f} (mean over the seeds' test "
+            "sets): an estimate of its entropy, below which no model's expected NLL can go; "
+            "NLL − target's estimates KL(target ‖ model)."
+        )
+    if missing:
+        rows.append("\n—: cells recorded before the protocol measured the test NLL.")
     if floor:
         rows.append(
             f"\nSampling floor: W2 between two independent {n_test:,}-point samples of the "

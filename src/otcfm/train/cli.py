@@ -264,16 +264,19 @@ def _more_sources(run: Any, n: int) -> Any:
 def _nll_settings(args: argparse.Namespace, image: bool) -> NllSettings | None:
     """The --nll settings (None without --nll)."""
     if not args.nll:
-        if args.divergence is not None or args.probes is not None:
-            raise ValueError("--divergence and --probes go with --nll")
+        if args.divergence is not None or args.probes is not None or args.gaussian_source:
+            raise ValueError("--divergence, --probes and --gaussian-source go with --nll")
         return None
+    if image and args.gaussian_source:
+        raise ValueError("--gaussian-source applies to point runs; an image run's source "
+                         "is N(0, I)")
     divergence = args.divergence or ("hutchinson" if image else "exact")
     if args.probes is not None and divergence != "hutchinson":
         raise ValueError("--probes applies to --divergence hutchinson")
     tol = getattr(args, "tol", 1e-5)
     if not (isinstance(tol, float) and math.isfinite(tol) and tol > 0):
         raise ValueError(f"--tol must be a positive number, got {tol}")
-    return NllSettings(divergence, args.probes or 1, tol)
+    return NllSettings(divergence, args.probes or 1, tol, args.gaussian_source)
 
 
 def cmd_evaluate(args: argparse.Namespace, scorer: Scorers | None = None) -> int:

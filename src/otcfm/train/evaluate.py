@@ -188,26 +188,51 @@ def sample_run(
 class NllSettings:
     """How ``otcfm evaluate --nll`` integrates log p1 (:func:`otcfm.likelihood.log_likelihood`):
     the ``divergence`` ("exact" or "hutchinson" with ``probes`` Rademacher probes drawn from
-    the run's seed), dopri5 at atol = rtol = ``tol``."""
+    the run's seed), dopri5 at atol = rtol = ``tol``; ``gaussian_source`` declares a point
+    run's source N(0, I) (a file of its draws), else the built-in source's own density."""
 
     divergence: str = "exact"
     probes: int = 1
     tol: float = 1e-5
+    gaussian_source: bool = False
+
+
+def source_density(spec: str, settings: NllSettings) -> tuple[Any, str]:
+    """The source density of a point run's flow for :func:`nll_metrics`, and its name.
+
+    A run from a built-in distribution with a known density (:func:`otcfm.data.toy.log_prob`)
+    uses it; any other source must be declared (``settings.gaussian_source``), since log p1(x) =
+    log p0(x0) + int div v, and a wrong p0 gives a wrong NLL without any sign of it.
+    """
+    from otcfm.data import toy
+
+    if settings.gaussian_source:
+        return "gaussian", "gaussian (declared)"
+    if toy.has_density(spec):
+        return ("gaussian" if spec == "gaussian" else toy.Density(spec)), spec
+    known = ", ".join(n for n in toy.DENSITIES.names())
+    raise ValueError(
+        f"--nll needs the density of the run's source {spec!r}, which otcfm does not know "
+        f"(built-in sources with one: {known}); if it holds draws of N(0, I), add "
+        "--gaussian-source")
 
 
 def nll_metrics(
     model: nn.Module, x: Tensor, settings: NllSettings, *, seed: int,
-    image_shape: tuple[int, ...] | None = None, levels: int = 256, **cond: Any,
+    image_shape: tuple[int, ...] | None = None, levels: int = 256, source: Any = "gaussian",
+    **cond: Any,
 ) -> dict[str, Any]:
-    """The negative log-likelihood of ``x`` under the model's flow from N(0, I): its mean and
-    standard error over the points (nats), the NFE; for images (``image_shape``) also bits per
+    """The negative log-likelihood of ``x`` under the model's flow from ``source`` (N(0, I),
+    or an object with ``log_prob``): its mean and standard error over the points (nats), the
+    NFE; for images (``image_shape``) also bits per
     dimension of the discrete data, whose pixels take ``levels`` values evenly spaced over
     [-1, 1] (:func:`otcfm.likelihood.bits_per_dim`; 256 for 8-bit images)."""
     from otcfm.likelihood import bits_per_dim, log_likelihood
 
     hutch = settings.divergence == "hutchinson"
     out = log_likelihood(
-        model, x, divergence=settings.divergence, n_probes=settings.probes if hutch else 1,
+        model, x, source=source, divergence=settings.divergence,
+        n_probes=settings.probes if hutch else 1,
         generator=stream(seed, "nll") if hutch else None, atol=settings.tol, rtol=settings.tol,
         **cond,
     )
@@ -261,6 +286,7 @@ def evaluate_run(
     use_best = probe.eval.use_best if probe is not None else True
     run = load_run(run_dir, which or ("best" if use_best else "latest"), data_root=data_root,
                    allow_changed_data=allow_changed_data)
+    density = source_density(run.cfg.data.source, nll) if nll is not None else None
     source, target = run.data.source.test, run.data.target.test
     n = min(source.shape[0], target.shape[0])
     source, target = source[:n], target[:n]
@@ -293,7 +319,9 @@ def evaluate_run(
         metrics[f"nfe_{adaptive}"] = adaptive_traj.nfe
         metrics[f"w2_{adaptive}"] = wasserstein(adaptive_traj.x_final, target, p=2)
     if nll is not None:
-        metrics.update(nll_metrics(run.model, target, nll, seed=run.cfg.seed))
+        assert density is not None
+        metrics.update(nll_metrics(run.model, target, nll, seed=run.cfg.seed,
+                                   source=density[0]), nll_source=density[1])
     if sde:
         sde_traj = sample_run(run, source, sde=True, sde_steps=sde_steps, save="ends")
         sde_samples = sde_traj.x_final
