@@ -117,7 +117,7 @@ TRAJECTORY_FLAGS: dict[str, tuple[str | None, str, str]] = {
 }
 # the methods of otcfm.trajectory.config.METHODS (a test keeps the two equal; importing that
 # package here would load torch whenever the parser is built)
-TRAJECTORY_METHODS = ("otcfm", "icfm", "sbcfm")
+TRAJECTORY_METHODS = ("otcfm", "icfm", "sbcfm", "sf2m")
 
 
 def _bench_two_dim() -> Callable[[list[str]], int]:
@@ -508,6 +508,11 @@ def _add_trajectory(sub: Any) -> None:
                    help="allow --time outside the time range of the data")
     p.add_argument("--original", action="store_true",
                    help="map predictions back to the original features (inverse preprocessing)")
+    p.add_argument("--sde", action="store_true",
+                   help="SF2M runs: move cells along the bridge SDE (stochastic paths, the "
+                   "fit's sigma) instead of the probability-flow ODE")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the SDE's Brownian increments (default: the run's seed)")
     p.add_argument("--out", type=Path, required=True, help=".npz, .csv, .tsv or .pt")
     _add_data_flags(p)
 

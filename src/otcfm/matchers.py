@@ -354,10 +354,14 @@ class SF2M(FlowMatcher):
                 )
         v, score = out
         flow = (v.float() - s.ut.float()).pow(2).mean()
-        sig = pad_t(self.path.sigma_t(s.t.to(torch.float32)), score)
-        weight = (2.0 / self.sigma**2) ** 2
-        score_loss = weight * (sig * score.float() + s.noise.float()).pow(2).mean()
+        score_loss = self.score_residual(score, s).pow(2).mean()
         return SF2MLoss(total=flow + score_loss, flow=flow, score=score_loss)
+
+    def score_residual(self, score: Tensor, s: PathSample) -> Tensor:
+        """lambda(t) (s(xt, t) - grad log p_t(xt | z)) = (2 / sigma^2) (sigma_t s + eps), per
+        element (float32): the score term is its mean square (see the class docstring)."""
+        sig = pad_t(self.path.sigma_t(s.t.to(torch.float32)), score)
+        return (2.0 / self.sigma**2) * (sig * score.float() + s.noise.float())
 
 
 def _check_score_model(model: Any) -> None:

@@ -21,21 +21,26 @@ def test_quick_synthetic_bench(tmp_path, capsys):
     out = tmp_path / "results"
     rc = main(["--data", "synthetic", "--seeds", "2", "--out", str(out), "--quick",
                "--steps", "15", "--n-cells", "60", "--left-out", "2",
-               "--methods", "otcfm,icfm,sbcfm,sbcfm:0.1"])
+               "--methods", "otcfm,icfm,sbcfm,sbcfm:0.1,sf2m:0.3"])
     assert rc == 0
     report = json.loads((out / "single_cell.json").read_text())
     records = report["records"]
     keys = {(r["method"], r["left_out"], r["seed"]) for r in records}
-    methods = ("otcfm", "icfm", "sbcfm", "sbcfm:0.1", BASELINE)
+    methods = ("otcfm", "icfm", "sbcfm", "sbcfm:0.1", "sf2m:0.3", "sf2m-sde:0.3", BASELINE)
     assert keys == {(m, 2, s) for m in methods for s in (42, 43)}
     sigma = {r["method"]: r.get("sigma") for r in records}
-    assert sigma == {"otcfm": 0.1, "icfm": 0.1, "sbcfm": 1.0, "sbcfm:0.1": 0.1, BASELINE: None}
+    assert sigma == {"otcfm": 0.1, "icfm": 0.1, "sbcfm": 1.0, "sbcfm:0.1": 0.1, "sf2m:0.3": 0.3,
+                     "sf2m-sde:0.3": 0.3, BASELINE: None}
+    ode = {r["seed"]: r["w1"] for r in records if r["method"] == "sf2m:0.3"}
+    sde = {r["seed"]: r["w1"] for r in records if r["method"] == "sf2m-sde:0.3"}
+    assert all(ode[s] != sde[s] for s in ode)  # the same fit, another sampler
     assert list(report["summary"]) == list(methods)
     for r in records:
         assert r["w1"] > 0 and r["mmd"] >= 0 and r["w1_truth"] > 0 and r["time"] == "2"
     assert report["data"]["dim"] == 5 and report["data"]["counts"] == [60] * 5
     md = (out / "single_cell.md").read_text()
     for text in ("| OT-CFM |", "| I-CFM |", "| SB-CFM |", "| SB-CFM (σ=0.1) |",
+                 "| SF2M (ODE) (σ=0.3) |", "| SF2M (SDE) (σ=0.3) |",
                  "linear interp. (OT)",
                  "W1 (fresh ground truth)", "Command: `otcfm bench single-cell", "t=2"):
         assert text in md, text
@@ -44,7 +49,7 @@ def test_quick_synthetic_bench(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "OT-CFM: W1" in printed
     fits = [line for line in printed.splitlines() if line.startswith("[")]
-    assert len(fits) == 8 and fits[-1].startswith("[8/8, ")  # one line per finished fit
+    assert len(fits) == 10 and fits[-1].startswith("[10/10, ")  # one line per finished fit
     assert any("] SB-CFM (σ=0.1) seed 43, time 2 held out: W1 " in line for line in fits)
 
 

@@ -241,3 +241,34 @@ def test_argument_errors_exit_2(args, match, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert f"otcfm trajectory {args[0]}: error: " in err and match in err, err
+
+
+def test_sf2m_run_evaluates_and_predicts_along_its_sde(tmp_path, csv_data, capsys):
+    assert fit(tmp_path, csv_data, "--name", "sf", "--method", "sf2m", "--sigma", "0.2",
+               "--left-out", "1") == 0
+    run = tmp_path / "runs" / "sf"
+    ev = json.loads((run / "metrics.json").read_text())["eval"]
+    assert ev["w1_sde"] > 0 and ev["mmd_sde"] >= 0 and ev["w1_sde"] != ev["w1"]
+    assert "SDE (Euler-Maruyama)" in (run / "report.md").read_text()
+    outs = {}
+    for name, extra in (("a", []), ("b", []), ("c", ["--seed", "7"]), ("ode", None)):
+        out = tmp_path / f"{name}.npz"
+        flags = ["--sde", *extra] if extra is not None else []
+        assert main(["predict", str(run), "--time", "3", "--paths", "5", *flags,
+                     "--out", str(out)]) == 0
+        with np.load(out) as z:
+            outs[name] = z["xs"]
+    np.testing.assert_array_equal(outs["a"], outs["b"])  # the run's seed: repeatable
+    assert not np.array_equal(outs["a"], outs["c"]) and not np.array_equal(outs["a"], outs["ode"])
+    capsys.readouterr()
+    assert main(["predict", str(run), "--time", "3", "--seed", "1", "--out",
+                 str(tmp_path / "x.npz")]) == 2
+    assert "add --sde" in capsys.readouterr().err
+
+
+def test_sde_needs_an_sf2m_run(tmp_path, csv_data, capsys):
+    assert fit(tmp_path, csv_data, "--name", "ot", "--no-eval") == 0
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "runs" / "ot"), "--time", "3", "--sde",
+                 "--out", str(tmp_path / "x.npz")]) == 2
+    assert "only SF2M runs" in capsys.readouterr().err

@@ -50,8 +50,16 @@ from otcfm.experiments.single_cell_report import (
 )
 from otcfm.train.checkpoint import write_text_atomic
 from otcfm.train.datasets import stream
-from otcfm.trajectory.fit import DEFAULT_SIGMA, METHODS, FitSpec, Fitter
+from otcfm.trajectory.fit import (
+    DEFAULT_SIGMA,
+    METHODS,
+    SCORE_METHODS,
+    FitSpec,
+    Fitter,
+    model_from_state,
+)
 from otcfm.trajectory.predict import (
+    SDE,
     interpolation_baseline,
     predict_left_out,
     score,
@@ -129,10 +137,26 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     }
     if task.get("truth") is not None:
         record["w1_truth"] = score(pred, task["truth"]).w1
-    out = {"record": record}
+    out: dict[str, Any] = {"record": record, "extra": []}
+    if spec.method in SCORE_METHODS:  # the same fit along its SDE: a row of its own
+        sde = SDE(spec.sigma, stream(spec.seed, "sde", str(k)))
+        pred = predict_left_out(fit.model, ts, k, steps_per_unit=steps, sde=sde)
+        s = score(pred, ts.at(k))
+        extra = {**record, "method": sde_entry(record["method"]), "w1": s.w1, "mmd": s.mmd}
+        if task.get("truth") is not None:
+            extra["w1_truth"] = score(pred, task["truth"]).w1
+        out["extra"].append(extra)
     if task.get("keep_model"):
         out["state"] = {key: v.clone() for key, v in fit.model.state_dict().items()}
+        out["spec"] = spec
     return out
+
+
+def sde_entry(entry: str) -> str:
+    """The row of an SF2M entry sampled with its SDE: 'sf2m' -> 'sf2m-sde', 'sf2m:0.1' ->
+    'sf2m-sde:0.1'."""
+    base, sep, sigma = entry.partition(":")
+    return f"{base}-sde{sep}{sigma}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"per time, {QUICK['ode_steps']} Euler steps, 1 seed (unless given)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (1 thread each)")
     p.add_argument("--methods", default=",".join(METHODS),
-                   help="comma-separated subset of otcfm, icfm, sbcfm; METHOD:SIGMA sets one "
-                        "method's sigma (e.g. sbcfm:0.1; the same method may appear twice)")
+                   help="comma-separated subset of otcfm, icfm, sbcfm, sf2m (scored along its "
+                        "ODE and, as sf2m-sde, its SDE); METHOD:SIGMA sets one method's sigma "
+                        "(e.g. sbcfm:0.1; the same method may appear twice)")
     p.add_argument("--left-out", default="all",
                    help="comma-separated time indices to hold out (default: every "
                         "intermediate one)")
@@ -291,13 +316,17 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     ]
     print(f"{len(tasks)} fits, {args.jobs} job(s)", flush=True)
     results = run_tasks(tasks, args.jobs)
-    records = [r["record"] for r in results]
+    records = [r["record"] for r in results] + [x for r in results for x in r["extra"]]
     records += [baseline_record(ts, k, s, truths.get(k)) for s in seeds for k in left_outs]
-    models = {r["record"]["method"]: r["state"] for r in results if "state" in r}
+    models = {r["record"]["method"]: model_from_state({"spec": r["spec"].to_dict(),
+                                                       "model": r["state"]}, ts.dim)
+              for r in results if "state" in r}
     models = {e: models[e] for e in entries if e in models}
-    summary = summarize(records, [*entries, BASELINE])
+    rows = [x for e in entries
+            for x in ((e, sde_entry(e)) if entries[e][0] in SCORE_METHODS else (e,))]
+    summary = summarize(records, [*rows, BASELINE])
     out = Path(args.out)
-    write_figures(out / "single_cell", ts, figure_k, models, base_spec, summary, args.ode_steps)
+    write_figures(out / "single_cell", ts, figure_k, models, summary, args.ode_steps)
     report = {
         "benchmark": "single-cell leave-one-time-point-out",
         "command": "otcfm bench single-cell " + " ".join(shlex.quote(a) for a in argv),

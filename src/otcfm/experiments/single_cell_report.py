@@ -19,11 +19,11 @@ from otcfm.data.timeseries import TimeSeries
 from otcfm.experiments._published import mean_std_table, section
 from otcfm.experiments._stats import paired_difference
 from otcfm.train.datasets import stream
-from otcfm.trajectory.fit import FitSpec
 from otcfm.trajectory.predict import interpolation_baseline, predict_left_out, trajectories
 
 BASELINE = "linear-ot"
-LABELS = {"otcfm": "OT-CFM", "icfm": "I-CFM", "sbcfm": "SB-CFM", BASELINE: "linear interp. (OT)"}
+LABELS = {"otcfm": "OT-CFM", "icfm": "I-CFM", "sbcfm": "SB-CFM", "sf2m": "SF2M (ODE)",
+          "sf2m-sde": "SF2M (SDE)", BASELINE: "linear interp. (OT)"}
 # the paper's W1 (mean, std) per real set and method: published.json
 _SINGLE_CELL = section("single_cell")
 PUBLISHED: dict[str, dict[str, tuple[float, float]]] = mean_std_table(_SINGLE_CELL["w1"])
@@ -199,9 +199,10 @@ def _paired(ours: dict[str, Any], other: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- figures
-def write_figures(out: Path, ts: TimeSeries, k: int, models: dict[str, dict], spec: FitSpec,
-             summary: dict[str, Any], ode_steps: int) -> None:
-    from otcfm.models import MLP
+def write_figures(out: Path, ts: TimeSeries, k: int, models: dict[str, torch.nn.Module],
+                  summary: dict[str, Any], ode_steps: int) -> None:
+    """The time-course figure (paths and predictions of ``models``, eval mode, by their ODE)
+    and the W1 per held-out time."""
     from otcfm.trajectory.plots import Panel, View2D, plot_time_course, plot_w1_per_time
 
     g = stream(0, "figure")
@@ -209,10 +210,7 @@ def write_figures(out: Path, ts: TimeSeries, k: int, models: dict[str, dict], sp
     cells = start[torch.randperm(start.shape[0], generator=g)[:60]]
     grid = torch.linspace(0, ts.n_times - 1, 10 * (ts.n_times - 1) + 1)[1:].tolist()
     panels = []
-    for m, state in models.items():
-        model = MLP(ts.dim, width=spec.width, depth=spec.depth, activation=spec.activation)
-        model.load_state_dict(state)
-        model.eval().requires_grad_(False)
+    for m, model in models.items():
         paths = trajectories(model, cells, 0.0, grid, steps_per_unit=ode_steps)
         pred = predict_left_out(model, ts, k, steps_per_unit=ode_steps)
         panels.append(Panel(label(m), paths.xs, pred))

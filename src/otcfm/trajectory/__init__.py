@@ -20,6 +20,7 @@ from otcfm.trajectory.fit import (
     multimarginal_loss,
 )
 from otcfm.trajectory.predict import (
+    SDE,
     Score,
     evaluate_intervals,
     evaluate_left_out,
@@ -35,6 +36,7 @@ __all__ = [
     "FitSpec",
     "Fitter",
     "FlowFit",
+    "SDE",
     "Score",
     "build_matcher",
     "evaluate_intervals",

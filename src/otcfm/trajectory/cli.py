@@ -61,7 +61,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from otcfm.train.checkpoint import StagedFiles
     from otcfm.train.config import check_output_file
     from otcfm.trajectory.predict import predict_at, trajectories
-    from otcfm.trajectory.run import load_trajectory_run
+    from otcfm.trajectory.run import load_trajectory_run, run_sde
 
     out = Path(args.out)
     suffixes = (".npz", ".pt") if args.paths is not None else (".npz", ".csv", ".tsv", ".pt")
@@ -69,8 +69,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     bad = [t for t in args.times if not math.isfinite(t)]
     if bad:
         raise ValueError(f"--time must be finite, got {bad[0]}")
+    if args.seed is not None and not args.sde:
+        raise ValueError("--seed seeds the SDE's noise; add --sde")
     run = load_trajectory_run(args.run, data_root=args.data_root,
                               allow_changed_data=args.allow_changed_data)
+    sde = run_sde(run, args.seed) if args.sde else None
     ts, pre = run.data.ts, run.data.preprocessor
     steps = run.cfg.eval.ode_steps
     back = pre.inverse_transform if (args.original and pre is not None) else (lambda x: x)
@@ -88,7 +91,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         start = args.start or 0
         cells = ts.at(start)[: args.paths]
         taus = ts.to_index(args.times).tolist()
-        traj = trajectories(run.model, cells, float(start), taus, steps_per_unit=steps)
+        traj = trajectories(run.model, cells, float(start), taus, steps_per_unit=steps, sde=sde)
         xs = torch.stack([back(x) for x in traj.xs])
         times = ts.from_index(traj.ts.double().numpy())
         with StagedFiles() as staged:  # written whole or not at all
@@ -102,7 +105,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 0
     if len(set(args.times)) != len(args.times):
         raise ValueError(f"--time values must be distinct, got {args.times}")
-    pops = [back(predict_at(run.model, ts, t, start=args.start, steps_per_unit=steps))
+    pops = [back(predict_at(run.model, ts, t, start=args.start, steps_per_unit=steps, sde=sde))
             for t in args.times]
     with StagedFiles() as staged:  # written whole or not at all
         if out.suffix == ".pt":

@@ -22,7 +22,7 @@ from otcfm.train.config import (
 )
 from otcfm.train.runfolder import KEEP_CHECKPOINTS
 
-METHODS = ("otcfm", "icfm", "sbcfm")
+METHODS = ("otcfm", "icfm", "sbcfm", "sf2m")
 
 
 @dataclass
@@ -53,7 +53,7 @@ class DataSection:
 
 @dataclass
 class MethodSection:
-    name: str = "otcfm"  # otcfm, icfm or sbcfm
+    name: str = "otcfm"  # otcfm, icfm, sbcfm or sf2m
     sigma: float = -1.0  # -1 = the method preset's default, written in by validate()
 
 

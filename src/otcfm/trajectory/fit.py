@@ -4,11 +4,17 @@ single-cell trajectory inference).
 One time-conditioned network v(x, tau) serves every interval. Index time tau = k is the
 population at ``times[k]``. For each pair (a, b) of consecutive *kept* populations a batch of
 ``batch_size`` cells is drawn from each, coupled by the method's minibatch coupling (exact OT
-for OT-CFM, independent for I-CFM, entropic for SB-CFM), and a conditional path sample
-(x_t, u_t) with t ~ U[0, 1] is regressed at network time tau = a + (b - a) t with target
+for OT-CFM and SF2M, independent for I-CFM, entropic for SB-CFM), and a conditional path
+sample (x_t, u_t) with t ~ U[0, 1] is regressed at network time tau = a + (b - a) t with target
 u_t / (b - a). With one time point k left out, the skip pair (k-1, k+1) thus uses time
 2t + (k-1) and target u/2, so the flow still takes one unit of tau per observed interval.
 The loss is the mean squared error over all intervals' samples together.
+
+SF2M also learns the score s(x, tau) of the populations between the observations (its score
+term, :meth:`otcfm.matchers.SF2M.score_residual`, pooled over the intervals like the flow
+term). Its reference process is sigma W in index time, so the interval (a, b) is the Brownian
+bridge of sigma sqrt(b - a) over t in [0, 1]: the SDE dx = [v + (sigma^2 / 2) s] dtau +
+sigma dW_tau has one diffusion coefficient across every interval, the skip pair included.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from torch import Tensor, nn
 from otcfm.couplings import Pairing
 from otcfm.data import sample_batch
 from otcfm.data.timeseries import TimeSeries
-from otcfm.matchers import FlowMatcher, matcher, preset_defaults
+from otcfm.matchers import SF2M, FlowMatcher, matcher, preset_defaults
+from otcfm.paths import BrownianBridgePath
 from otcfm.train.config import ModelConfig
 from otcfm.train.datasets import stream
 from otcfm.train.loop import Engine, LoopSettings, build_model
@@ -42,10 +49,11 @@ __all__ = [
     "multimarginal_loss",
 ]
 
-METHODS = ("otcfm", "icfm", "sbcfm")
+METHODS = ("otcfm", "icfm", "sbcfm", "sf2m")
 # sigma when none is given: the presets' own (otcfm.matchers, the one home of the defaults): the
 # paper's 0.1 for OT-CFM and I-CFM, 1.0 for SB-CFM (entropic reg 2 sigma^2 = 2)
 DEFAULT_SIGMA: dict[str, float] = {m: float(preset_defaults(m)["sigma"]) for m in METHODS}
+SCORE_METHODS = ("sf2m",)  # fits that learn a score too (a drift-and-score network; SDE)
 # SB-CFM's plan at a small sigma (0.1: reg 0.02, costs ~1-50 on whitened data) converges
 # slowly: the default tol 1e-6 costs ~80 ms per 128 x 128 coupling, 1e-2 (1% of the mass off
 # the uniform marginals) ~20 ms, which keeps a 5-seed benchmark affordable on a CPU.
@@ -92,7 +100,7 @@ class FitSpec:
 def build_matcher(method: str, sigma: float) -> FlowMatcher:
     """The registry preset: otcfm (exact OT), icfm (independent), sbcfm (Brownian bridge,
     entropic OT with the preset's reg 2 sigma^2, Sinkhorn stopped at marginal L1 error
-    :data:`SB_SINKHORN_TOL`)."""
+    :data:`SB_SINKHORN_TOL`), sf2m (Brownian bridge and score, exact OT as its preset)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "sbcfm":
@@ -135,21 +143,40 @@ def multimarginal_loss(
     interval's :class:`~otcfm.couplings.Pairing` (e.g. to record the coupling's
     convergence). Returns a 0-dim float32 tensor.
     """
-    xs, taus, targets = [], [], []
+    xs, taus, targets, samples, spans = [], [], [], [], []
     for a, b in pairs:
         n = min(batch_size, populations[a].shape[0], populations[b].shape[0])
         x0 = sample_batch(populations[a], n, generator)
         x1 = sample_batch(populations[b], n, generator)
-        pair = fm.coupling(x0, x1, generator=generator)  # what fm.sample(x0, x1) would draw
+        span = float(b - a)
+        interval = _for_span(fm, span)
+        pair = interval.coupling(x0, x1, generator=generator)  # what sample(x0, x1) would draw
         if on_pair is not None:
             on_pair(pair)
-        s = fm.sample(pair, generator=generator)
-        span = float(b - a)
+        s = interval.sample(pair, generator=generator)
         xs.append(s.xt)
         taus.append(a + span * s.t)
         targets.append(s.ut / span)
-    v = model(torch.cat(xs), torch.cat(taus))
-    return (v.float() - torch.cat(targets).float()).pow(2).mean()
+        samples.append((interval, s))
+        spans.append(span)
+    if not isinstance(fm, SF2M):
+        v = model(torch.cat(xs), torch.cat(taus))
+        return (v.float() - torch.cat(targets).float()).pow(2).mean()
+    v, score = model(torch.cat(xs), torch.cat(taus), head="both")
+    flow = (v.float() - torch.cat(targets).float()).pow(2).mean()
+    residuals = [m.score_residual(part, s)
+                 for (m, s), part in zip(samples, score.split([len(x) for x in xs]),
+                                         strict=True)]
+    return flow + torch.cat(residuals).pow(2).mean()
+
+
+def _for_span(fm: FlowMatcher, span: float) -> FlowMatcher:
+    """The matcher of an interval of ``span`` index-time units: ``fm`` itself, except SF2M,
+    whose bridge over the interval is sigma sqrt(span) (the reference sigma W in index time)."""
+    if not isinstance(fm, SF2M) or span == 1.0:
+        return fm
+    return SF2M(BrownianBridgePath(fm.sigma * math.sqrt(span)), fm.coupling, fm.time_sampler,
+                name=fm.name)
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,7 +204,6 @@ class TimeSeriesObjective:
     """
 
     metrics: tuple[str, ...] = ()
-    needs_score = False
 
     def __init__(self, ts: TimeSeries, spec: FitSpec, *, device: str | torch.device = "cpu"
                  ) -> None:
@@ -188,6 +214,7 @@ class TimeSeriesObjective:
         self.pairs = intervals(ts.n_times, spec.left_out)
         self.populations = [p.to(device) for p in ts.populations()]
         self.matcher = build_matcher(spec.method, spec.sigma)
+        self.needs_score = spec.method in SCORE_METHODS
         self.event_shape: tuple[int, ...] = (ts.dim,)
         self._tally = ConvergenceTally(self.matcher.coupling)
         #: log.csv columns of the coupling's convergence (SB-CFM's entropic plans)
@@ -316,6 +343,7 @@ def model_from_state(state: dict[str, Any], dim: int) -> nn.Module:
 
 
 def _network(spec: FitSpec, dim: int, generator: torch.Generator | None = None) -> nn.Module:
-    """The paper's MLP v(x, tau) of the spec's width, depth and activation."""
+    """The paper's MLP v(x, tau) of the spec's width, depth and activation (SF2M: a
+    :class:`otcfm.models.DriftScore` of two such MLPs)."""
     cfg = ModelConfig(width=spec.width, depth=spec.depth, activation=spec.activation)
-    return build_model(cfg, (dim,), generator=generator)
+    return build_model(cfg, (dim,), score=spec.method in SCORE_METHODS, generator=generator)

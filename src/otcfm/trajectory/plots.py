@@ -3,6 +3,7 @@ principal components of all cells), and W1 per left-out time. matplotlib is impo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +118,9 @@ def plot_w1_per_time(
     plt = _plt()
     methods = list(table)
     times = sorted({k for m in methods for k in table[m]})
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(times) * max(1, len(methods)) / 3, 3.6))
+    ncol = min(4, max(1, len(methods)))  # legend columns; rows above the bars
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 + 1.4 * len(times) * len(methods) / 3),
+                                    3.6 + 0.25 * math.ceil(len(methods) / ncol)))
     width = 0.8 / max(1, len(methods))
     lows: list[float] = []
     highs: list[float] = []
@@ -137,8 +140,9 @@ def plot_w1_per_time(
     ax.set_ylabel("W1 to the held-out cells")
     lo, hi = [v for v in lows if v == v], [v for v in highs if v == v]
     if lo and hi:  # zoom in (differences are small next to W1); room for the legend on top
-        ax.set_ylim(0.9 * min(lo), max(hi) + 0.25 * (max(hi) - 0.9 * min(lo)))
-    ax.legend(fontsize=7, loc="upper left", ncol=max(1, len(methods)))
+        top = 0.25 + 0.12 * math.ceil(len(methods) / ncol)
+        ax.set_ylim(0.9 * min(lo), max(hi) + top * (max(hi) - 0.9 * min(lo)))
+    ax.legend(fontsize=7, loc="upper left", ncol=ncol)
     if title:
         ax.set_title(title, fontsize=10)
     return _save(fig, path)

@@ -5,6 +5,12 @@ time with 100 Euler steps; W1 and MMD against the true cells at k).
 Times given as ``tau`` are index times (tau = k is the k-th observed population); functions
 taking ``t`` use the observation times of a :class:`TimeSeries` and convert with
 ``ts.to_index``.
+
+Every function moves cells along the probability-flow ODE by default. An SF2M fit (a drift and
+a score network) can instead move them along its SDE, dx = [v + (sigma^2 / 2) s] dtau +
+sigma dW (backwards in time: the time reversal), with ``sde=SDE(sigma, generator)``: Euler-
+Maruyama at the same steps per unit of index time, the Brownian increments drawn from the
+generator only.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ from torch import Tensor
 from otcfm.couplings import ExactOT
 from otcfm.data.timeseries import TimeSeries
 from otcfm.metrics import mmd, wasserstein
-from otcfm.sampling import Trajectory, integrate
+from otcfm.sampling import Trajectory, integrate, integrate_sde
 
 __all__ = [
+    "SDE",
     "Score",
     "evaluate_intervals",
     "evaluate_left_out",
@@ -52,6 +59,32 @@ def score(pred: Tensor, true: Tensor) -> Score:
                  int(true.shape[0]))
 
 
+@dataclass(frozen=True, eq=False)
+class SDE:
+    """Sample the bridge SDE of a drift-and-score model (SF2M) instead of its ODE: diffusion
+    ``sigma`` per unit of index time (the fit's sigma), increments from ``generator``."""
+
+    sigma: float
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma)
+                and self.sigma > 0):
+            raise ValueError(f"SDE sigma must be a positive number, got {self.sigma!r}")
+
+
+def _check_sde(model: Model, sde: SDE | None) -> None:
+    if sde is not None and not callable(getattr(model, "score", None)):
+        raise ValueError("SDE sampling needs a model with a score (an SF2M fit); this one has "
+                         "only a drift: use the ODE")
+
+
+def _sde_leg(model: Model, x: Tensor, tau0: float, tau1: float, steps: int, sde: SDE
+             ) -> Tensor:
+    return integrate_sde(model, x, sigma=sde.sigma, steps=steps, t0=tau0, t1=tau1,
+                         reverse=tau1 < tau0, generator=sde.generator, save="ends").x_final
+
+
 def _steps(steps_per_unit: int, span: float) -> int:
     if isinstance(steps_per_unit, bool) or not isinstance(steps_per_unit, int) or (
         steps_per_unit < 1
@@ -61,13 +94,18 @@ def _steps(steps_per_unit: int, span: float) -> int:
 
 
 def push(
-    model: Model, x: Tensor, tau0: float, tau1: float, *, steps_per_unit: int = 100
+    model: Model, x: Tensor, tau0: float, tau1: float, *, steps_per_unit: int = 100,
+    sde: SDE | None = None,
 ) -> Tensor:
     """Cells x (n, d) at index time tau0 moved along the flow to tau1 (Euler,
-    ``steps_per_unit`` steps per unit of tau; backwards when tau1 < tau0). (n, d)."""
+    ``steps_per_unit`` steps per unit of tau; backwards when tau1 < tau0), or along the SDE
+    (``sde``). (n, d)."""
+    _check_sde(model, sde)
     if tau0 == tau1:
         return x.clone()
     steps = _steps(steps_per_unit, tau1 - tau0)
+    if sde is not None:
+        return _sde_leg(model, x, tau0, tau1, steps, sde)
     traj = integrate(model, x, method="euler", steps=steps, t0=tau0, t1=tau1, save="ends",
                      energy=False)
     return traj.x_final
@@ -80,25 +118,37 @@ def trajectories(
     taus: Sequence[float],
     *,
     steps_per_unit: int = 100,
+    sde: SDE | None = None,
 ) -> Trajectory:
     """Paths of individual cells x (n, d) from tau0 through the index times ``taus``
     (monotone, all on one side of tau0); ``xs[m]`` is the state at ``ts[m]``, ``xs[0] = x``.
+    With ``sde``: stochastic paths, each leg between consecutive times its own steps.
     """
+    _check_sde(model, sde)
     out = [float(tau0), *(float(t) for t in taus)]
     if len(out) < 2:
         raise ValueError("taus needs at least one time")
     span = out[-1] - out[0]
+    if sde is not None:
+        legs = list(zip(out[:-1], out[1:], strict=True))
+        if any((b - a) * span <= 0 for a, b in legs):
+            raise ValueError(f"taus must move away from tau0 monotonically, got {out[1:]}")
+        xs = [x.clone()]
+        for a, b in legs:
+            xs.append(_sde_leg(model, xs[-1], a, b, _steps(steps_per_unit, b - a), sde))
+        return Trajectory(xs=torch.stack(xs), ts=torch.tensor(out, dtype=torch.float32),
+                          nfe=0, energy=None)
     return integrate(model, x, method="euler", steps=_steps(steps_per_unit, span), times=out,
                      energy=False)
 
 
 def predict_left_out(
-    model: Model, ts: TimeSeries, k: int, *, steps_per_unit: int = 100
+    model: Model, ts: TimeSeries, k: int, *, steps_per_unit: int = 100, sde: SDE | None = None
 ) -> Tensor:
     """Every cell of time k-1 pushed forward one unit of index time: the prediction at k."""
     if not 0 < k < ts.n_times:
         raise ValueError(f"k must be in [1, {ts.n_times - 1}], got {k!r}")
-    return push(model, ts.at(k - 1), k - 1, k, steps_per_unit=steps_per_unit)
+    return push(model, ts.at(k - 1), k - 1, k, steps_per_unit=steps_per_unit, sde=sde)
 
 
 def evaluate_left_out(
@@ -108,9 +158,10 @@ def evaluate_left_out(
     *,
     steps_per_unit: int = 100,
     reference: Tensor | None = None,
+    sde: SDE | None = None,
 ) -> Score:
     """Leave-one-out score: prediction at k against the true cells at k (or ``reference``)."""
-    pred = predict_left_out(model, ts, k, steps_per_unit=steps_per_unit)
+    pred = predict_left_out(model, ts, k, steps_per_unit=steps_per_unit, sde=sde)
     return score(pred, ts.at(k) if reference is None else reference)
 
 
@@ -146,6 +197,7 @@ def predict_at(
     *,
     start: int | None = None,
     steps_per_unit: int = 100,
+    sde: SDE | None = None,
 ) -> Tensor:
     """The population at observation time ``t`` (any real value): the cells of observed time
     index ``start`` (default: the last observed time at or before t, or the first one when t
@@ -155,4 +207,5 @@ def predict_at(
         start = max(0, min(int(math.floor(tau + 1e-9)), ts.n_times - 1))
     if not 0 <= start < ts.n_times:
         raise ValueError(f"start must be a time index in [0, {ts.n_times - 1}], got {start!r}")
-    return push(model, ts.at(start), float(start), tau, steps_per_unit=steps_per_unit)
+    return push(model, ts.at(start), float(start), tau, steps_per_unit=steps_per_unit,
+                sde=sde)

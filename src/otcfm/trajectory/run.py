@@ -38,6 +38,7 @@ from otcfm.train.runfolder import RunFolder, merged_metrics, newest_checkpoint
 from otcfm.trajectory.config import DataSection, TrajectoryConfig
 from otcfm.trajectory.fit import FitSpec, Fitter, model_from_state
 from otcfm.trajectory.predict import (
+    SDE,
     evaluate_intervals,
     evaluate_left_out,
     interpolation_baseline,
@@ -314,10 +315,18 @@ def evaluate_trajectory_run(
         base = score(interpolation_baseline(ts, k, generator=stream(run.cfg.seed, "baseline")),
                      ts.at(k))
         ev.update(w1=s.w1, mmd=s.mmd, baseline_w1=base.w1, baseline_mmd=base.mmd)
+        truth = None
         if run.data.synthetic is not None:
             truth = run.data.truth(ts.times[k], ts.counts[k], stream(run.cfg.seed, "truth"))
             pred = predict_left_out(run.model, ts, k, steps_per_unit=steps)
             ev["w1_truth"] = score(pred, truth).w1
+        if callable(getattr(run.model, "score", None)):  # SF2M: its SDE as well
+            pred = predict_left_out(run.model, ts, k, steps_per_unit=steps,
+                                    sde=run_sde(run, None))
+            s = score(pred, ts.at(k))
+            ev.update(w1_sde=s.w1, mmd_sde=s.mmd)
+            if truth is not None:
+                ev["w1_truth_sde"] = score(pred, truth).w1
     ev["eval_seconds"] = time.perf_counter() - start
     run_dir = run.run_dir
     # every output is written only once all of them were made, each atomically
@@ -328,6 +337,16 @@ def evaluate_trajectory_run(
                           run_dir / "metrics.json")
         staged.write_text(_report(run, ev), run_dir / "report.md")
     return ev
+
+
+def run_sde(run: TrajectoryRun, seed: int | None) -> SDE:
+    """The SDE of an SF2M run (its sigma), noise from ``stream(seed or the run's, "sde")``;
+    a clear error for a run without a score."""
+    if not callable(getattr(run.model, "score", None)):
+        raise ValueError(f"{run.run_dir} is a {run.cfg.method.name} run without a score "
+                         "network: only SF2M runs (--method sf2m) sample the SDE")
+    return SDE(spec_from_config(run.cfg).sigma,
+               stream(run.cfg.seed if seed is None else seed, "sde"))
 
 
 def _plot(run: TrajectoryRun, steps: int, path: Path) -> None:
@@ -368,6 +387,8 @@ def _report(run: TrajectoryRun, ev: dict[str, Any]) -> str:
             "| prediction | W1 | MMD |",
             "|---|---|---|",
             f"| {cfg.method.name} | {ev['w1']:.4f} | {ev['mmd']:.4g} |",
+            *([f"| {cfg.method.name}, SDE (Euler-Maruyama) | {ev['w1_sde']:.4f} | "
+               f"{ev['mmd_sde']:.4g} |"] if "w1_sde" in ev else []),
             f"| linear interpolation of exact OT pairs | {ev['baseline_w1']:.4f} | "
             f"{ev['baseline_mmd']:.4g} |",
         ]
