@@ -1,9 +1,14 @@
-"""The shared cell runner: cache first, costliest first, dependencies, failures kept apart."""
+"""The shared cell runner: cache first, costliest first, dependencies, failures kept apart;
+the code fingerprint of the cache keys."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 
+from otcfm.experiments import _cells
 from otcfm.experiments._cells import CellProgress, run_cells
 
 
@@ -97,3 +102,44 @@ def test_fail_fast_raises_the_first_error_and_runs_nothing_after_it():
         assert "bad cell 2" in str(err)
     else:
         raise AssertionError("fail_fast did not raise in the pool")
+
+
+def _with_changed_line(monkeypatch, tmp_path, module: str) -> None:
+    """Make ``module``'s source, as the fingerprint reads it, differ by one appended line."""
+    original = _cells._source
+    path = original(module)
+    changed = tmp_path / path.name
+    changed.write_text(path.read_text() + "\n# a changed line\n")
+    monkeypatch.setattr(_cells, "_source", lambda m: changed if m == module else original(m))
+
+
+def test_a_changed_line_of_a_dependency_changes_the_code_fingerprint(monkeypatch, tmp_path):
+    """The 2-D cells depend on otcfm.paths (through the matchers) and on the models package's
+    relatively imported MLP; not on the page generator."""
+    fingerprint = _cells.code_fingerprint.__wrapped__
+    before = fingerprint("otcfm.experiments.two_dim")
+    assert before == _cells.code_fingerprint("otcfm.experiments.two_dim")
+    for module, changes in (("otcfm.paths", True), ("otcfm.models.mlp", True),
+                            ("otcfm.experiments.two_dim_report", False)):
+        with monkeypatch.context() as m:
+            _with_changed_line(m, tmp_path, module)
+            after = fingerprint("otcfm.experiments.two_dim")
+        assert (after["code"] != before["code"]) is changes, module
+        assert after["version"] == before["version"] and after["modules"] == before["modules"]
+    with pytest.raises(ValueError, match="not a module"):
+        fingerprint("numpy")
+
+
+def test_a_cached_cell_goes_stale_when_its_code_changes(monkeypatch, tmp_path):
+    from otcfm.experiments import two_dim
+    from otcfm.experiments.two_dim import Cell, Protocol
+
+    p = Protocol(steps=5)
+    cell = Cell("gaussian-moons", "icfm", 42)
+    path = cell.run_dir(tmp_path) / "cell.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"w2": 1.0, "protocol": p.fingerprint()}))
+    assert two_dim.cached_record(cell, p, tmp_path) == {"w2": 1.0, "protocol": p.fingerprint()}
+    stale = {**_cells.code_fingerprint("otcfm.experiments.two_dim"), "code": "0" * 16}
+    monkeypatch.setattr(_cells, "code_fingerprint", lambda module: stale)
+    assert two_dim.cached_record(cell, p, tmp_path) is None

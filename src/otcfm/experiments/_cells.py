@@ -9,15 +9,21 @@ for ``fail_fast``: then the first error cancels the cells not started and is rai
 
 from __future__ import annotations
 
+import ast
+import functools
+import hashlib
 import multiprocessing
 import sys
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+
+import otcfm
 
 Record = dict[str, Any]
 
@@ -28,6 +34,69 @@ class CellResult:
     record: Record | None
     cached: bool = False
     error: str = ""
+
+
+# --------------------------------------------------------------------------- code fingerprints
+_PACKAGE = Path(otcfm.__file__).parent
+
+
+def _source(module: str) -> Path | None:
+    """The file of ``otcfm.a.b`` (``a/b.py`` or ``a/b/__init__.py``), None outside otcfm."""
+    parts = module.split(".")
+    if parts[0] != "otcfm":
+        return None
+    base = _PACKAGE.joinpath(*parts[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imports(module: str, path: Path) -> set[str]:
+    """The otcfm modules ``path`` imports anywhere (top level or inside functions), with the
+    packages on the way (their ``__init__`` runs too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the module's package, level - 1 packages up
+                package = module.split(".")
+                if path.name != "__init__.py":
+                    package = package[:-1]
+                package = package[: len(package) - (node.level - 1)]
+                base = ".".join(package + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            found.update(".".join(parts[:k]) for k in range(1, len(parts) + 1))
+    return {m for m in found if m != module and _source(m) is not None}
+
+
+@functools.cache
+def code_fingerprint(module: str) -> dict[str, Any]:
+    """The package version and a SHA-256 over the source of ``module`` and of every otcfm
+    module it imports, transitively (:func:`_imports`): the code a cell run by ``module``
+    depends on. A recipe puts it in its cache key, so that a changed line of any of these
+    files makes the cached cells stale; report and command-line modules stay outside."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = _source(name)
+        if path is None:
+            raise ValueError(f"{name!r} is not a module of the otcfm package")
+        seen.add(name)
+        todo.extend(_imports(name, path) - seen)
+    digest = hashlib.sha256()
+    for name in sorted(seen):
+        digest.update(name.encode() + b"\0" + _source(name).read_bytes() + b"\0")  # type: ignore[union-attr]
+    return {"version": otcfm.__version__, "code": digest.hexdigest()[:16],
+            "modules": len(seen)}
 
 
 def _one_thread() -> None:

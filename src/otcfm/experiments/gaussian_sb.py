@@ -132,9 +132,12 @@ class Protocol:
     workers: int = 0  # coupling threads per cell (numbers do not depend on it)
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that changes a cell's numbers (workers do not)."""
+        """Everything that changes a cell's numbers (workers do not), with the package version
+        and the hash of the code a cell runs (:func:`otcfm.experiments._cells.code_fingerprint`).
+        """
         d = asdict(self)
         d.pop("workers")
+        d["code"] = _cells.code_fingerprint(__name__)
         return d
 
     @property

@@ -67,8 +67,6 @@ EULER_STEPS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 100)
 SEEDS: tuple[int, ...] = (0, 1, 2)
 #: digits held out of every cell's training as the FD reference (digits have no test split)
 DIGITS_REFERENCE = 500
-#: bumped when a change of this module changes a cell's numbers (part of the fingerprint)
-RECIPE_VERSION = 1
 #: Euler step counts whose first samples are kept for the sample grids
 GRID_STEPS: tuple[int, ...] = (2, 8, 100)
 GRID_N = 64
@@ -117,11 +115,12 @@ class Protocol:
             raise ValueError(f"guidance scales must be >= 0, got {self.guidance}")
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that changes a cell's numbers, and the recipe's version."""
+        """Everything that changes a cell's numbers, with the package version and the hash of
+        the code a cell runs (:func:`otcfm.experiments._cells.code_fingerprint`)."""
         d = asdict(self)
         d["euler_steps"] = list(self.euler_steps)
         d["guidance"] = list(self.guidance)
-        d["recipe"] = RECIPE_VERSION
+        d["code"] = _cells.code_fingerprint(__name__)
         return d
 
     def digest(self) -> str:

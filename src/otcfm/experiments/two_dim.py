@@ -89,7 +89,9 @@ class Protocol:
     nll_tol: float = 1e-5  # dopri5 atol = rtol of the test NLL (float64)
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that changes a cell's numbers (workers do not)."""
+        """Everything that changes a cell's numbers (workers do not), with the package version
+        and the hash of the code a cell runs (:func:`otcfm.experiments._cells.code_fingerprint`).
+        """
         d = asdict(self)
         d.pop("workers")
         d["euler_steps"] = list(self.euler_steps)
@@ -99,6 +101,7 @@ class Protocol:
             d.pop("sigmas")  # keeps the fingerprints of cells run before the option existed
         if not self.ema:
             d.pop("ema")  # likewise
+        d["code"] = _cells.code_fingerprint(__name__)  # a changed line of code: a stale cell
         return d
 
     def sigma(self, method: str) -> float:
