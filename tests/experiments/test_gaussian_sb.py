@@ -21,6 +21,7 @@ from otcfm.experiments.gaussian_sb import (
     kl_curve,
     sample_cell,
     sb_marginal,
+    score_check,
 )
 from otcfm.experiments.gaussian_sb_cli import main
 from otcfm.experiments.gaussian_sb_report import PROBES_FILE, kl_floor
@@ -140,6 +141,24 @@ def test_exact_model_scores_near_the_floor(sampler):
         assert bad[-1] > 0.5
 
 
+def test_score_check_is_one_for_the_exact_score_and_sees_a_shrunk_one():
+    """The slope fraction of the exact score is 1 and its error 0 at every t; a score shrunk
+    by 0.9 scores 0.9 and error 0.01 (exactly: the check is linear in s)."""
+    p = Protocol()
+    exact = DriftScore(Exact(p.a, p.sigma, False), Exact(p.a, p.sigma, True))
+
+    class Shrunk(nn.Module):
+        def forward(self, x, t):
+            return 0.9 * Exact(p.a, p.sigma, True)(x, t)
+
+    shrunk = DriftScore(Exact(p.a, p.sigma, False), Shrunk())
+    for t in (0.0, 0.3, 1.0):
+        slope, error = score_check(exact, t, 5, p, gen(4))
+        assert slope == pytest.approx(1.0, abs=1e-6) and error < 1e-12
+        slope, error = score_check(shrunk, t, 5, p, gen(4))
+        assert slope == pytest.approx(0.9, abs=1e-6) and error == pytest.approx(0.01, rel=1e-5)
+
+
 class _Neg(nn.Module):
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
@@ -167,6 +186,10 @@ def test_quick_bench_writes_records_page_and_figure_then_caches(tmp_path, capsys
     page = (out / "gaussian_sb.md").read_text()
     assert "SB-CFM, paper" in page and "otcfm bench gaussian-sb --quick" in page
     assert (out / "gaussian_sb" / "kl_vs_t.png").stat().st_size > 5_000
+    for r in records:  # SF2M cells check their score at every grid time
+        assert (len(r.get("score_slope_t", [])) == 11) is (r["method"] == "sf2m")
+    assert "## SF2M's learned score against the exact one" in page
+    assert (out / "gaussian_sb" / "score_vs_t.png").stat().st_size > 5_000
     capsys.readouterr()
     assert main(argv) == 0  # every cell cached now
     assert capsys.readouterr().out.count("(cached)") == 4

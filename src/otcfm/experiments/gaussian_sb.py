@@ -97,6 +97,26 @@ def fitted_kl(x: Tensor, t: float, a: float, sigma: float) -> float:
     return gaussian_kl(mean, cov, torch.full_like(mean, m), v)
 
 
+SCORE_POINTS = 4_000  # samples of q_t on which a learned score is compared with q_t's
+
+
+def score_check(model: torch.nn.Module, t: float, dim: int, p: Protocol,
+                generator: torch.Generator) -> tuple[float, float]:
+    """The learned score s(x, t) against the exact score of q_t = N(m 1, v I), -(x - m) / v,
+    on SCORE_POINTS samples of q_t: the slope fraction -E[s . (x - m)] v / E|x - m|^2 (1 for
+    the exact score, below 1 for a score shrunk towards 0) and the relative squared error
+    E|s - s*|^2 / E|s*|^2."""
+    m, v = sb_marginal(t, p.a, p.sigma)
+    x = m + math.sqrt(v) * torch.randn(SCORE_POINTS, dim, generator=generator)
+    with torch.no_grad():
+        s = model.score(x, torch.full((SCORE_POINTS,), t)).double()
+    x = x.double()
+    exact = -(x - m) / v
+    slope = float(-(s * (x - m)).sum() * v / (x - m).pow(2).sum())
+    error = float((s - exact).pow(2).sum() / exact.pow(2).sum())
+    return slope, error
+
+
 def sample_gaussians(
     n: int, dim: int, a: float, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
@@ -283,6 +303,9 @@ def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
     if sampler == "sde":  # the same model's probability flow, for comparison
         kl_ode = kl_curve(sample_cell(run.model, x0, cell, p, "ode"), p)
         record.update(kl_ode_t1=kl_ode[-1], kl_ode_mean=sum(kl_ode) / len(kl_ode))
+        g = stream(cell.seed, "gaussian-sb", "score", str(cell.dim))
+        checks = [score_check(run.model, t, cell.dim, p, g) for t in p.times]
+        record.update(score_slope_t=[c[0] for c in checks], score_error_t=[c[1] for c in checks])
     record["eval_seconds"] = time.perf_counter() - start
     record["protocol"] = p.fingerprint()
     write_text_atomic(json.dumps(record, indent=1) + "\n", cell.run_dir(runs) / "cell.json")

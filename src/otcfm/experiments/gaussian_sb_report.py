@@ -2,7 +2,8 @@
 
 Files in the report folder: ``gaussian_sb.json`` (one record per cell), ``gaussian_sb_run.json``
 (the command, date, machine and protocol of the run that wrote them), ``gaussian_sb.md`` and
-``gaussian_sb/kl_vs_t.png``. The page's notes quote probe measurements from
+``gaussian_sb/kl_vs_t.png`` (and ``gaussian_sb/score_vs_t.png`` when the SF2M records carry the
+score check). The page's notes quote probe measurements from
 ``gaussian_sb_probes.json`` when that record is in the folder; every number on the page comes
 from these files or from published.json (the paper's table).
 """
@@ -64,6 +65,9 @@ def write_outputs(
     if records:
         figure = kl_figure(records, out / "gaussian_sb" / "kl_vs_t.png", meta["protocol"])
         written.append(figure)
+        if any("score_slope_t" in r for r in records):
+            written.append(score_figure(records, out / "gaussian_sb" / SCORE_FIGURE,
+                                        meta["protocol"]))
     page = markdown(records, run, figure, out, probes=read_probes(out))
     written.insert(2, write_text_atomic(page, out / "gaussian_sb.md"))
     return written
@@ -177,6 +181,8 @@ def markdown(
         parts.append(_ode_of_sf2m(groups, dims, p["euler_steps"]))
     if figure is not None:
         parts.append(f"![KL against t]({figure.relative_to(out).as_posix()})\n")
+    if any("score_slope_t" in r for r in records):
+        parts.append(_score_section(groups, dims, p, out))
     parts.append(_notes(meta, groups, p, probes))
     return "\n".join(parts)
 
@@ -431,6 +437,73 @@ def kl_figure(records: Sequence[dict[str, Any]], path: Path, p: dict[str, Any]) 
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.suptitle(f"Gaussian Schrödinger bridge, sigma = {p['sigma']:g}: KL of the learned "
                  f"marginals ({p['euler_steps']} steps; mean ± std over seeds)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+SCORE_FIGURE = "score_vs_t.png"
+SCORE_TIMES = (0.0, 0.05, 0.5, 0.95, 1.0)  # the table's columns
+
+
+def _score_section(groups, dims: list[int], p: dict[str, Any], out: Path) -> str:
+    times = [k / p["euler_steps"] for k in range(p["euler_steps"] + 1)]
+    cols = [times.index(t) for t in SCORE_TIMES if t in times]
+    lines = [
+        "## SF2M's learned score against the exact one\n",
+        "On samples of q_t, the slope fraction -E[s . (x - m)] v / E|x - m|^2 of the learned "
+        "score s (1: the exact score -(x - m) / v of q_t; below 1: shrunk towards 0), mean ± "
+        "std over seeds. q_t is the marginal of the entropic coupling's bridge; the exact "
+        "coupling's marginals equal it at t = 0 and 1 only (in between its variance is "
+        "larger, so its exact slope fraction there is below 1).\n",
+        "| coupling | d | " + " | ".join(f"t = {times[c]:g}" for c in cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+    ]
+    for coupling in COUPLINGS:
+        for d in dims:
+            g = [r for r in groups.get(("sf2m", coupling, d), []) if "score_slope_t" in r]
+            if not g:
+                continue
+            cells = [fmt(*mean_std([r["score_slope_t"][c] for r in g])) for c in cols]
+            lines.append(f"| {coupling} | {d} | " + " | ".join(cells) + " |")
+    figure = out / "gaussian_sb" / SCORE_FIGURE
+    if figure.is_file():
+        lines.append(f"\n![score slope against t]({figure.relative_to(out).as_posix()})")
+    return "\n".join(lines) + "\n"
+
+
+def score_figure(records: Sequence[dict[str, Any]], path: Path, p: dict[str, Any]) -> Path:
+    """SF2M's score slope fraction and relative error against t, per dimension."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = groups_of(records)
+    dims = sorted({r["dim"] for r in records if "score_slope_t" in r})
+    times = [k / p["euler_steps"] for k in range(p["euler_steps"] + 1)]
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
+    for i, d in enumerate(dims):
+        for coupling, ls in (("exact", "--"), ("entropic", "-")):
+            g = [r for r in groups.get(("sf2m", coupling, d), []) if "score_slope_t" in r]
+            if not g:
+                continue
+            for ax, key in zip(axes, ("score_slope_t", "score_error_t"), strict=True):
+                curve = np.asarray([r[key] for r in g], dtype=float).mean(0)
+                ax.plot(times, curve, color=f"C{i}", ls=ls, label=f"d = {d}, {coupling}")
+    axes[0].axhline(1.0, color="grey", lw=0.8, ls=":")
+    axes[0].set_ylabel("slope fraction of the learned score")
+    axes[1].set_ylabel("|s - s*|^2 / |s*|^2")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("t")
+    axes[1].legend(fontsize=6, ncol=2)
+    fig.suptitle(f"SF2M's score against q_t's (sigma = {p['sigma']:g}, mean over seeds)",
+                 fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
