@@ -455,6 +455,17 @@ def shortfalls(data: dict[str, Any], dataset: str, acc: dict[str, Any] | None) -
                    "bottleneck, which it cannot do exactly; a likely cause of the speckle in the "
                    "samples (not tested here).")
     cells = [c for c in data["cells"] if c["dataset"] == dataset]
+    scored = [c for c in cells if "likelihood" in c]
+    if scored:
+        best = min(scored, key=lambda c: c["likelihood"]["bits_per_dim"])
+        levels = best["likelihood"]["levels"]
+        uniform = math.log2(levels)
+        if best["likelihood"]["bits_per_dim"] > 0.75 * uniform:
+            out.append(
+                f"The lowest bits/dim ({best['likelihood']['bits_per_dim']:.3f}, "
+                f"{LABELS[best['method']]}, seed {best['seed']}) is close to the "
+                f"{uniform:.3f} of the uniform density on [-1, 1] per pixel ({levels} levels): "
+                "the flows' densities are nearly as spread as no model at all.")
     train = {m: [c["train_seconds"] for c in cells if c["method"] == m] for m in METHODS}
     if train.get("icfm") and train.get("otcfm"):
         ratio = statistics.fmean(train["otcfm"]) / statistics.fmean(train["icfm"])
