@@ -437,13 +437,7 @@ def kl_figure(records: Sequence[dict[str, Any]], path: Path, p: dict[str, Any]) 
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.suptitle(f"Gaussian Schrödinger bridge, sigma = {p['sigma']:g}: KL of the learned "
                  f"marginals ({p['euler_steps']} steps; mean ± std over seeds)", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save_figure(fig, path)
 
 
 SCORE_FIGURE = "score_vs_t.png"
@@ -504,6 +498,13 @@ def score_figure(records: Sequence[dict[str, Any]], path: Path, p: dict[str, Any
     axes[1].legend(fontsize=6, ncol=2)
     fig.suptitle(f"SF2M's score against q_t's (sigma = {p['sigma']:g}, mean over seeds)",
                  fontsize=9)
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write ``path`` atomically (a temporary file renamed) and close ``fig``."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
