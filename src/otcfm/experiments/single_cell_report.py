@@ -30,6 +30,11 @@ PUBLISHED: dict[str, dict[str, tuple[float, float]]] = mean_std_table(_SINGLE_CE
 PUBLISHED_NAMES: dict[str, str] = dict(_SINGLE_CELL["names"])
 
 
+def method_label(entry: str) -> str:
+    """A method entry's name without its sampler: 'sf2m:0.1' -> 'SF2M (σ=0.1)'."""
+    return label(entry).replace(" (ODE)", "")
+
+
 def label(entry: str) -> str:
     """Display name of a method entry: 'sbcfm' -> 'SB-CFM', 'sbcfm:0.1' -> 'SB-CFM (σ=0.1)'."""
     base, _, sigma = entry.partition(":")
@@ -153,7 +158,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _sigmas(report: dict[str, Any]) -> str:
-    parts = [f"{s:g} ({label(m)})" for m, s in report["sigmas"].items()]
+    parts = [f"{s:g} ({method_label(m)})" for m, s in report["sigmas"].items()]
     text = ", ".join(parts) + " (SB-CFM: entropic OT with reg 2 sigma^2"
     sb = {s for m, s in report["sigmas"].items() if m.partition(":")[0] == "sbcfm"}
     if len(sb) > 1:  # say why there are several SB-CFM rows
@@ -178,6 +183,21 @@ def _verdict(summary: dict[str, Any], synthetic: bool) -> str:
             word = "lower" if ot < v else "NOT lower"
             lines.append(f"- OT-CFM's mean W1 ({ot:.3f}) is {word} than {label(other)}'s "
                          f"({v:.3f}){_paired(summary['otcfm']['w1'], summary[other]['w1'])}.")
+    for m in summary:  # an SF2M fit along its SDE against the same fits' ODE
+        base, sep, sigma = m.partition(":")
+        if base.endswith("-sde") and f"{base[:-4]}{sep}{sigma}" in summary:
+            ode = summary[f"{base[:-4]}{sep}{sigma}"]["w1"]
+            paired = paired_difference(summary[m]["w1"].get("per_seed", {}),
+                                       ode.get("per_seed", {}))
+            if paired is not None and paired[1] is not None:
+                mean, se, n = paired
+                worse = mean > 2 * se
+                lines.append(
+                    f"- {label(m)} against the same fits' ODE: W1 {mean:+.3f} ± {se:.3f} "
+                    f"(paired over {n} seeds), {'outside' if abs(mean) > 2 * se else 'within'} "
+                    "the seed noise" + ("; a likely cause: the learned score, whose "
+                                        "shrinkage docs/results/gaussian_sb.md measures." if worse
+                                        else "."))
     if synthetic and BASELINE in summary and "w1_truth" in summary["otcfm"]:
         a, b = summary["otcfm"]["w1_truth"]["mean"], summary[BASELINE]["w1_truth"]["mean"]
         word = "closer to" if a < b else "NOT closer to"
@@ -256,7 +276,8 @@ def readme_section(report: dict[str, Any]) -> str:
         f"{', '.join(map(str, report['left_outs']))} and {report['seeds']} seeds, "
         f"{report['steps']} steps): {w1}. OT-CFM minus each "
         f"method, paired over seeds (± standard error): {'; '.join(ties)}. The whole protocol "
-        f"({len(report['methods'])} methods: {', '.join(map(label, report['methods']))}) took "
+        f"({len(report['methods'])} methods: "
+        f"{', '.join(map(method_label, report['methods']))}) took "
         f"{report['wall_seconds']:.0f} s with `--jobs {report['jobs']}` ({report['machine']}, "
         f"{report['date']}; record `docs/results/single_cell.json`).",
         README_END,
