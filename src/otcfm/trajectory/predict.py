@@ -80,9 +80,9 @@ def _check_sde(model: Model, sde: SDE | None) -> None:
 
 
 def _sde_leg(model: Model, x: Tensor, tau0: float, tau1: float, steps: int, sde: SDE
-             ) -> Tensor:
+             ) -> Trajectory:
     return integrate_sde(model, x, sigma=sde.sigma, steps=steps, t0=tau0, t1=tau1,
-                         reverse=tau1 < tau0, generator=sde.generator, save="ends").x_final
+                         reverse=tau1 < tau0, generator=sde.generator, save="ends")
 
 
 def _steps(steps_per_unit: int, span: float) -> int:
@@ -105,7 +105,7 @@ def push(
         return x.clone()
     steps = _steps(steps_per_unit, tau1 - tau0)
     if sde is not None:
-        return _sde_leg(model, x, tau0, tau1, steps, sde)
+        return _sde_leg(model, x, tau0, tau1, steps, sde).x_final
     traj = integrate(model, x, method="euler", steps=steps, t0=tau0, t1=tau1, save="ends",
                      energy=False)
     return traj.x_final
@@ -133,11 +133,14 @@ def trajectories(
         legs = list(zip(out[:-1], out[1:], strict=True))
         if any((b - a) * span <= 0 for a, b in legs):
             raise ValueError(f"taus must move away from tau0 monotonically, got {out[1:]}")
-        xs = [x.clone()]
+        xs, nfe = [x.clone()], 0
         for a, b in legs:
-            xs.append(_sde_leg(model, xs[-1], a, b, _steps(steps_per_unit, b - a), sde))
-        return Trajectory(xs=torch.stack(xs), ts=torch.tensor(out, dtype=torch.float32),
-                          nfe=0, energy=None)
+            leg = _sde_leg(model, xs[-1], a, b, _steps(steps_per_unit, b - a), sde)
+            xs.append(leg.x_final)
+            nfe += leg.nfe
+        return Trajectory(xs=torch.stack(xs),
+                          ts=torch.tensor(out, dtype=torch.float32, device=x.device),
+                          nfe=nfe, energy=None)
     return integrate(model, x, method="euler", steps=_steps(steps_per_unit, span), times=out,
                      energy=False)
 
