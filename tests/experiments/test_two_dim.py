@@ -293,6 +293,40 @@ def test_ema_option_reaches_the_run_and_the_cache_key(tmp_path):
             two_dim_cli.protocol_from_args(two_dim_cli.build_parser().parse_args(bad))
 
 
+def test_checkpoint_option_validates_and_keys_the_cache():
+    assert "checkpoint" not in Protocol().fingerprint()  # cells cached before it stay valid
+    assert Protocol(checkpoint="final").fingerprint()["checkpoint"] == "final"
+    assert Protocol(ema=0.999, checkpoint="ema").tested == "latest"
+    assert Protocol().tested == "best"
+    for bad in ({"checkpoint": "ema"}, {"checkpoint": "final", "ema": 0.99},
+                {"checkpoint": "last"}):
+        with pytest.raises(ValueError, match="checkpoint"):
+            Protocol(**bad)
+    args = two_dim_cli.build_parser().parse_args(["--checkpoint", "ema", "--ema", "0.99"])
+    assert two_dim_cli.protocol_from_args(args).checkpoint == "ema"
+
+
+@pytest.mark.parametrize("choice", ["final", "ema"])
+def test_final_and_ema_choices_test_the_last_weights(tmp_path, choice):
+    """The record's numbers are those of the last step's raw (final) or EMA (ema) weights,
+    recomputed here from the checkpoint file with a hand-written Euler loop."""
+    p = replace(TINY, checkpoint=choice, ema=0.9 if choice == "ema" else 0.0)
+    cell = Cell("gaussian-moons", "otcfm", 42)
+    record = two_dim.run_cell(cell, p, tmp_path)
+    assert record["best_step"] == p.steps
+    state = torch.load(cell.run_dir(tmp_path) / "checkpoints" / "latest.pt", weights_only=True)
+    model = loop.build_model(two_dim.cell_config(cell, p, tmp_path).model, (2,))
+    model.load_state_dict(state["ema" if choice == "ema" else "model"])
+    data = load_run(cell.run_dir(tmp_path)).data
+    x = data.source.test.clone()
+    with torch.no_grad():
+        for k in range(100):
+            x = x + model(x, torch.full((x.shape[0],), k / 100)) / 100
+    cost = cdist(x.double().numpy(), data.target.test.double().numpy(), "sqeuclidean")
+    rows, cols = linear_sum_assignment(cost)
+    assert record["w2"] == pytest.approx(math.sqrt(cost[rows, cols].mean()), rel=1e-4)
+
+
 def cfg_ema(tmp_path, argv):
     p = two_dim_cli.protocol_from_args(two_dim_cli.build_parser().parse_args(argv))
     return two_dim.cell_config(Cell("gaussian-moons", "otcfm", 42), p, tmp_path).optim.ema_decay

@@ -1,8 +1,9 @@
 """`otcfm bench two-dim`: the paper's 2-D benchmark (Table 2).
 
 Cells are (task, method, seed). Each cell is one training run (``otcfm.train.train``) under
-``--runs DIR/<task>/<method>-seed<seed>``, evaluated from its best-validation checkpoint on the
-task's 10,000-point test sets: W2 and NPE with 100 Euler steps, the NFE of dopri5
+``--runs DIR/<task>/<method>-seed<seed>``, evaluated from the weights ``Protocol.checkpoint``
+names (default: the lowest validation loss, as the paper's runner) on the task's 10,000-point
+test sets: W2 and NPE with 100 Euler steps, the NFE of dopri5
 (atol = rtol = 1e-4), W2 against the number of Euler steps, and the test NLL of the flow
 (exact divergence, dopri5 at 1e-5 in float64, the source's own density) beside the target's
 NLL under its true density on the same points. A cell whose ``cell.json``
@@ -61,6 +62,7 @@ TASKS: tuple[str, ...] = tuple(toy.TASKS)
 METHODS: tuple[str, ...] = ("icfm", "otcfm", "sbcfm", "fm", "vpcfm", "rf")
 FIRST_SEED = 42
 EULER_STEPS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 100)
+CHECKPOINTS: tuple[str, ...] = ("best", "final", "ema")  # see Protocol.checkpoint
 # sigma of the paper's protocol (Table 2); other registered methods use their default
 SIGMA = {"icfm": 0.1, "otcfm": 0.1, "fm": 0.1, "vpcfm": 0.1, "sbcfm": 1.0, "rf": 0.0}
 GAUSSIAN_SOURCE_ONLY = ("fm",)  # Lipman's path assumes x0 ~ N(0, I)
@@ -87,6 +89,24 @@ class Protocol:
     sigmas: tuple[tuple[str, float], ...] = ()  # (method, sigma) overrides of SIGMA
     ema: float = 0.0  # EMA decay of the weights that are validated and tested (0 = off)
     nll_tol: float = 1e-5  # dopri5 atol = rtol of the test NLL (float64)
+    #: the weights tested (CHECKPOINTS): "best" (lowest validation loss, the paper's reference
+    #: runner's choice), "final" (after the last step) or "ema" (the final EMA weights)
+    checkpoint: str = "best"
+
+    def __post_init__(self) -> None:
+        if self.checkpoint not in CHECKPOINTS:
+            raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got "
+                             f"{self.checkpoint!r}")
+        if (self.checkpoint == "ema") != (self.ema > 0) and self.checkpoint != "best":
+            raise ValueError(
+                f"checkpoint {self.checkpoint!r} with ema {self.ema:g}: 'ema' tests the EMA "
+                "weights and needs an EMA decay > 0; 'final' tests the raw weights (ema 0)")
+
+    @property
+    def tested(self) -> str:
+        """The checkpoint file :func:`~otcfm.train.evaluate.load_run` reads: best or latest
+        (which holds the EMA weights when an EMA is kept)."""
+        return "best" if self.checkpoint == "best" else "latest"
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes a cell's numbers (workers do not), with the package version
@@ -101,6 +121,8 @@ class Protocol:
             d.pop("sigmas")  # keeps the fingerprints of cells run before the option existed
         if not self.ema:
             d.pop("ema")  # likewise
+        if self.checkpoint == "best":
+            d.pop("checkpoint")  # likewise
         d["code"] = _cells.code_fingerprint(__name__)  # a changed line of code: a stale cell
         return d
 
@@ -229,7 +251,7 @@ def task_data_config(task: str, p: Protocol) -> DataConfig:
 
 
 def cell_config(cell: Cell, p: Protocol, runs: Path, data: DataConfig | None = None) -> RunConfig:
-    """The run of one cell: the paper's MLP, AdamW 1e-3 / 1e-5, best-validation checkpoint."""
+    """The run of one cell: the paper's MLP, AdamW 1e-3 / 1e-5, validation every val_every."""
     coupling = dict(p.couplings).get(cell.method, "")
     method = MethodConfig(name=cell.method, sigma=p.sigma(cell.method), coupling=coupling)
     # a background coupling thread only pays off when the coupling costs something
@@ -289,7 +311,7 @@ def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
         cfg = cell_config(cell, p, runs)
     _train_cell(cfg, cell)
     summary = json.loads((cfg.run_dir / "metrics.json").read_text())["train"]
-    run = load_run(cfg.run_dir, "best")
+    run = load_run(cfg.run_dir, p.tested)
     history = _newest_state(cfg.run_dir)["history"]
     record = {
         "task": cell.task,
@@ -299,7 +321,7 @@ def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
         "sigma": cfg.method.sigma,
         "coupling": cfg.method.coupling or "default",
         "steps": summary["steps"],
-        "best_step": run.step,
+        "best_step": run.step,  # the step of the weights tested (the last, unless "best")
         "train_seconds": summary["train_seconds"],
         **extra,
         "val_curve": [[int(r["step"]), float(r["val_w2"])] for r in history],
@@ -458,7 +480,7 @@ def sampling_floor(task: str, p: Protocol, runs: Path) -> list[float]:
 
 # --------------------------------------------------------------------------- reflow
 def reflow_pairs(cell: Cell, p: Protocol, runs: Path) -> tuple[DataConfig, dict[str, Any]]:
-    """(x0, ODE_icfm(x0)) pairs for the rf cell, from the I-CFM cell's best checkpoint.
+    """(x0, ODE_icfm(x0)) pairs for the rf cell, from the I-CFM cell's tested checkpoint.
 
     Rows: the I-CFM run's train and validation sources plus n_val fresh ones, so the paired
     file splits into n_train / n_val / n_val rows. Regenerated (and the rf run restarted)
@@ -478,7 +500,7 @@ def reflow_pairs(cell: Cell, p: Protocol, runs: Path) -> tuple[DataConfig, dict[
         if out.exists():
             shutil.rmtree(out)  # a reflow of another teacher: start over
         start = time.perf_counter()
-        run = load_run(teacher.run_dir(runs), "best")
+        run = load_run(teacher.run_dir(runs), p.tested)
         source = toy.task(cell.task)[0]
         fresh = toy.sample(source, p.n_val, generator=stream(cell.seed, "reflow", "extra"))
         x0 = torch.cat([run.data.source.train, run.data.source.val, fresh])

@@ -20,6 +20,7 @@ from pathlib import Path
 from otcfm.experiments import two_dim_report
 from otcfm.experiments._cells import CellProgress
 from otcfm.experiments.two_dim import (
+    CHECKPOINTS,
     FIRST_SEED,
     METHODS,
     QUICK,
@@ -70,6 +71,10 @@ def build_parser(
     p.add_argument("--skip", action="append", default=[], metavar="METHOD@TASK",
                    help="leave out cells, e.g. sbcfm@moons-8gaussians (repeatable)")
     p.add_argument("--workers", type=int, default=1, help="coupling threads per cell")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best",
+                   help="weights tested: best (lowest validation loss, the paper's runner; "
+                   "default), final (raw, after the last step) or ema (final EMA weights, "
+                   "with --ema)")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="validate and test an exponential moving average of the weights "
                    "(e.g. 0.999; default 0: the paper's raw weights)")
@@ -128,7 +133,7 @@ def protocol_from_args(args: argparse.Namespace) -> Protocol:
                              f"sf2m=0.1), got {item!r}")
         sigmas.append((method, sigma))
     return replace(base, **over, workers=args.workers, couplings=tuple(sorted(couplings)),
-                   sigmas=tuple(sorted(sigmas)), ema=args.ema)
+                   sigmas=tuple(sorted(sigmas)), ema=args.ema, checkpoint=args.checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,10 @@ from otcfm.experiments.two_dim import TASKS, CellResult, records_of
 from otcfm.experiments.two_dim_facts import fill_remarks
 from otcfm.train.checkpoint import write_text_atomic
 
+#: how the page names each Protocol.checkpoint
+TESTED = {"best": "the best-validation checkpoint", "final": "the final weights",
+          "ema": "the final EMA weights"}
+
 FIGURES = {
     "w2_euler": "W2 against the number of Euler steps",
     "convergence": "validation W2 against training step (rf left out: it is validated "
@@ -148,7 +152,7 @@ def markdown(
         f"Each cell: MLP 3x64 SELU, AdamW lr 1e-3 / weight decay 1e-5, batch {p['batch_size']}, "
         f"{p['steps']} steps on {p['n_train']} training points, sigma 0.1 (SB-CFM 1, entropic "
         f"reg 2; SF2M 1; rf 0), validation every {p['val_every']} steps on {p['n_val']} points, "
-        f"test metrics from the best-validation checkpoint on {p['n_test']}-point test sets "
+        f"test metrics from {TESTED[p.get('checkpoint', 'best')]} on {p['n_test']}-point test sets "
         "with 100 Euler steps (docs/reference.md §4). Ours: mean ± std (population, ddof 0) over "
         "seeds; paper: SF2M Table 2 (5 seeds). NFE: dopri5, atol = rtol = "
         f"{p['tol']:g}. "
