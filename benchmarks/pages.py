@@ -55,6 +55,10 @@ def _distributed() -> str:
     return mod.render(_json("distributed.json"), _json(gpu.name) if gpu.is_file() else None)
 
 
+#: the checkpoint-choice studies on one page, in this order (benchmarks/checkpoint_choice.py)
+CHECKPOINT_RECORDS = ("checkpoint_choice.json",)
+
+
 # page (relative to docs/results) -> (renderer, hand-written inputs besides the JSON records)
 PAGES: dict[str, tuple[Callable[[], str], tuple[str, ...]]] = {
     "two_dim.md": (lambda: two_dim_report.render_page(RESULTS), ("two_dim/remarks.md",)),
@@ -66,6 +70,8 @@ PAGES: dict[str, tuple[Callable[[], str], tuple[str, ...]]] = {
     "two_dim_torchcfm/two_dim.md": (
         lambda: two_dim_report.render_page(RESULTS / "two_dim_torchcfm"),
         ("two_dim_torchcfm/remarks.md",)),
+    "checkpoint_choice.md": (
+        lambda: bench("checkpoint_choice").render([_json(f) for f in CHECKPOINT_RECORDS]), ()),
     "gaussian_sb.md": (lambda: gaussian_sb_report.render_page(RESULTS), ()),
     "single_cell.md": (lambda: single_cell_report.render_page(RESULTS), ()),
     "performance.md": (lambda: bench("couplings").render(_json("performance.json")), ()),
@@ -121,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     differ = []
     for page, (render, _) in PAGES.items():
         text, path = render(), RESULTS / page
-        if path.read_text() != text:
+        if not path.is_file() or path.read_text() != text:
             differ.append(str(path.relative_to(ROOT)))
             if not args.check:
                 path.write_text(text)

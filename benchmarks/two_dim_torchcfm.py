@@ -168,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         "I-CFM / OT-CFM cells trained with TorchCFM's matchers, side by side.",
     )
     args = parser.parse_args(argv)
-    if args.ema:
-        raise ValueError("--ema applies to otcfm's cells only; the TorchCFM side by side "
-                         f"keeps the paper's raw weights, got --ema {args.ema}")
+    if args.ema or args.checkpoint not in (None, "best"):
+        raise ValueError("--ema and --checkpoint apply to otcfm's cells only; the TorchCFM side "
+                         "by side tests both libraries' raw best-validation weights (the "
+                         f"paper's), got --ema {args.ema}, --checkpoint {args.checkpoint}")
+    args.ema, args.checkpoint = 0.0, "best"  # the paper's choice for both libraries' cells
     require_torchcfm()
     return two_dim_cli.execute(args, argv, command=PROG, extra_cells=torchcfm_cells,
                                runner=run_any_cell)

@@ -26,6 +26,7 @@ from otcfm.matchers import MATCHERS
 from otcfm.train import loop
 from otcfm.train.evaluate import load_run
 
+QUICK_P = Protocol(**two_dim.QUICK)  # what --quick runs: the final EMA weights
 TINY = Protocol(steps=40, n_train=600, n_val=100, n_test=200, batch_size=100, val_every=10,
                 curve_points=100, euler_steps=(1, 4, 100))
 
@@ -106,7 +107,7 @@ def exact_w2(a, b):
 def test_record_matches_an_independent_recomputation(quick):
     root, _, records = quick
     rec = next(r for r in records if (r["task"], r["method"]) == ("gaussian-8gaussians", "otcfm"))
-    run = load_run(root / "runs" / "gaussian-8gaussians" / "otcfm-seed42", "best")
+    run = load_run(root / "runs" / "gaussian-8gaussians" / "otcfm-seed42", QUICK_P.tested)
     assert run.step == rec["best_step"]
     x0, x1 = run.data.source.test, run.data.target.test
     assert x0.shape[0] == rec["n_test"] == 500
@@ -123,8 +124,8 @@ def test_record_matches_an_independent_recomputation(quick):
 def test_rf_trains_on_the_icfm_flow_pairs(quick):
     root, _, records = quick
     cell_dir = root / "runs" / "gaussian-8gaussians"
-    teacher = load_run(cell_dir / "icfm-seed42", "best")
-    rf = load_run(cell_dir / "rf-seed42", "best")
+    teacher = load_run(cell_dir / "icfm-seed42", QUICK_P.tested)
+    rf = load_run(cell_dir / "rf-seed42", QUICK_P.tested)
     assert rf.cfg.data.paired and rf.cfg.method.name == "rf" and rf.cfg.method.sigma == 0.0
     assert rf.data.source.train.shape[0] == two_dim.QUICK["n_train"]
     # each training row's target is the I-CFM ODE endpoint of its own source row
@@ -284,26 +285,39 @@ def test_cell_config_follows_the_protocol(tmp_path):
 
 
 def test_ema_option_reaches_the_run_and_the_cache_key(tmp_path):
-    assert cfg_ema(tmp_path, []) == 0.0
-    assert cfg_ema(tmp_path, ["--ema", "0.999"]) == 0.999
-    assert "ema" not in Protocol().fingerprint()  # cells cached before the option stay valid
-    assert Protocol(ema=0.999).fingerprint()["ema"] == 0.999
+    assert cfg_ema(tmp_path, []) == 0.999
+    assert cfg_ema(tmp_path, ["--quick"]) == 0.9
+    assert cfg_ema(tmp_path, ["--ema", "0"]) == 0.0
+    paper = Protocol(ema=0.0, checkpoint="best")
+    assert "ema" not in paper.fingerprint()  # cells cached before the option stay valid
+    assert Protocol().fingerprint()["ema"] == 0.999
     for bad in (["--ema", "1"], ["--ema", "-0.1"]):
         with pytest.raises(ValueError, match="--ema"):
             two_dim_cli.protocol_from_args(two_dim_cli.build_parser().parse_args(bad))
 
 
 def test_checkpoint_option_validates_and_keys_the_cache():
-    assert "checkpoint" not in Protocol().fingerprint()  # cells cached before it stay valid
-    assert Protocol(checkpoint="final").fingerprint()["checkpoint"] == "final"
-    assert Protocol(ema=0.999, checkpoint="ema").tested == "latest"
-    assert Protocol().tested == "best"
-    for bad in ({"checkpoint": "ema"}, {"checkpoint": "final", "ema": 0.99},
+    paper = Protocol(ema=0.0, checkpoint="best")
+    assert "checkpoint" not in paper.fingerprint()  # cells cached before it stay valid
+    assert Protocol().fingerprint()["checkpoint"] == "ema"
+    assert Protocol(ema=0.0, checkpoint="final").fingerprint()["checkpoint"] == "final"
+    assert (Protocol().tested, paper.tested) == ("latest", "best")
+    for bad in ({"checkpoint": "ema", "ema": 0.0}, {"checkpoint": "final"},
                 {"checkpoint": "last"}):
         with pytest.raises(ValueError, match="checkpoint"):
             Protocol(**bad)
-    args = two_dim_cli.build_parser().parse_args(["--checkpoint", "ema", "--ema", "0.99"])
-    assert two_dim_cli.protocol_from_args(args).checkpoint == "ema"
+
+    def chosen(argv):
+        args = two_dim_cli.build_parser().parse_args(argv)
+        p = two_dim_cli.protocol_from_args(args)
+        return p.checkpoint, p.ema
+
+    assert chosen([]) == ("ema", 0.999)
+    assert chosen(["--ema", "0"]) == ("best", 0.0)  # no EMA: the paper's choice
+    assert chosen(["--ema", "0", "--checkpoint", "final"]) == ("final", 0.0)
+    assert chosen(["--checkpoint", "best"]) == ("best", 0.999)  # the EMA's best validation
+    with pytest.raises(ValueError, match="checkpoint"):
+        chosen(["--checkpoint", "final"])
 
 
 @pytest.mark.parametrize("choice", ["final", "ema"])

@@ -71,13 +71,14 @@ def build_parser(
     p.add_argument("--skip", action="append", default=[], metavar="METHOD@TASK",
                    help="leave out cells, e.g. sbcfm@moons-8gaussians (repeatable)")
     p.add_argument("--workers", type=int, default=1, help="coupling threads per cell")
-    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best",
-                   help="weights tested: best (lowest validation loss, the paper's runner; "
-                   "default), final (raw, after the last step) or ema (final EMA weights, "
-                   "with --ema)")
-    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
-                   help="validate and test an exponential moving average of the weights "
-                   "(e.g. 0.999; default 0: the paper's raw weights)")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS,
+                   help="weights tested: ema (the final EMA weights; default), best (raw "
+                   "weights of the lowest validation loss, the paper's runner; the default "
+                   "with --ema 0) or final (raw, after the last step; needs --ema 0)")
+    p.add_argument("--ema", type=float, metavar="DECAY",
+                   help="decay of the exponential moving average of the weights that is "
+                   "validated and tested (default 0.999, --quick 0.9; 0: the raw weights, as "
+                   "the paper)")
     p.add_argument("--report-only", action="store_true",
                    help="write the records and page from the cells already cached; run nothing")
     p.add_argument("--page-only", action="store_true",
@@ -108,8 +109,11 @@ def protocol_from_args(args: argparse.Namespace) -> Protocol:
             raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    if not 0 <= args.ema < 1:
-        raise ValueError(f"--ema must be in [0, 1), got {args.ema}")
+    ema = base.ema if args.ema is None else args.ema
+    if not 0 <= ema < 1:
+        raise ValueError(f"--ema must be in [0, 1), got {ema}")
+    # without an EMA the paper's choice (best validation loss) unless another is named
+    checkpoint = args.checkpoint or (base.checkpoint if ema > 0 else "best")
     couplings = []
     for item in args.coupling:
         method, sep, name = item.partition("=")
@@ -133,7 +137,7 @@ def protocol_from_args(args: argparse.Namespace) -> Protocol:
                              f"sf2m=0.1), got {item!r}")
         sigmas.append((method, sigma))
     return replace(base, **over, workers=args.workers, couplings=tuple(sorted(couplings)),
-                   sigmas=tuple(sorted(sigmas)), ema=args.ema, checkpoint=args.checkpoint)
+                   sigmas=tuple(sorted(sigmas)), ema=ema, checkpoint=checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
