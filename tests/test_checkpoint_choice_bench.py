@@ -113,3 +113,16 @@ def test_page_code_is_outside_the_key(bench):
     measuring, page = text.split(bench.PAGE_MARKER)
     assert "def run_cell" in measuring and "def render" in page
     assert hashlib.sha256(measuring.encode()).hexdigest() == bench.SCRIPT_HASH
+
+
+def test_spread_reuses_the_ema_weights_and_the_protocols_floor(bench, study):
+    """The spread's own-test-set W2 of a seed is the study's EMA choice for that seed, and on
+    the common set (that seed's own, with one seed) it is the same number."""
+    tmp, result = study
+    p = bench.protocol(bench.EMA_DECAY, quick=True)
+    sp = bench.spread("gaussian-moons", p, tmp / "runs", [two_dim.FIRST_SEED], draws=2)
+    (rec,) = result["records"]
+    assert sp["own"][0] == pytest.approx(rec["choices"]["ema"]["w2"], rel=1e-9)
+    assert sp["common"] == sp["own"]
+    assert len(sp["floor"]) == 2 and sp["floor"][0] != sp["floor"][1]
+    assert all(0 < w < 1 for w in sp["floor"])  # two samples of the same law: near, not equal
