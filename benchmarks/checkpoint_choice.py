@@ -224,9 +224,11 @@ def within_band(records: list[dict[str, Any]], method: str, choice: str) -> list
 
 
 def variant(result: dict[str, Any]) -> str:
-    """The settings that tell one study's runs from another's (couplings, sigmas)."""
-    parts = [f"{m} coupling `{c}`" for m, c in result["couplings"]]
-    parts += [f"{m} sigma {v:g}" for m, v in result.get("sigmas", [])]
+    """The settings that tell one study's runs from another's (couplings, sigmas of the
+    methods it ran)."""
+    used = {r["method"] for r in result["records"]}
+    parts = [f"{m} coupling `{c}`" for m, c in result["couplings"] if m in used]
+    parts += [f"{m} sigma {v:g}" for m, v in result.get("sigmas", []) if m in used]
     return ", ".join(parts) if parts else "the protocol's defaults"
 
 
@@ -350,7 +352,30 @@ def render(results: list[dict[str, Any]]) -> str:
     ]
     for result in results:
         lines += _section(result)
+        if result is not first:
+            lines += _paired(first, result)
     return "\n".join(lines)
+
+
+def _paired(first: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    """Test W2 of ``other`` minus ``first`` for the cells both hold, paired by seed."""
+    def key(r: dict[str, Any]) -> tuple[str, str, int]:
+        return r["task"], r["method"], r["seed"]
+
+    base = {key(r): r for r in first["records"]}
+    shared = [(base[key(r)], r) for r in other["records"] if key(r) in base]
+    if not shared:
+        return []
+    groups = sorted({(a["method"], a["task"]) for a, _ in shared})
+    lines = [f"### {variant(other)} minus {variant(first)}: test W2, paired by seed", "",
+             "| method | task | seeds | " + " | ".join(LABELS[c] for c in CHOICES) + " |",
+             "|---|---|---|" + "---|" * len(CHOICES)]
+    for method, task in groups:
+        pairs = [(a, b) for a, b in shared if (a["method"], a["task"]) == (method, task)]
+        lines.append(f"| {method} | {task} | {len(pairs)} | " + " | ".join(
+            _ms([b["choices"][c]["w2"] - a["choices"][c]["w2"] for a, b in pairs])
+            for c in CHOICES) + " |")
+    return [*lines, ""]
 
 
 # --------------------------------------------------------------------------- main

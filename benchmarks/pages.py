@@ -56,7 +56,7 @@ def _distributed() -> str:
 
 
 #: the checkpoint-choice studies on one page, in this order (benchmarks/checkpoint_choice.py)
-CHECKPOINT_RECORDS = ("checkpoint_choice.json",)
+CHECKPOINT_RECORDS = ("checkpoint_choice.json", "checkpoint_choice_exact.json")
 
 
 # page (relative to docs/results) -> (renderer, hand-written inputs besides the JSON records)
