@@ -56,7 +56,8 @@ def _distributed() -> str:
 
 
 #: the checkpoint-choice studies on one page, in this order (benchmarks/checkpoint_choice.py)
-CHECKPOINT_RECORDS = ("checkpoint_choice.json", "checkpoint_choice_exact.json")
+CHECKPOINT_RECORDS = ("checkpoint_choice.json", "checkpoint_choice_exact.json",
+                      "checkpoint_choice_sf2m.json")
 
 
 # page (relative to docs/results) -> (renderer, hand-written inputs besides the JSON records)
