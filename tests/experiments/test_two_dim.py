@@ -414,10 +414,11 @@ def test_steps_needed():
 
 def test_sf2m_cell_scores_its_bridge_sde(tmp_path):
     """An SF2M cell adds w2_sde: a hand Euler-Maruyama loop with the cell's seed reproduces it."""
-    p = replace(TINY, couplings=(("sf2m", "approx"),))
+    assert two_dim.SIGMA["sf2m"] == 0.1  # the protocol's; sigma 1 makes the SDE differ more
+    p = replace(TINY, couplings=(("sf2m", "approx"),), sigmas=(("sf2m", 1.0),))
     [result] = run_cells([Cell("gaussian-8gaussians", "sf2m", 42)], p, tmp_path)
     rec = result.record
-    run = load_run(tmp_path / "gaussian-8gaussians" / "sf2m-seed42", "best")
+    run = load_run(tmp_path / "gaussian-8gaussians" / "sf2m-seed42", p.tested)
     x0, x1 = run.data.source.test, run.data.target.test
     sigma = rec["sigma"]
     assert sigma == 1.0 and rec["coupling"] == "approx"

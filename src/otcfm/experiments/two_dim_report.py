@@ -138,6 +138,18 @@ def published(metric: str, method: str, task: str) -> str:
     return fmt(*value) if value else "—"
 
 
+def _sigmas(records: Sequence[dict[str, Any]]) -> str:
+    """Each method's sigma as its records give it, e.g. "icfm 0.1, sbcfm 1"."""
+    seen: dict[str, set[float]] = {}
+    for r in records:
+        seen.setdefault(r["method"], set()).add(float(r["sigma"]))
+    return ", ".join(f"{m} " + "/".join(f"{v:g}" for v in sorted(vs)) for m, vs in seen.items())
+
+
+def _methods(records: Sequence[dict[str, Any]]) -> set[str]:
+    return {r["method"] for r in records}
+
+
 def markdown(
     records: Sequence[dict[str, Any]],
     theirs: Sequence[dict[str, Any]],
@@ -150,8 +162,10 @@ def markdown(
     parts = [
         "# 2-D benchmark (paper Table 2)\n",
         f"Each cell: MLP 3x64 SELU, AdamW lr 1e-3 / weight decay 1e-5, batch {p['batch_size']}, "
-        f"{p['steps']} steps on {p['n_train']} training points, sigma 0.1 (SB-CFM 1, entropic "
-        f"reg 2; SF2M 1; rf 0), validation every {p['val_every']} steps on {p['n_val']} points, "
+        f"{p['steps']} steps on {p['n_train']} training points, sigma {_sigmas(records)}"
+        + (" (SB-CFM's entropic plan: reg 2 sigma^2)" if "sbcfm" in _methods(records)
+           else "")
+        + f", validation every {p['val_every']} steps on {p['n_val']} points, "
         f"test metrics from {TESTED[p.get('checkpoint', 'best')]} on {p['n_test']}-point test sets "
         "with 100 Euler steps (docs/reference.md §4). Ours: mean ± std (population, ddof 0) over "
         "seeds; paper: SF2M Table 2 (5 seeds). NFE: dopri5, atol = rtol = "
