@@ -42,12 +42,11 @@ from typing import Any
 
 import torch
 
-from otcfm.data import toy
 from otcfm.experiments import _cells, _machine, _published, two_dim
 from otcfm.metrics import normalized_path_energy, wasserstein
 from otcfm.sampling import integrate
 from otcfm.train.checkpoint import load_checkpoint, write_text_atomic
-from otcfm.train.datasets import load_run_data, stream
+from otcfm.train.datasets import load_run_data
 from otcfm.train.loop import build_matcher, build_model, needs_score
 from otcfm.train.objectives import PairObjective
 from otcfm.train.runfolder import step_checkpoints
@@ -159,12 +158,7 @@ def spread(task: str, p: two_dim.Protocol, runs: Path, seeds: list[int],
     set (as the protocol) and on one common test set (the first seed's sources and targets):
     the common set removes the test sets' share of the spread.
     """
-    target = toy.task(task)[1]
-    floor = []
-    for k in range(draws):
-        g = stream(0, "checkpoint-choice-floor", task, str(k))
-        floor.append(wasserstein(toy.sample(target, p.n_test, g),
-                                 toy.sample(target, p.n_test, g), p=2))
+    floor = two_dim.target_floor(task, p.n_test, draws, "checkpoint-choice-floor")
     common = load_run_data(two_dim.task_data_config(task, p), seeds[0])
     own, shared = [], []
     for seed in seeds:

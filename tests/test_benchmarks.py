@@ -17,15 +17,8 @@ KEYS = {"kind", "library", "solver", "B", "d", "seconds", "gap"}
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_couplings", ROOT / "benchmarks" / "couplings.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up here
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+def bench(benchmark_module):
+    return benchmark_module("couplings")
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,7 @@ record is cached under the code's hash, and the page renders from the record alo
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,15 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_checkpoint_choice", ROOT / "benchmarks" / "checkpoint_choice.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+def bench(benchmark_module):
+    return benchmark_module("checkpoint_choice")
 
 
 @pytest.fixture(scope="module")

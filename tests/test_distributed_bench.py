@@ -3,9 +3,7 @@ a tiny grid, and one 2-process steps job through the script's worker mode (no ti
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,15 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_distributed", ROOT / "benchmarks" / "distributed.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+def bench(benchmark_module):
+    return benchmark_module("distributed")
 
 
 @pytest.fixture(scope="module")

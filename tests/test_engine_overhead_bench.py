@@ -6,9 +6,7 @@ are engine / plain of the same round, and --report-only re-renders the same page
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,15 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_engine_overhead", ROOT / "benchmarks" / "engine_overhead.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+def bench(benchmark_module):
+    return benchmark_module("engine_overhead")
 
 
 def test_tiny_run_writes_record_and_page(bench, tmp_path):

@@ -468,18 +468,24 @@ def reference_w2(cell: Cell, p: Protocol, runs: Path, data: RunData) -> float:
 FLOOR_DRAWS = 2
 
 
+def target_floor(task: str, n: int, draws: int, label: str) -> list[float]:
+    """W2 between two independent ``n``-point samples of the task's target, for ``draws``
+    pairs; pair k is drawn from the stream (0, label, task, k)."""
+    target = toy.task(task)[1]
+    out = []
+    for k in range(draws):
+        g = stream(0, label, task, str(k))
+        out.append(wasserstein(toy.sample(target, n, g), toy.sample(target, n, g), p=2))
+    return out
+
+
 def sampling_floor(task: str, p: Protocol, runs: Path) -> list[float]:
     """W2 between two independent ``n_test``-point samples of the task's target, for
     FLOOR_DRAWS pairs of draws (cached): the W2 a perfect model would still score."""
     path = Path(runs) / task / f"w2_floor-n{p.n_test}.json"
     if path.is_file():
         return [float(v) for v in json.loads(path.read_text())["w2"]]
-    target = toy.task(task)[1]
-    draws = []
-    for k in range(FLOOR_DRAWS):
-        g = stream(0, "two-dim-floor", task, str(k))
-        draws.append(wasserstein(toy.sample(target, p.n_test, g),
-                                 toy.sample(target, p.n_test, g), p=2))
+    draws = target_floor(task, p.n_test, FLOOR_DRAWS, "two-dim-floor")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(json.dumps({"w2": draws}) + "\n", path)
     return draws

@@ -146,10 +146,6 @@ def _sigmas(records: Sequence[dict[str, Any]]) -> str:
     return ", ".join(f"{m} " + "/".join(f"{v:g}" for v in sorted(vs)) for m, vs in seen.items())
 
 
-def _methods(records: Sequence[dict[str, Any]]) -> set[str]:
-    return {r["method"] for r in records}
-
-
 def markdown(
     records: Sequence[dict[str, Any]],
     theirs: Sequence[dict[str, Any]],
@@ -163,8 +159,8 @@ def markdown(
         "# 2-D benchmark (paper Table 2)\n",
         f"Each cell: MLP 3x64 SELU, AdamW lr 1e-3 / weight decay 1e-5, batch {p['batch_size']}, "
         f"{p['steps']} steps on {p['n_train']} training points, sigma {_sigmas(records)}"
-        + (" (SB-CFM's entropic plan: reg 2 sigma^2)" if "sbcfm" in _methods(records)
-           else "")
+        + (" (SB-CFM's entropic plan: reg 2 sigma^2)"
+           if any(r["method"] == "sbcfm" for r in records) else "")
         + f", validation every {p['val_every']} steps on {p['n_val']} points, "
         f"test metrics from {TESTED[p.get('checkpoint', 'best')]} on {p['n_test']}-point test sets "
         "with 100 Euler steps (docs/reference.md §4). Ours: mean ± std (population, ddof 0) over "
