@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from otcfm.models import DriftScore
-from otcfm.sampling import SDE_SOLVERS, integrate, integrate_sde
+from otcfm.sampling import DIFFUSIONS, SDE_SOLVERS, integrate, integrate_sde
 
 
 def gen(seed: int) -> torch.Generator:
@@ -120,22 +120,25 @@ def check_marginals(traj, times, n: int) -> None:
         assert var_err < 4 * float(v) * math.sqrt(2 / n) + 0.03, (tq, var_err)
 
 
-def test_forward_bridge_sde_keeps_the_gaussian_marginals():
+@pytest.mark.parametrize("diffusion", list(DIFFUSIONS))
+def test_forward_bridge_sde_keeps_the_gaussian_marginals(diffusion):
     n = 20_000
     x0 = -A + torch.randn(n, DIM, generator=gen(5), dtype=torch.float64)
     traj = integrate_sde(
-        pf_velocity, x0, sigma=SIGMA_B, score=gauss_score, steps=100, generator=gen(6)
+        pf_velocity, x0, sigma=SIGMA_B, score=gauss_score, steps=100, generator=gen(6),
+        diffusion=diffusion,
     )
     assert traj.nfe == 100 and traj.energy is None and traj.xs.shape == (101, n, DIM)
     check_marginals(traj, [0.25, 0.5, 0.75, 1.0], n)
 
 
-def test_reverse_bridge_sde_goes_back_to_the_source():
+@pytest.mark.parametrize("diffusion", list(DIFFUSIONS))
+def test_reverse_bridge_sde_goes_back_to_the_source(diffusion):
     n = 20_000
     x1 = A + torch.randn(n, DIM, generator=gen(7), dtype=torch.float64)
     traj = integrate_sde(
         pf_velocity, x1, sigma=SIGMA_B, score=gauss_score, steps=100, reverse=True,
-        generator=gen(8),
+        generator=gen(8), diffusion=diffusion,
     )
     assert float(traj.ts[0]) == 1.0 and float(traj.ts[-1]) == 0.0
     check_marginals(traj, [0.75, 0.5, 0.0], n)
@@ -150,6 +153,43 @@ def test_wrong_sign_would_be_caught():
         score=gauss_score, steps=100, generator=gen(10), save="ends",
     )
     assert float(wrong.x_final.var(0).min()) > 1.5
+
+
+def test_tapered_score_term_is_needed():
+    # without its score term the tapered SDE adds (2/3) sigma^2 of variance: the check sees it
+    n = 20_000
+    x0 = -A + torch.randn(n, DIM, generator=gen(9), dtype=torch.float64)
+    plain = integrate_sde(pf_velocity, x0, sigma=SIGMA_B, steps=100, generator=gen(10),
+                          diffusion="tapered", save="ends")
+    assert float(plain.x_final.var(0).min()) > 1.4
+
+
+@pytest.mark.parametrize(("t0", "t1", "steps"), [(0.0, 1.0, 7), (0.5, 1.5, 3), (1.0, 3.0, 5)])
+def test_tapered_noise_variance_is_exact_per_step(t0, t1, steps):
+    # pure noise (v = 0, no score): Var x(t1) = sigma^2 int_t0^t1 4 u (1 - u) dt, u = t mod 1,
+    # in closed form whatever the step count: 2/3 per whole unit interval, 1/3 per half
+    n, sigma = 400_000, 0.8
+    exact = sigma**2 * {(0.0, 1.0): 2 / 3, (0.5, 1.5): 2 / 3, (1.0, 3.0): 4 / 3}[(t0, t1)]
+    x0 = torch.zeros(n, 1, dtype=torch.float64)
+    traj = integrate_sde(lambda x, t: torch.zeros_like(x), x0, sigma=sigma, steps=steps,
+                         t0=t0, t1=t1, generator=gen(12), diffusion="tapered", save="ends")
+    var = float(traj.x_final.var())
+    assert abs(var - exact) < 4 * exact * math.sqrt(2 / n), (var, exact)
+
+
+def test_diffusion_schedules_rate_and_integral_agree():
+    # integral' = rate (midpoint quadrature on a fine grid), integral(0) = 0, rate in [0, 1],
+    # the tapered rate vanishes at every whole time and is 1 half-way
+    grid = np.linspace(0.0, 3.0, 30_001)
+    for name, sched in DIFFUSIONS.items():
+        rates = np.array([sched.rate(float(t)) for t in (grid[:-1] + grid[1:]) / 2])
+        quad = np.concatenate([[0.0], np.cumsum(rates * np.diff(grid))])
+        integ = np.array([sched.integral(float(t)) for t in grid])
+        assert sched.integral(0.0) == 0.0
+        np.testing.assert_allclose(integ, quad, rtol=0, atol=3e-8, err_msg=name)  # h^2 T |f"| / 24 = 1e-8
+        assert rates.min() >= 0.0 and rates.max() <= 1.0
+    tapered = DIFFUSIONS["tapered"]
+    assert [tapered.rate(t) for t in (0.0, 1.0, 2.0, 0.5, 1.5)] == [0.0, 0.0, 0.0, 1.0, 1.0]
 
 
 def test_probability_flow_ode_has_the_same_marginals():
@@ -253,6 +293,8 @@ def test_errors():
         integrate_sde(f, x0, sigma=1.0, steps=0)
     with pytest.raises(ValueError, match="save must be one of"):
         integrate_sde(f, x0, sigma=1.0, save="some")
+    with pytest.raises(ValueError, match="unknown diffusion 'linear'; valid schedules: constant"):
+        integrate_sde(f, x0, sigma=1.0, diffusion="linear")
     with pytest.raises(ValueError, match="NaN or inf"):
         integrate_sde(f, torch.full((2, 2), float("nan")), sigma=1.0)
     with pytest.raises(ValueError, match="velocity of the state's shape"):

@@ -19,8 +19,10 @@ evaluations made anyway; adaptive methods integrate it as an extra ODE component
 learned by SF2M (docs/reference.md §2), dx = [v + (sigma^2/2) s] dt + sigma dW from t = 0 to
 1, or its time reversal dx = [v - (sigma^2/2) s] dt + sigma dW integrated from t = 1 down to 0
 (dt < 0). All three (forward SDE, reverse SDE and the probability-flow ODE dx = v dt, which
-is ``integrate(drift, ...)``) share the marginals p_t when s = grad log p_t. The SDE schemes
-are in :data:`SDE_SOLVERS`; the Brownian increments come from the ``generator`` only.
+is ``integrate(drift, ...)``) share the marginals p_t when s = grad log p_t. So does every
+SDE dx = [v + (g(t)^2/2) s] dt + g(t) dW: :data:`DIFFUSIONS` holds the schedules g(t) (the
+bridge's constant sigma, and one tapered to 0 at the snapshot times). The SDE schemes are in
+:data:`SDE_SOLVERS`; the Brownian increments come from the ``generator`` only.
 
 :class:`Guided` wraps a class-conditional model for classifier-free guidance,
 v = (1 + w) v(x | y) - w v(x | null), one batched model call per evaluation.
@@ -42,7 +44,9 @@ from ._utils import check_cond, check_positive, check_tensor, flat, randn_like
 
 __all__ = [
     "ADAPTIVE_SOLVERS",
+    "DIFFUSIONS",
     "FIXED_STEP_SOLVERS",
+    "Diffusion",
     "Guided",
     "SDE_SOLVERS",
     "SOLVERS",
@@ -485,23 +489,66 @@ def _doubled(value: Any, n: int) -> Any:
 
 
 # --------------------------------------------------------------------------- SDEs
-class _SDEDrift:
-    """b(x, t) = v(x, t) + sign (sigma^2 / 2) s(x, t), counted once per evaluation."""
+@dataclass(frozen=True)
+class Diffusion:
+    """A diffusion schedule g(t) = sigma * sqrt(rate(t)) of the SDE family
+    dx = [v + (g(t)^2 / 2) s] dt + g(t) dW, all of whose members have the marginals p_t of the
+    flow v when s = grad log p_t.
 
-    def __init__(self, drift: _Field, score: _Field | None, coef: float) -> None:
-        self.drift, self.score, self.coef = drift, score, coef
+    rate: g(t)^2 / sigma^2 at time t.
+    integral: int_0^t rate(r) dr, so that the Brownian increment over a step [t, t + dt] has
+        the exact variance sigma^2 |integral(t + dt) - integral(t)| per coordinate.
+    """
+
+    rate: Callable[[float], float]
+    integral: Callable[[float], float]
+
+
+def _tapered_rate(t: float) -> float:
+    u = t - math.floor(t)
+    return 4.0 * u * (1.0 - u)
+
+
+def _tapered_integral(t: float) -> float:
+    k = math.floor(t)
+    u = t - k
+    return k * (2.0 / 3.0) + 2.0 * u * u - (4.0 / 3.0) * u**3
+
+
+DIFFUSIONS: dict[str, Diffusion] = {
+    "constant": Diffusion(rate=lambda t: 1.0, integral=lambda t: t),
+    "tapered": Diffusion(rate=_tapered_rate, integral=_tapered_integral),
+}
+"""Diffusion schedules by name. "constant": g = sigma, the bridge's own SDE (its path law is
+the Brownian bridge mixture the model was trained on). "tapered": g(t)^2 = 4 sigma^2 u (1 - u),
+u = t - floor(t) (the position inside each unit interval between snapshots), i.e. g = 2 sigma_t
+with sigma_t the bridge's standard deviation (docs/reference.md §2): sigma at the middle of the
+interval and 0 at its ends, where the SF2M score regression
+has no weight (lambda(t) = 2 sigma_t / sigma^2) and the score is least accurate. Same marginals,
+less noise near the snapshots; the score error enters the drift as (g^2 / (2 sigma_t)) times the
+error of sigma_t s, which the loss controls, bounded for "tapered" and growing as 1 / sigma_t for
+"constant"."""
+
+
+class _SDEDrift:
+    """b(x, t) = v(x, t) + sign (g(t)^2 / 2) s(x, t), counted once per evaluation."""
+
+    def __init__(self, drift: _Field, score: _Field | None, coef: float,
+                 rate: Callable[[float], float]) -> None:
+        self.drift, self.score, self.coef, self.rate = drift, score, coef, rate
         self.nfe = 0
 
     def __call__(self, t: float, x: Tensor) -> Tensor:
         self.nfe += 1
         b = self.drift(t, x)
-        if self.score is not None and self.coef != 0.0:
-            b = b + self.coef * self.score(t, x)
+        coef = self.coef * self.rate(t)
+        if self.score is not None and coef != 0.0:
+            b = b + coef * self.score(t, x)
         return b
 
 
 def _euler_maruyama(b: _SDEDrift, t: float, dt: float, x: Tensor, dw: Tensor) -> Tensor:
-    """x + b(x, t) dt + sigma dW (weak order 1, strong order 1 for additive noise)."""
+    """x + b(x, t) dt + g dW (weak order 1, strong order 1 for additive noise)."""
     return x + dt * b(t, x) + dw
 
 
@@ -525,6 +572,7 @@ def integrate_sde(
     score: Callable[..., Tensor] | None = None,
     steps: int = 100,
     method: str = "euler_maruyama",
+    diffusion: str = "constant",
     reverse: bool = False,
     generator: torch.Generator | None = None,
     t0: float | None = None,
@@ -544,6 +592,9 @@ def integrate_sde(
         drift has one (:class:`otcfm.models.DriftScore`), otherwise no score term.
     sigma: the diffusion coefficient g (>= 0; SF2M: the bridge's sigma).
     steps, method: ``steps`` uniform steps of a scheme from :data:`SDE_SOLVERS`.
+    diffusion: a schedule from :data:`DIFFUSIONS`: "constant" (g = sigma, the equations above)
+        or "tapered" (g(t) = sigma sqrt(4 u (1 - u)), u = t - floor(t), in place of sigma in
+        both the drift and the noise; same marginals, exact noise variance per step).
     generator: the only source of the Brownian increments (same seed, same paths).
     t0, t1: the interval (forward needs t0 < t1, reverse t0 > t1).
     save: "all" keeps the ``steps + 1`` states on the grid, "ends" the first and last.
@@ -554,6 +605,9 @@ def integrate_sde(
     """
     if not isinstance(method, str) or method not in SDE_SOLVERS:
         raise ValueError(f"unknown SDE method {method!r}; valid methods: {', '.join(SDE_SOLVERS)}")
+    if not isinstance(diffusion, str) or diffusion not in DIFFUSIONS:
+        raise ValueError(f"unknown diffusion {diffusion!r}; valid schedules: "
+                         f"{', '.join(DIFFUSIONS)}")
     steps = _check_steps(steps)
     sigma = check_positive("sigma", sigma, allow_zero=True)
     check_tensor("x0", x0)
@@ -576,10 +630,12 @@ def integrate_sde(
 
     state_dtype = _state_dtype(x0)
     coef = (-0.5 if reverse else 0.5) * sigma**2
+    schedule = DIFFUSIONS[diffusion]
     b = _SDEDrift(
         _Field(drift, x0, state_dtype, cond),
         None if score is None else _Field(score, x0, state_dtype, cond),
         coef,
+        schedule.rate,
     )
     step = SDE_SOLVERS[method]
     grid = _fixed_grid(start, end, steps, None)
@@ -588,7 +644,8 @@ def integrate_sde(
     with nullcontext() if grad else torch.no_grad():
         for k in range(steps):
             dt = grid[k + 1] - grid[k]
-            dw = (sigma * math.sqrt(abs(dt))) * randn_like(x, generator)
+            var = abs(schedule.integral(grid[k + 1]) - schedule.integral(grid[k]))
+            dw = (sigma * math.sqrt(var)) * randn_like(x, generator)
             x = step(b, grid[k], dt, x, dw)
             if save == "all" or k == steps - 1:
                 saved.append(x)

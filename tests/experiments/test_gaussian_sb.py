@@ -121,24 +121,26 @@ class Exact(nn.Module):
         return 2 * self.a + dv / (2 * v) * (x - m)
 
 
-@pytest.mark.parametrize("sampler", ["ode", "sde"])
-def test_exact_model_scores_near_the_floor(sampler):
+@pytest.mark.parametrize(("sampler", "diffusion"),
+                         [("ode", "constant"), ("sde", "constant"), ("sde", "tapered")])
+def test_exact_model_scores_near_the_floor(sampler, diffusion):
     """The bench's sampling and KL pipeline on the true drift and score: every time of the
-    grid is at the sampling floor up to the 20-step Euler(-Maruyama) error."""
+    grid is at the sampling floor up to the 20-step Euler(-Maruyama) error, for either
+    diffusion schedule of the SDE."""
     p = Protocol(n_test=10_000)
     d = 5
     model = DriftScore(Exact(p.a, p.sigma, False), Exact(p.a, p.sigma, True))
     x0 = torch.randn(p.n_test, d, generator=gen(2)) - p.a
     cell = Cell("sf2m" if sampler == "sde" else "sbcfm", "exact", d, 42)
-    kl = kl_curve(sample_cell(model, x0, cell, p, sampler), p)
+    kl = kl_curve(sample_cell(model, x0, cell, p, sampler, diffusion), p)
     assert len(kl) == 21
     floor = kl_floor(d, p.n_test)
     assert max(kl) < 2.5 * floor, kl  # seen: <= 1.6 x floor (0.001 at d = 5)
     # the wrong sign of the score term would be far off
     flipped = DriftScore(Exact(p.a, p.sigma, False), _Neg(Exact(p.a, p.sigma, True)))
     if sampler == "sde":
-        bad = kl_curve(sample_cell(flipped, x0, cell, p, sampler), p)
-        assert bad[-1] > 0.5
+        bad = kl_curve(sample_cell(flipped, x0, cell, p, sampler, diffusion), p)
+        assert bad[-1] > 0.5  # seen: 4.3 (constant), 1.9 (tapered: less noise to undo)
 
 
 def test_score_check_is_one_for_the_exact_score_and_sees_a_shrunk_one():
@@ -186,9 +188,14 @@ def test_quick_bench_writes_records_page_and_figure_then_caches(tmp_path, capsys
     page = (out / "gaussian_sb.md").read_text()
     assert "SB-CFM, paper" in page and "otcfm bench gaussian-sb --quick" in page
     assert (out / "gaussian_sb" / "kl_vs_t.png").stat().st_size > 5_000
-    for r in records:  # SF2M cells check their score at every grid time
+    for r in records:  # SF2M cells check their score and the tapered SDE at every grid time
         assert (len(r.get("score_slope_t", [])) == 11) is (r["method"] == "sf2m")
+        assert (len(r.get("kl_tapered_t", [])) == 11) is (r["method"] == "sf2m")
+        if r["method"] == "sf2m":
+            assert r["kl_tapered_t1"] == r["kl_tapered_t"][-1] != r["kl_t1"]
     assert "## SF2M's learned score against the exact one" in page
+    assert "## SF2M's SDE with a diffusion that vanishes at the snapshots" in page
+    assert "Tapered SDE minus the same models' ODE" in page
     assert (out / "gaussian_sb" / "score_vs_t.png").stat().st_size > 5_000
     capsys.readouterr()
     assert main(argv) == 0  # every cell cached now

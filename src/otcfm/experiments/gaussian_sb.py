@@ -242,12 +242,15 @@ def cell_config(cell: Cell, p: Protocol, runs: Path, data: DataConfig) -> RunCon
 
 
 def sample_cell(model: torch.nn.Module, x0: Tensor, cell: Cell, p: Protocol,
-                sampler: str) -> Trajectory:
-    """The 21 (euler_steps + 1) states of the ODE or of the SDE from x0."""
+                sampler: str, diffusion: str = "constant") -> Trajectory:
+    """The 21 (euler_steps + 1) states of the ODE or of the SDE (diffusion schedule
+    ``diffusion`` of :data:`otcfm.sampling.DIFFUSIONS`) from x0; every schedule gets the same
+    Brownian increments' seed."""
     if sampler == "ode":
         return integrate(model, x0, method="euler", steps=p.euler_steps, energy=False)
     g = stream(cell.seed, "gaussian-sb", "sde", str(cell.dim))
-    return integrate_sde(model, x0, sigma=p.sigma, steps=p.euler_steps, generator=g)
+    return integrate_sde(model, x0, sigma=p.sigma, steps=p.euler_steps, generator=g,
+                         diffusion=diffusion)
 
 
 def kl_curve(traj: Trajectory, p: Protocol) -> list[float]:
@@ -303,6 +306,9 @@ def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
     if sampler == "sde":  # the same model's probability flow, for comparison
         kl_ode = kl_curve(sample_cell(run.model, x0, cell, p, "ode"), p)
         record.update(kl_ode_t1=kl_ode[-1], kl_ode_mean=sum(kl_ode) / len(kl_ode))
+        kl_tap = kl_curve(sample_cell(run.model, x0, cell, p, "sde", "tapered"), p)
+        record.update(kl_tapered_t1=kl_tap[-1], kl_tapered_mean=sum(kl_tap) / len(kl_tap),
+                      kl_tapered_t=kl_tap)
         g = stream(cell.seed, "gaussian-sb", "score", str(cell.dim))
         checks = [score_check(run.model, t, cell.dim, p, g) for t in p.times]
         record.update(score_slope_t=[c[0] for c in checks], score_error_t=[c[1] for c in checks])
