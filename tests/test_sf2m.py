@@ -297,6 +297,23 @@ def test_cli_sample_and_evaluate_with_sde(tmp_path, capsys):
     assert metrics["nfe_sde"] == 5 and "w2_sde" in metrics
     assert main(["sample", str(cfg.run_dir), "--sde-steps", "4", "--out", str(out)]) == 2
     assert "--sde-steps applies to SDE sampling" in capsys.readouterr().err
+    # the tapered noise schedule: the same seed, other samples, reported in the metrics
+    tapered = tmp_path / "t.npy"
+    assert main(["sample", str(cfg.run_dir), "--n", "32", "--sde", "--sde-steps", "6",
+                 "--seed", "3", "--diffusion", "tapered", "--out", str(tapered)]) == 0
+    assert "SDE, sigma 0.5, tapered diffusion, NFE 6" in capsys.readouterr().out
+    assert np.isfinite(np.load(tapered)).all() and not np.allclose(np.load(tapered), samples)
+    assert main(["evaluate", str(cfg.run_dir), "--adaptive", "none", "--no-plots", "--sde",
+                 "--diffusion", "tapered"]) == 0
+    again = json.loads((cfg.run_dir / "metrics.json").read_text())["test"]
+    assert again["sde_diffusion"] == "tapered" and metrics["sde_diffusion"] == "constant"
+    assert again["w2_sde"] != metrics["w2_sde"] and again["w2"] == metrics["w2"]
+    capsys.readouterr()
+    for flags, message in ((["--diffusion", "tapered"], "add --sde"),
+                           (["--sde", "--diffusion", "linear"],
+                            "--diffusion: unknown schedule 'linear' (choose from constant")):
+        assert main(["sample", str(cfg.run_dir), *flags, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------- a bridge recovered

@@ -459,6 +459,18 @@ def _add_sde_flags(p: argparse.ArgumentParser, also: str = "") -> None:
     p.add_argument(
         "--sde-steps", type=count, default=None, help="Euler-Maruyama steps (default: ode_steps)"
     )
+    _add_diffusion_flag(p)
+
+
+def _add_diffusion_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--diffusion", default=None, metavar="SCHEDULE",
+        help="with --sde: the noise schedule g(t) that replaces sigma in dW and in the score "
+        "term: 'constant' (g = sigma, the bridge's own SDE; the default) or 'tapered' (g = 2 "
+        "sigma sqrt(u (1 - u)), u the position between two snapshot times: sigma half-way, 0 "
+        "at the snapshots, where the learned score is least accurate; the same marginals; "
+        "docs/results/gaussian_sb.md measures both)",
+    )
 
 
 def _add_trajectory(sub: Any) -> None:
@@ -513,6 +525,7 @@ def _add_trajectory(sub: Any) -> None:
                    "fit's sigma) instead of the probability-flow ODE")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the SDE's Brownian increments (default: the run's seed)")
+    _add_diffusion_flag(p)
     p.add_argument("--out", type=Path, required=True, help=".npz, .csv, .tsv or .pt")
     _add_data_flags(p)
 

@@ -44,6 +44,7 @@ from ._utils import check_cond, check_positive, check_tensor, flat, randn_like
 
 __all__ = [
     "ADAPTIVE_SOLVERS",
+    "DEFAULT_DIFFUSION",
     "DIFFUSIONS",
     "FIXED_STEP_SOLVERS",
     "Diffusion",
@@ -515,6 +516,8 @@ def _tapered_integral(t: float) -> float:
     return k * (2.0 / 3.0) + 2.0 * u * u - (4.0 / 3.0) * u**3
 
 
+DEFAULT_DIFFUSION = "constant"
+"""The schedule of :func:`integrate_sde` and of every SDE sampler built on it."""
 DIFFUSIONS: dict[str, Diffusion] = {
     "constant": Diffusion(rate=lambda t: 1.0, integral=lambda t: t),
     "tapered": Diffusion(rate=_tapered_rate, integral=_tapered_integral),
@@ -572,7 +575,7 @@ def integrate_sde(
     score: Callable[..., Tensor] | None = None,
     steps: int = 100,
     method: str = "euler_maruyama",
-    diffusion: str = "constant",
+    diffusion: str = DEFAULT_DIFFUSION,
     reverse: bool = False,
     generator: torch.Generator | None = None,
     t0: float | None = None,

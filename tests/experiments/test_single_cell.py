@@ -26,14 +26,16 @@ def test_quick_synthetic_bench(tmp_path, capsys):
     report = json.loads((out / "single_cell.json").read_text())
     records = report["records"]
     keys = {(r["method"], r["left_out"], r["seed"]) for r in records}
-    methods = ("otcfm", "icfm", "sbcfm", "sbcfm:0.1", "sf2m:0.3", "sf2m-sde:0.3", BASELINE)
+    methods = ("otcfm", "icfm", "sbcfm", "sbcfm:0.1", "sf2m:0.3", "sf2m-sde:0.3",
+               "sf2m-sde-tapered:0.3", BASELINE)
     assert keys == {(m, 2, s) for m in methods for s in (42, 43)}
     sigma = {r["method"]: r.get("sigma") for r in records}
     assert sigma == {"otcfm": 0.1, "icfm": 0.1, "sbcfm": 1.0, "sbcfm:0.1": 0.1, "sf2m:0.3": 0.3,
-                     "sf2m-sde:0.3": 0.3, BASELINE: None}
+                     "sf2m-sde:0.3": 0.3, "sf2m-sde-tapered:0.3": 0.3, BASELINE: None}
     ode = {r["seed"]: r["w1"] for r in records if r["method"] == "sf2m:0.3"}
     sde = {r["seed"]: r["w1"] for r in records if r["method"] == "sf2m-sde:0.3"}
-    assert all(ode[s] != sde[s] for s in ode)  # the same fit, another sampler
+    tapered = {r["seed"]: r["w1"] for r in records if r["method"] == "sf2m-sde-tapered:0.3"}
+    assert all(len({ode[s], sde[s], tapered[s]}) == 3 for s in ode)  # the same fit, 3 samplers
     assert list(report["summary"]) == list(methods)
     for r in records:
         assert r["w1"] > 0 and r["mmd"] >= 0 and r["w1_truth"] > 0 and r["time"] == "2"
@@ -41,6 +43,8 @@ def test_quick_synthetic_bench(tmp_path, capsys):
     md = (out / "single_cell.md").read_text()
     for text in ("| OT-CFM |", "| I-CFM |", "| SB-CFM |", "| SB-CFM (σ=0.1) |",
                  "| SF2M (ODE) (σ=0.3) |", "| SF2M (SDE) (σ=0.3) |",
+                 "| SF2M (SDE, tapered g) (σ=0.3) |",
+                 "- SF2M (SDE, tapered g) (σ=0.3) against the same fits' ODE: W1 ",
                  "linear interp. (OT)",
                  "W1 (fresh ground truth)", "Command: `otcfm bench single-cell", "t=2"):
         assert text in md, text

@@ -251,7 +251,8 @@ def test_sf2m_run_evaluates_and_predicts_along_its_sde(tmp_path, csv_data, capsy
     assert ev["w1_sde"] > 0 and ev["mmd_sde"] >= 0 and ev["w1_sde"] != ev["w1"]
     assert "SDE (Euler-Maruyama)" in (run / "report.md").read_text()
     outs = {}
-    for name, extra in (("a", []), ("b", []), ("c", ["--seed", "7"]), ("ode", None)):
+    for name, extra in (("a", []), ("b", []), ("c", ["--seed", "7"]), ("ode", None),
+                        ("tapered", ["--diffusion", "tapered"])):
         out = tmp_path / f"{name}.npz"
         flags = ["--sde", *extra] if extra is not None else []
         assert main(["predict", str(run), "--time", "3", "--paths", "5", *flags,
@@ -260,8 +261,14 @@ def test_sf2m_run_evaluates_and_predicts_along_its_sde(tmp_path, csv_data, capsy
             outs[name] = z["xs"]
     np.testing.assert_array_equal(outs["a"], outs["b"])  # the run's seed: repeatable
     assert not np.array_equal(outs["a"], outs["c"]) and not np.array_equal(outs["a"], outs["ode"])
+    # the tapered schedule: the same start, other paths
+    np.testing.assert_array_equal(outs["tapered"][0], outs["a"][0])
+    assert not np.array_equal(outs["tapered"], outs["a"])
     capsys.readouterr()
     assert main(["predict", str(run), "--time", "3", "--seed", "1", "--out",
+                 str(tmp_path / "x.npz")]) == 2
+    assert "add --sde" in capsys.readouterr().err
+    assert main(["predict", str(run), "--time", "3", "--diffusion", "tapered", "--out",
                  str(tmp_path / "x.npz")]) == 2
     assert "add --sde" in capsys.readouterr().err
 

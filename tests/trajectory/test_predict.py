@@ -128,24 +128,28 @@ class DriftAndScore(nn.Module):
         return torch.zeros_like(x) if self.var is None else -x / self.var
 
 
-def test_sde_push_has_the_closed_form_moments_both_ways():
-    """dx = C dtau + sigma dW from tau 1 to 3.5 (score 0): mean shift 2.5 C and variance
-    sigma^2 2.5 per coordinate, within 5 standard errors; backwards likewise (the reversal
-    with a zero score is the same SDE run back)."""
+@pytest.mark.parametrize(("diffusion", "units"), [("constant", 2.5), ("tapered", 5 / 3)])
+def test_sde_push_has_the_closed_form_moments_both_ways(diffusion, units):
+    """dx = C dtau + g dW from tau 1 to 3.5 (score 0): mean shift 2.5 C and variance
+    sigma^2 int g^2 / sigma^2 per coordinate (constant: 2.5; tapered: 2/3 per whole unit and
+    1/3 for the half, 5/3), within 5 standard errors; backwards likewise (the reversal with a
+    zero score is the same SDE run back)."""
     sigma, n = 0.7, 20_000
     x = torch.zeros(n, 3)
     g = torch.Generator().manual_seed(0)
     for tau0, tau1 in ((1.0, 3.5), (3.5, 1.0)):
-        out = push(DriftAndScore(C), x, tau0, tau1, steps_per_unit=8, sde=SDE(sigma, g))
+        out = push(DriftAndScore(C), x, tau0, tau1, steps_per_unit=8,
+                   sde=SDE(sigma, g, diffusion))
         span = tau1 - tau0
-        var = sigma**2 * abs(span)
+        var = sigma**2 * units
         se_mean = math.sqrt(var / n)
         assert (out.mean(0) - span * C).abs().max() < 5 * se_mean
         se_var = var * math.sqrt(2 / n)
         assert (out.var(0) - var).abs().max() < 5 * se_var
 
 
-def test_sde_with_the_stationary_score_keeps_its_law():
+@pytest.mark.parametrize("diffusion", ["constant", "tapered"])
+def test_sde_with_the_stationary_score_keeps_its_law(diffusion):
     """v = 0, s = -x (N(0, I)): dx = -(sigma^2 / 2) x dtau + sigma dW is the OU process with
     stationary law N(0, I); started there it stays (variance within 5 SE after 3 units; the
     Euler-Maruyama bias at 50 steps per unit, sigma 1, is ~sigma^2 dt / 4 = 0.005)."""
@@ -153,7 +157,7 @@ def test_sde_with_the_stationary_score_keeps_its_law():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(n, 2, generator=g)
     out = push(DriftAndScore(torch.zeros(2), var=1.0), x, 0.0, 3.0, steps_per_unit=50,
-               sde=SDE(1.0, g))
+               sde=SDE(1.0, g, diffusion))
     assert (out.var(0) - 1.0).abs().max() < 5 * math.sqrt(2 / n) + 0.005
     assert (out.mean(0)).abs().max() < 5 / math.sqrt(n)
 
@@ -174,3 +178,5 @@ def test_sde_paths_and_their_checks():
         push(Constant(), x, 0.0, 1.0, sde=SDE(0.5))
     with pytest.raises(ValueError, match="positive"):
         SDE(0.0)
+    with pytest.raises(ValueError, match="unknown diffusion 'linear'; valid schedules"):
+        SDE(0.5, diffusion="linear")

@@ -48,6 +48,7 @@ from otcfm.experiments.single_cell_report import (
     summarize,
     write_figures,
 )
+from otcfm.sampling import DEFAULT_DIFFUSION, DIFFUSIONS
 from otcfm.train.checkpoint import write_text_atomic
 from otcfm.train.datasets import stream
 from otcfm.trajectory.fit import (
@@ -138,11 +139,13 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     if task.get("truth") is not None:
         record["w1_truth"] = score(pred, task["truth"]).w1
     out: dict[str, Any] = {"record": record, "extra": []}
-    if spec.method in SCORE_METHODS:  # the same fit along its SDE: a row of its own
-        sde = SDE(spec.sigma, stream(spec.seed, "sde", str(k)))
+    for diffusion in DIFFUSIONS if spec.method in SCORE_METHODS else ():
+        # the same fit along its SDE, one row per noise schedule (the same increments' seed)
+        sde = SDE(spec.sigma, stream(spec.seed, "sde", str(k)), diffusion)
         pred = predict_left_out(fit.model, ts, k, steps_per_unit=steps, sde=sde)
         s = score(pred, ts.at(k))
-        extra = {**record, "method": sde_entry(record["method"]), "w1": s.w1, "mmd": s.mmd}
+        extra = {**record, "method": sde_entry(record["method"], diffusion), "w1": s.w1,
+                 "mmd": s.mmd}
         if task.get("truth") is not None:
             extra["w1_truth"] = score(pred, task["truth"]).w1
         out["extra"].append(extra)
@@ -152,11 +155,12 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def sde_entry(entry: str) -> str:
+def sde_entry(entry: str, diffusion: str = DEFAULT_DIFFUSION) -> str:
     """The row of an SF2M entry sampled with its SDE: 'sf2m' -> 'sf2m-sde', 'sf2m:0.1' ->
-    'sf2m-sde:0.1'."""
+    'sf2m-sde:0.1'; another noise schedule is named after it: 'sf2m-sde-tapered:0.1'."""
     base, sep, sigma = entry.partition(":")
-    return f"{base}-sde{sep}{sigma}"
+    tag = "" if diffusion == DEFAULT_DIFFUSION else f"-{diffusion}"
+    return f"{base}-sde{tag}{sep}{sigma}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -229,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="worker processes (1 thread each)")
     p.add_argument("--methods", default=",".join(METHODS),
                    help="comma-separated subset of otcfm, icfm, sbcfm, sf2m (scored along its "
-                        "ODE and, as sf2m-sde, its SDE); METHOD:SIGMA sets one method's sigma "
+                        "ODE and, as sf2m-sde and sf2m-sde-tapered, its SDE with a constant "
+                        "and a tapered noise); METHOD:SIGMA sets one method's sigma "
                         "(e.g. sbcfm:0.1; the same method may appear twice)")
     p.add_argument("--left-out", default="all",
                    help="comma-separated time indices to hold out (default: every "
@@ -323,7 +328,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
               for r in results if "state" in r}
     models = {e: models[e] for e in entries if e in models}
     rows = [x for e in entries
-            for x in ((e, sde_entry(e)) if entries[e][0] in SCORE_METHODS else (e,))]
+            for x in ((e, *(sde_entry(e, d) for d in DIFFUSIONS))
+                      if entries[e][0] in SCORE_METHODS else (e,))]
     summary = summarize(records, [*rows, BASELINE])
     out = Path(args.out)
     write_figures(out / "single_cell", ts, figure_k, models, summary, args.ode_steps)

@@ -23,7 +23,8 @@ from otcfm.trajectory.predict import interpolation_baseline, predict_left_out, t
 
 BASELINE = "linear-ot"
 LABELS = {"otcfm": "OT-CFM", "icfm": "I-CFM", "sbcfm": "SB-CFM", "sf2m": "SF2M (ODE)",
-          "sf2m-sde": "SF2M (SDE)", BASELINE: "linear interp. (OT)"}
+          "sf2m-sde": "SF2M (SDE)", "sf2m-sde-tapered": "SF2M (SDE, tapered g)",
+          BASELINE: "linear interp. (OT)"}
 # the paper's W1 (mean, std) per real set and method: published.json
 _SINGLE_CELL = section("single_cell")
 PUBLISHED: dict[str, dict[str, tuple[float, float]]] = mean_std_table(_SINGLE_CELL["w1"])
@@ -185,8 +186,9 @@ def _verdict(summary: dict[str, Any], synthetic: bool) -> str:
                          f"({v:.3f}){_paired(summary['otcfm']['w1'], summary[other]['w1'])}.")
     for m in summary:  # an SF2M fit along its SDE against the same fits' ODE
         base, sep, sigma = m.partition(":")
-        if base.endswith("-sde") and f"{base[:-4]}{sep}{sigma}" in summary:
-            ode = summary[f"{base[:-4]}{sep}{sigma}"]["w1"]
+        ode_entry = f"{base.partition('-sde')[0]}{sep}{sigma}"
+        if "-sde" in base and ode_entry in summary:
+            ode = summary[ode_entry]["w1"]
             paired = paired_difference(summary[m]["w1"].get("per_seed", {}),
                                        ode.get("per_seed", {}))
             if paired is not None and paired[1] is not None:

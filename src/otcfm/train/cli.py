@@ -16,7 +16,7 @@ import torch
 from otcfm.couplings import check_memory
 from otcfm.data import load_points, parse_spec, save_points, toy
 from otcfm.data.files import SUPPORTED_EXTENSIONS
-from otcfm.sampling import ADAPTIVE_SOLVERS, SOLVERS
+from otcfm.sampling import ADAPTIVE_SOLVERS, DIFFUSIONS, SOLVERS
 from otcfm.train.checkpoint import StagedFiles
 from otcfm.train.config import (
     RunConfig,
@@ -148,10 +148,23 @@ def _refuse_image_flags(args: argparse.Namespace, defaults: dict[str, Any]) -> N
             raise ValueError(f"{flag} applies to image runs; {args.run} is a point-cloud run")
 
 
+def diffusion_option(args: argparse.Namespace) -> dict[str, str]:
+    """``--diffusion`` as keyword arguments of the SDE samplers ({} when not given), checked:
+    it needs ``--sde`` and a schedule of :data:`otcfm.sampling.DIFFUSIONS`."""
+    if args.diffusion is None:
+        return {}
+    if not args.sde:
+        raise ValueError("--diffusion sets the SDE's noise schedule; add --sde")
+    if args.diffusion not in DIFFUSIONS:
+        raise ValueError(f"--diffusion: unknown schedule {args.diffusion!r} (choose from "
+                         f"{', '.join(DIFFUSIONS)})")
+    return {"diffusion": args.diffusion}
+
+
 def cmd_sample_images(args: argparse.Namespace) -> int:
     """``otcfm sample RUN`` of an image run: a PNG grid, or the images as .npz / .pt."""
-    if args.sde or args.sde_steps is not None or args.x0 is not None:
-        raise ValueError("--sde, --sde-steps and --x0 apply to point-cloud runs; "
+    if args.sde or args.sde_steps is not None or args.x0 is not None or args.diffusion:
+        raise ValueError("--sde, --sde-steps, --diffusion and --x0 apply to point-cloud runs; "
                          f"{args.run} is an image run (it samples from noise)")
     out = Path(args.out)
     check_output_file(out, "--out", (".png", ".npz", ".pt"))
@@ -209,6 +222,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.solver is not None and args.solver not in SOLVERS:
         raise ValueError(f"--solver: unknown solver {args.solver!r} (choose from "
                          f"{', '.join(SOLVERS)})")
+    diffusion = diffusion_option(args)
     check_output_file(args.out, "--out", (*SUPPORTED_EXTENSIONS, ".pt"))
     x0_spec = None
     if args.x0 is not None:
@@ -232,7 +246,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         generator = torch.Generator().manual_seed(args.seed)
     traj = sample_run(
         run, x0, n=args.n, solver=args.solver, steps=args.ode_steps, save="ends",
-        sde=args.sde, sde_steps=args.sde_steps, generator=generator,
+        sde=args.sde, sde_steps=args.sde_steps, generator=generator, **diffusion,
     )
     out = Path(args.out)
     with StagedFiles() as staged:  # written whole or not at all
@@ -241,6 +255,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         else:
             save_points(staged.path(out), traj.x_final)
     how = f"SDE, sigma {sde_sigma(run.cfg)}" if args.sde else "ODE"
+    how += f", {diffusion['diffusion']} diffusion" if diffusion else ""
     print(f"wrote {traj.x_final.shape[0]} samples to {out} ({how}, NFE {traj.nfe}; "
           f"{run.checkpoint}, step {run.step})")
     return 0
@@ -284,7 +299,7 @@ def cmd_evaluate(args: argparse.Namespace, scorer: Scorers | None = None) -> int
     network of its data set, or None) and, with --fid, by FID; --nll adds the negative
     log-likelihood of the test data (:class:`~otcfm.train.evaluate.NllSettings`)."""
     if _is_image_run(args.run):
-        if args.sde or args.sde_steps is not None:
+        if args.sde or args.sde_steps is not None or args.diffusion:
             raise ValueError(f"--sde applies to SF2M point-cloud runs; {args.run} is an image run")
         if args.fid and (args.inception is None or args.fid_stats is None):
             raise ValueError("--fid needs --inception FILE (the Inception TorchScript file) and "
@@ -322,7 +337,7 @@ def cmd_evaluate(args: argparse.Namespace, scorer: Scorers | None = None) -> int
         raise ValueError("--sde-steps applies to SDE sampling; add --sde")
     metrics = evaluate_run(
         args.run, which=args.checkpoint, adaptive=adaptive, plots=not args.no_plots,
-        sde=args.sde, sde_steps=args.sde_steps, data_root=args.data_root,
+        sde=args.sde, sde_steps=args.sde_steps, **diffusion_option(args), data_root=args.data_root,
         allow_changed_data=args.allow_changed_data, nll=_nll_settings(args, image=False),
     )
     _print_metrics(metrics)

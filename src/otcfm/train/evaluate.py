@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from otcfm.metrics import mmd, normalized_path_energy, wasserstein
-from otcfm.sampling import Trajectory, integrate, integrate_sde
+from otcfm.sampling import DEFAULT_DIFFUSION, Trajectory, integrate, integrate_sde
 from otcfm.train.checkpoint import CorruptCheckpoint, StagedFiles, load_checkpoint
 from otcfm.train.config import RunConfig
 from otcfm.train.datasets import RunData, load_run_data, read_data_record, stream
@@ -149,13 +149,15 @@ def sample_run(
     sde: bool = False,
     sde_steps: int | None = None,
     generator: torch.Generator | None = None,
+    diffusion: str = DEFAULT_DIFFUSION,
 ) -> Trajectory:
     """Push source points (the test set by default) through the model ODE.
 
     With ``sde`` (runs with a score network only, i.e. SF2M) sample the bridge SDE
     dx = [v + (sigma^2/2) s] dt + sigma dW instead, by Euler-Maruyama with the run's sigma in
     ``sde_steps`` steps (default: the run's ``eval.ode_steps``); the noise comes from
-    ``generator`` (default: a stream derived from the run's seed, so repeated calls agree).
+    ``generator`` (default: a stream derived from the run's seed, so repeated calls agree);
+    ``diffusion``: the schedule of :data:`otcfm.sampling.DIFFUSIONS` (sigma in place of g).
     """
     if x0 is None:
         x0 = run.data.source.test if n is None else run.data.source.test[:n]
@@ -172,6 +174,7 @@ def sample_run(
             steps=run.cfg.eval.ode_steps if sde_steps is None else sde_steps,
             generator=generator if generator is not None else stream(run.cfg.seed, "sde"),
             save=save,
+            diffusion=diffusion,
         )
     return integrate(
         run.model,
@@ -261,6 +264,7 @@ def evaluate_run(
     plots: bool = True,
     sde: bool = False,
     sde_steps: int | None = None,
+    diffusion: str = DEFAULT_DIFFUSION,
     data_root: str | Path | None = None,
     allow_changed_data: bool = False,
     nll: NllSettings | None = None,
@@ -274,7 +278,8 @@ def evaluate_run(
 
     The ODE metrics (W2, MMD, path energy, NPE of the probability flow) are always computed;
     with ``sde`` (SF2M runs) the bridge SDE's samples are scored as well (``w2_sde``,
-    ``w1_sde``, ``mmd_sde``, ``nfe_sde``, ``sde_steps``). With ``nll`` the negative
+    ``w1_sde``, ``mmd_sde``, ``nfe_sde``, ``sde_steps``, ``sde_diffusion``: the schedule
+    ``diffusion``). With ``nll`` the negative
     log-likelihood of the target test points under the flow (:func:`nll_metrics`).
     """
     run_dir = Path(run_dir)
@@ -323,13 +328,15 @@ def evaluate_run(
         metrics.update(nll_metrics(run.model, target, nll, seed=run.cfg.seed,
                                    source=density[0]), nll_source=density[1])
     if sde:
-        sde_traj = sample_run(run, source, sde=True, sde_steps=sde_steps, save="ends")
+        sde_traj = sample_run(run, source, sde=True, sde_steps=sde_steps, save="ends",
+                              diffusion=diffusion)
         sde_samples = sde_traj.x_final
         metrics["sde_steps"] = run.cfg.eval.ode_steps if sde_steps is None else sde_steps
         metrics["w2_sde"] = wasserstein(sde_samples, target, p=2)
         metrics["w1_sde"] = wasserstein(sde_samples, target, p=1)
         metrics["mmd_sde"] = mmd(sde_samples, target)
         metrics["nfe_sde"] = sde_traj.nfe
+        metrics["sde_diffusion"] = diffusion
 
     history = read_log(run_dir / "log.csv")
     # every output is written only once all of them were made, each atomically

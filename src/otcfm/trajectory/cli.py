@@ -59,6 +59,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from otcfm.data.timeseries_files import save_populations
     from otcfm.train.checkpoint import StagedFiles
+    from otcfm.train.cli import diffusion_option
     from otcfm.train.config import check_output_file
     from otcfm.trajectory.predict import predict_at, trajectories
     from otcfm.trajectory.run import load_trajectory_run, run_sde
@@ -71,9 +72,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--time must be finite, got {bad[0]}")
     if args.seed is not None and not args.sde:
         raise ValueError("--seed seeds the SDE's noise; add --sde")
+    diffusion = diffusion_option(args)
     run = load_trajectory_run(args.run, data_root=args.data_root,
                               allow_changed_data=args.allow_changed_data)
-    sde = run_sde(run, args.seed) if args.sde else None
+    sde = run_sde(run, args.seed, **diffusion) if args.sde else None
     ts, pre = run.data.ts, run.data.preprocessor
     steps = run.cfg.eval.ode_steps
     back = pre.inverse_transform if (args.original and pre is not None) else (lambda x: x)

@@ -25,7 +25,7 @@ from torch import Tensor
 from otcfm.couplings import ExactOT
 from otcfm.data.timeseries import TimeSeries
 from otcfm.metrics import mmd, wasserstein
-from otcfm.sampling import Trajectory, integrate, integrate_sde
+from otcfm.sampling import DEFAULT_DIFFUSION, DIFFUSIONS, Trajectory, integrate, integrate_sde
 
 __all__ = [
     "SDE",
@@ -62,15 +62,21 @@ def score(pred: Tensor, true: Tensor) -> Score:
 @dataclass(frozen=True, eq=False)
 class SDE:
     """Sample the bridge SDE of a drift-and-score model (SF2M) instead of its ODE: diffusion
-    ``sigma`` per unit of index time (the fit's sigma), increments from ``generator``."""
+    ``sigma`` per unit of index time (the fit's sigma), increments from ``generator``,
+    ``diffusion`` a schedule of :data:`otcfm.sampling.DIFFUSIONS` ("tapered": the noise
+    vanishes at every snapshot time, a whole index time)."""
 
     sigma: float
     generator: torch.Generator | None = None
+    diffusion: str = DEFAULT_DIFFUSION
 
     def __post_init__(self) -> None:
         if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma)
                 and self.sigma > 0):
             raise ValueError(f"SDE sigma must be a positive number, got {self.sigma!r}")
+        if self.diffusion not in DIFFUSIONS:
+            raise ValueError(f"unknown diffusion {self.diffusion!r}; valid schedules: "
+                             f"{', '.join(DIFFUSIONS)}")
 
 
 def _check_sde(model: Model, sde: SDE | None) -> None:
@@ -82,7 +88,8 @@ def _check_sde(model: Model, sde: SDE | None) -> None:
 def _sde_leg(model: Model, x: Tensor, tau0: float, tau1: float, steps: int, sde: SDE
              ) -> Trajectory:
     return integrate_sde(model, x, sigma=sde.sigma, steps=steps, t0=tau0, t1=tau1,
-                         reverse=tau1 < tau0, generator=sde.generator, save="ends")
+                         reverse=tau1 < tau0, generator=sde.generator, save="ends",
+                         diffusion=sde.diffusion)
 
 
 def _steps(steps_per_unit: int, span: float) -> int:

@@ -25,6 +25,7 @@ from otcfm.data.provenance import DataRecord, FileRecord
 from otcfm.data.synthetic_cells import SyntheticCells
 from otcfm.data.timeseries import TimeSeries
 from otcfm.data.timeseries_files import load_timeseries
+from otcfm.sampling import DEFAULT_DIFFUSION
 from otcfm.train.checkpoint import StagedFiles
 from otcfm.train.config import ConfigError, config_differences
 from otcfm.train.datasets import (
@@ -339,14 +340,15 @@ def evaluate_trajectory_run(
     return ev
 
 
-def run_sde(run: TrajectoryRun, seed: int | None) -> SDE:
-    """The SDE of an SF2M run (its sigma), noise from ``stream(seed or the run's, "sde")``;
+def run_sde(run: TrajectoryRun, seed: int | None, diffusion: str = DEFAULT_DIFFUSION) -> SDE:
+    """The SDE of an SF2M run (its sigma; ``diffusion`` a schedule of
+    :data:`otcfm.sampling.DIFFUSIONS`), noise from ``stream(seed or the run's, "sde")``;
     a clear error for a run without a score."""
     if not callable(getattr(run.model, "score", None)):
         raise ValueError(f"{run.run_dir} is a {run.cfg.method.name} run without a score "
                          "network: only SF2M runs (--method sf2m) sample the SDE")
     return SDE(spec_from_config(run.cfg).sigma,
-               stream(run.cfg.seed if seed is None else seed, "sde"))
+               stream(run.cfg.seed if seed is None else seed, "sde"), diffusion)
 
 
 def _plot(run: TrajectoryRun, steps: int, path: Path) -> None:
