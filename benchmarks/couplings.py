@@ -26,6 +26,15 @@ Parts (``--parts plan,step,memory``):
   t concatenated, SELU) for both: width 64 x 3 in 2-D, width 256 x 3 at d = 784.
 - memory: peak resident-memory growth of one coupling call, each in a fresh subprocess (so
   one library's peak does not hide the other's), against one float32 B x B cost matrix.
+- entropic: the entropic plans the protocols solve at every step, one solve of a float64
+  cost (``python benchmarks/couplings.py --parts entropic --out docs/results/entropic.json
+  --md docs/results/entropic.md``): SB-CFM's reg 2 (sigma 1) on the four 2-D tasks' costs,
+  and reg 0.02 (sigma 0.1) on consecutive time points of the synthetic single-cell course
+  (PCA to 5, standardised, as ``otcfm bench single-cell``). Solvers: ours as it stands
+  (``otcfm.couplings._sinkhorn.log_sinkhorn``: epsilon scaling by EPS_SCALING, Newton steps
+  by conjugate gradients), ours as it was before (scaling 0.5, Hessian formed for every
+  Newton step), and POT's ``ot.bregman.sinkhorn_log`` (no epsilon scaling) capped at
+  ``POT_MAX_ITER`` iterations; each record carries the L1 marginal error of its plan.
 
 Timings are medians of repeats on torch.set_num_threads(--threads) (default 1). Cells whose
 predicted time (extrapolated from the previous batch size as B^2.5) exceeds --max-seconds are
@@ -104,9 +113,19 @@ GRIDS: dict[str, dict[str, Any]] = {
         "step": [(2, 16, 64)],
         "memory": (128, 16),
         "memory_subprocess": False,  # in-process: fast enough for the smoke test
+        "entropic": [("moons-8gaussians", 32), ("cells", 32)],
         "repeats": 2,
     },
 }
+# entropic part: (case, B); a case is a 2-D task (reg 2) or "cells" (reg 0.02)
+_TASKS_2D = ("gaussian-8gaussians", "moons-8gaussians", "gaussian-moons", "gaussian-scurve")
+GRIDS["full"]["entropic"] = [(t, b) for t in _TASKS_2D for b in (256, 512, 1024)] + [
+    ("cells", 128), ("cells", 512)]
+GRIDS["quick"]["entropic"] = [("moons-8gaussians", 512), ("cells", 128)]
+ENTROPIC_REG = {"2d": 2.0, "cells": 0.02}  # 2 sigma^2 at SB-CFM's sigma 1 and at sigma 0.1
+ENTROPIC_TOL = 1e-6  # L1 marginal tolerance of every solver (EntropicOT's default)
+POT_MAX_ITER = 20_000
+POT_STOP = ENTROPIC_TOL / 10  # POT stops on the L2 norm of its column-marginal error
 
 
 @dataclass(frozen=True)
@@ -335,6 +354,89 @@ def run_step(cfg: Cfg, emit: Callable[[dict[str, Any]], None]) -> None:
                   "repeats": len(times)})
 
 
+# --------------------------------------------------------------------------- entropic part
+def entropic_cost(case: str, b: int, seed: int) -> tuple[torch.Tensor, float]:
+    """The float64 squared-distance cost of one entropic case and its reg."""
+    from otcfm.couplings._base import sq_cost
+    from otcfm.data import toy
+
+    g = torch.Generator().manual_seed(seed)
+    if case == "cells":
+        from otcfm.data.preprocess import fit_preprocessor
+        from otcfm.data.synthetic_cells import SyntheticCells
+
+        raw = SyntheticCells(obs_dim=20).snapshots(max(b, 1000), g)
+        ts = raw.map(fit_preprocessor(raw.x, dims=5, pca=True, standardize=True).transform)
+        x0, x1 = ts.at(1)[:b], ts.at(2)[:b]
+        return sq_cost(x0, x1, torch.float64), ENTROPIC_REG["cells"]
+    src, tgt = toy.task(case)
+    x0, x1 = toy.sample(src, b, g), toy.sample(tgt, b, g)
+    return sq_cost(x0, x1, torch.float64), ENTROPIC_REG["2d"]
+
+
+def entropic_solvers() -> list[tuple[str, str, Callable[[torch.Tensor, float], Any]]]:
+    """(library, solver, fn(cost, reg) -> (plan, fields)) for the entropic part."""
+    from otcfm.couplings._sinkhorn import EPS_SCALING, log_sinkhorn
+
+    def ours(**kw: Any) -> Callable[[torch.Tensor, float], Any]:
+        def call(cost: torch.Tensor, reg: float) -> Any:
+            r = log_sinkhorn(cost, reg, tol=ENTROPIC_TOL, **kw)
+            return r.log_plan.exp(), {"iterations": r.iterations, "newton_steps": r.newton_steps,
+                                      "stages": r.stages, "converged": r.converged}
+        return call
+
+    def pot(cost: torch.Tensor, reg: float) -> Any:
+        n0, n1 = cost.shape
+        plan, log = ot.bregman.sinkhorn_log(
+            np.full(n0, 1 / n0), np.full(n1, 1 / n1), cost.numpy(), reg,
+            numItermax=POT_MAX_ITER, stopThr=POT_STOP, log=True)
+        return torch.from_numpy(plan), {"iterations": int(log["niter"])}
+
+    return [("otcfm", f"log_sinkhorn (scaling {EPS_SCALING:g}, CG Newton)", ours()),
+            ("otcfm", "log_sinkhorn before (scaling 0.5, formed Hessian)",
+             ours(scaling=0.5, cg=False)),
+            ("pot", f"ot.bregman.sinkhorn_log (at most {POT_MAX_ITER:,} iterations)", pot)]
+
+
+def run_entropic(cfg: Cfg, emit: Callable[[dict[str, Any]], None]) -> None:
+    """Each case: every solver once untimed (its result recorded), then the timed repeats in
+    turn across the solvers, in reverse order every other round (so that no solver is
+    favoured by running after another), the median per solver; a solver predicted to exceed
+    --max-seconds is skipped."""
+    last: dict[tuple[str, int], tuple[int, float]] = {}
+    for case, b in cfg.grid["entropic"]:
+        cost, reg = entropic_cost(case, b, cfg.seed + b)
+        base = {"kind": "entropic", "case": case, "B": b, "d": 5 if case == "cells" else 2,
+                "reg": reg, "cost_max_over_reg": float(cost.max()) / reg, "gap": None}
+        runs: dict[str, dict[str, Any]] = {}
+        for lib, name, fn in entropic_solvers():
+            key = (name, 0 if case == "cells" else 1)
+            guess = predict(last, key, b)
+            if guess > cfg.max_seconds:
+                emit({**base, "library": lib, "solver": name, "seconds": None,
+                      "skipped": f"predicted {guess:.0f} s"})
+                continue
+            start = time.perf_counter()
+            plan, fields = fn(cost, reg)
+            first = time.perf_counter() - start
+            last[key] = (b, first)
+            n0, n1 = plan.shape
+            err = float((plan.sum(1) - 1 / n0).abs().sum() + (plan.sum(0) - 1 / n1).abs().sum())
+            fields.setdefault("converged", err <= ENTROPIC_TOL)
+            runs[name] = {"lib": lib, "fn": fn, "times": [first] if first > 5.0 else [],
+                          "fields": {"marginal_error": err, "tol": ENTROPIC_TOL, **fields}}
+        for k in range(cfg.repeats):  # the order reversed every other round
+            for run in list(runs.values())[::1 if k % 2 == 0 else -1]:
+                if not run["times"] or sum(run["times"]) < 5.0:
+                    start = time.perf_counter()
+                    run["fn"](cost, reg)
+                    run["times"].append(time.perf_counter() - start)
+        for name, run in runs.items():
+            emit({**base, "library": run["lib"], "solver": name,
+                  "seconds": statistics.median(run["times"]), "repeats": len(run["times"]),
+                  **run["fields"]})
+
+
 # --------------------------------------------------------------------------- memory part
 def _rss_kib(field: str) -> int:
     """VmRSS / VmHWM in KiB from /proc (Linux); ru_maxrss elsewhere."""
@@ -466,6 +568,9 @@ def tables(records: list[dict[str, Any]]) -> str:
                 f"{_ratio(oo, oi)}, {_ratio(oa, oi)} | {_ratio(to, ti)} |"
             )
         lines.append("")
+    ent = [r for r in records if r["kind"] == "entropic"]
+    if ent:
+        lines += _entropic_table(ent)
     mem = [r for r in records if r["kind"] == "memory"]
     if mem:
         lines += [
@@ -491,6 +596,40 @@ def tables(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _entropic_table(ent: list[dict[str, Any]]) -> list[str]:
+    solvers = list(dict.fromkeys(r["solver"] for r in ent))
+    ours = solvers[0]
+    lines = [
+        "### Entropic plans: one solve",
+        "",
+        f"Columns per solver: time, iterations (ours: Sinkhorn iterations plus Newton steps, "
+        f"the Newton steps in brackets), L1 marginal error of the plan (tolerance "
+        f"{ent[0]['tol']:g}; NO: not converged). Ratio: time of {ours} / time of the other.",
+        "",
+        "| case | B | reg | max C / reg | " + " | ".join(solvers) + " | "
+        + " | ".join(f"ratio to {s}" for s in solvers[1:]) + " |",
+        "|---|---|---|---|" + "---|" * (2 * len(solvers) - 1),
+    ]
+    for case, b in dict.fromkeys((r["case"], r["B"]) for r in ent):
+        row = {r["solver"]: r for r in ent if (r["case"], r["B"]) == (case, b)}
+        first = next(iter(row.values()))
+        cells = []
+        for name in solvers:
+            r = row.get(name)
+            if r is None or r.get("seconds") is None:
+                cells.append("skipped" if r else "n/a")
+                continue
+            newton = f" [{r['newton_steps']}]" if "newton_steps" in r else ""
+            flag = "" if r["converged"] else " NO"
+            cells.append(f"{_fmt_s(r)}, {r['iterations']}{newton} it, "
+                         f"{r['marginal_error']:.0e}{flag}")
+        ratios = [_ratio(row.get(ours), row.get(name)) for name in solvers[1:]]
+        lines.append(f"| {case} | {b} | {first['reg']:g} | {first['cost_max_over_reg']:.0f} | "
+                     + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    lines.append("")
+    return lines
+
+
 def machine(threads: int) -> str:
     cpu = cpu_name()
     tc = getattr(torchcfm, "__version__", "not installed") if torchcfm is not None else "absent"
@@ -504,6 +643,26 @@ def machine(threads: int) -> str:
 def render(report: dict[str, Any]) -> str:
     """The markdown page, a function of the JSON report alone (command, machine, date, limits
     and records)."""
+    if all(r["kind"] == "entropic" for r in report["records"]):
+        return "\n".join([
+            "# Entropic couplings: one solve, ours against POT",
+            "",
+            f"- Command: `{report['command']}`",
+            f"- Machine: {report['machine']}",
+            f"- Date: {report['date']}",
+            "- Timings are medians of repeats on a possibly shared machine: indicative.",
+            "- Costs: float64 squared distances between B source and B target points (2-D "
+            "tasks: the paper's distributions, SB-CFM's reg 2 sigma^2 at sigma 1; cells: time "
+            "points 1 and 2 of the synthetic single-cell course, PCA to 5 of 20 features, "
+            "standardised, reg 2 sigma^2 at sigma 0.1). Ours stop at an L1 marginal error "
+            f"below {ENTROPIC_TOL:g}; POT by its own rule (the L2 norm of its column-marginal "
+            f"error below {POT_STOP:g}, checked every 10 iterations) or at its iteration cap; "
+            "every record states the L1 marginal error of the plan returned.",
+            "- Rendered from the JSON record by `python benchmarks/couplings.py --report-only "
+            "--out JSON --md PAGE` (runs nothing).",
+            "",
+            tables(report["records"]),
+        ]) + "\n"
     return "\n".join([
         "# Coupling performance: otcfm vs TorchCFM",
         "",
@@ -601,7 +760,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="reduced grid (same as --grid quick)")
     p.add_argument("--grid", choices=sorted(GRIDS), default=None)
-    p.add_argument("--parts", default="plan,step,memory", help="comma list of plan,step,memory")
+    p.add_argument("--parts", default="plan,step,memory",
+                   help="comma list of plan,step,memory,entropic")
     p.add_argument("--out", type=Path, default=None, help="write JSON records here")
     p.add_argument("--md", type=Path, default=None,
                    help=f"write the markdown report here (default for the full grid: {DEFAULT_MD})")
@@ -633,9 +793,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     grid = GRIDS[name]
     cfg = Cfg(grid, args.repeats or grid["repeats"], args.max_seconds, args.seed)
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
-    unknown = set(parts) - {"plan", "step", "memory"}
+    unknown = set(parts) - {"plan", "step", "memory", "entropic"}
     if unknown:
-        raise SystemExit(f"unknown --parts {sorted(unknown)}; allowed: plan, step, memory")
+        raise SystemExit(f"unknown --parts {sorted(unknown)}; allowed: plan, step, memory, "
+                         "entropic")
     records: list[dict[str, Any]] = []
 
     def emit(rec: dict[str, Any]) -> None:
@@ -651,6 +812,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         run_step(cfg, emit)
     if "memory" in parts:
         run_memory(cfg, emit, args.threads)
+    if "entropic" in parts:
+        run_entropic(cfg, emit)
     total = time.perf_counter() - start
     print()
     print(tables(records))

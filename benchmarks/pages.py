@@ -76,6 +76,7 @@ PAGES: dict[str, tuple[Callable[[], str], tuple[str, ...]]] = {
     "gaussian_sb.md": (lambda: gaussian_sb_report.render_page(RESULTS), ()),
     "single_cell.md": (lambda: single_cell_report.render_page(RESULTS), ()),
     "performance.md": (lambda: bench("couplings").render(_json("performance.json")), ()),
+    "entropic.md": (lambda: bench("couplings").render(_json("entropic.json")), ()),
     "throughput.md": (lambda: bench("throughput").render(_json("throughput.json")), ()),
     "exact_solvers.md": (lambda: bench("exact_solvers").render(_json("exact_solvers.json")), ()),
     "startup.md": (lambda: bench("startup").render(_json("startup.json")), ()),

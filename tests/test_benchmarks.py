@@ -203,3 +203,29 @@ def test_entropic_records_say_how_the_solve_ended(tiny_run):
         assert rec["iterations"] >= 1 and rec["gap"] > 0.0  # the entropic blur costs a little
     exact = [r for r in records if r["kind"] == "plan" and r["solver"] == "ExactOT()"]
     assert all("converged" not in r for r in exact)  # only couplings that report it
+
+
+def test_entropic_part_records_every_solver_with_its_marginal_error(bench, tmp_path):
+    """--parts entropic on the tiny grid: for each case, ours now, ours before and POT's
+    log-domain Sinkhorn, each with the L1 marginal error of the plan it returned; ours
+    converge to the tolerance both ways (the same fixed point), the page has the table."""
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--grid", "tiny", "--parts", "entropic", "--repeats", "1",
+                    "--out", str(tmp_path / "e.json"), "--md", str(tmp_path / "e.md")])
+    finally:
+        torch.set_num_threads(threads)
+    records = json.loads((tmp_path / "e.json").read_text())["records"]
+    assert {(r["case"], r["B"]) for r in records} == {("moons-8gaussians", 32), ("cells", 32)}
+    for r in records:
+        assert KEYS <= set(r) and r["kind"] == "entropic" and r["seconds"] > 0
+        assert r["reg"] == (0.02 if r["case"] == "cells" else 2.0)
+        assert 0 <= r["marginal_error"] < 2 and r["converged"] == (r["marginal_error"] <= 1e-6
+                                                                   or r["library"] == "otcfm")
+    ours = [r for r in records if r["library"] == "otcfm"]
+    assert len(ours) == 4 and all(r["converged"] and r["marginal_error"] <= r["tol"]
+                                  for r in ours)
+    assert all(r["newton_steps"] > 0 for r in ours)  # small reg: the Newton polish ran
+    page = (tmp_path / "e.md").read_text()
+    assert page.startswith("# Entropic couplings: one solve, ours against POT")
+    assert "| moons-8gaussians | 32 | 2 |" in page and "ratio to ot.bregman.sinkhorn_log" in page

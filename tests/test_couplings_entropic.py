@@ -19,7 +19,7 @@ from otcfm.couplings import (
     UnbalancedOT,
     coupling,
 )
-from otcfm.couplings._sinkhorn import eps_schedule
+from otcfm.couplings._sinkhorn import _CG_RTOL, _cg_step, eps_schedule, log_sinkhorn
 
 
 def randn(*shape: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
@@ -103,6 +103,54 @@ def test_eps_scaling_is_only_a_speedup():
         X0[:20], X1[:15]
     )
     assert torch.allclose(a, b, rtol=1e-6, atol=1e-12)
+
+
+def clustered_cost(n: int, seed: int) -> torch.Tensor:
+    """Squared distances from N(0, I) to 8 tight clusters at radius 12 (float64): the
+    clustered plans at small reg on which Sinkhorn crawls and the Newton polish runs."""
+    g = torch.Generator().manual_seed(seed)
+    ang = torch.arange(8, dtype=torch.float64) * (torch.pi / 4)
+    centres = 12.0 * torch.stack([ang.cos(), ang.sin()], 1)
+    x0 = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    x1 = centres[torch.randint(0, 8, (n,), generator=g)] + 0.3 * torch.randn(
+        n, 2, generator=g, dtype=torch.float64)
+    return torch.cdist(x0, x1).pow(2)
+
+
+def test_cg_newton_step_solves_the_hessian_system():
+    """The matrix-free step against the formed Hessian H = (diag(P 1) - P diag(1/b) P^T) /
+    eps: relative residual |H d - grad| / |grad| within the CG tolerance, d of mean 0, and
+    close to the pseudo-inverse solution (the same system solved by eigendecomposition)."""
+    cost, eps = clustered_cost(96, 0), 0.5
+    plan = log_sinkhorn(cost, eps, tol=1e-9).log_plan.exp()
+    b = plan.sum(0)
+    hess = (torch.diag(plan.sum(1)) - (plan / b) @ plan.T) / eps
+    grad = torch.randn(96, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grad -= grad.mean()  # in the range of H (its null vector is 1)
+    d = _cg_step(plan, b, eps, grad)
+    residual = float((hess @ d - grad).norm() / grad.norm())
+    assert residual <= _CG_RTOL * 1.0001, residual
+    assert abs(float(d.mean())) < 1e-12
+    exact = torch.linalg.pinv(hess, hermitian=True, rtol=1e-12) @ grad
+    rel = float((d - exact).norm() / exact.norm())
+    assert rel < 0.05, rel  # an inexact solve: its error is at most cond(H) times the residual
+
+
+@pytest.mark.parametrize(("scaling", "cg"), [(0.1, True), (0.1, False), (0.5, True),
+                                             (None, True)])
+def test_clustered_small_reg_plan_matches_pot_whatever_the_scaling(scaling, cg):
+    """Where Newton steps finish the stages (clustered plan, max C / reg ~ 400), every
+    epsilon scaling, with or without the conjugate-gradient Newton step, converges to POT's
+    log-domain Sinkhorn plan."""
+    cost = clustered_cost(64, 2)
+    reg = float(cost.max()) / 400.0
+    res = log_sinkhorn(cost, reg, tol=1e-10, scaling=scaling, cg=cg)
+    assert res.converged and res.marginal_error < 1e-10
+    if scaling is not None:
+        assert res.newton_steps > 0  # the path under test
+    pot = ot.bregman.sinkhorn_log(uniform(64), uniform(64), cost.numpy(), reg,
+                                  stopThr=1e-13, numItermax=200_000)
+    np.testing.assert_allclose(res.log_plan.exp().numpy(), pot, rtol=1e-5, atol=1e-11)
 
 
 def test_eps_schedule_one_stage_up_to_ratio_128_then_halving_down_to_reg():

@@ -26,7 +26,12 @@ from otcfm.couplings._base import (
     resolve_n_pairs,
     sq_cost,
 )
-from otcfm.couplings._sinkhorn import _NEWTON_MAX_N, SinkhornResult, log_sinkhorn
+from otcfm.couplings._sinkhorn import (
+    _NEWTON_MAX_N,
+    EPS_SCALING,
+    SinkhornResult,
+    log_sinkhorn,
+)
 
 
 def _check_scaling(scaling: Any) -> float | None:
@@ -191,7 +196,7 @@ class EntropicOT(_SinkhornCoupling):
         on_fail: str = "warn",
         n_pairs: int | None = None,
         replace: bool = True,
-        eps_scaling: float | None = 0.5,
+        eps_scaling: float | None = EPS_SCALING,
     ) -> None:
         super().__init__(
             reg, max_iter=max_iter, tol=tol, sampling=sampling, n_pairs=n_pairs,
@@ -233,7 +238,7 @@ class UnbalancedOT(_SinkhornCoupling):
         on_fail: str = "warn",
         n_pairs: int | None = None,
         replace: bool = True,
-        eps_scaling: float | None = 0.5,
+        eps_scaling: float | None = EPS_SCALING,
     ) -> None:
         super().__init__(
             reg, max_iter=max_iter, tol=tol, sampling=sampling, n_pairs=n_pairs,

@@ -18,14 +18,17 @@ Numerics:
 - epsilon scaling (only when max C / reg > 128): eps_0 = max C, eps_0 s, eps_0 s^2, ...,
   reg in turn, warm-starting the potentials (they live in cost units, so they carry over);
   a balanced stage starts from the kernel of the previous stage's potentials (one exp pass;
-  its rows cannot underflow, since each row's largest entry only doubles its log-deficit of
-  at most log n when eps halves) and falls back to the log-domain restart if one did;
+  each row's largest entry multiplies its log-deficit of at most log n by 1/s, so with the
+  default s = 0.1 it stays above n^-10, far from float64 underflow) and falls back to the
+  log-domain restart if a row or column did underflow;
 - Newton polish (balanced, float64, n <= 2048 on the smaller side): where Sinkhorn crawls
   (clustered plans at small eps converge sublinearly), Newton steps on the concave
   semi-dual in f (columns kept exact; pseudo-inverse Hessian, Levenberg-Marquardt damping
-  when the full step fails an Armijo test) finish the stage in a few steps. The steps are
-  solved by Cholesky (the Hessian's null vector 1 shifted away), with an eigendecomposition
-  as the fallback when no Cholesky step passes; Newton starts after 50 slow iterations.
+  when the full step fails an Armijo test) finish the stage in a few steps. The first
+  candidate step is solved matrix-free by preconditioned conjugate gradients (products with
+  P and P^T only); if the Armijo test refuses it, the Hessian is formed and solved by
+  Cholesky (its null vector 1 shifted away), with an eigendecomposition as the fallback when
+  no Cholesky step passes; Newton starts after 50 slow iterations.
 """
 
 from __future__ import annotations
@@ -45,6 +48,12 @@ _NEWTON_MAX_N = 2048  # the (n0, n0) eigendecomposition gets too costly beyond t
 _DIRECT_RATIO = 128.0  # max C / reg up to which one stage at reg beats epsilon scaling
 _EIG_CUTOFF = 1e-13  # relative eigenvalue cutoff of the Hessian pseudo-inverse
 _DAMPING = (0.0, 1e-6, 1e-3)  # Levenberg-Marquardt damping, relative to the top eigenvalue
+_CG_RTOL = 1e-3  # relative residual at which the conjugate-gradient Newton step stops
+_CG_MAX_ITER = 200  # most conjugate-gradient iterations per Newton step
+EPS_SCALING = 0.1
+"""Default factor by which epsilon shrinks between the stages of epsilon scaling (measured in
+docs/results/performance.md: fewer, larger stages cost less, the Newton polish finishing
+each one)."""
 
 
 @dataclass(frozen=True)
@@ -150,14 +159,19 @@ def log_sinkhorn(
     rho: tuple[float, float] = (math.inf, math.inf),
     max_iter: int = 10_000,
     tol: float = 1e-6,
-    scaling: float | None = 0.5,
+    scaling: float | None = EPS_SCALING,
     newton: bool = True,
+    cg: bool = True,
 ) -> SinkhornResult:
-    """Solve (unbalanced) entropic OT between uniform weights for ``cost`` (n0, n1)."""
+    """Solve (unbalanced) entropic OT between uniform weights for ``cost`` (n0, n1).
+
+    ``cg=False`` skips the conjugate-gradient candidate of the Newton steps (the Hessian is
+    formed for every step): the same fixed point, for comparing speed.
+    """
     if cost.shape[0] > cost.shape[1]:  # Newton's Hessian lives on the first (smaller) side
         res = log_sinkhorn(
             cost.T, reg, rho=(rho[1], rho[0]), max_iter=max_iter, tol=tol, scaling=scaling,
-            newton=newton,
+            newton=newton, cg=cg,
         )
         return replace(res, log_plan=res.log_plan.T)
     s = _State(cost.to(work_dtype(cost.device)))
@@ -180,7 +194,8 @@ def log_sinkhorn(
             it, err, converged = _iterate(s, eps, fi0, fi1, it, chunk, stop, balanced, reg)
             if not converged and newton and it < limit:
                 s.absorb(eps)
-                done, err, converged = _newton(s, eps, stop, min(_NEWTON_STEPS, limit - it))
+                done, err, converged = _newton(s, eps, stop, min(_NEWTON_STEPS, limit - it),
+                                               cg)
                 it, steps = it + done, steps + done
                 s.restart(eps, fi0, fi1)
         s.absorb(eps)
@@ -255,7 +270,8 @@ def _semi_dual(s: _State, f: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return lse, (Z - (lse - s.lb)[None, :]).exp_()
 
 
-def _newton(s: _State, eps: float, stop: float, max_steps: int) -> tuple[int, float, bool]:
+def _newton(s: _State, eps: float, stop: float, max_steps: int, cg: bool = True
+            ) -> tuple[int, float, bool]:
     """Damped Newton ascent on the semi-dual in f (balanced); updates s.f, s.g.
 
     Each step tries the (pseudo-inverse) Newton step, then Levenberg-Marquardt damped ones
@@ -270,9 +286,7 @@ def _newton(s: _State, eps: float, stop: float, max_steps: int) -> tuple[int, fl
         err = float(grad.abs().sum())
         if err < stop or step == max_steps:
             break
-        # Hessian of -F: (diag(P 1) - P diag(1/b) P^T) / eps, PSD with null vector 1
-        hess = (torch.diag(plan.sum(1)) - (plan / s.b) @ plan.T) / eps
-        for d in _newton_steps(hess, grad):
+        for d in _newton_steps(plan, s.b, eps, grad, cg):
             new_lse, new_plan = _semi_dual(s, f + d, eps)
             gain = float(s.a @ d) - eps * float(s.b @ (new_lse - lse))  # F(f + d) - F(f)
             if gain >= 1e-4 * float(grad @ d):
@@ -285,15 +299,23 @@ def _newton(s: _State, eps: float, stop: float, max_steps: int) -> tuple[int, fl
     return step, err, err < stop
 
 
-def _newton_steps(hess: Tensor, grad: Tensor) -> Iterator[Tensor]:
-    """Candidate ascent steps: H^+ grad, then (H + damping top I)^+ grad for each damping.
+def _newton_steps(plan: Tensor, b: Tensor, eps: float, grad: Tensor, cg: bool = True
+                  ) -> Iterator[Tensor]:
+    """Candidate ascent steps for the Hessian H = (diag(P 1) - P diag(1/b) P^T) / eps of -F
+    (PSD, null vector 1): first H^+ grad by conjugate gradients, then, formed, H^+ grad and
+    (H + damping top I)^+ grad for each damping.
 
-    ``grad`` sums to 0 (columns exact) and H's null vector is 1, so H + (top/n) 1 1^T is
-    positive definite on a connected plan and its Cholesky solve is the pseudo-inverse step
-    (n^3/3 flops). If every such step is refused (or the factorisation fails, e.g. a nearly
-    disconnected plan), the steps are recomputed from an eigendecomposition that drops the
-    eigenvalues below a relative cutoff (about 20 times dearer).
+    The conjugate-gradient step (:func:`_cg_step`) needs only products with P and P^T
+    (O(n0 n1) each, against n0^2 n1 to form H). ``grad`` sums to 0 (columns exact) and H's
+    null vector is 1, so H + (top/n) 1 1^T is positive definite on a connected plan and its
+    Cholesky solve is the pseudo-inverse step (n^3/3 flops). If every such step is refused
+    (or the factorisation fails, e.g. a nearly disconnected plan), the steps are recomputed
+    from an eigendecomposition that drops the eigenvalues below a relative cutoff (about 20
+    times dearer).
     """
+    if cg:
+        yield _cg_step(plan, b, eps, grad)
+    hess = (torch.diag(plan.sum(1)) - (plan / b) @ plan.T) / eps
     n = hess.shape[0]
     scale = float(hess.diagonal().max())  # the top eigenvalue lies in [scale, 2 scale]
     shifted = hess + scale / n
@@ -309,3 +331,34 @@ def _newton_steps(hess: Tensor, grad: Tensor) -> Iterator[Tensor]:
     proj = V.T @ grad
     for damping in _DAMPING:
         yield V @ (proj / (w + damping * top))
+
+
+def _cg_step(plan: Tensor, b: Tensor, eps: float, grad: Tensor) -> Tensor:
+    """H^+ grad for H = (diag(P 1) - P diag(1/b) P^T) / eps by Jacobi-preconditioned
+    conjugate gradients, matrix-free, to a relative residual of ``_CG_RTOL`` (at most
+    ``_CG_MAX_ITER`` iterations). An inexact step only costs the Newton iteration its
+    quadratic rate: the caller's Armijo test on the exact objective accepts or refuses it."""
+    rows = plan.sum(1)
+    scaled = plan / b
+    diag = (rows - (scaled * plan).sum(1)).clamp_min(float(rows.max()) * 1e-12) / eps
+
+    def apply(d: Tensor) -> Tensor:
+        return (rows * d - scaled @ (plan.T @ d)) / eps
+
+    x = torch.zeros_like(grad)
+    r = grad.clone()
+    z = r / diag
+    p = z.clone()
+    rz = r @ z
+    stop = _CG_RTOL * float(r.norm())
+    for _ in range(_CG_MAX_ITER):
+        hp = apply(p)
+        alpha = rz / (p @ hp)
+        x = x + alpha * p
+        r = r - alpha * hp
+        if float(r.norm()) <= stop:
+            break
+        z = r / diag
+        rz, rz_old = r @ z, rz
+        p = z + (rz / rz_old) * p
+    return x - x.mean()

@@ -122,6 +122,8 @@ def plot_w1_per_time(
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 + 1.4 * len(times) * len(methods) / 3),
                                     3.6 + 0.25 * math.ceil(len(methods) / ncol)))
     width = 0.8 / max(1, len(methods))
+    # distinct colours for up to 20 methods (the default cycle repeats after 10)
+    colors = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors
     lows: list[float] = []
     highs: list[float] = []
     for i, m in enumerate(methods):
@@ -131,7 +133,7 @@ def plot_w1_per_time(
             means.append(float(v.mean()))
             stds.append(float(v.std(unbiased=False)) if v.numel() > 1 else 0.0)
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(times))]
-        ax.bar(xs, means, width, yerr=stds, capsize=2, label=m)
+        ax.bar(xs, means, width, yerr=stds, capsize=2, label=m, color=colors[i % len(colors)])
         lows += [a - b for a, b in zip(means, stds, strict=True)]
         highs += [a + b for a, b in zip(means, stds, strict=True)]
     labels = [time_names[k] if time_names else str(k) for k in times]
