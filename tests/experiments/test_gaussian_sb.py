@@ -242,3 +242,18 @@ def test_bad_arguments(tmp_path):
         main([*base, "--methods", "otcfm"])
     with pytest.raises(ValueError, match="--sigma must be > 0"):
         main([*base, "--sigma", "0"])
+
+
+def test_score_drift_error_closed_form():
+    """(g^2 / 2) sqrt(error / v_t): with sigma 1, a relative error 0.04 at t = 0 (v = 1) is a
+    drift error 0.1 for the constant g and 0 for the tapered one; at t = 1/2 both are
+    sqrt(0.04 / v) / 2 (the tapered g equals sigma there)."""
+    from otcfm.experiments.gaussian_sb_report import score_drift_error
+
+    times = [0.0, 0.5, 1.0]
+    v_half = sb_marginal(0.5, 0.1, 1.0)[1]
+    const = score_drift_error([0.04] * 3, times, 0.1, 1.0, "constant")
+    taper = score_drift_error([0.04] * 3, times, 0.1, 1.0, "tapered")
+    np.testing.assert_allclose(const, [0.1, 0.1 / math.sqrt(v_half), 0.1], rtol=1e-12)
+    np.testing.assert_allclose(taper, [0.0, 0.1 / math.sqrt(v_half), 0.0], rtol=1e-12,
+                               atol=1e-15)

@@ -21,7 +21,7 @@ import numpy as np
 from otcfm.experiments._cells import CellResult
 from otcfm.experiments._machine import machine
 from otcfm.experiments._published import section
-from otcfm.experiments.gaussian_sb import COUPLINGS, METHODS
+from otcfm.experiments.gaussian_sb import COUPLINGS, METHODS, sb_marginal
 from otcfm.train.checkpoint import write_text_atomic
 
 RECORDS_FILE = "gaussian_sb.json"
@@ -500,7 +500,10 @@ def _score_section(groups, dims: list[int], p: dict[str, Any], out: Path) -> str
         "score s (1: the exact score -(x - m) / v of q_t; below 1: shrunk towards 0), mean ± "
         "std over seeds. q_t is the marginal of the entropic coupling's bridge; the exact "
         "coupling's marginals equal it at t = 0 and 1 only (in between its variance is "
-        "larger, so its exact slope fraction there is below 1).\n",
+        "larger, so its exact slope fraction there is below 1). The figure's right panel "
+        "turns the relative error of the entropic-coupling models into the drift error "
+        "(g^2/2)(s - s*) that the SDE receives: flat in t with the constant g = sigma, zero at "
+        "the snapshots with the tapered g (thin lines).\n",
         "| coupling | d | " + " | ".join(f"t = {times[c]:g}" for c in cols) + " |",
         "|---|---|" + "---|" * len(cols),
     ]
@@ -517,8 +520,21 @@ def _score_section(groups, dims: list[int], p: dict[str, Any], out: Path) -> str
     return "\n".join(lines) + "\n"
 
 
+def score_drift_error(error_t: Sequence[float], times: Sequence[float], a: float,
+                      sigma: float, diffusion: str) -> np.ndarray:
+    """RMS per coordinate of the drift error (g(t)^2 / 2) (s - s*) that the score's error
+    passes to the SDE, from the relative squared error E|s - s*|^2 / E|s*|^2 on q_t
+    (E|s*|^2 = d / v_t per the exact score -(x - m) / v_t): (g^2 / 2) sqrt(error / v_t)."""
+    from otcfm.sampling import DIFFUSIONS
+
+    rate = np.asarray([DIFFUSIONS[diffusion].rate(t) for t in times])
+    var = np.asarray([sb_marginal(t, a, sigma)[1] for t in times])
+    return 0.5 * sigma**2 * rate * np.sqrt(np.asarray(error_t, dtype=float) / var)
+
+
 def score_figure(records: Sequence[dict[str, Any]], path: Path, p: dict[str, Any]) -> Path:
-    """SF2M's score slope fraction and relative error against t, per dimension."""
+    """SF2M's score slope fraction and relative error against t, per dimension, and the
+    drift error the score passes to the SDE with the constant and the tapered noise."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -527,22 +543,33 @@ def score_figure(records: Sequence[dict[str, Any]], path: Path, p: dict[str, Any
     groups = groups_of(records)
     dims = sorted({r["dim"] for r in records if "score_slope_t" in r})
     times = [k / p["euler_steps"] for k in range(p["euler_steps"] + 1)]
-    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.4))
     for i, d in enumerate(dims):
         for coupling, ls in (("exact", "--"), ("entropic", "-")):
             g = [r for r in groups.get(("sf2m", coupling, d), []) if "score_slope_t" in r]
             if not g:
                 continue
-            for ax, key in zip(axes, ("score_slope_t", "score_error_t"), strict=True):
+            for ax, key in zip(axes, ("score_slope_t", "score_error_t"), strict=False):
                 curve = np.asarray([r[key] for r in g], dtype=float).mean(0)
                 ax.plot(times, curve, color=f"C{i}", ls=ls, label=f"d = {d}, {coupling}")
+            if coupling == "entropic":  # its population marginals are q_t at every t
+                error = np.asarray([r["score_error_t"] for r in g], dtype=float).mean(0)
+                for diffusion, width in (("constant", 1.6), ("tapered", 0.8)):
+                    axes[2].plot(times, score_drift_error(error, times, p["a"], p["sigma"],
+                                                          diffusion),
+                                 color=f"C{i}", lw=width,
+                                 label=f"d = {d}" if diffusion == "constant" else None)
     axes[0].axhline(1.0, color="grey", lw=0.8, ls=":")
     axes[0].set_ylabel("slope fraction of the learned score")
     axes[1].set_ylabel("|s - s*|^2 / |s*|^2")
     axes[1].set_yscale("log")
+    axes[2].set_ylabel("(g^2/2) |s - s*|, RMS per coordinate")
+    axes[2].set_title("drift error from the score, entropic coupling:\nthick constant g, "
+                      "thin tapered g", fontsize=8)
     for ax in axes:
         ax.set_xlabel("t")
     axes[1].legend(fontsize=6, ncol=2)
+    axes[2].legend(fontsize=6, ncol=3, loc="lower center")
     fig.suptitle(f"SF2M's score against q_t's (sigma = {p['sigma']:g}, mean over seeds)",
                  fontsize=9)
     return _save_figure(fig, path)
