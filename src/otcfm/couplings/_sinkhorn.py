@@ -339,11 +339,11 @@ def _cg_step(plan: Tensor, b: Tensor, eps: float, grad: Tensor) -> Tensor:
     ``_CG_MAX_ITER`` iterations). An inexact step only costs the Newton iteration its
     quadratic rate: the caller's Armijo test on the exact objective accepts or refuses it."""
     rows = plan.sum(1)
-    scaled = plan / b
-    diag = (rows - (scaled * plan).sum(1)).clamp_min(float(rows.max()) * 1e-12) / eps
+    inv_b = 1.0 / b
+    diag = (rows - (plan * plan) @ inv_b).clamp_min(float(rows.max()) * 1e-12) / eps
 
-    def apply(d: Tensor) -> Tensor:
-        return (rows * d - scaled @ (plan.T @ d)) / eps
+    def apply(d: Tensor) -> Tensor:  # one matrix read twice: P (diag(1/b) (P^T d))
+        return (rows * d - plan @ ((plan.T @ d) * inv_b)) / eps
 
     x = torch.zeros_like(grad)
     r = grad.clone()
