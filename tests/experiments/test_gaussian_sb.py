@@ -24,7 +24,7 @@ from otcfm.experiments.gaussian_sb import (
     score_check,
 )
 from otcfm.experiments.gaussian_sb_cli import main
-from otcfm.experiments.gaussian_sb_report import PROBES_FILE, kl_floor
+from otcfm.experiments.gaussian_sb_report import PROBES_FILE, fmt, kl_floor
 from otcfm.models import DriftScore
 
 
@@ -257,3 +257,20 @@ def test_score_drift_error_closed_form():
     np.testing.assert_allclose(const, [0.1, 0.1 / math.sqrt(v_half), 0.1], rtol=1e-12)
     np.testing.assert_allclose(taper, [0.0, 0.1 / math.sqrt(v_half), 0.0], rtol=1e-12,
                                atol=1e-15)
+
+
+def test_page_links_a_run_at_another_budget_kept_below_it(tmp_path):
+    """A run of the bench written to OUT/gaussian_sb/NAME/ gets one line on OUT's page, its
+    numbers read from its own records."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    sub = out / "gaussian_sb" / "longer"
+    common = ["--quick", "--dims", "5", "--seeds", "1", "--methods", "sf2m", "--couplings",
+              "exact"]
+    assert main([*common, "--steps", "80", "--runs", str(runs / "a"), "--out", str(sub)]) == 0
+    assert main([*common, "--runs", str(runs / "b"), "--out", str(out)]) == 0
+    page = (out / "gaussian_sb.md").read_text()
+    (rec,) = json.loads((sub / "gaussian_sb.json").read_text())
+    line = next(x for x in page.splitlines() if x.startswith("- The same bench at 80 steps"))
+    assert "[page](gaussian_sb/longer/gaussian_sb.md)" in line
+    assert f"is {fmt(rec['kl_t1'])} with the constant noise" in line
+    assert f"{fmt(rec['kl_tapered_t1'])} with the tapered one" in line

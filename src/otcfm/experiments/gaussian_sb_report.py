@@ -186,6 +186,8 @@ def markdown(
     if any("score_slope_t" in r for r in records):
         parts.append(_score_section(groups, dims, p, out))
     parts.append(_notes(meta, groups, p, probes))
+    for folder in sorted(out.glob(f"gaussian_sb/*/{RECORDS_FILE}")):  # other budgets
+        parts.append(_other_budget_note(folder.parent, out))
     return "\n".join(parts)
 
 
@@ -336,6 +338,31 @@ def _notes(meta: dict[str, Any], groups, p: dict[str, Any],
     for f in meta.get("failed", []):
         lines.append(f"- FAILED cell: {f}")
     return "\n".join(lines) + "\n"
+
+
+def _other_budget_note(folder: Path, out: Path) -> str:
+    """One line on a run of the same bench kept in a subfolder of ``out`` (another budget):
+    its steps and SF2M-Exact's KL(t=1) with both noise schedules and the ODE, read from its
+    records, against the paper."""
+    records = json.loads((folder / RECORDS_FILE).read_text())
+    run = json.loads((folder / RUN_FILE).read_text())
+    groups = groups_of(records)
+    pub = PUBLISHED[("sf2m", "exact")]["kl_t1"]
+    dims = sorted(d for (m, c, d) in groups if (m, c) == ("sf2m", "exact") and d in pub)
+    if not dims:
+        return ""
+
+    def kl(key: str) -> str:
+        return " / ".join(fmt(mean_std([r[key] for r in groups[("sf2m", "exact", d)]])[0])
+                          for d in dims)
+
+    seeds = len({r["seed"] for r in records})
+    link = (folder / "gaussian_sb.md").relative_to(out).as_posix()
+    return (f"- The same bench at {run['protocol']['steps']:,} steps ({seeds} seeds, "
+            f"[page]({link}), `{run['command']}`): SF2M-Exact KL(t=1) at d = "
+            f"{' / '.join(map(str, dims))} is {kl('kl_t1')} with the constant noise, "
+            f"{kl('kl_tapered_t1')} with the tapered one and {kl('kl_ode_t1')} along the ODE "
+            f"(paper {' / '.join(fmt(pub[d]) for d in dims)}).\n")
 
 
 def _pair(value: Sequence[float]) -> str:
