@@ -74,6 +74,8 @@ PAGES: dict[str, tuple[Callable[[], str], tuple[str, ...]]] = {
     "checkpoint_choice.md": (
         lambda: bench("checkpoint_choice").render([_json(f) for f in CHECKPOINT_RECORDS]), ()),
     "gaussian_sb.md": (lambda: gaussian_sb_report.render_page(RESULTS), ()),
+    "gaussian_sb/steps_1000/gaussian_sb.md": (
+        lambda: gaussian_sb_report.render_page(RESULTS / "gaussian_sb" / "steps_1000"), ()),
     "single_cell.md": (lambda: single_cell_report.render_page(RESULTS), ()),
     "performance.md": (lambda: bench("couplings").render(_json("performance.json")), ()),
     "entropic.md": (lambda: bench("couplings").render(_json("entropic.json")), ()),
