@@ -249,7 +249,9 @@ def test_sf2m_run_evaluates_and_predicts_along_its_sde(tmp_path, csv_data, capsy
     run = tmp_path / "runs" / "sf"
     ev = json.loads((run / "metrics.json").read_text())["eval"]
     assert ev["w1_sde"] > 0 and ev["mmd_sde"] >= 0 and ev["w1_sde"] != ev["w1"]
-    assert "SDE (Euler-Maruyama)" in (run / "report.md").read_text()
+    assert ev["w1_sde_tapered"] > 0 and ev["w1_sde_tapered"] not in (ev["w1"], ev["w1_sde"])
+    report = (run / "report.md").read_text()
+    assert "SDE (Euler-Maruyama)" in report and "SDE with tapered noise" in report
     outs = {}
     for name, extra in (("a", []), ("b", []), ("c", ["--seed", "7"]), ("ode", None),
                         ("tapered", ["--diffusion", "tapered"])):

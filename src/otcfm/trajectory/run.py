@@ -25,7 +25,7 @@ from otcfm.data.provenance import DataRecord, FileRecord
 from otcfm.data.synthetic_cells import SyntheticCells
 from otcfm.data.timeseries import TimeSeries
 from otcfm.data.timeseries_files import load_timeseries
-from otcfm.sampling import DEFAULT_DIFFUSION
+from otcfm.sampling import DEFAULT_DIFFUSION, DIFFUSIONS
 from otcfm.train.checkpoint import StagedFiles
 from otcfm.train.config import ConfigError, config_differences
 from otcfm.train.datasets import (
@@ -321,13 +321,15 @@ def evaluate_trajectory_run(
             truth = run.data.truth(ts.times[k], ts.counts[k], stream(run.cfg.seed, "truth"))
             pred = predict_left_out(run.model, ts, k, steps_per_unit=steps)
             ev["w1_truth"] = score(pred, truth).w1
-        if callable(getattr(run.model, "score", None)):  # SF2M: its SDE as well
-            pred = predict_left_out(run.model, ts, k, steps_per_unit=steps,
-                                    sde=run_sde(run, None))
-            s = score(pred, ts.at(k))
-            ev.update(w1_sde=s.w1, mmd_sde=s.mmd)
-            if truth is not None:
-                ev["w1_truth_sde"] = score(pred, truth).w1
+        if callable(getattr(run.model, "score", None)):  # SF2M: its SDE as well, each schedule
+            for diffusion in DIFFUSIONS:
+                tag = "" if diffusion == DEFAULT_DIFFUSION else f"_{diffusion}"
+                pred = predict_left_out(run.model, ts, k, steps_per_unit=steps,
+                                        sde=run_sde(run, None, diffusion))
+                s = score(pred, ts.at(k))
+                ev.update({f"w1_sde{tag}": s.w1, f"mmd_sde{tag}": s.mmd})
+                if truth is not None:
+                    ev[f"w1_truth_sde{tag}"] = score(pred, truth).w1
     ev["eval_seconds"] = time.perf_counter() - start
     run_dir = run.run_dir
     # every output is written only once all of them were made, each atomically
@@ -391,6 +393,9 @@ def _report(run: TrajectoryRun, ev: dict[str, Any]) -> str:
             f"| {cfg.method.name} | {ev['w1']:.4f} | {ev['mmd']:.4g} |",
             *([f"| {cfg.method.name}, SDE (Euler-Maruyama) | {ev['w1_sde']:.4f} | "
                f"{ev['mmd_sde']:.4g} |"] if "w1_sde" in ev else []),
+            *([f"| {cfg.method.name}, SDE with tapered noise (--diffusion tapered) | "
+               f"{ev['w1_sde_tapered']:.4f} | {ev['mmd_sde_tapered']:.4g} |"]
+              if "w1_sde_tapered" in ev else []),
             f"| linear interpolation of exact OT pairs | {ev['baseline_w1']:.4f} | "
             f"{ev['baseline_mmd']:.4g} |",
         ]
