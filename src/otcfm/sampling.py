@@ -48,6 +48,7 @@ __all__ = [
     "DIFFUSIONS",
     "FIXED_STEP_SOLVERS",
     "Diffusion",
+    "check_diffusion",
     "Guided",
     "SDE_SOLVERS",
     "SOLVERS",
@@ -533,6 +534,13 @@ error of sigma_t s, which the loss controls, bounded for "tapered" and growing a
 "constant"."""
 
 
+def check_diffusion(name: Any) -> Diffusion:
+    """The schedule of :data:`DIFFUSIONS` called ``name``; a clear error for any other."""
+    if not isinstance(name, str) or name not in DIFFUSIONS:
+        raise ValueError(f"unknown diffusion {name!r}; valid schedules: {', '.join(DIFFUSIONS)}")
+    return DIFFUSIONS[name]
+
+
 class _SDEDrift:
     """b(x, t) = v(x, t) + sign (g(t)^2 / 2) s(x, t), counted once per evaluation."""
 
@@ -608,9 +616,7 @@ def integrate_sde(
     """
     if not isinstance(method, str) or method not in SDE_SOLVERS:
         raise ValueError(f"unknown SDE method {method!r}; valid methods: {', '.join(SDE_SOLVERS)}")
-    if not isinstance(diffusion, str) or diffusion not in DIFFUSIONS:
-        raise ValueError(f"unknown diffusion {diffusion!r}; valid schedules: "
-                         f"{', '.join(DIFFUSIONS)}")
+    schedule = check_diffusion(diffusion)
     steps = _check_steps(steps)
     sigma = check_positive("sigma", sigma, allow_zero=True)
     check_tensor("x0", x0)
@@ -633,7 +639,6 @@ def integrate_sde(
 
     state_dtype = _state_dtype(x0)
     coef = (-0.5 if reverse else 0.5) * sigma**2
-    schedule = DIFFUSIONS[diffusion]
     b = _SDEDrift(
         _Field(drift, x0, state_dtype, cond),
         None if score is None else _Field(score, x0, state_dtype, cond),

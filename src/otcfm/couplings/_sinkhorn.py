@@ -52,7 +52,7 @@ _CG_RTOL = 1e-3  # relative residual at which the conjugate-gradient Newton step
 _CG_MAX_ITER = 200  # most conjugate-gradient iterations per Newton step
 EPS_SCALING = 0.1
 """Default factor by which epsilon shrinks between the stages of epsilon scaling (measured in
-docs/results/performance.md: fewer, larger stages cost less, the Newton polish finishing
+docs/results/entropic.md: fewer, larger stages cost less, the Newton polish finishing
 each one)."""
 
 

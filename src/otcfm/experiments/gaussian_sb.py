@@ -35,7 +35,7 @@ from torch import Tensor
 from otcfm.data import save_points
 from otcfm.experiments import _cells
 from otcfm.experiments._cells import CellResult
-from otcfm.sampling import Trajectory, integrate, integrate_sde
+from otcfm.sampling import DEFAULT_DIFFUSION, Trajectory, integrate, integrate_sde
 from otcfm.train.checkpoint import write_text_atomic
 from otcfm.train.config import (
     CouplingsConfig,
@@ -242,7 +242,7 @@ def cell_config(cell: Cell, p: Protocol, runs: Path, data: DataConfig) -> RunCon
 
 
 def sample_cell(model: torch.nn.Module, x0: Tensor, cell: Cell, p: Protocol,
-                sampler: str, diffusion: str = "constant") -> Trajectory:
+                sampler: str, diffusion: str = DEFAULT_DIFFUSION) -> Trajectory:
     """The 21 (euler_steps + 1) states of the ODE or of the SDE (diffusion schedule
     ``diffusion`` of :data:`otcfm.sampling.DIFFUSIONS`) from x0; every schedule gets the same
     Brownian increments' seed."""

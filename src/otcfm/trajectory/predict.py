@@ -25,7 +25,13 @@ from torch import Tensor
 from otcfm.couplings import ExactOT
 from otcfm.data.timeseries import TimeSeries
 from otcfm.metrics import mmd, wasserstein
-from otcfm.sampling import DEFAULT_DIFFUSION, DIFFUSIONS, Trajectory, integrate, integrate_sde
+from otcfm.sampling import (
+    DEFAULT_DIFFUSION,
+    Trajectory,
+    check_diffusion,
+    integrate,
+    integrate_sde,
+)
 
 __all__ = [
     "SDE",
@@ -74,9 +80,7 @@ class SDE:
         if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma)
                 and self.sigma > 0):
             raise ValueError(f"SDE sigma must be a positive number, got {self.sigma!r}")
-        if self.diffusion not in DIFFUSIONS:
-            raise ValueError(f"unknown diffusion {self.diffusion!r}; valid schedules: "
-                             f"{', '.join(DIFFUSIONS)}")
+        check_diffusion(self.diffusion)
 
 
 def _check_sde(model: Model, sde: SDE | None) -> None:
