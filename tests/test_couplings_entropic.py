@@ -17,6 +17,7 @@ from otcfm.couplings import (
     EntropicOT,
     ExactOT,
     UnbalancedOT,
+    _sinkhorn,
     coupling,
 )
 from otcfm.couplings._sinkhorn import _CG_RTOL, _cg_step, eps_schedule, log_sinkhorn
@@ -134,6 +135,26 @@ def test_cg_newton_step_solves_the_hessian_system():
     exact = torch.linalg.pinv(hess, hermitian=True, rtol=1e-12) @ grad
     rel = float((d - exact).norm() / exact.norm())
     assert rel < 0.05, rel  # an inexact solve: its error is at most cond(H) times the residual
+
+
+def test_formed_newton_steps_wait_for_their_memory(monkeypatch):
+    """With less free memory than the formed Hessian needs, only the conjugate-gradient step
+    is offered (the formed ones would allocate DENSE_NEWTON_BYTES per (n, n) entry); with
+    enough, the formed steps follow, the first of them the pseudo-inverse solution."""
+    cost, eps = clustered_cost(64, 0), 0.5
+    plan = log_sinkhorn(cost, eps, tol=1e-9).log_plan.exp()
+    b = plan.sum(0)
+    grad = torch.randn(64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grad -= grad.mean()
+    need = _sinkhorn.DENSE_NEWTON_BYTES * 64 * 64
+    monkeypatch.setattr(_sinkhorn, "available_memory", lambda device: need - 1)
+    assert len(list(_sinkhorn._newton_steps(plan, b, eps, grad))) == 1
+    monkeypatch.setattr(_sinkhorn, "available_memory", lambda device: need)
+    steps = list(_sinkhorn._newton_steps(plan, b, eps, grad))
+    assert len(steps) > 1
+    hess = (torch.diag(plan.sum(1)) - (plan / b) @ plan.T) / eps
+    exact = torch.linalg.pinv(hess, hermitian=True, rtol=1e-12) @ grad
+    assert float((steps[1] - steps[1].mean() - exact).norm() / exact.norm()) < 1e-6
 
 
 @pytest.mark.parametrize(("scaling", "cg"), [(0.1, True), (0.1, False), (0.5, True),

@@ -27,7 +27,6 @@ from otcfm.couplings._base import (
     sq_cost,
 )
 from otcfm.couplings._sinkhorn import (
-    _NEWTON_MAX_N,
     EPS_SCALING,
     SinkhornResult,
     log_sinkhorn,
@@ -56,13 +55,10 @@ class _SinkhornCoupling(Coupling):
     def memory_need(
         self, n0: int, n1: int, *, dim: int = 0, device: torch.device | str = "cpu"
     ) -> MemoryNeed:
-        """Everything on the data's device: cost, Sinkhorn's float64 matrices, the plan, and
-        for balanced problems up to the Newton polish's size its (n, n) float64 Hessian and
-        eigendecomposition (72 bytes per entry, measured alike)."""
+        """Everything on the data's device: cost, Sinkhorn's float64 matrices and the plan.
+        The Newton polish's conjugate-gradient steps need only vectors; its formed-Hessian
+        fallback runs only when its own memory is free then (``DENSE_NEWTON_BYTES``)."""
         need = (cost_bytes(self.cost_dtype, device) + self._work_bytes) * n0 * n1
-        small = min(n0, n1)
-        if self._rho == (math.inf, math.inf) and small <= _NEWTON_MAX_N:
-            need += 72 * small * small
         return MemoryNeed(device=need)
 
     def __init__(

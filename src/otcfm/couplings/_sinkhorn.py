@@ -40,6 +40,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from otcfm.couplings._base import available_memory
+
 _STAGE_TOL = 1e-3  # stopping threshold of the intermediate epsilon-scaling stages
 _ABSORB_LOG = 30.0  # absorb u, v into the potentials once |log u| or |log v| exceeds this
 _NEWTON_AFTER = 50  # Sinkhorn iterations in a stage before trying Newton
@@ -50,6 +52,10 @@ _EIG_CUTOFF = 1e-13  # relative eigenvalue cutoff of the Hessian pseudo-inverse
 _DAMPING = (0.0, 1e-6, 1e-3)  # Levenberg-Marquardt damping, relative to the top eigenvalue
 _CG_RTOL = 1e-3  # relative residual at which the conjugate-gradient Newton step stops
 _CG_MAX_ITER = 200  # most conjugate-gradient iterations per Newton step
+DENSE_NEWTON_BYTES = 72
+"""Bytes per (n0, n0) entry of the formed Newton steps' float64 Hessian, its factorisation and
+eigendecomposition (peak resident growth, measured on a CPU). They are the fallback when the
+conjugate-gradient step is refused, and run only when that much memory is free at the time."""
 EPS_SCALING = 0.1
 """Default factor by which epsilon shrinks between the stages of epsilon scaling (measured in
 docs/results/entropic.md: fewer, larger stages cost less, the Newton polish finishing
@@ -311,12 +317,16 @@ def _newton_steps(plan: Tensor, b: Tensor, eps: float, grad: Tensor, cg: bool = 
     Cholesky solve is the pseudo-inverse step (n^3/3 flops). If every such step is refused
     (or the factorisation fails, e.g. a nearly disconnected plan), the steps are recomputed
     from an eigendecomposition that drops the eigenvalues below a relative cutoff (about 20
-    times dearer).
+    times dearer). The formed steps need ``DENSE_NEWTON_BYTES`` per (n0, n0) entry and are
+    skipped (back to Sinkhorn) when that much memory is not free.
     """
     if cg:
         yield _cg_step(plan, b, eps, grad)
+    n = plan.shape[0]
+    free = available_memory(plan.device)
+    if free is not None and free < DENSE_NEWTON_BYTES * n * n:
+        return
     hess = (torch.diag(plan.sum(1)) - (plan / b) @ plan.T) / eps
-    n = hess.shape[0]
     scale = float(hess.diagonal().max())  # the top eigenvalue lies in [scale, 2 scale]
     shifted = hess + scale / n
     eye = torch.eye(n, dtype=hess.dtype, device=hess.device)
