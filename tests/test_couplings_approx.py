@@ -245,6 +245,20 @@ def test_compiled_bidding_cap_warns_or_raises():
 
 
 @compiled_only
+def test_compiled_tolerance_below_the_float32_floor_stops_and_warns():
+    """A tol the float32 rounding slack cannot certify: the auction stops once eps is as fine
+    as the certificate needs (it used to repeat that phase forever) and warns."""
+    g = torch.Generator().manual_seed(40)
+    angle = torch.randint(0, 8, (512,), generator=g) * (torch.pi / 4)
+    x1 = 5 * torch.stack([angle.cos(), angle.sin()], 1) + torch.randn(512, 2, generator=g)
+    x0 = torch.randn(512, 2, generator=g)
+    with pytest.warns(RuntimeWarning, match="certified gap bound .* > tol=1e-07"):
+        p = ApproxOT(tol=1e-7, backend="compiled")(x0, x1)
+    assert torch.equal(p.j.sort().values, torch.arange(512))
+    assert 1e-7 < p.info["gap_bound"] < 1e-3 and p.info["phases"] < 40
+
+
+@compiled_only
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 1e4])
 def test_compiled_certificate_on_general_and_badly_scaled_costs(scale):
     g = torch.Generator().manual_seed(36)

@@ -120,10 +120,11 @@ def test_exact_ot_solver_matters_not_for_plan():
     assert max(costs) - min(costs) <= 1e-12 * max(costs)
 
 
-def test_auto_rule_low_dim_uses_network_simplex():
-    for n in (2, 64, 512, 8192):
+def test_auto_rule_low_dim_uses_network_simplex_below_the_auction_size():
+    big = "auction" if "auction" in asg.available_solvers() else "emd"
+    for n in (2, 64, 255, 256, 512, 8192):
         for d in (1, 2, 3, 4, 8):
-            assert asg.auto_solver(n, d) == "emd"
+            assert asg.auto_solver(n, d) == ("emd" if n < 256 else big)
 
 
 @pytest.mark.parametrize("n,d", [(1, 784), (10, 64), (256, 64), (700, 784), (600, 2)])
@@ -141,7 +142,7 @@ def test_auto_chosen_solver_is_available():
 
 def _hide_optional(monkeypatch):
     real = asg._module
-    hidden = ("lap", "lapjv")
+    hidden = ("lap", "lapjv", "numba")
     monkeypatch.setattr(asg, "_module", lambda name: None if name in hidden else real(name))
 
 
@@ -150,11 +151,11 @@ def test_missing_optional_package_falls_back(monkeypatch):
     assert asg.available_solvers() == ("emd", "scipy")
     assert asg.auto_solver(4096, 784) == "emd"
     cost = _cloud_cost(40, 8, seed=2)
-    for name in ("lap", "lapjv"):
+    for name, package in (("lap", "lap"), ("lapjv", "lapjv"), ("auction", "numba")):
         j = asg.solve(cost, name)  # solver returns nothing -> scipy
         _assert_perm(j, 40)
         assert abs(_total(cost, j) - _scipy_total(cost)) <= 1e-9 * _scipy_total(cost)
-        with pytest.warns(RuntimeWarning, match=f"optional package '{name}'.*fast"):
+        with pytest.warns(RuntimeWarning, match=f"optional package '{package}'.*fast"):
             coupling = ExactOT(solver=name)
         assert coupling.solver == "auto"
         pair = coupling(torch.randn(40, 784), torch.randn(40, 784))
@@ -175,3 +176,75 @@ def test_unknown_solver_raises(bad):
         ExactOT(solver=bad)
     with pytest.raises(ValueError, match="solver must be one of"):
         asg.solve(np.zeros((2, 2)), bad)
+
+
+# ------------------------------------------------------------------ the certified auction
+def _eight_gaussians_cost(n: int, seed: int) -> np.ndarray:
+    """N(0, I) -> 8 Gaussians of radius 5 (the 2-D benchmark's most degenerate costs)."""
+    rng = np.random.default_rng(seed)
+    angle = rng.integers(0, 8, n) * (np.pi / 4)
+    x1 = 5.0 * np.stack([np.cos(angle), np.sin(angle)], 1) + rng.standard_normal((n, 2))
+    x0 = rng.standard_normal((n, 2))
+    return ((x0[:, None, :] - x1[None, :, :]) ** 2).sum(-1)
+
+
+@pytest.mark.parametrize("kind,n", [("8g", 300), ("8g", 700), ("cloud64", 400)])
+def test_auction_answers_carry_a_certified_bound(kind, n):
+    """The certified bound holds against the network simplex's optimum, and is the
+    optimum's own certificate (the corrected prices reach float64 rounding, not 1e-9)."""
+    _need("auction")
+    from otcfm.couplings._approx_cpu import EXACT_RTOL, exact_assignment
+
+    cost = _eight_gaussians_cost(n, n) if kind == "8g" else _cloud_cost(n, 64, seed=n)
+    cols, bound = exact_assignment(cost)
+    _assert_perm(cols, n)
+    opt = _total(cost, asg.solve(cost, "emd"))
+    gap = (_total(cost, cols) - opt) / opt
+    assert -1e-14 <= gap <= bound + 1e-14 <= EXACT_RTOL + 1e-14
+    assert bound < 1e-12
+
+
+def test_tighten_certifies_an_optimum_and_refuses_a_worse_assignment():
+    """Bellman-Ford on the columns: from an auction's eps-optimal prices (eps = 1e-3 of the
+    mean cost) on an optimal assignment it converges to prices under which each row's column
+    is its cheapest (checked by brute force); on a worse assignment (one swap away from the
+    optimum: a negative cycle) it gives up."""
+    _need("auction")
+    from otcfm.couplings import _auction_kernels as kernels
+    from otcfm.couplings._approx_cpu import solve_auction
+
+    n = 60
+    cost = _cloud_cost(n, 3, seed=4)
+    cost -= cost.min(1, keepdims=True)
+    eps = 1e-3 * cost.mean()
+    auction = solve_auction(cost, 0.0, scaling=4.0, max_bids=10**6, warm=False)
+    prices = auction.prices
+    top = kernels.top_bits(np.float64)
+    owner = np.full(n, -1, np.int64)
+    j = np.full(n, -1, np.int64)
+    kernels.bid(cost, prices, eps, owner, j, 10**6, top)
+    assert _total(cost, j) == pytest.approx(_scipy_total(cost), rel=1e-12)
+    d = np.zeros(n)
+    assert kernels.tighten(cost, prices, j, owner, 0.0, 100 * n, d) > 0
+    q = prices - d
+    reduced = cost + q[None, :]
+    assert (reduced - reduced[np.arange(n), j][:, None]).min() >= -1e-12
+    worse = j.copy()
+    worse[[0, 1]] = worse[[1, 0]]
+    assert _total(cost, worse) > _total(cost, j)
+    owner[worse] = np.arange(n)
+    assert kernels.tighten(cost, prices, worse, owner, 0.0, 100 * n, np.zeros(n)) == -1
+
+
+def test_auction_without_a_certificate_falls_back_to_network_simplex(monkeypatch):
+    _need("auction")
+    from otcfm.couplings import _approx_cpu
+
+    monkeypatch.setattr(_approx_cpu, "EXACT_MAX_BIDS", 1)  # no complete pairing: no answer
+    cost = _eight_gaussians_cost(200, 1)
+    assert _approx_cpu.exact_assignment(cost) is None
+    called = []
+    real = asg._solve_emd
+    monkeypatch.setattr(asg, "_solve_emd", lambda c: called.append(1) or real(c))
+    j = asg.solve(cost, "auction", check=False)
+    assert called and abs(_total(cost, j) - _scipy_total(cost)) <= 1e-9 * _scipy_total(cost)

@@ -313,7 +313,8 @@ class ApproxOT(Coupling):
             if not 2.0 * (float(na.max()) + float(nb.max())) < float(torch.finfo().max):
                 raise overflow_error(torch.float32, a, b)
             gram = (a @ b.T).numpy()
-            reduced = _kernels().sq_cost_reduced(gram, na.numpy(), nb.numpy())
+            reduced = _kernels().sq_cost_reduced(gram, na.numpy(), nb.numpy(),
+                                                  _kernels().top_bits(np.float32))
             j, info = self._solve_compiled(gram, *reduced)
         else:
             j, info = self._solve(sq_cost(x0, x1, self.cost_dtype).detach())
@@ -348,7 +349,7 @@ class ApproxOT(Coupling):
         """As :meth:`solve`, overwriting ``cost`` (no extra B x B copy)."""
         if self._compiled_for(cost.device, cost.dtype):
             c = cost.contiguous().numpy()
-            return self._solve_compiled(c, *_kernels().reduce_rows(c))
+            return self._solve_compiled(c, *_kernels().reduce_rows(c, _kernels().top_bits(c.dtype)))
         n = cost.shape[0]
         # Subtracting row minima changes every assignment's cost by the same constant.
         shift = cost.amin(1, keepdim=True)

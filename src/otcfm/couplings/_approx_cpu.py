@@ -23,7 +23,12 @@ import numpy as np
 COARSE_MIN = 128  # smallest batch solved with a multiscale warm start
 COARSE_RATIO = 2  # the coarse problem has n / COARSE_RATIO points
 WARM_EPS = 3.0  # first eps after a warm start, in certifying eps
-_F32 = float(np.finfo(np.float32).eps)
+COARSE_TOL = 0.01  # coupling gap of the coarse problem when the answer must be tighter
+EXACT_RTOL = 1e-9  # certified relative gap of exact_assignment
+EXACT_SCALING = 16.0  # eps shrinks by this factor between the phases of exact_assignment
+EXACT_MAX_BIDS = 500  # exact_assignment gives up after this many bids per row
+TIGHTEN_FROM = 1e-4  # relative mode: correct the prices once n eps <= this * (offset + LB)
+TIGHTEN_SCANS = 3  # most row scans of one price correction, in multiples of n
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,17 @@ def gap_bound(u: float, lb: float, ind: float) -> float:
     return max(0.0, (u - lb) / (ind - lb))
 
 
+def relative_gap_bound(u: float, lb: float, offset: float) -> float:
+    """(U - LB) / (offset + LB): an upper bound on (U - OPT) / (offset + OPT) given
+    0 <= LB <= OPT <= U; with ``offset`` the sum of the subtracted row minima, the relative
+    gap of the unreduced problem's assignment cost."""
+    if not math.isfinite(u):
+        return math.inf
+    lb = max(min(lb, u), 0.0)
+    base = offset + lb
+    return 0.0 if u == lb else ((u - lb) / base if base > 0.0 else math.inf)
+
+
 def solve_auction(
     cost: np.ndarray,
     tol: float,
@@ -58,51 +74,103 @@ def solve_auction(
     warm: bool,
     ind: float | None = None,
     cmax: float | None = None,
+    offset: float | None = None,
     rng: np.random.Generator | None = None,
 ) -> AuctionResult:
-    """Certified approximate assignment of a float32 (n, n) cost with row minima 0.
+    """Certified assignment of a float32 or float64 (n, n) cost with row minima 0.
 
-    Stops when the gap bound (U - LB) / (IND - LB) is at most ``tol``, eps reaches the float32
-    floor, or ``max_bids`` bids are spent (then ``cols`` is the best complete assignment
-    found, or None). ``ind`` (sum of the costs / n) and ``cmax``: if already known.
+    Stops when the certified bound is at most ``tol``: the coupling gap bound
+    (U - LB) / (IND - LB), or with ``offset`` given the relative gap bound
+    (U - LB) / (offset + LB) (:func:`relative_gap_bound`); or when eps reaches the rounding
+    floor of the cost's type, or ``max_bids`` bids are spent (then ``cols`` is the best complete
+    assignment found, or None). ``ind`` (sum of the costs / n) and ``cmax``: if already known.
     """
     from otcfm.couplings import _auction_kernels as kernels  # numba: loaded on first use
 
     n = cost.shape[0]
+    top = kernels.top_bits(cost.dtype)
     rng = np.random.default_rng(n) if rng is None else rng
     if ind is None or cmax is None:
         ind, cmax = float(cost.sum(dtype=np.float64)) / n, float(cost.max())
-    floor = 8.0 * _F32 * cmax
+    floor = 8.0 * float(np.finfo(cost.dtype).eps) * cmax
+
+    def bound(u: float, lb: float) -> float:
+        return gap_bound(u, lb, ind) if offset is None else relative_gap_bound(u, lb, offset)
+
     lb = -math.inf
+    owner = np.full(n, -1, np.int64)
+    assigned = np.full(n, -1, np.int64)
     if warm and n >= COARSE_MIN:
-        prices, lb = _coarse_prices(cost, tol, scaling, max_bids, rng)
+        coarse_tol = tol if offset is None else max(tol, COARSE_TOL)
+        prices, lb = _coarse_prices(cost, coarse_tol, scaling, max_bids, rng)
         spread = ind - lb if 0.0 <= lb < ind else ind
         # a few times the certifying eps n * eps = tol * (IND - OPT), but not so small that
         # the first complete pairing takes long at a tight tol (later phases refine)
-        eps = max(WARM_EPS * max(tol, 0.01) * spread / n, floor)
+        eps = max(WARM_EPS * max(tol, COARSE_TOL) * spread / n, floor)
     else:
-        prices = np.zeros(n, np.float32)
+        prices = np.zeros(n, cost.dtype)
         eps = ind / n / 2.0
-    owner = np.full(n, -1, np.int64)
-    assigned = np.full(n, -1, np.int64)
     best_cols, best_u = None, math.inf
     bids = phases = 0
     rows = np.arange(n)
     while True:
-        bids += kernels.bid(cost, prices, eps, owner, assigned, max_bids - bids)
+        bids += kernels.bid(cost, prices, eps, owner, assigned, max_bids - bids, top)
         phases += 1
-        lb = max(lb, kernels.dual_value(cost, prices) - _slack(n, cmax, prices))
+        lb = max(lb, kernels.dual_value(cost, prices, top) - _slack(n, cmax, prices))
         if assigned.min() >= 0:
             u = float(cost[rows, assigned].sum(dtype=np.float64))
             if u < best_u:
                 best_cols, best_u = assigned.copy(), u
-        if gap_bound(best_u, lb, ind) <= tol or eps <= floor or bids >= max_bids:
+            if (offset is not None and bound(best_u, lb) > tol and u == best_u
+                    and n * eps <= TIGHTEN_FROM * (offset + max(lb, 0.0))):
+                lb = max(lb, _tightened_bound(cost, prices, assigned, owner, cmax, top))
+        if bound(best_u, lb) <= tol or eps <= floor or bids >= max_bids:
             break
-        # n * eps <= tol * (IND - U) certifies the next phase: no need to go finer.
-        target = tol * (ind - best_u) / n if math.isfinite(best_u) else 0.0
-        eps = max(eps / scaling, target, floor)
-        kernels.prune(cost, prices, owner, assigned, eps)
+        # n * eps at most the gap allowed certifies the next phase: no need to go finer
+        if not math.isfinite(best_u):
+            target = 0.0
+        elif offset is None:
+            target = tol * (ind - best_u) / n
+        else:
+            target = tol * (offset + max(lb, 0.0)) / n
+        finer = max(eps / scaling, target, floor)
+        if finer >= eps:  # eps is already as fine as the certificate needs: rounding blocks it
+            break
+        eps = finer
+        kernels.prune(cost, prices, owner, assigned, eps, top)
     return AuctionResult(best_cols, best_u, lb, prices, bids, phases, eps)
+
+
+def exact_assignment(cost: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Optimal assignment of a finite square float64 ``cost``, certified: (columns, bound).
+
+    The compiled auction runs in float64 on the row-reduced cost from a multiscale warm start
+    with eps-scaling; once its eps is small, the prices are corrected by shortest paths
+    (:func:`_auction_kernels.tighten`) towards exact complementary slackness. Every answer
+    carries the dual bound LB of a feasible dual (u_i + v_j <= C_ij, float rounding
+    subtracted), and is returned only when bound = (U - LB) / (offset + LB) <= ``EXACT_RTOL``,
+    which bounds the relative gap (U - OPT) / OPT of its total cost U. When the corrected
+    prices certify the optimum itself the bound is at the float64 rounding level (about
+    1e-14). Returns None when no certificate was reached within ``EXACT_MAX_BIDS`` bids per
+    row or at the rounding floor of eps (the caller solves otherwise).
+    """
+    n = cost.shape[0]
+    if n == 0 or not bool(np.isfinite(cost).all()):
+        return None
+    lo = cost.min(axis=1)
+    reduced = cost - lo[:, None]  # >= 0 exactly: the kernels order floats by their bits
+    offset = float(lo.sum())
+    total, cmax = float(reduced.sum()), float(reduced.max())
+    if n == 1 or cmax == 0.0:
+        return np.arange(n), 0.0
+    r = solve_auction(
+        reduced, EXACT_RTOL, scaling=EXACT_SCALING, max_bids=EXACT_MAX_BIDS * n, warm=True,
+        ind=total / n, cmax=cmax, offset=offset,
+    )
+    if r.cols is None:
+        return None
+    bound = relative_gap_bound(r.cost, r.lower_bound, offset)
+    return (r.cols, bound) if bound <= EXACT_RTOL else None
 
 
 def _coarse_prices(
@@ -116,18 +184,34 @@ def _coarse_prices(
     rows = np.sort(rng.choice(n, m, replace=False))
     cols = np.sort(rng.choice(n, m, replace=False))
     sub = kernels.gather(cost, rows, cols)
-    _, total, top = kernels.reduce_rows(sub)
+    _, total, top = kernels.reduce_rows(sub, kernels.top_bits(cost.dtype))
     coarse = solve_auction(
         sub, tol, scaling=scaling, max_bids=max_bids, warm=True, ind=total / m,
         cmax=float(top), rng=rng,
     )
-    prices = np.empty(n, np.float32)
-    lb = kernels.extend_prices(cost, cols, coarse.prices, prices)
+    prices = np.empty(n, cost.dtype)
+    lb = kernels.extend_prices(cost, cols, coarse.prices, prices, kernels.top_bits(cost.dtype))
     lb -= _slack(n, float(cost.max()), prices)
     prices -= prices.min()  # a common shift changes no decision; the kernels need p >= 0
     return prices, lb
 
 
+def _tightened_bound(cost, prices, assigned, owner, cmax, top) -> float:
+    """The lower bound of the prices corrected by :func:`_auction_kernels.tighten` (-inf if
+    the correction did not converge: the assignment may not be optimal)."""
+    from otcfm.couplings import _auction_kernels as kernels
+
+    n = cost.shape[0]
+    d = np.zeros(n, prices.dtype)
+    rounding = 4.0 * float(np.finfo(prices.dtype).eps) * (cmax + float(prices.max()))
+    if kernels.tighten(cost, prices, assigned, owner, rounding, TIGHTEN_SCANS * n, d) < 0:
+        return -math.inf
+    q = prices - d
+    q -= q.min()  # the kernels need p >= 0; a common shift changes no bound
+    return kernels.dual_value(cost, q, top) - _slack(n, cmax, q)
+
+
 def _slack(n: int, cmax: float, prices: np.ndarray) -> float:
-    """Bound on the float32 rounding in a dual value over n rows and n columns."""
-    return 8.0 * n * _F32 * (cmax + float(np.abs(prices).max()))
+    """Bound on the rounding (in the prices' float type) in a dual value over n rows and n
+    columns."""
+    return 8.0 * n * float(np.finfo(prices.dtype).eps) * (cmax + float(np.abs(prices).max()))

@@ -1,9 +1,13 @@
 """Compiled auction kernels for ApproxOT on CPU (numba, extra ``fast``).
 
-Every kernel takes a float32 cost matrix C (n, n) with non-negative entries (row minima
-subtracted) and non-negative float32 column prices p (n,). Then every C_ij + p_j >= 0, and
-non-negative IEEE floats order exactly like their bit patterns read as int32: row minima are
-taken as integer minima, which vectorize (float minima do not, for NaN semantics).
+Every kernel takes a cost matrix C (n, n) with non-negative entries (row minima subtracted)
+and non-negative column prices p (n,) of the same float type: float32 (ApproxOT) or float64
+(the certified exact solver). Then every C_ij + p_j >= 0, and non-negative IEEE floats order
+exactly like their bit patterns read as integers of the same width: row minima are taken as
+integer minima, which vectorize (float minima do not, for NaN semantics). The kernels that
+compare bits take ``top``, a one-element array of that integer type holding its largest value
+(see :func:`top_bits`): it fixes the width when numba compiles them and exceeds the bits of
+every finite non-negative float.
 
 The kernels release the GIL, so coupling threads run beside the training thread. Without
 numba the same functions run as plain Python (correct, slow: tests of small cases only).
@@ -18,7 +22,13 @@ try:
 except ImportError:  # pragma: no cover - exercised when the `fast` extra is missing
     numba = None
 
-_BIG = np.int32(0x7FFFFFFF)  # larger than the bits of any finite non-negative float32
+_INT = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
+
+
+def top_bits(dtype) -> np.ndarray:
+    """The ``top`` argument of the kernels for costs of float ``dtype`` (float32 or float64)."""
+    kind = _INT[np.dtype(dtype)]
+    return np.array([np.iinfo(kind).max], kind)
 
 
 def available() -> bool:
@@ -39,8 +49,8 @@ def _add(row, p, out):  # pragma: no cover - compiled
 
 
 @_jit()
-def _min_bits(bits):  # pragma: no cover - compiled
-    m = _BIG
+def _min_bits(bits, big):  # pragma: no cover - compiled
+    m = big
     for j in range(bits.shape[0]):
         x = bits[j]
         m = x if x < m else m
@@ -58,39 +68,41 @@ def _first(bits, m):  # pragma: no cover - compiled
 
 
 @_jit()
-def _row_min(row, p, buf, bits):  # pragma: no cover - compiled
+def _row_min(row, p, buf, bits, big):  # pragma: no cover - compiled
     """min_j row_j + p_j and its first argmin; leaves row + p in buf."""
     _add(row, p, buf)
-    j = _first(bits, _min_bits(bits))
+    j = _first(bits, _min_bits(bits, big))
     return j, buf[j]
 
 
 @_jit()
-def bid(C, p, eps, owner, assigned, max_bids):  # pragma: no cover - compiled
+def bid(C, p, eps, owner, assigned, max_bids, top):  # pragma: no cover - compiled
     """Gauss-Seidel forward auction at this eps until every row is assigned (in place).
 
     A free row i bids for j1 = argmin_j C_ij + p_j, raising p_j1 by (second best - best) + eps
     and evicting j1's owner. Returns the number of bids (at most ``max_bids``).
     """
     n = C.shape[0]
-    buf = np.empty(n, np.float32)
-    bits = buf.view(np.int32)
+    big = top[0]
+    buf = np.empty_like(p)
+    bits = buf.view(top.dtype)
     free = np.empty(n, np.int64)
     nf = 0
     for i in range(n - 1, -1, -1):
         if assigned[i] < 0:
             free[nf] = i
             nf += 1
-    step = np.float32(eps)
-    word = np.empty(1, np.int32)  # reinterprets a minimum's bits as its float32 value
-    value = word.view(np.float32)
+    value = np.empty_like(p[:1])  # eps in p's type, then a minimum's bits as its value
+    value[0] = eps
+    step = value[0]
+    word = value.view(top.dtype)
     bids = 0
     while nf > 0 and bids < max_bids:
         nf -= 1
         i = free[nf]
-        j1, best = _row_min(C[i], p, buf, bits)
-        bits[j1] = _BIG
-        word[0] = _min_bits(bits)
+        j1, best = _row_min(C[i], p, buf, bits, big)
+        bits[j1] = big
+        word[0] = _min_bits(bits, big)
         second = value[0]
         p[j1] += second - best + step
         prev = owner[j1]
@@ -105,20 +117,21 @@ def bid(C, p, eps, owner, assigned, max_bids):  # pragma: no cover - compiled
 
 
 @_jit()
-def prune(C, p, owner, assigned, eps):  # pragma: no cover - compiled
+def prune(C, p, owner, assigned, eps, top):  # pragma: no cover - compiled
     """Unassign the rows whose column is not within eps of their best (in place).
 
     Returns the number of rows kept: they satisfy eps-complementary slackness at the new eps.
     """
     n = C.shape[0]
-    buf = np.empty(n, np.float32)
-    bits = buf.view(np.int32)
+    big = top[0]
+    buf = np.empty_like(p)
+    bits = buf.view(top.dtype)
     kept = 0
     for i in range(n):
         a = assigned[i]
         if a < 0:
             continue
-        _, best = _row_min(C[i], p, buf, bits)
+        _, best = _row_min(C[i], p, buf, bits, big)
         if buf[a] - best > eps:
             assigned[i] = -1
             owner[a] = -1
@@ -128,20 +141,22 @@ def prune(C, p, owner, assigned, eps):  # pragma: no cover - compiled
 
 
 @_jit()
-def dual_value(C, p):  # pragma: no cover - compiled
+def dual_value(C, p, top):  # pragma: no cover - compiled
     """sum_i u_i + sum_j v_j for u_i = min_j (C_ij + p_j), v_j = min_i (C_ij - u_i).
 
     u_i + v_j <= C_ij, so this is a lower bound on the optimal assignment cost (weak
-    duality), before float32 rounding (the caller subtracts a rounding slack). One pass.
+    duality), before float rounding (the caller subtracts a rounding slack). One pass.
     """
     n = C.shape[0]
-    buf = np.empty(n, np.float32)
-    bits = buf.view(np.int32)
-    v = np.full(n, np.inf, np.float32)
+    big = top[0]
+    buf = np.empty_like(p)
+    bits = buf.view(top.dtype)
+    v = np.empty_like(p)
+    v[:] = np.inf
     total = 0.0
     for i in range(n):
         row = C[i]
-        _, u = _row_min(row, p, buf, bits)
+        _, u = _row_min(row, p, buf, bits, big)
         total += np.float64(u)
         for j in range(n):
             x = row[j] - u
@@ -152,7 +167,7 @@ def dual_value(C, p):  # pragma: no cover - compiled
 
 
 @_jit()
-def extend_prices(C, cols, p_cols, p):  # pragma: no cover - compiled
+def extend_prices(C, cols, p_cols, p, top):  # pragma: no cover - compiled
     """Prices for all columns from prices on a subset of them (a c-transform pair).
 
     f_i = min_k C[i, cols_k] + p_cols_k over the subset, then p_j = max_i f_i - C_ij, so
@@ -160,17 +175,17 @@ def extend_prices(C, cols, p_cols, p):  # pragma: no cover - compiled
     on the optimal assignment cost (before rounding).
     """
     n = C.shape[0]
-    m = cols.shape[0]
-    buf = np.empty(m, np.float32)
-    bits = buf.view(np.int32)
+    buf = np.empty_like(p_cols)
+    bits = buf.view(top.dtype)
+    big = top[0]
     for j in range(n):
         p[j] = -np.inf
     total = 0.0
     for i in range(n):
         row = C[i]
-        for k in range(m):
+        for k in range(cols.shape[0]):
             buf[k] = row[cols[k]] + p_cols[k]
-        f = buf[_first(bits, _min_bits(bits))]
+        f = buf[_first(bits, _min_bits(bits, big))]
         total += np.float64(f)
         for j in range(n):
             x = f - row[j]
@@ -196,7 +211,7 @@ def _sub(row, x):  # pragma: no cover - compiled
 
 @_jit()
 def _max_bits(bits):  # pragma: no cover - compiled
-    m = np.int32(0)
+    m = bits[0]
     for j in range(bits.shape[0]):
         x = bits[j]
         m = x if x > m else m
@@ -204,9 +219,9 @@ def _max_bits(bits):  # pragma: no cover - compiled
 
 
 @_jit()
-def _reduce_row(row, bits):  # pragma: no cover - compiled
+def _reduce_row(row, bits, big):  # pragma: no cover - compiled
     """Subtract the row's minimum in place; returns (minimum, sum after, max bits after)."""
-    lo = row[_first(bits, _min_bits(bits))]
+    lo = row[_first(bits, _min_bits(bits, big))]
     _sub(row, lo)
     return lo, _sum64(row), _max_bits(bits)
 
@@ -221,49 +236,101 @@ def _sq_dist_row(row, na_i, nb):  # pragma: no cover - compiled
 
 
 @_jit()
-def _reduce_all(C, G, na, nb):  # pragma: no cover - compiled
-    bits = C.view(np.int32)
+def _reduce_all(C, G, na, nb, top):  # pragma: no cover - compiled
+    bits = C.view(top.dtype)
+    big = top[0]
     shift = 0.0
     total = 0.0
-    top = np.int32(0)
+    word = np.zeros_like(top)  # the largest bits so far, then read as a float
     for i in range(C.shape[0]):
         if G:
             _sq_dist_row(C[i], na[i], nb)
-        lo, s, m = _reduce_row(C[i], bits[i])
+        lo, s, m = _reduce_row(C[i], bits[i], big)
         shift += np.float64(lo)
         total += s
-        top = m if m > top else top
-    word = np.empty(1, np.int32)
-    word[0] = top
-    return shift, total, word.view(np.float32)[0]
+        word[0] = m if m > word[0] else word[0]
+    return shift, total, word.view(C.dtype)[0]
 
 
 @_jit()
-def reduce_rows(C):  # pragma: no cover - compiled
+def reduce_rows(C, top):  # pragma: no cover - compiled
     """Subtract each row's minimum in place (C >= 0); returns (sum of the minima, sum, max)
     of the reduced matrix, sums in float64. One pass over C.
     """
-    empty = np.empty(0, np.float32)
-    return _reduce_all(C, False, empty, empty)
+    empty = np.empty(0, C.dtype)
+    return _reduce_all(C, False, empty, empty, top)
 
 
 @_jit()
-def sq_cost_reduced(G, na, nb):  # pragma: no cover - compiled
-    """Squared distances from a Gram matrix, row-reduced, in place, in one pass.
+def sq_cost_reduced(G, na, nb, top):  # pragma: no cover - compiled
+    """Squared distances from a float32 Gram matrix, row-reduced, in place, in one pass.
 
     G_ij = a_i . b_j becomes max(|a_i|^2 + |b_j|^2 - 2 G_ij, 0) minus its row's minimum.
     Returns (sum of the row minima, sum, max) of the reduced matrix, as ``reduce_rows``.
     """
-    return _reduce_all(G, True, na, nb)
+    return _reduce_all(G, True, na, nb, top)
 
 
 @_jit()
 def gather(C, rows, cols):  # pragma: no cover - compiled
     """C[rows][:, cols] as a new contiguous matrix."""
-    out = np.empty((rows.shape[0], cols.shape[0]), np.float32)
+    out = np.empty((rows.shape[0], cols.shape[0]), C.dtype)
     for a in range(rows.shape[0]):
         src = C[rows[a]]
         dst = out[a]
         for b in range(cols.shape[0]):
             dst[b] = src[cols[b]]
     return out
+
+
+@_jit()
+def tighten(C, p, assigned, owner, slack, max_scans, d):  # pragma: no cover - compiled
+    """Shortest-path correction d (n,) <= 0 of the prices towards exact complementary slackness
+    of the complete assignment ``assigned`` (Bellman-Ford on the columns, in place on d = 0).
+
+    The arc from column k = assigned[i] to column j weighs w_ij = (C_ij + p_j) -
+    (C_ik + p_k), at least -eps after an auction phase at eps. If the distances converge,
+    q = p - d satisfies C_ij + q_j >= C_ik + q_k for every row i and column j: each row's
+    column is its cheapest, so the assignment is optimal and q certifies it (the caller checks
+    this with ``dual_value``). A negative cycle (an assignment that is not optimal) never
+    converges: the search gives up (returns -1) once it has scanned ``max_scans`` rows, or as
+    soon as the rows to rescan stop shrinking (after the first pass: fewer than 3/4 of those
+    of the first; later: at most twice the fewest so far, plus 16). Returns the number of
+    passes otherwise. Only rows whose column's distance
+    changed are scanned again; an improvement under ``slack`` (float rounding) is not one, so
+    that cycles of zero weight cannot turn over forever.
+    """
+    n = C.shape[0]
+    active = np.ones(n, np.bool_)
+    first = n
+    fewest = n
+    sweep = 0
+    scans = 0
+    while True:
+        count = 0
+        nxt = np.zeros(n, np.bool_)
+        for i in range(n):
+            if not active[i]:
+                continue
+            scans += 1
+            if scans > max_scans:
+                return -1
+            k = assigned[i]
+            row = C[i]
+            base = d[k] - (row[k] + p[k]) + slack
+            for j in range(n):
+                x = base + (row[j] + p[j])
+                if x < d[j]:
+                    d[j] = x - slack
+                    r = owner[j]
+                    count += 0 if nxt[r] else 1
+                    nxt[r] = True
+        sweep += 1
+        if count == 0:
+            return sweep
+        if sweep == 1:
+            first = count
+        elif (sweep == 2 and 4 * count > 3 * first) or count > 2 * fewest + 16:
+            return -1
+        fewest = min(fewest, count)
+        active = nxt

@@ -33,9 +33,9 @@ from otcfm.couplings._base import (
 _RESULT_CODES = {0: "infeasible", 1: "optimal", 2: "unbounded", 3: "iteration cap reached"}
 # Host bytes per cost entry beyond the float64 copy of the cost, measured as the peak RSS
 # growth of one call at B = 2048, d = 2 (network simplex: 29 for the arcs' costs, flows and
-# states and the dense plan; scipy / lap: under 4; the plan path also keeps and samples the
-# plan, 37).
-_EMD_BYTES, _ASSIGNMENT_BYTES, _PLAN_BYTES = 29, 4, 37
+# states and the dense plan; the auction: 8 for its row-reduced copy; scipy / lap: under 4;
+# the plan path also keeps and samples the plan, 37).
+_EMD_BYTES, _AUCTION_BYTES, _ASSIGNMENT_BYTES, _PLAN_BYTES = 29, 8, 4, 37
 
 
 class Independent(Coupling):
@@ -113,7 +113,9 @@ class ExactOT(Coupling):
     - Equal batch sizes, ``sampling=None``: a one-to-one pairing, ``i = arange(B)`` and ``j`` a
       permutation minimising sum_i ||x0_i - x1_j(i)||^2, exact on a float64 copy of the cost
       with no iteration cap. ``solver`` picks the assignment code: ``"auto"`` (default: the
-      fastest measured for (B, d), see docs/results/exact_solvers.md), ``"emd"`` (POT network
+      fastest measured for (B, d), see docs/results/exact_solvers.md), ``"auction"`` (our
+      compiled float64 auction, each answer certified by a feasible dual to a relative gap of
+      at most 1e-9, else solved by network simplex; extra ``fast``), ``"emd"`` (POT network
       simplex), ``"scipy"`` (linear_sum_assignment), ``"lap"`` / ``"lapjv"`` (Jonker-Volgenant,
       optional packages; extra ``fast``). An answer that is not a permutation falls back to
       scipy; a missing optional package warns and falls back to ``"auto"``.
@@ -170,7 +172,7 @@ class ExactOT(Coupling):
             solver = self.solver
             if solver == "auto":
                 solver = auto_solver(n0, dim) if dim else "emd"
-            work = _EMD_BYTES if solver == "emd" else _ASSIGNMENT_BYTES
+            work = {"emd": _EMD_BYTES, "auction": _AUCTION_BYTES}.get(solver, _ASSIGNMENT_BYTES)
         else:
             work = _PLAN_BYTES
         return MemoryNeed(device=cost_bytes(self.cost_dtype, device) * entries,
