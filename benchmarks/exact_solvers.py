@@ -32,7 +32,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from otcfm.couplings._assignment import SOLVERS, available_solvers, solve  # noqa: E402
+from otcfm._ot.assignment import SOLVERS, available_solvers, solve  # noqa: E402
 
 SIZES = (64, 256, 512, 1024, 2048, 4096, 8192)
 DIMS = (2, 64, 784)
@@ -166,7 +166,7 @@ def render(record: dict) -> str:
     auction, emd = _time(rows, "auction", 2, 4096), _time(rows, "emd", 2, 4096)
     auction64, lap64 = _time(rows, "auction", 64, 4096), _time(rows, "lap", 64, 4096)
     parts.append(
-        "## The rule of `ExactOT(solver=\"auto\")` (src/otcfm/couplings/_assignment.py)\n\n"
+        "## The rule of `ExactOT(solver=\"auto\")` (src/otcfm/_ot/assignment.py)\n\n"
         "- B >= 256 with numba installed (extra `fast`): `auction`, our compiled float64 "
         "auction whose prices are then corrected by shortest paths; each answer comes with a "
         "feasible dual that certifies its relative gap to the optimum is at most 1e-9 "

@@ -10,8 +10,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
+from otcfm._ot import auction_kernels as kernels
 from otcfm.couplings import COUPLINGS, ApproxOT, Pairing, coupling
-from otcfm.couplings import _auction_kernels as kernels
 from otcfm.matchers import matcher
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from otcfm._ot import assignment as asg
 from otcfm.couplings import ExactOT
-from otcfm.couplings import _assignment as asg
 
 ALL = list(asg.SOLVERS)
 
@@ -193,15 +193,21 @@ def test_auction_answers_carry_a_certified_bound(kind, n):
     """The certified bound holds against the network simplex's optimum, and is the
     optimum's own certificate (the corrected prices reach float64 rounding, not 1e-9)."""
     _need("auction")
-    from otcfm.couplings._approx_cpu import EXACT_RTOL, exact_assignment
+    from otcfm._ot.auction import EXACT_RTOL, exact_assignment
 
     cost = _eight_gaussians_cost(n, n) if kind == "8g" else _cloud_cost(n, 64, seed=n)
-    cols, bound = exact_assignment(cost)
+    found = exact_assignment(cost)
+    cols, bound = found.cols, found.bound
     _assert_perm(cols, n)
     opt = _total(cost, asg.solve(cost, "emd"))
     gap = (_total(cost, cols) - opt) / opt
     assert -1e-14 <= gap <= bound + 1e-14 <= EXACT_RTOL + 1e-14
     assert bound < 1e-12
+    assert found.cost == pytest.approx(_total(cost, cols), rel=1e-13)
+    work = cost.copy()
+    again = exact_assignment(work, overwrite=True)  # the same answer from the reduced matrix
+    np.testing.assert_array_equal(again.cols, cols)
+    assert again.cost == found.cost and work.min() == 0.0 and (work.min(1) == 0.0).all()
 
 
 def test_tighten_certifies_an_optimum_and_refuses_a_worse_assignment():
@@ -210,8 +216,8 @@ def test_tighten_certifies_an_optimum_and_refuses_a_worse_assignment():
     is its cheapest (checked by brute force); on a worse assignment (one swap away from the
     optimum: a negative cycle) it gives up."""
     _need("auction")
-    from otcfm.couplings import _auction_kernels as kernels
-    from otcfm.couplings._approx_cpu import solve_auction
+    from otcfm._ot import auction_kernels as kernels
+    from otcfm._ot.auction import solve_auction
 
     n = 60
     cost = _cloud_cost(n, 3, seed=4)
@@ -238,11 +244,11 @@ def test_tighten_certifies_an_optimum_and_refuses_a_worse_assignment():
 
 def test_auction_without_a_certificate_falls_back_to_network_simplex(monkeypatch):
     _need("auction")
-    from otcfm.couplings import _approx_cpu
+    from otcfm._ot import auction
 
-    monkeypatch.setattr(_approx_cpu, "EXACT_MAX_BIDS", 1)  # no complete pairing: no answer
+    monkeypatch.setattr(auction, "EXACT_MAX_BIDS", 1)  # no complete pairing: no answer
     cost = _eight_gaussians_cost(200, 1)
-    assert _approx_cpu.exact_assignment(cost) is None
+    assert auction.exact_assignment(cost) is None
     called = []
     real = asg._solve_emd
     monkeypatch.setattr(asg, "_solve_emd", lambda c: called.append(1) or real(c))

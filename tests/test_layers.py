@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # lower number = lower layer; a module may import its own layer (without cycles) or lower ones
 LAYERS = {
-    "otcfm": 0, "_utils": 0,
+    "otcfm": 0, "_utils": 0, "_ot": 0,
     "paths": 1, "couplings": 1, "time_samplers": 1, "sampling": 1, "models": 1, "metrics": 1,
     "data": 1,
     "matchers": 2, "likelihood": 2,

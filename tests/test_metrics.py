@@ -87,6 +87,28 @@ def test_equal_size_matches_linear_sum_assignment():
     assert wasserstein(x, y) == pytest.approx(math.sqrt(d2[r, c].mean()), rel=1e-9)
 
 
+@pytest.mark.parametrize("p", [1, 2])
+def test_large_equal_batches_use_the_certified_auction_and_match_scipy(monkeypatch, p):
+    """From n = 256 (with numba) W_p comes from the certified auction: it equals scipy's
+    optimal assignment to 1e-9 relative; without a certificate it falls back to network
+    simplex (same value)."""
+    from otcfm._ot import assignment, auction
+
+    if "auction" not in assignment.available_solvers():
+        pytest.skip("needs numba (extra fast)")
+    x, y = randn(300, 2, seed=15), randn(300, 2, seed=16) * 2 + 3
+    d = torch.cdist(x.double(), y.double()).numpy() ** p
+    r, c = scipy.optimize.linear_sum_assignment(d)
+    expected = d[r, c].mean() ** (1 / p)
+    calls = []
+    real = auction.solve_auction
+    monkeypatch.setattr(auction, "solve_auction", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert wasserstein(x, y, p=p) == pytest.approx(expected, rel=1e-9)
+    assert calls  # the auction answered
+    monkeypatch.setattr(auction, "EXACT_MAX_BIDS", 1)  # no certificate: network simplex
+    assert wasserstein(x, y, p=p) == pytest.approx(expected, rel=1e-9)
+
+
 def test_unequal_sizes_match_transport_linear_program():
     # independent oracle: the Kantorovich LP solved by scipy's HiGHS
     x, y = randn(7, 2, seed=11), randn(5, 2, seed=12) + 1.0

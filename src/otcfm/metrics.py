@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from otcfm._ot.assignment import auto_solver
+from otcfm._ot.auction import exact_assignment
+
 __all__ = [
     "wasserstein", "mmd", "path_energy", "normalized_path_energy", "MMD_BANDWIDTHS",
     "FeatureStats", "feature_stats", "frechet_distance", "frechet_distance_from_stats",
@@ -103,14 +106,23 @@ def wasserstein(
     """Exact p-Wasserstein distance ``(min_pi sum pi_ij |x_i - y_j|^p)^(1/p)`` (Euclidean).
 
     x: (n, *event), y: (m, *event); a, b: optional sample weights (normalised to sum 1),
-    uniform by default. Solved exactly with POT's network simplex (``ot.emd2``) on the float64
-    cost matrix, with its iteration cap lifted (``max_iter``, default ``100 n m``); if the solver
-    still reports a non-optimal exit a ``RuntimeWarning`` names the code. Needs an n x m
-    float64 cost matrix in memory (800 MB at 10,000 x 10,000).
+    uniform by default. Equal sizes with uniform weights have an optimal plan that is a
+    permutation: from n = 256 with numba installed (extra ``fast``) it comes from the certified
+    auction of :mod:`otcfm._ot.auction`, whose feasible dual bounds the relative gap of W_p^p
+    to the optimum by 1e-9 (about 2x to 3x faster than network simplex in 2-D at 1,000 to
+    10,000 points, docs/results/exact_solvers.md). Otherwise, and for any batch the auction
+    cannot certify: POT's network simplex (``ot.emd2``) on the float64 cost matrix, with its
+    iteration cap lifted (``max_iter``, default ``100 n m``); if the solver still reports a
+    non-optimal exit a ``RuntimeWarning`` names the code. Needs an n x m float64 cost matrix
+    in memory (800 MB at 10,000 x 10,000).
     """
     p = _check_p(p)
     xa, ya = _pair(x, y)
     n, m = xa.shape[0], ya.shape[0]
+    if a is None and b is None and n == m and auto_solver(n, xa.shape[1]) == "auction":
+        found = exact_assignment(_cost(xa, ya, p), overwrite=True)
+        if found is not None:
+            return max(found.cost / n, 0.0) ** (1.0 / p)
     wa, wb = _weights("a", a, n), _weights("b", b, m)
     cost = _cost(xa, ya, p)
     iters = max(100 * n * m, 1_000_000) if max_iter is None else int(max_iter)

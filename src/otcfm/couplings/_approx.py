@@ -19,7 +19,7 @@ as gap_bound <= tol, so the returned permutation provably has gap <= tol (with r
 cost matrix as stored in ``cost_dtype``; float rounding of the bound is accounted for).
 
 Backends. On CPU with float32 costs and numba installed (extra ``fast``) the auction runs
-compiled, one bid at a time, from a multiscale warm start (module ``_approx_cpu``); elsewhere
+compiled, one bid at a time, from a multiscale warm start (module ``otcfm._ot.auction``); elsewhere
 (GPU, float64, no numba) it runs in torch as below.
 
 Warm start (torch backend). Zero prices and a large first eps lead to long price wars when
@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from otcfm._ot.auction import gap_bound, solve_auction
 from otcfm._utils import check_positive
-from otcfm.couplings._approx_cpu import gap_bound, solve_auction
 from otcfm.couplings._base import (
     ConvergenceWarning,
     Coupling,
@@ -65,9 +65,9 @@ _EXP_MIN = -80.0  # exponents are clamped here: exp stays a normal float32
 
 def _kernels():
     """The compiled auction kernels, imported on first use (numba loads slowly)."""
-    from otcfm.couplings import _auction_kernels
+    from otcfm._ot import auction_kernels
 
-    return _auction_kernels
+    return auction_kernels
 
 
 def _row_chunks(n_rows: int, n_cols: int) -> int:
@@ -405,7 +405,7 @@ class ApproxOT(Coupling):
     def _solve_compiled(
         self, c: np.ndarray, const: float, total: float, cmax: float
     ) -> tuple[Tensor, dict[str, float]]:
-        """The compiled CPU backend (module ``_approx_cpu``), same certificate and info.
+        """The compiled CPU backend (module ``otcfm._ot.auction``), same certificate and info.
 
         ``c``: float32 (n, n) costs with row minima subtracted (their sum ``const``), whose
         sum and max are ``total`` and ``cmax``; overwritten.

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from otcfm._ot.assignment import auto_solver, check_solver
+from otcfm._ot.assignment import solve as solve_assignment
 from otcfm._utils import check_positive
-from otcfm.couplings._assignment import auto_solver, check_solver
-from otcfm.couplings._assignment import solve as solve_assignment
 from otcfm.couplings._base import (
     ConvergenceWarning,
     Coupling,
@@ -65,7 +65,7 @@ def _assignment(cost: np.ndarray, *, simplex_first: bool = False) -> np.ndarray:
     """Column matched to each row by an optimal assignment of a square float64 cost.
 
     Network simplex (``simplex_first``) or scipy, each with the permutation check and scipy
-    fallback of :func:`otcfm.couplings._assignment.solve`.
+    fallback of :func:`otcfm._ot.assignment.solve`.
     """
     return solve_assignment(cost, "emd" if simplex_first else "scipy")
 

@@ -12,7 +12,7 @@ Registered solvers (all exact, no iteration cap):
 - ``"lapjv"``: Jonker-Volgenant from the optional package ``lapjv`` (float64 mode).
 - ``"auction"``: our compiled float64 auction with eps-scaling, its prices then corrected by
   shortest paths; every answer is certified by a feasible dual to a relative gap of at most
-  1e-9 (:func:`otcfm.couplings._approx_cpu.exact_assignment`), else network simplex solves it.
+  1e-9 (:func:`otcfm._ot.auction.exact_assignment`), else network simplex solves it.
   Needs numba (extra ``fast``).
 
 ``"auto"`` picks by batch size and feature dimension from the measurements in
@@ -69,10 +69,10 @@ def _solve_emd(cost: np.ndarray) -> np.ndarray | None:
 def _solve_auction(cost: np.ndarray) -> np.ndarray | None:
     if _module("numba") is None:
         return None
-    from otcfm.couplings._approx_cpu import exact_assignment
+    from otcfm._ot.auction import exact_assignment
 
     found = exact_assignment(np.ascontiguousarray(cost, dtype=np.float64))
-    return _solve_emd(cost) if found is None else found[0]
+    return _solve_emd(cost) if found is None else found.cols
 
 
 def _solve_scipy(cost: np.ndarray) -> np.ndarray:

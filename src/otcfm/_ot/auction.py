@@ -85,7 +85,7 @@ def solve_auction(
     floor of the cost's type, or ``max_bids`` bids are spent (then ``cols`` is the best complete
     assignment found, or None). ``ind`` (sum of the costs / n) and ``cmax``: if already known.
     """
-    from otcfm.couplings import _auction_kernels as kernels  # numba: loaded on first use
+    from otcfm._ot import auction_kernels as kernels  # numba: loaded on first use
 
     n = cost.shape[0]
     top = kernels.top_bits(cost.dtype)
@@ -141,28 +141,42 @@ def solve_auction(
     return AuctionResult(best_cols, best_u, lb, prices, bids, phases, eps)
 
 
-def exact_assignment(cost: np.ndarray) -> tuple[np.ndarray, float] | None:
-    """Optimal assignment of a finite square float64 ``cost``, certified: (columns, bound).
+@dataclass(frozen=True)
+class ExactAssignment:
+    """An optimal assignment with its certificate."""
+
+    cols: np.ndarray  # column of each row, int64 (n,)
+    cost: float  # its total cost sum_i C[i, cols[i]] (float64 sums)
+    bound: float  # certified upper bound on (cost - OPT) / OPT
+
+
+def exact_assignment(cost: np.ndarray, *, overwrite: bool = False) -> ExactAssignment | None:
+    """Optimal assignment of a finite square float64 ``cost``, certified.
 
     The compiled auction runs in float64 on the row-reduced cost from a multiscale warm start
     with eps-scaling; once its eps is small, the prices are corrected by shortest paths
-    (:func:`_auction_kernels.tighten`) towards exact complementary slackness. Every answer
+    (:func:`auction_kernels.tighten`) towards exact complementary slackness. Every answer
     carries the dual bound LB of a feasible dual (u_i + v_j <= C_ij, float rounding
     subtracted), and is returned only when bound = (U - LB) / (offset + LB) <= ``EXACT_RTOL``,
     which bounds the relative gap (U - OPT) / OPT of its total cost U. When the corrected
     prices certify the optimum itself the bound is at the float64 rounding level (about
     1e-14). Returns None when no certificate was reached within ``EXACT_MAX_BIDS`` bids per
-    row or at the rounding floor of eps (the caller solves otherwise).
+    row or at the rounding floor of eps (the caller solves otherwise). ``overwrite``: reduce
+    ``cost`` in place instead of a copy (its entries are then lost, C-contiguous only).
     """
     n = cost.shape[0]
     if n == 0 or not bool(np.isfinite(cost).all()):
         return None
     lo = cost.min(axis=1)
-    reduced = cost - lo[:, None]  # >= 0 exactly: the kernels order floats by their bits
+    if overwrite and cost.flags.c_contiguous:
+        reduced = np.subtract(cost, lo[:, None], out=cost)
+    else:
+        reduced = cost - lo[:, None]
+    # >= 0 exactly, as the kernels need (they order floats by their bits)
     offset = float(lo.sum())
     total, cmax = float(reduced.sum()), float(reduced.max())
     if n == 1 or cmax == 0.0:
-        return np.arange(n), 0.0
+        return ExactAssignment(np.arange(n), offset, 0.0)
     r = solve_auction(
         reduced, EXACT_RTOL, scaling=EXACT_SCALING, max_bids=EXACT_MAX_BIDS * n, warm=True,
         ind=total / n, cmax=cmax, offset=offset,
@@ -170,14 +184,14 @@ def exact_assignment(cost: np.ndarray) -> tuple[np.ndarray, float] | None:
     if r.cols is None:
         return None
     bound = relative_gap_bound(r.cost, r.lower_bound, offset)
-    return (r.cols, bound) if bound <= EXACT_RTOL else None
+    return ExactAssignment(r.cols, offset + r.cost, bound) if bound <= EXACT_RTOL else None
 
 
 def _coarse_prices(
     cost: np.ndarray, tol: float, scaling: float, max_bids: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, float]:
     """Column prices (n,) from the problem on a random n / 2 subset, and their lower bound."""
-    from otcfm.couplings import _auction_kernels as kernels  # numba: loaded on first use
+    from otcfm._ot import auction_kernels as kernels  # numba: loaded on first use
 
     n = cost.shape[0]
     m = n // COARSE_RATIO
@@ -197,9 +211,9 @@ def _coarse_prices(
 
 
 def _tightened_bound(cost, prices, assigned, owner, cmax, top) -> float:
-    """The lower bound of the prices corrected by :func:`_auction_kernels.tighten` (-inf if
+    """The lower bound of the prices corrected by :func:`auction_kernels.tighten` (-inf if
     the correction did not converge: the assignment may not be optimal)."""
-    from otcfm.couplings import _auction_kernels as kernels
+    from otcfm._ot import auction_kernels as kernels
 
     n = cost.shape[0]
     d = np.zeros(n, prices.dtype)
