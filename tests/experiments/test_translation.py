@@ -83,3 +83,33 @@ def test_image_rows_figure(tmp_path):
                         tmp_path / "x.png")
     with pytest.raises(ValueError, match="at least one row"):
         plot_image_rows({}, tmp_path / "y.png")
+
+
+def test_translate_reads_celeba_by_attribute(tmp_path, capsys):
+    """CelebA in torchvision's layout (a folder this test writes: 48 faces, smiling or not):
+    the groups are the attribute's absence (0) and presence (1)."""
+    import numpy as np
+
+    image_lib = pytest.importorskip("PIL.Image")
+    folder = tmp_path / "celeba" / "celeba"
+    (folder / "img_align_celeba").mkdir(parents=True)
+    rows, parts = [], []
+    for k in range(48):
+        name = f"{k + 1:06d}.jpg"
+        smiling = k % 2
+        pixels = np.full((218, 178, 3), 60 + 150 * smiling, np.uint8)
+        image_lib.fromarray(pixels).save(folder / "img_align_celeba" / name)
+        rows.append(f"{name} {1 if smiling else -1}")
+        parts.append(f"{name} {0 if k < 40 else 2}")
+    (folder / "list_attr_celeba.txt").write_text("48\nSmiling\n" + "\n".join(rows) + "\n")
+    (folder / "list_eval_partition.txt").write_text("\n".join(parts) + "\n")
+    out = tmp_path / "smile"
+    code = otcfm_main(["translate", "--data", f"celeba:{tmp_path / 'celeba'}", "--attribute",
+                       "Smiling", "--from", "0", "--to", "1", "--latent", "4", "--ae-steps",
+                       "10", "--flow-steps", "10", "--batch-size", "8", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((out / "translation.json").read_text())
+    assert record["n"] == 4  # the test split's faces without the attribute
+    code = translation.translate_main(["--data", f"celeba:{tmp_path / 'celeba'}", "--from",
+                                       "0", "--to", "1", "--out", str(tmp_path / "x")])
+    assert code == 2 and "celeba needs --attribute" in capsys.readouterr().err
