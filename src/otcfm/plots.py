@@ -225,33 +225,6 @@ def plot_image_grids(grids: dict[str, Tensor], path: str | Path, title: str = ""
     return _save(fig, path)
 
 
-def plot_image_rows(rows: dict[str, Tensor], path: str | Path, title: str = "") -> Path:
-    """Rows of images one above the other, each labelled on its left (label -> images
-    (N, C, H, W) in [-1, 1], N the same for every row): e.g. held-out inputs, then each
-    method's translation of the same inputs. Grey images in grey, RGB in colour."""
-    if not rows:
-        raise ValueError("rows must hold at least one row of images")
-    counts = {int(images.shape[0]) for images in rows.values()}
-    if len(counts) != 1:
-        raise ValueError(f"every row needs the same number of images, got {sorted(counts)}")
-    plt = _plt()
-    n = counts.pop()
-    fig, axes = plt.subplots(len(rows), 1, figsize=(0.75 * n + 1.2, 0.85 * len(rows) + 0.4),
-                             squeeze=False)
-    for ax, (label, images) in zip(axes[:, 0], rows.items(), strict=True):
-        grid = image_grid(images, nrow=n)
-        if grid.shape[0] == 1:
-            ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        else:
-            ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center")
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
-
-
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

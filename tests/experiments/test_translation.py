@@ -73,8 +73,7 @@ def test_translate_help_goes_to_the_recipe(capsys):
 def test_image_rows_figure(tmp_path):
     import torch
 
-    from otcfm.plots import plot_image_rows
-
+    plot_image_rows = translation.image_rows
     rows = {"input": torch.zeros(5, 1, 8, 8), "otcfm": torch.ones(5, 1, 8, 8) * 0.5}
     path = plot_image_rows(rows, tmp_path / "rows.png", title="3 -> 8")
     assert path.stat().st_size > 1000

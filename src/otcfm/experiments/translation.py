@@ -248,16 +248,43 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def image_rows(rows: dict[str, Tensor], path: str | Path, title: str = "") -> Path:
+    """Rows of images one above the other, each labelled on its left (label -> images
+    (N, C, H, W) in [-1, 1], N the same for every row): held-out inputs, then each method's
+    translation of the same inputs. Grey images in grey, RGB in colour."""
+    from otcfm.plots import _plt, _save, image_grid
+
+    if not rows:
+        raise ValueError("rows must hold at least one row of images")
+    counts = {int(images.shape[0]) for images in rows.values()}
+    if len(counts) != 1:
+        raise ValueError(f"every row needs the same number of images, got {sorted(counts)}")
+    plt = _plt()
+    n = counts.pop()
+    fig, axes = plt.subplots(len(rows), 1, figsize=(0.75 * n + 1.2, 0.85 * len(rows) + 0.4),
+                             squeeze=False)
+    for ax, (label, images) in zip(axes[:, 0], rows.items(), strict=True):
+        grid = image_grid(images, nrow=n)
+        if grid.shape[0] == 1:
+            ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
 def write_outputs(records: list[dict[str, Any]], grids: dict, meta: dict[str, Any],
                   out: Path) -> list[Path]:
-    from otcfm import plots
-
     out.mkdir(parents=True, exist_ok=True)
     figures = []
     for pair, rows in grids.items():
         path = out / "translation" / f"{meta['dataset']}-{_slug(*pair.split(' -> '))}.png"
         shown = {k: rows[k] for k in ("input", *meta["methods"]) if k in rows}
-        plots.plot_image_rows(shown, path, title=f"{meta['dataset']}: {pair}")
+        image_rows(shown, path, title=f"{meta['dataset']}: {pair}")
         figures.append({"pair": pair, "path": str(path.relative_to(out))})
     meta = {**meta, "figures": figures}
     report = {"meta": meta, "records": records}
@@ -361,10 +388,8 @@ def translate_main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"otcfm translate: error: {err}", file=sys.stderr)
         return 2
-    from otcfm import plots
-
     k = min(GRID_COLUMNS, src_test.shape[0])
-    plots.plot_image_rows({"input": src_test[:k], args.method: result.images[:k]},
+    image_rows({"input": src_test[:k], args.method: result.images[:k]},
                           args.out / "translation.png",
                           title=f"{args.source} -> {args.target} ({args.method})")
     record = {"data": args.data, "from": args.source, "to": args.target,
