@@ -17,7 +17,7 @@ LAYERS = {
     "data": 1,
     "matchers": 2, "likelihood": 2,
     "plots": 3,
-    "train": 4, "trajectory": 4,
+    "train": 4, "trajectory": 4, "translate": 4,
     "experiments": 5,
     "cli": 6, "__main__": 6,
 }

@@ -144,12 +144,19 @@ def _bench_images() -> Callable[[list[str]], int]:
     return main
 
 
+def _bench_translation() -> Callable[[list[str]], int]:
+    from otcfm.experiments.translation import main
+
+    return main
+
+
 # `otcfm bench NAME`: the recipe's main(argv) -> exit code, imported when that recipe runs
 BENCHES: dict[str, Callable[[], Callable[[list[str]], int]]] = {
     "two-dim": _bench_two_dim,
     "gaussian-sb": _bench_gaussian_sb,
     "single-cell": _bench_single_cell,
     "images": _bench_images,
+    "translation": _bench_translation,
 }
 
 
@@ -304,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", choices=tuple(BENCHES), help="benchmark")
     p.add_argument("args", nargs=argparse.REMAINDER, help="options of that benchmark")
+
+    p = sub.add_parser(
+        "translate",
+        help="translate images of one class group into another in an autoencoder's latent "
+        "space (`otcfm translate --help` for options)",
+        add_help=False,  # its options, --help included, go to otcfm.experiments.translation
+    )
     _add_debug_everywhere(parser)
     return parser
 
@@ -710,6 +724,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return BENCHES[args.name]()(args.args)
 
 
+def cmd_translate(args: argparse.Namespace) -> int:
+    from otcfm.experiments.translation import translate_main
+
+    return translate_main(args.args)
+
+
 def cmd_trajectory(args: argparse.Namespace) -> int:
     from otcfm.trajectory import cli as trajectory
 
@@ -725,6 +745,7 @@ COMMANDS = {
     "sample": cmd_sample,
     "evaluate": cmd_evaluate,
     "demo": cmd_demo,
+    "translate": cmd_translate,
     "list": cmd_list,
     "bench": cmd_bench,
     "convert-checkpoint": cmd_convert_checkpoint,
@@ -798,7 +819,12 @@ def main(argv: list[str] | None = None) -> int:
     when a process of a multi-process run failed). With ``--debug`` errors propagate with
     their traceback; an unexpected error (a bug) always does."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "translate":  # the recipe parses its own options
+        args.args = extra
+    elif extra:
+        parser.parse_args(argv)  # the usual one-line error naming what was not recognised
     args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     command = args.command
