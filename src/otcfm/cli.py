@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="otcfm", description="Conditional flow matching with minibatch optimal transport."
     )
+    from otcfm import __version__  # the package's __init__ imports nothing (no torch)
+
+    parser.add_argument("--version", action="version", version=f"otcfm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
