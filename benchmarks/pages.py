@@ -25,6 +25,7 @@ from otcfm.experiments import (
     gaussian_sb_report,
     images_report,
     single_cell_report,
+    translation,
     two_dim_report,
 )
 
@@ -87,6 +88,8 @@ PAGES: dict[str, tuple[Callable[[], str], tuple[str, ...]]] = {
     "distributed.md": (_distributed, ()),
     "images.md": (lambda: images_report.render_page(RESULTS), ()),
     "images_quick/images.md": (lambda: images_report.render_page(RESULTS / "images_quick"), ()),
+    "translation_quick/translation.md": (
+        lambda: translation.render(_json("translation_quick/translation.json")), ()),
 }
 
 # README block -> (start marker, end marker, renderer); the block runs from start to end

@@ -238,8 +238,13 @@ def render(report: dict[str, Any]) -> str:
             ind = [r["moved"] for r in records if r["pair"] == pair and r["method"] == "icfm"]
             if ot and ind:
                 less = _mean_se(ot)[0] < _mean_se(ind)[0]
-                lines.append(f"- {pair}: {'yes' if less else 'NO'} ({_fmt(ot)} against "
-                             f"{_fmt(ind)})")
+                if len(ot) == 1 and len(ind) == 1:  # one seed: the spread over its images
+                    se = {r["method"]: r["moved_se"] for r in records if r["pair"] == pair}
+                    text = (f"{ot[0]:.3f} ± {se['otcfm']:.3f} against {ind[0]:.3f} ± "
+                            f"{se['icfm']:.3f}, standard errors over the held-out images")
+                else:
+                    text = f"{_fmt(ot)} against {_fmt(ind)}"
+                lines.append(f"- {pair}: {'yes' if less else 'NO'} ({text})")
     figures = meta.get("figures", [])
     if figures:
         lines += ["", "## Held-out inputs and their translations (seed "
