@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from otcfm.models._common import uniform_
 from otcfm.train.checkpoint import write_text_atomic
 from otcfm.train.datasets import stream
 from otcfm.train.loop import Engine, LoopSettings
@@ -90,7 +91,7 @@ class AutoEncoder(nn.Module):
                 for p in self.parameters():
                     fan_in = p.shape[1] * p[0][0].numel() if p.dim() > 1 else p.shape[0]
                     bound = 1.0 / math.sqrt(fan_in)
-                    p.copy_((torch.rand(p.shape, generator=generator) * 2 - 1) * bound)
+                    p.copy_(uniform_(p.shape, bound, generator))
 
     def encode(self, x: Tensor) -> Tensor:
         """(B, C, H, W) images in [-1, 1] -> (B, latent) codes."""
