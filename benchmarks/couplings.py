@@ -524,7 +524,7 @@ def tables(records: list[dict[str, Any]]) -> str:
         approx = "ApproxOT(tol=0.01)"
         tc = "OTPlanSampler(exact)"
         lines += [
-            "### Plan time and coupling gap",
+            "## Plan time and coupling gap",
             "",
             "gap = (cost - optimal) / (independent - optimal) on the returned pairs; TorchCFM's "
             "pairs are drawn with replacement (plan gap in brackets, distinct x0 kept after). "
@@ -558,7 +558,7 @@ def tables(records: list[dict[str, Any]]) -> str:
     step = [r for r in records if r["kind"] == "step"]
     if step:
         lines += [
-            "### Training step (coupling + loss + backward + AdamW step)",
+            "## Training step (coupling + loss + backward + AdamW step)",
             "",
             "One thread, coupling inside the step (no prefetch: see benchmarks/throughput.py).",
             "",
@@ -583,7 +583,7 @@ def tables(records: list[dict[str, Any]]) -> str:
     mem = [r for r in records if r["kind"] == "memory"]
     if mem:
         lines += [
-            "### Peak memory of one coupling call",
+            "## Peak memory of one coupling call",
             "",
             "Peak resident-set growth (VmHWM - VmRSS before) during the call, each call in a "
             "fresh process (in-process on the tiny grid); ratio to one float32 B x B matrix.",
@@ -609,7 +609,7 @@ def _entropic_table(ent: list[dict[str, Any]]) -> list[str]:
     solvers = list(dict.fromkeys(r["solver"] for r in ent))
     ours = solvers[0]
     lines = [
-        "### Entropic plans: one solve",
+        "## Entropic plans: one solve",
         "",
         f"Columns per solver: time, iterations (ours: Sinkhorn iterations plus Newton steps, "
         f"the Newton steps in brackets), L1 marginal error of the plan (tolerance "

@@ -208,7 +208,7 @@ def _task_table(task: str, groups, floor: list[float] | None = None, n_test: int
     methods = ordered({m for t, m in groups if t == task})
     nll = any("nll" in r for m in methods for r in groups[(task, m)])  # columns when measured
     rows = [
-        f"### {task}\n",
+        f"## {task}\n",
         "| method | seeds | W2 (ours) | W2 (paper) | NPE (ours) | NPE (paper) | NFE dopri5 | "
         + ("test NLL | NLL − target's | " if nll else "") + "train s |",
         "|---|---|---|---|---|---|---|---|" + ("---|---|" if nll else ""),
