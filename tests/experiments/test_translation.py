@@ -64,6 +64,21 @@ def test_translate_errors_are_one_line(tmp_path, capsys, argv, message):
     assert code == 2 and message in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--flow-steps", "0"], "--flow-steps must be a positive integer, got 0"),
+    (["--ae-steps", "-3"], "--ae-steps must be a positive integer, got -3"),
+    (["--latent", "0"], "--latent must be a positive integer"),
+    (["--seed", "-1"], "--seed must be an integer in [0, 2^63), got -1"),
+])
+def test_translate_refuses_bad_counts_before_any_work(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as done:
+        translation.translate_main(["--data", "digits", "--from", "1", "--to", "7", *argv,
+                                    "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_translate_help_goes_to_the_recipe(capsys):
     with pytest.raises(SystemExit) as done:
         otcfm_main(["translate", "--help"])

@@ -357,12 +357,21 @@ def translate_main(argv: list[str] | None = None) -> int:
                    help="comma-separated target classes (names or indices)")
     p.add_argument("--method", default="otcfm", help="icfm, otcfm, sbcfm, ... (default otcfm)")
     p.add_argument("--latent", type=int, default=16, help="autoencoder code size (default 16)")
-    p.add_argument("--ae-steps", type=int, default=3_000)
-    p.add_argument("--flow-steps", type=int, default=5_000)
+    p.add_argument("--ae-steps", type=int, default=3_000,
+                   help="autoencoder optimizer steps (default 3000)")
+    p.add_argument("--flow-steps", type=int, default=5_000,
+                   help="flow optimizer steps (default 5000)")
     p.add_argument("--batch-size", type=int, default=256, help="flow batch (default 256)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the autoencoder "
+                   "and the flow (default 0)")
     p.add_argument("--out", type=Path, required=True, help="folder of this translation")
     args = p.parse_args(argv)
+    for flag in ("latent", "ae_steps", "flow_steps", "batch_size"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be a positive integer, "
+                    f"got {getattr(args, flag)}")
+    if not 0 <= args.seed < 2**63:
+        p.error(f"--seed must be an integer in [0, 2^63), got {args.seed}")
     try:
         protocol = Protocol(args.latent, 32, args.ae_steps, 128, args.flow_steps,
                             args.batch_size, 256, 1_000)
