@@ -83,6 +83,6 @@ def test_remarks_placeholders_are_all_filled_and_unknown_ones_refused(tmp_path):
     with pytest.raises(ValueError, match="no_such_fact"):
         fill_remarks("<!-- numbers: two_dim -->\n{{no_such_fact}}\n", RESULTS)
     with pytest.raises(ValueError, match="need a first line"):
-        fill_remarks("W2 {{ema_w2}}\n", RESULTS)
+        fill_remarks("W2 {{otcfm_moons_npe}}\n", RESULTS)
     assert fill_remarks("plain prose, 3 numbers typed\n", tmp_path) == (
         "plain prose, 3 numbers typed\n")

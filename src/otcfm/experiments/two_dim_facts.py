@@ -154,6 +154,24 @@ def approx_gaps(perf) -> dict[str, str]:
     }
 
 
+def _sf2m_against_published(records: list[dict]) -> dict[str, str]:
+    """SF2M's sigma and, per task, whether its W2 and NPE are within the published mean + 1
+    std (SF2M Table 2's SF2M-Exact row)."""
+    sf2m = [r for r in records if r["method"] == "sf2m"]
+    sigmas = sorted({r["sigma"] for r in sf2m})
+    within, outside = [], []
+    for t in _tasks(records):
+        rows = _group(records, t, "sf2m")
+        for metric in ("w2", "npe"):
+            mean = statistics.fmean(r[metric] for r in rows)
+            bound = sum(_published(metric, "sf2m", t))
+            text = f"{metric.upper()} {mean:.3f} ({t}, bound {bound:.3f})"
+            (within if mean <= bound else outside).append(text)
+    return {"sf2m_sigma": " / ".join(f"{s:g}" for s in sigmas),
+            "sf2m_n_within": f"{len(within)} of {len(within) + len(outside)}",
+            "sf2m_outside": "; ".join(outside) or "none"}
+
+
 # --------------------------------------------------------------------------- the main page
 def two_dim(out: Path) -> dict[str, str]:
     """Facts of ``docs/results/two_dim/remarks.md`` (``out``: the folder of two_dim.json)."""
@@ -177,11 +195,15 @@ def two_dim(out: Path) -> dict[str, str]:
         sbcfm_moons_w2=_ms([r["w2"] for r in sb]), sbcfm_moons_npe=_ms([r["npe"] for r in sb]),
         sbcfm_moons_w2_seeds=", ".join(f"{r['w2']:.3f}" for r in sb),
     )
-    sf2m_npe = [r["npe"] for t in ("gaussian-moons", "gaussian-scurve")
-                for r in _group(records, t, "sf2m")]
-    facts["sf2m_npe_moons_scurve"] = _span(sf2m_npe, lambda v: f"{v:.2f}")
-    facts["sf2m_npe_published"] = " and ".join(
-        f"{_published('npe', 'sf2m', t)[0]:.3f}" for t in ("gaussian-moons", "gaussian-scurve"))
+    facts.update(_sf2m_against_published(records))
+    facts["checkpoint"] = {"ema": f"the final EMA weights (decay {p.get('ema')})",
+                           "final": "the final weights",
+                           "best": "the best-validation-loss checkpoint"}[p.get("checkpoint",
+                                                                                 "best")]
+    ratios = {t: statistics.fmean(r["train_seconds"] for r in _group(records, t, "sbcfm"))
+              / statistics.fmean(r["train_seconds"] for r in _group(records, t, "otcfm"))
+              for t in _tasks(records)}
+    facts["sbcfm_over_otcfm"] = ", ".join(f"{ratios[t]:.1f}x ({t})" for t in ratios)
     total = [r["train_seconds"] + r.get("eval_seconds", 0.0) for r in records]
     sbcfm = sum(t for r, t in zip(records, total, strict=True) if r["method"] == "sbcfm")
     facts.update(cell_hours=f"{sum(total) / 3600:.1f}",
@@ -201,14 +223,7 @@ def two_dim(out: Path) -> dict[str, str]:
     ot = _group(records, moons, "otcfm")
     w2s = sorted(r["w2"] for r in ot)
     facts["best_two_moons"] = f"{w2s[0]:.2f} and {w2s[1]:.2f}"
-    ema = _group(_cells(out / "two_dim_ema"), moons, "otcfm")
-    raw = {r["seed"]: r for r in ot}
-    facts.update(
-        ema_seeds=str(len(ema)), ema_w2=_ms([r["w2"] for r in ema]),
-        raw_w2=_ms([r["w2"] for r in ot]), ema_npe=_ms([r["npe"] for r in ema]),
-        raw_npe=_ms([r["npe"] for r in ot]),
-        ema_per_seed=", ".join(f"{raw[r['seed']]['w2']:.2f} -> {r['w2']:.2f}" for r in ema),
-    )
+    facts["otcfm_moons_npe"] = _ms([r["npe"] for r in ot])
     ours_tc = _cells(out / "two_dim_torchcfm")
     exact_tc = _cells(out / "two_dim_tc_exact")
     diffs = [abs(r["w2"] - _by_seed(ours_tc, r["task"], "otcfm")[r["seed"]]) for r in exact_tc]
