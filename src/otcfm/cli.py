@@ -204,7 +204,8 @@ class ConfigType:
 
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``otcfm train: error: ... (see otcfm train --help)``,
-    exit code 2 (the usage is shown by --help, not after every mistake)."""
+    exit code 2 (the usage is shown by --help, not after every mistake).
+    """
 
     def error(self, message: str) -> NoReturn:
         text = _one_line(message)
@@ -218,7 +219,7 @@ def _one_line(message: object) -> str:
 
 
 def seed(text: str) -> int:
-    """argparse ``type`` of a seed flag: an integer in [0, 2^63)."""
+    """Argparse ``type`` of a seed flag: an integer in [0, 2^63)."""
     value = _integer(text, 0)
     if value >= 2**63:
         raise argparse.ArgumentTypeError(f"must be below 2^63, got {value}")
@@ -226,12 +227,12 @@ def seed(text: str) -> int:
 
 
 def count(text: str) -> int:
-    """argparse ``type`` of a count flag: a positive integer."""
+    """Argparse ``type`` of a count flag: a positive integer."""
     return _integer(text, 1)
 
 
 def index(text: str) -> int:
-    """argparse ``type`` of an index flag: an integer >= 0."""
+    """Argparse ``type`` of an index flag: an integer >= 0."""
     return _integer(text, 0)
 
 
@@ -555,7 +556,8 @@ def _add_trajectory(sub: Any) -> None:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The RunConfig of ``otcfm train``: --config file, then --task, flags and --set; validated
-    (errors name the key and its flag)."""
+    (errors name the key and its flag).
+    """
     from otcfm.train.config import RunConfig
 
     cfg = _file_config(RunConfig, args.config) if args.config else RunConfig()
@@ -589,7 +591,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def trajectory_config_from_args(args: argparse.Namespace) -> TrajectoryConfig:
     """The TrajectoryConfig of ``otcfm trajectory fit``: --config file, then flags; validated
-    (errors name the key and its flag)."""
+    (errors name the key and its flag).
+    """
     from otcfm.trajectory.config import TrajectoryConfig
 
     cfg = _file_config(TrajectoryConfig, args.config) if args.config else TrajectoryConfig()
@@ -613,7 +616,8 @@ def trajectory_config_from_args(args: argparse.Namespace) -> TrajectoryConfig:
 
 def _file_config(cls: Any, path: Path) -> Any:
     """The config of a --config file, its keys and types checked but not yet validated (the
-    flags may still change it; the method's default sigma is not written in yet)."""
+    flags may still change it; the method's default sigma is not written in yet).
+    """
     from otcfm.train.config import ConfigError, build_config, read_toml
 
     try:
@@ -812,7 +816,8 @@ def user_error(err: BaseException) -> tuple[int, str] | None:
 
 def _is(err: BaseException, module: str, name: str) -> bool:
     """``isinstance(err, module.name)``, without importing the module (if it is not loaded,
-    none of its errors was raised)."""
+    none of its errors was raised).
+    """
     loaded = sys.modules.get(module)
     return loaded is not None and isinstance(err, getattr(loaded, name))
 
@@ -820,7 +825,8 @@ def _is(err: BaseException, module: str, name: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """``otcfm ARGV``: the exit code (0; 2 for a user error, told in one line on stderr; 1
     when a process of a multi-process run failed). With ``--debug`` errors propagate with
-    their traceback; an unexpected error (a bug) always does."""
+    their traceback; an unexpected error (a bug) always does.
+    """
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -857,7 +863,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line_warning(command: str) -> Callable[..., str]:
     """Warnings as the command's errors are told: ``otcfm CMD: warning: MESSAGE`` on one line
-    (Python's default adds the file, line and source of the code that warned)."""
+    (Python's default adds the file, line and source of the code that warned).
+    """
 
     def format_warning(message: Warning | str, *_: Any, **__: Any) -> str:
         return f"otcfm {command}: warning: {' '.join(str(message).split())}\n"

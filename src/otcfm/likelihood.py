@@ -76,7 +76,8 @@ def draw_probes(
 ) -> Tensor:
     """``n_probes`` Hutchinson probes of ``shape`` (B, *event), drawn from ``generator`` (on
     the CPU, then moved): Rademacher (+-1 with equal odds) or standard Gaussian; both have
-    E[eps eps^T] = I. Returns (n_probes, *shape)."""
+    E[eps eps^T] = I. Returns (n_probes, *shape).
+    """
     _check_choice("probe", probe, PROBES)
     _check_count("n_probes", n_probes)
     size = (int(n_probes), *(int(s) for s in shape))
@@ -90,7 +91,7 @@ def draw_probes(
 def divergence(
     v: Tensor, x: Tensor, *, probes: Tensor | None = None, create_graph: bool = False
 ) -> Tensor:
-    """div v = tr(dv/dx) per sample, (B,), for ``v = f(x)`` computed from ``x`` (B, *event)
+    """Div v = tr(dv/dx) per sample, (B,), for ``v = f(x)`` computed from ``x`` (B, *event)
     with ``x.requires_grad``.
 
     Without ``probes``: exact, one vector-Jacobian product per coordinate of the flattened
@@ -159,7 +160,7 @@ def log_likelihood(
     chunk_size: int | None = None,
     **cond: Any,
 ) -> Likelihood:
-    """log p1(x) of points or images ``x`` (B, *event) under the flow of ``model``.
+    """Log p1(x) of points or images ``x`` (B, *event) under the flow of ``model``.
 
     model: the velocity field ``model(x, t, **cond)`` (t in [0, 1], x at t = 1 is data).
     source: "gaussian" (N(0, I) over all D coordinates) or any object with ``log_prob(x0)``
@@ -221,9 +222,10 @@ def log_likelihood(
 
 
 def logit_log_det(x: Tensor, *, alpha: float = 0.05) -> Tensor:
-    """log |det dy/dx| per sample of the logit transform of data x in [-1, 1]:
+    """Log |det dy/dx| per sample of the logit transform of data x in [-1, 1]:
     u = (x + 1) / 2 in [0, 1], y = logit(alpha + (1 - 2 alpha) u) (Dinh et al. 2017's
-    transform). A flow trained on y gives log p(x) = log p(y) + this."""
+    transform). A flow trained on y gives log p(x) = log p(y) + this.
+    """
     if not 0 <= alpha < 0.5:
         raise ValueError(f"alpha must be in [0, 0.5), got {alpha}")
     u = alpha + (1 - 2 * alpha) * (x.double() + 1) / 2

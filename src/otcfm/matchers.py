@@ -119,7 +119,8 @@ class FlowMatcher:
     def _drop_conditions(self, s: PathSample, generator: torch.Generator | None) -> PathSample:
         """``s`` with each label ``cond[cond_key]`` replaced by ``null_class`` with probability
         ``cond_dropout`` (one uniform per sample from ``generator``); ``s`` itself when
-        cond_dropout is 0 (no draw)."""
+        cond_dropout is 0 (no draw).
+        """
         p = self.cond_dropout
         if p == 0:
             return s
@@ -175,7 +176,8 @@ class FlowMatcher:
     def _sample_pairing(self, pair: Pairing, generator: torch.Generator | None) -> PathSample:
         """``sample(pair, generator=generator)`` for a pairing the library made of checked
         data (the training pipeline's coupled batches: finite floating x0, x1 of one shape,
-        dtype and device): the same draws and values, without validating them again."""
+        dtype and device): the same draws and values, without validating them again.
+        """
         if (
             type(self).sample is not FlowMatcher.sample
             or type(self.path).sample is not ProbabilityPath.sample
@@ -331,7 +333,8 @@ class SF2M(FlowMatcher):
         **cond: Any,
     ) -> SF2MLoss:
         """Both loss terms (same draws as :meth:`loss` with the same seed); ``x0, x1`` as for
-        :meth:`sample` (tensors, or one coupled :class:`Pairing`)."""
+        :meth:`sample` (tensors, or one coupled :class:`Pairing`).
+        """
         return self._losses(model, self.sample(x0, x1, generator=generator, **cond))
 
     def _regress(self, model: Callable[..., Any], s: PathSample) -> Tensor:
@@ -359,7 +362,8 @@ class SF2M(FlowMatcher):
 
     def score_residual(self, score: Tensor, s: PathSample) -> Tensor:
         """lambda(t) (s(xt, t) - grad log p_t(xt | z)) = (2 / sigma^2) (sigma_t s + eps), per
-        element (float32): the score term is its mean square (see the class docstring)."""
+        element (float32): the score term is its mean square (see the class docstring).
+        """
         sig = pad_t(self.path.sigma_t(s.t.to(torch.float32)), score)
         return (2.0 / self.sigma**2) * (sig * score.float() + s.noise.float())
 
@@ -473,7 +477,8 @@ def _entropic_options(coupling: Coupling | str | None) -> dict[str, Any] | None:
 
 def _coupling_of(factory: Callable[..., Coupling], kwargs: dict[str, Any], spec: str) -> Coupling:
     """``factory(**kwargs)`` (in a :class:`~otcfm.couplings.ByClass` for ``within=``); a
-    missing or unknown keyword names the spec and the syntax."""
+    missing or unknown keyword names the spec and the syntax.
+    """
     try:
         return build_coupling(factory, kwargs)
     except TypeError as err:
@@ -487,7 +492,8 @@ def _bridge_coupling(name: str, sigma: float, coupling: Coupling | str | None,
                      default: Callable[[], Coupling]) -> Coupling:
     """The coupling of a Brownian-bridge preset: the entropic coupling, by name or spec without
     ``reg``, gets the Schrodinger bridge's reg = 2 sigma^2 (the one place this is written);
-    ``coupling=None`` means ``default``."""
+    ``coupling=None`` means ``default``.
+    """
     options = _entropic_options(coupling)
     if options is None:
         return _coupling(coupling, default)

@@ -262,7 +262,8 @@ def _check_stats(name: str, mu: Any, cov: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _psd_eigh(name: str, c: np.ndarray, *, vectors: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Eigenvalues (ascending; round-off negatives clipped to 0) and, if asked, eigenvectors of
-    a symmetric matrix that must be PSD."""
+    a symmetric matrix that must be PSD.
+    """
     w, v = np.linalg.eigh(c) if vectors else (np.linalg.eigvalsh(c), None)
     top = float(np.abs(w).max())
     if w[0] < -_PSD_RTOL * top:
@@ -320,7 +321,8 @@ def frechet_distance_from_stats(mu_a: Any, cov_a: Any, mu_b: Any, cov_b: Any) ->
 
 def feature_stats(feats: Any) -> FeatureStats:
     """Mean and unbiased covariance (ddof = 1, as ``numpy.cov`` and FID's reference statistics)
-    of features (n, *event), n >= 2, in float64."""
+    of features (n, *event), n >= 2, in float64.
+    """
     x = _as_samples("feats", feats)
     n = x.shape[0]
     if n < 2:
@@ -354,7 +356,8 @@ _STATS_FORMAT = (
 
 def load_fid_stats(path: str | os.PathLike[str]) -> FeatureStats:
     """Reference statistics from a .npz holding ``mu`` (D,) and ``sigma`` (D, D) (clean-fid's
-    format; pytorch-fid's ``--save-stats`` writes the same keys). Read without pickles."""
+    format; pytorch-fid's ``--save-stats`` writes the same keys). Read without pickles.
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"FID statistics file {p} not found (expected {_STATS_FORMAT})")
@@ -386,7 +389,8 @@ def save_fid_stats(path: str | os.PathLike[str], stats: FeatureStats, *,
                    overwrite: bool = False) -> Path:
     """Write ``stats`` as ``load_fid_stats`` reads them (clean-fid's format: a compressed .npz
     with float64 ``mu`` and ``sigma``), whole or not at all (a temporary file, then a rename).
-    An existing file is replaced only with ``overwrite=True`` (FileExistsError otherwise)."""
+    An existing file is replaced only with ``overwrite=True`` (FileExistsError otherwise).
+    """
     p = Path(path)
     mu, cov = _check_stats(f"stats for {p}:", stats.mu, stats.cov)
     if p.exists() and not overwrite:
@@ -411,7 +415,8 @@ def load_inception(path: str | os.PathLike[str], *, device: str | torch.device =
     """The TorchScript feature network at ``path`` (``torch.jit.load``), on ``device``, in eval
     mode. For FID: ``inception-2015-12-05.pt``, the TorchScript Inception-v3 of the standard FID
     code (StyleGAN2-ADA's metrics, clean-fid's legacy_tensorflow mode); otcfm never downloads
-    it. Pickled networks (.pkl) are refused: unpickling runs code."""
+    it. Pickled networks (.pkl) are refused: unpickling runs code.
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"Inception network file {p} not found (expected a TorchScript "
@@ -523,7 +528,8 @@ def inception_features(
 
 class _MomentSums:
     """Streaming mean and unbiased covariance in float64: sums of x - shift and of their
-    outer products, the shift being the first batch's mean (limits cancellation)."""
+    outer products, the shift being the first batch's mean (limits cancellation).
+    """
 
     def __init__(self) -> None:
         self.n = 0

@@ -146,7 +146,7 @@ class ProbabilityPath(ABC):
         )
 
     def _fields(self, x0: Tensor, x1: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
-        """xt = mu_t + sigma_t eps and ut = mu_t' + sigma_t' eps (a subclass may simplify)."""
+        """Xt = mu_t + sigma_t eps and ut = mu_t' + sigma_t' eps (a subclass may simplify)."""
         xt = self.mu_t(x0, x1, t) + pad_t(self.sigma_t(t), x0) * eps
         ut = self.dmu_t(x0, x1, t) + pad_t(self.dsigma_t(t), x0) * eps
         return xt, ut
@@ -408,7 +408,7 @@ def _prepare(x0: Any, x1: Any, t: Any) -> tuple[Tensor, Tensor, Tensor, torch.dt
 
 
 def _as_times(t: Any, batch: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """t as a (batch,) tensor of ``dtype``; accepts a number or 0-dim tensor (broadcast)."""
+    """T as a (batch,) tensor of ``dtype``; accepts a number or 0-dim tensor (broadcast)."""
     if isinstance(t, bool) or not isinstance(t, (int, float, Tensor)):
         raise TypeError(f"t must be a tensor of shape ({batch},) or a number, got {t!r}")
     if not isinstance(t, Tensor):

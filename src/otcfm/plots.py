@@ -120,14 +120,16 @@ def plot_trajectory_grid(
 
 def run_title(method: str, source: str, target: str) -> str:
     """The title of a run's figures: ``"otcfm: moons -> 8gaussians"`` (display names of the
-    data, :func:`otcfm.data.toy.display_name`)."""
+    data, :func:`otcfm.data.toy.display_name`).
+    """
     return f"{method}: {display_name(source)} -> {display_name(target)}"
 
 
 def plot_history(history: Sequence[dict[str, float]], path: str | Path, title: str = "") -> Path:
     """Training loss (every row), validation loss and validation W2 (the rows that hold them)
     against the optimizer step; the rows of a run's log.csv. Points are marked, so a run of
-    a single logged row still shows it."""
+    a single logged row still shows it.
+    """
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
 
@@ -159,7 +161,8 @@ def plot_history(history: Sequence[dict[str, float]], path: str | Path, title: s
 def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> Tensor:
     """Tile images (N, C, H, W) in [-1, 1] into one (C, H', W') image in [0, 1]: ``nrow``
     images per row (default: about sqrt(N)), ``pad`` pixels of white between and around
-    them, row-major order; values outside [-1, 1] are clipped."""
+    them, row-major order; values outside [-1, 1] are clipped.
+    """
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:
         raise ValueError(f"images must be a non-empty (N, C, H, W) tensor, got "
                          f"{tuple(images.shape) if isinstance(images, Tensor) else images!r}")
@@ -182,7 +185,8 @@ def save_image_grid(
     """Write images (N, C, H, W) in [-1, 1] as one PNG grid (:func:`image_grid`), each pixel
     repeated (nearest neighbour) an integer number of times so the grid is at least
     ``min_size`` pixels wide: 8x8 digits stay legible. The file is written whole (a
-    temporary file renamed into place)."""
+    temporary file renamed into place).
+    """
     import os
     import tempfile
 
@@ -207,7 +211,8 @@ def save_image_grid(
 def plot_image_grids(grids: dict[str, Tensor], path: str | Path, title: str = "") -> Path:
     """Panels side by side, one per entry of ``grids`` (label -> images (N, C, H, W) in
     [-1, 1], tiled by :func:`image_grid`): e.g. the same noise pushed with 2, 8 and 100 Euler
-    steps. Grey images are drawn in grey, RGB in colour."""
+    steps. Grey images are drawn in grey, RGB in colour.
+    """
     if not grids:
         raise ValueError("grids must hold at least one panel")
     plt = _plt()

@@ -117,7 +117,8 @@ class _Field:
 
     def clamp_times(self, times: Sequence[float]) -> None:
         """Never evaluate the model outside [min(times), max(times)] (the adaptive solvers'
-        initial-step probe may ask for a time past the end)."""
+        initial-step probe may ask for a time past the end).
+        """
         self.t_lo, self.t_hi = min(times), max(times)
 
     def __call__(self, t: float | Tensor, x: Tensor) -> Tensor:
@@ -480,7 +481,8 @@ class Guided(torch.nn.Module):
 
 def _doubled(value: Any, n: int) -> Any:
     """A per-sample condition (batch ``n``) repeated for both halves of the guided batch;
-    anything else (a setting, not per sample) as it is."""
+    anything else (a setting, not per sample) as it is.
+    """
     if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
         return torch.cat([value, value])
     if isinstance(value, Mapping):
@@ -559,7 +561,7 @@ class _SDEDrift:
 
 
 def _euler_maruyama(b: _SDEDrift, t: float, dt: float, x: Tensor, dw: Tensor) -> Tensor:
-    """x + b(x, t) dt + g dW (weak order 1, strong order 1 for additive noise)."""
+    """X + b(x, t) dt + g dW (weak order 1, strong order 1 for additive noise)."""
     return x + dt * b(t, x) + dw
 
 

@@ -50,7 +50,7 @@ class TimeSampler(ABC):
 
     @abstractmethod
     def _draw(self, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-        """n times on ``device`` from ``generator``."""
+        """N times on ``device`` from ``generator``."""
 
     def __repr__(self) -> str:  # dataclass subclasses override this
         return f"{type(self).__name__}()"

@@ -57,7 +57,8 @@ def gap_bound(u: float, lb: float, ind: float) -> float:
 def relative_gap_bound(u: float, lb: float, offset: float) -> float:
     """(U - LB) / (offset + LB): an upper bound on (U - OPT) / (offset + OPT) given
     0 <= LB <= OPT <= U; with ``offset`` the sum of the subtracted row minima, the relative
-    gap of the unreduced problem's assignment cost."""
+    gap of the unreduced problem's assignment cost.
+    """
     if not math.isfinite(u):
         return math.inf
     lb = max(min(lb, u), 0.0)
@@ -212,7 +213,8 @@ def _coarse_prices(
 
 def _tightened_bound(cost, prices, assigned, owner, cmax, top) -> float:
     """The lower bound of the prices corrected by :func:`auction_kernels.tighten` (-inf if
-    the correction did not converge: the assignment may not be optimal)."""
+    the correction did not converge: the assignment may not be optimal).
+    """
     from otcfm._ot import auction_kernels as kernels
 
     n = cost.shape[0]
@@ -227,5 +229,6 @@ def _tightened_bound(cost, prices, assigned, owner, cmax, top) -> float:
 
 def _slack(n: int, cmax: float, prices: np.ndarray) -> float:
     """Bound on the rounding (in the prices' float type) in a dual value over n rows and n
-    columns."""
+    columns.
+    """
     return 8.0 * n * float(np.finfo(prices.dtype).eps) * (cmax + float(np.abs(prices).max()))

@@ -324,7 +324,8 @@ class ApproxOT(Coupling):
         self, n0: int, n1: int, *, dim: int = 0, device: torch.device | str = "cpu"
     ) -> MemoryNeed:
         """The compiled backend: the float32 Gram matrix and its reduced copy (8 bytes per
-        entry); torch: the cost and two blocks of its size (prices, temporaries)."""
+        entry); torch: the cost and two blocks of its size (prices, temporaries).
+        """
         entries = n0 * n1
         if self._compiled_for(torch.device(device), self.cost_dtype):
             return MemoryNeed(device=8 * entries)

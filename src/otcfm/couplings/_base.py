@@ -1,5 +1,6 @@
 """Shared pieces of the minibatch couplings: the result type, the base class, the squared
-Euclidean cost and the samplers that draw index pairs from a transport plan."""
+Euclidean cost and the samplers that draw index pairs from a transport plan.
+"""
 
 from __future__ import annotations
 
@@ -59,14 +60,16 @@ def check_call(x0: Tensor, x1: Tensor, generator: Any, cond0: Any, cond1: Any) -
 
 class CouplingMemoryError(MemoryError, ValueError):
     """A coupling's cost matrix and solver workspace would not fit in the memory available
-    (raised before allocating; the message gives the sizes and what to do)."""
+    (raised before allocating; the message gives the sizes and what to do).
+    """
 
 
 @dataclass(frozen=True)
 class MemoryNeed:
     """Estimated peak bytes of one coupling call: on the data's device (the cost matrix and
     what is solved there) and on the host (CPU copies and CPU solvers). On a CPU the two add
-    up."""
+    up.
+    """
 
     device: int = 0
     host: int = 0
@@ -156,7 +159,8 @@ class Coupling(ABC):
         self, n0: int, n1: int, *, dim: int = 0, device: torch.device | str = "cpu"
     ) -> MemoryNeed:
         """Estimated peak memory of coupling n0 x n1 points of ``dim`` features (0: unknown,
-        assume the costliest solver) on ``device``: nothing beyond the inputs by default."""
+        assume the costliest solver) on ``device``: nothing beyond the inputs by default.
+        """
         return MemoryNeed()
 
     @abstractmethod
@@ -257,7 +261,8 @@ def check_memory(
 
 def cost_bytes(dtype: torch.dtype, device: torch.device | str) -> int:
     """Bytes per entry of a cost matrix made by :func:`sq_cost` (float64 work for float32
-    costs on CUDA, where TF32 matmuls may be on)."""
+    costs on CUDA, where TF32 matmuls may be on).
+    """
     size = torch.empty((), dtype=dtype).element_size()
     if torch.device(device).type == "cuda" and dtype == torch.float32:
         size += 8

@@ -57,7 +57,8 @@ class _SinkhornCoupling(Coupling):
     ) -> MemoryNeed:
         """Everything on the data's device: cost, Sinkhorn's float64 matrices and the plan.
         The Newton polish's conjugate-gradient steps need only vectors; its formed-Hessian
-        fallback runs only when its own memory is free then (``DENSE_NEWTON_BYTES``)."""
+        fallback runs only when its own memory is free then (``DENSE_NEWTON_BYTES``).
+        """
         need = (cost_bytes(self.cost_dtype, device) + self._work_bytes) * n0 * n1
         return MemoryNeed(device=need)
 

@@ -136,7 +136,8 @@ class _State:
 
     def rekernel(self, eps: float) -> bool:
         """Kernel of the current potentials at a new eps, columns made exact; False (and
-        nothing changed) if a row or column of it underflowed or overflowed."""
+        nothing changed) if a row or column of it underflowed or overflowed.
+        """
         K = self.log_plan(eps).exp()
         rows, cols = K.sum(1), K.sum(0)
         ok = torch.stack([rows.min(), cols.min(), rows.max(), cols.max()])
@@ -347,7 +348,8 @@ def _cg_step(plan: Tensor, b: Tensor, eps: float, grad: Tensor) -> Tensor:
     """H^+ grad for H = (diag(P 1) - P diag(1/b) P^T) / eps by Jacobi-preconditioned
     conjugate gradients, matrix-free, to a relative residual of ``_CG_RTOL`` (at most
     ``_CG_MAX_ITER`` iterations). An inexact step only costs the Newton iteration its
-    quadratic rate: the caller's Armijo test on the exact objective accepts or refuses it."""
+    quadratic rate: the caller's Armijo test on the exact objective accepts or refuses it.
+    """
     rows = plan.sum(1)
     inv_b = 1.0 / b
     diag = (rows - (plan * plan) @ inv_b).clamp_min(float(rows.max()) * 1e-12) / eps

@@ -116,7 +116,8 @@ def sample_indices(n: int, batch_size: int, generator: torch.Generator | None = 
 
 def _draw_indices(n: int, b: int, generator: torch.Generator | None) -> Tensor:
     """:func:`sample_indices` for arguments already checked (ints 1 <= b <= n, a Generator or
-    None): the same indices for the same generator state, without the checks (per-step use)."""
+    None): the same indices for the same generator state, without the checks (per-step use).
+    """
     if b > _PERM_FRACTION * n:
         return _perm(n, generator)[:b]
     device = generator.device if generator is not None else _CPU
@@ -178,7 +179,8 @@ def _draw_indices_many(
 
 def _first_mask_rows(values: np.ndarray, n: int) -> np.ndarray:
     """Per row of ``values`` (K, m) in [0, n): where a value appears for the first time in
-    its row (bool (K, m))."""
+    its row (bool (K, m)).
+    """
     # stable: among equal values the earliest comes first in ``order`` and is the one kept
     keys = values.astype(np.uint16) if n <= 2**16 else values
     order = np.argsort(keys, axis=1, kind="stable")

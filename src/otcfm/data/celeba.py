@@ -46,7 +46,8 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.(jpg|jpeg|png)", re.IGNORECASE
 class CelebAAttributes:
     """The tables of a CelebA folder: ``files`` (N image names), ``names`` (the A attribute
     names), ``values`` (N, A) int8 in {-1, 1}, ``split`` (N,) int64 (0 train, 1 valid,
-    2 test), and ``folder`` (the folder holding ``img_align_celeba/``)."""
+    2 test), and ``folder`` (the folder holding ``img_align_celeba/``).
+    """
 
     files: tuple[str, ...]
     names: tuple[str, ...]
@@ -95,7 +96,8 @@ def _file_name(path: Path, line: int, name: str) -> str:
 
 def celeba_attributes(root: str | os.PathLike) -> CelebAAttributes:
     """Read ``list_attr_celeba.txt`` and ``list_eval_partition.txt`` (see the module's
-    docstring); ValueError naming the file and line of anything malformed."""
+    docstring); ValueError naming the file and line of anything malformed.
+    """
     folder = _celeba_folder(root)
     path = folder / ATTRIBUTES
     lines = _lines(path)

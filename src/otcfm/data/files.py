@@ -380,7 +380,8 @@ def _format_text(arr: np.ndarray, names: list[str] | None, ext: str) -> str:
 class DataSpec:
     """A data spec as the user wrote it (``text``), parsed by :func:`parse_spec`: either a
     built-in name (``builtin``) or a file (``path``, relative to the working directory unless
-    written absolute; ``key``: the array of an ``.npz`` archive given as ``FILE.npz:KEY``)."""
+    written absolute; ``key``: the array of an ``.npz`` archive given as ``FILE.npz:KEY``).
+    """
 
     text: str
     builtin: str | None = None

@@ -414,7 +414,7 @@ class RefusedGlobal(pickle.UnpicklingError):
 
 
 def _reconstruct_fn() -> Any:
-    """numpy's array-rebuilding function (numpy.core / numpy._core, whatever the release)."""
+    """Numpy's array-rebuilding function (numpy.core / numpy._core, whatever the release)."""
     return np.ndarray((0,), np.uint8).__reduce__()[0]
 
 
@@ -429,7 +429,8 @@ class _CifarUnpickler(pickle.Unpickler):
     """Admits only the globals a CIFAR-10 batch needs to rebuild its numpy uint8 arrays:
     ``numpy.core.multiarray._reconstruct`` (or ``numpy._core``), ``numpy.ndarray``,
     ``numpy.dtype``, and ``_codecs.encode`` for latin-1 text only (how Python 3 writes bytes
-    at protocol 2). Every other global is refused before it is looked up, let alone called."""
+    at protocol 2). Every other global is refused before it is looked up, let alone called.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
@@ -611,7 +612,8 @@ NAMED_SETS = ("digits", *IDX_KINDS, "cifar10")
 def is_image_spec(spec: str | os.PathLike) -> bool:
     """Whether ``spec`` names an image set of :func:`load_images` (nothing is read): a named
     set (``digits``, ``fashion-mnist[:DIR]``, ``mnist:DIR``, ``cifar10:DIR``) or an existing
-    folder. Point-cloud specs (built-in distributions and files) are not."""
+    folder. Point-cloud specs (built-in distributions and files) are not.
+    """
     text = os.fspath(spec)
     return text.partition(":")[0] in NAMED_SETS or Path(text).expanduser().is_dir()
 
@@ -619,7 +621,8 @@ def is_image_spec(spec: str | os.PathLike) -> bool:
 def with_folder(spec: str, folder: str | os.PathLike) -> str:
     """The spec of a named image set read from ``folder``: ``cifar10`` -> ``cifar10:DIR``
     (``--data-root DIR`` of ``otcfm train``). ValueError for digits (no folder), for a spec
-    that already names its folder, and for a folder spec."""
+    that already names its folder, and for a folder spec.
+    """
     kind, sep, rest = spec.partition(":")
     if kind not in NAMED_SETS or kind == "digits":
         raise ValueError(f"image spec {spec!r} reads no named data set from a folder "

@@ -40,7 +40,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = CHUNK) -> str:
 @dataclass(frozen=True)
 class FileRecord:
     """One data file as it was read: absolute ``path``, ``size`` in bytes, ``sha256`` (hex)
-    and the ``.npz`` array ``key`` it was read with (None: the file as a whole)."""
+    and the ``.npz`` array ``key`` it was read with (None: the file as a whole).
+    """
 
     path: str
     size: int
@@ -50,7 +51,8 @@ class FileRecord:
     @classmethod
     def of(cls, path: str | os.PathLike, key: str | None = None) -> FileRecord:
         """Record the file at ``path`` now (made absolute against the working directory,
-        symbolic links kept as written)."""
+        symbolic links kept as written).
+        """
         p = os.path.abspath(os.path.expanduser(os.fspath(path)))
         return cls(p, os.stat(p).st_size, sha256_file(p), key)
 
@@ -142,7 +144,8 @@ class FileRecord:
 class DataRecord:
     """The inputs of a run: ``inputs`` maps a config key (``data.source``, ``data.path``, ...)
     to a :class:`FileRecord` or a built-in distribution's name; ``event_shape``: the shape of
-    one point the model takes (None: not recorded)."""
+    one point the model takes (None: not recorded).
+    """
 
     inputs: Mapping[str, FileRecord | str]
     event_shape: tuple[int, ...] | None = None

@@ -354,7 +354,8 @@ def save_populations(
 ) -> Path:
     """Write populations [(n_k, d), ...] at ``times`` (one or more) in the layout of
     :func:`save_timeseries`: .npz (``pcs``, ``sample_labels``) or .csv/.tsv (``time`` column
-    first, then the features)."""
+    first, then the features).
+    """
     p = Path(path).expanduser()
     ext = p.suffix.lower()
     if ext not in (".npz", ".csv", ".tsv"):

@@ -115,14 +115,16 @@ def features(net: FeatureNet, images: Tensor, batch_size: int = 1024) -> Tensor:
 
 def feature_distance(net: FeatureNet, samples: Tensor, reference: Tensor) -> float:
     """The Fréchet distance (squared, as FID reports it) between the feature distributions
-    of ``samples`` and ``reference`` under ``net``: "FD (digits features)", never FID."""
+    of ``samples`` and ``reference`` under ``net``: "FD (digits features)", never FID.
+    """
     return frechet_distance(features(net, samples), features(net, reference))
 
 
 def train_feature_net(data: ImageSet, *, steps: int = 2000, batch_size: int = 128,
                       lr: float = 2e-3, seed: int = 0) -> tuple[FeatureNet, dict[str, Any]]:
     """Train a :class:`FeatureNet` on 90% of ``data`` (Adam, cross-entropy, batches drawn from
-    one generator seeded with ``seed``); returns it and its record (held-out accuracy)."""
+    one generator seeded with ``seed``); returns it and its record (held-out accuracy).
+    """
     if data.labels is None:
         raise ValueError(f"{data.name}: a feature network needs class labels")
     if steps < 1 or batch_size < 1:
@@ -150,7 +152,8 @@ def train_feature_net(data: ImageSet, *, steps: int = 2000, batch_size: int = 12
 
 def _digest(state: dict[str, Tensor]) -> str:
     """SHA-256 of the weights themselves (names, shapes, float32 bytes in key order), so the
-    check does not depend on how a torch version lays out its files."""
+    check does not depend on how a torch version lays out its files.
+    """
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().to(torch.float32).contiguous()
@@ -161,7 +164,8 @@ def _digest(state: dict[str, Tensor]) -> str:
 
 def load_feature_net(dataset: str, store: Path = STORE) -> tuple[FeatureNet, dict[str, Any]]:
     """The committed network of ``dataset`` and its record; the weights must match the
-    record's SHA-256 (a changed file is refused)."""
+    record's SHA-256 (a changed file is refused).
+    """
     if dataset not in DATASETS:
         raise ValueError(f"no feature network for {dataset!r}; known: {', '.join(DATASETS)}")
     weights, record_path = store / f"{dataset}.pt", store / f"{dataset}.json"
@@ -186,7 +190,8 @@ FEATURE_NAMES = {"digits": "digits features", "fashion-mnist": "Fashion-MNIST fe
 class FeatureScorer:
     """The committed network of a data set as the scorer of ``otcfm evaluate``: ``name``,
     ``distance(samples, reference)`` (:func:`feature_distance`) and ``accuracy(samples,
-    labels)`` (:func:`accuracy`)."""
+    labels)`` (:func:`accuracy`).
+    """
 
     def __init__(self, dataset: str) -> None:
         self.net, self.record = load_feature_net(dataset)
@@ -202,7 +207,8 @@ class FeatureScorer:
 def scorer_for(spec: str) -> FeatureScorer | None:
     """The :class:`FeatureScorer` of an image spec's data set (``fashion-mnist:DIR`` ->
     Fashion-MNIST's), or None when no network was trained for it (MNIST, CIFAR-10, a
-    folder)."""
+    folder).
+    """
     dataset = spec.partition(":")[0]
     return FeatureScorer(dataset) if dataset in DATASETS else None
 

@@ -105,7 +105,8 @@ def score_check(model: torch.nn.Module, t: float, dim: int, p: Protocol,
     """The learned score s(x, t) against the exact score of q_t = N(m 1, v I), -(x - m) / v,
     on SCORE_POINTS samples of q_t: the slope fraction -E[s . (x - m)] v / E|x - m|^2 (1 for
     the exact score, below 1 for a score shrunk towards 0) and the relative squared error
-    E|s - s*|^2 / E|s*|^2."""
+    E|s - s*|^2 / E|s*|^2.
+    """
     m, v = sb_marginal(t, p.a, p.sigma)
     x = m + math.sqrt(v) * torch.randn(SCORE_POINTS, dim, generator=generator)
     with torch.no_grad():
@@ -120,7 +121,7 @@ def score_check(model: torch.nn.Module, t: float, dim: int, p: Protocol,
 def sample_gaussians(
     n: int, dim: int, a: float, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """n points of N(-a 1, I) and then n of N(a 1, I), float32 (n, dim) each."""
+    """N points of N(-a 1, I) and then n of N(a 1, I), float32 (n, dim) each."""
     x0 = torch.randn(n, dim, generator=generator) - a
     x1 = torch.randn(n, dim, generator=generator) + a
     return x0, x1
@@ -245,7 +246,8 @@ def sample_cell(model: torch.nn.Module, x0: Tensor, cell: Cell, p: Protocol,
                 sampler: str, diffusion: str = DEFAULT_DIFFUSION) -> Trajectory:
     """The 21 (euler_steps + 1) states of the ODE or of the SDE (diffusion schedule
     ``diffusion`` of :data:`otcfm.sampling.DIFFUSIONS`) from x0; every schedule gets the same
-    Brownian increments' seed."""
+    Brownian increments' seed.
+    """
     if sampler == "ode":
         return integrate(model, x0, method="euler", steps=p.euler_steps, energy=False)
     g = stream(cell.seed, "gaussian-sb", "sde", str(cell.dim))

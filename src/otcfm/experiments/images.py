@@ -116,7 +116,8 @@ class Protocol:
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes a cell's numbers, with the package version and the hash of
-        the code a cell runs (:func:`otcfm.experiments._cells.code_fingerprint`)."""
+        the code a cell runs (:func:`otcfm.experiments._cells.code_fingerprint`).
+        """
         d = asdict(self)
         d["euler_steps"] = list(self.euler_steps)
         d["guidance"] = list(self.guidance)
@@ -217,7 +218,8 @@ def load_split(dataset: str) -> Split:
 def real_fd(dataset: str, n: int) -> dict[str, Any]:
     """FD of ``n`` real training images (a fixed random choice; all of them when fewer)
     against the FD reference: what a generator of the training set itself scores at this
-    sample size (the FD's finite-sample floor, and the train/reference gap)."""
+    sample size (the FD's finite-sample floor, and the train/reference gap).
+    """
     split = load_split(dataset)
     net, _ = load_feature_net(dataset)
     images = split.train.images
@@ -271,7 +273,8 @@ def push(model: torch.nn.Module, x0: Tensor, solver: str, steps: int | None, p: 
 def guidance_sweep(model: torch.nn.Module, objective: ImageObjective, net: torch.nn.Module,
                    p: Protocol, seed: int) -> tuple[float, dict[str, float]]:
     """The w of ``p.guidance`` with the lowest FD against the cell's validation images
-    (``p.sweep_steps`` Euler steps, ``p.sweep_samples`` samples with balanced labels)."""
+    (``p.sweep_steps`` Euler steps, ``p.sweep_samples`` samples with balanced labels).
+    """
     ref = features(net, objective.val_images)
     x0 = noise(p, seed, objective.event_shape, p.sweep_samples, "sweep")
     y = balanced_labels(p.sweep_samples, objective.num_classes or 1)
@@ -320,7 +323,8 @@ def likelihood(model: torch.nn.Module, images: Tensor, p: Protocol, seed: int,
     from the seed, dopri5 at atol = rtol = ``p.tol``); a class-conditional model is scored
     with its null class, its unconditional density. ``levels``: the values a pixel takes
     (17 for digits, 256 for Fashion-MNIST), the dequantization of bits/dim. The SE is over the
-    images: it holds the images' spread and the probes' noise together."""
+    images: it holds the images' spread and the probes' noise together.
+    """
     settings = NllSettings("hutchinson", 1, p.tol)
     cond = {} if null_class is None else {"y": torch.full((images.shape[0],), null_class)}
     start = time.perf_counter()

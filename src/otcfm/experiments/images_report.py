@@ -44,7 +44,8 @@ TITLE = {"digits": "Digits (8x8, scikit-learn)", "fashion-mnist": "Fashion-MNIST
 # --------------------------------------------------------------------------- writing
 def likelihood_table(cells: list[dict], p: dict[str, Any]) -> list[str]:
     """Bits per dimension of the reference images under each method's flow (the cells that
-    measured it), mean ± SE over seeds, beside the mean within-seed SE over the images."""
+    measured it), mean ± SE over seeds, beside the mean within-seed SE over the images.
+    """
     scored = [c for c in cells if "likelihood" in c]
     if not scored:
         return ["Bits per dimension: not measured (these cells ran before the benchmark "
@@ -100,7 +101,8 @@ def write_outputs(results: Sequence[CellResult], out: str | Path, meta: dict[str
 def add_real_fd(out: str | Path) -> Path:
     """Add to ``OUT/images.json`` the FD of real training images against the reference
     (:func:`~otcfm.experiments.images.real_fd`, as many as the samples of an evaluation) for
-    each data set that lacks it or has it for another sample count."""
+    each data set that lacks it or has it for another sample count.
+    """
     path = Path(out) / RECORDS_FILE
     data = json.loads(path.read_text())
     real = data.setdefault("real_fd", {})
@@ -519,7 +521,8 @@ def _variant_name(records: list[dict], dataset: str, method: str, w: Any) -> str
 # --------------------------------------------------------------------------- README
 def readme_section(out: str | Path) -> str:
     """The README's image numbers: per data set FD at Euler 2 / 100 and dopri5 per method,
-    and the acceptance line; every number from ``OUT/images.json``."""
+    and the acceptance line; every number from ``OUT/images.json``.
+    """
     data = json.loads((Path(out) / RECORDS_FILE).read_text())
     lines = [README_START]
     for dataset in data["runs"]:

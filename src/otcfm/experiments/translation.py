@@ -62,7 +62,8 @@ class Protocol:
     """Budgets of one data set: the autoencoder (``latent``, ``ae_width``, ``ae_steps`` of
     ``ae_batch``), the flows (``flow_steps`` of ``flow_batch``, MLP ``flow_width``), at
     most ``n_test`` held-out images per class, the held-out share of a set without a test
-    split (``test_fraction``)."""
+    split (``test_fraction``).
+    """
 
     latent: int
     ae_width: int
@@ -86,7 +87,8 @@ PROTOCOLS = {
 # --------------------------------------------------------------------------- data
 def split_sets(spec: str, seed: int, test_fraction: float) -> tuple[ImageSet, ImageSet]:
     """Training and held-out images: the set's own test split where it has one (IDX,
-    CIFAR-10), else a random ``test_fraction`` of it drawn from ``stream(seed, "split")``."""
+    CIFAR-10), else a random ``test_fraction`` of it drawn from ``stream(seed, "split")``.
+    """
     train = load_images(spec, split="train")
     try:
         return train, load_images(spec, split="test")
@@ -108,7 +110,8 @@ def split_sets(spec: str, seed: int, test_fraction: float) -> tuple[ImageSet, Im
 def autoencoder_for(images: Tensor, protocol: Protocol, seed: int, folder: Path,
                     progress: bool = False) -> AutoEncoderFit:
     """The autoencoder saved in ``folder`` when its record matches the protocol and seed,
-    else a new fit (saved there)."""
+    else a new fit (saved there).
+    """
     want = {"latent": protocol.latent, "width": protocol.ae_width, "steps": protocol.ae_steps,
             "seed": seed, "n_images": int(images.shape[0])}
     if (folder / "autoencoder.json").is_file():
@@ -138,7 +141,8 @@ def _held_out(images: Tensor, n: int) -> Tensor:
 def run_bench(dataset: str, *, quick: bool, seeds: tuple[int, ...], methods: tuple[str, ...],
               runs: Path, progress: bool = False) -> tuple[list[dict[str, Any]], dict]:
     """Every (pair, method, seed) of ``dataset``; returns the records and the seed-0
-    translations of the first held-out images (for the grids)."""
+    translations of the first held-out images (for the grids).
+    """
     from otcfm.experiments.feature_nets import load_feature_net
 
     protocol = PROTOCOLS[(dataset, quick)]
@@ -256,7 +260,8 @@ def render(report: dict[str, Any]) -> str:
 def image_rows(rows: dict[str, Tensor], path: str | Path, title: str = "") -> Path:
     """Rows of images one above the other, each labelled on its left (label -> images
     (N, C, H, W) in [-1, 1], N the same for every row): held-out inputs, then each method's
-    translation of the same inputs. Grey images in grey, RGB in colour."""
+    translation of the same inputs. Grey images in grey, RGB in colour.
+    """
     from otcfm.plots import _plt, _save, image_grid
 
     if not rows:

@@ -78,7 +78,8 @@ class Protocol:
     """Budget and evaluation settings shared by every cell (defaults: the paper's, except the
     weights tested: the final EMA weights, decay 0.999, where the paper's runner tests the
     raw weights of the best validation loss; docs/results/checkpoint_choice.md measured the
-    four choices; ``ema=0.0, checkpoint="best"`` is the paper's)."""
+    four choices; ``ema=0.0, checkpoint="best"`` is the paper's).
+    """
 
     steps: int = 20_000
     n_train: int = 10_000
@@ -111,7 +112,8 @@ class Protocol:
     @property
     def tested(self) -> str:
         """The checkpoint file :func:`~otcfm.train.evaluate.load_run` reads: best or latest
-        (which holds the EMA weights when an EMA is kept)."""
+        (which holds the EMA weights when an EMA is kept).
+        """
         return "best" if self.checkpoint == "best" else "latest"
 
     def fingerprint(self) -> dict[str, Any]:
@@ -146,7 +148,8 @@ QUICK_METHODS = ("icfm", "otcfm", "fm", "rf")
 @dataclass(frozen=True)
 class Cell:
     """One (task, method, seed) of the benchmark; ``library`` names who trained it ("otcfm",
-    or another library's side-by-side runner, e.g. "torchcfm")."""
+    or another library's side-by-side runner, e.g. "torchcfm").
+    """
 
     task: str
     method: str
@@ -167,7 +170,7 @@ class Cell:
         return Path(runs) / self.task / self.name
 
     def depends_on(self) -> Cell | None:
-        """rf is the reflow of the I-CFM cell of the same task and seed."""
+        """Rf is the reflow of the I-CFM cell of the same task and seed."""
         return Cell(self.task, "icfm", self.seed) if self.method == "rf" else None
 
 
@@ -470,7 +473,8 @@ FLOOR_DRAWS = 2
 
 def target_floor(task: str, n: int, draws: int, label: str) -> list[float]:
     """W2 between two independent ``n``-point samples of the task's target, for ``draws``
-    pairs; pair k is drawn from the stream (0, label, task, k)."""
+    pairs; pair k is drawn from the stream (0, label, task, k).
+    """
     target = toy.task(task)[1]
     out = []
     for k in range(draws):
@@ -481,7 +485,8 @@ def target_floor(task: str, n: int, draws: int, label: str) -> list[float]:
 
 def sampling_floor(task: str, p: Protocol, runs: Path) -> list[float]:
     """W2 between two independent ``n_test``-point samples of the task's target, for
-    FLOOR_DRAWS pairs of draws (cached): the W2 a perfect model would still score."""
+    FLOOR_DRAWS pairs of draws (cached): the W2 a perfect model would still score.
+    """
     path = Path(runs) / task / f"w2_floor-n{p.n_test}.json"
     if path.is_file():
         return [float(v) for v in json.loads(path.read_text())["w2"]]

@@ -110,7 +110,8 @@ class MLP(nn.Module):
     @torch.no_grad()
     def _init_from(self, generator: torch.Generator) -> None:
         """PyTorch's default init, drawn from ``generator``: Linear U(+-1/sqrt(fan_in)), N(0,1)
-        embeddings (the class rows first, the null-class row after everything else)."""
+        embeddings (the class rows first, the null-class row after everything else).
+        """
         for mod in self.modules():
             if isinstance(mod, nn.Linear):
                 bound = 1.0 / math.sqrt(mod.in_features)
@@ -189,7 +190,8 @@ class DriftScore(nn.Module):
         cls, dim: int | Sequence[int], generator: torch.Generator | None = None, **kwargs: Any
     ) -> DriftScore:
         """Two :class:`MLP` of the same architecture (``kwargs`` as for MLP), the drift's
-        parameters drawn first from ``generator`` when given."""
+        parameters drawn first from ``generator`` when given.
+        """
         return cls(MLP(dim, generator=generator, **kwargs), MLP(dim, generator=generator, **kwargs))
 
     @property

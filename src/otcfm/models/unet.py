@@ -60,7 +60,8 @@ def timestep_embedding(t: Tensor, dim: int, *, max_period: float = 10000.0) -> T
     """Sinusoidal embedding (B,) -> (B, dim): ``[cos(t f_k), sin(t f_k)]`` with frequencies
     ``f_k = max_period ** (-k / (dim // 2))``, k = 0 .. dim // 2 - 1 (a zero column pads odd
     dims), computed in float32. The transformer's / ADM's embedding; :class:`UNet` feeds it
-    ``time_scale * t``."""
+    ``time_scale * t``.
+    """
     half = dim // 2
     k = torch.arange(half, dtype=torch.float32, device=t.device)
     freqs = torch.exp(-math.log(max_period) * k / half)
@@ -73,7 +74,8 @@ def timestep_embedding(t: Tensor, dim: int, *, max_period: float = 10000.0) -> T
 
 class _GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in at least float32 (half-precision inputs are upcast, as ADM's
-    GroupNorm32; float64 stays float64)."""
+    GroupNorm32; float64 stays float64).
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = torch.promote_types(x.dtype, torch.float32)
@@ -96,7 +98,8 @@ class _ResBlock(nn.Module):
     changes). With scale-shift norm the embedding gives (scale, shift) and the second norm is
     ``norm(h) * (1 + scale) + shift``; without it the embedding is added before the norm.
     ``resample`` ("up" / "down") resamples both paths (nearest / average pooling) between the
-    first activation and conv, as ADM's up/down residual blocks."""
+    first activation and conv, as ADM's up/down residual blocks.
+    """
 
     def __init__(
         self,
@@ -140,7 +143,8 @@ class _ResBlock(nn.Module):
 class _Attention(nn.Module):
     """Multi-head self-attention over the pixels: GroupNorm, 1x1 qkv projection, softmax
     attention per head (scale 1/sqrt(head channels)), 1x1 output projection (zero-initialised),
-    residual. The qkv channels are laid out as (q, k, v) x heads x head channels."""
+    residual. The qkv channels are laid out as (q, k, v) x heads x head channels.
+    """
 
     def __init__(self, channels: int, heads: int, *, groups: int) -> None:
         super().__init__()
@@ -438,7 +442,8 @@ class UNet(nn.Module):
     @torch.no_grad()
     def _init_from(self, generator: torch.Generator) -> None:
         """PyTorch's default init drawn from ``generator``: conv / linear weights and biases
-        U(+-1/sqrt(fan_in)), embeddings N(0, 1); GroupNorm keeps weight 1, bias 0."""
+        U(+-1/sqrt(fan_in)), embeddings N(0, 1); GroupNorm keeps weight 1, bias 0.
+        """
         for mod in self.modules():
             if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)):
                 bound = 1.0 / math.sqrt(mod.weight[0].numel())
@@ -465,7 +470,8 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
         """x: (B, C, H, W) as ``dim``; t: (B,), 0-dim or float in [0, 1] -> velocity, x's shape
-        and dtype."""
+        and dtype.
+        """
         check_cond(cond, self.accepted_cond, "UNet")
         if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != self.dim:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__

@@ -1,5 +1,6 @@
 """Training: the one engine (pluggable objectives), configs, run folders, checkpoints and
-evaluation of runs."""
+evaluation of runs.
+"""
 
 from otcfm.train.config import RunConfig
 from otcfm.train.images import ImageObjective

@@ -81,7 +81,8 @@ def _replace_atomically(path: str | Path, mode: str, write: Callable[[IO], None]
 def check_plain(obj: Any, where: str = "checkpoint") -> None:
     """Raise TypeError unless ``obj`` holds only tensors, numbers, strings, booleans, None
     (and torch dtypes / sizes) in dicts with string or integer keys, lists and tuples; the
-    message names the first other value by its key path."""
+    message names the first other value by its key path.
+    """
     if _is_plain_scalar(obj):
         return
     if type(obj) in (dict, OrderedDict):
@@ -148,7 +149,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def _to_plain(obj: Any, where: str) -> Any:
     """``obj`` with numpy values as tensors / Python numbers, dataclasses as dicts, paths and
-    other string-like values as strings; TypeError for anything else."""
+    other string-like values as strings; TypeError for anything else.
+    """
     import numpy as np
 
     if isinstance(obj, np.ndarray):
@@ -179,7 +181,8 @@ def _to_plain(obj: Any, where: str) -> Any:
 def convert_checkpoint(path: str | Path, out: str | Path | None = None) -> Path:
     """Rewrite a trusted checkpoint of an older otcfm as plain values (``out``: default in
     place, atomically). Unpickles ``path`` with ``weights_only=False``, which runs whatever
-    code the file carries: call it only on files you trust. Returns the path written."""
+    code the file carries: call it only on files you trust. Returns the path written.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")

@@ -1,5 +1,6 @@
 """The commands of ``otcfm train | sample | evaluate`` (the parser and the error handling live
-in :mod:`otcfm.cli`, which imports this module when one of them runs)."""
+in :mod:`otcfm.cli`, which imports this module when one of them runs).
+"""
 
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def check_coupling_memory(cfg: RunConfig, world: int, processes: int) -> None:
 def cmd_train(args: argparse.Namespace, cfg: RunConfig, scorer: Scorers | None = None) -> int:
     """``otcfm train`` with the resolved config ``cfg`` of its flags (device checked);
     ``scorer``: the feature network of an image set's spec, for the evaluation after
-    training (see :func:`cmd_evaluate`)."""
+    training (see :func:`cmd_evaluate`).
+    """
     check_folder(Path(cfg.out_dir), "out_dir (--out)")
     check_folder(cfg.run_dir, "the run folder (--out/--name)")
     rank = int(os.environ.get("RANK", "0"))
@@ -142,7 +144,8 @@ IMAGE_FLAGS = {"klass": "--class", "guidance": "--guidance", "device": "--device
 
 def _refuse_image_flags(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
     """A point run refuses the flags of image runs (given with a value other than their
-    default)."""
+    default).
+    """
     for dest, flag in IMAGE_FLAGS.items():
         if dest in defaults and getattr(args, dest, defaults[dest]) != defaults[dest]:
             raise ValueError(f"{flag} applies to image runs; {args.run} is a point-cloud run")
@@ -150,7 +153,8 @@ def _refuse_image_flags(args: argparse.Namespace, defaults: dict[str, Any]) -> N
 
 def diffusion_option(args: argparse.Namespace) -> dict[str, str]:
     """``--diffusion`` as keyword arguments of the SDE samplers ({} when not given), checked:
-    it needs ``--sde`` and a schedule of :data:`otcfm.sampling.DIFFUSIONS`."""
+    it needs ``--sde`` and a schedule of :data:`otcfm.sampling.DIFFUSIONS`.
+    """
     if args.diffusion is None:
         return {}
     if not args.sde:
@@ -263,9 +267,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def _more_sources(run: Any, n: int) -> Any:
     """``n`` > n_test source points: the run's test sources, then fresh draws of its built-in
-    source distribution from a stream of their own (a file source has no more points)."""
-
-
+    source distribution from a stream of their own (a file source has no more points).
+    """
     test, spec = run.data.source.test, run.cfg.data.source
     if parse_spec(spec, name="data.source").is_file:
         raise ValueError(
@@ -297,7 +300,8 @@ def _nll_settings(args: argparse.Namespace, image: bool) -> NllSettings | None:
 def cmd_evaluate(args: argparse.Namespace, scorer: Scorers | None = None) -> int:
     """``otcfm evaluate RUN``; an image run is scored by ``scorer(spec)`` (the feature
     network of its data set, or None) and, with --fid, by FID; --nll adds the negative
-    log-likelihood of the test data (:class:`~otcfm.train.evaluate.NllSettings`)."""
+    log-likelihood of the test data (:class:`~otcfm.train.evaluate.NllSettings`).
+    """
     if _is_image_run(args.run):
         if args.sde or args.sde_steps is not None or args.diffusion:
             raise ValueError(f"--sde applies to SF2M point-cloud runs; {args.run} is an image run")

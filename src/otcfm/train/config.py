@@ -56,7 +56,8 @@ def check_number(
     note: str = "",
 ) -> None:
     """ConfigError unless ``value`` is a finite real in the interval [low, high] (a bound is
-    left out when None; ``open_low``/``open_high`` exclude it)."""
+    left out when None; ``open_low``/``open_high`` exclude it).
+    """
     ok = (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
@@ -98,7 +99,8 @@ def check_name(key: str, value: Any) -> None:
 
 def check_device(key: str, value: Any) -> None:
     """The syntax of a torch device string (whether this machine has it: see
-    :func:`check_device_available`)."""
+    :func:`check_device_available`).
+    """
     import torch
 
     try:
@@ -136,7 +138,8 @@ def check_device_available(device: str, key: str = "device") -> None:
 
 def check_folder(path: str | Path, what: str) -> None:
     """``path`` is a folder or can be made one: nothing along it is a file, and the first
-    existing folder on it is writable (NotADirectoryError / PermissionError naming ``what``)."""
+    existing folder on it is writable (NotADirectoryError / PermissionError naming ``what``).
+    """
     path = Path(path)
     _check_along(path, (path, *path.parents), what)
 
@@ -181,7 +184,8 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
 @dataclass
 class DataConfig:
     """Where x0 (source) and x1 (target) come from: built-in names, .npy/.npz/.csv/.tsv/.txt
-    files or ``FILE.npz:KEY`` (the grammar of :func:`otcfm.data.parse_spec`)."""
+    files or ``FILE.npz:KEY`` (the grammar of :func:`otcfm.data.parse_spec`).
+    """
 
     source: str = "gaussian"
     target: str = "8gaussians"
@@ -253,7 +257,8 @@ class MethodConfig:
 class ModelConfig:
     """The vector-field network: ``arch = "mlp"`` (the paper's MLP for points: 3 hidden layers
     of 64 SELU units; on images it sees the flattened pixels) or ``"unet"`` (images only: the
-    ADM-style UNet of ``preset``, see ``otcfm.models.UNET_PRESETS``)."""
+    ADM-style UNet of ``preset``, see ``otcfm.models.UNET_PRESETS``).
+    """
 
     arch: str = "mlp"
     width: int = 64  # mlp: hidden units
@@ -404,7 +409,8 @@ class RunConfig(TomlConfig):
     def is_image_run(self) -> bool:
         """Whether ``data.target`` names an image set (see :func:`otcfm.data.images.
         is_image_spec`): the run trains noise -> images (:class:`~otcfm.train.images.
-        ImageObjective`)."""
+        ImageObjective`).
+        """
         from otcfm.data.images import is_image_spec
 
         return isinstance(self.data.target, str) and bool(self.data.target) and is_image_spec(
@@ -412,7 +418,8 @@ class RunConfig(TomlConfig):
 
     def resolve(self) -> RunConfig:
         """This config, validated, with every preset default written in (e.g. the method's
-        sigma). Raises :class:`ConfigError` naming the key of a bad value."""
+        sigma). Raises :class:`ConfigError` naming the key of a bad value.
+        """
         self.validate()
         data = self.to_dict()
         if self.method.sigma == -1:
@@ -662,7 +669,8 @@ def _toml_scalar(v: Any, key: str) -> str:
 
 def _toml_char(c: str) -> str:
     """One character of a TOML basic string: quotes, backslashes and control characters
-    escaped, so that any text reads back as itself."""
+    escaped, so that any text reads back as itself.
+    """
     if c in '"\\':
         return "\\" + c
     code = ord(c)

@@ -89,7 +89,8 @@ def data_specs(cfg: DataConfig) -> dict[str, DataSpec]:
 
 def record_run_data(cfg: DataConfig, event_shape: tuple[int, ...]) -> DataRecord:
     """The record of a run's data as it is now: every file's absolute path (relative paths are
-    taken against the working directory), size and SHA-256; built-ins by name."""
+    taken against the working directory), size and SHA-256; built-ins by name.
+    """
     inputs: dict[str, FileRecord | str] = {}
     for side, spec in data_specs(cfg).items():
         if spec.path is not None:
@@ -102,7 +103,8 @@ def record_run_data(cfg: DataConfig, event_shape: tuple[int, ...]) -> DataRecord
 def record_image_data(cfg: DataConfig, images: ImageSet) -> DataRecord:
     """The record of an image run's data: ``data.target`` is its image spec (e.g.
     ``fashion-mnist``), and every file the images were read from is hashed under
-    ``data.target/NAME`` (none for digits, which ship inside scikit-learn)."""
+    ``data.target/NAME`` (none for digits, which ship inside scikit-learn).
+    """
     inputs: dict[str, FileRecord | str] = {"data.source": cfg.source, "data.target": cfg.target}
     for path in images.files:
         inputs[f"data.target/{Path(path).name}"] = FileRecord.of(path)
@@ -114,7 +116,8 @@ def check_image_files(
 ) -> None:
     """Refuse image files that differ from a run's record (by name: the files of a data set
     read from another folder, ``--data-root``, must be the same bytes); with
-    ``allow_changed_data`` a difference is only a warning."""
+    ``allow_changed_data`` a difference is only a warning.
+    """
     recorded = {k.partition("/")[2]: v for k, v in record.inputs.items()
                 if k.startswith("data.target/") and isinstance(v, FileRecord)}
     for path in images.files:
@@ -141,7 +144,8 @@ def read_data_record(run_dir: str | Path) -> DataRecord | None:
 def check_same_data(run_dir: str | Path, record: DataRecord | None) -> None:
     """Refuse to continue the run in ``run_dir`` when its data differ from its record: a file
     whose SHA-256 (or .npz key) changed, or another built-in (a run without a record, or no
-    ``record`` given: nothing to compare)."""
+    ``record`` given: nothing to compare).
+    """
     old = read_data_record(run_dir)
     if old is None or record is None:
         return
@@ -172,7 +176,8 @@ def recorded_file(
     allow_changed_data: bool = False,
 ) -> tuple[Path, str | None]:
     """Where to read the input ``key`` (e.g. ``data.source``) of a recorded run, checked
-    against its record (see :meth:`FileRecord.locate`); returns (path, npz key)."""
+    against its record (see :meth:`FileRecord.locate`); returns (path, npz key).
+    """
     entry = record.inputs.get(key)
     if not isinstance(entry, FileRecord):
         was = "not recorded" if entry is None else f"recorded as built-in {entry!r}"
@@ -238,7 +243,8 @@ def load_run_data(
     data_root: str | Path | None = None, allow_changed_data: bool = False,
 ) -> RunData:
     """Both sides of a run's data, split; with a ``record`` (a trained run's data.json) every
-    file is checked against it first (see :func:`load_side`)."""
+    file is checked against it first (see :func:`load_side`).
+    """
     if cfg.paired:
         check_paired_specs(cfg)
     specs = data_specs(cfg)

@@ -52,7 +52,8 @@ class LoadedRun:
     @property
     def data(self) -> RunData:
         """The run's data splits, read at the first use (files checked against the run's
-        data.json), then kept."""
+        data.json), then kept.
+        """
         return self.load_data()
 
 
@@ -192,7 +193,8 @@ class NllSettings:
     """How ``otcfm evaluate --nll`` integrates log p1 (:func:`otcfm.likelihood.log_likelihood`):
     the ``divergence`` ("exact" or "hutchinson" with ``probes`` Rademacher probes drawn from
     the run's seed), dopri5 at atol = rtol = ``tol``; ``gaussian_source`` declares a point
-    run's source N(0, I) (a file of its draws), else the built-in source's own density."""
+    run's source N(0, I) (a file of its draws), else the built-in source's own density.
+    """
 
     divergence: str = "exact"
     probes: int = 1
@@ -229,7 +231,8 @@ def nll_metrics(
     or an object with ``log_prob``): its mean and standard error over the points (nats), the
     NFE; for images (``image_shape``) also bits per
     dimension of the discrete data, whose pixels take ``levels`` values evenly spaced over
-    [-1, 1] (:func:`otcfm.likelihood.bits_per_dim`; 256 for 8-bit images)."""
+    [-1, 1] (:func:`otcfm.likelihood.bits_per_dim`; 256 for 8-bit images).
+    """
     from otcfm.likelihood import bits_per_dim, log_likelihood
 
     hutch = settings.divergence == "hutchinson"
@@ -374,7 +377,8 @@ def write_run_plots(
     overview: Path, training: Path,
 ) -> None:
     """The overview figure (source, target, samples, paths) and the training history (from
-    log.csv rows; drawn when there is at least one row)."""
+    log.csv rows; drawn when there is at least one row).
+    """
     from otcfm import plots
 
     title = plots.run_title(run.cfg.method.name, run.cfg.data.source, run.cfg.data.target)

@@ -51,7 +51,8 @@ SAMPLE_BATCH = 500
 class FeatureScorer(Protocol):
     """A feature network that scores samples: ``name`` ("digits features"),
     ``distance(samples, reference)`` (the Fréchet distance of its features) and
-    ``accuracy(samples, labels)`` (its classifier's accuracy); images in [-1, 1]."""
+    ``accuracy(samples, labels)`` (its classifier's accuracy); images in [-1, 1].
+    """
 
     name: str
 
@@ -62,20 +63,23 @@ class FeatureScorer(Protocol):
 
 def to_pixels(images: Tensor) -> Tensor:
     """Images in [-1, 1] -> uint8 pixels, as saved images are: ``floor(127.5 x + 128)``
-    clipped to [0, 255] (the quantisation of the paper's FID)."""
+    clipped to [0, 255] (the quantisation of the paper's FID).
+    """
     return (images.detach().float() * 127.5 + 128.0).clamp_(0.0, 255.0).to(torch.uint8).cpu()
 
 
 def from_pixels(pixels: Tensor) -> Tensor:
     """uint8 pixels -> float32 in [-1, 1] by ``p / 127.5 - 1``: the centre of the interval of
-    values that :func:`to_pixels` maps to ``p``, and the data loaders' own scaling."""
+    values that :func:`to_pixels` maps to ``p``, and the data loaders' own scaling.
+    """
     return pixels.float() / 127.5 - 1.0
 
 
 @dataclass(frozen=True)
 class ImageRun:
     """A trained image run: config, eval model (EMA weights when kept), and what its samples
-    are (``event_shape`` (C, H, W), ``classes``, whether it is ``conditional``)."""
+    are (``event_shape`` (C, H, W), ``classes``, whether it is ``conditional``).
+    """
 
     run_dir: Path
     cfg: RunConfig
@@ -93,7 +97,8 @@ class ImageRun:
 
     def label(self, text: str) -> int:
         """A class given by index (``3``), by name (``Sneaker``), or ``none`` (the null
-        class); ValueError listing the classes otherwise."""
+        class); ValueError listing the classes otherwise.
+        """
         if not self.conditional:
             raise ValueError(f"{self.run_dir} is not class-conditional: --class needs a run "
                              "trained with images.conditional = true")
@@ -115,7 +120,8 @@ def load_image_run(
 ) -> ImageRun:
     """Rebuild an image run's eval model (EMA weights when present) from checkpoint ``which``
     ("best" or "latest", see :func:`~otcfm.train.evaluate.choose_checkpoint`), on
-    ``device``. No data file is read."""
+    ``device``. No data file is read.
+    """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.toml"
     if not config_path.is_file():
@@ -137,7 +143,8 @@ def load_image_run(
 @dataclass(frozen=True)
 class ImageSamples:
     """``pixels`` (n, C, H, W) uint8, their ``labels`` (n,) (None: unconditional), the NFE of
-    one solve (the mean over batches for an adaptive solver), and the seconds it took."""
+    one solve (the mean over batches for an adaptive solver), and the seconds it took.
+    """
 
     pixels: Tensor
     labels: Tensor | None
@@ -211,7 +218,8 @@ def reference_images(run: ImageRun, *, data_root: str | Path | None = None,
     """The images samples are compared with: the data set's test split, or all its images
     when it has none (digits, a folder); and a phrase naming them. The training files are
     checked against the run's data.json first (the test split, never trained on, is not
-    recorded)."""
+    recorded).
+    """
     spec = _spec(run.cfg.data.target, data_root)
     record = read_data_record(run.run_dir)
     kind = spec.partition(":")[0]
@@ -228,7 +236,8 @@ def reference_images(run: ImageRun, *, data_root: str | Path | None = None,
 
 def _spec(target: str, data_root: str | Path | None) -> str:
     """The run's image spec, read from ``data_root`` when given: a named set's folder, or
-    the moved folder of images."""
+    the moved folder of images.
+    """
     from otcfm.data.images import NAMED_SETS, with_folder
 
     kind = target.partition(":")[0]

@@ -112,7 +112,8 @@ class ImageObjective:
     # ------------------------------------------------------------------ training
     def batch(self, step: int) -> tuple[Tensor, Tensor, dict[str, Tensor], torch.Generator]:
         """Step ``step``'s noise x0, images x1 and conditions, and the generator whose next
-        draws are the coupling's and the path's."""
+        draws are the coupling's and the path's.
+        """
         g = stream(self.seed, "images", "step", str(step))
         idx = sample_indices(self.train_images.shape[0], self.batch_size, generator=g)
         x1 = self.train_images[idx]
@@ -145,7 +146,8 @@ class ImageObjective:
     def coupling_log(self) -> dict[str, float]:
         """``coupling_share``: the coupling's share of the wall time since the previous row
         (of this process); then the coupling's convergence, when it reports it (counted once:
-        every process solves the same batch)."""
+        every process solves the same batch).
+        """
         now = time.perf_counter()
         share = self._coupling_seconds / max(now - self._since, 1e-12)
         self._coupling_seconds, self._since = 0.0, now
@@ -169,7 +171,8 @@ class ImageObjective:
 
     def grid_labels(self, n: int) -> Tensor | None:
         """Labels of a sample grid of ``n`` images: the classes in turn (0, 1, ..., K-1, 0,
-        ...), so a grid of K columns has one class per column; None when unconditional."""
+        ...), so a grid of K columns has one class per column; None when unconditional.
+        """
         if not self.conditional:
             return None
         return torch.arange(n) % int(self.num_classes or 1)
@@ -178,7 +181,8 @@ class ImageObjective:
     def sample_grid(self, model: nn.Module, n: int, *, steps: int) -> Tensor:
         """``n`` images of ``model`` from the same noise at every call (the run's grid
         stream), ``steps`` Euler steps, labels :meth:`grid_labels`: grids of one run are
-        comparable across steps."""
+        comparable across steps.
+        """
         g = stream(self.seed, "images", "grid")
         return self.sample(model, n, steps=steps, generator=g, y=self.grid_labels(n)).cpu()
 

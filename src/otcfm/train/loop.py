@@ -68,13 +68,15 @@ the whole validation set at once, the training loss ``couplings.ot_batch`` point
 def build_matcher(cfg: MethodConfig, **extra: Any) -> FlowMatcher:
     """The configured flow matcher from the registry (sigma -1: the preset's default);
     ``extra``: further keywords of :func:`~otcfm.matchers.matcher` (the condition dropout of a
-    class-conditional image run, :func:`image_matcher`)."""
+    class-conditional image run, :func:`image_matcher`).
+    """
     return matcher(cfg.name, **cfg.matcher_kwargs(), **extra)
 
 
 def image_matcher(cfg: RunConfig, num_classes: int | None) -> FlowMatcher:
     """The matcher of an image run: a class-conditional one drops ``images.cond_dropout`` of
-    the labels to the null class ``num_classes`` (classifier-free guidance)."""
+    the labels to the null class ``num_classes`` (classifier-free guidance).
+    """
     if not cfg.images.conditional:
         return build_matcher(cfg.method)
     return build_matcher(cfg.method, cond_dropout=cfg.images.cond_dropout,
@@ -136,7 +138,8 @@ class RankFailure(RuntimeError):
 
 class NonFiniteLoss(FloatingPointError, ValueError):
     """The training loss became NaN or inf (the message names the step, the loss, the
-    learning rate and the last checkpoint kept). A ValueError too: a setting to change."""
+    learning rate and the last checkpoint kept). A ValueError too: a setting to change.
+    """
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,8 @@ class LoopSettings:
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based): ``lr * min(1, (step + 1) /
-        warmup)``, so the first step already moves and step ``warmup - 1`` reaches ``lr``."""
+        warmup)``, so the first step already moves and step ``warmup - 1`` reaches ``lr``.
+        """
         return self.lr if self.warmup == 0 else self.lr * min(1.0, (step + 1) / self.warmup)
 
 
@@ -403,7 +407,8 @@ class Engine:
 
     def _train_log(self) -> dict[str, float]:
         """Extra training columns of a log row (every process calls it at each row): the
-        objective's optional ``coupling_log()``, whose keys it lists in ``log_fields``."""
+        objective's optional ``coupling_log()``, whose keys it lists in ``log_fields``.
+        """
         coupling_log = getattr(self.objective, "coupling_log", None)
         return coupling_log() if coupling_log is not None else {}
 
@@ -626,7 +631,8 @@ def train(
 
 def _resume_state(cfg: RunConfig, folder: RunFolder) -> dict[str, Any] | None:
     """The newest readable checkpoint of the run (None: start from step 0); ValueError when
-    its config differs from ``cfg``."""
+    its config differs from ``cfg``.
+    """
     found = folder.load_latest()
     if found is None:
         if folder.holds_run():
@@ -648,7 +654,8 @@ def _resume_state(cfg: RunConfig, folder: RunFolder) -> dict[str, Any] | None:
 
 def _without_steps(cfg: RunConfig) -> dict[str, Any]:
     """The config keys a resume must keep (steps may grow; workers, prefetch and the
-    distributed settings change nothing)."""
+    distributed settings change nothing).
+    """
     d = cfg.to_dict()
     d["optim"] = {k: v for k, v in d["optim"].items() if k != "steps"}
     d["eval"] = {k: v for k, v in d["eval"].items() if k != "keep_checkpoints"}

@@ -83,7 +83,8 @@ class ConvergenceTally:
     def log(self, world: int = 1, device: torch.device | str = "cpu") -> dict[str, float]:
         """The columns since the last call; resets. With ``world`` > 1 the counts are summed
         and the error max-reduced over processes (each solve counted by the process that made
-        it): every process must call this at the same step. Empty without ``fields``."""
+        it): every process must call this at the same step. Empty without ``fields``.
+        """
         if not self.fields:
             return {}
         calls, converged, worst = self._calls, self._converged, self._worst
@@ -121,7 +122,8 @@ class Objective(Protocol):
 
 def sample_rows(s: PathSample, part: slice) -> PathSample:
     """The rows ``part`` of a path sample, conditions included: one process's share of a
-    global batch under torch.distributed."""
+    global batch under torch.distributed.
+    """
     k = torch.arange(part.start, part.stop, device=s.t.device)
     return PathSample(
         t=s.t[part], x0=s.x0[part], x1=s.x1[part], xt=s.xt[part], ut=s.ut[part],
@@ -205,7 +207,8 @@ class PairObjective:
         self, index: int, solved: Callable[[int], Pairing] | None = None
     ) -> CoupledBatch:
         """Coupled batch ``index``: a function of (seed, index) and the coupling scope only
-        (``solved``: this process's turns of the global solve, see :class:`OwnTurns`)."""
+        (``solved``: this process's turns of the global solve, see :class:`OwnTurns`).
+        """
         return couple_batch(
             self.matcher.coupling,
             self.data.source.train,
@@ -222,7 +225,8 @@ class PairObjective:
 
     def _solve_alone(self, index: int) -> Pairing:
         """The pairing one process makes of coupled batch ``index`` (a turn of the global
-        solve, made ahead by :class:`OwnTurns`)."""
+        solve, made ahead by :class:`OwnTurns`).
+        """
         return couple_batch(
             self.matcher.coupling, self.data.source.train, self.data.target.train,
             self.cfg.ot_batch, index, seed=self.cfg.seed, device=self.device,
@@ -231,7 +235,8 @@ class PairObjective:
 
     def next_pairs(self, step: int) -> Pairing:
         """The pairs of ``step`` (chunk step % m of coupled batch step // m): the global
-        batch_size pairs, or this process's share of them with scope "local"."""
+        batch_size pairs, or this process's share of them with scope "local".
+        """
         index, part = divmod(step, self.chunks_per_batch)
         if self._coupled is None or self._coupled.index != index:
             p = self._prefetcher
@@ -294,14 +299,16 @@ class PairObjective:
 
     def coupling_log(self) -> dict[str, float]:
         """The coupling's convergence since the last call, as log.csv columns
-        (:class:`ConvergenceTally`), summed over processes; resets."""
+        (:class:`ConvergenceTally`), summed over processes; resets.
+        """
         return self._tally.log(self.world, self.device)
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
         """Validation loss (fixed seed, whole validation set) and W2 of pushed-forward
-        validation sources against the validation targets."""
+        validation sources against the validation targets.
+        """
         x0 = self.data.source.val.to(self.device)
         x1 = self.data.target.val.to(self.device)
         n = min(x0.shape[0], x1.shape[0])

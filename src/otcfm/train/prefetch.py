@@ -196,7 +196,8 @@ class OwnTurns:
 def pairs_in_order(coupling: Coupling) -> bool:
     """Whether ``coupling`` pairs its batches in order (:attr:`Coupling.in_order`, e.g.
     Independent) through the base class's call, so that the pairing of checked batches can be
-    made without calling it (same values)."""
+    made without calling it (same values).
+    """
     return bool(coupling.in_order) and type(coupling).__call__ is Coupling.__call__
 
 
@@ -282,7 +283,8 @@ class InOrderBatches:
 
 def _in_order(x0: Tensor, x1: Tensor, cond0: Any = None, cond1: Any = None) -> Pairing:
     """The pairing an in-order coupling makes of checked batches of one size: the batches
-    themselves, i = j = arange(B) (no validation, no timing: per-step use)."""
+    themselves, i = j = arange(B) (no validation, no timing: per-step use).
+    """
     n = x0.shape[0]
     i = torch.arange(n, device=x0.device)
     return Pairing(x0=x0, x1=x1, i=i, j=i.clone(), cond0=cond0, cond1=cond1, info={"pairs": n})

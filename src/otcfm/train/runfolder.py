@@ -74,7 +74,8 @@ _STEP_FILE = re.compile(r"step-(\d+)\.pt")
 def check_run_name(name: str) -> str:
     """``name`` when it is one folder name (the run folder under the output folder); else a
     ValueError naming the ``name`` key / ``--name`` flag. Refused: empty names, ``.``,
-    ``..``, path separators, absolute paths, drive letters and control characters."""
+    ``..``, path separators, absolute paths, drive letters and control characters.
+    """
     bad = (
         not isinstance(name, str)
         or not name.strip()
@@ -156,7 +157,8 @@ class _Lock:
 
     def acquire(self, what: Path) -> dict[str, Any] | None:
         """Take the lock; FileExistsError naming the holder when another process has it.
-        Returns the record of a previous holder that ended without releasing it (or None)."""
+        Returns the record of a previous holder that ended without releasing it (or None).
+        """
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if not _try_lock(fd):
@@ -221,7 +223,8 @@ else:
 
 def _read_record(fd: int, patience: float = 0.0) -> dict[str, Any] | None:
     """The holder record in a lock file (None: empty). A holder that has just taken the lock
-    may not have written it yet: wait up to ``patience`` seconds for it."""
+    may not have written it yet: wait up to ``patience`` seconds for it.
+    """
     deadline = time.monotonic() + patience
     while True:
         try:
@@ -318,7 +321,8 @@ class RunFolder:
     @contextlib.contextmanager
     def writing(self, *, resume: bool = True) -> Iterator[RunFolder]:
         """``with folder.writing():`` the lock for the block (:meth:`open`, then :meth:`close`
-        when this call took it)."""
+        when this call took it).
+        """
         took = self.open(resume=resume)
         try:
             yield self
@@ -331,7 +335,8 @@ class RunFolder:
         self, config_toml: str | None = None, files: Mapping[str, str] | None = None
     ) -> None:
         """Create the folder and write ``config.toml`` (when given) and the text ``files``
-        (name -> content, e.g. ``data.json``)."""
+        (name -> content, e.g. ``data.json``).
+        """
         if self.writes:
             self.path.mkdir(parents=True, exist_ok=True)
             if config_toml is not None:
@@ -352,7 +357,8 @@ class RunFolder:
 
     def merge_metrics(self, update: Mapping[str, Any]) -> None:
         """Merge ``update`` (top-level sections replace those of the same name) into
-        ``metrics.json``."""
+        ``metrics.json``.
+        """
         if not self.writes:
             return
         path = self.path / "metrics.json"
@@ -360,7 +366,8 @@ class RunFolder:
 
     def save_grid(self, step: int, images: Any, nrow: int | None = None) -> Path | None:
         """Write a grid of sample images (N, C, H, W) in [-1, 1] as ``samples/step-N.png``
-        (:func:`otcfm.plots.save_image_grid`). Returns the path (None on other ranks)."""
+        (:func:`otcfm.plots.save_image_grid`). Returns the path (None on other ranks).
+        """
         if not self.writes:
             return None
         from otcfm.plots import save_image_grid
@@ -370,7 +377,8 @@ class RunFolder:
     def save(self, name: str, state: Mapping[str, Any] | Callable[[], Mapping[str, Any]]
              ) -> Path | None:
         """Save a checkpoint as ``checkpoints/<name>``; ``state`` may be a callable, called
-        only on the writing process. Returns the path written (None on other ranks)."""
+        only on the writing process. Returns the path written (None on other ranks).
+        """
         if not self.writes:
             return None
         return save_atomic(dict(state() if callable(state) else state), self.checkpoints / name)
@@ -380,7 +388,8 @@ class RunFolder:
     ) -> Path | None:
         """Save the checkpoint of ``step`` as ``checkpoints/step-<step>.pt``, make it
         ``latest.pt`` and delete the step checkpoints beyond the newest :attr:`keep`.
-        Returns the step file (None on other ranks)."""
+        Returns the step file (None on other ranks).
+        """
         path = self.save(f"step-{step:06d}.pt", state)
         if path is None:
             return None
@@ -398,7 +407,8 @@ class RunFolder:
 
     def load_latest(self) -> tuple[dict[str, Any], Path] | None:
         """The newest readable checkpoint and its path (None: none yet), see
-        :func:`newest_checkpoint`; the writer (holding the lock) sets corrupt ones aside."""
+        :func:`newest_checkpoint`; the writer (holding the lock) sets corrupt ones aside.
+        """
         return newest_checkpoint(self.checkpoints, set_aside=self._lock.held)
 
 

@@ -101,7 +101,8 @@ class TrajectoryConfig(TomlConfig):
     def validate(self) -> TrajectoryConfig:
         """Check every value (:class:`ConfigError`, a ValueError naming the key), then
         :meth:`resolve`. Whether the data has ``data.dims`` features is checked when it is
-        loaded."""
+        loaded.
+        """
         from otcfm.models import ACTIVATIONS
 
         check_name("name", self.name)
@@ -147,7 +148,8 @@ class TrajectoryConfig(TomlConfig):
 
     def resolve(self) -> TrajectoryConfig:
         """Write in the defaults left unset: sigma -1 becomes the method preset's sigma
-        (``otcfm.matchers.preset_defaults``), so the saved config records the sigma used."""
+        (``otcfm.matchers.preset_defaults``), so the saved config records the sigma used.
+        """
         if self.method.sigma == -1:
             from otcfm.matchers import preset_defaults
 

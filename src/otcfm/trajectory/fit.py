@@ -63,7 +63,8 @@ SB_SINKHORN_TOL = 1e-2
 @dataclass(frozen=True)
 class FitSpec:
     """Hyper-parameters of one fit (paper: MLP 3x64 SELU, AdamW 1e-3 / 1e-5, batch 128 per
-    time). ``sigma=None`` takes :data:`DEFAULT_SIGMA` of the method."""
+    time). ``sigma=None`` takes :data:`DEFAULT_SIGMA` of the method.
+    """
 
     method: str = "otcfm"
     sigma: float | None = None
@@ -100,7 +101,8 @@ class FitSpec:
 def build_matcher(method: str, sigma: float) -> FlowMatcher:
     """The registry preset: otcfm (exact OT), icfm (independent), sbcfm (Brownian bridge,
     entropic OT with the preset's reg 2 sigma^2, Sinkhorn stopped at marginal L1 error
-    :data:`SB_SINKHORN_TOL`), sf2m (Brownian bridge and score, exact OT as its preset)."""
+    :data:`SB_SINKHORN_TOL`), sf2m (Brownian bridge and score, exact OT as its preset).
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "sbcfm":
@@ -172,7 +174,8 @@ def multimarginal_loss(
 
 def _for_span(fm: FlowMatcher, span: float) -> FlowMatcher:
     """The matcher of an interval of ``span`` index-time units: ``fm`` itself, except SF2M,
-    whose bridge over the interval is sigma sqrt(span) (the reference sigma W in index time)."""
+    whose bridge over the interval is sigma sqrt(span) (the reference sigma W in index time).
+    """
     if not isinstance(fm, SF2M) or span == 1.0:
         return fm
     return SF2M(BrownianBridgePath(fm.sigma * math.sqrt(span)), fm.coupling, fm.time_sampler,
@@ -227,7 +230,8 @@ class TimeSeriesObjective:
 
     def coupling_log(self) -> dict[str, float]:
         """The coupling's convergence since the last row (:class:`ConvergenceTally`); every
-        process solves the same plans, so each counts its own."""
+        process solves the same plans, so each counts its own.
+        """
         return self._tally.log()
 
     def validate(self, model: nn.Module) -> None:
@@ -302,7 +306,8 @@ class Fitter:
     ) -> FlowFit:
         """Train to step ``until`` (default spec.steps); record the mean loss every
         ``log_every`` steps; checkpoint (with a run folder) and call ``callback(self)`` every
-        ``callback_every`` steps (0: never) and at the last."""
+        ``callback_every`` steps (0: never) and at the last.
+        """
         self.engine.run(until, log_every=log_every, checkpoint_every=callback_every,
                         callback=None if callback is None else lambda _: callback(self))
         self.model.eval()
@@ -317,7 +322,8 @@ class Fitter:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Load :meth:`state_dict` (also a checkpoint of before the engine, whose history
-        holds [step, loss] pairs)."""
+        holds [step, loss] pairs).
+        """
         history = [r if isinstance(r, dict) else {"step": int(r[0]), "loss": float(r[1])}
                    for r in state["history"]]
         self.engine.load_state_dict({**state, "history": history})
@@ -344,6 +350,7 @@ def model_from_state(state: dict[str, Any], dim: int) -> nn.Module:
 
 def _network(spec: FitSpec, dim: int, generator: torch.Generator | None = None) -> nn.Module:
     """The paper's MLP v(x, tau) of the spec's width, depth and activation (SF2M: a
-    :class:`otcfm.models.DriftScore` of two such MLPs)."""
+    :class:`otcfm.models.DriftScore` of two such MLPs).
+    """
     cfg = ModelConfig(width=spec.width, depth=spec.depth, activation=spec.activation)
     return build_model(cfg, (dim,), score=spec.method in SCORE_METHODS, generator=generator)

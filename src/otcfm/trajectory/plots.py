@@ -1,5 +1,6 @@
 """Figures of time courses: populations and predicted trajectories in a 2-D view (the first two
-principal components of all cells), and W1 per left-out time. matplotlib is imported lazily."""
+principal components of all cells), and W1 per left-out time. matplotlib is imported lazily.
+"""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def plot_time_course(
 ) -> Path:
     """Observed populations coloured by time, the held-out one in black, each panel's cell
     paths (grey) and predicted population (red), in ``view`` (default: the plane of the
-    first two principal components of every cell)."""
+    first two principal components of every cell).
+    """
     plt = _plt()
     view = View2D.fit(ts.x) if view is None else view
     panels = list(panels) or [Panel("populations")]

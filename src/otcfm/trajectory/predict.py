@@ -70,7 +70,8 @@ class SDE:
     """Sample the bridge SDE of a drift-and-score model (SF2M) instead of its ODE: diffusion
     ``sigma`` per unit of index time (the fit's sigma), increments from ``generator``,
     ``diffusion`` a schedule of :data:`otcfm.sampling.DIFFUSIONS` ("tapered": the noise
-    vanishes at every snapshot time, a whole index time)."""
+    vanishes at every snapshot time, a whole index time).
+    """
 
     sigma: float
     generator: torch.Generator | None = None
@@ -110,7 +111,8 @@ def push(
 ) -> Tensor:
     """Cells x (n, d) at index time tau0 moved along the flow to tau1 (Euler,
     ``steps_per_unit`` steps per unit of tau; backwards when tau1 < tau0), or along the SDE
-    (``sde``). (n, d)."""
+    (``sde``). (n, d).
+    """
     _check_sde(model, sde)
     if tau0 == tau1:
         return x.clone()
@@ -215,7 +217,8 @@ def predict_at(
 ) -> Tensor:
     """The population at observation time ``t`` (any real value): the cells of observed time
     index ``start`` (default: the last observed time at or before t, or the first one when t
-    precedes every observation) pushed along the flow."""
+    precedes every observation) pushed along the flow.
+    """
     tau = float(ts.to_index(t))
     if start is None:
         start = max(0, min(int(math.floor(tau + 1e-9)), ts.n_times - 1))

@@ -92,7 +92,8 @@ def data_spec(cfg: DataSection) -> DataSpec:
 
 def record_data(cfg: DataSection, dim: int) -> DataRecord:
     """The run's data record (data.json): the file's absolute path, size and SHA-256 (or
-    "synthetic") and the model's feature count."""
+    "synthetic") and the model's feature count.
+    """
     spec = data_spec(cfg)
     entry = SYNTHETIC if spec.path is None else FileRecord.of(spec.path, spec.key)
     return DataRecord({"data.path": entry}, (dim,))
@@ -174,7 +175,8 @@ def fit_run(
     then evaluate it (metrics.json, plots, report.md). Returns the run folder.
 
     The run folder's lock is held while training: a second writer is refused; without
-    ``resume`` a folder that already holds a run is refused."""
+    ``resume`` a folder that already holds a run is refused.
+    """
     cfg.validate()
     run_dir = cfg.run_dir
     folder = RunFolder(run_dir, fields=LOG_FIELDS, keep=cfg.eval.keep_checkpoints)
@@ -345,7 +347,8 @@ def evaluate_trajectory_run(
 def run_sde(run: TrajectoryRun, seed: int | None, diffusion: str = DEFAULT_DIFFUSION) -> SDE:
     """The SDE of an SF2M run (its sigma; ``diffusion`` a schedule of
     :data:`otcfm.sampling.DIFFUSIONS`), noise from ``stream(seed or the run's, "sde")``;
-    a clear error for a run without a score."""
+    a clear error for a run without a score.
+    """
     if not callable(getattr(run.model, "score", None)):
         raise ValueError(f"{run.run_dir} is a {run.cfg.method.name} run without a score "
                          "network: only SF2M runs (--method sf2m) sample the SDE")

@@ -119,7 +119,8 @@ class AutoEncoder(nn.Module):
 class ReconstructionObjective:
     """The engine's objective for an autoencoder: mean squared reconstruction error of a batch
     of ``batch_size`` training images drawn at step s from ``stream(seed, "autoencoder",
-    s)`` (resuming equals never stopping); ``val_loss`` on the whole validation set."""
+    s)`` (resuming equals never stopping); ``val_loss`` on the whole validation set.
+    """
 
     metrics = ("val_loss",)
     needs_score = False
@@ -159,7 +160,8 @@ class ReconstructionObjective:
 class AutoEncoderFit:
     """A trained autoencoder and the standardisation of its latents: :meth:`encode` gives
     (encoder(x) - mean) / std, :meth:`decode` inverts it. ``val_loss``: mean squared error
-    per pixel on the held-out images; ``record``: how it was trained."""
+    per pixel on the held-out images; ``record``: how it was trained.
+    """
 
     model: AutoEncoder
     mean: Tensor
@@ -200,7 +202,8 @@ def fit_autoencoder(
     """Train an :class:`AutoEncoder` on ``images`` (N, C, H, W) in [-1, 1] with the engine
     (AdamW, ``steps`` optimizer steps); a random ``val_fraction`` of the images (from
     ``stream(seed, "autoencoder", "split")``) is held out for ``val_loss``. The latent mean
-    and standard deviation come from the training images."""
+    and standard deviation come from the training images.
+    """
     if images.dim() != 4 or images.shape[0] < 2:
         raise ValueError(f"images must be (N, C, H, W) with N >= 2, got {tuple(images.shape)}")
     if not 0.0 < val_fraction < 1.0:
@@ -235,7 +238,8 @@ def fit_autoencoder(
 
 def save_autoencoder(fit: AutoEncoderFit, folder: str | Path) -> Path:
     """Write ``folder/autoencoder.pt`` (the weights and the latent mean and std, plain
-    tensors) and ``folder/autoencoder.json`` (the record); returns the folder."""
+    tensors) and ``folder/autoencoder.json`` (the record); returns the folder.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {f"model.{k}": v.detach().cpu() for k, v in fit.model.state_dict().items()}
@@ -249,7 +253,8 @@ def save_autoencoder(fit: AutoEncoderFit, folder: str | Path) -> Path:
 
 def load_autoencoder(folder: str | Path) -> AutoEncoderFit:
     """Read what :func:`save_autoencoder` wrote (``weights_only=True``: tensors only); a
-    missing file is a FileNotFoundError, weights that do not fit the record a ValueError."""
+    missing file is a FileNotFoundError, weights that do not fit the record a ValueError.
+    """
     folder = Path(folder)
     weights, record_path = folder / WEIGHTS, folder / RECORD
     for path in (weights, record_path):

@@ -53,7 +53,8 @@ SIGMA = 0.1  # the paper's sigma for the latent translation experiment
 
 def class_indices(images: ImageSet, classes: Sequence[str | int]) -> tuple[int, ...]:
     """Indices of ``classes`` (names or indices) among ``images.classes``; ValueError for an
-    unlabelled set, an empty list, an unknown or repeated class."""
+    unlabelled set, an empty list, an unknown or repeated class.
+    """
     if images.labels is None:
         raise ValueError(f"{images.name} has no class labels: groups need them")
     if isinstance(classes, str | int):
@@ -92,7 +93,8 @@ class FlowSpec:
     """The latent flow: matcher ``method`` (I-CFM ``icfm``, OT-CFM ``otcfm``, SB-CFM
     ``sbcfm``, ...), its ``sigma`` (-1: the preset's), the paper's MLP of ``width`` x 3 SELU
     units with time concatenated, AdamW (lr 1e-3, weight decay 1e-5, EMA 0.999) for ``steps``
-    steps of ``batch_size`` pairs, ``seed``."""
+    steps of ``batch_size`` pairs, ``seed``.
+    """
 
     method: str = "otcfm"
     sigma: float = SIGMA
@@ -122,7 +124,8 @@ class Translation:
     """Held-out source images translated to the target group: their codes before
     (``source``) and after (``mapped``) the flow, the codes of held-out target images
     (``target``), the decoded translations (``images``), the flow's run folder and its
-    scores (:func:`translation_scores`)."""
+    scores (:func:`translation_scores`).
+    """
 
     source: Tensor
     mapped: Tensor
@@ -144,7 +147,8 @@ def translation_scores(
     """``mmd``: squared MMD between ``mapped`` and ``target`` codes (the metrics' RBF
     mixture); ``moved``: mean |mapped - source| (Euclidean, standardised codes), with its
     standard error ``moved_se``; ``target_rate``: the share of ``images`` whose
-    ``classifier`` logits peak at one of ``target_classes`` (when a classifier is given)."""
+    ``classifier`` logits peak at one of ``target_classes`` (when a classifier is given).
+    """
     if source.shape != mapped.shape:
         raise ValueError(f"source and mapped codes differ in shape: {tuple(source.shape)} "
                          f"and {tuple(mapped.shape)}")
@@ -182,7 +186,8 @@ def translate(
 ) -> Translation:
     """Train (or, with ``resume``, finish) the latent flow of ``spec`` from the codes of
     ``source_train`` to those of ``target_train`` in ``out_dir/<method>`` and translate
-    ``source_test``; scores against ``target_test`` (see the module's docstring)."""
+    ``source_test``; scores against ``target_test`` (see the module's docstring).
+    """
     out_dir = Path(out_dir)
     codes = out_dir / "codes"
     codes.mkdir(parents=True, exist_ok=True)
