@@ -1,4 +1,6 @@
-"""Command line: one parser tree, ``otcfm train | sample | evaluate | trajectory | bench | demo
+"""Command line: one parser tree for every ``otcfm`` command.
+
+Command line: one parser tree, ``otcfm train | sample | evaluate | trajectory | bench | demo
 | list``.
 
 Thin by design: parse flags -> build a config -> call the library. Building the parser imports
@@ -203,7 +205,9 @@ class ConfigType:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``otcfm train: error: ... (see otcfm train --help)``,
+    """Argument parser whose errors are one line and exit with code 2.
+
+    argparse with one-line errors: ``otcfm train: error: ... (see otcfm train --help)``,
     exit code 2 (the usage is shown by --help, not after every mistake).
     """
 
@@ -555,7 +559,9 @@ def _add_trajectory(sub: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The RunConfig of ``otcfm train``: --config file, then --task, flags and --set; validated
+    """Build the validated RunConfig of ``otcfm train``.
+
+    The RunConfig of ``otcfm train``: --config file, then --task, flags and --set; validated
     (errors name the key and its flag).
     """
     from otcfm.train.config import RunConfig
@@ -590,7 +596,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def trajectory_config_from_args(args: argparse.Namespace) -> TrajectoryConfig:
-    """The TrajectoryConfig of ``otcfm trajectory fit``: --config file, then flags; validated
+    """Build the validated TrajectoryConfig of ``otcfm trajectory fit``.
+
+    The TrajectoryConfig of ``otcfm trajectory fit``: --config file, then flags; validated
     (errors name the key and its flag).
     """
     from otcfm.trajectory.config import TrajectoryConfig
@@ -615,7 +623,9 @@ def trajectory_config_from_args(args: argparse.Namespace) -> TrajectoryConfig:
 
 
 def _file_config(cls: Any, path: Path) -> Any:
-    """The config of a --config file, its keys and types checked but not yet validated (the
+    """Read the config of a --config file, its keys and types checked but not yet validated.
+
+    The config of a --config file, its keys and types checked but not yet validated (the
     flags may still change it; the method's default sigma is not written in yet).
     """
     from otcfm.train.config import ConfigError, build_config, read_toml
@@ -815,7 +825,9 @@ def user_error(err: BaseException) -> tuple[int, str] | None:
 
 
 def _is(err: BaseException, module: str, name: str) -> bool:
-    """``isinstance(err, module.name)``, without importing the module (if it is not loaded,
+    """Whether ``err`` is an instance of ``module.name``, without importing the module.
+
+    ``isinstance(err, module.name)``, without importing the module (if it is not loaded,
     none of its errors was raised).
     """
     loaded = sys.modules.get(module)
@@ -823,7 +835,9 @@ def _is(err: BaseException, module: str, name: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``otcfm ARGV``: the exit code (0; 2 for a user error, told in one line on stderr; 1
+    """Run ``otcfm ARGV`` and return its exit code.
+
+    ``otcfm ARGV``: the exit code (0; 2 for a user error, told in one line on stderr; 1
     when a process of a multi-process run failed). With ``--debug`` errors propagate with
     their traceback; an unexpected error (a bug) always does.
     """
@@ -862,7 +876,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line_warning(command: str) -> Callable[..., str]:
-    """Warnings as the command's errors are told: ``otcfm CMD: warning: MESSAGE`` on one line
+    """Format warnings the way the command's errors are told, on one line.
+
+    Warnings as the command's errors are told: ``otcfm CMD: warning: MESSAGE`` on one line
     (Python's default adds the file, line and source of the code that warned).
     """
 

@@ -74,7 +74,9 @@ def draw_probes(
     generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
 ) -> Tensor:
-    """``n_probes`` Hutchinson probes of ``shape`` (B, *event), drawn from ``generator`` (on
+    """Draw ``n_probes`` Hutchinson probes of ``shape``.
+
+    ``n_probes`` Hutchinson probes of ``shape`` (B, *event), drawn from ``generator`` (on
     the CPU, then moved): Rademacher (+-1 with equal odds) or standard Gaussian; both have
     E[eps eps^T] = I. Returns (n_probes, *shape).
     """
@@ -91,7 +93,9 @@ def draw_probes(
 def divergence(
     v: Tensor, x: Tensor, *, probes: Tensor | None = None, create_graph: bool = False
 ) -> Tensor:
-    """Div v = tr(dv/dx) per sample, (B,), for ``v = f(x)`` computed from ``x`` (B, *event)
+    """Exact divergence tr(dv/dx) per sample, (B,), by automatic differentiation.
+
+    Div v = tr(dv/dx) per sample, (B,), for ``v = f(x)`` computed from ``x`` (B, *event)
     with ``x.requires_grad``.
 
     Without ``probes``: exact, one vector-Jacobian product per coordinate of the flattened
@@ -222,7 +226,9 @@ def log_likelihood(
 
 
 def logit_log_det(x: Tensor, *, alpha: float = 0.05) -> Tensor:
-    """Log |det dy/dx| per sample of the logit transform of data x in [-1, 1]:
+    """Log-determinant per sample of the logit transform of data x in [-1, 1].
+
+    Log |det dy/dx| per sample of the logit transform of data x in [-1, 1]:
     u = (x + 1) / 2 in [0, 1], y = logit(alpha + (1 - 2 alpha) u) (Dinh et al. 2017's
     transform). A flow trained on y gives log p(x) = log p(y) + this.
     """
@@ -241,7 +247,9 @@ def bits_per_dim(
     levels: int = 256,
     log_det: Tensor | None = None,
 ) -> Tensor:
-    """Bits per dimension, (B,), of discrete data from the density ``logp`` of its continuous
+    """Bits per dimension, (B,), of discrete data from the density of its continuous version.
+
+    Bits per dimension, (B,), of discrete data from the density ``logp`` of its continuous
     version (uniform dequantization).
 
     Data with ``levels`` values evenly spaced over ``data_range`` (8-bit pixels p scaled to

@@ -117,7 +117,9 @@ class FlowMatcher:
         self.cond_key = cond_key
 
     def _drop_conditions(self, s: PathSample, generator: torch.Generator | None) -> PathSample:
-        """``s`` with each label ``cond[cond_key]`` replaced by ``null_class`` with probability
+        """Replace labels by the null class with probability ``cond_dropout``.
+
+        ``s`` with each label ``cond[cond_key]`` replaced by ``null_class`` with probability
         ``cond_dropout`` (one uniform per sample from ``generator``); ``s`` itself when
         cond_dropout is 0 (no draw).
         """
@@ -174,7 +176,9 @@ class FlowMatcher:
         return self._drop_conditions(replace(s, cond=pair.cond1), generator)
 
     def _sample_pairing(self, pair: Pairing, generator: torch.Generator | None) -> PathSample:
-        """``sample(pair, generator=generator)`` for a pairing the library made of checked
+        """:meth:`sample` for a pairing the library made of checked data, without the checks.
+
+        ``sample(pair, generator=generator)`` for a pairing the library made of checked
         data (the training pipeline's coupled batches: finite floating x0, x1 of one shape,
         dtype and device): the same draws and values, without validating them again.
         """
@@ -332,7 +336,9 @@ class SF2M(FlowMatcher):
         generator: torch.Generator | None = None,
         **cond: Any,
     ) -> SF2MLoss:
-        """Both loss terms (same draws as :meth:`loss` with the same seed); ``x0, x1`` as for
+        """Both loss terms, flow and score.
+
+        Both loss terms (same draws as :meth:`loss` with the same seed); ``x0, x1`` as for
         :meth:`sample` (tensors, or one coupled :class:`Pairing`).
         """
         return self._losses(model, self.sample(x0, x1, generator=generator, **cond))
@@ -361,7 +367,9 @@ class SF2M(FlowMatcher):
         return SF2MLoss(total=flow + score_loss, flow=flow, score=score_loss)
 
     def score_residual(self, score: Tensor, s: PathSample) -> Tensor:
-        """lambda(t) (s(xt, t) - grad log p_t(xt | z)) = (2 / sigma^2) (sigma_t s + eps), per
+        """Per-element weighted score residual (float32) of the score-matching term.
+
+        lambda(t) (s(xt, t) - grad log p_t(xt | z)) = (2 / sigma^2) (sigma_t s + eps), per
         element (float32): the score term is its mean square (see the class docstring).
         """
         sig = pad_t(self.path.sigma_t(s.t.to(torch.float32)), score)
@@ -476,7 +484,9 @@ def _entropic_options(coupling: Coupling | str | None) -> dict[str, Any] | None:
 
 
 def _coupling_of(factory: Callable[..., Coupling], kwargs: dict[str, Any], spec: str) -> Coupling:
-    """``factory(**kwargs)`` (in a :class:`~otcfm.couplings.ByClass` for ``within=``); a
+    """Call ``factory(**kwargs)`` with errors that name the spec and its syntax.
+
+    ``factory(**kwargs)`` (in a :class:`~otcfm.couplings.ByClass` for ``within=``); a
     missing or unknown keyword names the spec and the syntax.
     """
     try:
@@ -490,7 +500,9 @@ def _coupling_of(factory: Callable[..., Coupling], kwargs: dict[str, Any], spec:
 
 def _bridge_coupling(name: str, sigma: float, coupling: Coupling | str | None,
                      default: Callable[[], Coupling]) -> Coupling:
-    """The coupling of a Brownian-bridge preset: the entropic coupling, by name or spec without
+    """The coupling of a Brownian-bridge preset.
+
+    The coupling of a Brownian-bridge preset: the entropic coupling, by name or spec without
     ``reg``, gets the Schrodinger bridge's reg = 2 sigma^2 (the one place this is written);
     ``coupling=None`` means ``default``.
     """

@@ -1,4 +1,6 @@
-"""Distribution metrics of the paper (docs/reference.md §3): exact W1/W2, MMD, path energy, NPE,
+"""Distribution metrics of the paper.
+
+Distribution metrics of the paper (docs/reference.md §3): exact W1/W2, MMD, path energy, NPE,
 the Fréchet distance between feature sets and FID (Inception features of images).
 
 Inputs are torch tensors (any device or dtype, bf16 included) or numpy arrays of shape
@@ -261,7 +263,9 @@ def _check_stats(name: str, mu: Any, cov: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _psd_eigh(name: str, c: np.ndarray, *, vectors: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Eigenvalues (ascending; round-off negatives clipped to 0) and, if asked, eigenvectors of
+    """Eigen-decomposition of a symmetric matrix that must be PSD.
+
+    Eigenvalues (ascending; round-off negatives clipped to 0) and, if asked, eigenvectors of
     a symmetric matrix that must be PSD.
     """
     w, v = np.linalg.eigh(c) if vectors else (np.linalg.eigvalsh(c), None)
@@ -320,7 +324,9 @@ def frechet_distance_from_stats(mu_a: Any, cov_a: Any, mu_b: Any, cov_b: Any) ->
 
 
 def feature_stats(feats: Any) -> FeatureStats:
-    """Mean and unbiased covariance (ddof = 1, as ``numpy.cov`` and FID's reference statistics)
+    """Mean and unbiased covariance of features, in float64.
+
+    Mean and unbiased covariance (ddof = 1, as ``numpy.cov`` and FID's reference statistics)
     of features (n, *event), n >= 2, in float64.
     """
     x = _as_samples("feats", feats)
@@ -355,7 +361,9 @@ _STATS_FORMAT = (
 
 
 def load_fid_stats(path: str | os.PathLike[str]) -> FeatureStats:
-    """Reference statistics from a .npz holding ``mu`` (D,) and ``sigma`` (D, D) (clean-fid's
+    """Read reference statistics ``mu`` and ``sigma`` from a .npz file.
+
+    Reference statistics from a .npz holding ``mu`` (D,) and ``sigma`` (D, D) (clean-fid's
     format; pytorch-fid's ``--save-stats`` writes the same keys). Read without pickles.
     """
     p = Path(path)
@@ -387,7 +395,9 @@ def load_fid_stats(path: str | os.PathLike[str]) -> FeatureStats:
 
 def save_fid_stats(path: str | os.PathLike[str], stats: FeatureStats, *,
                    overwrite: bool = False) -> Path:
-    """Write ``stats`` as ``load_fid_stats`` reads them (clean-fid's format: a compressed .npz
+    """Write reference statistics as ``load_fid_stats`` reads them, atomically.
+
+    Write ``stats`` as ``load_fid_stats`` reads them (clean-fid's format: a compressed .npz
     with float64 ``mu`` and ``sigma``), whole or not at all (a temporary file, then a rename).
     An existing file is replaced only with ``overwrite=True`` (FileExistsError otherwise).
     """
@@ -412,7 +422,9 @@ def _first_line(e: BaseException) -> str:
 
 def load_inception(path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
                    ) -> torch.nn.Module:
-    """The TorchScript feature network at ``path`` (``torch.jit.load``), on ``device``, in eval
+    """Load a TorchScript feature network.
+
+    The TorchScript feature network at ``path`` (``torch.jit.load``), on ``device``, in eval
     mode. For FID: ``inception-2015-12-05.pt``, the TorchScript Inception-v3 of the standard FID
     code (StyleGAN2-ADA's metrics, clean-fid's legacy_tensorflow mode); otcfm never downloads
     it. Pickled networks (.pkl) are refused: unpickling runs code.
@@ -527,7 +539,9 @@ def inception_features(
 
 
 class _MomentSums:
-    """Streaming mean and unbiased covariance in float64: sums of x - shift and of their
+    """Streaming mean and unbiased covariance in float64.
+
+    Streaming mean and unbiased covariance in float64: sums of x - shift and of their
     outer products, the shift being the first batch's mean (limits cancellation).
     """
 

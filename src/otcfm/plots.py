@@ -119,14 +119,18 @@ def plot_trajectory_grid(
 
 
 def run_title(method: str, source: str, target: str) -> str:
-    """The title of a run's figures: ``"otcfm: moons -> 8gaussians"`` (display names of the
+    """The title of a run's figures.
+
+    The title of a run's figures: ``"otcfm: moons -> 8gaussians"`` (display names of the
     data, :func:`otcfm.data.toy.display_name`).
     """
     return f"{method}: {display_name(source)} -> {display_name(target)}"
 
 
 def plot_history(history: Sequence[dict[str, float]], path: str | Path, title: str = "") -> Path:
-    """Training loss (every row), validation loss and validation W2 (the rows that hold them)
+    """Plot a run's training and validation curves against the optimizer step.
+
+    Training loss (every row), validation loss and validation W2 (the rows that hold them)
     against the optimizer step; the rows of a run's log.csv. Points are marked, so a run of
     a single logged row still shows it.
     """
@@ -159,7 +163,9 @@ def plot_history(history: Sequence[dict[str, float]], path: str | Path, title: s
 
 
 def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> Tensor:
-    """Tile images (N, C, H, W) in [-1, 1] into one (C, H', W') image in [0, 1]: ``nrow``
+    """Tile images (N, C, H, W) in [-1, 1] into one (C, H', W') image in [0, 1].
+
+    Tile images (N, C, H, W) in [-1, 1] into one (C, H', W') image in [0, 1]: ``nrow``
     images per row (default: about sqrt(N)), ``pad`` pixels of white between and around
     them, row-major order; values outside [-1, 1] are clipped.
     """
@@ -182,7 +188,9 @@ def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> Tensor:
 def save_image_grid(
     images: Tensor, path: str | Path, nrow: int | None = None, *, min_size: int = 256
 ) -> Path:
-    """Write images (N, C, H, W) in [-1, 1] as one PNG grid (:func:`image_grid`), each pixel
+    """Write images (N, C, H, W) in [-1, 1] as one PNG grid.
+
+    Write images (N, C, H, W) in [-1, 1] as one PNG grid (:func:`image_grid`), each pixel
     repeated (nearest neighbour) an integer number of times so the grid is at least
     ``min_size`` pixels wide: 8x8 digits stay legible. The file is written whole (a
     temporary file renamed into place).
@@ -209,7 +217,9 @@ def save_image_grid(
 
 
 def plot_image_grids(grids: dict[str, Tensor], path: str | Path, title: str = "") -> Path:
-    """Panels side by side, one per entry of ``grids`` (label -> images (N, C, H, W) in
+    """Draw image grids side by side, one panel per entry of ``grids``.
+
+    Panels side by side, one per entry of ``grids`` (label -> images (N, C, H, W) in
     [-1, 1], tiled by :func:`image_grid`): e.g. the same noise pushed with 2, 8 and 100 Euler
     steps. Grey images are drawn in grey, RGB in colour.
     """

@@ -116,7 +116,9 @@ class _Field:
         self.t_lo, self.t_hi = -math.inf, math.inf
 
     def clamp_times(self, times: Sequence[float]) -> None:
-        """Never evaluate the model outside [min(times), max(times)] (the adaptive solvers'
+        """Clamp the model's time to [min(times), max(times)].
+
+        Never evaluate the model outside [min(times), max(times)] (the adaptive solvers'
         initial-step probe may ask for a time past the end).
         """
         self.t_lo, self.t_hi = min(times), max(times)
@@ -480,7 +482,9 @@ class Guided(torch.nn.Module):
 
 
 def _doubled(value: Any, n: int) -> Any:
-    """A per-sample condition (batch ``n``) repeated for both halves of the guided batch;
+    """Repeat a per-sample condition for both halves of the guided batch.
+
+    A per-sample condition (batch ``n``) repeated for both halves of the guided batch;
     anything else (a setting, not per sample) as it is.
     """
     if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
@@ -495,7 +499,9 @@ def _doubled(value: Any, n: int) -> Any:
 # --------------------------------------------------------------------------- SDEs
 @dataclass(frozen=True)
 class Diffusion:
-    """A diffusion schedule g(t) = sigma * sqrt(rate(t)) of the SDE family
+    """A diffusion schedule g(t) of the SDE family that shares the flow's marginals.
+
+    A diffusion schedule g(t) = sigma * sqrt(rate(t)) of the SDE family
     dx = [v + (g(t)^2 / 2) s] dt + g(t) dW, all of whose members have the marginals p_t of the
     flow v when s = grad log p_t.
 

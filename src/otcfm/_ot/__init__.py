@@ -1,4 +1,6 @@
-"""Assignment solvers shared by the couplings and the metrics (a helper layer: it imports no
+"""Assignment solvers shared by the couplings and the metrics.
+
+Assignment solvers shared by the couplings and the metrics (a helper layer: it imports no
 other otcfm module).
 
 - :mod:`otcfm._ot.assignment`: the registry of exact square-assignment solvers.

@@ -1,4 +1,6 @@
-"""Exact solvers of the square assignment problem min_j sum_i C[i, j(i)] (equal uniform
+"""Exact solvers of the square assignment problem.
+
+Exact solvers of the square assignment problem min_j sum_i C[i, j(i)] (equal uniform
 batches of exact OT: an optimal vertex of the Birkhoff polytope is a permutation).
 
 Registered solvers (all exact, no iteration cap):

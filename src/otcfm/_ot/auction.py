@@ -55,7 +55,9 @@ def gap_bound(u: float, lb: float, ind: float) -> float:
 
 
 def relative_gap_bound(u: float, lb: float, offset: float) -> float:
-    """(U - LB) / (offset + LB): an upper bound on (U - OPT) / (offset + OPT) given
+    """Upper bound on the relative gap of an assignment's cost to the optimum.
+
+    (U - LB) / (offset + LB): an upper bound on (U - OPT) / (offset + OPT) given
     0 <= LB <= OPT <= U; with ``offset`` the sum of the subtracted row minima, the relative
     gap of the unreduced problem's assignment cost.
     """
@@ -212,7 +214,9 @@ def _coarse_prices(
 
 
 def _tightened_bound(cost, prices, assigned, owner, cmax, top) -> float:
-    """The lower bound of the prices corrected by :func:`auction_kernels.tighten` (-inf if
+    """The lower bound of the prices after the shortest-path correction.
+
+    The lower bound of the prices corrected by :func:`auction_kernels.tighten` (-inf if
     the correction did not converge: the assignment may not be optimal).
     """
     from otcfm._ot import auction_kernels as kernels
@@ -228,7 +232,9 @@ def _tightened_bound(cost, prices, assigned, owner, cmax, top) -> float:
 
 
 def _slack(n: int, cmax: float, prices: np.ndarray) -> float:
-    """Bound on the rounding (in the prices' float type) in a dual value over n rows and n
+    """Bound on the rounding error in a dual value over n rows and n columns.
+
+    Bound on the rounding (in the prices' float type) in a dual value over n rows and n
     columns.
     """
     return 8.0 * n * float(np.finfo(prices.dtype).eps) * (cmax + float(np.abs(prices).max()))

@@ -1,4 +1,6 @@
-"""Shared pieces of the minibatch couplings: the result type, the base class, the squared
+"""Shared pieces of the minibatch couplings.
+
+Shared pieces of the minibatch couplings: the result type, the base class, the squared
 Euclidean cost and the samplers that draw index pairs from a transport plan.
 """
 
@@ -59,14 +61,18 @@ def check_call(x0: Tensor, x1: Tensor, generator: Any, cond0: Any, cond1: Any) -
 
 
 class CouplingMemoryError(MemoryError, ValueError):
-    """A coupling's cost matrix and solver workspace would not fit in the memory available
+    """A coupling's cost matrix and solver workspace would not fit in the memory available.
+
+    A coupling's cost matrix and solver workspace would not fit in the memory available
     (raised before allocating; the message gives the sizes and what to do).
     """
 
 
 @dataclass(frozen=True)
 class MemoryNeed:
-    """Estimated peak bytes of one coupling call: on the data's device (the cost matrix and
+    """Estimated peak bytes of one coupling call, on the data's device and on the host.
+
+    Estimated peak bytes of one coupling call: on the data's device (the cost matrix and
     what is solved there) and on the host (CPU copies and CPU solvers). On a CPU the two add
     up.
     """
@@ -158,7 +164,9 @@ class Coupling(ABC):
     def memory_need(
         self, n0: int, n1: int, *, dim: int = 0, device: torch.device | str = "cpu"
     ) -> MemoryNeed:
-        """Estimated peak memory of coupling n0 x n1 points of ``dim`` features (0: unknown,
+        """Estimated peak memory of coupling n0 x n1 points of ``dim`` features on ``device``.
+
+        Estimated peak memory of coupling n0 x n1 points of ``dim`` features (0: unknown,
         assume the costliest solver) on ``device``: nothing beyond the inputs by default.
         """
         return MemoryNeed()
@@ -233,7 +241,9 @@ def check_memory(
     device: torch.device | str = "cpu",
     copies: int = 1,
 ) -> None:
-    """Raise :class:`CouplingMemoryError` if ``copies`` calls of ``coupling`` on n0 x n1 points
+    """Raise :class:`CouplingMemoryError` if the coupling calls would not fit in memory now.
+
+    Raise :class:`CouplingMemoryError` if ``copies`` calls of ``coupling`` on n0 x n1 points
     at once (:meth:`Coupling.memory_need`) would not fit in the memory available now.
 
     Needs under :data:`CHECK_MEMORY_FROM` bytes are not checked (no system call).
@@ -260,7 +270,9 @@ def check_memory(
 
 
 def cost_bytes(dtype: torch.dtype, device: torch.device | str) -> int:
-    """Bytes per entry of a cost matrix made by :func:`sq_cost` (float64 work for float32
+    """Bytes per entry of a cost matrix made by :func:`sq_cost`.
+
+    Bytes per entry of a cost matrix made by :func:`sq_cost` (float64 work for float32
     costs on CUDA, where TF32 matmuls may be on).
     """
     size = torch.empty((), dtype=dtype).element_size()

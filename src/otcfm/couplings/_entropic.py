@@ -56,8 +56,9 @@ class _SinkhornCoupling(Coupling):
         self, n0: int, n1: int, *, dim: int = 0, device: torch.device | str = "cpu"
     ) -> MemoryNeed:
         """Everything on the data's device: cost, Sinkhorn's float64 matrices and the plan.
-        The Newton polish's conjugate-gradient steps need only vectors; its formed-Hessian
-        fallback runs only when its own memory is free then (``DENSE_NEWTON_BYTES``).
+
+        The Newton polish's conjugate-gradient steps need only vectors; its formed-Hessian fallback
+        runs only when its own memory is free then (``DENSE_NEWTON_BYTES``).
         """
         need = (cost_bytes(self.cost_dtype, device) + self._work_bytes) * n0 * n1
         return MemoryNeed(device=need)
@@ -154,7 +155,9 @@ class _SinkhornCoupling(Coupling):
 
 
 class EntropicOT(_SinkhornCoupling):
-    """Entropic OT coupling: q(z) = pi_reg of SB-CFM with reg = 2 sigma^2 (Tong et al. 2024,
+    """Entropic OT coupling: the coupling of SB-CFM.
+
+    Entropic OT coupling: q(z) = pi_reg of SB-CFM with reg = 2 sigma^2 (Tong et al. 2024,
     Prop. 3.5); reg -> 0 gives exact OT, reg -> inf the independent coupling.
 
     The plan solves min_P <C, P> - reg H(P) with uniform marginals, C the squared Euclidean

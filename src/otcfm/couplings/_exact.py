@@ -107,7 +107,9 @@ def _cost_np(x0: Tensor, x1: Tensor, dtype: torch.dtype) -> np.ndarray:
 
 # --------------------------------------------------------------------------- exact OT
 class ExactOT(Coupling):
-    """Minibatch exact OT for squared Euclidean cost: q(z) = pi of OT-CFM (Tong et al. 2024,
+    """Minibatch exact OT for squared Euclidean cost: the coupling of OT-CFM.
+
+    Minibatch exact OT for squared Euclidean cost: q(z) = pi of OT-CFM (Tong et al. 2024,
     Prop. 3.4).
 
     - Equal batch sizes, ``sampling=None``: a one-to-one pairing, ``i = arange(B)`` and ``j`` a

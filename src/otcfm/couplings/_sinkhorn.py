@@ -135,7 +135,9 @@ class _State:
         self.v = torch.ones_like(self.g)
 
     def rekernel(self, eps: float) -> bool:
-        """Kernel of the current potentials at a new eps, columns made exact; False (and
+        """Rebuild the kernel of the current potentials at a new eps.
+
+        Kernel of the current potentials at a new eps, columns made exact; False (and
         nothing changed) if a row or column of it underflowed or overflowed.
         """
         K = self.log_plan(eps).exp()
@@ -308,7 +310,9 @@ def _newton(s: _State, eps: float, stop: float, max_steps: int, cg: bool = True
 
 def _newton_steps(plan: Tensor, b: Tensor, eps: float, grad: Tensor, cg: bool = True
                   ) -> Iterator[Tensor]:
-    """Candidate ascent steps for the Hessian H = (diag(P 1) - P diag(1/b) P^T) / eps of -F
+    """Candidate Newton ascent steps for the Hessian of the entropic dual.
+
+    Candidate ascent steps for the Hessian H = (diag(P 1) - P diag(1/b) P^T) / eps of -F
     (PSD, null vector 1): first H^+ grad by conjugate gradients, then, formed, H^+ grad and
     (H + damping top I)^+ grad for each damping.
 
@@ -345,7 +349,9 @@ def _newton_steps(plan: Tensor, b: Tensor, eps: float, grad: Tensor, cg: bool = 
 
 
 def _cg_step(plan: Tensor, b: Tensor, eps: float, grad: Tensor) -> Tensor:
-    """H^+ grad for H = (diag(P 1) - P diag(1/b) P^T) / eps by Jacobi-preconditioned
+    """Solve H^+ grad by matrix-free Jacobi-preconditioned conjugate gradients.
+
+    H^+ grad for H = (diag(P 1) - P diag(1/b) P^T) / eps by Jacobi-preconditioned
     conjugate gradients, matrix-free, to a relative residual of ``_CG_RTOL`` (at most
     ``_CG_MAX_ITER`` iterations). An inexact step only costs the Newton iteration its
     quadratic rate: the caller's Armijo test on the exact objective accepts or refuses it.

@@ -44,7 +44,9 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.(jpg|jpeg|png)", re.IGNORECASE
 
 @dataclass(frozen=True, eq=False)
 class CelebAAttributes:
-    """The tables of a CelebA folder: ``files`` (N image names), ``names`` (the A attribute
+    """The tables of a CelebA folder.
+
+    The tables of a CelebA folder: ``files`` (N image names), ``names`` (the A attribute
     names), ``values`` (N, A) int8 in {-1, 1}, ``split`` (N,) int64 (0 train, 1 valid,
     2 test), and ``folder`` (the folder holding ``img_align_celeba/``).
     """
@@ -95,7 +97,9 @@ def _file_name(path: Path, line: int, name: str) -> str:
 
 
 def celeba_attributes(root: str | os.PathLike) -> CelebAAttributes:
-    """Read ``list_attr_celeba.txt`` and ``list_eval_partition.txt`` (see the module's
+    """Read the attribute and partition tables of a CelebA folder.
+
+    Read ``list_attr_celeba.txt`` and ``list_eval_partition.txt`` (see the module's
     docstring); ValueError naming the file and line of anything malformed.
     """
     folder = _celeba_folder(root)

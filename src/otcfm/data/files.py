@@ -378,7 +378,9 @@ def _format_text(arr: np.ndarray, names: list[str] | None, ext: str) -> str:
 # --------------------------------------------------------------------------- specs
 @dataclass(frozen=True)
 class DataSpec:
-    """A data spec as the user wrote it (``text``), parsed by :func:`parse_spec`: either a
+    """A data spec as the user wrote it, parsed by :func:`parse_spec`.
+
+    A data spec as the user wrote it (``text``), parsed by :func:`parse_spec`: either a
     built-in name (``builtin``) or a file (``path``, relative to the working directory unless
     written absolute; ``key``: the array of an ``.npz`` archive given as ``FILE.npz:KEY``).
     """

@@ -426,7 +426,9 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
 
 
 class _CifarUnpickler(pickle.Unpickler):
-    """Admits only the globals a CIFAR-10 batch needs to rebuild its numpy uint8 arrays:
+    """Unpickler that admits only the globals a CIFAR-10 batch needs.
+
+    Admits only the globals a CIFAR-10 batch needs to rebuild its numpy uint8 arrays:
     ``numpy.core.multiarray._reconstruct`` (or ``numpy._core``), ``numpy.ndarray``,
     ``numpy.dtype``, and ``_codecs.encode`` for latin-1 text only (how Python 3 writes bytes
     at protocol 2). Every other global is refused before it is looked up, let alone called.
@@ -610,7 +612,9 @@ NAMED_SETS = ("digits", *IDX_KINDS, "cifar10")
 
 
 def is_image_spec(spec: str | os.PathLike) -> bool:
-    """Whether ``spec`` names an image set of :func:`load_images` (nothing is read): a named
+    """Whether ``spec`` names an image set of :func:`load_images` (nothing is read).
+
+    Whether ``spec`` names an image set of :func:`load_images` (nothing is read): a named
     set (``digits``, ``fashion-mnist[:DIR]``, ``mnist:DIR``, ``cifar10:DIR``) or an existing
     folder. Point-cloud specs (built-in distributions and files) are not.
     """
@@ -619,7 +623,9 @@ def is_image_spec(spec: str | os.PathLike) -> bool:
 
 
 def with_folder(spec: str, folder: str | os.PathLike) -> str:
-    """The spec of a named image set read from ``folder``: ``cifar10`` -> ``cifar10:DIR``
+    """The spec of a named image set read from ``folder``.
+
+    The spec of a named image set read from ``folder``: ``cifar10`` -> ``cifar10:DIR``
     (``--data-root DIR`` of ``otcfm train``). ValueError for digits (no folder), for a spec
     that already names its folder, and for a folder spec.
     """

@@ -39,7 +39,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = CHUNK) -> str:
 
 @dataclass(frozen=True)
 class FileRecord:
-    """One data file as it was read: absolute ``path``, ``size`` in bytes, ``sha256`` (hex)
+    """One data file as it was read: path, size, SHA-256 and ``.npz`` key.
+
+    One data file as it was read: absolute ``path``, ``size`` in bytes, ``sha256`` (hex)
     and the ``.npz`` array ``key`` it was read with (None: the file as a whole).
     """
 
@@ -50,7 +52,9 @@ class FileRecord:
 
     @classmethod
     def of(cls, path: str | os.PathLike, key: str | None = None) -> FileRecord:
-        """Record the file at ``path`` now (made absolute against the working directory,
+        """Record the file at ``path`` now.
+
+        Record the file at ``path`` now (made absolute against the working directory,
         symbolic links kept as written).
         """
         p = os.path.abspath(os.path.expanduser(os.fspath(path)))
@@ -142,7 +146,9 @@ class FileRecord:
 
 @dataclass(frozen=True)
 class DataRecord:
-    """The inputs of a run: ``inputs`` maps a config key (``data.source``, ``data.path``, ...)
+    """The inputs of a run: the files and built-in distributions it read.
+
+    The inputs of a run: ``inputs`` maps a config key (``data.source``, ``data.path``, ...)
     to a :class:`FileRecord` or a built-in distribution's name; ``event_shape``: the shape of
     one point the model takes (None: not recorded).
     """

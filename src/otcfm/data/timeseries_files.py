@@ -352,7 +352,9 @@ def save_populations(
     times: Sequence[float],
     feature_names: Sequence[str] | None = None,
 ) -> Path:
-    """Write populations [(n_k, d), ...] at ``times`` (one or more) in the layout of
+    """Write populations at ``times`` in the layout of :func:`save_timeseries`.
+
+    Write populations [(n_k, d), ...] at ``times`` (one or more) in the layout of
     :func:`save_timeseries`: .npz (``pcs``, ``sample_labels``) or .csv/.tsv (``time`` column
     first, then the features).
     """

@@ -310,7 +310,9 @@ def spirals(n: int, generator: torch.Generator | None = None) -> Tensor:
 
 @DISTRIBUTIONS.register("pinwheel")
 def pinwheel(n: int, generator: torch.Generator | None = None) -> Tensor:
-    """Five curved arms: point (r, s), r ~ N(1, 0.3^2), s ~ N(0, 0.1^2), rotated by
+    """Five curved arms (the pinwheel).
+
+    Five curved arms: point (r, s), r ~ N(1, 0.3^2), s ~ N(0, 0.1^2), rotated by
     2 pi k / 5 + 0.25 exp(r) for a uniform arm k, times 2.
     """
     n = _check_n(n)
@@ -353,7 +355,9 @@ def _circle_centres(k: int, radius: float) -> Tensor:
 
 
 def _midpoints(lo: float, hi: float, length: float, std: float) -> Tensor:
-    """Midpoint nodes on [lo, hi] for a curve of arc length ``length`` traversed at constant
+    """Midpoint nodes on [lo, hi] along a curve traversed at constant speed.
+
+    Midpoint nodes on [lo, hi] for a curve of arc length ``length`` traversed at constant
     speed, spaced at most std / NODES_PER_STD along it.
     """
     k = max(1, math.ceil(NODES_PER_STD * length / std))
@@ -361,7 +365,9 @@ def _midpoints(lo: float, hi: float, length: float, std: float) -> Tensor:
 
 
 def _moons_curve(scale: float, shift: Tensor, std: float) -> Tensor:
-    """Both moons' curves as drawn by :func:`two_moons`, times ``scale`` plus ``shift``, as
+    """Mixture nodes along both moons' curves as drawn by :func:`two_moons`.
+
+    Both moons' curves as drawn by :func:`two_moons`, times ``scale`` plus ``shift``, as
     (2 k, 2) nodes: each moon carries half the mass, so one equal-weight mixture covers both.
     """
     a = _midpoints(0.0, math.pi, math.pi * scale, std)
@@ -431,7 +437,9 @@ def log_prob(name: str, x: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Density:
-    """A registered distribution as a density object: ``Density("moons").log_prob(x)``
+    """A registered distribution as a density object with ``log_prob``.
+
+    A registered distribution as a density object: ``Density("moons").log_prob(x)``
     (the ``source`` of :func:`otcfm.likelihood.log_likelihood`; same dtype and device as x).
     """
 

@@ -53,7 +53,9 @@ def _source(module: str) -> Path | None:
 
 
 def _imports(module: str, path: Path) -> set[str]:
-    """The otcfm modules ``path`` imports anywhere (top level or inside functions), with the
+    """The otcfm modules ``path`` imports anywhere, with the packages on the way.
+
+    The otcfm modules ``path`` imports anywhere (top level or inside functions), with the
     packages on the way (their ``__init__`` runs too).
     """
     found: set[str] = set()
@@ -78,7 +80,9 @@ def _imports(module: str, path: Path) -> set[str]:
 
 @functools.cache
 def code_fingerprint(module: str) -> dict[str, Any]:
-    """The package version and a SHA-256 over the source of ``module`` and of every otcfm
+    """Fingerprint of the code a cell run by ``module`` depends on.
+
+    The package version and a SHA-256 over the source of ``module`` and of every otcfm
     module it imports, transitively (:func:`_imports`): the code a cell run by ``module``
     depends on. A recipe puts it in its cache key, so that a changed line of any of these
     files makes the cached cells stale; report and command-line modules stay outside.
@@ -207,7 +211,9 @@ def _msg(err: BaseException | None) -> str:
 
 
 class CellProgress:
-    """``on_done`` for :func:`run_cells`: one line per finished cell with done/total counts
+    """Progress callback for :func:`run_cells`: one line per finished cell.
+
+    ``on_done`` for :func:`run_cells`: one line per finished cell with done/total counts
     and minutes so far (a tqdm bar below the lines when stderr is a terminal).
     """
 
@@ -241,7 +247,9 @@ class CellProgress:
 
 
 def int_list(text: str, flag: str, *, low: int = 1) -> tuple[int, ...]:
-    """The comma-separated integers of a flag (``--seeds 0,1,2``), each >= ``low``, in order
+    """Parse the comma-separated integers of a flag (``--seeds 0,1,2``).
+
+    The comma-separated integers of a flag (``--seeds 0,1,2``), each >= ``low``, in order
     with repeats dropped; ValueError naming ``flag`` otherwise.
     """
     try:

@@ -51,7 +51,9 @@ DATASETS = {"digits": "digits", "fashion-mnist": "fashion-mnist"}
 
 
 class FeatureNet(nn.Module):
-    """conv 3x3 (32) -> conv 3x3 stride 2 (64) -> conv 3x3 stride 2 (64), ReLU after each ->
+    """Small convolutional classifier whose penultimate layer gives the features.
+
+    conv 3x3 (32) -> conv 3x3 stride 2 (64) -> conv 3x3 stride 2 (64), ReLU after each ->
     global average pool -> Linear(64, 64) + ReLU (the features) -> Linear(64, classes).
 
     Works for any image size of at least 4x4 (8x8 digits, 28x28 Fashion-MNIST). Parameters are
@@ -114,7 +116,9 @@ def features(net: FeatureNet, images: Tensor, batch_size: int = 1024) -> Tensor:
 
 
 def feature_distance(net: FeatureNet, samples: Tensor, reference: Tensor) -> float:
-    """The Fréchet distance (squared, as FID reports it) between the feature distributions
+    """Fréchet distance between the features of ``samples`` and ``reference`` under ``net``.
+
+    The Fréchet distance (squared, as FID reports it) between the feature distributions
     of ``samples`` and ``reference`` under ``net``: "FD (digits features)", never FID.
     """
     return frechet_distance(features(net, samples), features(net, reference))
@@ -122,7 +126,9 @@ def feature_distance(net: FeatureNet, samples: Tensor, reference: Tensor) -> flo
 
 def train_feature_net(data: ImageSet, *, steps: int = 2000, batch_size: int = 128,
                       lr: float = 2e-3, seed: int = 0) -> tuple[FeatureNet, dict[str, Any]]:
-    """Train a :class:`FeatureNet` on 90% of ``data`` (Adam, cross-entropy, batches drawn from
+    """Train a :class:`FeatureNet` on 90% of ``data``; return it and its record.
+
+    Train a :class:`FeatureNet` on 90% of ``data`` (Adam, cross-entropy, batches drawn from
     one generator seeded with ``seed``); returns it and its record (held-out accuracy).
     """
     if data.labels is None:
@@ -151,7 +157,9 @@ def train_feature_net(data: ImageSet, *, steps: int = 2000, batch_size: int = 12
 
 
 def _digest(state: dict[str, Tensor]) -> str:
-    """SHA-256 of the weights themselves (names, shapes, float32 bytes in key order), so the
+    """SHA-256 of the weights themselves, independent of the file layout.
+
+    SHA-256 of the weights themselves (names, shapes, float32 bytes in key order), so the
     check does not depend on how a torch version lays out its files.
     """
     h = hashlib.sha256()
@@ -163,7 +171,9 @@ def _digest(state: dict[str, Tensor]) -> str:
 
 
 def load_feature_net(dataset: str, store: Path = STORE) -> tuple[FeatureNet, dict[str, Any]]:
-    """The committed network of ``dataset`` and its record; the weights must match the
+    """Load the committed network of ``dataset`` and its record, checked by SHA-256.
+
+    The committed network of ``dataset`` and its record; the weights must match the
     record's SHA-256 (a changed file is refused).
     """
     if dataset not in DATASETS:
@@ -188,7 +198,9 @@ FEATURE_NAMES = {"digits": "digits features", "fashion-mnist": "Fashion-MNIST fe
 
 
 class FeatureScorer:
-    """The committed network of a data set as the scorer of ``otcfm evaluate``: ``name``,
+    """The committed network of a data set as the scorer of ``otcfm evaluate``.
+
+    The committed network of a data set as the scorer of ``otcfm evaluate``: ``name``,
     ``distance(samples, reference)`` (:func:`feature_distance`) and ``accuracy(samples,
     labels)`` (:func:`accuracy`).
     """
@@ -205,7 +217,9 @@ class FeatureScorer:
 
 
 def scorer_for(spec: str) -> FeatureScorer | None:
-    """The :class:`FeatureScorer` of an image spec's data set (``fashion-mnist:DIR`` ->
+    """The :class:`FeatureScorer` of an image spec's data set, or None.
+
+    The :class:`FeatureScorer` of an image spec's data set (``fashion-mnist:DIR`` ->
     Fashion-MNIST's), or None when no network was trained for it (MNIST, CIFAR-10, a
     folder).
     """

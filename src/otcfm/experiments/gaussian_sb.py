@@ -102,7 +102,9 @@ SCORE_POINTS = 4_000  # samples of q_t on which a learned score is compared with
 
 def score_check(model: torch.nn.Module, t: float, dim: int, p: Protocol,
                 generator: torch.Generator) -> tuple[float, float]:
-    """The learned score s(x, t) against the exact score of q_t = N(m 1, v I), -(x - m) / v,
+    """Compare the learned score with the exact score of q_t.
+
+    The learned score s(x, t) against the exact score of q_t = N(m 1, v I), -(x - m) / v,
     on SCORE_POINTS samples of q_t: the slope fraction -E[s . (x - m)] v / E|x - m|^2 (1 for
     the exact score, below 1 for a score shrunk towards 0) and the relative squared error
     E|s - s*|^2 / E|s*|^2.
@@ -153,7 +155,9 @@ class Protocol:
     workers: int = 0  # coupling threads per cell (numbers do not depend on it)
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that changes a cell's numbers (workers do not), with the package version
+        """Everything that changes a cell's numbers.
+
+        Everything that changes a cell's numbers (workers do not), with the package version
         and the hash of the code a cell runs (:func:`otcfm.experiments._cells.code_fingerprint`).
         """
         d = asdict(self)
@@ -244,7 +248,9 @@ def cell_config(cell: Cell, p: Protocol, runs: Path, data: DataConfig) -> RunCon
 
 def sample_cell(model: torch.nn.Module, x0: Tensor, cell: Cell, p: Protocol,
                 sampler: str, diffusion: str = DEFAULT_DIFFUSION) -> Trajectory:
-    """The 21 (euler_steps + 1) states of the ODE or of the SDE (diffusion schedule
+    """The states of the ODE or of the SDE from x0 on the Euler grid.
+
+    The 21 (euler_steps + 1) states of the ODE or of the SDE (diffusion schedule
     ``diffusion`` of :data:`otcfm.sampling.DIFFUSIONS`) from x0; every schedule gets the same
     Brownian increments' seed.
     """

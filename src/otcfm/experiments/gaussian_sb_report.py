@@ -53,7 +53,9 @@ RECORD_KEYS = ("method", "coupling", "dim", "seed", "kl_t1", "kl_mean")
 def write_outputs(
     results: Sequence[CellResult], out: str | Path, meta: dict[str, Any]
 ) -> list[Path]:
-    """Write ``gaussian_sb.json``, ``gaussian_sb_run.json``, ``gaussian_sb.md`` and
+    """Write the Gaussian Schrödinger-bridge benchmark's records, page and figure.
+
+    Write ``gaussian_sb.json``, ``gaussian_sb_run.json``, ``gaussian_sb.md`` and
     ``gaussian_sb/kl_vs_t.png``; ``meta``: command, date, jobs, wall_seconds, protocol.
     """
     out = Path(out)
@@ -75,7 +77,9 @@ def write_outputs(
 
 
 def render_page(out: str | Path) -> str:
-    """``OUT/gaussian_sb.md`` as the records in ``out`` give it: a function of
+    """Render ``OUT/gaussian_sb.md`` from the records in ``out``.
+
+    ``OUT/gaussian_sb.md`` as the records in ``out`` give it: a function of
     ``gaussian_sb.json``, ``gaussian_sb_run.json`` and ``gaussian_sb_probes.json`` alone
     (nothing is run; the figure is linked if it is there).
     """
@@ -272,7 +276,9 @@ SF2M_VARIANTS = {"kl_ode": "SF2M's drift alone (ODE)", "kl_tapered": "SF2M (SDE,
 
 
 def _sf2m_rows(groups, dims: list[int], variant: str, title: str) -> list[str]:
-    """KL(t=1) and mean KL of one sampler of the SF2M models (``variant``: a record key
+    """Table of KL(t=1) and mean KL of one sampler of the SF2M models.
+
+    KL(t=1) and mean KL of one sampler of the SF2M models (``variant``: a record key
     prefix of :data:`SF2M_VARIANTS`), a row per coupling and statistic.
     """
     rows = [f"| {title} | coupling | " + " | ".join(f"d = {d}" for d in dims) + " |",
@@ -344,7 +350,9 @@ def _notes(meta: dict[str, Any], groups, p: dict[str, Any],
 
 
 def _other_budget_note(folder: Path, out: Path) -> str:
-    """One line on a run of the same bench kept in a subfolder of ``out`` (another budget):
+    """One line on a run of the same bench kept in a subfolder of ``out``.
+
+    One line on a run of the same bench kept in a subfolder of ``out`` (another budget):
     its steps and SF2M-Exact's KL(t=1) with both noise schedules and the ODE, read from its
     records, against the paper.
     """
@@ -378,7 +386,9 @@ def _slash(values: Sequence[float | None]) -> str:
 
 
 def _probe_notes(record: dict[str, Any], groups, p: dict[str, Any]) -> list[str]:
-    """The notes that quote probe measurements, every number from ``record``
+    """The notes that quote probe measurements.
+
+    The notes that quote probe measurements, every number from ``record``
     (``gaussian_sb_probes.json``) or from this grid's records.
     """
     probes = record.get("probes", {})
@@ -554,7 +564,9 @@ def _score_section(groups, dims: list[int], p: dict[str, Any], out: Path) -> str
 
 def score_drift_error(error_t: Sequence[float], times: Sequence[float], a: float,
                       sigma: float, diffusion: str) -> np.ndarray:
-    """RMS per coordinate of the drift error (g(t)^2 / 2) (s - s*) that the score's error
+    """RMS per coordinate of the drift error that the score's error passes to the SDE.
+
+    RMS per coordinate of the drift error (g(t)^2 / 2) (s - s*) that the score's error
     passes to the SDE, from the relative squared error E|s - s*|^2 / E|s*|^2 on q_t
     (E|s*|^2 = d / v_t per the exact score -(x - m) / v_t): (g^2 / 2) sqrt(error / v_t).
     """
@@ -566,7 +578,9 @@ def score_drift_error(error_t: Sequence[float], times: Sequence[float], a: float
 
 
 def score_figure(records: Sequence[dict[str, Any]], path: Path, p: dict[str, Any]) -> Path:
-    """SF2M's score slope fraction and relative error against t, per dimension, and the
+    """Plot SF2M's score error against t and the drift error it passes to the SDE.
+
+    SF2M's score slope fraction and relative error against t, per dimension, and the
     drift error the score passes to the SDE with the constant and the tapered noise.
     """
     import matplotlib
@@ -627,7 +641,9 @@ README_END = "<!-- end of gaussian-sb numbers -->"
 
 
 def readme_section(out: str | Path, dims: tuple[int, ...] = (20, 50)) -> str:
-    """The README's Schrödinger-bridge sentence: KL(p_1, q_1) of SB-CFM (entropic) and SF2M
+    """The README's Schrödinger-bridge sentence.
+
+    The README's Schrödinger-bridge sentence: KL(p_1, q_1) of SB-CFM (entropic) and SF2M
     (exact, SDE) at ``dims`` against the paper, from ``OUT/gaussian_sb.json``.
     """
     groups = groups_of(json.loads((Path(out) / RECORDS_FILE).read_text()))

@@ -115,7 +115,9 @@ class Protocol:
             raise ValueError(f"guidance scales must be >= 0, got {self.guidance}")
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that changes a cell's numbers, with the package version and the hash of
+        """Everything that changes a cell's numbers.
+
+        Everything that changes a cell's numbers, with the package version and the hash of
         the code a cell runs (:func:`otcfm.experiments._cells.code_fingerprint`).
         """
         d = asdict(self)
@@ -216,7 +218,9 @@ def load_split(dataset: str) -> Split:
 
 
 def real_fd(dataset: str, n: int) -> dict[str, Any]:
-    """FD of ``n`` real training images (a fixed random choice; all of them when fewer)
+    """FD of ``n`` real training images against the FD reference.
+
+    FD of ``n`` real training images (a fixed random choice; all of them when fewer)
     against the FD reference: what a generator of the training set itself scores at this
     sample size (the FD's finite-sample floor, and the train/reference gap).
     """
@@ -272,7 +276,9 @@ def push(model: torch.nn.Module, x0: Tensor, solver: str, steps: int | None, p: 
 
 def guidance_sweep(model: torch.nn.Module, objective: ImageObjective, net: torch.nn.Module,
                    p: Protocol, seed: int) -> tuple[float, dict[str, float]]:
-    """The w of ``p.guidance`` with the lowest FD against the cell's validation images
+    """Choose the guidance weight w of ``p.guidance`` with the lowest FD.
+
+    The w of ``p.guidance`` with the lowest FD against the cell's validation images
     (``p.sweep_steps`` Euler steps, ``p.sweep_samples`` samples with balanced labels).
     """
     ref = features(net, objective.val_images)
@@ -318,7 +324,9 @@ def evaluate(model: torch.nn.Module, cell: Cell, p: Protocol, net: torch.nn.Modu
 
 def likelihood(model: torch.nn.Module, images: Tensor, p: Protocol, seed: int,
                null_class: int | None, levels: int) -> dict[str, Any]:
-    """Bits per dimension (and NLL in nats) of ``images`` under the model's flow from N(0, I)
+    """Bits per dimension (and NLL in nats) of ``images`` under the model's flow.
+
+    Bits per dimension (and NLL in nats) of ``images`` under the model's flow from N(0, I)
     (:func:`otcfm.train.evaluate.nll_metrics`: Hutchinson, one Rademacher probe per image drawn
     from the seed, dopri5 at atol = rtol = ``p.tol``); a class-conditional model is scored
     with its null class, its unconditional density. ``levels``: the values a pixel takes

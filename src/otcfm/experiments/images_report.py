@@ -1,4 +1,6 @@
-"""The image benchmark's outputs: ``images.json``, the page ``images.md``, its figures and the
+"""The image benchmark's outputs: records, page, figures and README block.
+
+The image benchmark's outputs: ``images.json``, the page ``images.md``, its figures and the
 README block; every number on the page is computed from ``images.json`` (runs nothing).
 
 ``images.json``: ``{"runs": {dataset: meta}, "cells": [per cell: times, guidance sweep,
@@ -43,7 +45,9 @@ TITLE = {"digits": "Digits (8x8, scikit-learn)", "fashion-mnist": "Fashion-MNIST
 
 # --------------------------------------------------------------------------- writing
 def likelihood_table(cells: list[dict], p: dict[str, Any]) -> list[str]:
-    """Bits per dimension of the reference images under each method's flow (the cells that
+    """Table of bits per dimension of the reference images under each method's flow.
+
+    Bits per dimension of the reference images under each method's flow (the cells that
     measured it), mean ± SE over seeds, beside the mean within-seed SE over the images.
     """
     scored = [c for c in cells if "likelihood" in c]
@@ -99,7 +103,9 @@ def write_outputs(results: Sequence[CellResult], out: str | Path, meta: dict[str
 
 
 def add_real_fd(out: str | Path) -> Path:
-    """Add to ``OUT/images.json`` the FD of real training images against the reference
+    """Add the FD of real training images to ``OUT/images.json`` where it is missing.
+
+    Add to ``OUT/images.json`` the FD of real training images against the reference
     (:func:`~otcfm.experiments.images.real_fd`, as many as the samples of an evaluation) for
     each data set that lacks it or has it for another sample count.
     """
@@ -520,7 +526,9 @@ def _variant_name(records: list[dict], dataset: str, method: str, w: Any) -> str
 
 # --------------------------------------------------------------------------- README
 def readme_section(out: str | Path) -> str:
-    """The README's image numbers: per data set FD at Euler 2 / 100 and dopri5 per method,
+    """The README's image numbers.
+
+    The README's image numbers: per data set FD at Euler 2 / 100 and dopri5 per method,
     and the acceptance line; every number from ``OUT/images.json``.
     """
     data = json.loads((Path(out) / RECORDS_FILE).read_text())

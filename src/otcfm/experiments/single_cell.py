@@ -71,7 +71,9 @@ QUICK = {"steps": 100, "n_cells": 150, "ode_steps": 20}
 
 
 def parse_methods(flag: str, sigma: float | None) -> dict[str, tuple[str, float]]:
-    """'otcfm,icfm,sbcfm:0.1' -> {entry: (method, sigma)}; sigma: --sigma, else the entry's
+    """Parse a comma-separated list of method entries into {entry: (method, sigma)}.
+
+    'otcfm,icfm,sbcfm:0.1' -> {entry: (method, sigma)}; sigma: --sigma, else the entry's
     own, else the method's default (0.1; sbcfm 1.0).
     """
     out: dict[str, tuple[str, float]] = {}
@@ -157,7 +159,9 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def sde_entry(entry: str, diffusion: str = DEFAULT_DIFFUSION) -> str:
-    """The row of an SF2M entry sampled with its SDE: 'sf2m' -> 'sf2m-sde', 'sf2m:0.1' ->
+    """The row name of an SF2M entry sampled with its SDE.
+
+    The row of an SF2M entry sampled with its SDE: 'sf2m' -> 'sf2m-sde', 'sf2m:0.1' ->
     'sf2m-sde:0.1'; another noise schedule is named after it: 'sf2m-sde-tapered:0.1'.
     """
     base, sep, sigma = entry.partition(":")
@@ -183,7 +187,9 @@ def _run_fit(fit: Fit) -> dict[str, Any]:
 
 
 def run_tasks(tasks: list[dict[str, Any]], jobs: int) -> list[dict[str, Any]]:
-    """:func:`run_task` over ``tasks`` in ``jobs`` worker processes (1 torch thread each),
+    """Run :func:`run_task` over ``tasks`` in ``jobs`` worker processes.
+
+    :func:`run_task` over ``tasks`` in ``jobs`` worker processes (1 torch thread each),
     one progress line per finished fit; results in task order. The first failed fit stops
     the run (its error is raised).
     """

@@ -46,7 +46,9 @@ def label(entry: str) -> str:
 def summarize(
     records: list[dict[str, Any]], order: list[str] | None = None
 ) -> dict[str, Any]:
-    """Per method: mean +- std over seeds of the per-seed average over left-out times, and
+    """Summarise records per method: mean +- std over seeds and values per left-out time.
+
+    Per method: mean +- std over seeds of the per-seed average over left-out times, and
     per left-out time the list of values over seeds. Methods in ``order`` first, then in
     order of appearance.
     """
@@ -210,7 +212,9 @@ def _verdict(summary: dict[str, Any], synthetic: bool) -> str:
 
 
 def _paired(ours: dict[str, Any], other: dict[str, Any]) -> str:
-    """'; paired over seeds ...': the per-seed difference, its standard error and whether it
+    """The paired-over-seeds remark of a comparison, or an empty string.
+
+    '; paired over seeds ...': the per-seed difference, its standard error and whether it
     stands out of the seed noise (|mean| > 2 SE); empty with fewer than 2 common seeds.
     """
     paired = paired_difference(ours.get("per_seed", {}), other.get("per_seed", {}))
@@ -225,7 +229,9 @@ def _paired(ours: dict[str, Any], other: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- figures
 def write_figures(out: Path, ts: TimeSeries, k: int, models: dict[str, torch.nn.Module],
                   summary: dict[str, Any], ode_steps: int) -> None:
-    """The time-course figure (paths and predictions of ``models``, eval mode, by their ODE)
+    """Draw the time-course figure and the W1 per held-out time.
+
+    The time-course figure (paths and predictions of ``models``, eval mode, by their ODE)
     and the W1 per held-out time.
     """
     from otcfm.trajectory.plots import Panel, View2D, plot_time_course, plot_w1_per_time

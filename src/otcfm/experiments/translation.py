@@ -1,4 +1,6 @@
-"""Unpaired translation between class groups in an autoencoder's latent space: the paper's
+"""Unpaired translation between class groups in an autoencoder's latent space.
+
+Unpaired translation between class groups in an autoencoder's latent space: the paper's
 CelebA experiment (Tong et al. 2024, §5.4, Table 5) on data that can be had here.
 
 ``otcfm bench translation --dataset fashion-mnist`` trains, per seed, one autoencoder on the
@@ -59,7 +61,9 @@ GRID_COLUMNS = 12
 
 @dataclass(frozen=True)
 class Protocol:
-    """Budgets of one data set: the autoencoder (``latent``, ``ae_width``, ``ae_steps`` of
+    """Budgets of one data set.
+
+    Budgets of one data set: the autoencoder (``latent``, ``ae_width``, ``ae_steps`` of
     ``ae_batch``), the flows (``flow_steps`` of ``flow_batch``, MLP ``flow_width``), at
     most ``n_test`` held-out images per class, the held-out share of a set without a test
     split (``test_fraction``).
@@ -86,7 +90,9 @@ PROTOCOLS = {
 
 # --------------------------------------------------------------------------- data
 def split_sets(spec: str, seed: int, test_fraction: float) -> tuple[ImageSet, ImageSet]:
-    """Training and held-out images: the set's own test split where it has one (IDX,
+    """Split a data set into training and held-out images.
+
+    Training and held-out images: the set's own test split where it has one (IDX,
     CIFAR-10), else a random ``test_fraction`` of it drawn from ``stream(seed, "split")``.
     """
     train = load_images(spec, split="train")
@@ -109,7 +115,9 @@ def split_sets(spec: str, seed: int, test_fraction: float) -> tuple[ImageSet, Im
 
 def autoencoder_for(images: Tensor, protocol: Protocol, seed: int, folder: Path,
                     progress: bool = False) -> AutoEncoderFit:
-    """The autoencoder saved in ``folder`` when its record matches the protocol and seed,
+    """Load the autoencoder saved in ``folder`` if it matches, else fit and save a new one.
+
+    The autoencoder saved in ``folder`` when its record matches the protocol and seed,
     else a new fit (saved there).
     """
     want = {"latent": protocol.latent, "width": protocol.ae_width, "steps": protocol.ae_steps,
@@ -140,7 +148,9 @@ def _held_out(images: Tensor, n: int) -> Tensor:
 # --------------------------------------------------------------------------- the bench
 def run_bench(dataset: str, *, quick: bool, seeds: tuple[int, ...], methods: tuple[str, ...],
               runs: Path, progress: bool = False) -> tuple[list[dict[str, Any]], dict]:
-    """Every (pair, method, seed) of ``dataset``; returns the records and the seed-0
+    """Run every (pair, method, seed) of ``dataset``.
+
+    Every (pair, method, seed) of ``dataset``; returns the records and the seed-0
     translations of the first held-out images (for the grids).
     """
     from otcfm.experiments.feature_nets import load_feature_net
@@ -258,7 +268,9 @@ def render(report: dict[str, Any]) -> str:
 
 
 def image_rows(rows: dict[str, Tensor], path: str | Path, title: str = "") -> Path:
-    """Rows of images one above the other, each labelled on its left (label -> images
+    """Draw rows of images one above the other, each labelled on its left.
+
+    Rows of images one above the other, each labelled on its left (label -> images
     (N, C, H, W) in [-1, 1], N the same for every row): held-out inputs, then each method's
     translation of the same inputs. Grey images in grey, RGB in colour.
     """

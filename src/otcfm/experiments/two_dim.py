@@ -75,7 +75,9 @@ TRAJECTORY_PATHS = 300  # flow lines kept per cell for the trajectory figure
 
 @dataclass(frozen=True)
 class Protocol:
-    """Budget and evaluation settings shared by every cell (defaults: the paper's, except the
+    """Budget and evaluation settings shared by every cell.
+
+    Budget and evaluation settings shared by every cell (defaults: the paper's, except the
     weights tested: the final EMA weights, decay 0.999, where the paper's runner tests the
     raw weights of the best validation loss; docs/results/checkpoint_choice.md measured the
     four choices; ``ema=0.0, checkpoint="best"`` is the paper's).
@@ -111,13 +113,17 @@ class Protocol:
 
     @property
     def tested(self) -> str:
-        """The checkpoint file :func:`~otcfm.train.evaluate.load_run` reads: best or latest
+        """The checkpoint file :func:`~otcfm.train.evaluate.load_run` reads.
+
+        The checkpoint file :func:`~otcfm.train.evaluate.load_run` reads: best or latest
         (which holds the EMA weights when an EMA is kept).
         """
         return "best" if self.checkpoint == "best" else "latest"
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that changes a cell's numbers (workers do not), with the package version
+        """Everything that changes a cell's numbers.
+
+        Everything that changes a cell's numbers (workers do not), with the package version
         and the hash of the code a cell runs (:func:`otcfm.experiments._cells.code_fingerprint`).
         """
         d = asdict(self)
@@ -147,7 +153,9 @@ QUICK_METHODS = ("icfm", "otcfm", "fm", "rf")
 
 @dataclass(frozen=True)
 class Cell:
-    """One (task, method, seed) of the benchmark; ``library`` names who trained it ("otcfm",
+    """One (task, method, seed) of the benchmark.
+
+    One (task, method, seed) of the benchmark; ``library`` names who trained it ("otcfm",
     or another library's side-by-side runner, e.g. "torchcfm").
     """
 
@@ -430,7 +438,9 @@ def evaluate_model(
 
 def test_nll(model: nn.Module, x1: Tensor, source: str, target: str, *,
               tol: float) -> dict[str, float]:
-    """The flow's test NLL, -log q1(x1) in nats (exact divergence, dopri5 at atol = rtol =
+    """The flow's test NLL in nats and the target's NLL under its true density.
+
+    The flow's test NLL, -log q1(x1) in nats (exact divergence, dopri5 at atol = rtol =
     ``tol``, on a float64 copy of the model; log p0 of the source's density at the flow's
     source points), and the target's NLL under its true density on the same points.
 
@@ -472,7 +482,9 @@ FLOOR_DRAWS = 2
 
 
 def target_floor(task: str, n: int, draws: int, label: str) -> list[float]:
-    """W2 between two independent ``n``-point samples of the task's target, for ``draws``
+    """W2 between two independent ``n``-point samples of the task's target.
+
+    W2 between two independent ``n``-point samples of the task's target, for ``draws``
     pairs; pair k is drawn from the stream (0, label, task, k).
     """
     target = toy.task(task)[1]
@@ -484,7 +496,9 @@ def target_floor(task: str, n: int, draws: int, label: str) -> list[float]:
 
 
 def sampling_floor(task: str, p: Protocol, runs: Path) -> list[float]:
-    """W2 between two independent ``n_test``-point samples of the task's target, for
+    """The W2 a perfect model would still score against ``n_test`` target points.
+
+    W2 between two independent ``n_test``-point samples of the task's target, for
     FLOOR_DRAWS pairs of draws (cached): the W2 a perfect model would still score.
     """
     path = Path(runs) / task / f"w2_floor-n{p.n_test}.json"

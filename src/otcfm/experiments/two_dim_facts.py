@@ -134,7 +134,9 @@ def _step(perf, solver: str, b: int, d: int) -> dict[str, Any]:
 
 
 def approx_gaps(perf) -> dict[str, str]:
-    """ApproxOT's measured coupling gaps, its cost above the optimum and what tol = 0.01
+    """ApproxOT's measured coupling gaps and what tol = 0.01 allows.
+
+    ApproxOT's measured coupling gaps, its cost above the optimum and what tol = 0.01
     allows, over the plan records of the coupling benchmark that have a reference optimum.
     """
     ref = {(r["B"], r["d"]): r for r in perf if r["kind"] == "plan" and r["library"]
@@ -246,7 +248,9 @@ def _torchcfm_summary(folder: Path) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- TorchCFM page
 def two_dim_torchcfm(out: Path) -> dict[str, str]:
-    """Facts of ``docs/results/two_dim_torchcfm/remarks.md`` (``out``: that folder; the
+    """Facts of ``docs/results/two_dim_torchcfm/remarks.md``.
+
+    Facts of ``docs/results/two_dim_torchcfm/remarks.md`` (``out``: that folder; the
     sibling pages two_dim_tc_exact, two_dim_tc_replace and performance.json beside it).
     """
     ours, theirs = _cells(out), _cells(out, "torchcfm")

@@ -70,7 +70,9 @@ def write_outputs(
 
 
 def render_page(out: str | Path) -> str:
-    """``OUT/two_dim.md`` as the committed records in ``out`` give it (``two_dim.json``,
+    """Render ``OUT/two_dim.md`` from the committed records in ``out``.
+
+    ``OUT/two_dim.md`` as the committed records in ``out`` give it (``two_dim.json``,
     ``two_dim_torchcfm.json`` when present, ``two_dim_run.json`` and the remarks file it
     names); runs nothing, needs no cached cells, and links the figures that are there.
     """
@@ -486,7 +488,9 @@ README_END = "<!-- end of 2-D numbers -->"
 
 
 def readme_section(out: str | Path) -> str:
-    """The README's 2-D results list, every number from the committed records under ``out``
+    """The README's 2-D results list.
+
+    The README's 2-D results list, every number from the committed records under ``out``
     (docs/results: the 2-D page, its EMA and TorchCFM siblings, performance.json).
     """
     from otcfm.experiments.two_dim_facts import SHORT

@@ -42,7 +42,9 @@ def batch_times(t: Tensor | float, batch: int, device: torch.device) -> Tensor:
 def check_labels(
     y: Any, batch: int, device: torch.device, *, num_classes: int, owner: str
 ) -> Tensor:
-    """Class labels as a (B,) long tensor in [0, num_classes]; ``num_classes`` is the null class
+    """Validate class labels as a (B,) long tensor in [0, num_classes].
+
+    Class labels as a (B,) long tensor in [0, num_classes]; ``num_classes`` is the null class
     ("no condition", used by classifier-free guidance). ``owner`` names the model in errors.
     """
     if y is None:

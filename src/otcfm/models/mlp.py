@@ -109,7 +109,9 @@ class MLP(nn.Module):
 
     @torch.no_grad()
     def _init_from(self, generator: torch.Generator) -> None:
-        """PyTorch's default init, drawn from ``generator``: Linear U(+-1/sqrt(fan_in)), N(0,1)
+        """Re-draw the parameters with PyTorch's default init from ``generator``.
+
+        PyTorch's default init, drawn from ``generator``: Linear U(+-1/sqrt(fan_in)), N(0,1)
         embeddings (the class rows first, the null-class row after everything else).
         """
         for mod in self.modules():
@@ -189,7 +191,9 @@ class DriftScore(nn.Module):
     def mlp(
         cls, dim: int | Sequence[int], generator: torch.Generator | None = None, **kwargs: Any
     ) -> DriftScore:
-        """Two :class:`MLP` of the same architecture (``kwargs`` as for MLP), the drift's
+        """Two :class:`MLP` of the same architecture, a drift and a score.
+
+        Two :class:`MLP` of the same architecture (``kwargs`` as for MLP), the drift's
         parameters drawn first from ``generator`` when given.
         """
         return cls(MLP(dim, generator=generator, **kwargs), MLP(dim, generator=generator, **kwargs))

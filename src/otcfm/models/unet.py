@@ -1,4 +1,6 @@
-"""ADM-style UNet velocity field for images (Dhariwal & Nichol 2021, "Diffusion models beat GANs
+"""ADM-style UNet velocity field for images.
+
+ADM-style UNet velocity field for images (Dhariwal & Nichol 2021, "Diffusion models beat GANs
 on image synthesis"; Nichol & Dhariwal 2021, "Improved denoising diffusion probabilistic
 models"), with the library's calling convention ``model(x, t, **cond)`` and t in [0, 1].
 
@@ -57,7 +59,9 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def timestep_embedding(t: Tensor, dim: int, *, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding (B,) -> (B, dim): ``[cos(t f_k), sin(t f_k)]`` with frequencies
+    """Sinusoidal time embedding (B,) -> (B, dim).
+
+    Sinusoidal embedding (B,) -> (B, dim): ``[cos(t f_k), sin(t f_k)]`` with frequencies
     ``f_k = max_period ** (-k / (dim // 2))``, k = 0 .. dim // 2 - 1 (a zero column pads odd
     dims), computed in float32. The transformer's / ADM's embedding; :class:`UNet` feeds it
     ``time_scale * t``.
@@ -73,7 +77,9 @@ def timestep_embedding(t: Tensor, dim: int, *, max_period: float = 10000.0) -> T
 
 
 class _GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in at least float32 (half-precision inputs are upcast, as ADM's
+    """GroupNorm computed in at least float32.
+
+    GroupNorm computed in at least float32 (half-precision inputs are upcast, as ADM's
     GroupNorm32; float64 stays float64).
     """
 
@@ -93,7 +99,9 @@ def _resample(h: Tensor, how: str | None) -> Tensor:
 
 
 class _ResBlock(nn.Module):
-    """GroupNorm, SiLU, conv3x3 -> time/class embedding injected -> GroupNorm, SiLU, dropout,
+    """Residual block with time and class conditioning.
+
+    GroupNorm, SiLU, conv3x3 -> time/class embedding injected -> GroupNorm, SiLU, dropout,
     conv3x3 (zero-initialised), plus the skip (identity, or a 1x1 conv when the channel count
     changes). With scale-shift norm the embedding gives (scale, shift) and the second norm is
     ``norm(h) * (1 + scale) + shift``; without it the embedding is added before the norm.
@@ -141,7 +149,9 @@ class _ResBlock(nn.Module):
 
 
 class _Attention(nn.Module):
-    """Multi-head self-attention over the pixels: GroupNorm, 1x1 qkv projection, softmax
+    """Multi-head self-attention over the pixels.
+
+    Multi-head self-attention over the pixels: GroupNorm, 1x1 qkv projection, softmax
     attention per head (scale 1/sqrt(head channels)), 1x1 output projection (zero-initialised),
     residual. The qkv channels are laid out as (q, k, v) x heads x head channels.
     """
@@ -414,7 +424,9 @@ class UNet(nn.Module):
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> UNet:
-        """A UNet from :data:`UNET_PRESETS` by name, any option overridden by keyword:
+        """A UNet from :data:`UNET_PRESETS` by name, any option overridden by keyword.
+
+        A UNet from :data:`UNET_PRESETS` by name, any option overridden by keyword:
         ``UNet.preset("cifar10", num_classes=10, generator=g)``.
 
         ``cifar10`` is the paper's CIFAR-10 network (the improved-DDPM / ADM UNet as the paper
@@ -441,7 +453,9 @@ class UNet(nn.Module):
 
     @torch.no_grad()
     def _init_from(self, generator: torch.Generator) -> None:
-        """PyTorch's default init drawn from ``generator``: conv / linear weights and biases
+        """Re-draw the parameters with PyTorch's default init from ``generator``.
+
+        PyTorch's default init drawn from ``generator``: conv / linear weights and biases
         U(+-1/sqrt(fan_in)), embeddings N(0, 1); GroupNorm keeps weight 1, bias 0.
         """
         for mod in self.modules():
@@ -469,7 +483,9 @@ class UNet(nn.Module):
         return ("y",) if self.num_classes is not None else ()
 
     def forward(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
-        """x: (B, C, H, W) as ``dim``; t: (B,), 0-dim or float in [0, 1] -> velocity, x's shape
+        """Evaluate the velocity field.
+
+        x: (B, C, H, W) as ``dim``; t: (B,), 0-dim or float in [0, 1] -> velocity, x's shape
         and dtype.
         """
         check_cond(cond, self.accepted_cond, "UNet")

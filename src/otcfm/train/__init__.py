@@ -1,4 +1,6 @@
-"""Training: the one engine (pluggable objectives), configs, run folders, checkpoints and
+"""Training: the engine, configs, run folders, checkpoints and evaluation of runs.
+
+Training: the one engine (pluggable objectives), configs, run folders, checkpoints and
 evaluation of runs.
 """
 

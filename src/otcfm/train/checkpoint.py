@@ -79,7 +79,9 @@ def _replace_atomically(path: str | Path, mode: str, write: Callable[[IO], None]
 
 
 def check_plain(obj: Any, where: str = "checkpoint") -> None:
-    """Raise TypeError unless ``obj`` holds only tensors, numbers, strings, booleans, None
+    """Raise TypeError unless ``obj`` holds only plain values.
+
+    Raise TypeError unless ``obj`` holds only tensors, numbers, strings, booleans, None
     (and torch dtypes / sizes) in dicts with string or integer keys, lists and tuples; the
     message names the first other value by its key path.
     """
@@ -148,7 +150,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _to_plain(obj: Any, where: str) -> Any:
-    """``obj`` with numpy values as tensors / Python numbers, dataclasses as dicts, paths and
+    """Convert ``obj`` to plain values that load with ``weights_only=True``.
+
+    ``obj`` with numpy values as tensors / Python numbers, dataclasses as dicts, paths and
     other string-like values as strings; TypeError for anything else.
     """
     import numpy as np
@@ -179,7 +183,9 @@ def _to_plain(obj: Any, where: str) -> Any:
 
 
 def convert_checkpoint(path: str | Path, out: str | Path | None = None) -> Path:
-    """Rewrite a trusted checkpoint of an older otcfm as plain values (``out``: default in
+    """Rewrite a trusted checkpoint of an older otcfm as plain values.
+
+    Rewrite a trusted checkpoint of an older otcfm as plain values (``out``: default in
     place, atomically). Unpickles ``path`` with ``weights_only=False``, which runs whatever
     code the file carries: call it only on files you trust. Returns the path written.
     """

@@ -1,4 +1,6 @@
-"""The commands of ``otcfm train | sample | evaluate`` (the parser and the error handling live
+"""The commands of ``otcfm train | sample | evaluate``.
+
+The commands of ``otcfm train | sample | evaluate`` (the parser and the error handling live
 in :mod:`otcfm.cli`, which imports this module when one of them runs).
 """
 
@@ -72,7 +74,9 @@ def check_coupling_memory(cfg: RunConfig, world: int, processes: int) -> None:
 
 
 def cmd_train(args: argparse.Namespace, cfg: RunConfig, scorer: Scorers | None = None) -> int:
-    """``otcfm train`` with the resolved config ``cfg`` of its flags (device checked);
+    """Run ``otcfm train`` with the resolved config ``cfg``.
+
+    ``otcfm train`` with the resolved config ``cfg`` of its flags (device checked);
     ``scorer``: the feature network of an image set's spec, for the evaluation after
     training (see :func:`cmd_evaluate`).
     """
@@ -143,7 +147,9 @@ IMAGE_FLAGS = {"klass": "--class", "guidance": "--guidance", "device": "--device
 
 
 def _refuse_image_flags(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
-    """A point run refuses the flags of image runs (given with a value other than their
+    """Refuse the flags of image runs for a point run.
+
+    A point run refuses the flags of image runs (given with a value other than their
     default).
     """
     for dest, flag in IMAGE_FLAGS.items():
@@ -152,7 +158,9 @@ def _refuse_image_flags(args: argparse.Namespace, defaults: dict[str, Any]) -> N
 
 
 def diffusion_option(args: argparse.Namespace) -> dict[str, str]:
-    """``--diffusion`` as keyword arguments of the SDE samplers ({} when not given), checked:
+    """``--diffusion`` as keyword arguments of the SDE samplers, checked.
+
+    ``--diffusion`` as keyword arguments of the SDE samplers ({} when not given), checked:
     it needs ``--sde`` and a schedule of :data:`otcfm.sampling.DIFFUSIONS`.
     """
     if args.diffusion is None:
@@ -266,7 +274,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _more_sources(run: Any, n: int) -> Any:
-    """``n`` > n_test source points: the run's test sources, then fresh draws of its built-in
+    """``n`` > n_test source points: the run's test sources, then fresh draws.
+
+    ``n`` > n_test source points: the run's test sources, then fresh draws of its built-in
     source distribution from a stream of their own (a file source has no more points).
     """
     test, spec = run.data.source.test, run.cfg.data.source
@@ -298,7 +308,9 @@ def _nll_settings(args: argparse.Namespace, image: bool) -> NllSettings | None:
 
 
 def cmd_evaluate(args: argparse.Namespace, scorer: Scorers | None = None) -> int:
-    """``otcfm evaluate RUN``; an image run is scored by ``scorer(spec)`` (the feature
+    """Run ``otcfm evaluate RUN``.
+
+    ``otcfm evaluate RUN``; an image run is scored by ``scorer(spec)`` (the feature
     network of its data set, or None) and, with --fid, by FID; --nll adds the negative
     log-likelihood of the test data (:class:`~otcfm.train.evaluate.NllSettings`).
     """

@@ -55,7 +55,9 @@ def check_number(
     open_high: bool = False,
     note: str = "",
 ) -> None:
-    """ConfigError unless ``value`` is a finite real in the interval [low, high] (a bound is
+    """Raise ConfigError unless ``value`` is a finite real in [low, high].
+
+    ConfigError unless ``value`` is a finite real in the interval [low, high] (a bound is
     left out when None; ``open_low``/``open_high`` exclude it).
     """
     ok = (
@@ -98,7 +100,9 @@ def check_name(key: str, value: Any) -> None:
 
 
 def check_device(key: str, value: Any) -> None:
-    """The syntax of a torch device string (whether this machine has it: see
+    """Check the syntax of a torch device string.
+
+    The syntax of a torch device string (whether this machine has it: see
     :func:`check_device_available`).
     """
     import torch
@@ -137,7 +141,9 @@ def check_device_available(device: str, key: str = "device") -> None:
 
 
 def check_folder(path: str | Path, what: str) -> None:
-    """``path`` is a folder or can be made one: nothing along it is a file, and the first
+    """Check that ``path`` is a folder or can be made one.
+
+    ``path`` is a folder or can be made one: nothing along it is a file, and the first
     existing folder on it is writable (NotADirectoryError / PermissionError naming ``what``).
     """
     path = Path(path)
@@ -183,7 +189,9 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
 
 @dataclass
 class DataConfig:
-    """Where x0 (source) and x1 (target) come from: built-in names, .npy/.npz/.csv/.tsv/.txt
+    """Where x0 (source) and x1 (target) come from.
+
+    Where x0 (source) and x1 (target) come from: built-in names, .npy/.npz/.csv/.tsv/.txt
     files or ``FILE.npz:KEY`` (the grammar of :func:`otcfm.data.parse_spec`).
     """
 
@@ -255,7 +263,9 @@ class MethodConfig:
 
 @dataclass
 class ModelConfig:
-    """The vector-field network: ``arch = "mlp"`` (the paper's MLP for points: 3 hidden layers
+    """The vector-field network.
+
+    The vector-field network: ``arch = "mlp"`` (the paper's MLP for points: 3 hidden layers
     of 64 SELU units; on images it sees the flattened pixels) or ``"unet"`` (images only: the
     ADM-style UNet of ``preset``, see ``otcfm.models.UNET_PRESETS``).
     """
@@ -407,7 +417,9 @@ class RunConfig(TomlConfig):
 
     @property
     def is_image_run(self) -> bool:
-        """Whether ``data.target`` names an image set (see :func:`otcfm.data.images.
+        """Whether ``data.target`` names an image set.
+
+        Whether ``data.target`` names an image set (see :func:`otcfm.data.images.
         is_image_spec`): the run trains noise -> images (:class:`~otcfm.train.images.
         ImageObjective`).
         """
@@ -417,8 +429,9 @@ class RunConfig(TomlConfig):
             self.data.target)
 
     def resolve(self) -> RunConfig:
-        """This config, validated, with every preset default written in (e.g. the method's
-        sigma). Raises :class:`ConfigError` naming the key of a bad value.
+        """This config, validated, with every preset default written in (e.g. the method's sigma).
+
+        Raises :class:`ConfigError` naming the key of a bad value.
         """
         self.validate()
         data = self.to_dict()
@@ -458,7 +471,9 @@ class RunConfig(TomlConfig):
         return self.couplings.ot_batch or self.optim.batch_size
 
     def validate(self) -> RunConfig:
-        """Check every value before any work: registry names (method, coupling, time sampler,
+        """Check every value before any work; return self.
+
+        Check every value before any work: registry names (method, coupling, time sampler,
         solver, activation, device, backend) and ranges; return self.
 
         Raises :class:`ConfigError` (a ValueError) naming the key, e.g. ``eval.solver:
@@ -668,7 +683,9 @@ def _toml_scalar(v: Any, key: str) -> str:
 
 
 def _toml_char(c: str) -> str:
-    """One character of a TOML basic string: quotes, backslashes and control characters
+    """Escape one character of a TOML basic string.
+
+    One character of a TOML basic string: quotes, backslashes and control characters
     escaped, so that any text reads back as itself.
     """
     if c in '"\\':

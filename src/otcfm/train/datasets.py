@@ -1,4 +1,6 @@
-"""Train / validation / test splits of a run's source and target, reproducible from the seed,
+"""Train / validation / test splits of a run's source and target, and its data record.
+
+Train / validation / test splits of a run's source and target, reproducible from the seed,
 and the run's record of its data.
 
 Built-in distributions are sampled afresh for each split from independent seeded streams; a
@@ -88,7 +90,9 @@ def data_specs(cfg: DataConfig) -> dict[str, DataSpec]:
 
 
 def record_run_data(cfg: DataConfig, event_shape: tuple[int, ...]) -> DataRecord:
-    """The record of a run's data as it is now: every file's absolute path (relative paths are
+    """The record of a run's data as it is now.
+
+    The record of a run's data as it is now: every file's absolute path (relative paths are
     taken against the working directory), size and SHA-256; built-ins by name.
     """
     inputs: dict[str, FileRecord | str] = {}
@@ -101,7 +105,9 @@ def record_run_data(cfg: DataConfig, event_shape: tuple[int, ...]) -> DataRecord
 
 
 def record_image_data(cfg: DataConfig, images: ImageSet) -> DataRecord:
-    """The record of an image run's data: ``data.target`` is its image spec (e.g.
+    """The record of an image run's data.
+
+    The record of an image run's data: ``data.target`` is its image spec (e.g.
     ``fashion-mnist``), and every file the images were read from is hashed under
     ``data.target/NAME`` (none for digits, which ship inside scikit-learn).
     """
@@ -114,7 +120,9 @@ def record_image_data(cfg: DataConfig, images: ImageSet) -> DataRecord:
 def check_image_files(
     record: DataRecord, images: ImageSet, *, allow_changed_data: bool = False
 ) -> None:
-    """Refuse image files that differ from a run's record (by name: the files of a data set
+    """Refuse image files that differ from a run's record.
+
+    Refuse image files that differ from a run's record (by name: the files of a data set
     read from another folder, ``--data-root``, must be the same bytes); with
     ``allow_changed_data`` a difference is only a warning.
     """
@@ -142,7 +150,9 @@ def read_data_record(run_dir: str | Path) -> DataRecord | None:
 
 
 def check_same_data(run_dir: str | Path, record: DataRecord | None) -> None:
-    """Refuse to continue the run in ``run_dir`` when its data differ from its record: a file
+    """Refuse to continue the run in ``run_dir`` when its data differ from its record.
+
+    Refuse to continue the run in ``run_dir`` when its data differ from its record: a file
     whose SHA-256 (or .npz key) changed, or another built-in (a run without a record, or no
     ``record`` given: nothing to compare).
     """
@@ -175,7 +185,9 @@ def recorded_file(
     record: DataRecord, key: str, spec: DataSpec, *, data_root: str | Path | None = None,
     allow_changed_data: bool = False,
 ) -> tuple[Path, str | None]:
-    """Where to read the input ``key`` (e.g. ``data.source``) of a recorded run, checked
+    """Where to read the input ``key`` of a recorded run, checked against its record.
+
+    Where to read the input ``key`` (e.g. ``data.source``) of a recorded run, checked
     against its record (see :meth:`FileRecord.locate`); returns (path, npz key).
     """
     entry = record.inputs.get(key)
@@ -242,7 +254,9 @@ def load_run_data(
     cfg: DataConfig, seed: int, *, record: DataRecord | None = None,
     data_root: str | Path | None = None, allow_changed_data: bool = False,
 ) -> RunData:
-    """Both sides of a run's data, split; with a ``record`` (a trained run's data.json) every
+    """Load both sides of a run's data, split.
+
+    Both sides of a run's data, split; with a ``record`` (a trained run's data.json) every
     file is checked against it first (see :func:`load_side`).
     """
     if cfg.paired:

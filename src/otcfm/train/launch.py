@@ -61,7 +61,9 @@ def process_group(device: str, backend: str = "", timeout: float = 600.0) -> Ite
 
 
 def launch(argv: Sequence[str], nproc: int, *, timeout: float = 600.0) -> None:
-    """Run ``python -m otcfm <argv>`` on ``nproc`` local processes (as ``torchrun --standalone
+    """Run ``python -m otcfm <argv>`` on ``nproc`` local processes.
+
+    Run ``python -m otcfm <argv>`` on ``nproc`` local processes (as ``torchrun --standalone
     --nproc_per_node nproc -m otcfm <argv>`` would); return when all finished. Raises
     :class:`LaunchFailure` naming the process that failed (its exit code or signal); the
     others are stopped.

@@ -66,7 +66,9 @@ the whole validation set at once, the training loss ``couplings.ot_batch`` point
 
 
 def build_matcher(cfg: MethodConfig, **extra: Any) -> FlowMatcher:
-    """The configured flow matcher from the registry (sigma -1: the preset's default);
+    """The configured flow matcher from the registry.
+
+    The configured flow matcher from the registry (sigma -1: the preset's default);
     ``extra``: further keywords of :func:`~otcfm.matchers.matcher` (the condition dropout of a
     class-conditional image run, :func:`image_matcher`).
     """
@@ -74,7 +76,9 @@ def build_matcher(cfg: MethodConfig, **extra: Any) -> FlowMatcher:
 
 
 def image_matcher(cfg: RunConfig, num_classes: int | None) -> FlowMatcher:
-    """The matcher of an image run: a class-conditional one drops ``images.cond_dropout`` of
+    """The matcher of an image run.
+
+    The matcher of an image run: a class-conditional one drops ``images.cond_dropout`` of
     the labels to the null class ``num_classes`` (classifier-free guidance).
     """
     if not cfg.images.conditional:
@@ -137,14 +141,18 @@ class RankFailure(RuntimeError):
 
 
 class NonFiniteLoss(FloatingPointError, ValueError):
-    """The training loss became NaN or inf (the message names the step, the loss, the
+    """The training loss became NaN or inf.
+
+    The training loss became NaN or inf (the message names the step, the loss, the
     learning rate and the last checkpoint kept). A ValueError too: a setting to change.
     """
 
 
 @dataclass(frozen=True)
 class LoopSettings:
-    """How the engine optimises: AdamW(lr, weight_decay) to ``steps`` optimizer steps, the
+    """How the engine optimises.
+
+    How the engine optimises: AdamW(lr, weight_decay) to ``steps`` optimizer steps, the
     gradient norm clipped at ``grad_clip`` (0: off), an EMA of the weights with ``ema_decay``
     (0: off; validation then uses the EMA weights). The mean training loss is logged (and the
     objective validated) every ``log_every`` steps and a checkpoint written every
@@ -180,7 +188,9 @@ class LoopSettings:
             raise ValueError(f"warmup must be an integer >= 0 (steps), got {self.warmup!r}")
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of optimizer step ``step`` (0-based): ``lr * min(1, (step + 1) /
+        """The learning rate of optimizer step ``step`` (0-based), with linear warm-up.
+
+        The learning rate of optimizer step ``step`` (0-based): ``lr * min(1, (step + 1) /
         warmup)``, so the first step already moves and step ``warmup - 1`` reaches ``lr``.
         """
         return self.lr if self.warmup == 0 else self.lr * min(1.0, (step + 1) / self.warmup)
@@ -406,7 +416,9 @@ class Engine:
         log.debug("step %d %s", self.step, " ".join(f"{k} {v:.4g}" for k, v in row.items()))
 
     def _train_log(self) -> dict[str, float]:
-        """Extra training columns of a log row (every process calls it at each row): the
+        """Extra training columns of a log row.
+
+        Extra training columns of a log row (every process calls it at each row): the
         objective's optional ``coupling_log()``, whose keys it lists in ``log_fields``.
         """
         coupling_log = getattr(self.objective, "coupling_log", None)
@@ -439,7 +451,9 @@ class Engine:
 
 
 class Trainer(Engine):
-    """The engine on a :class:`RunConfig`: flow matching between two point clouds
+    """The engine on a :class:`RunConfig`: flow matching between two point clouds.
+
+    The engine on a :class:`RunConfig`: flow matching between two point clouds
     (:class:`~otcfm.train.objectives.PairObjective`), files in ``cfg.run_dir``.
 
     ``run()`` trains to ``cfg.optim.steps``. Under an initialised torch.distributed process
@@ -590,7 +604,9 @@ def process_device(device: str | torch.device) -> torch.device:
 def train(
     cfg: RunConfig, *, resume: bool = False, device: str | None = None, progress: bool = True
 ) -> TrainResult:
-    """Train a run to ``cfg.optim.steps``; with ``resume``, continue from its newest readable
+    """Train a run to ``cfg.optim.steps``, optionally resuming it.
+
+    Train a run to ``cfg.optim.steps``; with ``resume``, continue from its newest readable
     checkpoint (see :func:`otcfm.train.runfolder.newest_checkpoint`; none yet: from step 0).
 
     The run folder's lock is held from before the checkpoint is read to the end (a second
@@ -630,7 +646,9 @@ def train(
 
 
 def _resume_state(cfg: RunConfig, folder: RunFolder) -> dict[str, Any] | None:
-    """The newest readable checkpoint of the run (None: start from step 0); ValueError when
+    """The newest readable checkpoint of the run, checked against ``cfg``.
+
+    The newest readable checkpoint of the run (None: start from step 0); ValueError when
     its config differs from ``cfg``.
     """
     found = folder.load_latest()
@@ -653,7 +671,9 @@ def _resume_state(cfg: RunConfig, folder: RunFolder) -> dict[str, Any] | None:
 
 
 def _without_steps(cfg: RunConfig) -> dict[str, Any]:
-    """The config keys a resume must keep (steps may grow; workers, prefetch and the
+    """The config keys a resume must keep.
+
+    The config keys a resume must keep (steps may grow; workers, prefetch and the
     distributed settings change nothing).
     """
     d = cfg.to_dict()

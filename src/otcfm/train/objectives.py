@@ -81,9 +81,11 @@ class ConvergenceTally:
             self._worst = max(self._worst, c.marginal_error)
 
     def log(self, world: int = 1, device: torch.device | str = "cpu") -> dict[str, float]:
-        """The columns since the last call; resets. With ``world`` > 1 the counts are summed
-        and the error max-reduced over processes (each solve counted by the process that made
-        it): every process must call this at the same step. Empty without ``fields``.
+        """The columns since the last call; resets.
+
+        With ``world`` > 1 the counts are summed and the error max-reduced over processes (each
+        solve counted by the process that made it): every process must call this at the same step.
+        Empty without ``fields``.
         """
         if not self.fields:
             return {}
@@ -121,7 +123,9 @@ class Objective(Protocol):
 
 
 def sample_rows(s: PathSample, part: slice) -> PathSample:
-    """The rows ``part`` of a path sample, conditions included: one process's share of a
+    """The rows ``part`` of a path sample, conditions included.
+
+    The rows ``part`` of a path sample, conditions included: one process's share of a
     global batch under torch.distributed.
     """
     k = torch.arange(part.start, part.stop, device=s.t.device)
@@ -132,7 +136,9 @@ def sample_rows(s: PathSample, part: slice) -> PathSample:
 
 
 class PairObjective:
-    """Flow matching from ``cfg.data.source`` to ``cfg.data.target`` with the configured
+    """Flow matching between two point clouds.
+
+    Flow matching from ``cfg.data.source`` to ``cfg.data.target`` with the configured
     matcher and minibatch coupling.
 
     Couplings are made ahead by background threads (``couplings.workers``, see
@@ -206,7 +212,9 @@ class PairObjective:
     def couple(
         self, index: int, solved: Callable[[int], Pairing] | None = None
     ) -> CoupledBatch:
-        """Coupled batch ``index``: a function of (seed, index) and the coupling scope only
+        """Coupled batch ``index``.
+
+        Coupled batch ``index``: a function of (seed, index) and the coupling scope only
         (``solved``: this process's turns of the global solve, see :class:`OwnTurns`).
         """
         return couple_batch(
@@ -224,7 +232,9 @@ class PairObjective:
         )
 
     def _solve_alone(self, index: int) -> Pairing:
-        """The pairing one process makes of coupled batch ``index`` (a turn of the global
+        """The pairing one process makes of coupled batch ``index``.
+
+        The pairing one process makes of coupled batch ``index`` (a turn of the global
         solve, made ahead by :class:`OwnTurns`).
         """
         return couple_batch(
@@ -234,7 +244,9 @@ class PairObjective:
         ).pair
 
     def next_pairs(self, step: int) -> Pairing:
-        """The pairs of ``step`` (chunk step % m of coupled batch step // m): the global
+        """The pairs of step ``step``.
+
+        The pairs of ``step`` (chunk step % m of coupled batch step // m): the global
         batch_size pairs, or this process's share of them with scope "local".
         """
         index, part = divmod(step, self.chunks_per_batch)
@@ -298,7 +310,9 @@ class PairObjective:
         self._tally.add(pair)
 
     def coupling_log(self) -> dict[str, float]:
-        """The coupling's convergence since the last call, as log.csv columns
+        """The coupling's convergence since the last call, as log.csv columns.
+
+        The coupling's convergence since the last call, as log.csv columns
         (:class:`ConvergenceTally`), summed over processes; resets.
         """
         return self._tally.log(self.world, self.device)
@@ -306,7 +320,9 @@ class PairObjective:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
-        """Validation loss (fixed seed, whole validation set) and W2 of pushed-forward
+        """Validation loss and W2 of pushed-forward validation sources.
+
+        Validation loss (fixed seed, whole validation set) and W2 of pushed-forward
         validation sources against the validation targets.
         """
         x0 = self.data.source.val.to(self.device)

@@ -153,7 +153,9 @@ def couple_batch(
 
 
 class OwnTurns:
-    """This process's turns of the global solve (batches k with k % world == rank), solved
+    """This process's turns of the global solve, solved ahead in a thread.
+
+    This process's turns of the global solve (batches k with k % world == rank), solved
     ahead in a thread of its own that makes no collective calls: a process solves its next
     turn while it waits for the pairs of the others' turns, so the turns overlap.
 
@@ -194,7 +196,9 @@ class OwnTurns:
 
 
 def pairs_in_order(coupling: Coupling) -> bool:
-    """Whether ``coupling`` pairs its batches in order (:attr:`Coupling.in_order`, e.g.
+    """Whether ``coupling`` pairs its batches in order through the base class's call.
+
+    Whether ``coupling`` pairs its batches in order (:attr:`Coupling.in_order`, e.g.
     Independent) through the base class's call, so that the pairing of checked batches can be
     made without calling it (same values).
     """
@@ -202,7 +206,9 @@ def pairs_in_order(coupling: Coupling) -> bool:
 
 
 class InOrderBatches:
-    """``couple_batch(coupling, source, target, size, index, seed=seed, shard=shard,
+    """The coupled-batch maker of an in-order coupling, as a callable.
+
+    ``couple_batch(coupling, source, target, size, index, seed=seed, shard=shard,
     device=device, paired=paired, checked=True)`` for an in-order coupling
     (:func:`pairs_in_order`), as a callable ``make(index)`` for a :class:`Prefetcher` in the
     training thread: the same batches, with the rows of ``ahead`` consecutive batches (up to
@@ -282,7 +288,9 @@ class InOrderBatches:
 
 
 def _in_order(x0: Tensor, x1: Tensor, cond0: Any = None, cond1: Any = None) -> Pairing:
-    """The pairing an in-order coupling makes of checked batches of one size: the batches
+    """The pairing an in-order coupling makes of checked batches of one size.
+
+    The pairing an in-order coupling makes of checked batches of one size: the batches
     themselves, i = j = arange(B) (no validation, no timing: per-step use).
     """
     n = x0.shape[0]

@@ -72,7 +72,9 @@ _STEP_FILE = re.compile(r"step-(\d+)\.pt")
 
 
 def check_run_name(name: str) -> str:
-    """``name`` when it is one folder name (the run folder under the output folder); else a
+    """Check that ``name`` is one folder name.
+
+    ``name`` when it is one folder name (the run folder under the output folder); else a
     ValueError naming the ``name`` key / ``--name`` flag. Refused: empty names, ``.``,
     ``..``, path separators, absolute paths, drive letters and control characters.
     """
@@ -104,7 +106,9 @@ def step_checkpoints(checkpoints: Path) -> list[tuple[int, Path]]:
 def newest_checkpoint(
     checkpoints: str | Path, *, set_aside: bool = False
 ) -> tuple[dict[str, Any], Path] | None:
-    """The newest readable checkpoint of a checkpoints folder and its path (None: there is
+    """The newest readable checkpoint of a checkpoints folder and its path.
+
+    The newest readable checkpoint of a checkpoints folder and its path (None: there is
     none): ``latest.pt``, then the ``step-N.pt`` files from the highest step down.
 
     A corrupt one (:class:`~otcfm.train.checkpoint.CorruptCheckpoint`) is reported by name
@@ -157,6 +161,7 @@ class _Lock:
 
     def acquire(self, what: Path) -> dict[str, Any] | None:
         """Take the lock; FileExistsError naming the holder when another process has it.
+
         Returns the record of a previous holder that ended without releasing it (or None).
         """
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -222,8 +227,10 @@ else:
 
 
 def _read_record(fd: int, patience: float = 0.0) -> dict[str, Any] | None:
-    """The holder record in a lock file (None: empty). A holder that has just taken the lock
-    may not have written it yet: wait up to ``patience`` seconds for it.
+    """The holder record in a lock file (None: empty).
+
+    A holder that has just taken the lock may not have written it yet: wait up to ``patience``
+    seconds for it.
     """
     deadline = time.monotonic() + patience
     while True:
@@ -251,7 +258,9 @@ def _describe(record: dict[str, Any] | None) -> str:
 
 
 class RunFolder:
-    """Writes the files of the run in ``path``; ``fields``: the columns of log.csv; ``keep``:
+    """Writes the files of the run in ``path``.
+
+    Writes the files of the run in ``path``; ``fields``: the columns of log.csv; ``keep``:
     how many step checkpoints to keep (>= 1).
 
     ``rank``: this process's rank; only rank 0 writes (:attr:`writes`).
@@ -292,7 +301,9 @@ class RunFolder:
         )
 
     def open(self, *, resume: bool = False) -> bool:
-        """Become the folder's writer: create it, take its lock (FileExistsError naming the
+        """Become the folder's writer.
+
+        Become the folder's writer: create it, take its lock (FileExistsError naming the
         holder when another process has it) and, unless ``resume``, refuse a folder that
         already holds a run (FileExistsError naming --resume and --name).
 
@@ -320,7 +331,9 @@ class RunFolder:
 
     @contextlib.contextmanager
     def writing(self, *, resume: bool = True) -> Iterator[RunFolder]:
-        """``with folder.writing():`` the lock for the block (:meth:`open`, then :meth:`close`
+        """Hold the folder's lock for a ``with`` block.
+
+        ``with folder.writing():`` the lock for the block (:meth:`open`, then :meth:`close`
         when this call took it).
         """
         took = self.open(resume=resume)
@@ -334,7 +347,9 @@ class RunFolder:
     def start(
         self, config_toml: str | None = None, files: Mapping[str, str] | None = None
     ) -> None:
-        """Create the folder and write ``config.toml`` (when given) and the text ``files``
+        """Create the folder and write the run's starting files.
+
+        Create the folder and write ``config.toml`` (when given) and the text ``files``
         (name -> content, e.g. ``data.json``).
         """
         if self.writes:
@@ -356,7 +371,9 @@ class RunFolder:
         write_text_atomic(out.getvalue(), self.path / "log.csv")
 
     def merge_metrics(self, update: Mapping[str, Any]) -> None:
-        """Merge ``update`` (top-level sections replace those of the same name) into
+        """Merge ``update`` into ``metrics.json``.
+
+        Merge ``update`` (top-level sections replace those of the same name) into
         ``metrics.json``.
         """
         if not self.writes:
@@ -365,7 +382,9 @@ class RunFolder:
         write_text_atomic(merged_metrics(path, update), path)
 
     def save_grid(self, step: int, images: Any, nrow: int | None = None) -> Path | None:
-        """Write a grid of sample images (N, C, H, W) in [-1, 1] as ``samples/step-N.png``
+        """Write a grid of sample images as ``samples/step-N.png``.
+
+        Write a grid of sample images (N, C, H, W) in [-1, 1] as ``samples/step-N.png``
         (:func:`otcfm.plots.save_image_grid`). Returns the path (None on other ranks).
         """
         if not self.writes:
@@ -376,7 +395,9 @@ class RunFolder:
 
     def save(self, name: str, state: Mapping[str, Any] | Callable[[], Mapping[str, Any]]
              ) -> Path | None:
-        """Save a checkpoint as ``checkpoints/<name>``; ``state`` may be a callable, called
+        """Save a checkpoint as ``checkpoints/<name>``.
+
+        Save a checkpoint as ``checkpoints/<name>``; ``state`` may be a callable, called
         only on the writing process. Returns the path written (None on other ranks).
         """
         if not self.writes:
@@ -386,7 +407,9 @@ class RunFolder:
     def save_checkpoint(
         self, step: int, state: Mapping[str, Any] | Callable[[], Mapping[str, Any]]
     ) -> Path | None:
-        """Save the checkpoint of ``step`` as ``checkpoints/step-<step>.pt``, make it
+        """Save the checkpoint of ``step`` and rotate the step checkpoints.
+
+        Save the checkpoint of ``step`` as ``checkpoints/step-<step>.pt``, make it
         ``latest.pt`` and delete the step checkpoints beyond the newest :attr:`keep`.
         Returns the step file (None on other ranks).
         """
@@ -406,7 +429,9 @@ class RunFolder:
         return path
 
     def load_latest(self) -> tuple[dict[str, Any], Path] | None:
-        """The newest readable checkpoint and its path (None: none yet), see
+        """The newest readable checkpoint and its path.
+
+        The newest readable checkpoint and its path (None: none yet), see
         :func:`newest_checkpoint`; the writer (holding the lock) sets corrupt ones aside.
         """
         return newest_checkpoint(self.checkpoints, set_aside=self._lock.held)

@@ -99,7 +99,9 @@ class TrajectoryConfig(TomlConfig):
         return build_config(cls, data).validate()
 
     def validate(self) -> TrajectoryConfig:
-        """Check every value (:class:`ConfigError`, a ValueError naming the key), then
+        """Check every value, then :meth:`resolve`.
+
+        Check every value (:class:`ConfigError`, a ValueError naming the key), then
         :meth:`resolve`. Whether the data has ``data.dims`` features is checked when it is
         loaded.
         """
@@ -147,7 +149,9 @@ class TrajectoryConfig(TomlConfig):
         return self.resolve()
 
     def resolve(self) -> TrajectoryConfig:
-        """Write in the defaults left unset: sigma -1 becomes the method preset's sigma
+        """Write in the defaults left unset.
+
+        Write in the defaults left unset: sigma -1 becomes the method preset's sigma
         (``otcfm.matchers.preset_defaults``), so the saved config records the sigma used.
         """
         if self.method.sigma == -1:

@@ -1,4 +1,6 @@
-"""Multi-marginal flow matching through populations at times 0, 1, ..., K (Tong et al. 2024,
+"""Multi-marginal flow matching through populations at times 0, 1, ..., K.
+
+Multi-marginal flow matching through populations at times 0, 1, ..., K (Tong et al. 2024,
 single-cell trajectory inference).
 
 One time-conditioned network v(x, tau) serves every interval. Index time tau = k is the
@@ -62,8 +64,9 @@ SB_SINKHORN_TOL = 1e-2
 
 @dataclass(frozen=True)
 class FitSpec:
-    """Hyper-parameters of one fit (paper: MLP 3x64 SELU, AdamW 1e-3 / 1e-5, batch 128 per
-    time). ``sigma=None`` takes :data:`DEFAULT_SIGMA` of the method.
+    """Hyper-parameters of one fit (paper: MLP 3x64 SELU, AdamW 1e-3 / 1e-5, batch 128 per time).
+
+    ``sigma=None`` takes :data:`DEFAULT_SIGMA` of the method.
     """
 
     method: str = "otcfm"
@@ -99,7 +102,9 @@ class FitSpec:
 
 
 def build_matcher(method: str, sigma: float) -> FlowMatcher:
-    """The registry preset: otcfm (exact OT), icfm (independent), sbcfm (Brownian bridge,
+    """The registry preset of each trajectory method.
+
+    The registry preset: otcfm (exact OT), icfm (independent), sbcfm (Brownian bridge,
     entropic OT with the preset's reg 2 sigma^2, Sinkhorn stopped at marginal L1 error
     :data:`SB_SINKHORN_TOL`), sf2m (Brownian bridge and score, exact OT as its preset).
     """
@@ -173,7 +178,9 @@ def multimarginal_loss(
 
 
 def _for_span(fm: FlowMatcher, span: float) -> FlowMatcher:
-    """The matcher of an interval of ``span`` index-time units: ``fm`` itself, except SF2M,
+    """The matcher of an interval of ``span`` index-time units.
+
+    The matcher of an interval of ``span`` index-time units: ``fm`` itself, except SF2M,
     whose bridge over the interval is sigma sqrt(span) (the reference sigma W in index time).
     """
     if not isinstance(fm, SF2M) or span == 1.0:
@@ -198,7 +205,9 @@ class FlowFit:
 
 
 class TimeSeriesObjective:
-    """Multi-marginal flow matching through the populations of ``ts`` (an objective of the
+    """Multi-marginal flow matching through the populations of ``ts``.
+
+    Multi-marginal flow matching through the populations of ``ts`` (an objective of the
     engine, :class:`otcfm.train.objectives.Objective`).
 
     Step s draws its cells, times and path noise from ``stream(seed, "trajectory", "step", s)``
@@ -229,7 +238,9 @@ class TimeSeriesObjective:
                                   self.spec.batch_size, g, on_pair=self._tally.add)
 
     def coupling_log(self) -> dict[str, float]:
-        """The coupling's convergence since the last row (:class:`ConvergenceTally`); every
+        """The coupling's convergence since the last row.
+
+        The coupling's convergence since the last row (:class:`ConvergenceTally`); every
         process solves the same plans, so each counts its own.
         """
         return self._tally.log()
@@ -247,7 +258,9 @@ class TimeSeriesObjective:
 
 
 class Fitter:
-    """One fit on the training engine (:class:`otcfm.train.loop.Engine`) with a
+    """One fit on the training engine with a :class:`TimeSeriesObjective`.
+
+    One fit on the training engine (:class:`otcfm.train.loop.Engine`) with a
     :class:`TimeSeriesObjective`: model (initialised from ``stream(seed, "trajectory",
     "init")``), AdamW and step count; each step's draws come from a generator derived from
     (seed, step), so a resumed fit equals an uninterrupted one.
@@ -304,7 +317,9 @@ class Fitter:
         callback: Callable[[Fitter], None] | None = None,
         callback_every: int = 0,
     ) -> FlowFit:
-        """Train to step ``until`` (default spec.steps); record the mean loss every
+        """Train to step ``until``, logging, checkpointing and calling back on the way.
+
+        Train to step ``until`` (default spec.steps); record the mean loss every
         ``log_every`` steps; checkpoint (with a run folder) and call ``callback(self)`` every
         ``callback_every`` steps (0: never) and at the last.
         """
@@ -321,7 +336,9 @@ class Fitter:
         return self.engine.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Load :meth:`state_dict` (also a checkpoint of before the engine, whose history
+        """Load :meth:`state_dict`.
+
+        Load :meth:`state_dict` (also a checkpoint of before the engine, whose history
         holds [step, loss] pairs).
         """
         history = [r if isinstance(r, dict) else {"step": int(r[0]), "loss": float(r[1])}
@@ -349,7 +366,9 @@ def model_from_state(state: dict[str, Any], dim: int) -> nn.Module:
 
 
 def _network(spec: FitSpec, dim: int, generator: torch.Generator | None = None) -> nn.Module:
-    """The paper's MLP v(x, tau) of the spec's width, depth and activation (SF2M: a
+    """The paper's MLP v(x, tau) of the spec's width, depth and activation.
+
+    The paper's MLP v(x, tau) of the spec's width, depth and activation (SF2M: a
     :class:`otcfm.models.DriftScore` of two such MLPs).
     """
     cfg = ModelConfig(width=spec.width, depth=spec.depth, activation=spec.activation)

@@ -1,4 +1,6 @@
-"""Figures of time courses: populations and predicted trajectories in a 2-D view (the first two
+"""Figures of time courses.
+
+Figures of time courses: populations and predicted trajectories in a 2-D view (the first two
 principal components of all cells), and W1 per left-out time. matplotlib is imported lazily.
 """
 
@@ -65,7 +67,9 @@ def plot_time_course(
     max_points: int = 1500,
     view: View2D | None = None,
 ) -> Path:
-    """Observed populations coloured by time, the held-out one in black, each panel's cell
+    """Draw populations, cell paths and predicted populations of a time course.
+
+    Observed populations coloured by time, the held-out one in black, each panel's cell
     paths (grey) and predicted population (red), in ``view`` (default: the plane of the
     first two principal components of every cell).
     """

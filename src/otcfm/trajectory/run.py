@@ -91,7 +91,9 @@ def data_spec(cfg: DataSection) -> DataSpec:
 
 
 def record_data(cfg: DataSection, dim: int) -> DataRecord:
-    """The run's data record (data.json): the file's absolute path, size and SHA-256 (or
+    """The run's data record (data.json).
+
+    The run's data record (data.json): the file's absolute path, size and SHA-256 (or
     "synthetic") and the model's feature count.
     """
     spec = data_spec(cfg)
@@ -171,7 +173,9 @@ def spec_from_config(cfg: TrajectoryConfig) -> FitSpec:
 def fit_run(
     cfg: TrajectoryConfig, *, resume: bool = False, progress: bool = True, evaluate: bool = True
 ) -> Path:
-    """Train the run of ``cfg`` (continuing its newest readable checkpoint with ``resume``),
+    """Train the run of ``cfg``, then evaluate it; return the run folder.
+
+    Train the run of ``cfg`` (continuing its newest readable checkpoint with ``resume``),
     then evaluate it (metrics.json, plots, report.md). Returns the run folder.
 
     The run folder's lock is held while training: a second writer is refused; without
@@ -297,7 +301,9 @@ def evaluate_trajectory_run(
     data_root: str | Path | None = None,
     allow_changed_data: bool = False,
 ) -> dict[str, Any]:
-    """Score a run (the leave-one-out protocol of Tong et al. 2024) and write metrics.json,
+    """Score a run and write metrics.json, plots and report.md.
+
+    Score a run (the leave-one-out protocol of Tong et al. 2024) and write metrics.json,
     plots and report.md.
 
     With a left-out time k: W1 and MMD of the cells of k-1 pushed to k against the true cells
@@ -345,7 +351,9 @@ def evaluate_trajectory_run(
 
 
 def run_sde(run: TrajectoryRun, seed: int | None, diffusion: str = DEFAULT_DIFFUSION) -> SDE:
-    """The SDE of an SF2M run (its sigma; ``diffusion`` a schedule of
+    """The SDE of an SF2M run.
+
+    The SDE of an SF2M run (its sigma; ``diffusion`` a schedule of
     :data:`otcfm.sampling.DIFFUSIONS`), noise from ``stream(seed or the run's, "sde")``;
     a clear error for a run without a score.
     """

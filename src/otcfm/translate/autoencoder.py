@@ -45,7 +45,9 @@ WEIGHTS, RECORD = "autoencoder.pt", "autoencoder.json"
 
 
 class AutoEncoder(nn.Module):
-    """conv 3x3 (w) -> conv 4x4 stride 2 (2w) -> conv 4x4 stride 2 (2w) -> linear (latent),
+    """Small convolutional autoencoder for images in [-1, 1].
+
+    conv 3x3 (w) -> conv 4x4 stride 2 (2w) -> conv 4x4 stride 2 (2w) -> linear (latent),
     SiLU between; the decoder mirrors it with transposed convolutions and ends in tanh, so
     images come back in (-1, 1).
 
@@ -117,7 +119,9 @@ class AutoEncoder(nn.Module):
 
 
 class ReconstructionObjective:
-    """The engine's objective for an autoencoder: mean squared reconstruction error of a batch
+    """The engine's objective for an autoencoder: mean squared reconstruction error.
+
+    The engine's objective for an autoencoder: mean squared reconstruction error of a batch
     of ``batch_size`` training images drawn at step s from ``stream(seed, "autoencoder",
     s)`` (resuming equals never stopping); ``val_loss`` on the whole validation set.
     """
@@ -158,7 +162,9 @@ class ReconstructionObjective:
 
 @dataclass(frozen=True, eq=False)
 class AutoEncoderFit:
-    """A trained autoencoder and the standardisation of its latents: :meth:`encode` gives
+    """A trained autoencoder and the standardisation of its latents.
+
+    A trained autoencoder and the standardisation of its latents: :meth:`encode` gives
     (encoder(x) - mean) / std, :meth:`decode` inverts it. ``val_loss``: mean squared error
     per pixel on the held-out images; ``record``: how it was trained.
     """
@@ -199,7 +205,9 @@ def fit_autoencoder(
     progress: bool = False,
     device: torch.device | str = "cpu",
 ) -> AutoEncoderFit:
-    """Train an :class:`AutoEncoder` on ``images`` (N, C, H, W) in [-1, 1] with the engine
+    """Train an :class:`AutoEncoder` on ``images`` with the engine.
+
+    Train an :class:`AutoEncoder` on ``images`` (N, C, H, W) in [-1, 1] with the engine
     (AdamW, ``steps`` optimizer steps); a random ``val_fraction`` of the images (from
     ``stream(seed, "autoencoder", "split")``) is held out for ``val_loss``. The latent mean
     and standard deviation come from the training images.
@@ -237,7 +245,9 @@ def fit_autoencoder(
 
 
 def save_autoencoder(fit: AutoEncoderFit, folder: str | Path) -> Path:
-    """Write ``folder/autoencoder.pt`` (the weights and the latent mean and std, plain
+    """Write an autoencoder's weights and record to ``folder``; return the folder.
+
+    Write ``folder/autoencoder.pt`` (the weights and the latent mean and std, plain
     tensors) and ``folder/autoencoder.json`` (the record); returns the folder.
     """
     folder = Path(folder)
@@ -252,7 +262,9 @@ def save_autoencoder(fit: AutoEncoderFit, folder: str | Path) -> Path:
 
 
 def load_autoencoder(folder: str | Path) -> AutoEncoderFit:
-    """Read what :func:`save_autoencoder` wrote (``weights_only=True``: tensors only); a
+    """Read what :func:`save_autoencoder` wrote.
+
+    Read what :func:`save_autoencoder` wrote (``weights_only=True``: tensors only); a
     missing file is a FileNotFoundError, weights that do not fit the record a ValueError.
     """
     folder = Path(folder)
