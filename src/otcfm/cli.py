@@ -185,10 +185,15 @@ class ConfigType:
         self.defaults, self.section, self.key = defaults, section, key
 
     def kind(self) -> type:
+        """The type of the field's default value (the config class is imported here)."""
         cfg = self.defaults()
         return type(getattr(getattr(cfg, self.section) if self.section else cfg, self.key))
 
     def __call__(self, text: str) -> Any:
+        """Convert the flag's ``text`` to the field's type.
+
+        Raises ``argparse.ArgumentTypeError`` when the text is not a value of that type.
+        """
         kind = self.kind()
         if kind is bool:
             word = text.strip().lower()
@@ -212,6 +217,7 @@ class Parser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
+        """Print ``message`` on one line with a pointer to ``--help`` and exit with code 2."""
         text = _one_line(message)
         self.exit(2, f"{self.prog}: error: {text} (see `{self.prog} --help`)\n")
 
@@ -657,6 +663,10 @@ class _naming_flags:  # noqa: N801 - a context manager used like a function
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``otcfm train``: resolve the config, check the device and train.
+
+    With ``--print-config`` the resolved config is printed as TOML instead.
+    """
     from otcfm.train import cli as train_cli
     from otcfm.train.config import check_device_available
 
@@ -677,18 +687,21 @@ def _scorer(spec: str) -> Any:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """``otcfm sample``: draw samples of a trained run (see :mod:`otcfm.train.cli`)."""
     from otcfm.train import cli as train_cli
 
     return train_cli.cmd_sample(args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``otcfm evaluate``: score a trained run, image runs with their data set's feature network."""
     from otcfm.train import cli as train_cli
 
     return train_cli.cmd_evaluate(args, scorer=_scorer)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``otcfm demo``: train and compare the methods on the demo task, printing one line each."""
     import shutil
 
     from otcfm.experiments.demo import run_demo
@@ -709,6 +722,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_list(_: argparse.Namespace) -> int:
+    """``otcfm list``: print the registered methods, couplings, time samplers, solvers and data."""
     from otcfm.couplings import COUPLINGS
     from otcfm.data import toy
     from otcfm.matchers import MATCHERS
@@ -725,6 +739,7 @@ def cmd_list(_: argparse.Namespace) -> int:
 
 
 def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
+    """``otcfm convert-checkpoint``: rewrite a trusted old checkpoint as plain values."""
     from otcfm.train.checkpoint import convert_checkpoint
 
     if not args.trusted:
@@ -738,16 +753,19 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """``otcfm bench NAME ...``: run the named benchmark on the remaining arguments."""
     return BENCHES[args.name]()(args.args)
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
+    """``otcfm translate ...``: run the latent translation recipe on the remaining arguments."""
     from otcfm.experiments.translation import translate_main
 
     return translate_main(args.args)
 
 
 def cmd_trajectory(args: argparse.Namespace) -> int:
+    """``otcfm trajectory fit | predict | evaluate``: the time-course commands."""
     from otcfm.trajectory import cli as trajectory
 
     if args.trajectory_command == "fit":

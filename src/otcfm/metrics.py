@@ -304,7 +304,9 @@ def _frechet(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.nd
 
 
 def frechet_distance_from_stats(mu_a: Any, cov_a: Any, mu_b: Any, cov_b: Any) -> float:
-    """Fréchet distance between the Gaussians N(mu_a, A) and N(mu_b, B), in float64:
+    """Fréchet distance between the Gaussians N(mu_a, A) and N(mu_b, B), in float64.
+
+    The value computed is::
 
         d^2 = ||mu_a - mu_b||^2 + tr(A) + tr(B) - 2 tr((A^{1/2} B A^{1/2})^{1/2})
 

@@ -105,7 +105,8 @@ class ProbabilityPath(ABC):
         """Draw xt ~ p_t(x | x0, x1) and its target ut for a batch of pairs.
 
         Args:
-            x0, x1: (B, *event) finite floating tensors of the same shape and dtype.
+            x0: (B, ``*event``) finite floating tensor: the source points.
+            x1: (B, ``*event``) finite floating tensor of x0's shape and dtype: the targets.
             t: (B,) times in [0, 1], or a float / 0-dim tensor used for every sample.
             noise: optional (B, *event) standard normal eps; drawn from ``generator`` if None.
             generator: torch.Generator for the noise (same seed, same sample).
@@ -189,16 +190,20 @@ class LinearPath(ProbabilityPath):
         object.__setattr__(self, "sigma", check_positive("sigma", self.sigma, allow_zero=True))
 
     def mu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """Mean x_t of the path: t x1 + (1 - t) x0."""
         tp = pad_t(t, x0)
         return tp * x1 + (1 - tp) * x0
 
     def sigma_t(self, t: Tensor) -> Tensor:
+        """Standard deviation of the path: the constant sigma, shaped like ``t``."""
         return torch.full_like(t, self.sigma)
 
     def dmu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """Time derivative of the mean: x1 - x0."""
         return x1 - x0
 
     def dsigma_t(self, t: Tensor) -> Tensor:
+        """Time derivative of the standard deviation: zero."""
         return torch.zeros_like(t)
 
     def _fields(self, x0: Tensor, x1: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
@@ -235,13 +240,16 @@ class BrownianBridgePath(ProbabilityPath):
         object.__setattr__(self, "t_clip", t_clip)
 
     def mu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """Mean x_t of the path: t x1 + (1 - t) x0."""
         tp = pad_t(t, x0)
         return tp * x1 + (1 - tp) * x0
 
     def sigma_t(self, t: Tensor) -> Tensor:
+        """Standard deviation of the bridge: sigma sqrt(t (1 - t))."""
         return self.sigma * torch.sqrt((t * (1 - t)).clamp_min(0))
 
     def dmu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """Time derivative of the mean: x1 - x0."""
         return x1 - x0
 
     def dsigma_t(self, t: Tensor) -> Tensor:
@@ -304,15 +312,19 @@ class GaussianTargetPath(ProbabilityPath):
         object.__setattr__(self, "sigma_min", smin)
 
     def mu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """Mean x_t of the path: t x1."""
         return pad_t(t, x1) * x1
 
     def sigma_t(self, t: Tensor) -> Tensor:
+        """Standard deviation of the path: 1 - (1 - sigma_min) t."""
         return 1 - (1 - self.sigma_min) * t
 
     def dmu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """Time derivative of the mean: x1."""
         return x1
 
     def dsigma_t(self, t: Tensor) -> Tensor:
+        """Time derivative of the standard deviation: -(1 - sigma_min)."""
         return torch.full_like(t, -(1 - self.sigma_min))
 
     def _noise(
@@ -379,17 +391,21 @@ class TrigPath(ProbabilityPath):
         object.__setattr__(self, "sigma", check_positive("sigma", self.sigma, allow_zero=True))
 
     def mu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """Mean x_t of the path: cos(pi t / 2) x0 + sin(pi t / 2) x1."""
         a = pad_t(t, x0) * (math.pi / 2)
         return torch.cos(a) * x0 + torch.sin(a) * x1
 
     def sigma_t(self, t: Tensor) -> Tensor:
+        """Standard deviation of the path: the constant sigma, shaped like ``t``."""
         return torch.full_like(t, self.sigma)
 
     def dmu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """Time derivative of the mean: (pi / 2) (cos(pi t / 2) x1 - sin(pi t / 2) x0)."""
         a = pad_t(t, x0) * (math.pi / 2)
         return (math.pi / 2) * (torch.cos(a) * x1 - torch.sin(a) * x0)
 
     def dsigma_t(self, t: Tensor) -> Tensor:
+        """Time derivative of the standard deviation: zero."""
         return torch.zeros_like(t)
 
 

@@ -400,7 +400,9 @@ def _warn_nonfinite(xs: Tensor, energy: Tensor | None) -> None:
 
 # --------------------------------------------------------------------------- guidance
 class Guided(torch.nn.Module):
-    """Classifier-free guidance (Ho & Salimans 2022) of a class-conditional velocity field:
+    """Classifier-free guidance (Ho & Salimans 2022) of a class-conditional velocity field.
+
+    The guided field is::
 
         v_w(x, t | y) = (1 + w) v(x, t | y) - w v(x, t | null),
 
@@ -457,6 +459,7 @@ class Guided(torch.nn.Module):
         self.key = key
 
     def forward(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
+        """Guided velocity at (x, t); ``cond[key]`` must hold integer class labels of shape (B,)."""
         key, n = self.key, x.shape[0]
         y = cond.get(key)
         if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() \
@@ -478,6 +481,7 @@ class Guided(torch.nn.Module):
         return (1.0 + w) * v[:n] - w * v[n:]
 
     def extra_repr(self) -> str:
+        """The guidance settings shown in the module's repr."""
         return f"scale={self.scale!r}, null_class={self.null_class!r}, key={self.key!r}"
 
 

@@ -41,6 +41,7 @@ class TimeSampler(ABC):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> Tensor:
+        """Draw ``n`` times in [0, 1] as a (n,) float32 tensor, on ``device`` when given."""
         n = _check_n(n)
         src = generator.device if generator is not None else torch.device(device or "cpu")
         t = self._draw(n, generator, src)

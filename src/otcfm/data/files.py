@@ -392,6 +392,7 @@ class DataSpec:
 
     @property
     def is_file(self) -> bool:
+        """Whether the spec names a file (rather than a built-in distribution)."""
         return self.path is not None
 
 

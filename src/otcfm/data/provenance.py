@@ -61,6 +61,7 @@ class FileRecord:
         return cls(p, os.stat(p).st_size, sha256_file(p), key)
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (``key`` only when the file was read with one)."""
         out: dict[str, Any] = {"path": self.path, "size": self.size, "sha256": self.sha256}
         if self.key is not None:
             out["key"] = self.key
@@ -68,6 +69,7 @@ class FileRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> FileRecord:
+        """Read a record written by :meth:`to_dict`; ValueError naming ``where`` if malformed."""
         try:
             path, size, sha = data["path"], data["size"], data["sha256"]
             key = data.get("key")
@@ -157,6 +159,7 @@ class DataRecord:
     event_shape: tuple[int, ...] | None = None
 
     def to_json(self) -> str:
+        """The record as the text of a run's ``data.json``."""
         inputs = {
             k: {"builtin": v} if isinstance(v, str) else v.to_dict() for k, v in self.inputs.items()
         }

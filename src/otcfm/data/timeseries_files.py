@@ -136,6 +136,7 @@ def load_timeseries(
     """Load populations at several times from ``.h5ad``, ``.npz`` or ``.csv``/``.tsv``.
 
     Args:
+        path: the file to read: ``.h5ad``, ``.npz``, ``.csv`` or ``.tsv``.
         time_key: where the time of each cell is: an ``obs`` column (.h5ad; default the first
             of :data:`TIME_KEYS` present), an array of the archive (.npz; default
             ``sample_labels``) or a header name (.csv; default ``time``).

@@ -449,6 +449,7 @@ class Density:
         DENSITIES.factory(self.name)  # unknown names fail here, with the valid ones
 
     def log_prob(self, x: Tensor) -> Tensor:
+        """Log-density of the distribution at ``x`` (N, 2), (N,), in x's dtype and on its device."""
         return log_prob(self.name, x).to(device=x.device, dtype=x.dtype)
 
 

@@ -210,9 +210,11 @@ class FeatureScorer:
         self.name = FEATURE_NAMES[dataset]
 
     def distance(self, samples: Tensor, reference: Tensor) -> float:
+        """Fréchet distance between the features of ``samples`` and ``reference`` (images)."""
         return feature_distance(self.net, samples, reference)
 
     def accuracy(self, samples: Tensor, labels: Tensor) -> float:
+        """Fraction of ``samples`` that the network classifies as their ``labels``."""
         return accuracy(self.net, samples, labels)
 
 

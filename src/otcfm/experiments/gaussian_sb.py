@@ -167,6 +167,7 @@ class Protocol:
 
     @property
     def times(self) -> list[float]:
+        """The evaluation times k / euler_steps, k = 0 .. euler_steps."""
         return [k / self.euler_steps for k in range(self.euler_steps + 1)]
 
 
@@ -177,6 +178,8 @@ QUICK_DIMS = (2, 5)
 
 @dataclass(frozen=True)
 class Cell:
+    """One (method, coupling, dimension, seed) of the Gaussian Schrödinger-bridge benchmark."""
+
     method: str
     coupling: str
     dim: int
@@ -184,24 +187,29 @@ class Cell:
 
     @property
     def name(self) -> str:
+        """The cell's folder name."""
         return f"{self.method}-{self.coupling}-d{self.dim}-seed{self.seed}"
 
     @property
     def label(self) -> str:
+        """The cell's name in progress lines."""
         return f"{self.method} ({self.coupling}) d={self.dim} seed {self.seed}"
 
     def run_dir(self, runs: Path) -> Path:
+        """The cell's run folder under ``runs``."""
         return Path(runs) / f"d{self.dim}" / self.name
 
 
 def plan_cells(
     methods: Sequence[str], couplings: Sequence[str], dims: Sequence[int], seeds: Sequence[int]
 ) -> list[Cell]:
+    """Every cell of the grid, by dimension, then method, coupling and seed."""
     return [Cell(m, c, d, s) for d in dims for m in methods for c in couplings for s in seeds]
 
 
 # --------------------------------------------------------------------------- one cell
 def data_dir(runs: Path, dim: int, seed: int, p: Protocol) -> Path:
+    """The folder of the data files of one (dimension, seed) under ``runs``."""
     return Path(runs) / "data" / f"d{dim}-seed{seed}-n{p.n_train}-{p.n_val}-a{p.a:g}"
 
 
@@ -231,6 +239,7 @@ def test_sources(dim: int, seed: int, p: Protocol) -> Tensor:
 
 
 def cell_config(cell: Cell, p: Protocol, runs: Path, data: DataConfig) -> RunConfig:
+    """The training run config of ``cell`` under protocol ``p`` on ``data``."""
     return RunConfig(
         name=cell.name,
         out_dir=str(cell.run_dir(runs).parent),
@@ -262,10 +271,12 @@ def sample_cell(model: torch.nn.Module, x0: Tensor, cell: Cell, p: Protocol,
 
 
 def kl_curve(traj: Trajectory, p: Protocol) -> list[float]:
+    """KL of the fitted Gaussian of each state of ``traj`` to the exact marginal at its time."""
     return [fitted_kl(traj.xs[k], t, p.a, p.sigma) for k, t in enumerate(p.times)]
 
 
 def cached_record(cell: Cell, p: Protocol, runs: Path) -> dict[str, Any] | None:
+    """The cell's saved record when it was made under the same protocol, else None."""
     path = cell.run_dir(runs) / "cell.json"
     if not path.is_file():
         return None
@@ -356,6 +367,7 @@ def run_cells(
 
 
 def describe(result: CellResult) -> str:
+    """One progress line on a finished cell: its KL numbers and training time, or its failure."""
     if result.record is None:
         return f"FAILED ({result.error})"
     r = result.record

@@ -102,6 +102,7 @@ def rewrite_page(out: str | Path) -> Path:
 
 
 def read_probes(out: Path) -> dict[str, Any] | None:
+    """The probe measurements in ``out`` (``gaussian_sb_probes.json``), or None when absent."""
     path = Path(out) / PROBES_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -125,6 +126,7 @@ def json_lines(records: Sequence[dict[str, Any]]) -> str:
 
 # --------------------------------------------------------------------------- statistics
 def groups_of(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, int], list[dict]]:
+    """Group the records by (method, coupling, dim)."""
     groups: dict[tuple[str, str, int], list[dict]] = {}
     for r in records:
         groups.setdefault((r["method"], r["coupling"], r["dim"]), []).append(r)
@@ -146,6 +148,7 @@ def kl_floor(dim: int, n: int) -> float:
 
 
 def fmt(mean: float, std: float | None = None) -> str:
+    """Format ``mean`` (and `` ± std``) with 3 decimals, 4 below 0.01."""
     digits = 4 if abs(mean) < 0.01 else 3
     return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
 
@@ -155,6 +158,7 @@ def markdown(
     records: Sequence[dict[str, Any]], meta: dict[str, Any], figure: Path | None, out: Path,
     probes: dict[str, Any] | None = None,
 ) -> str:
+    """The markdown page of the benchmark from its records, run metadata and figure."""
     p = meta["protocol"]
     groups = groups_of(records)
     dims = sorted({r["dim"] for r in records})

@@ -148,6 +148,7 @@ QUICK: dict[str, dict[str, Any]] = {
 
 
 def protocol_for(dataset: str, quick: bool = False, **over: Any) -> Protocol:
+    """The protocol of ``dataset``: the full or quick budget, any field overridden by ``over``."""
     base = (QUICK if quick else FULL)[dataset] if dataset in DATASETS else {}
     return Protocol(dataset=dataset, **{**base, **over})
 
@@ -162,17 +163,24 @@ class Cell:
 
     @property
     def name(self) -> str:
+        """The cell's folder name."""
         return f"{self.method}-seed{self.seed}"
 
     @property
     def label(self) -> str:
+        """The cell's name in progress lines."""
         return f"{self.dataset} {self.method} seed {self.seed}"
 
     def run_dir(self, runs: Path) -> Path:
+        """The cell's run folder under ``runs``."""
         return Path(runs) / self.dataset / self.name
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
+    """Parse ``--methods``: names of :data:`METHODS`, in order, repeats dropped.
+
+    Raises ValueError for an empty list or an unknown name.
+    """
     items = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
     if not items:
         raise ValueError(f"--methods needs at least one name, got {text!r}")
@@ -183,6 +191,7 @@ def parse_methods(text: str) -> tuple[str, ...]:
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
+    """Parse ``--seeds``: comma-separated integers >= 0."""
     return _cells.int_list(text, "--seeds", low=0)
 
 
@@ -198,6 +207,7 @@ class Split:
 
 
 def load_split(dataset: str) -> Split:
+    """The training images of ``dataset`` and its FD reference images (never trained on)."""
     if dataset == "digits":
         data = load_images("digits")
         perm = torch.randperm(len(data), generator=stream(0, "images-bench", "digits-reference"))
@@ -235,6 +245,7 @@ def real_fd(dataset: str, n: int) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- one cell
 def build(cell: Cell, p: Protocol, data: ImageSet) -> tuple[ImageObjective, MLP]:
+    """The objective and the MLP of ``cell`` under protocol ``p`` on ``data``."""
     preset, coupling, conditional = METHODS[cell.method]
     k = data.num_classes
     kw: dict[str, Any] = {"sigma": p.fm_sigma if preset == "fm" else p.sigma}
@@ -394,6 +405,7 @@ def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
 
 
 def cached_record(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any] | None:
+    """The cell's saved record when it was made under the same protocol, else None."""
     path = cell.run_dir(Path(runs)) / "cell.json"
     if not path.is_file():
         return None
@@ -422,6 +434,7 @@ def cached_results(cells: Sequence[Cell], p: Protocol, runs: str | Path) -> list
 
 
 def describe(result: CellResult) -> str:
+    """One progress line on a finished cell: FD at 2 and 100 Euler steps, times; or its failure."""
     if result.record is None:
         return f"FAILED ({result.error})"
     r = result.record

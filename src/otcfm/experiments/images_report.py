@@ -170,6 +170,7 @@ def _solver_name(key: str) -> str:
 
 # --------------------------------------------------------------------------- statistics
 def mean_se(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and standard error (None for a single value) of ``values``."""
     mean = statistics.fmean(values)
     se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
     return mean, se
@@ -193,6 +194,10 @@ def variants(records: list[dict], dataset: str) -> list[tuple[str, float | None]
 
 
 def select(records: list[dict], dataset: str, method: str, w: Any) -> list[dict]:
+    """Records of ``dataset`` and ``method`` at guidance ``w``.
+
+    ``w`` None: all of them; 0.0: the unguided ones; else each seed's chosen w.
+    """
     rows = [r for r in records if r["dataset"] == dataset and r["method"] == method]
     if w is None:
         return rows
@@ -214,6 +219,7 @@ def by_solver(rows: list[dict]) -> dict[tuple[str, int | None], dict[int, dict]]
 
 
 def solver_keys(records: list[dict], dataset: str) -> list[tuple[str, int | None]]:
+    """The (solver, steps) pairs evaluated on ``dataset``, Euler by increasing steps first."""
     keys = {(r["solver"], r["steps"]) for r in records if r["dataset"] == dataset}
     return sorted(keys, key=lambda k: (k[0] != "euler", k[1] or 0))
 
@@ -262,6 +268,7 @@ def _pm(mean: float, se: float | None, digits: int = 2) -> str:
 
 
 def acceptance_line(acc: dict[str, Any]) -> str:
+    """The sentence on the acceptance test of OT-CFM against I-CFM at 2 and 100 Euler steps."""
     two, hundred = acc[2], acc[100]
 
     def units(d: dict, sign: int = 1) -> str:
@@ -308,6 +315,7 @@ def render_page(out: str | Path) -> str:
 
 
 def dataset_section(data: dict[str, Any], dataset: str, out: Path) -> list[str]:
+    """The markdown lines of the page's section on ``dataset``."""
     meta = data["runs"][dataset]
     p = meta["protocol"]
     records = [r for r in data["records"] if r["dataset"] == dataset]
@@ -436,6 +444,7 @@ def _figures(dataset: str, out: Path) -> list[str]:
 
 
 def shortfalls(data: dict[str, Any], dataset: str, acc: dict[str, Any] | None) -> list[str]:
+    """Notes on where the run on ``dataset`` falls short (acceptance, FD of real images, model)."""
     meta = data["runs"][dataset]
     p = meta["protocol"]
     out = []

@@ -177,6 +177,7 @@ class Fit:
 
     @property
     def label(self) -> str:
+        """The fit's name in progress lines: method, seed and held-out time."""
         t = self.task
         return (f"{label(t['label'])} seed {t['spec'].seed}, "
                 f"time {t['ts'].time_names[t['spec'].left_out]} held out")
@@ -215,6 +216,7 @@ def _describe(result: CellResult) -> str:
 def baseline_record(
     ts: TimeSeries, k: int, seed: int, truth: torch.Tensor | None
 ) -> dict[str, Any]:
+    """The interpolation baseline's record for held-out time ``k`` (W1, MMD, W1 to ``truth``)."""
     pred = interpolation_baseline(ts, k, generator=stream(seed, "baseline", str(k)))
     s = score(pred, ts.at(k))
     rec = {"method": BASELINE, "left_out": k, "time": ts.time_names[k], "seed": seed,
@@ -226,6 +228,7 @@ def baseline_record(
 
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``otcfm bench single-cell``."""
     p = argparse.ArgumentParser(
         prog="otcfm bench single-cell",
         description="Leave-one-time-point-out trajectory inference: OT-CFM, I-CFM, SB-CFM and "
@@ -287,6 +290,7 @@ def _left_outs(flag: str, n_times: int) -> list[int]:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """Run every fit the parsed flags ask for; write the report under ``--out`` and return it."""
     started = time.perf_counter()
     if args.seeds is None:
         args.seeds = 1 if args.quick else 5
@@ -368,6 +372,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``otcfm bench single-cell``; a user error is told on one line with exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:

@@ -77,12 +77,14 @@ def summarize(
 
 
 def pm(entry: dict[str, Any] | None, fmt: str = ".3f") -> str:
+    """Format a summary entry as ``mean ± std`` with ``fmt``; ``-`` when there is none."""
     if not entry:
         return "-"
     return f"{entry['mean']:{fmt}} ± {entry['std']:{fmt}}"
 
 
 def markdown(report: dict[str, Any]) -> str:
+    """The markdown page of a single-cell report."""
     summary, ts_info = report["summary"], report["data"]
     pub = report.get("published")
     synthetic = report["data"]["path"] == "synthetic"

@@ -142,6 +142,7 @@ class Protocol:
         return d
 
     def sigma(self, method: str) -> float:
+        """The sigma of ``method`` in this protocol (an override, else :func:`sigma_of`)."""
         return dict(self.sigmas).get(method, sigma_of(method))
 
 
@@ -166,15 +167,18 @@ class Cell:
 
     @property
     def name(self) -> str:
+        """The cell's folder name (prefixed by the library when not otcfm)."""
         prefix = "" if self.library == "otcfm" else f"{self.library}-"
         return f"{prefix}{self.method}-seed{self.seed}"
 
     @property
     def label(self) -> str:
+        """The cell's name in progress lines."""
         lib = "" if self.library == "otcfm" else f" [{self.library}]"
         return f"{self.task} {self.method}{lib} seed {self.seed}"
 
     def run_dir(self, runs: Path) -> Path:
+        """The cell's run folder under ``runs``."""
         return Path(runs) / self.task / self.name
 
     def depends_on(self) -> Cell | None:
@@ -184,6 +188,7 @@ class Cell:
 
 # --------------------------------------------------------------------------- choosing cells
 def parse_tasks(text: str) -> tuple[str, ...]:
+    """Parse ``--tasks``: names of :data:`otcfm.data.toy.TASKS`; ValueError otherwise."""
     tasks = _split_list(text, "--tasks")
     bad = [t for t in tasks if t not in toy.TASKS]
     if bad:
@@ -253,6 +258,7 @@ def plan_cells(
 
 # --------------------------------------------------------------------------- one cell
 def sigma_of(method: str) -> float:
+    """The benchmark's sigma of ``method``: the paper's, else the matcher's default."""
     if method in SIGMA:
         return SIGMA[method]
     default = inspect.signature(MATCHERS.factory(method)).parameters.get("sigma")
@@ -262,6 +268,7 @@ def sigma_of(method: str) -> float:
 
 
 def task_data_config(task: str, p: Protocol) -> DataConfig:
+    """The data config of ``task`` with the protocol's split sizes."""
     source, target = toy.task(task)
     return DataConfig(
         source=source, target=target, n_train=p.n_train, n_val=p.n_val, n_test=p.n_test
@@ -590,6 +597,7 @@ def cached_results(cells: Sequence[Cell], p: Protocol, runs: str | Path) -> list
 
 # --------------------------------------------------------------------------- progress
 def describe(result: CellResult) -> str:
+    """One progress line on a finished cell: W2, NPE, NFE and training time, or its failure."""
     if result.record is None:
         return f"FAILED ({result.error})"
     r = result.record

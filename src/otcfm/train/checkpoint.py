@@ -219,11 +219,13 @@ class StagedFiles:
         self._staged: list[tuple[Path, Path]] = []
 
     def path(self, target: str | Path) -> Path:
+        """Stage ``target``: the temporary file to write it through."""
         tmp = _temp_beside(Path(target))
         self._staged.append((tmp, Path(target)))
         return tmp
 
     def write_text(self, text: str, target: str | Path) -> None:
+        """Stage ``target`` with the content ``text``."""
         self.path(target).write_text(text)
 
     def save(self, obj: Any, target: str | Path) -> None:
@@ -232,6 +234,7 @@ class StagedFiles:
         torch.save(obj, self.path(target))
 
     def commit(self) -> list[Path]:
+        """Rename every staged file into place, in order; return the targets written."""
         done = []
         try:
             for tmp, target in self._staged:
@@ -245,6 +248,7 @@ class StagedFiles:
         return done
 
     def discard(self) -> None:
+        """Delete the staged temporary files."""
         for tmp, _ in self._staged:
             tmp.unlink(missing_ok=True)
         self._staged = []

@@ -221,6 +221,7 @@ def cmd_sample_images(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """``otcfm sample``: draw samples of a trained run by its ODE (or SDE) and save them."""
     if _is_image_run(args.run):
         return cmd_sample_images(args)
     _refuse_image_flags(args, {"klass": None, "guidance": 0.0, "device": None,

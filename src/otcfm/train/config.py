@@ -87,6 +87,7 @@ def check_choice(key: str, value: Any, choices: Any, what: str) -> None:
 
 
 def check_seed(key: str, value: Any) -> None:
+    """Raise ConfigError unless ``value`` is an integer seed in [0, 2^63)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
         raise ConfigError(key, f"{key} must be an integer in [0, 2^63), got {value!r}")
 
@@ -373,9 +374,11 @@ class TomlConfig:
 
     @property
     def run_dir(self) -> Path:
+        """The run folder: ``out_dir / name``."""
         return Path(self.out_dir) / self.name
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as nested dicts."""
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
@@ -392,9 +395,11 @@ class TomlConfig:
             raise ConfigError(err.key, f"{path}: {err}") from None
 
     def validate(self) -> Any:
+        """Check every value and return the config (subclasses implement it)."""
         raise NotImplementedError
 
     def to_toml(self) -> str:
+        """The config as TOML text (as written to a run's ``config.toml``)."""
         return dumps_toml(self.to_dict())
 
 

@@ -45,11 +45,14 @@ class Splits:
 
 @dataclass(frozen=True)
 class RunData:
+    """The split source and target data of a run."""
+
     source: Splits
     target: Splits
 
     @property
     def event_shape(self) -> tuple[int, ...]:
+        """Shape of one source point."""
         return tuple(self.source.train.shape[1:])
 
 

@@ -58,9 +58,13 @@ class FeatureScorer(Protocol):
 
     name: str
 
-    def distance(self, samples: Tensor, reference: Tensor) -> float: ...
+    def distance(self, samples: Tensor, reference: Tensor) -> float:
+        """Fréchet distance between the features of ``samples`` and ``reference`` (images)."""
+        ...
 
-    def accuracy(self, samples: Tensor, labels: Tensor) -> float: ...
+    def accuracy(self, samples: Tensor, labels: Tensor) -> float:
+        """Fraction of ``samples`` that the network classifies as their ``labels``."""
+        ...
 
 
 def to_pixels(images: Tensor) -> Tensor:

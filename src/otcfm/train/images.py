@@ -214,4 +214,5 @@ class ImageObjective:
                 "classes": list(self.classes), "conditional": self.conditional}
 
     def close(self) -> None:
+        """Release nothing: the objective holds no threads or files."""
         pass

@@ -128,6 +128,8 @@ def needs_score(cfg: MethodConfig) -> bool:
 
 @dataclass
 class TrainResult:
+    """What a training run produced: folder, step counts, best validation loss, time, history."""
+
     run_dir: Path
     steps: int
     best_step: int
@@ -257,6 +259,10 @@ class Engine:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        """The engine's state for a checkpoint.
+
+        Step, model, EMA, optimizer, best validation loss, time, history and the objective's.
+        """
         return {
             **self.objective.state(),
             **self.extra_state,
@@ -271,6 +277,7 @@ class Engine:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the state saved by :meth:`state_dict` (batches made ahead are dropped)."""
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
@@ -534,6 +541,7 @@ class Trainer(Engine):
 
     @property
     def data(self) -> RunData:
+        """The run's split data (the objective's)."""
         return self.objective.data
 
     @property
@@ -545,10 +553,12 @@ class Trainer(Engine):
 
     @property
     def shard(self) -> Shard:
+        """This process's share of a global batch (the objective's)."""
         return self.objective.shard
 
     @property
     def chunks_per_batch(self) -> int:
+        """Chunks per coupled batch (the objective's)."""
         return self.objective.chunks_per_batch
 
     def couple(self, index: int) -> CoupledBatch:

@@ -113,13 +113,21 @@ class Objective(Protocol):
     needs_score: bool
     metrics: tuple[str, ...]
 
-    def loss(self, net: nn.Module, step: int) -> Tensor: ...
+    def loss(self, net: nn.Module, step: int) -> Tensor:
+        """The training loss of optimizer step ``step`` for the network ``net``."""
+        ...
 
-    def validate(self, model: nn.Module) -> dict[str, float] | None: ...
+    def validate(self, model: nn.Module) -> dict[str, float] | None:
+        """Validation metrics of ``model`` (with ``val_loss``), or None without validation."""
+        ...
 
-    def state(self) -> dict[str, Any]: ...
+    def state(self) -> dict[str, Any]:
+        """The objective's state to save in a checkpoint."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Stop any background work (threads, prefetching) of the objective."""
+        ...
 
 
 def sample_rows(s: PathSample, part: slice) -> PathSample:
@@ -337,6 +345,7 @@ class PairObjective:
         return {"val_loss": val_loss, "val_w2": val_w2}
 
     def state(self) -> dict[str, Any]:
+        """The objective's checkpoint state: the run config as a dict."""
         return {"config": self.cfg.to_dict()}
 
     def close(self) -> None:

@@ -258,6 +258,7 @@ class InOrderBatches:
         return stream(self.seed, "couple", "0", str(index))
 
     def __call__(self, index: int) -> CoupledBatch:
+        """The coupled batch ``index``, its rows drawn ahead in blocks."""
         rows = self._rows.pop(index, None)
         if rows is None:  # the next block (or a jump: a resume, a restart)
             end = index + self.ahead

@@ -291,6 +291,7 @@ class RunFolder:
 
     @property
     def checkpoints(self) -> Path:
+        """The run's ``checkpoints`` folder."""
         return self.path / "checkpoints"
 
     # ------------------------------------------------------------------ the writer's lock

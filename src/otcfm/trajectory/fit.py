@@ -98,6 +98,7 @@ class FitSpec:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as a dict."""
         return asdict(self)
 
 
@@ -201,6 +202,7 @@ class FlowFit:
 
     @property
     def left_out(self) -> int | None:
+        """The held-out time index of the fit, or None."""
         return self.spec.left_out
 
 
@@ -233,6 +235,7 @@ class TimeSeriesObjective:
         self.log_fields: tuple[str, ...] = self._tally.fields
 
     def loss(self, net: nn.Module, step: int) -> Tensor:
+        """Multi-marginal flow matching loss of step ``step`` for the network ``net``."""
         g = stream(self.spec.seed, "trajectory", "step", str(step))
         return multimarginal_loss(net, self.matcher, self.populations, self.pairs,
                                   self.spec.batch_size, g, on_pair=self._tally.add)
@@ -246,6 +249,7 @@ class TimeSeriesObjective:
         return self._tally.log()
 
     def validate(self, model: nn.Module) -> None:
+        """No validation: always None."""
         return None
 
     def state(self) -> dict[str, Any]:
@@ -254,6 +258,7 @@ class TimeSeriesObjective:
                 "time_names": list(self.ts.time_names), "dim": self.ts.dim}
 
     def close(self) -> None:
+        """Release nothing: the objective holds no threads or files."""
         pass
 
 
@@ -307,6 +312,7 @@ class Fitter:
         return [(int(r["step"]), float(r["loss"])) for r in self.engine.history]
 
     def train_step(self) -> float:
+        """One optimizer step on the engine; return its loss."""
         return self.engine.train_step()
 
     def run(
@@ -329,10 +335,12 @@ class Fitter:
         return self.result()
 
     def result(self) -> FlowFit:
+        """The fit so far as a :class:`FlowFit`."""
         return FlowFit(self.model, self.spec, self.n_times, tuple(self.history),
                        self.train_seconds)
 
     def state_dict(self) -> dict[str, Any]:
+        """The engine's state for a checkpoint."""
         return self.engine.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ class View2D:
 
     @classmethod
     def fit(cls, x: Tensor) -> View2D:
+        """The view of the first two principal components of ``x`` (n, d)."""
         x = x.detach().double()
         mean = x.mean(0)
         if x.shape[1] == 1:
@@ -43,6 +44,7 @@ class View2D:
         return cls(torch.zeros(d, dtype=torch.float64), axes)
 
     def __call__(self, x: Tensor) -> Tensor:
+        """Project points (..., d) to the view's plane, (..., 2) float32."""
         flat = x.detach().double().reshape(-1, x.shape[-1])
         out = (flat - self.mean) @ self.axes.T
         return out.reshape(*x.shape[:-1], 2).float()

@@ -154,6 +154,7 @@ def load_data(
 
 
 def spec_from_config(cfg: TrajectoryConfig) -> FitSpec:
+    """The :class:`FitSpec` of a trajectory config (-1 settings become None)."""
     return FitSpec(
         method=cfg.method.name,
         sigma=None if cfg.method.sigma < 0 else cfg.method.sigma,
@@ -238,6 +239,8 @@ def _fit(cfg: TrajectoryConfig, folder: RunFolder, progress: bool) -> None:
 # --------------------------------------------------------------------------- loading
 @dataclass(frozen=True, eq=False)
 class TrajectoryRun:
+    """A loaded trajectory run: config, model, data, step and folder."""
+
     cfg: TrajectoryConfig
     model: nn.Module
     data: LoadedData
@@ -246,6 +249,7 @@ class TrajectoryRun:
 
     @property
     def left_out(self) -> int | None:
+        """The held-out time index of the run, or None."""
         return None if self.cfg.eval.left_out < 0 else self.cfg.eval.left_out
 
 

@@ -115,6 +115,7 @@ class AutoEncoder(nn.Module):
         return torch.tanh(self.up[-1](h))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Reconstruct ``x``: decode its latent code."""
         return self.decode(self.encode(x))
 
 
@@ -140,6 +141,7 @@ class ReconstructionObjective:
         self.event_shape = tuple(train.shape[1:])
 
     def loss(self, net: nn.Module, step: int) -> Tensor:
+        """Mean squared reconstruction error of step ``step``'s batch."""
         g = stream(self.seed, "autoencoder", str(step))
         x = self.train[torch.randint(self.train.shape[0], (self.batch_size,), generator=g)]
         x = x.to(self.device)
@@ -147,6 +149,7 @@ class ReconstructionObjective:
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
+        """Mean squared error per pixel of ``model`` on the held-out images."""
         total = 0.0
         for k in range(0, self.val.shape[0], 512):
             x = self.val[k:k + 512].to(self.device)
@@ -154,9 +157,11 @@ class ReconstructionObjective:
         return {"val_loss": total / self.val.numel()}
 
     def state(self) -> dict[str, Any]:
+        """No state beyond the engine's: an empty dict."""
         return {}
 
     def close(self) -> None:
+        """Release nothing: the objective holds no threads or files."""
         pass
 
 
