@@ -402,6 +402,25 @@ def matcher(name: str, **kw: Any) -> FlowMatcher:
     preset also takes :data:`DROPOUT_OPTIONS` (``cond_dropout``, ``null_class``: condition
     dropout for classifier-free guidance, see :class:`FlowMatcher`). Unknown names raise
     ValueError, unknown keywords TypeError.
+
+    Examples:
+        OT-CFM pairs the batches by exact OT, then regresses onto straight lines:
+
+        >>> import torch
+        >>> from otcfm.matchers import matcher
+        >>> fm = matcher("otcfm", sigma=0.0)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x0, x1 = torch.randn(8, 2, generator=g), torch.randn(8, 2, generator=g) + 4
+        >>> s = fm.sample(x0, x1, generator=g)
+        >>> s.xt.shape, s.t.shape
+        (torch.Size([8, 2]), torch.Size([8]))
+        >>> bool(torch.allclose(s.ut, s.x1 - s.x0))
+        True
+        >>> sorted(s.x1.tolist()) == sorted(x1.tolist())  # every target used once
+        True
+        >>> loss = fm.loss(lambda x, t: torch.zeros_like(x), x0, x1, generator=g)
+        >>> loss.shape, loss.dtype
+        (torch.Size([]), torch.float32)
     """
     factory = MATCHERS.factory(name)
     allowed = [*inspect.signature(factory).parameters, *DROPOUT_OPTIONS]

@@ -182,6 +182,18 @@ class LinearPath(ProbabilityPath):
     """I-CFM / OT-CFM path: mu_t = t x1 + (1 - t) x0, sigma_t = sigma, u_t = x1 - x0.
 
     With sigma = 0, xt is exactly x0 at t = 0 and x1 at t = 1.
+
+    Examples:
+        >>> import torch
+        >>> from otcfm.paths import LinearPath
+        >>> s = LinearPath(sigma=0.0).sample(torch.zeros(2, 2), torch.ones(2, 2),
+        ...                                  t=torch.tensor([0.25, 0.5]))
+        >>> s.xt
+        tensor([[0.2500, 0.2500],
+                [0.5000, 0.5000]])
+        >>> s.ut
+        tensor([[1., 1.],
+                [1., 1.]])
     """
 
     sigma: float = 0.0
