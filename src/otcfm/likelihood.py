@@ -56,7 +56,7 @@ PROBES = ("rademacher", "gaussian")
 class Likelihood:
     """The result of :func:`log_likelihood` for a batch of B points.
 
-    logp: (B,) log p1(x) under the flow. x0: (B, *event) the source points the flow maps to
+    logp: (B,) log p1(x) under the flow. x0: (B, ``*event``) the source points the flow maps to
     x (the ODE solved back to t = 0). source_logp: (B,) log p0(x0). delta: (B,) a(0) =
     -int_0^1 div v dt, so logp = source_logp + delta. nfe: evaluations of the augmented field
     (each takes one model call and the divergence's backward passes), summed over chunks.
@@ -76,9 +76,9 @@ def draw_probes(
 ) -> Tensor:
     """Draw ``n_probes`` Hutchinson probes of ``shape``.
 
-    ``n_probes`` Hutchinson probes of ``shape`` (B, *event), drawn from ``generator`` (on
+    ``n_probes`` Hutchinson probes of ``shape`` (B, ``*event``), drawn from ``generator`` (on
     the CPU, then moved): Rademacher (+-1 with equal odds) or standard Gaussian; both have
-    E[eps eps^T] = I. Returns (n_probes, *shape).
+    E[eps eps^T] = I. Returns (n_probes, ``*shape``).
     """
     _check_choice("probe", probe, PROBES)
     _check_count("n_probes", n_probes)
@@ -95,11 +95,11 @@ def divergence(
 ) -> Tensor:
     """Exact divergence tr(dv/dx) per sample, (B,), by automatic differentiation.
 
-    Div v = tr(dv/dx) per sample, (B,), for ``v = f(x)`` computed from ``x`` (B, *event)
+    Div v = tr(dv/dx) per sample, (B,), for ``v = f(x)`` computed from ``x`` (B, ``*event``)
     with ``x.requires_grad``.
 
     Without ``probes``: exact, one vector-Jacobian product per coordinate of the flattened
-    event (D of them). With ``probes`` (K, B, *event): Hutchinson's estimate, the mean over the
+    event (D of them). With ``probes`` (K, B, ``*event``): Hutchinson's estimate, the mean over the
     K probes of eps^T (dv/dx) eps, one vector-Jacobian product per probe.
     """
     if v.shape != x.shape:
@@ -164,21 +164,34 @@ def log_likelihood(
     chunk_size: int | None = None,
     **cond: Any,
 ) -> Likelihood:
-    """Log p1(x) of points or images ``x`` (B, *event) under the flow of ``model``.
+    """Log p1(x) of points or images ``x`` (B, ``*event``) under the flow of ``model``.
 
-    model: the velocity field ``model(x, t, **cond)`` (t in [0, 1], x at t = 1 is data).
-    source: "gaussian" (N(0, I) over all D coordinates) or any object with ``log_prob(x0)``
-        returning (B,) (e.g. a ``torch.distributions`` distribution with event shape).
-    divergence: "exact" or "hutchinson" (``n_probes`` probes of kind ``probe``, drawn once
-        per solve from ``generator``: the same generator state gives the same answer, also
-        inside adaptive solvers).
-    solver: any of :data:`otcfm.sampling.SOLVERS`; fixed-step solvers take ``steps`` steps,
-        adaptive ones ``atol`` / ``rtol`` (on the joint state).
-    chunk_size: solve the batch in chunks of this many samples (default: all at once for
-        Hutchinson; for exact divergences max(1, 4096 // D) for events of D coordinates, so
-        2-D points go at once and CIFAR-10 images one by one); each chunk is its own solve, so
-        an adaptive solver's steps depend on the chunk.
-    cond: per-sample conditions for the model (e.g. ``y=labels``).
+    Args:
+        model: the velocity field ``model(x, t, **cond)`` (t in [0, 1], x at t = 1 is data).
+        x: (B, ``*event``) floating-point points or images.
+        source: "gaussian" (N(0, I) over all D coordinates) or any object with
+            ``log_prob(x0)`` returning (B,) (e.g. a ``torch.distributions`` distribution with
+            event shape).
+        divergence: "exact" or "hutchinson" (``n_probes`` probes of kind ``probe``, drawn once
+            per solve from ``generator``: the same generator state gives the same answer, also
+            inside adaptive solvers).
+        n_probes: number of Hutchinson probes.
+        probe: kind of Hutchinson probe, "rademacher" or "gaussian".
+        solver: any of :data:`otcfm.sampling.SOLVERS`; fixed-step solvers take ``steps``
+            steps, adaptive ones ``atol`` / ``rtol`` (on the joint state).
+        steps: number of steps of a fixed-step solver.
+        atol: absolute tolerance of an adaptive solver.
+        rtol: relative tolerance of an adaptive solver.
+        generator: source of the Hutchinson probes (only with ``divergence="hutchinson"``).
+        chunk_size: solve the batch in chunks of this many samples (default: all at once for
+            Hutchinson; for exact divergences max(1, 4096 // D) for events of D coordinates,
+            so 2-D points go at once and CIFAR-10 images one by one); each chunk is its own
+            solve, so an adaptive solver's steps depend on the chunk.
+        **cond: per-sample conditions for the model (e.g. ``y=labels``).
+
+    Returns:
+        A :class:`Likelihood`: log p1(x), the source points, their log p0, the change of
+        log-density and the NFE.
 
     Examples:
         The field v(x, t) = log(2) x doubles N(0, I) into N(0, 4 I), whose log-density at
@@ -242,7 +255,7 @@ def log_likelihood(
 def logit_log_det(x: Tensor, *, alpha: float = 0.05) -> Tensor:
     """Log-determinant per sample of the logit transform of data x in [-1, 1].
 
-    Log |det dy/dx| per sample of the logit transform of data x in [-1, 1]:
+    Log ``|det dy/dx|`` per sample of the logit transform of data x in [-1, 1]:
     u = (x + 1) / 2 in [0, 1], y = logit(alpha + (1 - 2 alpha) u) (Dinh et al. 2017's
     transform). A flow trained on y gives log p(x) = log p(y) + this.
     """

@@ -157,10 +157,10 @@ class FlowMatcher:
         """Pair the batch, draw t and xt; returns a :class:`PathSample` with ``cond`` filled.
 
         Args:
-            x0: (B0, *event) source samples, or a :class:`Pairing` already made by a coupling
+            x0: (B0, ``*event``) source samples, or a :class:`Pairing` already made by a coupling
                 (``pair.x0[k]`` goes with ``pair.x1[k]``; then x1 and cond are not given and
                 no coupling runs: the training pipeline couples ahead in background workers).
-            x1: (B1, *event) target samples.
+            x1: (B1, ``*event``) target samples.
             generator: the only source of randomness (coupling, then t, then noise).
             **cond: per-sample conditions of the TARGET samples x1 (e.g. ``y=labels``),
                 reindexed with the pairing and returned as ``PathSample.cond`` (a dict).
@@ -224,10 +224,10 @@ class FlowMatcher:
         generator: torch.Generator | None = None,
         **cond: Any,
     ) -> Tensor:
-        """CFM loss mean((model(xt, t, **cond) - ut)^2) over batch and coordinates, in float32.
+        """CFM loss mean((model(xt, t, ``**cond``) - ut)^2) over batch and coordinates, in float32.
 
         ``x0, x1`` as for :meth:`sample` (tensors, or one coupled :class:`Pairing`).
-        ``model(x, t, **cond)`` gets xt (B, *event) in the data dtype and t (B,) float32.
+        ``model(x, t, **cond)`` gets xt (B, ``*event``) in the data dtype and t (B,) float32.
         Returns a 0-dim float32 tensor.
         """
         return self.regress(model, self.sample(x0, x1, generator=generator, **cond))
@@ -321,7 +321,7 @@ class SF2M(FlowMatcher):
         return float(self.path.sigma)
 
     def score_target(self, s: PathSample) -> Tensor:
-        """Conditional score grad_x log p_t(xt | x0, x1) = -eps / sigma_t, (B, *event) float32.
+        """Conditional score grad_x log p_t(xt | x0, x1) = -eps / sigma_t, (B, ``*event``) float32.
 
         Infinite where sigma_t = 0 (t = 0 or 1); the loss never divides by sigma_t.
         """

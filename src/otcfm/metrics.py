@@ -4,7 +4,7 @@ Distribution metrics of the paper (docs/reference.md §3): exact W1/W2, MMD, pat
 the Fréchet distance between feature sets and FID (Inception features of images).
 
 Inputs are torch tensors (any device or dtype, bf16 included) or numpy arrays of shape
-(n, *event); trailing dimensions are flattened and 1-D inputs are read as n scalar samples.
+(n, ``*event``); trailing dimensions are flattened and 1-D inputs are read as n scalar samples.
 Everything is computed in float64 on the CPU and returned as a Python float.
 """
 
@@ -40,7 +40,7 @@ _CDIST_MAX_DIM = 64  # up to this many features, distances from exact difference
 
 # --------------------------------------------------------------------------- inputs
 def _as_samples(name: str, x: Any) -> np.ndarray:
-    """(n, *event) tensor or array -> finite float64 numpy array (n, D)."""
+    """(n, ``*event``) tensor or array -> finite float64 numpy array (n, D)."""
     if isinstance(x, torch.Tensor):
         arr = x.detach().to(device="cpu", dtype=torch.float64).numpy()
     elif isinstance(x, np.ndarray):
@@ -107,10 +107,10 @@ def wasserstein(
 ) -> float:
     """Exact p-Wasserstein distance ``(min_pi sum pi_ij |x_i - y_j|^p)^(1/p)`` (Euclidean).
 
-    x: (n, *event), y: (m, *event); a, b: optional sample weights (normalised to sum 1),
+    x: (n, ``*event``), y: (m, ``*event``); a, b: optional sample weights (normalised to sum 1),
     uniform by default. Equal sizes with uniform weights have an optimal plan that is a
     permutation: from n = 256 with numba installed (extra ``fast``) it comes from the certified
-    auction of :mod:`otcfm._ot.auction`, whose feasible dual bounds the relative gap of W_p^p
+    auction of ``otcfm._ot.auction``, whose feasible dual bounds the relative gap of W_p^p
     to the optimum by 1e-9 (about 2x to 3x faster than network simplex in 2-D at 1,000 to
     10,000 points, docs/results/exact_solvers.md). Otherwise, and for any batch the auction
     cannot certify: POT's network simplex (``ot.emd2``) on the float64 cost matrix, with its
@@ -119,7 +119,7 @@ def wasserstein(
     in memory (800 MB at 10,000 x 10,000).
 
     Examples:
-        Translating a sample by c moves it by exactly |c| in W2:
+        Translating a sample by c moves it by exactly ``|c|`` in W2:
 
         >>> import torch
         >>> from otcfm.metrics import wasserstein
@@ -170,7 +170,7 @@ def _check_p(p: Any) -> float:
 
 # --------------------------------------------------------------------------- MMD
 def _kernel_sum(x: np.ndarray, y: np.ndarray, inv_two_s2: np.ndarray) -> float:
-    """sum_ij k(x_i, y_j) with k = sum_s exp(-|x - y|^2 / (2 s^2)), in row blocks."""
+    """sum_ij k(x_i, y_j) with k = sum_s exp(-``|x - y|^2`` / (2 s^2)), in row blocks."""
     rows = max(1, _BLOCK // max(1, y.shape[0]))
     total = 0.0
     for start in range(0, x.shape[0], rows):
@@ -183,7 +183,7 @@ def _kernel_sum(x: np.ndarray, y: np.ndarray, inv_two_s2: np.ndarray) -> float:
 def mmd(
     x: Any, y: Any, bandwidths: Sequence[float] = MMD_BANDWIDTHS, *, squared: bool = True
 ) -> float:
-    """Biased (V-statistic) MMD between samples x (n, *event) and y (m, *event).
+    """Biased (V-statistic) MMD between samples x (n, ``*event``) and y (m, ``*event``).
 
     Kernel: the RBF mixture ``k(u, v) = sum_s exp(-|u - v|^2 / (2 s^2))`` over ``bandwidths``
     (default {0.01, 0.1, 1, 10, 100}; a sum, not a mean, of the kernels). Returns
@@ -220,7 +220,7 @@ def path_energy(trajectory_or_energy: Any) -> float:
 
 
 def normalized_path_energy(pe: float, w2_squared: float) -> float:
-    """NPE = |PE - W2^2| / W2^2 (docs/reference.md §3); 0 iff the flow solves dynamic OT."""
+    """NPE = ``|PE - W2^2|`` / W2^2 (docs/reference.md §3); 0 iff the flow solves dynamic OT."""
     pe_v, w2_v = float(pe), float(w2_squared)
     if not math.isfinite(pe_v) or pe_v < 0:
         raise ValueError(f"pe must be finite and >= 0, got {pe!r}")
@@ -291,7 +291,7 @@ def _psd_eigh(name: str, c: np.ndarray, *, vectors: bool) -> tuple[np.ndarray, n
 def _drop_noise(w: np.ndarray) -> np.ndarray:
     """Eigenvalues below round-off (D eps max|w|, numpy's matrix-rank tolerance) set to 0.
 
-    Their square roots (~1e-8 |w| each) would otherwise add up to a visible error on
+    Their square roots (~1e-8 ``|w|`` each) would otherwise add up to a visible error on
     rank-deficient covariances; a true eigenvalue that small changes the result by no more.
     """
     tol = w.shape[0] * np.finfo(np.float64).eps * float(np.abs(w).max())
@@ -341,7 +341,7 @@ def feature_stats(feats: Any) -> FeatureStats:
     """Mean and unbiased covariance of features, in float64.
 
     Mean and unbiased covariance (ddof = 1, as ``numpy.cov`` and FID's reference statistics)
-    of features (n, *event), n >= 2, in float64.
+    of features (n, ``*event``), n >= 2, in float64.
     """
     x = _as_samples("feats", feats)
     n = x.shape[0]

@@ -1,6 +1,6 @@
 """Conditional probability paths p_t(x | z) = N(mu_t(z), sigma_t^2 I) and their vector fields.
 
-Every path here is Gaussian given z = (x0, x1) (docs/reference.md §1-2), so a sample is
+Every path here is Gaussian given z = (x0, x1) (docs/reference.md §1-2), so a sample is::
 
     x_t = mu_t(x0, x1) + sigma_t * eps,          eps ~ N(0, I),
     u_t = d/dt x_t (eps fixed) = mu_t' + sigma_t' * eps
@@ -10,7 +10,7 @@ Every path here is Gaussian given z = (x0, x1) (docs/reference.md §1-2), so a s
 Convention: t = 0 is the source x0, t = 1 the target x1; tensors are batch-first with any
 trailing (event) shape; times are per-sample, shape (B,).
 
-This module is pure tensor maths: it imports only torch and :mod:`otcfm._utils`.
+This module is pure tensor maths: it imports only torch and ``otcfm._utils``.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ class PathSample:
 
     Attributes:
         t: (B,) float32 times.
-        x0, x1: (B, *event) the (paired) endpoints, as given.
-        xt: (B, *event) sample of p_t(x | x0, x1), in the dtype of x0/x1.
-        ut: (B, *event) conditional vector field u_t(xt | x0, x1), in the dtype of x0/x1.
-        noise: (B, *event) the standard normal eps with xt = mu_t + sigma_t * eps.
+        x0, x1: (B, ``*event``) the (paired) endpoints, as given.
+        xt: (B, ``*event``) sample of p_t(x | x0, x1), in the dtype of x0/x1.
+        ut: (B, ``*event``) conditional vector field u_t(xt | x0, x1), in the dtype of x0/x1.
+        noise: (B, ``*event``) the standard normal eps with xt = mu_t + sigma_t * eps.
         cond: per-sample conditions for the model (tensors / lists / dicts), set by a matcher.
     """
 
@@ -69,7 +69,7 @@ class ProbabilityPath(ABC):
 
     @abstractmethod
     def mu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
-        """Mean of p_t(x | x0, x1); (B, *event)."""
+        """Mean of p_t(x | x0, x1); (B, ``*event``)."""
 
     @abstractmethod
     def sigma_t(self, t: Tensor) -> Tensor:
@@ -77,7 +77,7 @@ class ProbabilityPath(ABC):
 
     @abstractmethod
     def dmu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
-        """Time derivative of :meth:`mu_t`; (B, *event)."""
+        """Time derivative of :meth:`mu_t`; (B, ``*event``)."""
 
     @abstractmethod
     def dsigma_t(self, t: Tensor) -> Tensor:
@@ -108,7 +108,7 @@ class ProbabilityPath(ABC):
             x0: (B, ``*event``) finite floating tensor: the source points.
             x1: (B, ``*event``) finite floating tensor of x0's shape and dtype: the targets.
             t: (B,) times in [0, 1], or a float / 0-dim tensor used for every sample.
-            noise: optional (B, *event) standard normal eps; drawn from ``generator`` if None.
+            noise: optional (B, ``*event``) standard normal eps; drawn from ``generator`` if None.
             generator: torch.Generator for the noise (same seed, same sample).
 
         bf16/fp16 inputs are computed in float32 and xt/ut cast back; float64 stays float64.
@@ -122,7 +122,7 @@ class ProbabilityPath(ABC):
     ) -> PathSample:
         """:meth:`sample` with fresh noise for inputs known to be valid, with ``cond`` set.
 
-        For the training pipeline (via ``FlowMatcher``): x0, x1 finite floating (B, *event)
+        For the training pipeline (via ``FlowMatcher``): x0, x1 finite floating (B, ``*event``)
         batches of one shape, dtype and device, t (B,) in [0, 1] on that device. The same
         draws and values as ``sample(x0, x1, t, generator=generator)``, without its checks.
         """
@@ -271,7 +271,7 @@ class BrownianBridgePath(ProbabilityPath):
 
     # ------------------------------------------------------------ SF2M helpers
     def score(self, x: Tensor, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
-        """Conditional score grad_x log p_t(x | x0, x1) = -(x - mu_t) / sigma_t^2; (B, *event).
+        """Conditional score grad_x log p_t(x | x0, x1) = -(x - mu_t) / sigma_t^2; (B, ``*event``).
 
         At x = xt this is -eps / sigma_t; infinite where sigma_t = 0 (t = 0, 1 or sigma = 0).
         """

@@ -30,7 +30,7 @@ def _plt():
 
 
 def _xy(x: Tensor) -> Tensor:
-    """(N, *event) -> (N, 2): the first two coordinates (a zero column for 1-D data)."""
+    """(N, ``*event``) -> (N, 2): the first two coordinates (a zero column for 1-D data)."""
     flat = x.detach().float().cpu().reshape(x.shape[0], -1)
     if flat.shape[1] == 1:
         return torch.cat([flat, torch.zeros_like(flat)], dim=1)
@@ -69,7 +69,7 @@ def _style(ax, title: str, dim: int) -> None:
 def draw_trajectories(
     ax, xs: Tensor, target: Tensor | None = None, *, n_paths: int = 300, title: str = ""
 ) -> None:
-    """Draw ``n_paths`` flow lines from xs (T, B, *event): start (blue), path, end (green)."""
+    """Draw ``n_paths`` flow lines from xs (T, B, ``*event``): start (blue), path, end (green)."""
     n = min(n_paths, xs.shape[1])
     if target is not None:
         _scatter(ax, target, TARGET_COLOR, "target", size=1.5, alpha=0.25)
@@ -105,7 +105,10 @@ def plot_overview(
 def plot_trajectory_grid(
     panels: Sequence[tuple[str, Tensor]], target: Tensor | None, path: str | Path, title: str = ""
 ) -> Path:
-    """Trajectories of several models side by side: panels = [(name, xs (T, B, *event)), ...]."""
+    """Trajectories of several models side by side.
+
+    ``panels`` = [(name, xs (T, B, ``*event``)), ...].
+    """
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
     for ax, (name, xs) in zip(axes[0], panels, strict=True):

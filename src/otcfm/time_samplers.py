@@ -31,7 +31,7 @@ __all__ = [
 class TimeSampler(ABC):
     """Draws n training times in [0, 1]: ``sampler(n, generator=g, device=d) -> (n,) float32``."""
 
-    #: whether :meth:`_draw` already returns float32 times in [0, 1] (no clamp needed)
+    #: whether ``_draw`` already returns float32 times in [0, 1] (no clamp needed)
     _in_unit_interval: ClassVar[bool] = False
 
     def __call__(

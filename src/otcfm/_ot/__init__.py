@@ -3,8 +3,8 @@
 Assignment solvers shared by the couplings and the metrics (a helper layer: it imports no
 other otcfm module).
 
-- :mod:`otcfm._ot.assignment`: the registry of exact square-assignment solvers.
-- :mod:`otcfm._ot.auction`: the compiled auction (ApproxOT's CPU backend and the certified
+- ``otcfm._ot.assignment``: the registry of exact square-assignment solvers.
+- ``otcfm._ot.auction``: the compiled auction (ApproxOT's CPU backend and the certified
   exact solver).
-- :mod:`otcfm._ot.auction_kernels`: its numba kernels (extra ``fast``).
+- ``otcfm._ot.auction_kernels``: its numba kernels (extra ``fast``).
 """

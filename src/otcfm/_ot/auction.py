@@ -158,7 +158,7 @@ def exact_assignment(cost: np.ndarray, *, overwrite: bool = False) -> ExactAssig
 
     The compiled auction runs in float64 on the row-reduced cost from a multiscale warm start
     with eps-scaling; once its eps is small, the prices are corrected by shortest paths
-    (:func:`auction_kernels.tighten`) towards exact complementary slackness. Every answer
+    (``auction_kernels.tighten``) towards exact complementary slackness. Every answer
     carries the dual bound LB of a feasible dual (u_i + v_j <= C_ij, float rounding
     subtracted), and is returned only when bound = (U - LB) / (offset + LB) <= ``EXACT_RTOL``,
     which bounds the relative gap (U - OPT) / OPT of its total cost U. When the corrected
@@ -216,7 +216,7 @@ def _coarse_prices(
 def _tightened_bound(cost, prices, assigned, owner, cmax, top) -> float:
     """The lower bound of the prices after the shortest-path correction.
 
-    The lower bound of the prices corrected by :func:`auction_kernels.tighten` (-inf if
+    The lower bound of the prices corrected by ``auction_kernels.tighten`` (-inf if
     the correction did not converge: the assignment may not be optimal).
     """
     from otcfm._ot import auction_kernels as kernels

@@ -267,7 +267,7 @@ def reduce_rows(C, top):  # pragma: no cover - compiled
 def sq_cost_reduced(G, na, nb, top):  # pragma: no cover - compiled
     """Squared distances from a float32 Gram matrix, row-reduced, in place, in one pass.
 
-    G_ij = a_i . b_j becomes max(|a_i|^2 + |b_j|^2 - 2 G_ij, 0) minus its row's minimum.
+    G_ij = a_i . b_j becomes max(``|a_i|^2`` + ``|b_j|^2`` - 2 G_ij, 0) minus its row's minimum.
     Returns (sum of the row minima, sum, max) of the reduced matrix, as ``reduce_rows``.
     """
     return _reduce_all(G, True, na, nb, top)

@@ -39,7 +39,7 @@ class Convergence:
     """How an iterative coupling solve ended (:attr:`Pairing.convergence`).
 
     ``converged``: the solver's stopping rule held before ``max_iter`` ran out.
-    ``marginal_error``: L1 distance |P 1 - r|_1 + |P^T 1 - c|_1 between the returned plan's
+    ``marginal_error``: L1 distance ``|P 1 - r|_1`` + ``|P^T 1 - c|_1`` between the returned plan's
     marginals and the marginals (r, c) its optimality conditions prescribe: the uniform
     weights for balanced couplings, so it lies in [0, 2] (the plan's mass is 1).
     ``iterations``: solver iterations (all stages). ``tol``: the tolerance of the rule.
@@ -85,7 +85,7 @@ class MemoryNeed:
 class Pairing:
     """Samples of a minibatch coupling q(x0, x1).
 
-    ``x0 = input_x0[i]`` and ``x1 = input_x1[j]``, shape (N, *event), in the input dtype and
+    ``x0 = input_x0[i]`` and ``x1 = input_x1[j]``, shape (N, ``*event``), in the input dtype and
     device. ``cond0``/``cond1`` are the per-sample conditions indexed the same way. ``info``
     holds solver diagnostics (cost, iterations, err, seconds, ...); couplings that iterate to
     a tolerance (``Coupling.reports_convergence``) also put ``converged`` (1.0 or 0.0),
@@ -351,7 +351,7 @@ def sq_cost(x0: Tensor, x1: Tensor, dtype: torch.dtype = torch.float32) -> Tenso
     """Squared Euclidean cost C_ij = ||x0_i - x1_j||^2 of flattened samples, shape (n0, n1).
 
     Both batches are first centred on their joint mean (distances are translation invariant),
-    which keeps the expanded form |a|^2 + |b|^2 - 2 a.b accurate in float32. On CUDA with
+    which keeps the expanded form ``|a|^2`` + ``|b|^2`` - 2 a.b accurate in float32. On CUDA with
     reduced-precision (TF32) float32 matmuls enabled the product is done in float64.
     """
     work = dtype

@@ -65,7 +65,7 @@ def _assignment(cost: np.ndarray, *, simplex_first: bool = False) -> np.ndarray:
     """Column matched to each row by an optimal assignment of a square float64 cost.
 
     Network simplex (``simplex_first``) or scipy, each with the permutation check and scipy
-    fallback of :func:`otcfm._ot.assignment.solve`.
+    fallback of ``otcfm._ot.assignment.solve``.
     """
     return solve_assignment(cost, "emd" if simplex_first else "scipy")
 

@@ -83,7 +83,7 @@ def code_fingerprint(module: str) -> dict[str, Any]:
     """Fingerprint of the code a cell run by ``module`` depends on.
 
     The package version and a SHA-256 over the source of ``module`` and of every otcfm
-    module it imports, transitively (:func:`_imports`): the code a cell run by ``module``
+    module it imports, transitively (``_imports``): the code a cell run by ``module``
     depends on. A recipe puts it in its cache key, so that a changed line of any of these
     files makes the cached cells stale; report and command-line modules stay outside.
     """

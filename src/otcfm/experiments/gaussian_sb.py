@@ -1,4 +1,4 @@
-"""`otcfm bench gaussian-sb`: the closed-form Schrodinger bridge between two Gaussians.
+"""``otcfm bench gaussian-sb``: the closed-form Schrodinger bridge between two Gaussians.
 
 Source N(-a 1, I), target N(a 1, I) in d dimensions, reference process sigma W. The bridge's
 marginals are known in closed form:
@@ -75,7 +75,7 @@ def sb_marginal(t: float, a: float, sigma: float) -> tuple[float, float]:
 def gaussian_kl(mean: Tensor, cov: Tensor, mean_q: Tensor, var_q: float) -> float:
     """KL(N(mean, cov) || N(mean_q, var_q I)) in nats; mean (d,), cov (d, d), float64.
 
-    0.5 [tr(cov) / v + |mean_q - mean|^2 / v - d + d log v - log det cov].
+    0.5 [tr(cov) / v + ``|mean_q - mean|^2`` / v - d + d log v - log det cov].
     """
     d = mean.shape[0]
     if cov.shape != (d, d):
@@ -107,7 +107,7 @@ def score_check(model: torch.nn.Module, t: float, dim: int, p: Protocol,
     The learned score s(x, t) against the exact score of q_t = N(m 1, v I), -(x - m) / v,
     on SCORE_POINTS samples of q_t: the slope fraction -E[s . (x - m)] v / E|x - m|^2 (1 for
     the exact score, below 1 for a score shrunk towards 0) and the relative squared error
-    E|s - s*|^2 / E|s*|^2.
+    ``E|s - s*|^2 / E|s*|^2``.
     """
     m, v = sb_marginal(t, p.a, p.sigma)
     x = m + math.sqrt(v) * torch.randn(SCORE_POINTS, dim, generator=generator)
@@ -158,7 +158,7 @@ class Protocol:
         """Everything that changes a cell's numbers.
 
         Everything that changes a cell's numbers (workers do not), with the package version
-        and the hash of the code a cell runs (:func:`otcfm.experiments._cells.code_fingerprint`).
+        and the hash of the code a cell runs (``otcfm.experiments._cells.code_fingerprint``).
         """
         d = asdict(self)
         d.pop("workers")

@@ -1,4 +1,4 @@
-"""`otcfm bench gaussian-sb` command line: options, the protocol they set, and the run.
+"""``otcfm bench gaussian-sb`` command line: options, the protocol they set, and the run.
 
 The recipe itself (closed form, cells, training, KL) is :mod:`otcfm.experiments.gaussian_sb`;
 the page and figure are :mod:`otcfm.experiments.gaussian_sb_report`.

@@ -1,4 +1,4 @@
-"""Outputs of `otcfm bench gaussian-sb`: JSON records, a markdown page and the KL-vs-t figure.
+"""Outputs of ``otcfm bench gaussian-sb``: JSON records, a markdown page and the KL-vs-t figure.
 
 Files in the report folder: ``gaussian_sb.json`` (one record per cell), ``gaussian_sb_run.json``
 (the command, date, machine and protocol of the run that wrote them), ``gaussian_sb.md`` and
@@ -571,7 +571,7 @@ def score_drift_error(error_t: Sequence[float], times: Sequence[float], a: float
     """RMS per coordinate of the drift error that the score's error passes to the SDE.
 
     RMS per coordinate of the drift error (g(t)^2 / 2) (s - s*) that the score's error
-    passes to the SDE, from the relative squared error E|s - s*|^2 / E|s*|^2 on q_t
+    passes to the SDE, from the relative squared error ``E|s - s*|^2 / E|s*|^2`` on q_t
     (E|s*|^2 = d / v_t per the exact score -(x - m) / v_t): (g^2 / 2) sqrt(error / v_t).
     """
     from otcfm.sampling import DIFFUSIONS

@@ -1,4 +1,4 @@
-"""`otcfm bench images`: the CPU image benchmark (issue 16; the paper's Table 5 in miniature).
+"""``otcfm bench images``: the CPU image benchmark (issue 16; the paper's Table 5 in miniature).
 
 Cells are (dataset, method, seed). Each cell trains one flow from Gaussian noise to the
 images (:class:`~otcfm.train.images.ImageObjective` in the training engine, EMA weights for
@@ -118,7 +118,7 @@ class Protocol:
         """Everything that changes a cell's numbers.
 
         Everything that changes a cell's numbers, with the package version and the hash of
-        the code a cell runs (:func:`otcfm.experiments._cells.code_fingerprint`).
+        the code a cell runs (``otcfm.experiments._cells.code_fingerprint``).
         """
         d = asdict(self)
         d["euler_steps"] = list(self.euler_steps)

@@ -1,4 +1,4 @@
-"""`otcfm bench images` command line: options, the protocol they set, and the run.
+"""``otcfm bench images`` command line: options, the protocol they set, and the run.
 
 The recipe (cells, training, evaluation) is :mod:`otcfm.experiments.images`; the page,
 figures and README block are :mod:`otcfm.experiments.images_report`.

@@ -217,7 +217,7 @@ def _paired(ours: dict[str, Any], other: dict[str, Any]) -> str:
     """The paired-over-seeds remark of a comparison, or an empty string.
 
     '; paired over seeds ...': the per-seed difference, its standard error and whether it
-    stands out of the seed noise (|mean| > 2 SE); empty with fewer than 2 common seeds.
+    stands out of the seed noise (``|mean|`` > 2 SE); empty with fewer than 2 common seeds.
     """
     paired = paired_difference(ours.get("per_seed", {}), other.get("per_seed", {}))
     if paired is None or paired[1] is None:

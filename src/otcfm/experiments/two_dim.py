@@ -1,4 +1,4 @@
-"""`otcfm bench two-dim`: the paper's 2-D benchmark (Table 2).
+"""``otcfm bench two-dim``: the paper's 2-D benchmark (Table 2).
 
 Cells are (task, method, seed). Each cell is one training run (``otcfm.train.train``) under
 ``--runs DIR/<task>/<method>-seed<seed>``, evaluated from the weights ``Protocol.checkpoint``
@@ -124,7 +124,7 @@ class Protocol:
         """Everything that changes a cell's numbers.
 
         Everything that changes a cell's numbers (workers do not), with the package version
-        and the hash of the code a cell runs (:func:`otcfm.experiments._cells.code_fingerprint`).
+        and the hash of the code a cell runs (``otcfm.experiments._cells.code_fingerprint``).
         """
         d = asdict(self)
         d.pop("workers")

@@ -1,4 +1,4 @@
-"""`otcfm bench two-dim` command line: options, the protocol they set, and the run.
+"""``otcfm bench two-dim`` command line: options, the protocol they set, and the run.
 
 The recipe itself (cells, training, evaluation) is :mod:`otcfm.experiments.two_dim`; the
 page and figures are :mod:`otcfm.experiments.two_dim_report`. :func:`execute` is shared with

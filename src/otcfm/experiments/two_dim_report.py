@@ -1,4 +1,4 @@
-"""Outputs of `otcfm bench two-dim`: JSON records, the markdown page and the figures.
+"""Outputs of ``otcfm bench two-dim``: JSON records, the markdown page and the figures.
 
 ``OUT/two_dim.json``: one record per (task, method, seed) cell of this library;
 ``OUT/two_dim_torchcfm.json``: the TorchCFM cells (``--torchcfm``); ``OUT/two_dim_run.json``:

@@ -212,31 +212,32 @@ def _choice(name: str, value: Any) -> bool:
 class UNet(nn.Module):
     """ADM-style UNet velocity field ``v(x, t[, y])`` for images (B, C, H, W).
 
-    dim: the image shape (C, H, W), square (H == W), H divisible by 2 ** (len(channel_mult)-1).
-    channels: base channel count (ADM's ``model_channels``); level i has
-        ``channels * channel_mult[i]`` channels and runs at resolution H / 2 ** i.
-    num_res_blocks: residual blocks per level on the way down (one more on the way up).
-    attention_resolutions: resolutions (in pixels, e.g. 16 for 16x16) that get a self-attention
-        block after each residual block; each must be one the network has (H / 2 ** i).
-    num_heads / num_head_channels: heads of each attention block; when ``num_head_channels`` is
-        given it wins and the heads are channels / num_head_channels (ADM's rule).
-    dropout: in each residual block, before its second conv.
-    out_channels: default C (a velocity; no learned variance).
-    num_classes: with ``num_classes=K``, ``model(x, t, y=labels)`` takes (B,) integer labels in
-        [0, K]; K (``model.null_class``) is the null class, "no condition", used by
-        classifier-free guidance. A learned embedding of K + 1 rows is added to the time
-        embedding.
-    scale_shift_norm: inject the embedding as a scale and shift of the second GroupNorm of each
-        residual block (ADM's choice, the default); False adds it before the norm.
-    resblock_updown: resample with residual blocks (ADM's BigGAN-style option) instead of
-        ``conv_resample`` (conv3x3 stride 2 down, nearest x2 + conv3x3 up; without conv:
-        average pooling / nearest only).
-    norm_groups: GroupNorm groups (32 in ADM); every level's channel count must be a multiple.
-    time_scale: the sinusoidal embedding sees ``time_scale * t``; 1000 maps t in [0, 1] onto
-        the range of ADM's 1000 diffusion steps, so its frequencies (1 to 1e-4 per unit) span
-        the time axis; ``time_scale=1`` feeds t unscaled.
-    generator: parameters drawn from it (PyTorch's default init distributions), so the same
-        seed gives the same network; otherwise torch's global RNG.
+    Args:
+        dim: the image shape (C, H, W), square (H == W), H divisible by 2 ** (len(channel_mult)-1).
+        channels: base channel count (ADM's ``model_channels``); level i has
+            ``channels * channel_mult[i]`` channels and runs at resolution H / 2 ** i.
+        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        attention_resolutions: resolutions (in pixels, e.g. 16 for 16x16) that get a self-attention
+            block after each residual block; each must be one the network has (H / 2 ** i).
+        num_heads / num_head_channels: heads of each attention block; when ``num_head_channels`` is
+            given it wins and the heads are channels / num_head_channels (ADM's rule).
+        dropout: in each residual block, before its second conv.
+        out_channels: default C (a velocity; no learned variance).
+        num_classes: with ``num_classes=K``, ``model(x, t, y=labels)`` takes (B,) integer labels in
+            [0, K]; K (``model.null_class``) is the null class, "no condition", used by
+            classifier-free guidance. A learned embedding of K + 1 rows is added to the time
+            embedding.
+        scale_shift_norm: inject the embedding as a scale and shift of the second GroupNorm of each
+            residual block (ADM's choice, the default); False adds it before the norm.
+        resblock_updown: resample with residual blocks (ADM's BigGAN-style option) instead of
+            ``conv_resample`` (conv3x3 stride 2 down, nearest x2 + conv3x3 up; without conv:
+            average pooling / nearest only).
+        norm_groups: GroupNorm groups (32 in ADM); every level's channel count must be a multiple.
+        time_scale: the sinusoidal embedding sees ``time_scale * t``; 1000 maps t in [0, 1] onto
+            the range of ADM's 1000 diffusion steps, so its frequencies (1 to 1e-4 per unit) span
+            the time axis; ``time_scale=1`` feeds t unscaled.
+        generator: parameters drawn from it (PyTorch's default init distributions), so the same
+            seed gives the same network; otherwise torch's global RNG.
 
     Layout (ADM): t -> sinusoidal(channels) -> Linear, SiLU, Linear (4 * channels) [+ class
     embedding] = emb; x -> conv3x3 -> down levels [res blocks (+ attention), downsample] ->

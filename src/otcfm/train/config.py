@@ -424,9 +424,9 @@ class RunConfig(TomlConfig):
     def is_image_run(self) -> bool:
         """Whether ``data.target`` names an image set.
 
-        Whether ``data.target`` names an image set (see :func:`otcfm.data.images.
-        is_image_spec`): the run trains noise -> images (:class:`~otcfm.train.images.
-        ImageObjective`).
+        Whether ``data.target`` names an image set (see
+        :func:`otcfm.data.images.is_image_spec`): the run trains noise -> images
+        (:class:`~otcfm.train.images.ImageObjective`).
         """
         from otcfm.data.images import is_image_spec
 

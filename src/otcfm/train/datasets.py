@@ -36,7 +36,7 @@ SIDES = ("source", "target")
 
 @dataclass(frozen=True)
 class Splits:
-    """One side (source or target) of a run: three disjoint sets of points (N, *event)."""
+    """One side (source or target) of a run: three disjoint sets of points (N, ``*event``)."""
 
     train: Tensor
     val: Tensor

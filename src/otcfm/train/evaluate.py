@@ -1,7 +1,7 @@
 """Evaluate and sample a finished run (docs/reference.md §3 protocol).
 
 W2 and MMD of model samples against the target test set, path energy along the model ODE,
-the normalized path energy NPE = |PE - W2^2(q0, q1)| / W2^2(q0, q1) with W2^2 taken between
+the normalized path energy NPE = ``|PE - W2^2(q0, q1)|`` / W2^2(q0, q1) with W2^2 taken between
 source and target test sets of the same size as the samples, and the NFE of the fixed-step
 solver and of an adaptive one. Runs with a score network (SF2M) are sampled with the
 probability-flow ODE by default, or with the bridge SDE (Euler-Maruyama, the run's sigma) when

@@ -299,7 +299,7 @@ class Engine:
 
     # ------------------------------------------------------------------ steps
     def train_step(self) -> float:
-        """One optimizer step on the objective's loss at step :attr:`step`; returns it."""
+        """One optimizer step on the objective's loss at step ``step``; returns it."""
         s = self.settings
         if not self.model.training:  # validation leaves it in eval mode; .train() walks modules
             self.net.train()

@@ -88,7 +88,7 @@ def couple_batch(
     cond1: Any = None,
     solved: Callable[[int], Pairing] | None = None,
 ) -> CoupledBatch:
-    """Draw ``size`` points of ``source`` and of ``target`` (N, *event) and couple them.
+    """Draw ``size`` points of ``source`` and of ``target`` (N, ``*event``) and couple them.
 
     All randomness (both draws and the coupling's) comes from ``stream(seed, "couple", "0",
     index)``; the coupling runs on ``device`` (default: the data's). With ``paired`` (row i of

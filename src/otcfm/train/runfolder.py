@@ -411,7 +411,7 @@ class RunFolder:
         """Save the checkpoint of ``step`` and rotate the step checkpoints.
 
         Save the checkpoint of ``step`` as ``checkpoints/step-<step>.pt``, make it
-        ``latest.pt`` and delete the step checkpoints beyond the newest :attr:`keep`.
+        ``latest.pt`` and delete the step checkpoints beyond the newest ``keep``.
         Returns the step file (None on other ranks).
         """
         path = self.save(f"step-{step:06d}.pt", state)

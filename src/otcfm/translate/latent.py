@@ -155,7 +155,7 @@ def translation_scores(
     """Scores of a translation: MMD to the target codes and distance moved.
 
     ``mmd``: squared MMD between ``mapped`` and ``target`` codes (the metrics' RBF
-    mixture); ``moved``: mean |mapped - source| (Euclidean, standardised codes), with its
+    mixture); ``moved``: mean ``|mapped - source|`` (Euclidean, standardised codes), with its
     standard error ``moved_se``; ``target_rate``: the share of ``images`` whose
     ``classifier`` logits peak at one of ``target_classes`` (when a classifier is given).
     """
