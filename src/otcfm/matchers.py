@@ -521,9 +521,8 @@ def _bridge_coupling(name: str, sigma: float, coupling: Coupling | str | None,
                      default: Callable[[], Coupling]) -> Coupling:
     """The coupling of a Brownian-bridge preset.
 
-    The coupling of a Brownian-bridge preset: the entropic coupling, by name or spec without
-    ``reg``, gets the Schrodinger bridge's reg = 2 sigma^2 (the one place this is written);
-    ``coupling=None`` means ``default``.
+    The entropic coupling, by name or spec without ``reg``, gets the Schrodinger bridge's reg = 2
+    sigma^2 (the one place this is written); ``coupling=None`` means ``default``.
     """
     options = _entropic_options(coupling)
     if options is None:

@@ -555,8 +555,8 @@ def inception_features(
 class _MomentSums:
     """Streaming mean and unbiased covariance in float64.
 
-    Streaming mean and unbiased covariance in float64: sums of x - shift and of their
-    outer products, the shift being the first batch's mean (limits cancellation).
+    Sums of x - shift and of their outer products, the shift being the first batch's mean (limits
+    cancellation).
     """
 
     def __init__(self) -> None:

@@ -124,8 +124,8 @@ def plot_trajectory_grid(
 def run_title(method: str, source: str, target: str) -> str:
     """The title of a run's figures.
 
-    The title of a run's figures: ``"otcfm: moons -> 8gaussians"`` (display names of the
-    data, :func:`otcfm.data.toy.display_name`).
+    ``"otcfm: moons -> 8gaussians"`` (display names of the data,
+    :func:`otcfm.data.toy.display_name`).
     """
     return f"{method}: {display_name(source)} -> {display_name(target)}"
 
@@ -168,8 +168,7 @@ def plot_history(history: Sequence[dict[str, float]], path: str | Path, title: s
 def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> Tensor:
     """Tile images (N, C, H, W) in [-1, 1] into one (C, H', W') image in [0, 1].
 
-    Tile images (N, C, H, W) in [-1, 1] into one (C, H', W') image in [0, 1]: ``nrow``
-    images per row (default: about sqrt(N)), ``pad`` pixels of white between and around
+    ``nrow`` images per row (default: about sqrt(N)), ``pad`` pixels of white between and around
     them, row-major order; values outside [-1, 1] are clipped.
     """
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:

@@ -1,7 +1,6 @@
 """Assignment solvers shared by the couplings and the metrics.
 
-Assignment solvers shared by the couplings and the metrics (a helper layer: it imports no
-other otcfm module).
+A helper layer: it imports no other otcfm module.
 
 - ``otcfm._ot.assignment``: the registry of exact square-assignment solvers.
 - ``otcfm._ot.auction``: the compiled auction (ApproxOT's CPU backend and the certified

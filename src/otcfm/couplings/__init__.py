@@ -85,10 +85,9 @@ def coupling_spec(spec: str) -> tuple[str, dict[str, Any]]:
 def coupling(name: str, **kwargs: Any) -> Coupling:
     """Build the coupling registered as ``name``.
 
-    Build the coupling registered as ``name`` (e.g. ``coupling("entropic", reg=0.5)``);
-    ``name`` may be a spec with options, ``coupling("exact:sampling=plan")``; keywords win.
-    ``within="y"`` (or ``"exact:within=y"``) wraps it in :class:`ByClass` (pairs only within
-    the classes of the labels ``y``).
+    E.g. ``coupling("entropic", reg=0.5)``. ``name`` may be a spec with options,
+    ``coupling("exact:sampling=plan")``; keywords win. ``within="y"`` (or ``"exact:within=y"``)
+    wraps it in :class:`ByClass` (pairs only within the classes of the labels ``y``).
     """
     name, options = coupling_spec(name)
     return build_coupling(COUPLINGS.factory(name), {**options, **kwargs})

@@ -1,7 +1,7 @@
 """Shared pieces of the minibatch couplings.
 
-Shared pieces of the minibatch couplings: the result type, the base class, the squared
-Euclidean cost and the samplers that draw index pairs from a transport plan.
+The result type, the base class, the squared Euclidean cost and the samplers that draw index pairs
+from a transport plan.
 """
 
 from __future__ import annotations
@@ -63,8 +63,7 @@ def check_call(x0: Tensor, x1: Tensor, generator: Any, cond0: Any, cond1: Any) -
 class CouplingMemoryError(MemoryError, ValueError):
     """A coupling's cost matrix and solver workspace would not fit in the memory available.
 
-    A coupling's cost matrix and solver workspace would not fit in the memory available
-    (raised before allocating; the message gives the sizes and what to do).
+    Raised before allocating; the message gives the sizes and what to do.
     """
 
 
@@ -272,8 +271,7 @@ def check_memory(
 def cost_bytes(dtype: torch.dtype, device: torch.device | str) -> int:
     """Bytes per entry of a cost matrix made by :func:`sq_cost`.
 
-    Bytes per entry of a cost matrix made by :func:`sq_cost` (float64 work for float32
-    costs on CUDA, where TF32 matmuls may be on).
+    Float64 work for float32 costs on CUDA, where TF32 matmuls may be on.
     """
     size = torch.empty((), dtype=dtype).element_size()
     if torch.device(device).type == "cuda" and dtype == torch.float32:

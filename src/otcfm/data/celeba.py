@@ -46,9 +46,9 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.(jpg|jpeg|png)", re.IGNORECASE
 class CelebAAttributes:
     """The tables of a CelebA folder.
 
-    The tables of a CelebA folder: ``files`` (N image names), ``names`` (the A attribute
-    names), ``values`` (N, A) int8 in {-1, 1}, ``split`` (N,) int64 (0 train, 1 valid,
-    2 test), and ``folder`` (the folder holding ``img_align_celeba/``).
+    ``files`` (N image names), ``names`` (the A attribute names), ``values`` (N, A) int8 in {-1, 1},
+    ``split`` (N,) int64 (0 train, 1 valid, 2 test), and ``folder`` (the folder holding
+    ``img_align_celeba/``).
     """
 
     files: tuple[str, ...]

@@ -614,8 +614,7 @@ NAMED_SETS = ("digits", *IDX_KINDS, "cifar10")
 def is_image_spec(spec: str | os.PathLike) -> bool:
     """Whether ``spec`` names an image set of :func:`load_images` (nothing is read).
 
-    Whether ``spec`` names an image set of :func:`load_images` (nothing is read): a named
-    set (``digits``, ``fashion-mnist[:DIR]``, ``mnist:DIR``, ``cifar10:DIR``) or an existing
+    A named set (``digits``, ``fashion-mnist[:DIR]``, ``mnist:DIR``, ``cifar10:DIR``) or an existing
     folder. Point-cloud specs (built-in distributions and files) are not.
     """
     text = os.fspath(spec)
@@ -625,9 +624,8 @@ def is_image_spec(spec: str | os.PathLike) -> bool:
 def with_folder(spec: str, folder: str | os.PathLike) -> str:
     """The spec of a named image set read from ``folder``.
 
-    The spec of a named image set read from ``folder``: ``cifar10`` -> ``cifar10:DIR``
-    (``--data-root DIR`` of ``otcfm train``). ValueError for digits (no folder), for a spec
-    that already names its folder, and for a folder spec.
+    ``cifar10`` -> ``cifar10:DIR`` (``--data-root DIR`` of ``otcfm train``). ValueError for digits
+    (no folder), for a spec that already names its folder, and for a folder spec.
     """
     kind, sep, rest = spec.partition(":")
     if kind not in NAMED_SETS or kind == "digits":

@@ -54,8 +54,7 @@ class FileRecord:
     def of(cls, path: str | os.PathLike, key: str | None = None) -> FileRecord:
         """Record the file at ``path`` now.
 
-        Record the file at ``path`` now (made absolute against the working directory,
-        symbolic links kept as written).
+        Made absolute against the working directory, symbolic links kept as written.
         """
         p = os.path.abspath(os.path.expanduser(os.fspath(path)))
         return cls(p, os.stat(p).st_size, sha256_file(p), key)

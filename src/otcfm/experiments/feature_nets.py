@@ -200,8 +200,7 @@ FEATURE_NAMES = {"digits": "digits features", "fashion-mnist": "Fashion-MNIST fe
 class FeatureScorer:
     """The committed network of a data set as the scorer of ``otcfm evaluate``.
 
-    The committed network of a data set as the scorer of ``otcfm evaluate``: ``name``,
-    ``distance(samples, reference)`` (:func:`feature_distance`) and ``accuracy(samples,
+    ``name``, ``distance(samples, reference)`` (:func:`feature_distance`) and ``accuracy(samples,
     labels)`` (:func:`accuracy`).
     """
 

@@ -647,8 +647,8 @@ README_END = "<!-- end of gaussian-sb numbers -->"
 def readme_section(out: str | Path, dims: tuple[int, ...] = (20, 50)) -> str:
     """The README's Schrödinger-bridge sentence.
 
-    The README's Schrödinger-bridge sentence: KL(p_1, q_1) of SB-CFM (entropic) and SF2M
-    (exact, SDE) at ``dims`` against the paper, from ``OUT/gaussian_sb.json``.
+    KL(p_1, q_1) of SB-CFM (entropic) and SF2M (exact, SDE) at ``dims`` against the paper, from
+    ``OUT/gaussian_sb.json``.
     """
     groups = groups_of(json.loads((Path(out) / RECORDS_FILE).read_text()))
 

@@ -537,8 +537,8 @@ def _variant_name(records: list[dict], dataset: str, method: str, w: Any) -> str
 def readme_section(out: str | Path) -> str:
     """The README's image numbers.
 
-    The README's image numbers: per data set FD at Euler 2 / 100 and dopri5 per method,
-    and the acceptance line; every number from ``OUT/images.json``.
+    Per data set FD at Euler 2 / 100 and dopri5 per method, and the acceptance line; every number
+    from ``OUT/images.json``.
     """
     data = json.loads((Path(out) / RECORDS_FILE).read_text())
     lines = [README_START]

@@ -1,7 +1,6 @@
 """Unpaired translation between class groups in an autoencoder's latent space.
 
-Unpaired translation between class groups in an autoencoder's latent space: the paper's
-CelebA experiment (Tong et al. 2024, §5.4, Table 5) on data that can be had here.
+The paper's CelebA experiment (Tong et al. 2024, §5.4, Table 5) on data that can be had here.
 
 ``otcfm bench translation --dataset fashion-mnist`` trains, per seed, one autoencoder on the
 training images of every class in the pairs, then one latent flow per (pair, method) with
@@ -63,10 +62,9 @@ GRID_COLUMNS = 12
 class Protocol:
     """Budgets of one data set.
 
-    Budgets of one data set: the autoencoder (``latent``, ``ae_width``, ``ae_steps`` of
-    ``ae_batch``), the flows (``flow_steps`` of ``flow_batch``, MLP ``flow_width``), at
-    most ``n_test`` held-out images per class, the held-out share of a set without a test
-    split (``test_fraction``).
+    The autoencoder (``latent``, ``ae_width``, ``ae_steps`` of ``ae_batch``), the flows
+    (``flow_steps`` of ``flow_batch``, MLP ``flow_width``), at most ``n_test`` held-out images per
+    class, the held-out share of a set without a test split (``test_fraction``).
     """
 
     latent: int

@@ -77,10 +77,10 @@ TRAJECTORY_PATHS = 300  # flow lines kept per cell for the trajectory figure
 class Protocol:
     """Budget and evaluation settings shared by every cell.
 
-    Budget and evaluation settings shared by every cell (defaults: the paper's, except the
-    weights tested: the final EMA weights, decay 0.999, where the paper's runner tests the
-    raw weights of the best validation loss; docs/results/checkpoint_choice.md measured the
-    four choices; ``ema=0.0, checkpoint="best"`` is the paper's).
+    Defaults: the paper's, except the weights tested: the final EMA weights, decay 0.999, where the
+    paper's runner tests the raw weights of the best validation loss;
+    docs/results/checkpoint_choice.md measured the four choices; ``ema=0.0, checkpoint="best"`` is
+    the paper's.
     """
 
     steps: int = 20_000
@@ -115,8 +115,7 @@ class Protocol:
     def tested(self) -> str:
         """The checkpoint file :func:`~otcfm.train.evaluate.load_run` reads.
 
-        The checkpoint file :func:`~otcfm.train.evaluate.load_run` reads: best or latest
-        (which holds the EMA weights when an EMA is kept).
+        Best or latest (which holds the EMA weights when an EMA is kept).
         """
         return "best" if self.checkpoint == "best" else "latest"
 
@@ -156,8 +155,8 @@ QUICK_METHODS = ("icfm", "otcfm", "fm", "rf")
 class Cell:
     """One (task, method, seed) of the benchmark.
 
-    One (task, method, seed) of the benchmark; ``library`` names who trained it ("otcfm",
-    or another library's side-by-side runner, e.g. "torchcfm").
+    ``library`` names who trained it ("otcfm", or another library's side-by-side runner, e.g.
+    "torchcfm").
     """
 
     task: str

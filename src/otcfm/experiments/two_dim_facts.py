@@ -250,8 +250,8 @@ def _torchcfm_summary(folder: Path) -> dict[str, str]:
 def two_dim_torchcfm(out: Path) -> dict[str, str]:
     """Facts of ``docs/results/two_dim_torchcfm/remarks.md``.
 
-    Facts of ``docs/results/two_dim_torchcfm/remarks.md`` (``out``: that folder; the
-    sibling pages two_dim_tc_exact, two_dim_tc_replace and performance.json beside it).
+    ``out``: that folder; the sibling pages two_dim_tc_exact, two_dim_tc_replace and
+    performance.json beside it.
     """
     ours, theirs = _cells(out), _cells(out, "torchcfm")
     seeds = sorted({r["seed"] for r in theirs})

@@ -79,8 +79,7 @@ def timestep_embedding(t: Tensor, dim: int, *, max_period: float = 10000.0) -> T
 class _GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in at least float32.
 
-    GroupNorm computed in at least float32 (half-precision inputs are upcast, as ADM's
-    GroupNorm32; float64 stays float64).
+    Half-precision inputs are upcast, as ADM's GroupNorm32; float64 stays float64.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -151,9 +150,9 @@ class _ResBlock(nn.Module):
 class _Attention(nn.Module):
     """Multi-head self-attention over the pixels.
 
-    Multi-head self-attention over the pixels: GroupNorm, 1x1 qkv projection, softmax
-    attention per head (scale 1/sqrt(head channels)), 1x1 output projection (zero-initialised),
-    residual. The qkv channels are laid out as (q, k, v) x heads x head channels.
+    GroupNorm, 1x1 qkv projection, softmax attention per head (scale 1/sqrt(head channels)), 1x1
+    output projection (zero-initialised), residual. The qkv channels are laid out as (q, k, v) x
+    heads x head channels.
     """
 
     def __init__(self, channels: int, heads: int, *, groups: int) -> None:
@@ -427,7 +426,6 @@ class UNet(nn.Module):
     def preset(cls, name: str, **overrides: Any) -> UNet:
         """A UNet from :data:`UNET_PRESETS` by name, any option overridden by keyword.
 
-        A UNet from :data:`UNET_PRESETS` by name, any option overridden by keyword:
         ``UNet.preset("cifar10", num_classes=10, generator=g)``.
 
         ``cifar10`` is the paper's CIFAR-10 network (the improved-DDPM / ADM UNet as the paper

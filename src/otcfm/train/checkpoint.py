@@ -185,9 +185,8 @@ def _to_plain(obj: Any, where: str) -> Any:
 def convert_checkpoint(path: str | Path, out: str | Path | None = None) -> Path:
     """Rewrite a trusted checkpoint of an older otcfm as plain values.
 
-    Rewrite a trusted checkpoint of an older otcfm as plain values (``out``: default in
-    place, atomically). Unpickles ``path`` with ``weights_only=False``, which runs whatever
-    code the file carries: call it only on files you trust. Returns the path written.
+    ``out``: default in place, atomically. Unpickles ``path`` with ``weights_only=False``, which
+    runs whatever code the file carries: call it only on files you trust. Returns the path written.
     """
     path = Path(path)
     if not path.is_file():

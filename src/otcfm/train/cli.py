@@ -1,7 +1,7 @@
 """The commands of ``otcfm train | sample | evaluate``.
 
-The commands of ``otcfm train | sample | evaluate`` (the parser and the error handling live
-in :mod:`otcfm.cli`, which imports this module when one of them runs).
+The parser and the error handling live in :mod:`otcfm.cli`, which imports this module when one of
+them runs.
 """
 
 from __future__ import annotations

@@ -192,8 +192,8 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
 class DataConfig:
     """Where x0 (source) and x1 (target) come from.
 
-    Where x0 (source) and x1 (target) come from: built-in names, .npy/.npz/.csv/.tsv/.txt
-    files or ``FILE.npz:KEY`` (the grammar of :func:`otcfm.data.parse_spec`).
+    Built-in names, .npy/.npz/.csv/.tsv/.txt files or ``FILE.npz:KEY`` (the grammar of
+    :func:`otcfm.data.parse_spec`).
     """
 
     source: str = "gaussian"
@@ -266,9 +266,9 @@ class MethodConfig:
 class ModelConfig:
     """The vector-field network.
 
-    The vector-field network: ``arch = "mlp"`` (the paper's MLP for points: 3 hidden layers
-    of 64 SELU units; on images it sees the flattened pixels) or ``"unet"`` (images only: the
-    ADM-style UNet of ``preset``, see ``otcfm.models.UNET_PRESETS``).
+    ``arch = "mlp"`` (the paper's MLP for points: 3 hidden layers of 64 SELU units; on images it
+    sees the flattened pixels) or ``"unet"`` (images only: the ADM-style UNet of ``preset``, see
+    ``otcfm.models.UNET_PRESETS``).
     """
 
     arch: str = "mlp"

@@ -95,8 +95,8 @@ def data_specs(cfg: DataConfig) -> dict[str, DataSpec]:
 def record_run_data(cfg: DataConfig, event_shape: tuple[int, ...]) -> DataRecord:
     """The record of a run's data as it is now.
 
-    The record of a run's data as it is now: every file's absolute path (relative paths are
-    taken against the working directory), size and SHA-256; built-ins by name.
+    Every file's absolute path (relative paths are taken against the working directory), size and
+    SHA-256; built-ins by name.
     """
     inputs: dict[str, FileRecord | str] = {}
     for side, spec in data_specs(cfg).items():
@@ -110,9 +110,8 @@ def record_run_data(cfg: DataConfig, event_shape: tuple[int, ...]) -> DataRecord
 def record_image_data(cfg: DataConfig, images: ImageSet) -> DataRecord:
     """The record of an image run's data.
 
-    The record of an image run's data: ``data.target`` is its image spec (e.g.
-    ``fashion-mnist``), and every file the images were read from is hashed under
-    ``data.target/NAME`` (none for digits, which ship inside scikit-learn).
+    ``data.target`` is its image spec (e.g. ``fashion-mnist``), and every file the images were read
+    from is hashed under ``data.target/NAME`` (none for digits, which ship inside scikit-learn).
     """
     inputs: dict[str, FileRecord | str] = {"data.source": cfg.source, "data.target": cfg.target}
     for path in images.files:
@@ -125,9 +124,8 @@ def check_image_files(
 ) -> None:
     """Refuse image files that differ from a run's record.
 
-    Refuse image files that differ from a run's record (by name: the files of a data set
-    read from another folder, ``--data-root``, must be the same bytes); with
-    ``allow_changed_data`` a difference is only a warning.
+    By name: the files of a data set read from another folder, ``--data-root``, must be the same
+    bytes. With ``allow_changed_data`` a difference is only a warning.
     """
     recorded = {k.partition("/")[2]: v for k, v in record.inputs.items()
                 if k.startswith("data.target/") and isinstance(v, FileRecord)}
@@ -155,8 +153,7 @@ def read_data_record(run_dir: str | Path) -> DataRecord | None:
 def check_same_data(run_dir: str | Path, record: DataRecord | None) -> None:
     """Refuse to continue the run in ``run_dir`` when its data differ from its record.
 
-    Refuse to continue the run in ``run_dir`` when its data differ from its record: a file
-    whose SHA-256 (or .npz key) changed, or another built-in (a run without a record, or no
+    A file whose SHA-256 (or .npz key) changed, or another built-in (a run without a record, or no
     ``record`` given: nothing to compare).
     """
     old = read_data_record(run_dir)

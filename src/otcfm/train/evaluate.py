@@ -68,8 +68,8 @@ def load_run(
 ) -> LoadedRun:
     """Rebuild a run's model from its checkpoint ``which``.
 
-    Rebuild a run's model from its checkpoint ``which`` (:func:`choose_checkpoint`; EMA
-    weights when present); ``checkpoint`` of the result names the file used.
+    :func:`choose_checkpoint`; EMA weights when present. ``checkpoint`` of the result names the file
+    used.
 
     The data are read only when :attr:`LoadedRun.data` is first used: from the paths recorded
     in the run's ``data.json`` (or by file name under ``data_root`` when they moved), and

@@ -51,9 +51,8 @@ SAMPLE_BATCH = 500
 class FeatureScorer(Protocol):
     """A feature network that scores samples.
 
-    A feature network that scores samples: ``name`` ("digits features"),
-    ``distance(samples, reference)`` (the Fréchet distance of its features) and
-    ``accuracy(samples, labels)`` (its classifier's accuracy); images in [-1, 1].
+    ``name`` ("digits features"), ``distance(samples, reference)`` (the Fréchet distance of its
+    features) and ``accuracy(samples, labels)`` (its classifier's accuracy); images in [-1, 1].
     """
 
     name: str
@@ -259,8 +258,7 @@ def reference_images(run: ImageRun, *, data_root: str | Path | None = None,
 def _spec(target: str, data_root: str | Path | None) -> str:
     """The run's image spec, read from ``data_root`` when given.
 
-    The run's image spec, read from ``data_root`` when given: a named set's folder, or
-    the moved folder of images.
+    A named set's folder, or the moved folder of images.
     """
     from otcfm.data.images import NAMED_SETS, with_folder
 

@@ -68,9 +68,8 @@ the whole validation set at once, the training loss ``couplings.ot_batch`` point
 def build_matcher(cfg: MethodConfig, **extra: Any) -> FlowMatcher:
     """The configured flow matcher from the registry.
 
-    The configured flow matcher from the registry (sigma -1: the preset's default);
-    ``extra``: further keywords of :func:`~otcfm.matchers.matcher` (the condition dropout of a
-    class-conditional image run, :func:`image_matcher`).
+    Sigma -1: the preset's default. ``extra``: further keywords of :func:`~otcfm.matchers.matcher`
+    (the condition dropout of a class-conditional image run, :func:`image_matcher`).
     """
     return matcher(cfg.name, **cfg.matcher_kwargs(), **extra)
 
@@ -78,8 +77,8 @@ def build_matcher(cfg: MethodConfig, **extra: Any) -> FlowMatcher:
 def image_matcher(cfg: RunConfig, num_classes: int | None) -> FlowMatcher:
     """The matcher of an image run.
 
-    The matcher of an image run: a class-conditional one drops ``images.cond_dropout`` of
-    the labels to the null class ``num_classes`` (classifier-free guidance).
+    A class-conditional one drops ``images.cond_dropout`` of the labels to the null class
+    ``num_classes`` (classifier-free guidance).
     """
     if not cfg.images.conditional:
         return build_matcher(cfg.method)
@@ -145,8 +144,8 @@ class RankFailure(RuntimeError):
 class NonFiniteLoss(FloatingPointError, ValueError):
     """The training loss became NaN or inf.
 
-    The training loss became NaN or inf (the message names the step, the loss, the
-    learning rate and the last checkpoint kept). A ValueError too: a setting to change.
+    The message names the step, the loss, the learning rate and the last checkpoint kept. A
+    ValueError too: a setting to change.
     """
 
 
@@ -154,12 +153,12 @@ class NonFiniteLoss(FloatingPointError, ValueError):
 class LoopSettings:
     """How the engine optimises.
 
-    How the engine optimises: AdamW(lr, weight_decay) to ``steps`` optimizer steps, the
-    gradient norm clipped at ``grad_clip`` (0: off), an EMA of the weights with ``ema_decay``
-    (0: off; validation then uses the EMA weights). The mean training loss is logged (and the
-    objective validated) every ``log_every`` steps and a checkpoint written every
-    ``checkpoint_every`` steps (0: only at the end; ``checkpoints/step-N.pt`` and ``latest.pt``,
-    see :class:`~otcfm.train.runfolder.RunFolder`); both happen at the last step.
+    AdamW(lr, weight_decay) to ``steps`` optimizer steps, the gradient norm clipped at ``grad_clip``
+    (0: off), an EMA of the weights with ``ema_decay`` (0: off; validation then uses the EMA
+    weights). The mean training loss is logged (and the objective validated) every ``log_every``
+    steps and a checkpoint written every ``checkpoint_every`` steps (0: only at the end;
+    ``checkpoints/step-N.pt`` and ``latest.pt``, see :class:`~otcfm.train.runfolder.RunFolder`);
+    both happen at the last step.
 
     ``warmup``: the learning rate rises linearly over the first ``warmup`` steps, then stays
     at ``lr`` (:meth:`lr_at`; 0: constant, the 2-D recipes; the paper's CIFAR-10 recipe warms
@@ -683,8 +682,7 @@ def _resume_state(cfg: RunConfig, folder: RunFolder) -> dict[str, Any] | None:
 def _without_steps(cfg: RunConfig) -> dict[str, Any]:
     """The config keys a resume must keep.
 
-    The config keys a resume must keep (steps may grow; workers, prefetch and the
-    distributed settings change nothing).
+    Steps may grow; workers, prefetch and the distributed settings change nothing.
     """
     d = cfg.to_dict()
     d["optim"] = {k: v for k, v in d["optim"].items() if k != "steps"}

@@ -133,8 +133,7 @@ class Objective(Protocol):
 def sample_rows(s: PathSample, part: slice) -> PathSample:
     """The rows ``part`` of a path sample, conditions included.
 
-    The rows ``part`` of a path sample, conditions included: one process's share of a
-    global batch under torch.distributed.
+    One process's share of a global batch under torch.distributed.
     """
     k = torch.arange(part.start, part.stop, device=s.t.device)
     return PathSample(
@@ -222,8 +221,8 @@ class PairObjective:
     ) -> CoupledBatch:
         """Coupled batch ``index``.
 
-        Coupled batch ``index``: a function of (seed, index) and the coupling scope only
-        (``solved``: this process's turns of the global solve, see :class:`OwnTurns`).
+        A function of (seed, index) and the coupling scope only (``solved``: this process's turns of
+        the global solve, see :class:`OwnTurns`).
         """
         return couple_batch(
             self.matcher.coupling,
@@ -242,8 +241,7 @@ class PairObjective:
     def _solve_alone(self, index: int) -> Pairing:
         """The pairing one process makes of coupled batch ``index``.
 
-        The pairing one process makes of coupled batch ``index`` (a turn of the global
-        solve, made ahead by :class:`OwnTurns`).
+        A turn of the global solve, made ahead by :class:`OwnTurns`.
         """
         return couple_batch(
             self.matcher.coupling, self.data.source.train, self.data.target.train,

@@ -291,8 +291,7 @@ class InOrderBatches:
 def _in_order(x0: Tensor, x1: Tensor, cond0: Any = None, cond1: Any = None) -> Pairing:
     """The pairing an in-order coupling makes of checked batches of one size.
 
-    The pairing an in-order coupling makes of checked batches of one size: the batches
-    themselves, i = j = arange(B) (no validation, no timing: per-step use).
+    The batches themselves, i = j = arange(B) (no validation, no timing: per-step use).
     """
     n = x0.shape[0]
     i = torch.arange(n, device=x0.device)

@@ -260,8 +260,7 @@ def _describe(record: dict[str, Any] | None) -> str:
 class RunFolder:
     """Writes the files of the run in ``path``.
 
-    Writes the files of the run in ``path``; ``fields``: the columns of log.csv; ``keep``:
-    how many step checkpoints to keep (>= 1).
+    ``fields``: the columns of log.csv; ``keep``: how many step checkpoints to keep (>= 1).
 
     ``rank``: this process's rank; only rank 0 writes (:attr:`writes`).
     """
@@ -304,9 +303,9 @@ class RunFolder:
     def open(self, *, resume: bool = False) -> bool:
         """Become the folder's writer.
 
-        Become the folder's writer: create it, take its lock (FileExistsError naming the
-        holder when another process has it) and, unless ``resume``, refuse a folder that
-        already holds a run (FileExistsError naming --resume and --name).
+        Create it, take its lock (FileExistsError naming the holder when another process has it)
+        and, unless ``resume``, refuse a folder that already holds a run (FileExistsError naming
+        --resume and --name).
 
         Returns whether this call took the lock (False: this object holds it already, or this
         process does not write). :meth:`close` releases it.
@@ -398,8 +397,8 @@ class RunFolder:
              ) -> Path | None:
         """Save a checkpoint as ``checkpoints/<name>``.
 
-        Save a checkpoint as ``checkpoints/<name>``; ``state`` may be a callable, called
-        only on the writing process. Returns the path written (None on other ranks).
+        ``state`` may be a callable, called only on the writing process. Returns the path written
+        (None on other ranks).
         """
         if not self.writes:
             return None

@@ -161,8 +161,8 @@ class TrajectoryConfig(TomlConfig):
     def resolve(self) -> TrajectoryConfig:
         """Write in the defaults left unset.
 
-        Write in the defaults left unset: sigma -1 becomes the method preset's sigma
-        (``otcfm.matchers.preset_defaults``), so the saved config records the sigma used.
+        Sigma -1 becomes the method preset's sigma (``otcfm.matchers.preset_defaults``), so the
+        saved config records the sigma used.
         """
         if self.method.sigma == -1:
             from otcfm.matchers import preset_defaults

@@ -1,7 +1,6 @@
 """Multi-marginal flow matching through populations at times 0, 1, ..., K.
 
-Multi-marginal flow matching through populations at times 0, 1, ..., K (Tong et al. 2024,
-single-cell trajectory inference).
+See Tong et al. 2024, single-cell trajectory inference.
 
 One time-conditioned network v(x, tau) serves every interval. Index time tau = k is the
 population at ``times[k]``. For each pair (a, b) of consecutive *kept* populations a batch of
@@ -181,8 +180,8 @@ def multimarginal_loss(
 def _for_span(fm: FlowMatcher, span: float) -> FlowMatcher:
     """The matcher of an interval of ``span`` index-time units.
 
-    The matcher of an interval of ``span`` index-time units: ``fm`` itself, except SF2M,
-    whose bridge over the interval is sigma sqrt(span) (the reference sigma W in index time).
+    ``fm`` itself, except SF2M, whose bridge over the interval is sigma sqrt(span) (the reference
+    sigma W in index time).
     """
     if not isinstance(fm, SF2M) or span == 1.0:
         return fm
@@ -209,8 +208,7 @@ class FlowFit:
 class TimeSeriesObjective:
     """Multi-marginal flow matching through the populations of ``ts``.
 
-    Multi-marginal flow matching through the populations of ``ts`` (an objective of the
-    engine, :class:`otcfm.train.objectives.Objective`).
+    An objective of the engine, :class:`otcfm.train.objectives.Objective`.
 
     Step s draws its cells, times and path noise from ``stream(seed, "trajectory", "step", s)``
     and returns :func:`multimarginal_loss` over the kept intervals. Every process computes the
@@ -243,8 +241,7 @@ class TimeSeriesObjective:
     def coupling_log(self) -> dict[str, float]:
         """The coupling's convergence since the last row.
 
-        The coupling's convergence since the last row (:class:`ConvergenceTally`); every
-        process solves the same plans, so each counts its own.
+        :class:`ConvergenceTally`. Every process solves the same plans, so each counts its own.
         """
         return self._tally.log()
 
@@ -346,8 +343,7 @@ class Fitter:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Load :meth:`state_dict`.
 
-        Load :meth:`state_dict` (also a checkpoint of before the engine, whose history
-        holds [step, loss] pairs).
+        Also a checkpoint of before the engine, whose history holds [step, loss] pairs.
         """
         history = [r if isinstance(r, dict) else {"step": int(r[0]), "loss": float(r[1])}
                    for r in state["history"]]
@@ -376,8 +372,7 @@ def model_from_state(state: dict[str, Any], dim: int) -> nn.Module:
 def _network(spec: FitSpec, dim: int, generator: torch.Generator | None = None) -> nn.Module:
     """The paper's MLP v(x, tau) of the spec's width, depth and activation.
 
-    The paper's MLP v(x, tau) of the spec's width, depth and activation (SF2M: a
-    :class:`otcfm.models.DriftScore` of two such MLPs).
+    SF2M: a :class:`otcfm.models.DriftScore` of two such MLPs.
     """
     cfg = ModelConfig(width=spec.width, depth=spec.depth, activation=spec.activation)
     return build_model(cfg, (dim,), score=spec.method in SCORE_METHODS, generator=generator)

@@ -1,7 +1,7 @@
 """Figures of time courses.
 
-Figures of time courses: populations and predicted trajectories in a 2-D view (the first two
-principal components of all cells), and W1 per left-out time. matplotlib is imported lazily.
+Populations and predicted trajectories in a 2-D view (the first two principal components of all
+cells), and W1 per left-out time. matplotlib is imported lazily.
 """
 
 from __future__ import annotations

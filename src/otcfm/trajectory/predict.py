@@ -1,8 +1,8 @@
 """Predictions of a trained flow.
 
-Predictions of a trained flow: populations at any time, single-cell trajectories, and the
-leave-one-out score of docs/reference.md §6 (push every cell of time k-1 forward one unit of index
-time with 100 Euler steps; W1 and MMD against the true cells at k).
+Populations at any time, single-cell trajectories, and the leave-one-out score of docs/reference.md
+§6 (push every cell of time k-1 forward one unit of index time with 100 Euler steps; W1 and MMD
+against the true cells at k).
 
 Times given as ``tau`` are index times (tau = k is the k-th observed population); functions
 taking ``t`` use the observation times of a :class:`TimeSeries` and convert with
@@ -71,10 +71,9 @@ def score(pred: Tensor, true: Tensor) -> Score:
 class SDE:
     """Sample the bridge SDE of a drift-and-score model (SF2M) instead of its ODE.
 
-    Sample the bridge SDE of a drift-and-score model (SF2M) instead of its ODE: diffusion
-    ``sigma`` per unit of index time (the fit's sigma), increments from ``generator``,
-    ``diffusion`` a schedule of :data:`otcfm.sampling.DIFFUSIONS` ("tapered": the noise
-    vanishes at every snapshot time, a whole index time).
+    Diffusion ``sigma`` per unit of index time (the fit's sigma), increments from ``generator``,
+    ``diffusion`` a schedule of :data:`otcfm.sampling.DIFFUSIONS` ("tapered": the noise vanishes at
+    every snapshot time, a whole index time).
     """
 
     sigma: float

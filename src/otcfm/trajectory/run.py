@@ -93,8 +93,7 @@ def data_spec(cfg: DataSection) -> DataSpec:
 def record_data(cfg: DataSection, dim: int) -> DataRecord:
     """The run's data record (data.json).
 
-    The run's data record (data.json): the file's absolute path, size and SHA-256 (or
-    "synthetic") and the model's feature count.
+    The file's absolute path, size and SHA-256 (or "synthetic") and the model's feature count.
     """
     spec = data_spec(cfg)
     entry = SYNTHETIC if spec.path is None else FileRecord.of(spec.path, spec.key)

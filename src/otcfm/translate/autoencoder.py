@@ -169,9 +169,8 @@ class ReconstructionObjective:
 class AutoEncoderFit:
     """A trained autoencoder and the standardisation of its latents.
 
-    A trained autoencoder and the standardisation of its latents: :meth:`encode` gives
-    (encoder(x) - mean) / std, :meth:`decode` inverts it. ``val_loss``: mean squared error
-    per pixel on the held-out images; ``record``: how it was trained.
+    :meth:`encode` gives (encoder(x) - mean) / std, :meth:`decode` inverts it. ``val_loss``: mean
+    squared error per pixel on the held-out images; ``record``: how it was trained.
     """
 
     model: AutoEncoder
@@ -269,8 +268,8 @@ def save_autoencoder(fit: AutoEncoderFit, folder: str | Path) -> Path:
 def load_autoencoder(folder: str | Path) -> AutoEncoderFit:
     """Read what :func:`save_autoencoder` wrote.
 
-    Read what :func:`save_autoencoder` wrote (``weights_only=True``: tensors only); a
-    missing file is a FileNotFoundError, weights that do not fit the record a ValueError.
+    ``weights_only=True``: tensors only. A missing file is a FileNotFoundError, weights that do not
+    fit the record a ValueError.
     """
     folder = Path(folder)
     weights, record_path = folder / WEIGHTS, folder / RECORD

@@ -56,8 +56,7 @@ SIGMA = 0.1  # the paper's sigma for the latent translation experiment
 def class_indices(images: ImageSet, classes: Sequence[str | int]) -> tuple[int, ...]:
     """Indices of ``classes`` (names or indices) among ``images.classes``.
 
-    Indices of ``classes`` (names or indices) among ``images.classes``; ValueError for an
-    unlabelled set, an empty list, an unknown or repeated class.
+    ValueError for an unlabelled set, an empty list, an unknown or repeated class.
     """
     if images.labels is None:
         raise ValueError(f"{images.name} has no class labels: groups need them")
@@ -129,10 +128,9 @@ class FlowSpec:
 class Translation:
     """Held-out source images translated to the target group.
 
-    Held-out source images translated to the target group: their codes before
-    (``source``) and after (``mapped``) the flow, the codes of held-out target images
-    (``target``), the decoded translations (``images``), the flow's run folder and its
-    scores (:func:`translation_scores`).
+    Their codes before (``source``) and after (``mapped``) the flow, the codes of held-out target
+    images (``target``), the decoded translations (``images``), the flow's run folder and its scores
+    (:func:`translation_scores`).
     """
 
     source: Tensor
