@@ -33,6 +33,7 @@ from otcfm.data.images import ImageSet, _from_uint8, _labels, _pillow, _read_ima
 
 __all__ = ["CELEBA_SPLITS", "CelebAAttributes", "celeba", "celeba_attributes"]
 
+#: The values of the partition column of ``list_eval_partition.txt``, by split name.
 CELEBA_SPLITS = {"train": 0, "valid": 1, "test": 2}
 IMAGES = "img_align_celeba"
 ATTRIBUTES = "list_attr_celeba.txt"

@@ -83,6 +83,7 @@ CIFAR10_CLASSES = (
 
 # md5 of each file of cifar-10-batches-py as published with the data set
 # (https://www.cs.toronto.edu/~kriz/cifar.html; the same values are in torchvision's docs)
+#: MD5 of each file of ``cifar-10-batches-py``, checked before the file is read.
 CIFAR10_MD5 = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f",
     "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",

@@ -48,7 +48,7 @@ from otcfm.translate import (
 
 __all__ = ["PAIRS", "PROTOCOLS", "Protocol", "main", "run_bench", "translate_main"]
 
-# directed pairs (source class, target class); the reverse of each pair is run as well
+#: Directed class pairs (source, target) of each data set; the reverse is run as well.
 PAIRS = {
     "fashion-mnist": (("T-shirt/top", "Shirt"), ("Pullover", "Coat"), ("Sneaker", "Ankle boot")),
     "digits": (("3", "8"), ("4", "9"), ("1", "7")),
@@ -78,6 +78,7 @@ class Protocol:
     test_fraction: float = 0.2
 
 
+#: The budget of each (data set, quick) case: sizes, steps, batches and held-out counts.
 PROTOCOLS = {
     ("fashion-mnist", False): Protocol(16, 32, 3_000, 128, 5_000, 256, 256, 1_000),
     ("fashion-mnist", True): Protocol(16, 32, 1_000, 128, 1_500, 256, 256, 500),

@@ -17,6 +17,7 @@ from ._common import MODELS, batch_times, check_cond, check_labels, positive_int
 
 __all__ = ["ACTIVATIONS", "HEADS", "MLP", "MODELS", "DriftScore", "get_activation"]
 
+#: Activation modules by name (factories: each call builds a fresh module).
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "selu": nn.SELU,
     "relu": nn.ReLU,
