@@ -1,4 +1,6 @@
-"""Command line: one parser tree, ``otcfm train | sample | evaluate | trajectory | bench | demo
+"""Command line: one parser tree for every ``otcfm`` command.
+
+Command line: one parser tree, ``otcfm train | sample | evaluate | trajectory | bench | demo
 | list``.
 
 Thin by design: parse flags -> build a config -> call the library. Building the parser imports
@@ -183,10 +185,15 @@ class ConfigType:
         self.defaults, self.section, self.key = defaults, section, key
 
     def kind(self) -> type:
+        """The type of the field's default value (the config class is imported here)."""
         cfg = self.defaults()
         return type(getattr(getattr(cfg, self.section) if self.section else cfg, self.key))
 
     def __call__(self, text: str) -> Any:
+        """Convert the flag's ``text`` to the field's type.
+
+        Raises ``argparse.ArgumentTypeError`` when the text is not a value of that type.
+        """
         kind = self.kind()
         if kind is bool:
             word = text.strip().lower()
@@ -203,10 +210,14 @@ class ConfigType:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``otcfm train: error: ... (see otcfm train --help)``,
-    exit code 2 (the usage is shown by --help, not after every mistake)."""
+    """Argument parser whose errors are one line and exit with code 2.
+
+    argparse with one-line errors: ``otcfm train: error: ... (see otcfm train --help)``,
+    exit code 2 (the usage is shown by --help, not after every mistake).
+    """
 
     def error(self, message: str) -> NoReturn:
+        """Print ``message`` on one line with a pointer to ``--help`` and exit with code 2."""
         text = _one_line(message)
         self.exit(2, f"{self.prog}: error: {text} (see `{self.prog} --help`)\n")
 
@@ -218,7 +229,7 @@ def _one_line(message: object) -> str:
 
 
 def seed(text: str) -> int:
-    """argparse ``type`` of a seed flag: an integer in [0, 2^63)."""
+    """Argparse ``type`` of a seed flag: an integer in [0, 2^63)."""
     value = _integer(text, 0)
     if value >= 2**63:
         raise argparse.ArgumentTypeError(f"must be below 2^63, got {value}")
@@ -226,12 +237,12 @@ def seed(text: str) -> int:
 
 
 def count(text: str) -> int:
-    """argparse ``type`` of a count flag: a positive integer."""
+    """Argparse ``type`` of a count flag: a positive integer."""
     return _integer(text, 1)
 
 
 def index(text: str) -> int:
-    """argparse ``type`` of an index flag: an integer >= 0."""
+    """Argparse ``type`` of an index flag: an integer >= 0."""
     return _integer(text, 0)
 
 
@@ -554,8 +565,11 @@ def _add_trajectory(sub: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The RunConfig of ``otcfm train``: --config file, then --task, flags and --set; validated
-    (errors name the key and its flag)."""
+    """Build the validated RunConfig of ``otcfm train``.
+
+    The RunConfig of ``otcfm train``: --config file, then --task, flags and --set; validated
+    (errors name the key and its flag).
+    """
     from otcfm.train.config import RunConfig
 
     cfg = _file_config(RunConfig, args.config) if args.config else RunConfig()
@@ -588,8 +602,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def trajectory_config_from_args(args: argparse.Namespace) -> TrajectoryConfig:
-    """The TrajectoryConfig of ``otcfm trajectory fit``: --config file, then flags; validated
-    (errors name the key and its flag)."""
+    """Build the validated TrajectoryConfig of ``otcfm trajectory fit``.
+
+    The TrajectoryConfig of ``otcfm trajectory fit``: --config file, then flags; validated
+    (errors name the key and its flag).
+    """
     from otcfm.trajectory.config import TrajectoryConfig
 
     cfg = _file_config(TrajectoryConfig, args.config) if args.config else TrajectoryConfig()
@@ -612,8 +629,11 @@ def trajectory_config_from_args(args: argparse.Namespace) -> TrajectoryConfig:
 
 
 def _file_config(cls: Any, path: Path) -> Any:
-    """The config of a --config file, its keys and types checked but not yet validated (the
-    flags may still change it; the method's default sigma is not written in yet)."""
+    """Read the config of a --config file, its keys and types checked but not yet validated.
+
+    The config of a --config file, its keys and types checked but not yet validated (the
+    flags may still change it; the method's default sigma is not written in yet).
+    """
     from otcfm.train.config import ConfigError, build_config, read_toml
 
     try:
@@ -643,6 +663,10 @@ class _naming_flags:  # noqa: N801 - a context manager used like a function
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``otcfm train``: resolve the config, check the device and train.
+
+    With ``--print-config`` the resolved config is printed as TOML instead.
+    """
     from otcfm.train import cli as train_cli
     from otcfm.train.config import check_device_available
 
@@ -663,18 +687,21 @@ def _scorer(spec: str) -> Any:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """``otcfm sample``: draw samples of a trained run (see :mod:`otcfm.train.cli`)."""
     from otcfm.train import cli as train_cli
 
     return train_cli.cmd_sample(args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``otcfm evaluate``: score a trained run, image runs with their data set's feature network."""
     from otcfm.train import cli as train_cli
 
     return train_cli.cmd_evaluate(args, scorer=_scorer)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``otcfm demo``: train and compare the methods on the demo task, printing one line each."""
     import shutil
 
     from otcfm.experiments.demo import run_demo
@@ -695,6 +722,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_list(_: argparse.Namespace) -> int:
+    """``otcfm list``: print the registered methods, couplings, time samplers, solvers and data."""
     from otcfm.couplings import COUPLINGS
     from otcfm.data import toy
     from otcfm.matchers import MATCHERS
@@ -711,6 +739,7 @@ def cmd_list(_: argparse.Namespace) -> int:
 
 
 def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
+    """``otcfm convert-checkpoint``: rewrite a trusted old checkpoint as plain values."""
     from otcfm.train.checkpoint import convert_checkpoint
 
     if not args.trusted:
@@ -724,16 +753,19 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """``otcfm bench NAME ...``: run the named benchmark on the remaining arguments."""
     return BENCHES[args.name]()(args.args)
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
+    """``otcfm translate ...``: run the latent translation recipe on the remaining arguments."""
     from otcfm.experiments.translation import translate_main
 
     return translate_main(args.args)
 
 
 def cmd_trajectory(args: argparse.Namespace) -> int:
+    """``otcfm trajectory fit | predict | evaluate``: the time-course commands."""
     from otcfm.trajectory import cli as trajectory
 
     if args.trajectory_command == "fit":
@@ -811,16 +843,22 @@ def user_error(err: BaseException) -> tuple[int, str] | None:
 
 
 def _is(err: BaseException, module: str, name: str) -> bool:
-    """``isinstance(err, module.name)``, without importing the module (if it is not loaded,
-    none of its errors was raised)."""
+    """Whether ``err`` is an instance of ``module.name``, without importing the module.
+
+    ``isinstance(err, module.name)``, without importing the module (if it is not loaded,
+    none of its errors was raised).
+    """
     loaded = sys.modules.get(module)
     return loaded is not None and isinstance(err, getattr(loaded, name))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``otcfm ARGV``: the exit code (0; 2 for a user error, told in one line on stderr; 1
+    """Run ``otcfm ARGV`` and return its exit code.
+
+    ``otcfm ARGV``: the exit code (0; 2 for a user error, told in one line on stderr; 1
     when a process of a multi-process run failed). With ``--debug`` errors propagate with
-    their traceback; an unexpected error (a bug) always does."""
+    their traceback; an unexpected error (a bug) always does.
+    """
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -856,8 +894,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line_warning(command: str) -> Callable[..., str]:
-    """Warnings as the command's errors are told: ``otcfm CMD: warning: MESSAGE`` on one line
-    (Python's default adds the file, line and source of the code that warned)."""
+    """Format warnings the way the command's errors are told, on one line.
+
+    Warnings as the command's errors are told: ``otcfm CMD: warning: MESSAGE`` on one line
+    (Python's default adds the file, line and source of the code that warned).
+    """
 
     def format_warning(message: Warning | str, *_: Any, **__: Any) -> str:
         return f"otcfm {command}: warning: {' '.join(str(message).split())}\n"

@@ -117,9 +117,12 @@ class FlowMatcher:
         self.cond_key = cond_key
 
     def _drop_conditions(self, s: PathSample, generator: torch.Generator | None) -> PathSample:
-        """``s`` with each label ``cond[cond_key]`` replaced by ``null_class`` with probability
+        """Replace labels by the null class with probability ``cond_dropout``.
+
+        ``s`` with each label ``cond[cond_key]`` replaced by ``null_class`` with probability
         ``cond_dropout`` (one uniform per sample from ``generator``); ``s`` itself when
-        cond_dropout is 0 (no draw)."""
+        cond_dropout is 0 (no draw).
+        """
         p = self.cond_dropout
         if p == 0:
             return s
@@ -154,10 +157,10 @@ class FlowMatcher:
         """Pair the batch, draw t and xt; returns a :class:`PathSample` with ``cond`` filled.
 
         Args:
-            x0: (B0, *event) source samples, or a :class:`Pairing` already made by a coupling
+            x0: (B0, ``*event``) source samples, or a :class:`Pairing` already made by a coupling
                 (``pair.x0[k]`` goes with ``pair.x1[k]``; then x1 and cond are not given and
                 no coupling runs: the training pipeline couples ahead in background workers).
-            x1: (B1, *event) target samples.
+            x1: (B1, ``*event``) target samples.
             generator: the only source of randomness (coupling, then t, then noise).
             **cond: per-sample conditions of the TARGET samples x1 (e.g. ``y=labels``),
                 reindexed with the pairing and returned as ``PathSample.cond`` (a dict).
@@ -173,9 +176,12 @@ class FlowMatcher:
         return self._drop_conditions(replace(s, cond=pair.cond1), generator)
 
     def _sample_pairing(self, pair: Pairing, generator: torch.Generator | None) -> PathSample:
-        """``sample(pair, generator=generator)`` for a pairing the library made of checked
+        """:meth:`sample` for a pairing the library made of checked data, without the checks.
+
+        ``sample(pair, generator=generator)`` for a pairing the library made of checked
         data (the training pipeline's coupled batches: finite floating x0, x1 of one shape,
-        dtype and device): the same draws and values, without validating them again."""
+        dtype and device): the same draws and values, without validating them again.
+        """
         if (
             type(self).sample is not FlowMatcher.sample
             or type(self.path).sample is not ProbabilityPath.sample
@@ -218,10 +224,10 @@ class FlowMatcher:
         generator: torch.Generator | None = None,
         **cond: Any,
     ) -> Tensor:
-        """CFM loss mean((model(xt, t, **cond) - ut)^2) over batch and coordinates, in float32.
+        """CFM loss mean((model(xt, t, ``**cond``) - ut)^2) over batch and coordinates, in float32.
 
         ``x0, x1`` as for :meth:`sample` (tensors, or one coupled :class:`Pairing`).
-        ``model(x, t, **cond)`` gets xt (B, *event) in the data dtype and t (B,) float32.
+        ``model(x, t, **cond)`` gets xt (B, ``*event``) in the data dtype and t (B,) float32.
         Returns a 0-dim float32 tensor.
         """
         return self.regress(model, self.sample(x0, x1, generator=generator, **cond))
@@ -315,7 +321,7 @@ class SF2M(FlowMatcher):
         return float(self.path.sigma)
 
     def score_target(self, s: PathSample) -> Tensor:
-        """Conditional score grad_x log p_t(xt | x0, x1) = -eps / sigma_t, (B, *event) float32.
+        """Conditional score grad_x log p_t(xt | x0, x1) = -eps / sigma_t, (B, ``*event``) float32.
 
         Infinite where sigma_t = 0 (t = 0 or 1); the loss never divides by sigma_t.
         """
@@ -330,8 +336,11 @@ class SF2M(FlowMatcher):
         generator: torch.Generator | None = None,
         **cond: Any,
     ) -> SF2MLoss:
-        """Both loss terms (same draws as :meth:`loss` with the same seed); ``x0, x1`` as for
-        :meth:`sample` (tensors, or one coupled :class:`Pairing`)."""
+        """Both loss terms, flow and score.
+
+        Both loss terms (same draws as :meth:`loss` with the same seed); ``x0, x1`` as for
+        :meth:`sample` (tensors, or one coupled :class:`Pairing`).
+        """
         return self._losses(model, self.sample(x0, x1, generator=generator, **cond))
 
     def _regress(self, model: Callable[..., Any], s: PathSample) -> Tensor:
@@ -358,8 +367,11 @@ class SF2M(FlowMatcher):
         return SF2MLoss(total=flow + score_loss, flow=flow, score=score_loss)
 
     def score_residual(self, score: Tensor, s: PathSample) -> Tensor:
-        """lambda(t) (s(xt, t) - grad log p_t(xt | z)) = (2 / sigma^2) (sigma_t s + eps), per
-        element (float32): the score term is its mean square (see the class docstring)."""
+        """Per-element weighted score residual (float32) of the score-matching term.
+
+        lambda(t) (s(xt, t) - grad log p_t(xt | z)) = (2 / sigma^2) (sigma_t s + eps), per
+        element (float32): the score term is its mean square (see the class docstring).
+        """
         sig = pad_t(self.path.sigma_t(s.t.to(torch.float32)), score)
         return (2.0 / self.sigma**2) * (sig * score.float() + s.noise.float())
 
@@ -390,6 +402,25 @@ def matcher(name: str, **kw: Any) -> FlowMatcher:
     preset also takes :data:`DROPOUT_OPTIONS` (``cond_dropout``, ``null_class``: condition
     dropout for classifier-free guidance, see :class:`FlowMatcher`). Unknown names raise
     ValueError, unknown keywords TypeError.
+
+    Examples:
+        OT-CFM pairs the batches by exact OT, then regresses onto straight lines:
+
+        >>> import torch
+        >>> from otcfm.matchers import matcher
+        >>> fm = matcher("otcfm", sigma=0.0)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x0, x1 = torch.randn(8, 2, generator=g), torch.randn(8, 2, generator=g) + 4
+        >>> s = fm.sample(x0, x1, generator=g)
+        >>> s.xt.shape, s.t.shape
+        (torch.Size([8, 2]), torch.Size([8]))
+        >>> bool(torch.allclose(s.ut, s.x1 - s.x0))
+        True
+        >>> sorted(s.x1.tolist()) == sorted(x1.tolist())  # every target used once
+        True
+        >>> loss = fm.loss(lambda x, t: torch.zeros_like(x), x0, x1, generator=g)
+        >>> loss.shape, loss.dtype
+        (torch.Size([]), torch.float32)
     """
     factory = MATCHERS.factory(name)
     allowed = [*inspect.signature(factory).parameters, *DROPOUT_OPTIONS]
@@ -472,8 +503,11 @@ def _entropic_options(coupling: Coupling | str | None) -> dict[str, Any] | None:
 
 
 def _coupling_of(factory: Callable[..., Coupling], kwargs: dict[str, Any], spec: str) -> Coupling:
-    """``factory(**kwargs)`` (in a :class:`~otcfm.couplings.ByClass` for ``within=``); a
-    missing or unknown keyword names the spec and the syntax."""
+    """Call ``factory(**kwargs)`` with errors that name the spec and its syntax.
+
+    ``factory(**kwargs)`` (in a :class:`~otcfm.couplings.ByClass` for ``within=``); a
+    missing or unknown keyword names the spec and the syntax.
+    """
     try:
         return build_coupling(factory, kwargs)
     except TypeError as err:
@@ -485,9 +519,11 @@ def _coupling_of(factory: Callable[..., Coupling], kwargs: dict[str, Any], spec:
 
 def _bridge_coupling(name: str, sigma: float, coupling: Coupling | str | None,
                      default: Callable[[], Coupling]) -> Coupling:
-    """The coupling of a Brownian-bridge preset: the entropic coupling, by name or spec without
-    ``reg``, gets the Schrodinger bridge's reg = 2 sigma^2 (the one place this is written);
-    ``coupling=None`` means ``default``."""
+    """The coupling of a Brownian-bridge preset.
+
+    The entropic coupling, by name or spec without ``reg``, gets the Schrodinger bridge's reg = 2
+    sigma^2 (the one place this is written); ``coupling=None`` means ``default``.
+    """
     options = _entropic_options(coupling)
     if options is None:
         return _coupling(coupling, default)

@@ -1,8 +1,10 @@
-"""Distribution metrics of the paper (docs/reference.md §3): exact W1/W2, MMD, path energy, NPE,
+"""Distribution metrics of the paper.
+
+Distribution metrics of the paper (docs/reference.md §3): exact W1/W2, MMD, path energy, NPE,
 the Fréchet distance between feature sets and FID (Inception features of images).
 
 Inputs are torch tensors (any device or dtype, bf16 included) or numpy arrays of shape
-(n, *event); trailing dimensions are flattened and 1-D inputs are read as n scalar samples.
+(n, ``*event``); trailing dimensions are flattened and 1-D inputs are read as n scalar samples.
 Everything is computed in float64 on the CPU and returned as a Python float.
 """
 
@@ -38,7 +40,7 @@ _CDIST_MAX_DIM = 64  # up to this many features, distances from exact difference
 
 # --------------------------------------------------------------------------- inputs
 def _as_samples(name: str, x: Any) -> np.ndarray:
-    """(n, *event) tensor or array -> finite float64 numpy array (n, D)."""
+    """(n, ``*event``) tensor or array -> finite float64 numpy array (n, D)."""
     if isinstance(x, torch.Tensor):
         arr = x.detach().to(device="cpu", dtype=torch.float64).numpy()
     elif isinstance(x, np.ndarray):
@@ -105,16 +107,28 @@ def wasserstein(
 ) -> float:
     """Exact p-Wasserstein distance ``(min_pi sum pi_ij |x_i - y_j|^p)^(1/p)`` (Euclidean).
 
-    x: (n, *event), y: (m, *event); a, b: optional sample weights (normalised to sum 1),
+    x: (n, ``*event``), y: (m, ``*event``); a, b: optional sample weights (normalised to sum 1),
     uniform by default. Equal sizes with uniform weights have an optimal plan that is a
     permutation: from n = 256 with numba installed (extra ``fast``) it comes from the certified
-    auction of :mod:`otcfm._ot.auction`, whose feasible dual bounds the relative gap of W_p^p
+    auction of ``otcfm._ot.auction``, whose feasible dual bounds the relative gap of W_p^p
     to the optimum by 1e-9 (about 2x to 3x faster than network simplex in 2-D at 1,000 to
     10,000 points, docs/results/exact_solvers.md). Otherwise, and for any batch the auction
     cannot certify: POT's network simplex (``ot.emd2``) on the float64 cost matrix, with its
     iteration cap lifted (``max_iter``, default ``100 n m``); if the solver still reports a
     non-optimal exit a ``RuntimeWarning`` names the code. Needs an n x m float64 cost matrix
     in memory (800 MB at 10,000 x 10,000).
+
+    Examples:
+        Translating a sample by c moves it by exactly ``|c|`` in W2:
+
+        >>> import torch
+        >>> from otcfm.metrics import wasserstein
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(64, 2, generator=g)
+        >>> round(wasserstein(x, x + torch.tensor([3.0, 4.0])), 4)
+        5.0
+        >>> round(wasserstein(x, x), 4)
+        0.0
     """
     p = _check_p(p)
     xa, ya = _pair(x, y)
@@ -156,7 +170,7 @@ def _check_p(p: Any) -> float:
 
 # --------------------------------------------------------------------------- MMD
 def _kernel_sum(x: np.ndarray, y: np.ndarray, inv_two_s2: np.ndarray) -> float:
-    """sum_ij k(x_i, y_j) with k = sum_s exp(-|x - y|^2 / (2 s^2)), in row blocks."""
+    """sum_ij k(x_i, y_j) with k = sum_s exp(-``|x - y|^2`` / (2 s^2)), in row blocks."""
     rows = max(1, _BLOCK // max(1, y.shape[0]))
     total = 0.0
     for start in range(0, x.shape[0], rows):
@@ -169,7 +183,7 @@ def _kernel_sum(x: np.ndarray, y: np.ndarray, inv_two_s2: np.ndarray) -> float:
 def mmd(
     x: Any, y: Any, bandwidths: Sequence[float] = MMD_BANDWIDTHS, *, squared: bool = True
 ) -> float:
-    """Biased (V-statistic) MMD between samples x (n, *event) and y (m, *event).
+    """Biased (V-statistic) MMD between samples x (n, ``*event``) and y (m, ``*event``).
 
     Kernel: the RBF mixture ``k(u, v) = sum_s exp(-|u - v|^2 / (2 s^2))`` over ``bandwidths``
     (default {0.01, 0.1, 1, 10, 100}; a sum, not a mean, of the kernels). Returns
@@ -206,7 +220,7 @@ def path_energy(trajectory_or_energy: Any) -> float:
 
 
 def normalized_path_energy(pe: float, w2_squared: float) -> float:
-    """NPE = |PE - W2^2| / W2^2 (docs/reference.md §3); 0 iff the flow solves dynamic OT."""
+    """NPE = ``|PE - W2^2|`` / W2^2 (docs/reference.md §3); 0 iff the flow solves dynamic OT."""
     pe_v, w2_v = float(pe), float(w2_squared)
     if not math.isfinite(pe_v) or pe_v < 0:
         raise ValueError(f"pe must be finite and >= 0, got {pe!r}")
@@ -261,8 +275,11 @@ def _check_stats(name: str, mu: Any, cov: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _psd_eigh(name: str, c: np.ndarray, *, vectors: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Eigenvalues (ascending; round-off negatives clipped to 0) and, if asked, eigenvectors of
-    a symmetric matrix that must be PSD."""
+    """Eigen-decomposition of a symmetric matrix that must be PSD.
+
+    Eigenvalues (ascending; round-off negatives clipped to 0) and, if asked, eigenvectors of
+    a symmetric matrix that must be PSD.
+    """
     w, v = np.linalg.eigh(c) if vectors else (np.linalg.eigvalsh(c), None)
     top = float(np.abs(w).max())
     if w[0] < -_PSD_RTOL * top:
@@ -274,7 +291,7 @@ def _psd_eigh(name: str, c: np.ndarray, *, vectors: bool) -> tuple[np.ndarray, n
 def _drop_noise(w: np.ndarray) -> np.ndarray:
     """Eigenvalues below round-off (D eps max|w|, numpy's matrix-rank tolerance) set to 0.
 
-    Their square roots (~1e-8 |w| each) would otherwise add up to a visible error on
+    Their square roots (~1e-8 ``|w|`` each) would otherwise add up to a visible error on
     rank-deficient covariances; a true eigenvalue that small changes the result by no more.
     """
     tol = w.shape[0] * np.finfo(np.float64).eps * float(np.abs(w).max())
@@ -299,7 +316,9 @@ def _frechet(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.nd
 
 
 def frechet_distance_from_stats(mu_a: Any, cov_a: Any, mu_b: Any, cov_b: Any) -> float:
-    """Fréchet distance between the Gaussians N(mu_a, A) and N(mu_b, B), in float64:
+    """Fréchet distance between the Gaussians N(mu_a, A) and N(mu_b, B), in float64.
+
+    The value computed is::
 
         d^2 = ||mu_a - mu_b||^2 + tr(A) + tr(B) - 2 tr((A^{1/2} B A^{1/2})^{1/2})
 
@@ -319,8 +338,11 @@ def frechet_distance_from_stats(mu_a: Any, cov_a: Any, mu_b: Any, cov_b: Any) ->
 
 
 def feature_stats(feats: Any) -> FeatureStats:
-    """Mean and unbiased covariance (ddof = 1, as ``numpy.cov`` and FID's reference statistics)
-    of features (n, *event), n >= 2, in float64."""
+    """Mean and unbiased covariance of features, in float64.
+
+    Mean and unbiased covariance (ddof = 1, as ``numpy.cov`` and FID's reference statistics)
+    of features (n, ``*event``), n >= 2, in float64.
+    """
     x = _as_samples("feats", feats)
     n = x.shape[0]
     if n < 2:
@@ -353,8 +375,11 @@ _STATS_FORMAT = (
 
 
 def load_fid_stats(path: str | os.PathLike[str]) -> FeatureStats:
-    """Reference statistics from a .npz holding ``mu`` (D,) and ``sigma`` (D, D) (clean-fid's
-    format; pytorch-fid's ``--save-stats`` writes the same keys). Read without pickles."""
+    """Read reference statistics ``mu`` and ``sigma`` from a .npz file.
+
+    Reference statistics from a .npz holding ``mu`` (D,) and ``sigma`` (D, D) (clean-fid's
+    format; pytorch-fid's ``--save-stats`` writes the same keys). Read without pickles.
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"FID statistics file {p} not found (expected {_STATS_FORMAT})")
@@ -384,9 +409,12 @@ def load_fid_stats(path: str | os.PathLike[str]) -> FeatureStats:
 
 def save_fid_stats(path: str | os.PathLike[str], stats: FeatureStats, *,
                    overwrite: bool = False) -> Path:
-    """Write ``stats`` as ``load_fid_stats`` reads them (clean-fid's format: a compressed .npz
+    """Write reference statistics as ``load_fid_stats`` reads them, atomically.
+
+    Write ``stats`` as ``load_fid_stats`` reads them (clean-fid's format: a compressed .npz
     with float64 ``mu`` and ``sigma``), whole or not at all (a temporary file, then a rename).
-    An existing file is replaced only with ``overwrite=True`` (FileExistsError otherwise)."""
+    An existing file is replaced only with ``overwrite=True`` (FileExistsError otherwise).
+    """
     p = Path(path)
     mu, cov = _check_stats(f"stats for {p}:", stats.mu, stats.cov)
     if p.exists() and not overwrite:
@@ -408,10 +436,13 @@ def _first_line(e: BaseException) -> str:
 
 def load_inception(path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
                    ) -> torch.nn.Module:
-    """The TorchScript feature network at ``path`` (``torch.jit.load``), on ``device``, in eval
+    """Load a TorchScript feature network.
+
+    The TorchScript feature network at ``path`` (``torch.jit.load``), on ``device``, in eval
     mode. For FID: ``inception-2015-12-05.pt``, the TorchScript Inception-v3 of the standard FID
     code (StyleGAN2-ADA's metrics, clean-fid's legacy_tensorflow mode); otcfm never downloads
-    it. Pickled networks (.pkl) are refused: unpickling runs code."""
+    it. Pickled networks (.pkl) are refused: unpickling runs code.
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"Inception network file {p} not found (expected a TorchScript "
@@ -522,8 +553,11 @@ def inception_features(
 
 
 class _MomentSums:
-    """Streaming mean and unbiased covariance in float64: sums of x - shift and of their
-    outer products, the shift being the first batch's mean (limits cancellation)."""
+    """Streaming mean and unbiased covariance in float64.
+
+    Sums of x - shift and of their outer products, the shift being the first batch's mean (limits
+    cancellation).
+    """
 
     def __init__(self) -> None:
         self.n = 0

@@ -1,6 +1,6 @@
 """Conditional probability paths p_t(x | z) = N(mu_t(z), sigma_t^2 I) and their vector fields.
 
-Every path here is Gaussian given z = (x0, x1) (docs/reference.md §1-2), so a sample is
+Every path here is Gaussian given z = (x0, x1) (docs/reference.md §1-2), so a sample is::
 
     x_t = mu_t(x0, x1) + sigma_t * eps,          eps ~ N(0, I),
     u_t = d/dt x_t (eps fixed) = mu_t' + sigma_t' * eps
@@ -10,7 +10,7 @@ Every path here is Gaussian given z = (x0, x1) (docs/reference.md §1-2), so a s
 Convention: t = 0 is the source x0, t = 1 the target x1; tensors are batch-first with any
 trailing (event) shape; times are per-sample, shape (B,).
 
-This module is pure tensor maths: it imports only torch and :mod:`otcfm._utils`.
+This module is pure tensor maths: it imports only torch and ``otcfm._utils``.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ class PathSample:
 
     Attributes:
         t: (B,) float32 times.
-        x0, x1: (B, *event) the (paired) endpoints, as given.
-        xt: (B, *event) sample of p_t(x | x0, x1), in the dtype of x0/x1.
-        ut: (B, *event) conditional vector field u_t(xt | x0, x1), in the dtype of x0/x1.
-        noise: (B, *event) the standard normal eps with xt = mu_t + sigma_t * eps.
+        x0, x1: (B, ``*event``) the (paired) endpoints, as given.
+        xt: (B, ``*event``) sample of p_t(x | x0, x1), in the dtype of x0/x1.
+        ut: (B, ``*event``) conditional vector field u_t(xt | x0, x1), in the dtype of x0/x1.
+        noise: (B, ``*event``) the standard normal eps with xt = mu_t + sigma_t * eps.
         cond: per-sample conditions for the model (tensors / lists / dicts), set by a matcher.
     """
 
@@ -69,7 +69,7 @@ class ProbabilityPath(ABC):
 
     @abstractmethod
     def mu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
-        """Mean of p_t(x | x0, x1); (B, *event)."""
+        """Mean of p_t(x | x0, x1); (B, ``*event``)."""
 
     @abstractmethod
     def sigma_t(self, t: Tensor) -> Tensor:
@@ -77,7 +77,7 @@ class ProbabilityPath(ABC):
 
     @abstractmethod
     def dmu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
-        """Time derivative of :meth:`mu_t`; (B, *event)."""
+        """Time derivative of :meth:`mu_t`; (B, ``*event``)."""
 
     @abstractmethod
     def dsigma_t(self, t: Tensor) -> Tensor:
@@ -105,9 +105,10 @@ class ProbabilityPath(ABC):
         """Draw xt ~ p_t(x | x0, x1) and its target ut for a batch of pairs.
 
         Args:
-            x0, x1: (B, *event) finite floating tensors of the same shape and dtype.
+            x0: (B, ``*event``) finite floating tensor: the source points.
+            x1: (B, ``*event``) finite floating tensor of x0's shape and dtype: the targets.
             t: (B,) times in [0, 1], or a float / 0-dim tensor used for every sample.
-            noise: optional (B, *event) standard normal eps; drawn from ``generator`` if None.
+            noise: optional (B, ``*event``) standard normal eps; drawn from ``generator`` if None.
             generator: torch.Generator for the noise (same seed, same sample).
 
         bf16/fp16 inputs are computed in float32 and xt/ut cast back; float64 stays float64.
@@ -121,7 +122,7 @@ class ProbabilityPath(ABC):
     ) -> PathSample:
         """:meth:`sample` with fresh noise for inputs known to be valid, with ``cond`` set.
 
-        For the training pipeline (via ``FlowMatcher``): x0, x1 finite floating (B, *event)
+        For the training pipeline (via ``FlowMatcher``): x0, x1 finite floating (B, ``*event``)
         batches of one shape, dtype and device, t (B,) in [0, 1] on that device. The same
         draws and values as ``sample(x0, x1, t, generator=generator)``, without its checks.
         """
@@ -146,7 +147,7 @@ class ProbabilityPath(ABC):
         )
 
     def _fields(self, x0: Tensor, x1: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
-        """xt = mu_t + sigma_t eps and ut = mu_t' + sigma_t' eps (a subclass may simplify)."""
+        """Xt = mu_t + sigma_t eps and ut = mu_t' + sigma_t' eps (a subclass may simplify)."""
         xt = self.mu_t(x0, x1, t) + pad_t(self.sigma_t(t), x0) * eps
         ut = self.dmu_t(x0, x1, t) + pad_t(self.dsigma_t(t), x0) * eps
         return xt, ut
@@ -181,6 +182,18 @@ class LinearPath(ProbabilityPath):
     """I-CFM / OT-CFM path: mu_t = t x1 + (1 - t) x0, sigma_t = sigma, u_t = x1 - x0.
 
     With sigma = 0, xt is exactly x0 at t = 0 and x1 at t = 1.
+
+    Examples:
+        >>> import torch
+        >>> from otcfm.paths import LinearPath
+        >>> s = LinearPath(sigma=0.0).sample(torch.zeros(2, 2), torch.ones(2, 2),
+        ...                                  t=torch.tensor([0.25, 0.5]))
+        >>> s.xt
+        tensor([[0.2500, 0.2500],
+                [0.5000, 0.5000]])
+        >>> s.ut
+        tensor([[1., 1.],
+                [1., 1.]])
     """
 
     sigma: float = 0.0
@@ -189,16 +202,20 @@ class LinearPath(ProbabilityPath):
         object.__setattr__(self, "sigma", check_positive("sigma", self.sigma, allow_zero=True))
 
     def mu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """Mean x_t of the path: t x1 + (1 - t) x0."""
         tp = pad_t(t, x0)
         return tp * x1 + (1 - tp) * x0
 
     def sigma_t(self, t: Tensor) -> Tensor:
+        """Standard deviation of the path: the constant sigma, shaped like ``t``."""
         return torch.full_like(t, self.sigma)
 
     def dmu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """Time derivative of the mean: x1 - x0."""
         return x1 - x0
 
     def dsigma_t(self, t: Tensor) -> Tensor:
+        """Time derivative of the standard deviation: zero."""
         return torch.zeros_like(t)
 
     def _fields(self, x0: Tensor, x1: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
@@ -235,13 +252,16 @@ class BrownianBridgePath(ProbabilityPath):
         object.__setattr__(self, "t_clip", t_clip)
 
     def mu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """Mean x_t of the path: t x1 + (1 - t) x0."""
         tp = pad_t(t, x0)
         return tp * x1 + (1 - tp) * x0
 
     def sigma_t(self, t: Tensor) -> Tensor:
+        """Standard deviation of the bridge: sigma sqrt(t (1 - t))."""
         return self.sigma * torch.sqrt((t * (1 - t)).clamp_min(0))
 
     def dmu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """Time derivative of the mean: x1 - x0."""
         return x1 - x0
 
     def dsigma_t(self, t: Tensor) -> Tensor:
@@ -251,7 +271,7 @@ class BrownianBridgePath(ProbabilityPath):
 
     # ------------------------------------------------------------ SF2M helpers
     def score(self, x: Tensor, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
-        """Conditional score grad_x log p_t(x | x0, x1) = -(x - mu_t) / sigma_t^2; (B, *event).
+        """Conditional score grad_x log p_t(x | x0, x1) = -(x - mu_t) / sigma_t^2; (B, ``*event``).
 
         At x = xt this is -eps / sigma_t; infinite where sigma_t = 0 (t = 0, 1 or sigma = 0).
         """
@@ -304,15 +324,19 @@ class GaussianTargetPath(ProbabilityPath):
         object.__setattr__(self, "sigma_min", smin)
 
     def mu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """Mean x_t of the path: t x1."""
         return pad_t(t, x1) * x1
 
     def sigma_t(self, t: Tensor) -> Tensor:
+        """Standard deviation of the path: 1 - (1 - sigma_min) t."""
         return 1 - (1 - self.sigma_min) * t
 
     def dmu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """Time derivative of the mean: x1."""
         return x1
 
     def dsigma_t(self, t: Tensor) -> Tensor:
+        """Time derivative of the standard deviation: -(1 - sigma_min)."""
         return torch.full_like(t, -(1 - self.sigma_min))
 
     def _noise(
@@ -379,17 +403,21 @@ class TrigPath(ProbabilityPath):
         object.__setattr__(self, "sigma", check_positive("sigma", self.sigma, allow_zero=True))
 
     def mu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """Mean x_t of the path: cos(pi t / 2) x0 + sin(pi t / 2) x1."""
         a = pad_t(t, x0) * (math.pi / 2)
         return torch.cos(a) * x0 + torch.sin(a) * x1
 
     def sigma_t(self, t: Tensor) -> Tensor:
+        """Standard deviation of the path: the constant sigma, shaped like ``t``."""
         return torch.full_like(t, self.sigma)
 
     def dmu_t(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """Time derivative of the mean: (pi / 2) (cos(pi t / 2) x1 - sin(pi t / 2) x0)."""
         a = pad_t(t, x0) * (math.pi / 2)
         return (math.pi / 2) * (torch.cos(a) * x1 - torch.sin(a) * x0)
 
     def dsigma_t(self, t: Tensor) -> Tensor:
+        """Time derivative of the standard deviation: zero."""
         return torch.zeros_like(t)
 
 
@@ -408,7 +436,7 @@ def _prepare(x0: Any, x1: Any, t: Any) -> tuple[Tensor, Tensor, Tensor, torch.dt
 
 
 def _as_times(t: Any, batch: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """t as a (batch,) tensor of ``dtype``; accepts a number or 0-dim tensor (broadcast)."""
+    """T as a (batch,) tensor of ``dtype``; accepts a number or 0-dim tensor (broadcast)."""
     if isinstance(t, bool) or not isinstance(t, (int, float, Tensor)):
         raise TypeError(f"t must be a tensor of shape ({batch},) or a number, got {t!r}")
     if not isinstance(t, Tensor):

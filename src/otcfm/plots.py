@@ -30,7 +30,7 @@ def _plt():
 
 
 def _xy(x: Tensor) -> Tensor:
-    """(N, *event) -> (N, 2): the first two coordinates (a zero column for 1-D data)."""
+    """(N, ``*event``) -> (N, 2): the first two coordinates (a zero column for 1-D data)."""
     flat = x.detach().float().cpu().reshape(x.shape[0], -1)
     if flat.shape[1] == 1:
         return torch.cat([flat, torch.zeros_like(flat)], dim=1)
@@ -69,7 +69,7 @@ def _style(ax, title: str, dim: int) -> None:
 def draw_trajectories(
     ax, xs: Tensor, target: Tensor | None = None, *, n_paths: int = 300, title: str = ""
 ) -> None:
-    """Draw ``n_paths`` flow lines from xs (T, B, *event): start (blue), path, end (green)."""
+    """Draw ``n_paths`` flow lines from xs (T, B, ``*event``): start (blue), path, end (green)."""
     n = min(n_paths, xs.shape[1])
     if target is not None:
         _scatter(ax, target, TARGET_COLOR, "target", size=1.5, alpha=0.25)
@@ -105,7 +105,10 @@ def plot_overview(
 def plot_trajectory_grid(
     panels: Sequence[tuple[str, Tensor]], target: Tensor | None, path: str | Path, title: str = ""
 ) -> Path:
-    """Trajectories of several models side by side: panels = [(name, xs (T, B, *event)), ...]."""
+    """Trajectories of several models side by side.
+
+    ``panels`` = [(name, xs (T, B, ``*event``)), ...].
+    """
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
     for ax, (name, xs) in zip(axes[0], panels, strict=True):
@@ -119,15 +122,21 @@ def plot_trajectory_grid(
 
 
 def run_title(method: str, source: str, target: str) -> str:
-    """The title of a run's figures: ``"otcfm: moons -> 8gaussians"`` (display names of the
-    data, :func:`otcfm.data.toy.display_name`)."""
+    """The title of a run's figures.
+
+    ``"otcfm: moons -> 8gaussians"`` (display names of the data,
+    :func:`otcfm.data.toy.display_name`).
+    """
     return f"{method}: {display_name(source)} -> {display_name(target)}"
 
 
 def plot_history(history: Sequence[dict[str, float]], path: str | Path, title: str = "") -> Path:
-    """Training loss (every row), validation loss and validation W2 (the rows that hold them)
+    """Plot a run's training and validation curves against the optimizer step.
+
+    Training loss (every row), validation loss and validation W2 (the rows that hold them)
     against the optimizer step; the rows of a run's log.csv. Points are marked, so a run of
-    a single logged row still shows it."""
+    a single logged row still shows it.
+    """
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
 
@@ -157,9 +166,11 @@ def plot_history(history: Sequence[dict[str, float]], path: str | Path, title: s
 
 
 def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> Tensor:
-    """Tile images (N, C, H, W) in [-1, 1] into one (C, H', W') image in [0, 1]: ``nrow``
-    images per row (default: about sqrt(N)), ``pad`` pixels of white between and around
-    them, row-major order; values outside [-1, 1] are clipped."""
+    """Tile images (N, C, H, W) in [-1, 1] into one (C, H', W') image in [0, 1].
+
+    ``nrow`` images per row (default: about sqrt(N)), ``pad`` pixels of white between and around
+    them, row-major order; values outside [-1, 1] are clipped.
+    """
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:
         raise ValueError(f"images must be a non-empty (N, C, H, W) tensor, got "
                          f"{tuple(images.shape) if isinstance(images, Tensor) else images!r}")
@@ -179,10 +190,13 @@ def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> Tensor:
 def save_image_grid(
     images: Tensor, path: str | Path, nrow: int | None = None, *, min_size: int = 256
 ) -> Path:
-    """Write images (N, C, H, W) in [-1, 1] as one PNG grid (:func:`image_grid`), each pixel
+    """Write images (N, C, H, W) in [-1, 1] as one PNG grid.
+
+    Write images (N, C, H, W) in [-1, 1] as one PNG grid (:func:`image_grid`), each pixel
     repeated (nearest neighbour) an integer number of times so the grid is at least
     ``min_size`` pixels wide: 8x8 digits stay legible. The file is written whole (a
-    temporary file renamed into place)."""
+    temporary file renamed into place).
+    """
     import os
     import tempfile
 
@@ -205,9 +219,12 @@ def save_image_grid(
 
 
 def plot_image_grids(grids: dict[str, Tensor], path: str | Path, title: str = "") -> Path:
-    """Panels side by side, one per entry of ``grids`` (label -> images (N, C, H, W) in
+    """Draw image grids side by side, one panel per entry of ``grids``.
+
+    Panels side by side, one per entry of ``grids`` (label -> images (N, C, H, W) in
     [-1, 1], tiled by :func:`image_grid`): e.g. the same noise pushed with 2, 8 and 100 Euler
-    steps. Grey images are drawn in grey, RGB in colour."""
+    steps. Grey images are drawn in grey, RGB in colour.
+    """
     if not grids:
         raise ValueError("grids must hold at least one panel")
     plt = _plt()

@@ -31,7 +31,7 @@ __all__ = [
 class TimeSampler(ABC):
     """Draws n training times in [0, 1]: ``sampler(n, generator=g, device=d) -> (n,) float32``."""
 
-    #: whether :meth:`_draw` already returns float32 times in [0, 1] (no clamp needed)
+    #: whether ``_draw`` already returns float32 times in [0, 1] (no clamp needed)
     _in_unit_interval: ClassVar[bool] = False
 
     def __call__(
@@ -41,6 +41,7 @@ class TimeSampler(ABC):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> Tensor:
+        """Draw ``n`` times in [0, 1] as a (n,) float32 tensor, on ``device`` when given."""
         n = _check_n(n)
         src = generator.device if generator is not None else torch.device(device or "cpu")
         t = self._draw(n, generator, src)
@@ -50,7 +51,7 @@ class TimeSampler(ABC):
 
     @abstractmethod
     def _draw(self, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-        """n times on ``device`` from ``generator``."""
+        """N times on ``device`` from ``generator``."""
 
     def __repr__(self) -> str:  # dataclass subclasses override this
         return f"{type(self).__name__}()"

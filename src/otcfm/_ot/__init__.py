@@ -1,8 +1,9 @@
-"""Assignment solvers shared by the couplings and the metrics (a helper layer: it imports no
-other otcfm module).
+"""Assignment solvers shared by the couplings and the metrics.
 
-- :mod:`otcfm._ot.assignment`: the registry of exact square-assignment solvers.
-- :mod:`otcfm._ot.auction`: the compiled auction (ApproxOT's CPU backend and the certified
+A helper layer: it imports no other otcfm module.
+
+- ``otcfm._ot.assignment``: the registry of exact square-assignment solvers.
+- ``otcfm._ot.auction``: the compiled auction (ApproxOT's CPU backend and the certified
   exact solver).
-- :mod:`otcfm._ot.auction_kernels`: its numba kernels (extra ``fast``).
+- ``otcfm._ot.auction_kernels``: its numba kernels (extra ``fast``).
 """

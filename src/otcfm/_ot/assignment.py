@@ -1,4 +1,6 @@
-"""Exact solvers of the square assignment problem min_j sum_i C[i, j(i)] (equal uniform
+"""Exact solvers of the square assignment problem.
+
+Exact solvers of the square assignment problem min_j sum_i C[i, j(i)] (equal uniform
 batches of exact OT: an optimal vertex of the Birkhoff polytope is a permutation).
 
 Registered solvers (all exact, no iteration cap):
@@ -12,7 +14,7 @@ Registered solvers (all exact, no iteration cap):
 - ``"lapjv"``: Jonker-Volgenant from the optional package ``lapjv`` (float64 mode).
 - ``"auction"``: our compiled float64 auction with eps-scaling, its prices then corrected by
   shortest paths; every answer is certified by a feasible dual to a relative gap of at most
-  1e-9 (:func:`otcfm._ot.auction.exact_assignment`), else network simplex solves it.
+  1e-9 (``otcfm._ot.auction.exact_assignment``), else network simplex solves it.
   Needs numba (extra ``fast``).
 
 ``"auto"`` picks by batch size and feature dimension from the measurements in

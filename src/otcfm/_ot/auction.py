@@ -55,9 +55,12 @@ def gap_bound(u: float, lb: float, ind: float) -> float:
 
 
 def relative_gap_bound(u: float, lb: float, offset: float) -> float:
-    """(U - LB) / (offset + LB): an upper bound on (U - OPT) / (offset + OPT) given
+    """Upper bound on the relative gap of an assignment's cost to the optimum.
+
+    (U - LB) / (offset + LB): an upper bound on (U - OPT) / (offset + OPT) given
     0 <= LB <= OPT <= U; with ``offset`` the sum of the subtracted row minima, the relative
-    gap of the unreduced problem's assignment cost."""
+    gap of the unreduced problem's assignment cost.
+    """
     if not math.isfinite(u):
         return math.inf
     lb = max(min(lb, u), 0.0)
@@ -155,7 +158,7 @@ def exact_assignment(cost: np.ndarray, *, overwrite: bool = False) -> ExactAssig
 
     The compiled auction runs in float64 on the row-reduced cost from a multiscale warm start
     with eps-scaling; once its eps is small, the prices are corrected by shortest paths
-    (:func:`auction_kernels.tighten`) towards exact complementary slackness. Every answer
+    (``auction_kernels.tighten``) towards exact complementary slackness. Every answer
     carries the dual bound LB of a feasible dual (u_i + v_j <= C_ij, float rounding
     subtracted), and is returned only when bound = (U - LB) / (offset + LB) <= ``EXACT_RTOL``,
     which bounds the relative gap (U - OPT) / OPT of its total cost U. When the corrected
@@ -211,8 +214,11 @@ def _coarse_prices(
 
 
 def _tightened_bound(cost, prices, assigned, owner, cmax, top) -> float:
-    """The lower bound of the prices corrected by :func:`auction_kernels.tighten` (-inf if
-    the correction did not converge: the assignment may not be optimal)."""
+    """The lower bound of the prices after the shortest-path correction.
+
+    The lower bound of the prices corrected by ``auction_kernels.tighten`` (-inf if
+    the correction did not converge: the assignment may not be optimal).
+    """
     from otcfm._ot import auction_kernels as kernels
 
     n = cost.shape[0]
@@ -226,6 +232,9 @@ def _tightened_bound(cost, prices, assigned, owner, cmax, top) -> float:
 
 
 def _slack(n: int, cmax: float, prices: np.ndarray) -> float:
-    """Bound on the rounding (in the prices' float type) in a dual value over n rows and n
-    columns."""
+    """Bound on the rounding error in a dual value over n rows and n columns.
+
+    Bound on the rounding (in the prices' float type) in a dual value over n rows and n
+    columns.
+    """
     return 8.0 * n * float(np.finfo(prices.dtype).eps) * (cmax + float(np.abs(prices).max()))

@@ -254,7 +254,9 @@ def _reduce_all(C, G, na, nb, top):  # pragma: no cover - compiled
 
 @_jit()
 def reduce_rows(C, top):  # pragma: no cover - compiled
-    """Subtract each row's minimum in place (C >= 0); returns (sum of the minima, sum, max)
+    """Subtract each row's minimum from C in place and summarise the reduced matrix.
+
+    Subtract each row's minimum in place (C >= 0); returns (sum of the minima, sum, max)
     of the reduced matrix, sums in float64. One pass over C.
     """
     empty = np.empty(0, C.dtype)
@@ -265,7 +267,7 @@ def reduce_rows(C, top):  # pragma: no cover - compiled
 def sq_cost_reduced(G, na, nb, top):  # pragma: no cover - compiled
     """Squared distances from a float32 Gram matrix, row-reduced, in place, in one pass.
 
-    G_ij = a_i . b_j becomes max(|a_i|^2 + |b_j|^2 - 2 G_ij, 0) minus its row's minimum.
+    G_ij = a_i . b_j becomes max(``|a_i|^2`` + ``|b_j|^2`` - 2 G_ij, 0) minus its row's minimum.
     Returns (sum of the row minima, sum, max) of the reduced matrix, as ``reduce_rows``.
     """
     return _reduce_all(G, True, na, nb, top)
@@ -285,7 +287,9 @@ def gather(C, rows, cols):  # pragma: no cover - compiled
 
 @_jit()
 def tighten(C, p, assigned, owner, slack, max_scans, d):  # pragma: no cover - compiled
-    """Shortest-path correction d (n,) <= 0 of the prices towards exact complementary slackness
+    """Shortest-path correction of the prices towards exact complementary slackness.
+
+    Shortest-path correction d (n,) <= 0 of the prices towards exact complementary slackness
     of the complete assignment ``assigned`` (Bellman-Ford on the columns, in place on d = 0).
 
     The arc from column k = assigned[i] to column j weighs w_ij = (C_ij + p_j) -

@@ -83,17 +83,22 @@ def coupling_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def coupling(name: str, **kwargs: Any) -> Coupling:
-    """Build the coupling registered as ``name`` (e.g. ``coupling("entropic", reg=0.5)``);
-    ``name`` may be a spec with options, ``coupling("exact:sampling=plan")``; keywords win.
-    ``within="y"`` (or ``"exact:within=y"``) wraps it in :class:`ByClass` (pairs only within
-    the classes of the labels ``y``)."""
+    """Build the coupling registered as ``name``.
+
+    E.g. ``coupling("entropic", reg=0.5)``. ``name`` may be a spec with options,
+    ``coupling("exact:sampling=plan")``; keywords win. ``within="y"`` (or ``"exact:within=y"``)
+    wraps it in :class:`ByClass` (pairs only within the classes of the labels ``y``).
+    """
     name, options = coupling_spec(name)
     return build_coupling(COUPLINGS.factory(name), {**options, **kwargs})
 
 
 def build_coupling(factory: Callable[..., Coupling], options: dict[str, Any]) -> Coupling:
-    """``factory(**options)``, wrapped in :class:`ByClass` when the options hold ``within``
-    (the option every coupling spec accepts; the rest go to ``factory``)."""
+    """Call ``factory(**options)``, wrapped in :class:`ByClass` when the options hold ``within``.
+
+    ``factory(**options)``, wrapped in :class:`ByClass` when the options hold ``within``
+    (the option every coupling spec accepts; the rest go to ``factory``).
+    """
     options = dict(options)
     within = options.pop("within", None)
     inner = factory(**options)

@@ -193,7 +193,9 @@ def _bid_sequential(
 
 
 def _warm_prices(cost: Tensor, mean: float) -> tuple[Tensor, float] | None:
-    """Auction prices (n,) from an annealed log-domain Sinkhorn dual, and the dual value
+    """Auction prices and dual value from an annealed log-domain Sinkhorn dual.
+
+    Auction prices (n,) from an annealed log-domain Sinkhorn dual, and the dual value
     sum f + sum g (an estimate of the optimal cost, not a bound); None if it broke down.
 
     Entropic OT with unit marginals, regularization reg: alternately
@@ -323,8 +325,11 @@ class ApproxOT(Coupling):
     def memory_need(
         self, n0: int, n1: int, *, dim: int = 0, device: torch.device | str = "cpu"
     ) -> MemoryNeed:
-        """The compiled backend: the float32 Gram matrix and its reduced copy (8 bytes per
-        entry); torch: the cost and two blocks of its size (prices, temporaries)."""
+        """Estimated peak memory of one call: the compiled backend's or the torch backend's.
+
+        The compiled backend: the float32 Gram matrix and its reduced copy (8 bytes per
+        entry); torch: the cost and two blocks of its size (prices, temporaries).
+        """
         entries = n0 * n1
         if self._compiled_for(torch.device(device), self.cost_dtype):
             return MemoryNeed(device=8 * entries)

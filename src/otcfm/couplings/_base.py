@@ -1,5 +1,8 @@
-"""Shared pieces of the minibatch couplings: the result type, the base class, the squared
-Euclidean cost and the samplers that draw index pairs from a transport plan."""
+"""Shared pieces of the minibatch couplings.
+
+The result type, the base class, the squared Euclidean cost and the samplers that draw index pairs
+from a transport plan.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ class Convergence:
     """How an iterative coupling solve ended (:attr:`Pairing.convergence`).
 
     ``converged``: the solver's stopping rule held before ``max_iter`` ran out.
-    ``marginal_error``: L1 distance |P 1 - r|_1 + |P^T 1 - c|_1 between the returned plan's
+    ``marginal_error``: L1 distance ``|P 1 - r|_1`` + ``|P^T 1 - c|_1`` between the returned plan's
     marginals and the marginals (r, c) its optimality conditions prescribe: the uniform
     weights for balanced couplings, so it lies in [0, 2] (the plan's mass is 1).
     ``iterations``: solver iterations (all stages). ``tol``: the tolerance of the rule.
@@ -58,15 +61,20 @@ def check_call(x0: Tensor, x1: Tensor, generator: Any, cond0: Any, cond1: Any) -
 
 
 class CouplingMemoryError(MemoryError, ValueError):
-    """A coupling's cost matrix and solver workspace would not fit in the memory available
-    (raised before allocating; the message gives the sizes and what to do)."""
+    """A coupling's cost matrix and solver workspace would not fit in the memory available.
+
+    Raised before allocating; the message gives the sizes and what to do.
+    """
 
 
 @dataclass(frozen=True)
 class MemoryNeed:
-    """Estimated peak bytes of one coupling call: on the data's device (the cost matrix and
+    """Estimated peak bytes of one coupling call, on the data's device and on the host.
+
+    Estimated peak bytes of one coupling call: on the data's device (the cost matrix and
     what is solved there) and on the host (CPU copies and CPU solvers). On a CPU the two add
-    up."""
+    up.
+    """
 
     device: int = 0
     host: int = 0
@@ -76,7 +84,7 @@ class MemoryNeed:
 class Pairing:
     """Samples of a minibatch coupling q(x0, x1).
 
-    ``x0 = input_x0[i]`` and ``x1 = input_x1[j]``, shape (N, *event), in the input dtype and
+    ``x0 = input_x0[i]`` and ``x1 = input_x1[j]``, shape (N, ``*event``), in the input dtype and
     device. ``cond0``/``cond1`` are the per-sample conditions indexed the same way. ``info``
     holds solver diagnostics (cost, iterations, err, seconds, ...); couplings that iterate to
     a tolerance (``Coupling.reports_convergence``) also put ``converged`` (1.0 or 0.0),
@@ -155,8 +163,11 @@ class Coupling(ABC):
     def memory_need(
         self, n0: int, n1: int, *, dim: int = 0, device: torch.device | str = "cpu"
     ) -> MemoryNeed:
-        """Estimated peak memory of coupling n0 x n1 points of ``dim`` features (0: unknown,
-        assume the costliest solver) on ``device``: nothing beyond the inputs by default."""
+        """Estimated peak memory of coupling n0 x n1 points of ``dim`` features on ``device``.
+
+        Estimated peak memory of coupling n0 x n1 points of ``dim`` features (0: unknown,
+        assume the costliest solver) on ``device``: nothing beyond the inputs by default.
+        """
         return MemoryNeed()
 
     @abstractmethod
@@ -229,7 +240,9 @@ def check_memory(
     device: torch.device | str = "cpu",
     copies: int = 1,
 ) -> None:
-    """Raise :class:`CouplingMemoryError` if ``copies`` calls of ``coupling`` on n0 x n1 points
+    """Raise :class:`CouplingMemoryError` if the coupling calls would not fit in memory now.
+
+    Raise :class:`CouplingMemoryError` if ``copies`` calls of ``coupling`` on n0 x n1 points
     at once (:meth:`Coupling.memory_need`) would not fit in the memory available now.
 
     Needs under :data:`CHECK_MEMORY_FROM` bytes are not checked (no system call).
@@ -256,8 +269,10 @@ def check_memory(
 
 
 def cost_bytes(dtype: torch.dtype, device: torch.device | str) -> int:
-    """Bytes per entry of a cost matrix made by :func:`sq_cost` (float64 work for float32
-    costs on CUDA, where TF32 matmuls may be on)."""
+    """Bytes per entry of a cost matrix made by :func:`sq_cost`.
+
+    Float64 work for float32 costs on CUDA, where TF32 matmuls may be on.
+    """
     size = torch.empty((), dtype=dtype).element_size()
     if torch.device(device).type == "cuda" and dtype == torch.float32:
         size += 8
@@ -334,7 +349,7 @@ def sq_cost(x0: Tensor, x1: Tensor, dtype: torch.dtype = torch.float32) -> Tenso
     """Squared Euclidean cost C_ij = ||x0_i - x1_j||^2 of flattened samples, shape (n0, n1).
 
     Both batches are first centred on their joint mean (distances are translation invariant),
-    which keeps the expanded form |a|^2 + |b|^2 - 2 a.b accurate in float32. On CUDA with
+    which keeps the expanded form ``|a|^2`` + ``|b|^2`` - 2 a.b accurate in float32. On CUDA with
     reduced-precision (TF32) float32 matmuls enabled the product is done in float64.
     """
     work = dtype

@@ -129,8 +129,11 @@ class ByClass(Coupling):
         n1: int,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """The class labels (y0, y1) of the source and target batches, validated; source
-        labels assigned as ``y1[randperm(n1)]`` (from ``generator``) when cond0 has none."""
+        """The validated class labels (y0, y1) of the source and target batches.
+
+        The class labels (y0, y1) of the source and target batches, validated; source
+        labels assigned as ``y1[randperm(n1)]`` (from ``generator``) when cond0 has none.
+        """
         y1 = self._read(cond1, "cond1", n1)
         if y1 is None:
             raise ValueError(

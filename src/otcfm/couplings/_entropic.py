@@ -56,8 +56,10 @@ class _SinkhornCoupling(Coupling):
         self, n0: int, n1: int, *, dim: int = 0, device: torch.device | str = "cpu"
     ) -> MemoryNeed:
         """Everything on the data's device: cost, Sinkhorn's float64 matrices and the plan.
-        The Newton polish's conjugate-gradient steps need only vectors; its formed-Hessian
-        fallback runs only when its own memory is free then (``DENSE_NEWTON_BYTES``)."""
+
+        The Newton polish's conjugate-gradient steps need only vectors; its formed-Hessian fallback
+        runs only when its own memory is free then (``DENSE_NEWTON_BYTES``).
+        """
         need = (cost_bytes(self.cost_dtype, device) + self._work_bytes) * n0 * n1
         return MemoryNeed(device=need)
 
@@ -153,7 +155,9 @@ class _SinkhornCoupling(Coupling):
 
 
 class EntropicOT(_SinkhornCoupling):
-    """Entropic OT coupling: q(z) = pi_reg of SB-CFM with reg = 2 sigma^2 (Tong et al. 2024,
+    """Entropic OT coupling: the coupling of SB-CFM.
+
+    Entropic OT coupling: q(z) = pi_reg of SB-CFM with reg = 2 sigma^2 (Tong et al. 2024,
     Prop. 3.5); reg -> 0 gives exact OT, reg -> inf the independent coupling.
 
     The plan solves min_P <C, P> - reg H(P) with uniform marginals, C the squared Euclidean
@@ -162,7 +166,7 @@ class EntropicOT(_SinkhornCoupling):
     epsilon scaling (factor ``eps_scaling`` per stage from reg = max C; None disables) and a
     Newton polish.
 
-    Stopping rule: the L1 marginal error |P 1 - a|_1 + |P^T 1 - b|_1 against the uniform
+    Stopping rule: the L1 marginal error ``|P 1 - a|_1`` + ``|P^T 1 - b|_1`` against the uniform
     weights a = 1/n0, b = 1/n1 (the plan's mass is 1, so the error lies in [0, 2]; columns
     are exact after every column update, so each iteration measures the rows), below ``tol``
     at reg itself (the intermediate epsilon-scaling stages stop at max(tol, 1e-3)).
@@ -208,10 +212,11 @@ class UnbalancedOT(_SinkhornCoupling):
     (Chizat et al. 2018; the objective of POT's ``sinkhorn_unbalanced`` with reg_type="kl").
     ``reg_m`` is a number or a pair (reg_m0, reg_m1); ``float("inf")`` on one side keeps that
     marginal exact. Log-domain Sinkhorn in torch; converged when the potentials change by
-    less than ``tol`` (max |delta log u|) in one iteration. The reported marginal error
-    (:attr:`Pairing.convergence`) is |P 1 - a e^{-f / reg_m0}|_1 + |P^T 1 - b e^{-g / reg_m1}|_1
-    for the final potentials f, g: the plan's marginals against those its fixed point
-    prescribes, zero at the solution. ``on_fail`` as for :class:`EntropicOT`.
+    less than ``tol`` (max ``|delta log u|``) in one iteration. The reported marginal error
+    (:attr:`Pairing.convergence`) is
+    ``|P 1 - a e^{-f / reg_m0}|_1`` + ``|P^T 1 - b e^{-g / reg_m1}|_1`` for the final
+    potentials f, g: the plan's marginals against those its fixed point prescribes, zero at
+    the solution. ``on_fail`` as for :class:`EntropicOT`.
 
     Pairs: ``sampling="joint"`` (default) draws ``n_pairs`` (default max(n0, n1)) cells from
     P / sum(P), so outliers the plan leaves out are rarely paired; ``"rows"`` keeps every x0

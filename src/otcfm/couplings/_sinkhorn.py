@@ -1,15 +1,16 @@
 """Stabilised Sinkhorn in torch (balanced and KL-unbalanced) with epsilon scaling.
 
-Plan parametrisation (uniform weights a = 1/n0, b = 1/n1, potentials f, g in cost units):
+Plan parametrisation (uniform weights a = 1/n0, b = 1/n1, potentials f, g in cost units)::
 
     log P_ij = log a_i + log b_j + (f_i + g_j - C_ij) / eps
 
 which solves min <C, P> + eps KL(P | a b^T) [+ rho KL(P 1 | a) + rho KL(P^T 1 | b)]
-(Chizat et al. 2018; rho = inf is the balanced problem). The fixed point is
+(Chizat et al. 2018; rho = inf is the balanced problem). The fixed point is::
 
     f_i = -(rho / (rho + eps)) eps LSE_j(log b_j + (g_j - C_ij) / eps)      and likewise g.
 
 Numerics:
+
 - log-stabilised scaling (Schmitzer 2019): the potentials stay in the log domain and are
   absorbed into a kernel K = exp(log P) (the current plan, so no entry that matters can
   underflow); between absorptions the iterations are cheap matrix-vector products on
@@ -135,8 +136,11 @@ class _State:
         self.v = torch.ones_like(self.g)
 
     def rekernel(self, eps: float) -> bool:
-        """Kernel of the current potentials at a new eps, columns made exact; False (and
-        nothing changed) if a row or column of it underflowed or overflowed."""
+        """Rebuild the kernel of the current potentials at a new eps.
+
+        Kernel of the current potentials at a new eps, columns made exact; False (and
+        nothing changed) if a row or column of it underflowed or overflowed.
+        """
         K = self.log_plan(eps).exp()
         rows, cols = K.sum(1), K.sum(0)
         ok = torch.stack([rows.min(), cols.min(), rows.max(), cols.max()])
@@ -218,11 +222,11 @@ def log_sinkhorn(
 def marginal_error(
     plan: Tensor, a: Tensor, b: Tensor, f: Tensor, g: Tensor, rho: tuple[float, float]
 ) -> float:
-    """|P 1 - a e^{-f / rho0}|_1 + |P^T 1 - b e^{-g / rho1}|_1 (e^{-f/inf} = 1).
+    """``|P 1 - a e^{-f / rho0}|_1`` + ``|P^T 1 - b e^{-g / rho1}|_1`` (e^{-f/inf} = 1).
 
     At the fixed point the plan's marginals are exactly a e^{-f / rho0} and b e^{-g / rho1}
     (balanced: a and b), so this is zero at the solution and, balanced, the L1 marginal error
-    |P 1 - a|_1 + |P^T 1 - b|_1 (the total mass is 1, so it lies in [0, 2]).
+    ``|P 1 - a|_1`` + ``|P^T 1 - b|_1`` (the total mass is 1, so it lies in [0, 2]).
     """
     rows = a if math.isinf(rho[0]) else a * torch.exp(-f / rho[0])
     cols = b if math.isinf(rho[1]) else b * torch.exp(-g / rho[1])
@@ -236,7 +240,7 @@ def _iterate(
     """Scaling iterations until the error drops below ``stop`` or ``it`` reaches ``limit``.
 
     Balanced error: L1 row-marginal error of the plan before the update (its columns are
-    exact after every v-update). Unbalanced: max |delta log u| of the update.
+    exact after every v-update). Unbalanced: max ``|delta log u|`` of the update.
     """
     err = math.inf
     while it < limit:
@@ -282,7 +286,7 @@ def _newton(s: _State, eps: float, stop: float, max_steps: int, cg: bool = True
 
     Each step tries the (pseudo-inverse) Newton step, then Levenberg-Marquardt damped ones
     (towards a 1/L gradient step) until one passes the Armijo test (see
-    :func:`_newton_steps`); gives up (back to Sinkhorn) when none does.
+    ``_newton_steps``); gives up (back to Sinkhorn) when none does.
     """
     f = s.f
     lse, plan = _semi_dual(s, f, eps)
@@ -307,11 +311,13 @@ def _newton(s: _State, eps: float, stop: float, max_steps: int, cg: bool = True
 
 def _newton_steps(plan: Tensor, b: Tensor, eps: float, grad: Tensor, cg: bool = True
                   ) -> Iterator[Tensor]:
-    """Candidate ascent steps for the Hessian H = (diag(P 1) - P diag(1/b) P^T) / eps of -F
+    """Candidate Newton ascent steps for the Hessian of the entropic dual.
+
+    Candidate ascent steps for the Hessian H = (diag(P 1) - P diag(1/b) P^T) / eps of -F
     (PSD, null vector 1): first H^+ grad by conjugate gradients, then, formed, H^+ grad and
     (H + damping top I)^+ grad for each damping.
 
-    The conjugate-gradient step (:func:`_cg_step`) needs only products with P and P^T
+    The conjugate-gradient step (``_cg_step``) needs only products with P and P^T
     (O(n0 n1) each, against n0^2 n1 to form H). ``grad`` sums to 0 (columns exact) and H's
     null vector is 1, so H + (top/n) 1 1^T is positive definite on a connected plan and its
     Cholesky solve is the pseudo-inverse step (n^3/3 flops). If every such step is refused
@@ -344,10 +350,13 @@ def _newton_steps(plan: Tensor, b: Tensor, eps: float, grad: Tensor, cg: bool = 
 
 
 def _cg_step(plan: Tensor, b: Tensor, eps: float, grad: Tensor) -> Tensor:
-    """H^+ grad for H = (diag(P 1) - P diag(1/b) P^T) / eps by Jacobi-preconditioned
+    """Solve H^+ grad by matrix-free Jacobi-preconditioned conjugate gradients.
+
+    H^+ grad for H = (diag(P 1) - P diag(1/b) P^T) / eps by Jacobi-preconditioned
     conjugate gradients, matrix-free, to a relative residual of ``_CG_RTOL`` (at most
     ``_CG_MAX_ITER`` iterations). An inexact step only costs the Newton iteration its
-    quadratic rate: the caller's Armijo test on the exact objective accepts or refuses it."""
+    quadratic rate: the caller's Armijo test on the exact objective accepts or refuses it.
+    """
     rows = plan.sum(1)
     inv_b = 1.0 / b
     diag = (rows - (plan * plan) @ inv_b).clamp_min(float(rows.max()) * 1e-12) / eps

@@ -115,8 +115,11 @@ def sample_indices(n: int, batch_size: int, generator: torch.Generator | None = 
 
 
 def _draw_indices(n: int, b: int, generator: torch.Generator | None) -> Tensor:
-    """:func:`sample_indices` for arguments already checked (ints 1 <= b <= n, a Generator or
-    None): the same indices for the same generator state, without the checks (per-step use)."""
+    """:func:`sample_indices` for arguments already checked.
+
+    :func:`sample_indices` for arguments already checked (ints 1 <= b <= n, a Generator or
+    None): the same indices for the same generator state, without the checks (per-step use).
+    """
     if b > _PERM_FRACTION * n:
         return _perm(n, generator)[:b]
     device = generator.device if generator is not None else _CPU
@@ -133,7 +136,9 @@ def _draw_indices(n: int, b: int, generator: torch.Generator | None) -> Tensor:
 def _draw_indices_many(
     ns: tuple[int, ...], b: int, generator: Callable[[int], torch.Generator], items: range
 ) -> dict[int, tuple[Tensor, ...]]:
-    """``{k: tuple(_draw_indices(n, b, generator(k)) for n in ns) for k in items}``: the same
+    """Draw the indices of :func:`sample_indices` for many items together.
+
+    ``{k: tuple(_draw_indices(n, b, generator(k)) for n in ns) for k in items}``: the same
     indices, drawn for many items together (arguments checked: 1 <= b <= every n).
 
     One draw of distinct indices is a dozen operations on arrays of a few hundred values, so
@@ -177,8 +182,11 @@ def _draw_indices_many(
 
 
 def _first_mask_rows(values: np.ndarray, n: int) -> np.ndarray:
-    """Per row of ``values`` (K, m) in [0, n): where a value appears for the first time in
-    its row (bool (K, m))."""
+    """Mark where each value of ``values`` appears for the first time in its row.
+
+    Per row of ``values`` (K, m) in [0, n): where a value appears for the first time in
+    its row (bool (K, m)).
+    """
     # stable: among equal values the earliest comes first in ``order`` and is the one kept
     keys = values.astype(np.uint16) if n <= 2**16 else values
     order = np.argsort(keys, axis=1, kind="stable")

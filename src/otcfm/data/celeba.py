@@ -33,6 +33,7 @@ from otcfm.data.images import ImageSet, _from_uint8, _labels, _pillow, _read_ima
 
 __all__ = ["CELEBA_SPLITS", "CelebAAttributes", "celeba", "celeba_attributes"]
 
+#: The values of the partition column of ``list_eval_partition.txt``, by split name.
 CELEBA_SPLITS = {"train": 0, "valid": 1, "test": 2}
 IMAGES = "img_align_celeba"
 ATTRIBUTES = "list_attr_celeba.txt"
@@ -44,9 +45,12 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.(jpg|jpeg|png)", re.IGNORECASE
 
 @dataclass(frozen=True, eq=False)
 class CelebAAttributes:
-    """The tables of a CelebA folder: ``files`` (N image names), ``names`` (the A attribute
-    names), ``values`` (N, A) int8 in {-1, 1}, ``split`` (N,) int64 (0 train, 1 valid,
-    2 test), and ``folder`` (the folder holding ``img_align_celeba/``)."""
+    """The tables of a CelebA folder.
+
+    ``files`` (N image names), ``names`` (the A attribute names), ``values`` (N, A) int8 in {-1, 1},
+    ``split`` (N,) int64 (0 train, 1 valid, 2 test), and ``folder`` (the folder holding
+    ``img_align_celeba/``).
+    """
 
     files: tuple[str, ...]
     names: tuple[str, ...]
@@ -94,8 +98,11 @@ def _file_name(path: Path, line: int, name: str) -> str:
 
 
 def celeba_attributes(root: str | os.PathLike) -> CelebAAttributes:
-    """Read ``list_attr_celeba.txt`` and ``list_eval_partition.txt`` (see the module's
-    docstring); ValueError naming the file and line of anything malformed."""
+    """Read the attribute and partition tables of a CelebA folder.
+
+    Read ``list_attr_celeba.txt`` and ``list_eval_partition.txt`` (see the module's
+    docstring); ValueError naming the file and line of anything malformed.
+    """
     folder = _celeba_folder(root)
     path = folder / ATTRIBUTES
     lines = _lines(path)

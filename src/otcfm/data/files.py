@@ -378,9 +378,12 @@ def _format_text(arr: np.ndarray, names: list[str] | None, ext: str) -> str:
 # --------------------------------------------------------------------------- specs
 @dataclass(frozen=True)
 class DataSpec:
-    """A data spec as the user wrote it (``text``), parsed by :func:`parse_spec`: either a
+    """A data spec as the user wrote it, parsed by :func:`parse_spec`.
+
+    A data spec as the user wrote it (``text``), parsed by :func:`parse_spec`: either a
     built-in name (``builtin``) or a file (``path``, relative to the working directory unless
-    written absolute; ``key``: the array of an ``.npz`` archive given as ``FILE.npz:KEY``)."""
+    written absolute; ``key``: the array of an ``.npz`` archive given as ``FILE.npz:KEY``).
+    """
 
     text: str
     builtin: str | None = None
@@ -389,6 +392,7 @@ class DataSpec:
 
     @property
     def is_file(self) -> bool:
+        """Whether the spec names a file (rather than a built-in distribution)."""
         return self.path is not None
 
 

@@ -83,6 +83,7 @@ CIFAR10_CLASSES = (
 
 # md5 of each file of cifar-10-batches-py as published with the data set
 # (https://www.cs.toronto.edu/~kriz/cifar.html; the same values are in torchvision's docs)
+#: MD5 of each file of ``cifar-10-batches-py``, checked before the file is read.
 CIFAR10_MD5 = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f",
     "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
@@ -414,7 +415,7 @@ class RefusedGlobal(pickle.UnpicklingError):
 
 
 def _reconstruct_fn() -> Any:
-    """numpy's array-rebuilding function (numpy.core / numpy._core, whatever the release)."""
+    """Numpy's array-rebuilding function (numpy.core / numpy._core, whatever the release)."""
     return np.ndarray((0,), np.uint8).__reduce__()[0]
 
 
@@ -426,10 +427,13 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
 
 
 class _CifarUnpickler(pickle.Unpickler):
-    """Admits only the globals a CIFAR-10 batch needs to rebuild its numpy uint8 arrays:
+    """Unpickler that admits only the globals a CIFAR-10 batch needs.
+
+    Admits only the globals a CIFAR-10 batch needs to rebuild its numpy uint8 arrays:
     ``numpy.core.multiarray._reconstruct`` (or ``numpy._core``), ``numpy.ndarray``,
     ``numpy.dtype``, and ``_codecs.encode`` for latin-1 text only (how Python 3 writes bytes
-    at protocol 2). Every other global is refused before it is looked up, let alone called."""
+    at protocol 2). Every other global is refused before it is looked up, let alone called.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
@@ -609,17 +613,21 @@ NAMED_SETS = ("digits", *IDX_KINDS, "cifar10")
 
 
 def is_image_spec(spec: str | os.PathLike) -> bool:
-    """Whether ``spec`` names an image set of :func:`load_images` (nothing is read): a named
-    set (``digits``, ``fashion-mnist[:DIR]``, ``mnist:DIR``, ``cifar10:DIR``) or an existing
-    folder. Point-cloud specs (built-in distributions and files) are not."""
+    """Whether ``spec`` names an image set of :func:`load_images` (nothing is read).
+
+    A named set (``digits``, ``fashion-mnist[:DIR]``, ``mnist:DIR``, ``cifar10:DIR``) or an existing
+    folder. Point-cloud specs (built-in distributions and files) are not.
+    """
     text = os.fspath(spec)
     return text.partition(":")[0] in NAMED_SETS or Path(text).expanduser().is_dir()
 
 
 def with_folder(spec: str, folder: str | os.PathLike) -> str:
-    """The spec of a named image set read from ``folder``: ``cifar10`` -> ``cifar10:DIR``
-    (``--data-root DIR`` of ``otcfm train``). ValueError for digits (no folder), for a spec
-    that already names its folder, and for a folder spec."""
+    """The spec of a named image set read from ``folder``.
+
+    ``cifar10`` -> ``cifar10:DIR`` (``--data-root DIR`` of ``otcfm train``). ValueError for digits
+    (no folder), for a spec that already names its folder, and for a folder spec.
+    """
     kind, sep, rest = spec.partition(":")
     if kind not in NAMED_SETS or kind == "digits":
         raise ValueError(f"image spec {spec!r} reads no named data set from a folder "

@@ -51,10 +51,12 @@ class Preprocessor:
 
     @property
     def in_dim(self) -> int:
+        """Number of input features D (columns of ``components``)."""
         return int(self.components.shape[1])
 
     @property
     def out_dim(self) -> int:
+        """Number of output features k (rows of ``components``)."""
         return int(self.components.shape[0])
 
     def transform(self, x: Tensor) -> Tensor:
@@ -87,6 +89,7 @@ class Preprocessor:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessor:
+        """Rebuild a preprocessor from the dict of its state; ValueError if a key is missing."""
         keys = ("mean", "components", "center", "scale")
         missing = [k for k in keys if k not in d]
         if missing:

@@ -39,8 +39,11 @@ def sha256_file(path: str | os.PathLike, chunk: int = CHUNK) -> str:
 
 @dataclass(frozen=True)
 class FileRecord:
-    """One data file as it was read: absolute ``path``, ``size`` in bytes, ``sha256`` (hex)
-    and the ``.npz`` array ``key`` it was read with (None: the file as a whole)."""
+    """One data file as it was read: path, size, SHA-256 and ``.npz`` key.
+
+    One data file as it was read: absolute ``path``, ``size`` in bytes, ``sha256`` (hex)
+    and the ``.npz`` array ``key`` it was read with (None: the file as a whole).
+    """
 
     path: str
     size: int
@@ -49,12 +52,15 @@ class FileRecord:
 
     @classmethod
     def of(cls, path: str | os.PathLike, key: str | None = None) -> FileRecord:
-        """Record the file at ``path`` now (made absolute against the working directory,
-        symbolic links kept as written)."""
+        """Record the file at ``path`` now.
+
+        Made absolute against the working directory, symbolic links kept as written.
+        """
         p = os.path.abspath(os.path.expanduser(os.fspath(path)))
         return cls(p, os.stat(p).st_size, sha256_file(p), key)
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (``key`` only when the file was read with one)."""
         out: dict[str, Any] = {"path": self.path, "size": self.size, "sha256": self.sha256}
         if self.key is not None:
             out["key"] = self.key
@@ -62,6 +68,7 @@ class FileRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> FileRecord:
+        """Read a record written by :meth:`to_dict`; ValueError naming ``where`` if malformed."""
         try:
             path, size, sha = data["path"], data["size"], data["sha256"]
             key = data.get("key")
@@ -140,14 +147,18 @@ class FileRecord:
 
 @dataclass(frozen=True)
 class DataRecord:
-    """The inputs of a run: ``inputs`` maps a config key (``data.source``, ``data.path``, ...)
+    """The inputs of a run: the files and built-in distributions it read.
+
+    The inputs of a run: ``inputs`` maps a config key (``data.source``, ``data.path``, ...)
     to a :class:`FileRecord` or a built-in distribution's name; ``event_shape``: the shape of
-    one point the model takes (None: not recorded)."""
+    one point the model takes (None: not recorded).
+    """
 
     inputs: Mapping[str, FileRecord | str]
     event_shape: tuple[int, ...] | None = None
 
     def to_json(self) -> str:
+        """The record as the text of a run's ``data.json``."""
         inputs = {
             k: {"builtin": v} if isinstance(v, str) else v.to_dict() for k, v in self.inputs.items()
         }

@@ -110,10 +110,12 @@ class TimeSeries:
     # ------------------------------------------------------------------ views
     @property
     def dim(self) -> int:
+        """Number of features per cell."""
         return int(self.x.shape[1])
 
     @property
     def n_times(self) -> int:
+        """Number of observation times."""
         return len(self.times)
 
     @property
@@ -128,6 +130,7 @@ class TimeSeries:
         return self.x[self.labels == (k % self.n_times)]
 
     def populations(self) -> list[Tensor]:
+        """The cells of every observation time, in time order (one (n_k, d) tensor each)."""
         return [self.at(k) for k in range(self.n_times)]
 
     def map(self, fn: Callable[[Tensor], Tensor], feature_names: Any = None) -> TimeSeries:

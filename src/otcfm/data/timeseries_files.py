@@ -136,6 +136,7 @@ def load_timeseries(
     """Load populations at several times from ``.h5ad``, ``.npz`` or ``.csv``/``.tsv``.
 
     Args:
+        path: the file to read: ``.h5ad``, ``.npz``, ``.csv`` or ``.tsv``.
         time_key: where the time of each cell is: an ``obs`` column (.h5ad; default the first
             of :data:`TIME_KEYS` present), an array of the archive (.npz; default
             ``sample_labels``) or a header name (.csv; default ``time``).
@@ -352,9 +353,12 @@ def save_populations(
     times: Sequence[float],
     feature_names: Sequence[str] | None = None,
 ) -> Path:
-    """Write populations [(n_k, d), ...] at ``times`` (one or more) in the layout of
+    """Write populations at ``times`` in the layout of :func:`save_timeseries`.
+
+    Write populations [(n_k, d), ...] at ``times`` (one or more) in the layout of
     :func:`save_timeseries`: .npz (``pcs``, ``sample_labels``) or .csv/.tsv (``time`` column
-    first, then the features)."""
+    first, then the features).
+    """
     p = Path(path).expanduser()
     ext = p.suffix.lower()
     if ext not in (".npz", ".csv", ".tsv"):

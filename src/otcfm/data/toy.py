@@ -310,8 +310,11 @@ def spirals(n: int, generator: torch.Generator | None = None) -> Tensor:
 
 @DISTRIBUTIONS.register("pinwheel")
 def pinwheel(n: int, generator: torch.Generator | None = None) -> Tensor:
-    """Five curved arms: point (r, s), r ~ N(1, 0.3^2), s ~ N(0, 0.1^2), rotated by
-    2 pi k / 5 + 0.25 exp(r) for a uniform arm k, times 2."""
+    """Five curved arms (the pinwheel).
+
+    Five curved arms: point (r, s), r ~ N(1, 0.3^2), s ~ N(0, 0.1^2), rotated by
+    2 pi k / 5 + 0.25 exp(r) for a uniform arm k, times 2.
+    """
     n = _check_n(n)
     r = 1.0 + 0.3 * _randn((n,), generator)
     s = 0.1 * _randn((n,), generator)
@@ -340,7 +343,7 @@ def _gauss_log_kernel(x: Tensor, centres: Tensor, std: float) -> Tensor:
 
 
 def _mixture_log_prob(x: Tensor, centres: Tensor, std: float) -> Tensor:
-    """log of the equal-weight mixture of N(centre_j, std^2 I_2), for rows of x (float64)."""
+    """Log of the equal-weight mixture of N(centre_j, std^2 I_2), for rows of x (float64)."""
     out = [torch.logsumexp(_gauss_log_kernel(chunk, centres, std), dim=1)
            for chunk in x.split(_CHUNK)]
     return torch.cat(out) - math.log(centres.shape[0])
@@ -352,15 +355,21 @@ def _circle_centres(k: int, radius: float) -> Tensor:
 
 
 def _midpoints(lo: float, hi: float, length: float, std: float) -> Tensor:
-    """Midpoint nodes on [lo, hi] for a curve of arc length ``length`` traversed at constant
-    speed, spaced at most std / NODES_PER_STD along it."""
+    """Midpoint nodes on [lo, hi] along a curve traversed at constant speed.
+
+    Midpoint nodes on [lo, hi] for a curve of arc length ``length`` traversed at constant
+    speed, spaced at most std / NODES_PER_STD along it.
+    """
     k = max(1, math.ceil(NODES_PER_STD * length / std))
     return lo + (hi - lo) * (torch.arange(k, dtype=torch.float64) + 0.5) / k
 
 
 def _moons_curve(scale: float, shift: Tensor, std: float) -> Tensor:
-    """Both moons' curves as drawn by :func:`two_moons`, times ``scale`` plus ``shift``, as
-    (2 k, 2) nodes: each moon carries half the mass, so one equal-weight mixture covers both."""
+    """Mixture nodes along both moons' curves as drawn by :func:`two_moons`.
+
+    Both moons' curves as drawn by :func:`two_moons`, times ``scale`` plus ``shift``, as
+    (2 k, 2) nodes: each moon carries half the mass, so one equal-weight mixture covers both.
+    """
     a = _midpoints(0.0, math.pi, math.pi * scale, std)
     outer = torch.stack([torch.cos(a), torch.sin(a)], dim=1)
     inner = torch.stack([1.0 - torch.cos(a), 0.5 - torch.sin(a)], dim=1)
@@ -417,7 +426,7 @@ def has_density(name: str) -> bool:
 
 
 def log_prob(name: str, x: Tensor) -> Tensor:
-    """log p(x) (nats) of the registered distribution ``name`` at the rows of ``x`` (n, 2).
+    """Log p(x) (nats) of the registered distribution ``name`` at the rows of ``x`` (n, 2).
 
     Exact for the Gaussians and mixtures; for the curves with noise (moons, scurve) the 1-D
     integral over the curve's parameter by the midpoint rule (:data:`NODES_PER_STD`).
@@ -428,8 +437,11 @@ def log_prob(name: str, x: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Density:
-    """A registered distribution as a density object: ``Density("moons").log_prob(x)``
-    (the ``source`` of :func:`otcfm.likelihood.log_likelihood`; same dtype and device as x)."""
+    """A registered distribution as a density object with ``log_prob``.
+
+    A registered distribution as a density object: ``Density("moons").log_prob(x)``
+    (the ``source`` of :func:`otcfm.likelihood.log_likelihood`; same dtype and device as x).
+    """
 
     name: str
 
@@ -437,6 +449,7 @@ class Density:
         DENSITIES.factory(self.name)  # unknown names fail here, with the valid ones
 
     def log_prob(self, x: Tensor) -> Tensor:
+        """Log-density of the distribution at ``x`` (N, 2), (N,), in x's dtype and on its device."""
         return log_prob(self.name, x).to(device=x.device, dtype=x.dtype)
 
 
@@ -477,7 +490,18 @@ def names() -> list[str]:
 
 
 def sample(name: str, n: int, generator: torch.Generator | None = None) -> Tensor:
-    """Draw ``n`` points (n, 2) float32 from the registered distribution ``name``."""
+    """Draw ``n`` points (n, 2) float32 from the registered distribution ``name``.
+
+    Examples:
+        >>> import torch
+        >>> from otcfm.data import toy
+        >>> x = toy.sample("moons", 1000, generator=torch.Generator().manual_seed(0))
+        >>> x.shape, x.dtype
+        (torch.Size([1000, 2]), torch.float32)
+        >>> y = toy.sample("moons", 1000, generator=torch.Generator().manual_seed(0))
+        >>> bool(torch.equal(x, y))  # the same seed gives the same points
+        True
+    """
     return DISTRIBUTIONS.factory(name)(n, generator=generator)
 
 

@@ -53,8 +53,11 @@ def _source(module: str) -> Path | None:
 
 
 def _imports(module: str, path: Path) -> set[str]:
-    """The otcfm modules ``path`` imports anywhere (top level or inside functions), with the
-    packages on the way (their ``__init__`` runs too)."""
+    """The otcfm modules ``path`` imports anywhere, with the packages on the way.
+
+    The otcfm modules ``path`` imports anywhere (top level or inside functions), with the
+    packages on the way (their ``__init__`` runs too).
+    """
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         names: list[str] = []
@@ -77,10 +80,13 @@ def _imports(module: str, path: Path) -> set[str]:
 
 @functools.cache
 def code_fingerprint(module: str) -> dict[str, Any]:
-    """The package version and a SHA-256 over the source of ``module`` and of every otcfm
-    module it imports, transitively (:func:`_imports`): the code a cell run by ``module``
+    """Fingerprint of the code a cell run by ``module`` depends on.
+
+    The package version and a SHA-256 over the source of ``module`` and of every otcfm
+    module it imports, transitively (``_imports``): the code a cell run by ``module``
     depends on. A recipe puts it in its cache key, so that a changed line of any of these
-    files makes the cached cells stale; report and command-line modules stay outside."""
+    files makes the cached cells stale; report and command-line modules stay outside.
+    """
     seen: set[str] = set()
     todo = [module]
     while todo:
@@ -205,8 +211,11 @@ def _msg(err: BaseException | None) -> str:
 
 
 class CellProgress:
-    """``on_done`` for :func:`run_cells`: one line per finished cell with done/total counts
-    and minutes so far (a tqdm bar below the lines when stderr is a terminal)."""
+    """Progress callback for :func:`run_cells`: one line per finished cell.
+
+    ``on_done`` for :func:`run_cells`: one line per finished cell with done/total counts
+    and minutes so far (a tqdm bar below the lines when stderr is a terminal).
+    """
 
     def __init__(self, total: int, describe: Callable[[CellResult], str],
                  write: Callable[[str], None] | None = None) -> None:
@@ -238,8 +247,11 @@ class CellProgress:
 
 
 def int_list(text: str, flag: str, *, low: int = 1) -> tuple[int, ...]:
-    """The comma-separated integers of a flag (``--seeds 0,1,2``), each >= ``low``, in order
-    with repeats dropped; ValueError naming ``flag`` otherwise."""
+    """Parse the comma-separated integers of a flag (``--seeds 0,1,2``).
+
+    The comma-separated integers of a flag (``--seeds 0,1,2``), each >= ``low``, in order
+    with repeats dropped; ValueError naming ``flag`` otherwise.
+    """
     try:
         values = tuple(dict.fromkeys(int(v) for v in text.split(",") if v.strip()))
     except ValueError:

@@ -10,8 +10,11 @@ from collections.abc import Hashable, Mapping
 def paired_difference(
     ours: Mapping[Hashable, float], theirs: Mapping[Hashable, float]
 ) -> tuple[float, float | None, int] | None:
-    """Mean of ``ours[k] - theirs[k]`` over the common keys (e.g. seeds), its standard error
-    (sample std / sqrt(n); None for one key) and n; None when no key is common."""
+    """Paired difference of ``ours`` and ``theirs`` over their common keys.
+
+    Mean of ``ours[k] - theirs[k]`` over the common keys (e.g. seeds), its standard error
+    (sample std / sqrt(n); None for one key) and n; None when no key is common.
+    """
     diffs = [ours[k] - theirs[k] for k in ours if k in theirs]
     if not diffs:
         return None

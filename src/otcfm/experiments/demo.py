@@ -35,6 +35,7 @@ COLUMNS = (
 
 
 def demo_config(method: str, out: Path, steps: int, seed: int) -> RunConfig:
+    """The run config of one method of the demo: its task, the paper's MLP budget and ``steps``."""
     source, target = toy.task(DEMO_TASK)
     return RunConfig(
         name=method,

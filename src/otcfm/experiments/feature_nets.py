@@ -51,7 +51,9 @@ DATASETS = {"digits": "digits", "fashion-mnist": "fashion-mnist"}
 
 
 class FeatureNet(nn.Module):
-    """conv 3x3 (32) -> conv 3x3 stride 2 (64) -> conv 3x3 stride 2 (64), ReLU after each ->
+    """Small convolutional classifier whose penultimate layer gives the features.
+
+    conv 3x3 (32) -> conv 3x3 stride 2 (64) -> conv 3x3 stride 2 (64), ReLU after each ->
     global average pool -> Linear(64, 64) + ReLU (the features) -> Linear(64, classes).
 
     Works for any image size of at least 4x4 (8x8 digits, 28x28 Fashion-MNIST). Parameters are
@@ -114,15 +116,21 @@ def features(net: FeatureNet, images: Tensor, batch_size: int = 1024) -> Tensor:
 
 
 def feature_distance(net: FeatureNet, samples: Tensor, reference: Tensor) -> float:
-    """The Fréchet distance (squared, as FID reports it) between the feature distributions
-    of ``samples`` and ``reference`` under ``net``: "FD (digits features)", never FID."""
+    """Fréchet distance between the features of ``samples`` and ``reference`` under ``net``.
+
+    The Fréchet distance (squared, as FID reports it) between the feature distributions
+    of ``samples`` and ``reference`` under ``net``: "FD (digits features)", never FID.
+    """
     return frechet_distance(features(net, samples), features(net, reference))
 
 
 def train_feature_net(data: ImageSet, *, steps: int = 2000, batch_size: int = 128,
                       lr: float = 2e-3, seed: int = 0) -> tuple[FeatureNet, dict[str, Any]]:
-    """Train a :class:`FeatureNet` on 90% of ``data`` (Adam, cross-entropy, batches drawn from
-    one generator seeded with ``seed``); returns it and its record (held-out accuracy)."""
+    """Train a :class:`FeatureNet` on 90% of ``data``; return it and its record.
+
+    Train a :class:`FeatureNet` on 90% of ``data`` (Adam, cross-entropy, batches drawn from
+    one generator seeded with ``seed``); returns it and its record (held-out accuracy).
+    """
     if data.labels is None:
         raise ValueError(f"{data.name}: a feature network needs class labels")
     if steps < 1 or batch_size < 1:
@@ -149,8 +157,11 @@ def train_feature_net(data: ImageSet, *, steps: int = 2000, batch_size: int = 12
 
 
 def _digest(state: dict[str, Tensor]) -> str:
-    """SHA-256 of the weights themselves (names, shapes, float32 bytes in key order), so the
-    check does not depend on how a torch version lays out its files."""
+    """SHA-256 of the weights themselves, independent of the file layout.
+
+    SHA-256 of the weights themselves (names, shapes, float32 bytes in key order), so the
+    check does not depend on how a torch version lays out its files.
+    """
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().to(torch.float32).contiguous()
@@ -160,8 +171,11 @@ def _digest(state: dict[str, Tensor]) -> str:
 
 
 def load_feature_net(dataset: str, store: Path = STORE) -> tuple[FeatureNet, dict[str, Any]]:
-    """The committed network of ``dataset`` and its record; the weights must match the
-    record's SHA-256 (a changed file is refused)."""
+    """Load the committed network of ``dataset`` and its record, checked by SHA-256.
+
+    The committed network of ``dataset`` and its record; the weights must match the
+    record's SHA-256 (a changed file is refused).
+    """
     if dataset not in DATASETS:
         raise ValueError(f"no feature network for {dataset!r}; known: {', '.join(DATASETS)}")
     weights, record_path = store / f"{dataset}.pt", store / f"{dataset}.json"
@@ -184,25 +198,32 @@ FEATURE_NAMES = {"digits": "digits features", "fashion-mnist": "Fashion-MNIST fe
 
 
 class FeatureScorer:
-    """The committed network of a data set as the scorer of ``otcfm evaluate``: ``name``,
-    ``distance(samples, reference)`` (:func:`feature_distance`) and ``accuracy(samples,
-    labels)`` (:func:`accuracy`)."""
+    """The committed network of a data set as the scorer of ``otcfm evaluate``.
+
+    ``name``, ``distance(samples, reference)`` (:func:`feature_distance`) and ``accuracy(samples,
+    labels)`` (:func:`accuracy`).
+    """
 
     def __init__(self, dataset: str) -> None:
         self.net, self.record = load_feature_net(dataset)
         self.name = FEATURE_NAMES[dataset]
 
     def distance(self, samples: Tensor, reference: Tensor) -> float:
+        """Fréchet distance between the features of ``samples`` and ``reference`` (images)."""
         return feature_distance(self.net, samples, reference)
 
     def accuracy(self, samples: Tensor, labels: Tensor) -> float:
+        """Fraction of ``samples`` that the network classifies as their ``labels``."""
         return accuracy(self.net, samples, labels)
 
 
 def scorer_for(spec: str) -> FeatureScorer | None:
-    """The :class:`FeatureScorer` of an image spec's data set (``fashion-mnist:DIR`` ->
+    """The :class:`FeatureScorer` of an image spec's data set, or None.
+
+    The :class:`FeatureScorer` of an image spec's data set (``fashion-mnist:DIR`` ->
     Fashion-MNIST's), or None when no network was trained for it (MNIST, CIFAR-10, a
-    folder)."""
+    folder).
+    """
     dataset = spec.partition(":")[0]
     return FeatureScorer(dataset) if dataset in DATASETS else None
 

@@ -1,4 +1,4 @@
-"""`otcfm bench gaussian-sb`: the closed-form Schrodinger bridge between two Gaussians.
+"""``otcfm bench gaussian-sb``: the closed-form Schrodinger bridge between two Gaussians.
 
 Source N(-a 1, I), target N(a 1, I) in d dimensions, reference process sigma W. The bridge's
 marginals are known in closed form:
@@ -75,7 +75,7 @@ def sb_marginal(t: float, a: float, sigma: float) -> tuple[float, float]:
 def gaussian_kl(mean: Tensor, cov: Tensor, mean_q: Tensor, var_q: float) -> float:
     """KL(N(mean, cov) || N(mean_q, var_q I)) in nats; mean (d,), cov (d, d), float64.
 
-    0.5 [tr(cov) / v + |mean_q - mean|^2 / v - d + d log v - log det cov].
+    0.5 [tr(cov) / v + ``|mean_q - mean|^2`` / v - d + d log v - log det cov].
     """
     d = mean.shape[0]
     if cov.shape != (d, d):
@@ -102,10 +102,13 @@ SCORE_POINTS = 4_000  # samples of q_t on which a learned score is compared with
 
 def score_check(model: torch.nn.Module, t: float, dim: int, p: Protocol,
                 generator: torch.Generator) -> tuple[float, float]:
-    """The learned score s(x, t) against the exact score of q_t = N(m 1, v I), -(x - m) / v,
+    """Compare the learned score with the exact score of q_t.
+
+    The learned score s(x, t) against the exact score of q_t = N(m 1, v I), -(x - m) / v,
     on SCORE_POINTS samples of q_t: the slope fraction -E[s . (x - m)] v / E|x - m|^2 (1 for
     the exact score, below 1 for a score shrunk towards 0) and the relative squared error
-    E|s - s*|^2 / E|s*|^2."""
+    ``E|s - s*|^2 / E|s*|^2``.
+    """
     m, v = sb_marginal(t, p.a, p.sigma)
     x = m + math.sqrt(v) * torch.randn(SCORE_POINTS, dim, generator=generator)
     with torch.no_grad():
@@ -120,7 +123,7 @@ def score_check(model: torch.nn.Module, t: float, dim: int, p: Protocol,
 def sample_gaussians(
     n: int, dim: int, a: float, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """n points of N(-a 1, I) and then n of N(a 1, I), float32 (n, dim) each."""
+    """N points of N(-a 1, I) and then n of N(a 1, I), float32 (n, dim) each."""
     x0 = torch.randn(n, dim, generator=generator) - a
     x1 = torch.randn(n, dim, generator=generator) + a
     return x0, x1
@@ -152,8 +155,10 @@ class Protocol:
     workers: int = 0  # coupling threads per cell (numbers do not depend on it)
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that changes a cell's numbers (workers do not), with the package version
-        and the hash of the code a cell runs (:func:`otcfm.experiments._cells.code_fingerprint`).
+        """Everything that changes a cell's numbers.
+
+        Everything that changes a cell's numbers (workers do not), with the package version
+        and the hash of the code a cell runs (``otcfm.experiments._cells.code_fingerprint``).
         """
         d = asdict(self)
         d.pop("workers")
@@ -162,6 +167,7 @@ class Protocol:
 
     @property
     def times(self) -> list[float]:
+        """The evaluation times k / euler_steps, k = 0 .. euler_steps."""
         return [k / self.euler_steps for k in range(self.euler_steps + 1)]
 
 
@@ -172,6 +178,8 @@ QUICK_DIMS = (2, 5)
 
 @dataclass(frozen=True)
 class Cell:
+    """One (method, coupling, dimension, seed) of the Gaussian Schrödinger-bridge benchmark."""
+
     method: str
     coupling: str
     dim: int
@@ -179,24 +187,29 @@ class Cell:
 
     @property
     def name(self) -> str:
+        """The cell's folder name."""
         return f"{self.method}-{self.coupling}-d{self.dim}-seed{self.seed}"
 
     @property
     def label(self) -> str:
+        """The cell's name in progress lines."""
         return f"{self.method} ({self.coupling}) d={self.dim} seed {self.seed}"
 
     def run_dir(self, runs: Path) -> Path:
+        """The cell's run folder under ``runs``."""
         return Path(runs) / f"d{self.dim}" / self.name
 
 
 def plan_cells(
     methods: Sequence[str], couplings: Sequence[str], dims: Sequence[int], seeds: Sequence[int]
 ) -> list[Cell]:
+    """Every cell of the grid, by dimension, then method, coupling and seed."""
     return [Cell(m, c, d, s) for d in dims for m in methods for c in couplings for s in seeds]
 
 
 # --------------------------------------------------------------------------- one cell
 def data_dir(runs: Path, dim: int, seed: int, p: Protocol) -> Path:
+    """The folder of the data files of one (dimension, seed) under ``runs``."""
     return Path(runs) / "data" / f"d{dim}-seed{seed}-n{p.n_train}-{p.n_val}-a{p.a:g}"
 
 
@@ -226,6 +239,7 @@ def test_sources(dim: int, seed: int, p: Protocol) -> Tensor:
 
 
 def cell_config(cell: Cell, p: Protocol, runs: Path, data: DataConfig) -> RunConfig:
+    """The training run config of ``cell`` under protocol ``p`` on ``data``."""
     return RunConfig(
         name=cell.name,
         out_dir=str(cell.run_dir(runs).parent),
@@ -243,9 +257,12 @@ def cell_config(cell: Cell, p: Protocol, runs: Path, data: DataConfig) -> RunCon
 
 def sample_cell(model: torch.nn.Module, x0: Tensor, cell: Cell, p: Protocol,
                 sampler: str, diffusion: str = DEFAULT_DIFFUSION) -> Trajectory:
-    """The 21 (euler_steps + 1) states of the ODE or of the SDE (diffusion schedule
+    """The states of the ODE or of the SDE from x0 on the Euler grid.
+
+    The 21 (euler_steps + 1) states of the ODE or of the SDE (diffusion schedule
     ``diffusion`` of :data:`otcfm.sampling.DIFFUSIONS`) from x0; every schedule gets the same
-    Brownian increments' seed."""
+    Brownian increments' seed.
+    """
     if sampler == "ode":
         return integrate(model, x0, method="euler", steps=p.euler_steps, energy=False)
     g = stream(cell.seed, "gaussian-sb", "sde", str(cell.dim))
@@ -254,10 +271,12 @@ def sample_cell(model: torch.nn.Module, x0: Tensor, cell: Cell, p: Protocol,
 
 
 def kl_curve(traj: Trajectory, p: Protocol) -> list[float]:
+    """KL of the fitted Gaussian of each state of ``traj`` to the exact marginal at its time."""
     return [fitted_kl(traj.xs[k], t, p.a, p.sigma) for k, t in enumerate(p.times)]
 
 
 def cached_record(cell: Cell, p: Protocol, runs: Path) -> dict[str, Any] | None:
+    """The cell's saved record when it was made under the same protocol, else None."""
     path = cell.run_dir(runs) / "cell.json"
     if not path.is_file():
         return None
@@ -348,6 +367,7 @@ def run_cells(
 
 
 def describe(result: CellResult) -> str:
+    """One progress line on a finished cell: its KL numbers and training time, or its failure."""
     if result.record is None:
         return f"FAILED ({result.error})"
     r = result.record

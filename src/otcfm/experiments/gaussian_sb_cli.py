@@ -1,4 +1,4 @@
-"""`otcfm bench gaussian-sb` command line: options, the protocol they set, and the run.
+"""``otcfm bench gaussian-sb`` command line: options, the protocol they set, and the run.
 
 The recipe itself (closed form, cells, training, KL) is :mod:`otcfm.experiments.gaussian_sb`;
 the page and figure are :mod:`otcfm.experiments.gaussian_sb_report`.
@@ -42,6 +42,7 @@ def _names(text: str, flag: str, valid: Sequence[str]) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``otcfm bench gaussian-sb``."""
     p = argparse.ArgumentParser(
         prog="otcfm bench gaussian-sb",
         description="Closed-form Schrodinger bridge between N(-a 1, I) and N(a 1, I) (SF2M "
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def protocol_from_args(args: argparse.Namespace) -> Protocol:
+    """The protocol of the parsed flags (``--quick``'s budget, overridden by the flags), checked."""
     base = Protocol(**QUICK) if args.quick else Protocol()
     over = {k: getattr(args, k) for k in ("steps", "width") if getattr(args, k) is not None}
     for k, v in over.items():
@@ -87,6 +89,7 @@ def _now() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``otcfm bench gaussian-sb``: run the grid (or rewrite the page) and write the outputs."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     command = "otcfm bench gaussian-sb " + " ".join(argv)

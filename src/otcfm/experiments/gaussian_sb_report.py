@@ -1,4 +1,4 @@
-"""Outputs of `otcfm bench gaussian-sb`: JSON records, a markdown page and the KL-vs-t figure.
+"""Outputs of ``otcfm bench gaussian-sb``: JSON records, a markdown page and the KL-vs-t figure.
 
 Files in the report folder: ``gaussian_sb.json`` (one record per cell), ``gaussian_sb_run.json``
 (the command, date, machine and protocol of the run that wrote them), ``gaussian_sb.md`` and
@@ -53,8 +53,11 @@ RECORD_KEYS = ("method", "coupling", "dim", "seed", "kl_t1", "kl_mean")
 def write_outputs(
     results: Sequence[CellResult], out: str | Path, meta: dict[str, Any]
 ) -> list[Path]:
-    """Write ``gaussian_sb.json``, ``gaussian_sb_run.json``, ``gaussian_sb.md`` and
-    ``gaussian_sb/kl_vs_t.png``; ``meta``: command, date, jobs, wall_seconds, protocol."""
+    """Write the Gaussian Schrödinger-bridge benchmark's records, page and figure.
+
+    Write ``gaussian_sb.json``, ``gaussian_sb_run.json``, ``gaussian_sb.md`` and
+    ``gaussian_sb/kl_vs_t.png``; ``meta``: command, date, jobs, wall_seconds, protocol.
+    """
     out = Path(out)
     records = records_of(results)
     failed = [f"{r.cell.label}: {r.error}" for r in results if r.record is None]
@@ -74,9 +77,12 @@ def write_outputs(
 
 
 def render_page(out: str | Path) -> str:
-    """``OUT/gaussian_sb.md`` as the records in ``out`` give it: a function of
+    """Render ``OUT/gaussian_sb.md`` from the records in ``out``.
+
+    ``OUT/gaussian_sb.md`` as the records in ``out`` give it: a function of
     ``gaussian_sb.json``, ``gaussian_sb_run.json`` and ``gaussian_sb_probes.json`` alone
-    (nothing is run; the figure is linked if it is there)."""
+    (nothing is run; the figure is linked if it is there).
+    """
     out = Path(out)
     paths = {name: out / name for name in (RECORDS_FILE, RUN_FILE)}
     missing = [str(path) for path in paths.values() if not path.is_file()]
@@ -96,6 +102,7 @@ def rewrite_page(out: str | Path) -> Path:
 
 
 def read_probes(out: Path) -> dict[str, Any] | None:
+    """The probe measurements in ``out`` (``gaussian_sb_probes.json``), or None when absent."""
     path = Path(out) / PROBES_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -119,6 +126,7 @@ def json_lines(records: Sequence[dict[str, Any]]) -> str:
 
 # --------------------------------------------------------------------------- statistics
 def groups_of(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, int], list[dict]]:
+    """Group the records by (method, coupling, dim)."""
     groups: dict[tuple[str, str, int], list[dict]] = {}
     for r in records:
         groups.setdefault((r["method"], r["coupling"], r["dim"]), []).append(r)
@@ -140,6 +148,7 @@ def kl_floor(dim: int, n: int) -> float:
 
 
 def fmt(mean: float, std: float | None = None) -> str:
+    """Format ``mean`` (and `` ± std``) with 3 decimals, 4 below 0.01."""
     digits = 4 if abs(mean) < 0.01 else 3
     return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
 
@@ -149,6 +158,7 @@ def markdown(
     records: Sequence[dict[str, Any]], meta: dict[str, Any], figure: Path | None, out: Path,
     probes: dict[str, Any] | None = None,
 ) -> str:
+    """The markdown page of the benchmark from its records, run metadata and figure."""
     p = meta["protocol"]
     groups = groups_of(records)
     dims = sorted({r["dim"] for r in records})
@@ -270,8 +280,11 @@ SF2M_VARIANTS = {"kl_ode": "SF2M's drift alone (ODE)", "kl_tapered": "SF2M (SDE,
 
 
 def _sf2m_rows(groups, dims: list[int], variant: str, title: str) -> list[str]:
-    """KL(t=1) and mean KL of one sampler of the SF2M models (``variant``: a record key
-    prefix of :data:`SF2M_VARIANTS`), a row per coupling and statistic."""
+    """Table of KL(t=1) and mean KL of one sampler of the SF2M models.
+
+    KL(t=1) and mean KL of one sampler of the SF2M models (``variant``: a record key
+    prefix of :data:`SF2M_VARIANTS`), a row per coupling and statistic.
+    """
     rows = [f"| {title} | coupling | " + " | ".join(f"d = {d}" for d in dims) + " |",
             "|---|---|" + "---|" * len(dims)]
     for coupling in COUPLINGS:
@@ -341,9 +354,12 @@ def _notes(meta: dict[str, Any], groups, p: dict[str, Any],
 
 
 def _other_budget_note(folder: Path, out: Path) -> str:
-    """One line on a run of the same bench kept in a subfolder of ``out`` (another budget):
+    """One line on a run of the same bench kept in a subfolder of ``out``.
+
+    One line on a run of the same bench kept in a subfolder of ``out`` (another budget):
     its steps and SF2M-Exact's KL(t=1) with both noise schedules and the ODE, read from its
-    records, against the paper."""
+    records, against the paper.
+    """
     records = json.loads((folder / RECORDS_FILE).read_text())
     run = json.loads((folder / RUN_FILE).read_text())
     groups = groups_of(records)
@@ -374,8 +390,11 @@ def _slash(values: Sequence[float | None]) -> str:
 
 
 def _probe_notes(record: dict[str, Any], groups, p: dict[str, Any]) -> list[str]:
-    """The notes that quote probe measurements, every number from ``record``
-    (``gaussian_sb_probes.json``) or from this grid's records."""
+    """The notes that quote probe measurements.
+
+    The notes that quote probe measurements, every number from ``record``
+    (``gaussian_sb_probes.json``) or from this grid's records.
+    """
     probes = record.get("probes", {})
     dates = sorted({v["date"] for v in probes.values()})
     lines = [
@@ -549,9 +568,12 @@ def _score_section(groups, dims: list[int], p: dict[str, Any], out: Path) -> str
 
 def score_drift_error(error_t: Sequence[float], times: Sequence[float], a: float,
                       sigma: float, diffusion: str) -> np.ndarray:
-    """RMS per coordinate of the drift error (g(t)^2 / 2) (s - s*) that the score's error
-    passes to the SDE, from the relative squared error E|s - s*|^2 / E|s*|^2 on q_t
-    (E|s*|^2 = d / v_t per the exact score -(x - m) / v_t): (g^2 / 2) sqrt(error / v_t)."""
+    """RMS per coordinate of the drift error that the score's error passes to the SDE.
+
+    RMS per coordinate of the drift error (g(t)^2 / 2) (s - s*) that the score's error
+    passes to the SDE, from the relative squared error ``E|s - s*|^2 / E|s*|^2`` on q_t
+    (E|s*|^2 = d / v_t per the exact score -(x - m) / v_t): (g^2 / 2) sqrt(error / v_t).
+    """
     from otcfm.sampling import DIFFUSIONS
 
     rate = np.asarray([DIFFUSIONS[diffusion].rate(t) for t in times])
@@ -560,8 +582,11 @@ def score_drift_error(error_t: Sequence[float], times: Sequence[float], a: float
 
 
 def score_figure(records: Sequence[dict[str, Any]], path: Path, p: dict[str, Any]) -> Path:
-    """SF2M's score slope fraction and relative error against t, per dimension, and the
-    drift error the score passes to the SDE with the constant and the tapered noise."""
+    """Plot SF2M's score error against t and the drift error it passes to the SDE.
+
+    SF2M's score slope fraction and relative error against t, per dimension, and the
+    drift error the score passes to the SDE with the constant and the tapered noise.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -620,8 +645,11 @@ README_END = "<!-- end of gaussian-sb numbers -->"
 
 
 def readme_section(out: str | Path, dims: tuple[int, ...] = (20, 50)) -> str:
-    """The README's Schrödinger-bridge sentence: KL(p_1, q_1) of SB-CFM (entropic) and SF2M
-    (exact, SDE) at ``dims`` against the paper, from ``OUT/gaussian_sb.json``."""
+    """The README's Schrödinger-bridge sentence.
+
+    KL(p_1, q_1) of SB-CFM (entropic) and SF2M (exact, SDE) at ``dims`` against the paper, from
+    ``OUT/gaussian_sb.json``.
+    """
     groups = groups_of(json.loads((Path(out) / RECORDS_FILE).read_text()))
 
     def ours(method: str, coupling: str, key: str = "kl_t1") -> str:

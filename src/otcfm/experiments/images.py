@@ -1,4 +1,4 @@
-"""`otcfm bench images`: the CPU image benchmark (issue 16; the paper's Table 5 in miniature).
+"""``otcfm bench images``: the CPU image benchmark (issue 16; the paper's Table 5 in miniature).
 
 Cells are (dataset, method, seed). Each cell trains one flow from Gaussian noise to the
 images (:class:`~otcfm.train.images.ImageObjective` in the training engine, EMA weights for
@@ -115,8 +115,11 @@ class Protocol:
             raise ValueError(f"guidance scales must be >= 0, got {self.guidance}")
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that changes a cell's numbers, with the package version and the hash of
-        the code a cell runs (:func:`otcfm.experiments._cells.code_fingerprint`)."""
+        """Everything that changes a cell's numbers.
+
+        Everything that changes a cell's numbers, with the package version and the hash of
+        the code a cell runs (``otcfm.experiments._cells.code_fingerprint``).
+        """
         d = asdict(self)
         d["euler_steps"] = list(self.euler_steps)
         d["guidance"] = list(self.guidance)
@@ -145,6 +148,7 @@ QUICK: dict[str, dict[str, Any]] = {
 
 
 def protocol_for(dataset: str, quick: bool = False, **over: Any) -> Protocol:
+    """The protocol of ``dataset``: the full or quick budget, any field overridden by ``over``."""
     base = (QUICK if quick else FULL)[dataset] if dataset in DATASETS else {}
     return Protocol(dataset=dataset, **{**base, **over})
 
@@ -159,17 +163,24 @@ class Cell:
 
     @property
     def name(self) -> str:
+        """The cell's folder name."""
         return f"{self.method}-seed{self.seed}"
 
     @property
     def label(self) -> str:
+        """The cell's name in progress lines."""
         return f"{self.dataset} {self.method} seed {self.seed}"
 
     def run_dir(self, runs: Path) -> Path:
+        """The cell's run folder under ``runs``."""
         return Path(runs) / self.dataset / self.name
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
+    """Parse ``--methods``: names of :data:`METHODS`, in order, repeats dropped.
+
+    Raises ValueError for an empty list or an unknown name.
+    """
     items = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
     if not items:
         raise ValueError(f"--methods needs at least one name, got {text!r}")
@@ -180,6 +191,7 @@ def parse_methods(text: str) -> tuple[str, ...]:
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
+    """Parse ``--seeds``: comma-separated integers >= 0."""
     return _cells.int_list(text, "--seeds", low=0)
 
 
@@ -195,6 +207,7 @@ class Split:
 
 
 def load_split(dataset: str) -> Split:
+    """The training images of ``dataset`` and its FD reference images (never trained on)."""
     if dataset == "digits":
         data = load_images("digits")
         perm = torch.randperm(len(data), generator=stream(0, "images-bench", "digits-reference"))
@@ -215,9 +228,12 @@ def load_split(dataset: str) -> Split:
 
 
 def real_fd(dataset: str, n: int) -> dict[str, Any]:
-    """FD of ``n`` real training images (a fixed random choice; all of them when fewer)
+    """FD of ``n`` real training images against the FD reference.
+
+    FD of ``n`` real training images (a fixed random choice; all of them when fewer)
     against the FD reference: what a generator of the training set itself scores at this
-    sample size (the FD's finite-sample floor, and the train/reference gap)."""
+    sample size (the FD's finite-sample floor, and the train/reference gap).
+    """
     split = load_split(dataset)
     net, _ = load_feature_net(dataset)
     images = split.train.images
@@ -229,6 +245,7 @@ def real_fd(dataset: str, n: int) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- one cell
 def build(cell: Cell, p: Protocol, data: ImageSet) -> tuple[ImageObjective, MLP]:
+    """The objective and the MLP of ``cell`` under protocol ``p`` on ``data``."""
     preset, coupling, conditional = METHODS[cell.method]
     k = data.num_classes
     kw: dict[str, Any] = {"sigma": p.fm_sigma if preset == "fm" else p.sigma}
@@ -270,8 +287,11 @@ def push(model: torch.nn.Module, x0: Tensor, solver: str, steps: int | None, p: 
 
 def guidance_sweep(model: torch.nn.Module, objective: ImageObjective, net: torch.nn.Module,
                    p: Protocol, seed: int) -> tuple[float, dict[str, float]]:
-    """The w of ``p.guidance`` with the lowest FD against the cell's validation images
-    (``p.sweep_steps`` Euler steps, ``p.sweep_samples`` samples with balanced labels)."""
+    """Choose the guidance weight w of ``p.guidance`` with the lowest FD.
+
+    The w of ``p.guidance`` with the lowest FD against the cell's validation images
+    (``p.sweep_steps`` Euler steps, ``p.sweep_samples`` samples with balanced labels).
+    """
     ref = features(net, objective.val_images)
     x0 = noise(p, seed, objective.event_shape, p.sweep_samples, "sweep")
     y = balanced_labels(p.sweep_samples, objective.num_classes or 1)
@@ -315,12 +335,15 @@ def evaluate(model: torch.nn.Module, cell: Cell, p: Protocol, net: torch.nn.Modu
 
 def likelihood(model: torch.nn.Module, images: Tensor, p: Protocol, seed: int,
                null_class: int | None, levels: int) -> dict[str, Any]:
-    """Bits per dimension (and NLL in nats) of ``images`` under the model's flow from N(0, I)
+    """Bits per dimension (and NLL in nats) of ``images`` under the model's flow.
+
+    Bits per dimension (and NLL in nats) of ``images`` under the model's flow from N(0, I)
     (:func:`otcfm.train.evaluate.nll_metrics`: Hutchinson, one Rademacher probe per image drawn
     from the seed, dopri5 at atol = rtol = ``p.tol``); a class-conditional model is scored
     with its null class, its unconditional density. ``levels``: the values a pixel takes
     (17 for digits, 256 for Fashion-MNIST), the dequantization of bits/dim. The SE is over the
-    images: it holds the images' spread and the probes' noise together."""
+    images: it holds the images' spread and the probes' noise together.
+    """
     settings = NllSettings("hutchinson", 1, p.tol)
     cond = {} if null_class is None else {"y": torch.full((images.shape[0],), null_class)}
     start = time.perf_counter()
@@ -382,6 +405,7 @@ def run_cell(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any]:
 
 
 def cached_record(cell: Cell, p: Protocol, runs: str | Path) -> dict[str, Any] | None:
+    """The cell's saved record when it was made under the same protocol, else None."""
     path = cell.run_dir(Path(runs)) / "cell.json"
     if not path.is_file():
         return None
@@ -410,6 +434,7 @@ def cached_results(cells: Sequence[Cell], p: Protocol, runs: str | Path) -> list
 
 
 def describe(result: CellResult) -> str:
+    """One progress line on a finished cell: FD at 2 and 100 Euler steps, times; or its failure."""
     if result.record is None:
         return f"FAILED ({result.error})"
     r = result.record

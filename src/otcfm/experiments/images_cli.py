@@ -1,4 +1,4 @@
-"""`otcfm bench images` command line: options, the protocol they set, and the run.
+"""``otcfm bench images`` command line: options, the protocol they set, and the run.
 
 The recipe (cells, training, evaluation) is :mod:`otcfm.experiments.images`; the page,
 figures and README block are :mod:`otcfm.experiments.images_report`.
@@ -36,6 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``otcfm bench images``."""
     p = _Parser(
         prog="otcfm bench images",
         description="CPU image benchmark: I-CFM, OT-CFM (exact, approximate), FM and "
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``otcfm bench images``; a ValueError is told on one line with exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def execute(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run the cells the parsed flags ask for and write the benchmark's outputs."""
     if args.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {args.dataset!r}; valid: {', '.join(DATASETS)}")
     methods = parse_methods(args.methods) if args.methods else tuple(METHODS)

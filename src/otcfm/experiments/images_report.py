@@ -1,4 +1,6 @@
-"""The image benchmark's outputs: ``images.json``, the page ``images.md``, its figures and the
+"""The image benchmark's outputs: records, page, figures and README block.
+
+The image benchmark's outputs: ``images.json``, the page ``images.md``, its figures and the
 README block; every number on the page is computed from ``images.json`` (runs nothing).
 
 ``images.json``: ``{"runs": {dataset: meta}, "cells": [per cell: times, guidance sweep,
@@ -43,8 +45,11 @@ TITLE = {"digits": "Digits (8x8, scikit-learn)", "fashion-mnist": "Fashion-MNIST
 
 # --------------------------------------------------------------------------- writing
 def likelihood_table(cells: list[dict], p: dict[str, Any]) -> list[str]:
-    """Bits per dimension of the reference images under each method's flow (the cells that
-    measured it), mean ± SE over seeds, beside the mean within-seed SE over the images."""
+    """Table of bits per dimension of the reference images under each method's flow.
+
+    Bits per dimension of the reference images under each method's flow (the cells that
+    measured it), mean ± SE over seeds, beside the mean within-seed SE over the images.
+    """
     scored = [c for c in cells if "likelihood" in c]
     if not scored:
         return ["Bits per dimension: not measured (these cells ran before the benchmark "
@@ -98,9 +103,12 @@ def write_outputs(results: Sequence[CellResult], out: str | Path, meta: dict[str
 
 
 def add_real_fd(out: str | Path) -> Path:
-    """Add to ``OUT/images.json`` the FD of real training images against the reference
+    """Add the FD of real training images to ``OUT/images.json`` where it is missing.
+
+    Add to ``OUT/images.json`` the FD of real training images against the reference
     (:func:`~otcfm.experiments.images.real_fd`, as many as the samples of an evaluation) for
-    each data set that lacks it or has it for another sample count."""
+    each data set that lacks it or has it for another sample count.
+    """
     path = Path(out) / RECORDS_FILE
     data = json.loads(path.read_text())
     real = data.setdefault("real_fd", {})
@@ -162,6 +170,7 @@ def _solver_name(key: str) -> str:
 
 # --------------------------------------------------------------------------- statistics
 def mean_se(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and standard error (None for a single value) of ``values``."""
     mean = statistics.fmean(values)
     se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
     return mean, se
@@ -185,6 +194,10 @@ def variants(records: list[dict], dataset: str) -> list[tuple[str, float | None]
 
 
 def select(records: list[dict], dataset: str, method: str, w: Any) -> list[dict]:
+    """Records of ``dataset`` and ``method`` at guidance ``w``.
+
+    ``w`` None: all of them; 0.0: the unguided ones; else each seed's chosen w.
+    """
     rows = [r for r in records if r["dataset"] == dataset and r["method"] == method]
     if w is None:
         return rows
@@ -206,6 +219,7 @@ def by_solver(rows: list[dict]) -> dict[tuple[str, int | None], dict[int, dict]]
 
 
 def solver_keys(records: list[dict], dataset: str) -> list[tuple[str, int | None]]:
+    """The (solver, steps) pairs evaluated on ``dataset``, Euler by increasing steps first."""
     keys = {(r["solver"], r["steps"]) for r in records if r["dataset"] == dataset}
     return sorted(keys, key=lambda k: (k[0] != "euler", k[1] or 0))
 
@@ -254,6 +268,7 @@ def _pm(mean: float, se: float | None, digits: int = 2) -> str:
 
 
 def acceptance_line(acc: dict[str, Any]) -> str:
+    """The sentence on the acceptance test of OT-CFM against I-CFM at 2 and 100 Euler steps."""
     two, hundred = acc[2], acc[100]
 
     def units(d: dict, sign: int = 1) -> str:
@@ -300,6 +315,7 @@ def render_page(out: str | Path) -> str:
 
 
 def dataset_section(data: dict[str, Any], dataset: str, out: Path) -> list[str]:
+    """The markdown lines of the page's section on ``dataset``."""
     meta = data["runs"][dataset]
     p = meta["protocol"]
     records = [r for r in data["records"] if r["dataset"] == dataset]
@@ -428,6 +444,7 @@ def _figures(dataset: str, out: Path) -> list[str]:
 
 
 def shortfalls(data: dict[str, Any], dataset: str, acc: dict[str, Any] | None) -> list[str]:
+    """Notes on where the run on ``dataset`` falls short (acceptance, FD of real images, model)."""
     meta = data["runs"][dataset]
     p = meta["protocol"]
     out = []
@@ -518,8 +535,11 @@ def _variant_name(records: list[dict], dataset: str, method: str, w: Any) -> str
 
 # --------------------------------------------------------------------------- README
 def readme_section(out: str | Path) -> str:
-    """The README's image numbers: per data set FD at Euler 2 / 100 and dopri5 per method,
-    and the acceptance line; every number from ``OUT/images.json``."""
+    """The README's image numbers.
+
+    Per data set FD at Euler 2 / 100 and dopri5 per method, and the acceptance line; every number
+    from ``OUT/images.json``.
+    """
     data = json.loads((Path(out) / RECORDS_FILE).read_text())
     lines = [README_START]
     for dataset in data["runs"]:

@@ -71,8 +71,11 @@ QUICK = {"steps": 100, "n_cells": 150, "ode_steps": 20}
 
 
 def parse_methods(flag: str, sigma: float | None) -> dict[str, tuple[str, float]]:
-    """'otcfm,icfm,sbcfm:0.1' -> {entry: (method, sigma)}; sigma: --sigma, else the entry's
-    own, else the method's default (0.1; sbcfm 1.0)."""
+    """Parse a comma-separated list of method entries into {entry: (method, sigma)}.
+
+    'otcfm,icfm,sbcfm:0.1' -> {entry: (method, sigma)}; sigma: --sigma, else the entry's
+    own, else the method's default (0.1; sbcfm 1.0).
+    """
     out: dict[str, tuple[str, float]] = {}
     for entry in (e.strip() for e in flag.split(",")):
         if not entry:
@@ -156,8 +159,11 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def sde_entry(entry: str, diffusion: str = DEFAULT_DIFFUSION) -> str:
-    """The row of an SF2M entry sampled with its SDE: 'sf2m' -> 'sf2m-sde', 'sf2m:0.1' ->
-    'sf2m-sde:0.1'; another noise schedule is named after it: 'sf2m-sde-tapered:0.1'."""
+    """The row name of an SF2M entry sampled with its SDE.
+
+    The row of an SF2M entry sampled with its SDE: 'sf2m' -> 'sf2m-sde', 'sf2m:0.1' ->
+    'sf2m-sde:0.1'; another noise schedule is named after it: 'sf2m-sde-tapered:0.1'.
+    """
     base, sep, sigma = entry.partition(":")
     tag = "" if diffusion == DEFAULT_DIFFUSION else f"-{diffusion}"
     return f"{base}-sde{tag}{sep}{sigma}"
@@ -171,6 +177,7 @@ class Fit:
 
     @property
     def label(self) -> str:
+        """The fit's name in progress lines: method, seed and held-out time."""
         t = self.task
         return (f"{label(t['label'])} seed {t['spec'].seed}, "
                 f"time {t['ts'].time_names[t['spec'].left_out]} held out")
@@ -181,9 +188,12 @@ def _run_fit(fit: Fit) -> dict[str, Any]:
 
 
 def run_tasks(tasks: list[dict[str, Any]], jobs: int) -> list[dict[str, Any]]:
-    """:func:`run_task` over ``tasks`` in ``jobs`` worker processes (1 torch thread each),
+    """Run :func:`run_task` over ``tasks`` in ``jobs`` worker processes.
+
+    :func:`run_task` over ``tasks`` in ``jobs`` worker processes (1 torch thread each),
     one progress line per finished fit; results in task order. The first failed fit stops
-    the run (its error is raised)."""
+    the run (its error is raised).
+    """
     fits = [Fit(t) for t in tasks]
     progress = CellProgress(len(fits), _describe)
     try:
@@ -206,6 +216,7 @@ def _describe(result: CellResult) -> str:
 def baseline_record(
     ts: TimeSeries, k: int, seed: int, truth: torch.Tensor | None
 ) -> dict[str, Any]:
+    """The interpolation baseline's record for held-out time ``k`` (W1, MMD, W1 to ``truth``)."""
     pred = interpolation_baseline(ts, k, generator=stream(seed, "baseline", str(k)))
     s = score(pred, ts.at(k))
     rec = {"method": BASELINE, "left_out": k, "time": ts.time_names[k], "seed": seed,
@@ -217,6 +228,7 @@ def baseline_record(
 
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``otcfm bench single-cell``."""
     p = argparse.ArgumentParser(
         prog="otcfm bench single-cell",
         description="Leave-one-time-point-out trajectory inference: OT-CFM, I-CFM, SB-CFM and "
@@ -278,6 +290,7 @@ def _left_outs(flag: str, n_times: int) -> list[int]:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """Run every fit the parsed flags ask for; write the report under ``--out`` and return it."""
     started = time.perf_counter()
     if args.seeds is None:
         args.seeds = 1 if args.quick else 5
@@ -359,6 +372,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``otcfm bench single-cell``; a user error is told on one line with exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:

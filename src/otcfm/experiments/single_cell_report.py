@@ -46,9 +46,12 @@ def label(entry: str) -> str:
 def summarize(
     records: list[dict[str, Any]], order: list[str] | None = None
 ) -> dict[str, Any]:
-    """Per method: mean +- std over seeds of the per-seed average over left-out times, and
+    """Summarise records per method: mean +- std over seeds and values per left-out time.
+
+    Per method: mean +- std over seeds of the per-seed average over left-out times, and
     per left-out time the list of values over seeds. Methods in ``order`` first, then in
-    order of appearance."""
+    order of appearance.
+    """
     out: dict[str, Any] = {}
     seen = list(dict.fromkeys(r["method"] for r in records))
     methods = [m for m in (order or []) if m in seen] + [m for m in seen if m not in (order or [])]
@@ -74,12 +77,14 @@ def summarize(
 
 
 def pm(entry: dict[str, Any] | None, fmt: str = ".3f") -> str:
+    """Format a summary entry as ``mean ± std`` with ``fmt``; ``-`` when there is none."""
     if not entry:
         return "-"
     return f"{entry['mean']:{fmt}} ± {entry['std']:{fmt}}"
 
 
 def markdown(report: dict[str, Any]) -> str:
+    """The markdown page of a single-cell report."""
     summary, ts_info = report["summary"], report["data"]
     pub = report.get("published")
     synthetic = report["data"]["path"] == "synthetic"
@@ -209,8 +214,11 @@ def _verdict(summary: dict[str, Any], synthetic: bool) -> str:
 
 
 def _paired(ours: dict[str, Any], other: dict[str, Any]) -> str:
-    """'; paired over seeds ...': the per-seed difference, its standard error and whether it
-    stands out of the seed noise (|mean| > 2 SE); empty with fewer than 2 common seeds."""
+    """The paired-over-seeds remark of a comparison, or an empty string.
+
+    '; paired over seeds ...': the per-seed difference, its standard error and whether it
+    stands out of the seed noise (``|mean|`` > 2 SE); empty with fewer than 2 common seeds.
+    """
     paired = paired_difference(ours.get("per_seed", {}), other.get("per_seed", {}))
     if paired is None or paired[1] is None:
         return ""
@@ -223,8 +231,11 @@ def _paired(ours: dict[str, Any], other: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- figures
 def write_figures(out: Path, ts: TimeSeries, k: int, models: dict[str, torch.nn.Module],
                   summary: dict[str, Any], ode_steps: int) -> None:
-    """The time-course figure (paths and predictions of ``models``, eval mode, by their ODE)
-    and the W1 per held-out time."""
+    """Draw the time-course figure and the W1 per held-out time.
+
+    The time-course figure (paths and predictions of ``models``, eval mode, by their ODE)
+    and the W1 per held-out time.
+    """
     from otcfm.trajectory.plots import Panel, View2D, plot_time_course, plot_w1_per_time
 
     g = stream(0, "figure")

@@ -1,5 +1,6 @@
-"""Unpaired translation between class groups in an autoencoder's latent space: the paper's
-CelebA experiment (Tong et al. 2024, §5.4, Table 5) on data that can be had here.
+"""Unpaired translation between class groups in an autoencoder's latent space.
+
+The paper's CelebA experiment (Tong et al. 2024, §5.4, Table 5) on data that can be had here.
 
 ``otcfm bench translation --dataset fashion-mnist`` trains, per seed, one autoencoder on the
 training images of every class in the pairs, then one latent flow per (pair, method) with
@@ -47,7 +48,7 @@ from otcfm.translate import (
 
 __all__ = ["PAIRS", "PROTOCOLS", "Protocol", "main", "run_bench", "translate_main"]
 
-# directed pairs (source class, target class); the reverse of each pair is run as well
+#: Directed class pairs (source, target) of each data set; the reverse is run as well.
 PAIRS = {
     "fashion-mnist": (("T-shirt/top", "Shirt"), ("Pullover", "Coat"), ("Sneaker", "Ankle boot")),
     "digits": (("3", "8"), ("4", "9"), ("1", "7")),
@@ -59,10 +60,12 @@ GRID_COLUMNS = 12
 
 @dataclass(frozen=True)
 class Protocol:
-    """Budgets of one data set: the autoencoder (``latent``, ``ae_width``, ``ae_steps`` of
-    ``ae_batch``), the flows (``flow_steps`` of ``flow_batch``, MLP ``flow_width``), at
-    most ``n_test`` held-out images per class, the held-out share of a set without a test
-    split (``test_fraction``)."""
+    """Budgets of one data set.
+
+    The autoencoder (``latent``, ``ae_width``, ``ae_steps`` of ``ae_batch``), the flows
+    (``flow_steps`` of ``flow_batch``, MLP ``flow_width``), at most ``n_test`` held-out images per
+    class, the held-out share of a set without a test split (``test_fraction``).
+    """
 
     latent: int
     ae_width: int
@@ -75,6 +78,7 @@ class Protocol:
     test_fraction: float = 0.2
 
 
+#: The budget of each (data set, quick) case: sizes, steps, batches and held-out counts.
 PROTOCOLS = {
     ("fashion-mnist", False): Protocol(16, 32, 3_000, 128, 5_000, 256, 256, 1_000),
     ("fashion-mnist", True): Protocol(16, 32, 1_000, 128, 1_500, 256, 256, 500),
@@ -85,8 +89,11 @@ PROTOCOLS = {
 
 # --------------------------------------------------------------------------- data
 def split_sets(spec: str, seed: int, test_fraction: float) -> tuple[ImageSet, ImageSet]:
-    """Training and held-out images: the set's own test split where it has one (IDX,
-    CIFAR-10), else a random ``test_fraction`` of it drawn from ``stream(seed, "split")``."""
+    """Split a data set into training and held-out images.
+
+    Training and held-out images: the set's own test split where it has one (IDX,
+    CIFAR-10), else a random ``test_fraction`` of it drawn from ``stream(seed, "split")``.
+    """
     train = load_images(spec, split="train")
     try:
         return train, load_images(spec, split="test")
@@ -107,8 +114,11 @@ def split_sets(spec: str, seed: int, test_fraction: float) -> tuple[ImageSet, Im
 
 def autoencoder_for(images: Tensor, protocol: Protocol, seed: int, folder: Path,
                     progress: bool = False) -> AutoEncoderFit:
-    """The autoencoder saved in ``folder`` when its record matches the protocol and seed,
-    else a new fit (saved there)."""
+    """Load the autoencoder saved in ``folder`` if it matches, else fit and save a new one.
+
+    The autoencoder saved in ``folder`` when its record matches the protocol and seed,
+    else a new fit (saved there).
+    """
     want = {"latent": protocol.latent, "width": protocol.ae_width, "steps": protocol.ae_steps,
             "seed": seed, "n_images": int(images.shape[0])}
     if (folder / "autoencoder.json").is_file():
@@ -137,8 +147,11 @@ def _held_out(images: Tensor, n: int) -> Tensor:
 # --------------------------------------------------------------------------- the bench
 def run_bench(dataset: str, *, quick: bool, seeds: tuple[int, ...], methods: tuple[str, ...],
               runs: Path, progress: bool = False) -> tuple[list[dict[str, Any]], dict]:
-    """Every (pair, method, seed) of ``dataset``; returns the records and the seed-0
-    translations of the first held-out images (for the grids)."""
+    """Run every (pair, method, seed) of ``dataset``.
+
+    Every (pair, method, seed) of ``dataset``; returns the records and the seed-0
+    translations of the first held-out images (for the grids).
+    """
     from otcfm.experiments.feature_nets import load_feature_net
 
     protocol = PROTOCOLS[(dataset, quick)]
@@ -254,9 +267,12 @@ def render(report: dict[str, Any]) -> str:
 
 
 def image_rows(rows: dict[str, Tensor], path: str | Path, title: str = "") -> Path:
-    """Rows of images one above the other, each labelled on its left (label -> images
+    """Draw rows of images one above the other, each labelled on its left.
+
+    Rows of images one above the other, each labelled on its left (label -> images
     (N, C, H, W) in [-1, 1], N the same for every row): held-out inputs, then each method's
-    translation of the same inputs. Grey images in grey, RGB in colour."""
+    translation of the same inputs. Grey images in grey, RGB in colour.
+    """
     from otcfm.plots import _plt, _save, image_grid
 
     if not rows:

@@ -1,4 +1,4 @@
-"""`otcfm bench two-dim`: the paper's 2-D benchmark (Table 2).
+"""``otcfm bench two-dim``: the paper's 2-D benchmark (Table 2).
 
 Cells are (task, method, seed). Each cell is one training run (``otcfm.train.train``) under
 ``--runs DIR/<task>/<method>-seed<seed>``, evaluated from the weights ``Protocol.checkpoint``
@@ -75,10 +75,13 @@ TRAJECTORY_PATHS = 300  # flow lines kept per cell for the trajectory figure
 
 @dataclass(frozen=True)
 class Protocol:
-    """Budget and evaluation settings shared by every cell (defaults: the paper's, except the
-    weights tested: the final EMA weights, decay 0.999, where the paper's runner tests the
-    raw weights of the best validation loss; docs/results/checkpoint_choice.md measured the
-    four choices; ``ema=0.0, checkpoint="best"`` is the paper's)."""
+    """Budget and evaluation settings shared by every cell.
+
+    Defaults: the paper's, except the weights tested: the final EMA weights, decay 0.999, where the
+    paper's runner tests the raw weights of the best validation loss;
+    docs/results/checkpoint_choice.md measured the four choices; ``ema=0.0, checkpoint="best"`` is
+    the paper's.
+    """
 
     steps: int = 20_000
     n_train: int = 10_000
@@ -110,13 +113,17 @@ class Protocol:
 
     @property
     def tested(self) -> str:
-        """The checkpoint file :func:`~otcfm.train.evaluate.load_run` reads: best or latest
-        (which holds the EMA weights when an EMA is kept)."""
+        """The checkpoint file :func:`~otcfm.train.evaluate.load_run` reads.
+
+        Best or latest (which holds the EMA weights when an EMA is kept).
+        """
         return "best" if self.checkpoint == "best" else "latest"
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that changes a cell's numbers (workers do not), with the package version
-        and the hash of the code a cell runs (:func:`otcfm.experiments._cells.code_fingerprint`).
+        """Everything that changes a cell's numbers.
+
+        Everything that changes a cell's numbers (workers do not), with the package version
+        and the hash of the code a cell runs (``otcfm.experiments._cells.code_fingerprint``).
         """
         d = asdict(self)
         d.pop("workers")
@@ -134,6 +141,7 @@ class Protocol:
         return d
 
     def sigma(self, method: str) -> float:
+        """The sigma of ``method`` in this protocol (an override, else :func:`sigma_of`)."""
         return dict(self.sigmas).get(method, sigma_of(method))
 
 
@@ -145,8 +153,11 @@ QUICK_METHODS = ("icfm", "otcfm", "fm", "rf")
 
 @dataclass(frozen=True)
 class Cell:
-    """One (task, method, seed) of the benchmark; ``library`` names who trained it ("otcfm",
-    or another library's side-by-side runner, e.g. "torchcfm")."""
+    """One (task, method, seed) of the benchmark.
+
+    ``library`` names who trained it ("otcfm", or another library's side-by-side runner, e.g.
+    "torchcfm").
+    """
 
     task: str
     method: str
@@ -155,24 +166,28 @@ class Cell:
 
     @property
     def name(self) -> str:
+        """The cell's folder name (prefixed by the library when not otcfm)."""
         prefix = "" if self.library == "otcfm" else f"{self.library}-"
         return f"{prefix}{self.method}-seed{self.seed}"
 
     @property
     def label(self) -> str:
+        """The cell's name in progress lines."""
         lib = "" if self.library == "otcfm" else f" [{self.library}]"
         return f"{self.task} {self.method}{lib} seed {self.seed}"
 
     def run_dir(self, runs: Path) -> Path:
+        """The cell's run folder under ``runs``."""
         return Path(runs) / self.task / self.name
 
     def depends_on(self) -> Cell | None:
-        """rf is the reflow of the I-CFM cell of the same task and seed."""
+        """Rf is the reflow of the I-CFM cell of the same task and seed."""
         return Cell(self.task, "icfm", self.seed) if self.method == "rf" else None
 
 
 # --------------------------------------------------------------------------- choosing cells
 def parse_tasks(text: str) -> tuple[str, ...]:
+    """Parse ``--tasks``: names of :data:`otcfm.data.toy.TASKS`; ValueError otherwise."""
     tasks = _split_list(text, "--tasks")
     bad = [t for t in tasks if t not in toy.TASKS]
     if bad:
@@ -242,6 +257,7 @@ def plan_cells(
 
 # --------------------------------------------------------------------------- one cell
 def sigma_of(method: str) -> float:
+    """The benchmark's sigma of ``method``: the paper's, else the matcher's default."""
     if method in SIGMA:
         return SIGMA[method]
     default = inspect.signature(MATCHERS.factory(method)).parameters.get("sigma")
@@ -251,6 +267,7 @@ def sigma_of(method: str) -> float:
 
 
 def task_data_config(task: str, p: Protocol) -> DataConfig:
+    """The data config of ``task`` with the protocol's split sizes."""
     source, target = toy.task(task)
     return DataConfig(
         source=source, target=target, n_train=p.n_train, n_val=p.n_val, n_test=p.n_test
@@ -427,7 +444,9 @@ def evaluate_model(
 
 def test_nll(model: nn.Module, x1: Tensor, source: str, target: str, *,
               tol: float) -> dict[str, float]:
-    """The flow's test NLL, -log q1(x1) in nats (exact divergence, dopri5 at atol = rtol =
+    """The flow's test NLL in nats and the target's NLL under its true density.
+
+    The flow's test NLL, -log q1(x1) in nats (exact divergence, dopri5 at atol = rtol =
     ``tol``, on a float64 copy of the model; log p0 of the source's density at the flow's
     source points), and the target's NLL under its true density on the same points.
 
@@ -469,8 +488,11 @@ FLOOR_DRAWS = 2
 
 
 def target_floor(task: str, n: int, draws: int, label: str) -> list[float]:
-    """W2 between two independent ``n``-point samples of the task's target, for ``draws``
-    pairs; pair k is drawn from the stream (0, label, task, k)."""
+    """W2 between two independent ``n``-point samples of the task's target.
+
+    W2 between two independent ``n``-point samples of the task's target, for ``draws``
+    pairs; pair k is drawn from the stream (0, label, task, k).
+    """
     target = toy.task(task)[1]
     out = []
     for k in range(draws):
@@ -480,8 +502,11 @@ def target_floor(task: str, n: int, draws: int, label: str) -> list[float]:
 
 
 def sampling_floor(task: str, p: Protocol, runs: Path) -> list[float]:
-    """W2 between two independent ``n_test``-point samples of the task's target, for
-    FLOOR_DRAWS pairs of draws (cached): the W2 a perfect model would still score."""
+    """The W2 a perfect model would still score against ``n_test`` target points.
+
+    W2 between two independent ``n_test``-point samples of the task's target, for
+    FLOOR_DRAWS pairs of draws (cached): the W2 a perfect model would still score.
+    """
     path = Path(runs) / task / f"w2_floor-n{p.n_test}.json"
     if path.is_file():
         return [float(v) for v in json.loads(path.read_text())["w2"]]
@@ -571,6 +596,7 @@ def cached_results(cells: Sequence[Cell], p: Protocol, runs: str | Path) -> list
 
 # --------------------------------------------------------------------------- progress
 def describe(result: CellResult) -> str:
+    """One progress line on a finished cell: W2, NPE, NFE and training time, or its failure."""
     if result.record is None:
         return f"FAILED ({result.error})"
     r = result.record

@@ -1,4 +1,4 @@
-"""`otcfm bench two-dim` command line: options, the protocol they set, and the run.
+"""``otcfm bench two-dim`` command line: options, the protocol they set, and the run.
 
 The recipe itself (cells, training, evaluation) is :mod:`otcfm.experiments.two_dim`; the
 page and figures are :mod:`otcfm.experiments.two_dim_report`. :func:`execute` is shared with
@@ -48,6 +48,7 @@ TORCHCFM_SCRIPT = "benchmarks/two_dim_torchcfm.py"
 def build_parser(
     prog: str = "otcfm bench two-dim", description: str | None = None
 ) -> argparse.ArgumentParser:
+    """The parser of ``otcfm bench two-dim`` (``prog`` and ``description`` for other runners)."""
     p = argparse.ArgumentParser(
         prog=prog,
         description=description or "The paper's 2-D benchmark (Table 2): tasks x methods x "
@@ -100,6 +101,7 @@ def build_parser(
 
 
 def protocol_from_args(args: argparse.Namespace) -> Protocol:
+    """The protocol of the parsed flags (``--quick``'s budget, overridden by the flags), checked."""
     base = Protocol(**QUICK) if args.quick else Protocol()
     over = {k: getattr(args, k) for k in ("steps", "n_train", "n_val", "n_test", "batch_size",
                                           "val_every", "curve_points")}
@@ -141,6 +143,7 @@ def protocol_from_args(args: argparse.Namespace) -> Protocol:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``otcfm bench two-dim``: run the grid and write the outputs."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--torchcfm" in argv:
         print(f"otcfm bench two-dim: --torchcfm moved out of the package: run python "

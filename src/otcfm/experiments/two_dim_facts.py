@@ -134,8 +134,11 @@ def _step(perf, solver: str, b: int, d: int) -> dict[str, Any]:
 
 
 def approx_gaps(perf) -> dict[str, str]:
-    """ApproxOT's measured coupling gaps, its cost above the optimum and what tol = 0.01
-    allows, over the plan records of the coupling benchmark that have a reference optimum."""
+    """ApproxOT's measured coupling gaps and what tol = 0.01 allows.
+
+    ApproxOT's measured coupling gaps, its cost above the optimum and what tol = 0.01
+    allows, over the plan records of the coupling benchmark that have a reference optimum.
+    """
     ref = {(r["B"], r["d"]): r for r in perf if r["kind"] == "plan" and r["library"]
            == "reference" and r.get("optimal") is not None}
     rows = [(r, ref[(r["B"], r["d"])]) for r in perf
@@ -260,8 +263,11 @@ def _torchcfm_summary(folder: Path) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- TorchCFM page
 def two_dim_torchcfm(out: Path) -> dict[str, str]:
-    """Facts of ``docs/results/two_dim_torchcfm/remarks.md`` (``out``: that folder; the
-    sibling pages two_dim_tc_exact, two_dim_tc_replace and performance.json beside it)."""
+    """Facts of ``docs/results/two_dim_torchcfm/remarks.md``.
+
+    ``out``: that folder; the sibling pages two_dim_tc_exact, two_dim_tc_replace and
+    performance.json beside it.
+    """
     ours, theirs = _cells(out), _cells(out, "torchcfm")
     seeds = sorted({r["seed"] for r in theirs})
     tasks = _tasks(theirs)

@@ -1,4 +1,4 @@
-"""Outputs of `otcfm bench two-dim`: JSON records, the markdown page and the figures.
+"""Outputs of ``otcfm bench two-dim``: JSON records, the markdown page and the figures.
 
 ``OUT/two_dim.json``: one record per (task, method, seed) cell of this library;
 ``OUT/two_dim_torchcfm.json``: the TorchCFM cells (``--torchcfm``); ``OUT/two_dim_run.json``:
@@ -70,9 +70,12 @@ def write_outputs(
 
 
 def render_page(out: str | Path) -> str:
-    """``OUT/two_dim.md`` as the committed records in ``out`` give it (``two_dim.json``,
+    """Render ``OUT/two_dim.md`` from the committed records in ``out``.
+
+    ``OUT/two_dim.md`` as the committed records in ``out`` give it (``two_dim.json``,
     ``two_dim_torchcfm.json`` when present, ``two_dim_run.json`` and the remarks file it
-    names); runs nothing, needs no cached cells, and links the figures that are there."""
+    names); runs nothing, needs no cached cells, and links the figures that are there.
+    """
     out = Path(out)
     missing = [str(out / f) for f in (RECORDS_FILE, RUN_FILE) if not (out / f).is_file()]
     if missing:
@@ -100,6 +103,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def by_cell(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Group the records by (task, method)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["task"], r["method"]), []).append(r)
@@ -107,11 +111,13 @@ def by_cell(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dic
 
 
 def ordered(methods: Sequence[str] | set[str]) -> list[str]:
+    """``methods`` in the page's order (:data:`METHOD_ORDER`), others after it by name."""
     rank = {m: k for k, m in enumerate(METHOD_ORDER)}
     return sorted(methods, key=lambda m: (rank.get(m, len(rank)), m))
 
 
 def tasks_of(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The tasks present in ``records``, in the order of :data:`TASKS`."""
     present = {r["task"] for r in records}
     return [t for t in TASKS if t in present]
 
@@ -130,10 +136,12 @@ def steps_needed(curve: dict[int, float], ratio: float = RATIO) -> int:
 
 # --------------------------------------------------------------------------- markdown
 def fmt(mean: float, std: float, digits: int = 3) -> str:
+    """Format ``mean ± std`` with ``digits`` decimals."""
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def published(metric: str, method: str, task: str) -> str:
+    """The paper's ``metric`` of ``method`` on ``task`` as ``mean ± std``, or a dash."""
     value = PUBLISHED[metric].get(method, {}).get(task)
     return fmt(*value) if value else "—"
 
@@ -153,6 +161,7 @@ def markdown(
     figures: dict[str, Path],
     out: Path,
 ) -> str:
+    """The markdown page of the 2-D benchmark from its records (ours and TorchCFM's)."""
     groups = by_cell(records)
     p = meta["protocol"]
     parts = [
@@ -398,6 +407,7 @@ def _pyplot():
 def write_figures(
     records: Sequence[dict[str, Any]], results: Sequence[CellResult], fig_dir: Path, runs: Path
 ) -> dict[str, Path]:
+    """Draw the page's figures in ``fig_dir``; return their paths by name."""
     groups = by_cell(records)
     tasks = tasks_of(records)
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -485,8 +495,11 @@ README_END = "<!-- end of 2-D numbers -->"
 
 
 def readme_section(out: str | Path) -> str:
-    """The README's 2-D results list, every number from the committed records under ``out``
-    (docs/results: the 2-D page, its EMA and TorchCFM siblings, performance.json)."""
+    """The README's 2-D results list.
+
+    The README's 2-D results list, every number from the committed records under ``out``
+    (docs/results: the 2-D page, its EMA and TorchCFM siblings, performance.json).
+    """
     from otcfm.experiments.two_dim_facts import SHORT
     from otcfm.experiments.two_dim_facts import two_dim as facts_of
 

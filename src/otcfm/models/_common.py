@@ -42,8 +42,11 @@ def batch_times(t: Tensor | float, batch: int, device: torch.device) -> Tensor:
 def check_labels(
     y: Any, batch: int, device: torch.device, *, num_classes: int, owner: str
 ) -> Tensor:
-    """Class labels as a (B,) long tensor in [0, num_classes]; ``num_classes`` is the null class
-    ("no condition", used by classifier-free guidance). ``owner`` names the model in errors."""
+    """Validate class labels as a (B,) long tensor in [0, num_classes].
+
+    Class labels as a (B,) long tensor in [0, num_classes]; ``num_classes`` is the null class
+    ("no condition", used by classifier-free guidance). ``owner`` names the model in errors.
+    """
     if y is None:
         raise TypeError(f"this {owner} has num_classes={num_classes} and needs labels y=")
     y = torch.as_tensor(y, device=device)

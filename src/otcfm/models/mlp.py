@@ -17,6 +17,7 @@ from ._common import MODELS, batch_times, check_cond, check_labels, positive_int
 
 __all__ = ["ACTIVATIONS", "HEADS", "MLP", "MODELS", "DriftScore", "get_activation"]
 
+#: Activation modules by name (factories: each call builds a fresh module).
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "selu": nn.SELU,
     "relu": nn.ReLU,
@@ -48,21 +49,22 @@ def _event_size(dim: int | Sequence[int]) -> int:
 class MLP(nn.Module):
     """Fully connected velocity field ``v(x, t[, y])``.
 
-    dim: event size D, or the event shape (e.g. ``(3, 4, 4)``; D = its product).
-    width, depth: hidden width and number of hidden layers (paper: 64 and 3).
-    activation: name from :data:`ACTIVATIONS`.
-    time_input: concatenate t to the flattened input (paper: yes); if False, t is ignored.
-    out_dim: output size; default D, in which case the output takes x's shape, otherwise it is
-        (B, out_dim).
-    num_classes, label_dim: with ``num_classes=K``, ``model(x, t, y=labels)`` (labels: (B,)
-        integers in [0, K]) concatenates a learned ``label_dim``-dim label embedding of K + 1
-        rows; label K (``model.null_class``) is the null class, "no condition", which
-        classifier-free guidance trains and samples with. (Checkpoints saved before the null
-        class existed hold a K-row ``label_emb.weight`` and no longer load.)
-    generator: if given, parameters are initialised from it (PyTorch's default init
-        distributions), so the same seed gives the same network; otherwise torch's global RNG.
-        The null-class row is drawn last, so the other weights are those a K-class MLP without
-        a null class drew from the same seed.
+    Args:
+        dim: event size D, or the event shape (e.g. ``(3, 4, 4)``; D = its product).
+        width, depth: hidden width and number of hidden layers (paper: 64 and 3).
+        activation: name from :data:`ACTIVATIONS`.
+        time_input: concatenate t to the flattened input (paper: yes); if False, t is ignored.
+        out_dim: output size; default D, in which case the output takes x's shape, otherwise it is
+            (B, out_dim).
+        num_classes, label_dim: with ``num_classes=K``, ``model(x, t, y=labels)`` (labels: (B,)
+            integers in [0, K]) concatenates a learned ``label_dim``-dim label embedding of K + 1
+            rows; label K (``model.null_class``) is the null class, "no condition", which
+            classifier-free guidance trains and samples with. (Checkpoints saved before the null
+            class existed hold a K-row ``label_emb.weight`` and no longer load.)
+        generator: if given, parameters are initialised from it (PyTorch's default init
+            distributions), so the same seed gives the same network; otherwise torch's global RNG.
+            The null-class row is drawn last, so the other weights are those a K-class MLP without
+            a null class drew from the same seed.
 
     Input layout: ``[flat(x), t, emb(y)]`` -> (Linear, activation) x depth -> Linear.
     The network computes in its parameters' dtype and returns x's dtype, so bf16 inputs work
@@ -109,8 +111,11 @@ class MLP(nn.Module):
 
     @torch.no_grad()
     def _init_from(self, generator: torch.Generator) -> None:
-        """PyTorch's default init, drawn from ``generator``: Linear U(+-1/sqrt(fan_in)), N(0,1)
-        embeddings (the class rows first, the null-class row after everything else)."""
+        """Re-draw the parameters with PyTorch's default init from ``generator``.
+
+        PyTorch's default init, drawn from ``generator``: Linear U(+-1/sqrt(fan_in)), N(0,1)
+        embeddings (the class rows first, the null-class row after everything else).
+        """
         for mod in self.modules():
             if isinstance(mod, nn.Linear):
                 bound = 1.0 / math.sqrt(mod.in_features)
@@ -130,7 +135,7 @@ class MLP(nn.Module):
         return ("y",) if self.num_classes is not None else ()
 
     def forward(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
-        """x: (B, *event) with prod(event) = dim; t: (B,), 0-dim or float -> velocity."""
+        """x: (B, ``*event``) with prod(event) = dim; t: (B,), 0-dim or float -> velocity."""
         check_cond(cond, self.accepted_cond, "MLP")
         if not isinstance(x, Tensor) or x.dim() < 1:
             raise TypeError(f"x must be a batched tensor (B, ...), got {type(x).__name__}")
@@ -188,8 +193,11 @@ class DriftScore(nn.Module):
     def mlp(
         cls, dim: int | Sequence[int], generator: torch.Generator | None = None, **kwargs: Any
     ) -> DriftScore:
-        """Two :class:`MLP` of the same architecture (``kwargs`` as for MLP), the drift's
-        parameters drawn first from ``generator`` when given."""
+        """Two :class:`MLP` of the same architecture, a drift and a score.
+
+        Two :class:`MLP` of the same architecture (``kwargs`` as for MLP), the drift's
+        parameters drawn first from ``generator`` when given.
+        """
         return cls(MLP(dim, generator=generator, **kwargs), MLP(dim, generator=generator, **kwargs))
 
     @property
@@ -200,7 +208,7 @@ class DriftScore(nn.Module):
     def forward(
         self, x: Tensor, t: Tensor | float, head: str = "drift", **cond: Any
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """head="drift" -> v (B, *event); "score" -> s; "both" -> the tuple (v, s)."""
+        """head="drift" -> v (B, ``*event``); "score" -> s; "both" -> the tuple (v, s)."""
         if head == "drift":
             return self.drift_net(x, t, **cond)
         if head == "score":

@@ -1,4 +1,6 @@
-"""ADM-style UNet velocity field for images (Dhariwal & Nichol 2021, "Diffusion models beat GANs
+"""ADM-style UNet velocity field for images.
+
+ADM-style UNet velocity field for images (Dhariwal & Nichol 2021, "Diffusion models beat GANs
 on image synthesis"; Nichol & Dhariwal 2021, "Improved denoising diffusion probabilistic
 models"), with the library's calling convention ``model(x, t, **cond)`` and t in [0, 1].
 
@@ -57,10 +59,13 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def timestep_embedding(t: Tensor, dim: int, *, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding (B,) -> (B, dim): ``[cos(t f_k), sin(t f_k)]`` with frequencies
+    """Sinusoidal time embedding (B,) -> (B, dim).
+
+    Sinusoidal embedding (B,) -> (B, dim): ``[cos(t f_k), sin(t f_k)]`` with frequencies
     ``f_k = max_period ** (-k / (dim // 2))``, k = 0 .. dim // 2 - 1 (a zero column pads odd
     dims), computed in float32. The transformer's / ADM's embedding; :class:`UNet` feeds it
-    ``time_scale * t``."""
+    ``time_scale * t``.
+    """
     half = dim // 2
     k = torch.arange(half, dtype=torch.float32, device=t.device)
     freqs = torch.exp(-math.log(max_period) * k / half)
@@ -72,8 +77,10 @@ def timestep_embedding(t: Tensor, dim: int, *, max_period: float = 10000.0) -> T
 
 
 class _GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in at least float32 (half-precision inputs are upcast, as ADM's
-    GroupNorm32; float64 stays float64)."""
+    """GroupNorm computed in at least float32.
+
+    Half-precision inputs are upcast, as ADM's GroupNorm32; float64 stays float64.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = torch.promote_types(x.dtype, torch.float32)
@@ -91,12 +98,15 @@ def _resample(h: Tensor, how: str | None) -> Tensor:
 
 
 class _ResBlock(nn.Module):
-    """GroupNorm, SiLU, conv3x3 -> time/class embedding injected -> GroupNorm, SiLU, dropout,
+    """Residual block with time and class conditioning.
+
+    GroupNorm, SiLU, conv3x3 -> time/class embedding injected -> GroupNorm, SiLU, dropout,
     conv3x3 (zero-initialised), plus the skip (identity, or a 1x1 conv when the channel count
     changes). With scale-shift norm the embedding gives (scale, shift) and the second norm is
     ``norm(h) * (1 + scale) + shift``; without it the embedding is added before the norm.
     ``resample`` ("up" / "down") resamples both paths (nearest / average pooling) between the
-    first activation and conv, as ADM's up/down residual blocks."""
+    first activation and conv, as ADM's up/down residual blocks.
+    """
 
     def __init__(
         self,
@@ -138,9 +148,12 @@ class _ResBlock(nn.Module):
 
 
 class _Attention(nn.Module):
-    """Multi-head self-attention over the pixels: GroupNorm, 1x1 qkv projection, softmax
-    attention per head (scale 1/sqrt(head channels)), 1x1 output projection (zero-initialised),
-    residual. The qkv channels are laid out as (q, k, v) x heads x head channels."""
+    """Multi-head self-attention over the pixels.
+
+    GroupNorm, 1x1 qkv projection, softmax attention per head (scale 1/sqrt(head channels)), 1x1
+    output projection (zero-initialised), residual. The qkv channels are laid out as (q, k, v) x
+    heads x head channels.
+    """
 
     def __init__(self, channels: int, heads: int, *, groups: int) -> None:
         super().__init__()
@@ -198,31 +211,32 @@ def _choice(name: str, value: Any) -> bool:
 class UNet(nn.Module):
     """ADM-style UNet velocity field ``v(x, t[, y])`` for images (B, C, H, W).
 
-    dim: the image shape (C, H, W), square (H == W), H divisible by 2 ** (len(channel_mult)-1).
-    channels: base channel count (ADM's ``model_channels``); level i has
-        ``channels * channel_mult[i]`` channels and runs at resolution H / 2 ** i.
-    num_res_blocks: residual blocks per level on the way down (one more on the way up).
-    attention_resolutions: resolutions (in pixels, e.g. 16 for 16x16) that get a self-attention
-        block after each residual block; each must be one the network has (H / 2 ** i).
-    num_heads / num_head_channels: heads of each attention block; when ``num_head_channels`` is
-        given it wins and the heads are channels / num_head_channels (ADM's rule).
-    dropout: in each residual block, before its second conv.
-    out_channels: default C (a velocity; no learned variance).
-    num_classes: with ``num_classes=K``, ``model(x, t, y=labels)`` takes (B,) integer labels in
-        [0, K]; K (``model.null_class``) is the null class, "no condition", used by
-        classifier-free guidance. A learned embedding of K + 1 rows is added to the time
-        embedding.
-    scale_shift_norm: inject the embedding as a scale and shift of the second GroupNorm of each
-        residual block (ADM's choice, the default); False adds it before the norm.
-    resblock_updown: resample with residual blocks (ADM's BigGAN-style option) instead of
-        ``conv_resample`` (conv3x3 stride 2 down, nearest x2 + conv3x3 up; without conv:
-        average pooling / nearest only).
-    norm_groups: GroupNorm groups (32 in ADM); every level's channel count must be a multiple.
-    time_scale: the sinusoidal embedding sees ``time_scale * t``; 1000 maps t in [0, 1] onto
-        the range of ADM's 1000 diffusion steps, so its frequencies (1 to 1e-4 per unit) span
-        the time axis; ``time_scale=1`` feeds t unscaled.
-    generator: parameters drawn from it (PyTorch's default init distributions), so the same
-        seed gives the same network; otherwise torch's global RNG.
+    Args:
+        dim: the image shape (C, H, W), square (H == W), H divisible by 2 ** (len(channel_mult)-1).
+        channels: base channel count (ADM's ``model_channels``); level i has
+            ``channels * channel_mult[i]`` channels and runs at resolution H / 2 ** i.
+        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        attention_resolutions: resolutions (in pixels, e.g. 16 for 16x16) that get a self-attention
+            block after each residual block; each must be one the network has (H / 2 ** i).
+        num_heads / num_head_channels: heads of each attention block; when ``num_head_channels`` is
+            given it wins and the heads are channels / num_head_channels (ADM's rule).
+        dropout: in each residual block, before its second conv.
+        out_channels: default C (a velocity; no learned variance).
+        num_classes: with ``num_classes=K``, ``model(x, t, y=labels)`` takes (B,) integer labels in
+            [0, K]; K (``model.null_class``) is the null class, "no condition", used by
+            classifier-free guidance. A learned embedding of K + 1 rows is added to the time
+            embedding.
+        scale_shift_norm: inject the embedding as a scale and shift of the second GroupNorm of each
+            residual block (ADM's choice, the default); False adds it before the norm.
+        resblock_updown: resample with residual blocks (ADM's BigGAN-style option) instead of
+            ``conv_resample`` (conv3x3 stride 2 down, nearest x2 + conv3x3 up; without conv:
+            average pooling / nearest only).
+        norm_groups: GroupNorm groups (32 in ADM); every level's channel count must be a multiple.
+        time_scale: the sinusoidal embedding sees ``time_scale * t``; 1000 maps t in [0, 1] onto
+            the range of ADM's 1000 diffusion steps, so its frequencies (1 to 1e-4 per unit) span
+            the time axis; ``time_scale=1`` feeds t unscaled.
+        generator: parameters drawn from it (PyTorch's default init distributions), so the same
+            seed gives the same network; otherwise torch's global RNG.
 
     Layout (ADM): t -> sinusoidal(channels) -> Linear, SiLU, Linear (4 * channels) [+ class
     embedding] = emb; x -> conv3x3 -> down levels [res blocks (+ attention), downsample] ->
@@ -410,7 +424,8 @@ class UNet(nn.Module):
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> UNet:
-        """A UNet from :data:`UNET_PRESETS` by name, any option overridden by keyword:
+        """A UNet from :data:`UNET_PRESETS` by name, any option overridden by keyword.
+
         ``UNet.preset("cifar10", num_classes=10, generator=g)``.
 
         ``cifar10`` is the paper's CIFAR-10 network (the improved-DDPM / ADM UNet as the paper
@@ -437,8 +452,11 @@ class UNet(nn.Module):
 
     @torch.no_grad()
     def _init_from(self, generator: torch.Generator) -> None:
-        """PyTorch's default init drawn from ``generator``: conv / linear weights and biases
-        U(+-1/sqrt(fan_in)), embeddings N(0, 1); GroupNorm keeps weight 1, bias 0."""
+        """Re-draw the parameters with PyTorch's default init from ``generator``.
+
+        PyTorch's default init drawn from ``generator``: conv / linear weights and biases
+        U(+-1/sqrt(fan_in)), embeddings N(0, 1); GroupNorm keeps weight 1, bias 0.
+        """
         for mod in self.modules():
             if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)):
                 bound = 1.0 / math.sqrt(mod.weight[0].numel())
@@ -464,8 +482,11 @@ class UNet(nn.Module):
         return ("y",) if self.num_classes is not None else ()
 
     def forward(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
-        """x: (B, C, H, W) as ``dim``; t: (B,), 0-dim or float in [0, 1] -> velocity, x's shape
-        and dtype."""
+        """Evaluate the velocity field.
+
+        x: (B, C, H, W) as ``dim``; t: (B,), 0-dim or float in [0, 1] -> velocity, x's shape
+        and dtype.
+        """
         check_cond(cond, self.accepted_cond, "UNet")
         if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != self.dim:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__

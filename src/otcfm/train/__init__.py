@@ -1,5 +1,8 @@
-"""Training: the one engine (pluggable objectives), configs, run folders, checkpoints and
-evaluation of runs."""
+"""Training: the engine, configs, run folders, checkpoints and evaluation of runs.
+
+Training: the one engine (pluggable objectives), configs, run folders, checkpoints and
+evaluation of runs.
+"""
 
 from otcfm.train.config import RunConfig
 from otcfm.train.images import ImageObjective

@@ -79,9 +79,12 @@ def _replace_atomically(path: str | Path, mode: str, write: Callable[[IO], None]
 
 
 def check_plain(obj: Any, where: str = "checkpoint") -> None:
-    """Raise TypeError unless ``obj`` holds only tensors, numbers, strings, booleans, None
+    """Raise TypeError unless ``obj`` holds only plain values.
+
+    Raise TypeError unless ``obj`` holds only tensors, numbers, strings, booleans, None
     (and torch dtypes / sizes) in dicts with string or integer keys, lists and tuples; the
-    message names the first other value by its key path."""
+    message names the first other value by its key path.
+    """
     if _is_plain_scalar(obj):
         return
     if type(obj) in (dict, OrderedDict):
@@ -147,8 +150,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _to_plain(obj: Any, where: str) -> Any:
-    """``obj`` with numpy values as tensors / Python numbers, dataclasses as dicts, paths and
-    other string-like values as strings; TypeError for anything else."""
+    """Convert ``obj`` to plain values that load with ``weights_only=True``.
+
+    ``obj`` with numpy values as tensors / Python numbers, dataclasses as dicts, paths and
+    other string-like values as strings; TypeError for anything else.
+    """
     import numpy as np
 
     if isinstance(obj, np.ndarray):
@@ -177,9 +183,11 @@ def _to_plain(obj: Any, where: str) -> Any:
 
 
 def convert_checkpoint(path: str | Path, out: str | Path | None = None) -> Path:
-    """Rewrite a trusted checkpoint of an older otcfm as plain values (``out``: default in
-    place, atomically). Unpickles ``path`` with ``weights_only=False``, which runs whatever
-    code the file carries: call it only on files you trust. Returns the path written."""
+    """Rewrite a trusted checkpoint of an older otcfm as plain values.
+
+    ``out``: default in place, atomically. Unpickles ``path`` with ``weights_only=False``, which
+    runs whatever code the file carries: call it only on files you trust. Returns the path written.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -210,11 +218,13 @@ class StagedFiles:
         self._staged: list[tuple[Path, Path]] = []
 
     def path(self, target: str | Path) -> Path:
+        """Stage ``target``: the temporary file to write it through."""
         tmp = _temp_beside(Path(target))
         self._staged.append((tmp, Path(target)))
         return tmp
 
     def write_text(self, text: str, target: str | Path) -> None:
+        """Stage ``target`` with the content ``text``."""
         self.path(target).write_text(text)
 
     def save(self, obj: Any, target: str | Path) -> None:
@@ -223,6 +233,7 @@ class StagedFiles:
         torch.save(obj, self.path(target))
 
     def commit(self) -> list[Path]:
+        """Rename every staged file into place, in order; return the targets written."""
         done = []
         try:
             for tmp, target in self._staged:
@@ -236,6 +247,7 @@ class StagedFiles:
         return done
 
     def discard(self) -> None:
+        """Delete the staged temporary files."""
         for tmp, _ in self._staged:
             tmp.unlink(missing_ok=True)
         self._staged = []

@@ -1,5 +1,8 @@
-"""The commands of ``otcfm train | sample | evaluate`` (the parser and the error handling live
-in :mod:`otcfm.cli`, which imports this module when one of them runs)."""
+"""The commands of ``otcfm train | sample | evaluate``.
+
+The parser and the error handling live in :mod:`otcfm.cli`, which imports this module when one of
+them runs.
+"""
 
 from __future__ import annotations
 
@@ -71,9 +74,12 @@ def check_coupling_memory(cfg: RunConfig, world: int, processes: int) -> None:
 
 
 def cmd_train(args: argparse.Namespace, cfg: RunConfig, scorer: Scorers | None = None) -> int:
-    """``otcfm train`` with the resolved config ``cfg`` of its flags (device checked);
+    """Run ``otcfm train`` with the resolved config ``cfg``.
+
+    ``otcfm train`` with the resolved config ``cfg`` of its flags (device checked);
     ``scorer``: the feature network of an image set's spec, for the evaluation after
-    training (see :func:`cmd_evaluate`)."""
+    training (see :func:`cmd_evaluate`).
+    """
     check_folder(Path(cfg.out_dir), "out_dir (--out)")
     check_folder(cfg.run_dir, "the run folder (--out/--name)")
     rank = int(os.environ.get("RANK", "0"))
@@ -141,16 +147,22 @@ IMAGE_FLAGS = {"klass": "--class", "guidance": "--guidance", "device": "--device
 
 
 def _refuse_image_flags(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
-    """A point run refuses the flags of image runs (given with a value other than their
-    default)."""
+    """Refuse the flags of image runs for a point run.
+
+    A point run refuses the flags of image runs (given with a value other than their
+    default).
+    """
     for dest, flag in IMAGE_FLAGS.items():
         if dest in defaults and getattr(args, dest, defaults[dest]) != defaults[dest]:
             raise ValueError(f"{flag} applies to image runs; {args.run} is a point-cloud run")
 
 
 def diffusion_option(args: argparse.Namespace) -> dict[str, str]:
-    """``--diffusion`` as keyword arguments of the SDE samplers ({} when not given), checked:
-    it needs ``--sde`` and a schedule of :data:`otcfm.sampling.DIFFUSIONS`."""
+    """``--diffusion`` as keyword arguments of the SDE samplers, checked.
+
+    ``--diffusion`` as keyword arguments of the SDE samplers ({} when not given), checked:
+    it needs ``--sde`` and a schedule of :data:`otcfm.sampling.DIFFUSIONS`.
+    """
     if args.diffusion is None:
         return {}
     if not args.sde:
@@ -209,6 +221,7 @@ def cmd_sample_images(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """``otcfm sample``: draw samples of a trained run by its ODE (or SDE) and save them."""
     if _is_image_run(args.run):
         return cmd_sample_images(args)
     _refuse_image_flags(args, {"klass": None, "guidance": 0.0, "device": None,
@@ -262,10 +275,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _more_sources(run: Any, n: int) -> Any:
-    """``n`` > n_test source points: the run's test sources, then fresh draws of its built-in
-    source distribution from a stream of their own (a file source has no more points)."""
+    """``n`` > n_test source points: the run's test sources, then fresh draws.
 
-
+    ``n`` > n_test source points: the run's test sources, then fresh draws of its built-in
+    source distribution from a stream of their own (a file source has no more points).
+    """
     test, spec = run.data.source.test, run.cfg.data.source
     if parse_spec(spec, name="data.source").is_file:
         raise ValueError(
@@ -295,9 +309,12 @@ def _nll_settings(args: argparse.Namespace, image: bool) -> NllSettings | None:
 
 
 def cmd_evaluate(args: argparse.Namespace, scorer: Scorers | None = None) -> int:
-    """``otcfm evaluate RUN``; an image run is scored by ``scorer(spec)`` (the feature
+    """Run ``otcfm evaluate RUN``.
+
+    ``otcfm evaluate RUN``; an image run is scored by ``scorer(spec)`` (the feature
     network of its data set, or None) and, with --fid, by FID; --nll adds the negative
-    log-likelihood of the test data (:class:`~otcfm.train.evaluate.NllSettings`)."""
+    log-likelihood of the test data (:class:`~otcfm.train.evaluate.NllSettings`).
+    """
     if _is_image_run(args.run):
         if args.sde or args.sde_steps is not None or args.diffusion:
             raise ValueError(f"--sde applies to SF2M point-cloud runs; {args.run} is an image run")

@@ -55,8 +55,11 @@ def check_number(
     open_high: bool = False,
     note: str = "",
 ) -> None:
-    """ConfigError unless ``value`` is a finite real in the interval [low, high] (a bound is
-    left out when None; ``open_low``/``open_high`` exclude it)."""
+    """Raise ConfigError unless ``value`` is a finite real in [low, high].
+
+    ConfigError unless ``value`` is a finite real in the interval [low, high] (a bound is
+    left out when None; ``open_low``/``open_high`` exclude it).
+    """
     ok = (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
@@ -84,6 +87,7 @@ def check_choice(key: str, value: Any, choices: Any, what: str) -> None:
 
 
 def check_seed(key: str, value: Any) -> None:
+    """Raise ConfigError unless ``value`` is an integer seed in [0, 2^63)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
         raise ConfigError(key, f"{key} must be an integer in [0, 2^63), got {value!r}")
 
@@ -97,8 +101,11 @@ def check_name(key: str, value: Any) -> None:
 
 
 def check_device(key: str, value: Any) -> None:
-    """The syntax of a torch device string (whether this machine has it: see
-    :func:`check_device_available`)."""
+    """Check the syntax of a torch device string.
+
+    The syntax of a torch device string (whether this machine has it: see
+    :func:`check_device_available`).
+    """
     import torch
 
     try:
@@ -135,8 +142,11 @@ def check_device_available(device: str, key: str = "device") -> None:
 
 
 def check_folder(path: str | Path, what: str) -> None:
-    """``path`` is a folder or can be made one: nothing along it is a file, and the first
-    existing folder on it is writable (NotADirectoryError / PermissionError naming ``what``)."""
+    """Check that ``path`` is a folder or can be made one.
+
+    ``path`` is a folder or can be made one: nothing along it is a file, and the first
+    existing folder on it is writable (NotADirectoryError / PermissionError naming ``what``).
+    """
     path = Path(path)
     _check_along(path, (path, *path.parents), what)
 
@@ -180,8 +190,11 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
 
 @dataclass
 class DataConfig:
-    """Where x0 (source) and x1 (target) come from: built-in names, .npy/.npz/.csv/.tsv/.txt
-    files or ``FILE.npz:KEY`` (the grammar of :func:`otcfm.data.parse_spec`)."""
+    """Where x0 (source) and x1 (target) come from.
+
+    Built-in names, .npy/.npz/.csv/.tsv/.txt files or ``FILE.npz:KEY`` (the grammar of
+    :func:`otcfm.data.parse_spec`).
+    """
 
     source: str = "gaussian"
     target: str = "8gaussians"
@@ -251,9 +264,12 @@ class MethodConfig:
 
 @dataclass
 class ModelConfig:
-    """The vector-field network: ``arch = "mlp"`` (the paper's MLP for points: 3 hidden layers
-    of 64 SELU units; on images it sees the flattened pixels) or ``"unet"`` (images only: the
-    ADM-style UNet of ``preset``, see ``otcfm.models.UNET_PRESETS``)."""
+    """The vector-field network.
+
+    ``arch = "mlp"`` (the paper's MLP for points: 3 hidden layers of 64 SELU units; on images it
+    sees the flattened pixels) or ``"unet"`` (images only: the ADM-style UNet of ``preset``, see
+    ``otcfm.models.UNET_PRESETS``).
+    """
 
     arch: str = "mlp"
     width: int = 64  # mlp: hidden units
@@ -358,9 +374,11 @@ class TomlConfig:
 
     @property
     def run_dir(self) -> Path:
+        """The run folder: ``out_dir / name``."""
         return Path(self.out_dir) / self.name
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as nested dicts."""
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
@@ -377,9 +395,11 @@ class TomlConfig:
             raise ConfigError(err.key, f"{path}: {err}") from None
 
     def validate(self) -> Any:
+        """Check every value and return the config (subclasses implement it)."""
         raise NotImplementedError
 
     def to_toml(self) -> str:
+        """The config as TOML text (as written to a run's ``config.toml``)."""
         return dumps_toml(self.to_dict())
 
 
@@ -402,17 +422,22 @@ class RunConfig(TomlConfig):
 
     @property
     def is_image_run(self) -> bool:
-        """Whether ``data.target`` names an image set (see :func:`otcfm.data.images.
-        is_image_spec`): the run trains noise -> images (:class:`~otcfm.train.images.
-        ImageObjective`)."""
+        """Whether ``data.target`` names an image set.
+
+        Whether ``data.target`` names an image set (see
+        :func:`otcfm.data.images.is_image_spec`): the run trains noise -> images
+        (:class:`~otcfm.train.images.ImageObjective`).
+        """
         from otcfm.data.images import is_image_spec
 
         return isinstance(self.data.target, str) and bool(self.data.target) and is_image_spec(
             self.data.target)
 
     def resolve(self) -> RunConfig:
-        """This config, validated, with every preset default written in (e.g. the method's
-        sigma). Raises :class:`ConfigError` naming the key of a bad value."""
+        """This config, validated, with every preset default written in (e.g. the method's sigma).
+
+        Raises :class:`ConfigError` naming the key of a bad value.
+        """
         self.validate()
         data = self.to_dict()
         if self.method.sigma == -1:
@@ -451,7 +476,9 @@ class RunConfig(TomlConfig):
         return self.couplings.ot_batch or self.optim.batch_size
 
     def validate(self) -> RunConfig:
-        """Check every value before any work: registry names (method, coupling, time sampler,
+        """Check every value before any work; return self.
+
+        Check every value before any work: registry names (method, coupling, time sampler,
         solver, activation, device, backend) and ranges; return self.
 
         Raises :class:`ConfigError` (a ValueError) naming the key, e.g. ``eval.solver:
@@ -661,8 +688,11 @@ def _toml_scalar(v: Any, key: str) -> str:
 
 
 def _toml_char(c: str) -> str:
-    """One character of a TOML basic string: quotes, backslashes and control characters
-    escaped, so that any text reads back as itself."""
+    """Escape one character of a TOML basic string.
+
+    One character of a TOML basic string: quotes, backslashes and control characters
+    escaped, so that any text reads back as itself.
+    """
     if c in '"\\':
         return "\\" + c
     code = ord(c)

@@ -1,4 +1,6 @@
-"""Train / validation / test splits of a run's source and target, reproducible from the seed,
+"""Train / validation / test splits of a run's source and target, and its data record.
+
+Train / validation / test splits of a run's source and target, reproducible from the seed,
 and the run's record of its data.
 
 Built-in distributions are sampled afresh for each split from independent seeded streams; a
@@ -34,7 +36,7 @@ SIDES = ("source", "target")
 
 @dataclass(frozen=True)
 class Splits:
-    """One side (source or target) of a run: three disjoint sets of points (N, *event)."""
+    """One side (source or target) of a run: three disjoint sets of points (N, ``*event``)."""
 
     train: Tensor
     val: Tensor
@@ -43,11 +45,14 @@ class Splits:
 
 @dataclass(frozen=True)
 class RunData:
+    """The split source and target data of a run."""
+
     source: Splits
     target: Splits
 
     @property
     def event_shape(self) -> tuple[int, ...]:
+        """Shape of one source point."""
         return tuple(self.source.train.shape[1:])
 
 
@@ -88,8 +93,11 @@ def data_specs(cfg: DataConfig) -> dict[str, DataSpec]:
 
 
 def record_run_data(cfg: DataConfig, event_shape: tuple[int, ...]) -> DataRecord:
-    """The record of a run's data as it is now: every file's absolute path (relative paths are
-    taken against the working directory), size and SHA-256; built-ins by name."""
+    """The record of a run's data as it is now.
+
+    Every file's absolute path (relative paths are taken against the working directory), size and
+    SHA-256; built-ins by name.
+    """
     inputs: dict[str, FileRecord | str] = {}
     for side, spec in data_specs(cfg).items():
         if spec.path is not None:
@@ -100,9 +108,11 @@ def record_run_data(cfg: DataConfig, event_shape: tuple[int, ...]) -> DataRecord
 
 
 def record_image_data(cfg: DataConfig, images: ImageSet) -> DataRecord:
-    """The record of an image run's data: ``data.target`` is its image spec (e.g.
-    ``fashion-mnist``), and every file the images were read from is hashed under
-    ``data.target/NAME`` (none for digits, which ship inside scikit-learn)."""
+    """The record of an image run's data.
+
+    ``data.target`` is its image spec (e.g. ``fashion-mnist``), and every file the images were read
+    from is hashed under ``data.target/NAME`` (none for digits, which ship inside scikit-learn).
+    """
     inputs: dict[str, FileRecord | str] = {"data.source": cfg.source, "data.target": cfg.target}
     for path in images.files:
         inputs[f"data.target/{Path(path).name}"] = FileRecord.of(path)
@@ -112,9 +122,11 @@ def record_image_data(cfg: DataConfig, images: ImageSet) -> DataRecord:
 def check_image_files(
     record: DataRecord, images: ImageSet, *, allow_changed_data: bool = False
 ) -> None:
-    """Refuse image files that differ from a run's record (by name: the files of a data set
-    read from another folder, ``--data-root``, must be the same bytes); with
-    ``allow_changed_data`` a difference is only a warning."""
+    """Refuse image files that differ from a run's record.
+
+    By name: the files of a data set read from another folder, ``--data-root``, must be the same
+    bytes. With ``allow_changed_data`` a difference is only a warning.
+    """
     recorded = {k.partition("/")[2]: v for k, v in record.inputs.items()
                 if k.startswith("data.target/") and isinstance(v, FileRecord)}
     for path in images.files:
@@ -139,9 +151,11 @@ def read_data_record(run_dir: str | Path) -> DataRecord | None:
 
 
 def check_same_data(run_dir: str | Path, record: DataRecord | None) -> None:
-    """Refuse to continue the run in ``run_dir`` when its data differ from its record: a file
-    whose SHA-256 (or .npz key) changed, or another built-in (a run without a record, or no
-    ``record`` given: nothing to compare)."""
+    """Refuse to continue the run in ``run_dir`` when its data differ from its record.
+
+    A file whose SHA-256 (or .npz key) changed, or another built-in (a run without a record, or no
+    ``record`` given: nothing to compare).
+    """
     old = read_data_record(run_dir)
     if old is None or record is None:
         return
@@ -171,8 +185,11 @@ def recorded_file(
     record: DataRecord, key: str, spec: DataSpec, *, data_root: str | Path | None = None,
     allow_changed_data: bool = False,
 ) -> tuple[Path, str | None]:
-    """Where to read the input ``key`` (e.g. ``data.source``) of a recorded run, checked
-    against its record (see :meth:`FileRecord.locate`); returns (path, npz key)."""
+    """Where to read the input ``key`` of a recorded run, checked against its record.
+
+    Where to read the input ``key`` (e.g. ``data.source``) of a recorded run, checked
+    against its record (see :meth:`FileRecord.locate`); returns (path, npz key).
+    """
     entry = record.inputs.get(key)
     if not isinstance(entry, FileRecord):
         was = "not recorded" if entry is None else f"recorded as built-in {entry!r}"
@@ -237,8 +254,11 @@ def load_run_data(
     cfg: DataConfig, seed: int, *, record: DataRecord | None = None,
     data_root: str | Path | None = None, allow_changed_data: bool = False,
 ) -> RunData:
-    """Both sides of a run's data, split; with a ``record`` (a trained run's data.json) every
-    file is checked against it first (see :func:`load_side`)."""
+    """Load both sides of a run's data, split.
+
+    Both sides of a run's data, split; with a ``record`` (a trained run's data.json) every
+    file is checked against it first (see :func:`load_side`).
+    """
     if cfg.paired:
         check_paired_specs(cfg)
     specs = data_specs(cfg)

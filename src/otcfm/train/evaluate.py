@@ -1,7 +1,7 @@
 """Evaluate and sample a finished run (docs/reference.md §3 protocol).
 
 W2 and MMD of model samples against the target test set, path energy along the model ODE,
-the normalized path energy NPE = |PE - W2^2(q0, q1)| / W2^2(q0, q1) with W2^2 taken between
+the normalized path energy NPE = ``|PE - W2^2(q0, q1)|`` / W2^2(q0, q1) with W2^2 taken between
 source and target test sets of the same size as the samples, and the NFE of the fixed-step
 solver and of an adaptive one. Runs with a score network (SF2M) are sampled with the
 probability-flow ODE by default, or with the bridge SDE (Euler-Maruyama, the run's sigma) when
@@ -51,8 +51,11 @@ class LoadedRun:
 
     @property
     def data(self) -> RunData:
-        """The run's data splits, read at the first use (files checked against the run's
-        data.json), then kept."""
+        """The run's data splits, read at the first use, then kept.
+
+        The run's data splits, read at the first use (files checked against the run's
+        data.json), then kept.
+        """
         return self.load_data()
 
 
@@ -63,8 +66,10 @@ def load_run(
     data_root: str | Path | None = None,
     allow_changed_data: bool = False,
 ) -> LoadedRun:
-    """Rebuild a run's model from its checkpoint ``which`` (:func:`choose_checkpoint`; EMA
-    weights when present); ``checkpoint`` of the result names the file used.
+    """Rebuild a run's model from its checkpoint ``which``.
+
+    :func:`choose_checkpoint`; EMA weights when present. ``checkpoint`` of the result names the file
+    used.
 
     The data are read only when :attr:`LoadedRun.data` is first used: from the paths recorded
     in the run's ``data.json`` (or by file name under ``data_root`` when they moved), and
@@ -189,10 +194,13 @@ def sample_run(
 
 @dataclass(frozen=True)
 class NllSettings:
-    """How ``otcfm evaluate --nll`` integrates log p1 (:func:`otcfm.likelihood.log_likelihood`):
+    """How ``otcfm evaluate --nll`` integrates log p1.
+
+    How ``otcfm evaluate --nll`` integrates log p1 (:func:`otcfm.likelihood.log_likelihood`):
     the ``divergence`` ("exact" or "hutchinson" with ``probes`` Rademacher probes drawn from
     the run's seed), dopri5 at atol = rtol = ``tol``; ``gaussian_source`` declares a point
-    run's source N(0, I) (a file of its draws), else the built-in source's own density."""
+    run's source N(0, I) (a file of its draws), else the built-in source's own density.
+    """
 
     divergence: str = "exact"
     probes: int = 1
@@ -225,11 +233,14 @@ def nll_metrics(
     image_shape: tuple[int, ...] | None = None, levels: int = 256, source: Any = "gaussian",
     **cond: Any,
 ) -> dict[str, Any]:
-    """The negative log-likelihood of ``x`` under the model's flow from ``source`` (N(0, I),
+    """The negative log-likelihood of ``x`` under the model's flow from ``source``.
+
+    The negative log-likelihood of ``x`` under the model's flow from ``source`` (N(0, I),
     or an object with ``log_prob``): its mean and standard error over the points (nats), the
     NFE; for images (``image_shape``) also bits per
     dimension of the discrete data, whose pixels take ``levels`` values evenly spaced over
-    [-1, 1] (:func:`otcfm.likelihood.bits_per_dim`; 256 for 8-bit images)."""
+    [-1, 1] (:func:`otcfm.likelihood.bits_per_dim`; 256 for 8-bit images).
+    """
     from otcfm.likelihood import bits_per_dim, log_likelihood
 
     hutch = settings.divergence == "hutchinson"
@@ -269,7 +280,9 @@ def evaluate_run(
     allow_changed_data: bool = False,
     nll: NllSettings | None = None,
 ) -> dict[str, Any]:
-    """Score a run on its test sets; write ``metrics.json``, ``samples.pt``, plots and
+    """Score a run on its test sets and write its metrics, samples, plots and report.
+
+    Score a run on its test sets; write ``metrics.json``, ``samples.pt``, plots and
     ``report.md``, each atomically and only once all of them were made (under the run
     folder's lock).
 
@@ -373,8 +386,11 @@ def write_run_plots(
     run: LoadedRun, traj: Trajectory, target: Tensor, history: list[dict[str, float]], *,
     overview: Path, training: Path,
 ) -> None:
-    """The overview figure (source, target, samples, paths) and the training history (from
-    log.csv rows; drawn when there is at least one row)."""
+    """Draw a run's overview figure and training history.
+
+    The overview figure (source, target, samples, paths) and the training history (from
+    log.csv rows; drawn when there is at least one row).
+    """
     from otcfm import plots
 
     title = plots.run_title(run.cfg.method.name, run.cfg.data.source, run.cfg.data.target)

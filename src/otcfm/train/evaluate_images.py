@@ -49,33 +49,48 @@ SAMPLE_BATCH = 500
 
 
 class FeatureScorer(Protocol):
-    """A feature network that scores samples: ``name`` ("digits features"),
-    ``distance(samples, reference)`` (the Fréchet distance of its features) and
-    ``accuracy(samples, labels)`` (its classifier's accuracy); images in [-1, 1]."""
+    """A feature network that scores samples.
+
+    ``name`` ("digits features"), ``distance(samples, reference)`` (the Fréchet distance of its
+    features) and ``accuracy(samples, labels)`` (its classifier's accuracy); images in [-1, 1].
+    """
 
     name: str
 
-    def distance(self, samples: Tensor, reference: Tensor) -> float: ...
+    def distance(self, samples: Tensor, reference: Tensor) -> float:
+        """Fréchet distance between the features of ``samples`` and ``reference`` (images)."""
+        ...
 
-    def accuracy(self, samples: Tensor, labels: Tensor) -> float: ...
+    def accuracy(self, samples: Tensor, labels: Tensor) -> float:
+        """Fraction of ``samples`` that the network classifies as their ``labels``."""
+        ...
 
 
 def to_pixels(images: Tensor) -> Tensor:
-    """Images in [-1, 1] -> uint8 pixels, as saved images are: ``floor(127.5 x + 128)``
-    clipped to [0, 255] (the quantisation of the paper's FID)."""
+    """Convert images in [-1, 1] to uint8 pixels, as saved images are.
+
+    Images in [-1, 1] -> uint8 pixels, as saved images are: ``floor(127.5 x + 128)``
+    clipped to [0, 255] (the quantisation of the paper's FID).
+    """
     return (images.detach().float() * 127.5 + 128.0).clamp_(0.0, 255.0).to(torch.uint8).cpu()
 
 
 def from_pixels(pixels: Tensor) -> Tensor:
-    """uint8 pixels -> float32 in [-1, 1] by ``p / 127.5 - 1``: the centre of the interval of
-    values that :func:`to_pixels` maps to ``p``, and the data loaders' own scaling."""
+    """Convert uint8 pixels to float32 in [-1, 1].
+
+    uint8 pixels -> float32 in [-1, 1] by ``p / 127.5 - 1``: the centre of the interval of
+    values that :func:`to_pixels` maps to ``p``, and the data loaders' own scaling.
+    """
     return pixels.float() / 127.5 - 1.0
 
 
 @dataclass(frozen=True)
 class ImageRun:
-    """A trained image run: config, eval model (EMA weights when kept), and what its samples
-    are (``event_shape`` (C, H, W), ``classes``, whether it is ``conditional``)."""
+    """A trained image run: config, eval model and what its samples are.
+
+    A trained image run: config, eval model (EMA weights when kept), and what its samples
+    are (``event_shape`` (C, H, W), ``classes``, whether it is ``conditional``).
+    """
 
     run_dir: Path
     cfg: RunConfig
@@ -92,8 +107,11 @@ class ImageRun:
         return len(self.classes)
 
     def label(self, text: str) -> int:
-        """A class given by index (``3``), by name (``Sneaker``), or ``none`` (the null
-        class); ValueError listing the classes otherwise."""
+        """Parse a class given by index, by name, or ``none`` (the null class).
+
+        A class given by index (``3``), by name (``Sneaker``), or ``none`` (the null
+        class); ValueError listing the classes otherwise.
+        """
         if not self.conditional:
             raise ValueError(f"{self.run_dir} is not class-conditional: --class needs a run "
                              "trained with images.conditional = true")
@@ -113,9 +131,12 @@ class ImageRun:
 def load_image_run(
     run_dir: str | Path, which: str = "best", *, device: str | torch.device = "cpu"
 ) -> ImageRun:
-    """Rebuild an image run's eval model (EMA weights when present) from checkpoint ``which``
+    """Rebuild an image run's eval model from checkpoint ``which``.
+
+    Rebuild an image run's eval model (EMA weights when present) from checkpoint ``which``
     ("best" or "latest", see :func:`~otcfm.train.evaluate.choose_checkpoint`), on
-    ``device``. No data file is read."""
+    ``device``. No data file is read.
+    """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.toml"
     if not config_path.is_file():
@@ -136,8 +157,11 @@ def load_image_run(
 
 @dataclass(frozen=True)
 class ImageSamples:
-    """``pixels`` (n, C, H, W) uint8, their ``labels`` (n,) (None: unconditional), the NFE of
-    one solve (the mean over batches for an adaptive solver), and the seconds it took."""
+    """A batch of sampled images with its labels, NFE and timing.
+
+    ``pixels`` (n, C, H, W) uint8, their ``labels`` (n,) (None: unconditional), the NFE of
+    one solve (the mean over batches for an adaptive solver), and the seconds it took.
+    """
 
     pixels: Tensor
     labels: Tensor | None
@@ -158,7 +182,9 @@ def sample_images(
     batch_size: int = SAMPLE_BATCH,
     progress: bool = False,
 ) -> ImageSamples:
-    """``n`` samples of ``run``: noise from ``generator`` (default: the run's evaluation
+    """Sample ``n`` images of ``run`` through the model ODE.
+
+    ``n`` samples of ``run``: noise from ``generator`` (default: the run's evaluation
     stream, so repeated calls agree) pushed through the model ODE with ``solver`` (fixed-step:
     ``steps`` steps; adaptive: atol = rtol = ``tol``), in batches of ``batch_size``.
 
@@ -208,10 +234,13 @@ def sample_images(
 
 def reference_images(run: ImageRun, *, data_root: str | Path | None = None,
                      allow_changed_data: bool = False) -> tuple[ImageSet, str]:
-    """The images samples are compared with: the data set's test split, or all its images
+    """The reference images samples are compared with, and a phrase naming them.
+
+    The images samples are compared with: the data set's test split, or all its images
     when it has none (digits, a folder); and a phrase naming them. The training files are
     checked against the run's data.json first (the test split, never trained on, is not
-    recorded)."""
+    recorded).
+    """
     spec = _spec(run.cfg.data.target, data_root)
     record = read_data_record(run.run_dir)
     kind = spec.partition(":")[0]
@@ -227,8 +256,10 @@ def reference_images(run: ImageRun, *, data_root: str | Path | None = None,
 
 
 def _spec(target: str, data_root: str | Path | None) -> str:
-    """The run's image spec, read from ``data_root`` when given: a named set's folder, or
-    the moved folder of images."""
+    """The run's image spec, read from ``data_root`` when given.
+
+    A named set's folder, or the moved folder of images.
+    """
     from otcfm.data.images import NAMED_SETS, with_folder
 
     kind = target.partition(":")[0]
@@ -256,7 +287,9 @@ def evaluate_image_run(
     progress: bool = False,
     nll: NllSettings | None = None,
 ) -> dict[str, Any]:
-    """Sample ``n`` images (default ``data.n_test``) of a run and score them; write the
+    """Sample ``n`` images of a run, score them and write the results.
+
+    Sample ``n`` images (default ``data.n_test``) of a run and score them; write the
     ``test`` section of ``metrics.json``, ``samples/eval.png`` (the first 100 samples) and
     ``report.md``, together and only once all were made (under the run folder's lock).
 

@@ -42,7 +42,9 @@ __all__ = ["ImageObjective"]
 
 
 class ImageObjective:
-    """Noise -> ``data.images`` with ``matcher``; ``n_val`` images are held out (a fixed
+    """Flow matching from noise to ``data.images`` with ``matcher``.
+
+    Noise -> ``data.images`` with ``matcher``; ``n_val`` images are held out (a fixed
     choice from the seed) for the validation loss.
 
     ``flips``: horizontal flips of the training images (default: ``data.flips``, True only
@@ -111,8 +113,11 @@ class ImageObjective:
 
     # ------------------------------------------------------------------ training
     def batch(self, step: int) -> tuple[Tensor, Tensor, dict[str, Tensor], torch.Generator]:
-        """Step ``step``'s noise x0, images x1 and conditions, and the generator whose next
-        draws are the coupling's and the path's."""
+        """The batch of step ``step`` and the generator for its coupling and path.
+
+        Step ``step``'s noise x0, images x1 and conditions, and the generator whose next
+        draws are the coupling's and the path's.
+        """
         g = stream(self.seed, "images", "step", str(step))
         idx = sample_indices(self.train_images.shape[0], self.batch_size, generator=g)
         x1 = self.train_images[idx]
@@ -143,9 +148,12 @@ class ImageObjective:
         return self.matcher.regress(net, s)
 
     def coupling_log(self) -> dict[str, float]:
-        """``coupling_share``: the coupling's share of the wall time since the previous row
+        """Extra log columns: the coupling's share of the wall time and its convergence.
+
+        ``coupling_share``: the coupling's share of the wall time since the previous row
         (of this process); then the coupling's convergence, when it reports it (counted once:
-        every process solves the same batch)."""
+        every process solves the same batch).
+        """
         now = time.perf_counter()
         share = self._coupling_seconds / max(now - self._since, 1e-12)
         self._coupling_seconds, self._since = 0.0, now
@@ -156,7 +164,9 @@ class ImageObjective:
     def sample(self, model: nn.Module, n: int, *, steps: int = 100, method: str = "euler",
                generator: torch.Generator | None = None, y: Tensor | None = None,
                guidance: float = 0.0) -> Tensor:
-        """``n`` images: noise from ``generator`` pushed through the model ODE with ``steps``
+        """Sample ``n`` images through the model ODE.
+
+        ``n`` images: noise from ``generator`` pushed through the model ODE with ``steps``
         steps of ``method``. A class-conditional model takes labels ``y`` (n,); ``guidance``
         w > 0 samples v = (1 + w) v(x | y) - w v(x | null) (:class:`~otcfm.sampling.Guided`).
         """
@@ -168,17 +178,23 @@ class ImageObjective:
         return integrate(field, x0, method=method, steps=steps, cond=cond).x_final
 
     def grid_labels(self, n: int) -> Tensor | None:
-        """Labels of a sample grid of ``n`` images: the classes in turn (0, 1, ..., K-1, 0,
-        ...), so a grid of K columns has one class per column; None when unconditional."""
+        """Labels of a sample grid of ``n`` images: the classes in turn.
+
+        Labels of a sample grid of ``n`` images: the classes in turn (0, 1, ..., K-1, 0,
+        ...), so a grid of K columns has one class per column; None when unconditional.
+        """
         if not self.conditional:
             return None
         return torch.arange(n) % int(self.num_classes or 1)
 
     @torch.no_grad()
     def sample_grid(self, model: nn.Module, n: int, *, steps: int) -> Tensor:
-        """``n`` images of ``model`` from the same noise at every call (the run's grid
+        """Sample ``n`` grid images of ``model`` from the same noise at every call.
+
+        ``n`` images of ``model`` from the same noise at every call (the run's grid
         stream), ``steps`` Euler steps, labels :meth:`grid_labels`: grids of one run are
-        comparable across steps."""
+        comparable across steps.
+        """
         g = stream(self.seed, "images", "grid")
         return self.sample(model, n, steps=steps, generator=g, y=self.grid_labels(n)).cpu()
 
@@ -198,4 +214,5 @@ class ImageObjective:
                 "classes": list(self.classes), "conditional": self.conditional}
 
     def close(self) -> None:
+        """Release nothing: the objective holds no threads or files."""
         pass

@@ -61,10 +61,12 @@ def process_group(device: str, backend: str = "", timeout: float = 600.0) -> Ite
 
 
 def launch(argv: Sequence[str], nproc: int, *, timeout: float = 600.0) -> None:
-    """Run ``python -m otcfm <argv>`` on ``nproc`` local processes (as ``torchrun --standalone
-    --nproc_per_node nproc -m otcfm <argv>`` would); return when all finished. Raises
-    :class:`LaunchFailure` naming the process that failed (its exit code or signal); the
-    others are stopped."""
+    """Run ``python -m otcfm <argv>`` on ``nproc`` local processes.
+
+    As ``torchrun --standalone --nproc_per_node nproc -m otcfm <argv>`` would. Return when all
+    finished. Raises :class:`LaunchFailure` naming the process that failed (its exit code or
+    signal); the others are stopped.
+    """
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"--nproc must be an integer >= 1, got {nproc!r}")
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError

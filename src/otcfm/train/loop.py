@@ -66,15 +66,20 @@ the whole validation set at once, the training loss ``couplings.ot_batch`` point
 
 
 def build_matcher(cfg: MethodConfig, **extra: Any) -> FlowMatcher:
-    """The configured flow matcher from the registry (sigma -1: the preset's default);
-    ``extra``: further keywords of :func:`~otcfm.matchers.matcher` (the condition dropout of a
-    class-conditional image run, :func:`image_matcher`)."""
+    """The configured flow matcher from the registry.
+
+    Sigma -1: the preset's default. ``extra``: further keywords of :func:`~otcfm.matchers.matcher`
+    (the condition dropout of a class-conditional image run, :func:`image_matcher`).
+    """
     return matcher(cfg.name, **cfg.matcher_kwargs(), **extra)
 
 
 def image_matcher(cfg: RunConfig, num_classes: int | None) -> FlowMatcher:
-    """The matcher of an image run: a class-conditional one drops ``images.cond_dropout`` of
-    the labels to the null class ``num_classes`` (classifier-free guidance)."""
+    """The matcher of an image run.
+
+    A class-conditional one drops ``images.cond_dropout`` of the labels to the null class
+    ``num_classes`` (classifier-free guidance).
+    """
     if not cfg.images.conditional:
         return build_matcher(cfg.method)
     return build_matcher(cfg.method, cond_dropout=cfg.images.cond_dropout,
@@ -122,6 +127,8 @@ def needs_score(cfg: MethodConfig) -> bool:
 
 @dataclass
 class TrainResult:
+    """What a training run produced: folder, step counts, best validation loss, time, history."""
+
     run_dir: Path
     steps: int
     best_step: int
@@ -135,18 +142,23 @@ class RankFailure(RuntimeError):
 
 
 class NonFiniteLoss(FloatingPointError, ValueError):
-    """The training loss became NaN or inf (the message names the step, the loss, the
-    learning rate and the last checkpoint kept). A ValueError too: a setting to change."""
+    """The training loss became NaN or inf.
+
+    The message names the step, the loss, the learning rate and the last checkpoint kept. A
+    ValueError too: a setting to change.
+    """
 
 
 @dataclass(frozen=True)
 class LoopSettings:
-    """How the engine optimises: AdamW(lr, weight_decay) to ``steps`` optimizer steps, the
-    gradient norm clipped at ``grad_clip`` (0: off), an EMA of the weights with ``ema_decay``
-    (0: off; validation then uses the EMA weights). The mean training loss is logged (and the
-    objective validated) every ``log_every`` steps and a checkpoint written every
-    ``checkpoint_every`` steps (0: only at the end; ``checkpoints/step-N.pt`` and ``latest.pt``,
-    see :class:`~otcfm.train.runfolder.RunFolder`); both happen at the last step.
+    """How the engine optimises.
+
+    AdamW(lr, weight_decay) to ``steps`` optimizer steps, the gradient norm clipped at ``grad_clip``
+    (0: off), an EMA of the weights with ``ema_decay`` (0: off; validation then uses the EMA
+    weights). The mean training loss is logged (and the objective validated) every ``log_every``
+    steps and a checkpoint written every ``checkpoint_every`` steps (0: only at the end;
+    ``checkpoints/step-N.pt`` and ``latest.pt``, see :class:`~otcfm.train.runfolder.RunFolder`);
+    both happen at the last step.
 
     ``warmup``: the learning rate rises linearly over the first ``warmup`` steps, then stays
     at ``lr`` (:meth:`lr_at`; 0: constant, the 2-D recipes; the paper's CIFAR-10 recipe warms
@@ -177,8 +189,11 @@ class LoopSettings:
             raise ValueError(f"warmup must be an integer >= 0 (steps), got {self.warmup!r}")
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of optimizer step ``step`` (0-based): ``lr * min(1, (step + 1) /
-        warmup)``, so the first step already moves and step ``warmup - 1`` reaches ``lr``."""
+        """The learning rate of optimizer step ``step`` (0-based), with linear warm-up.
+
+        The learning rate of optimizer step ``step`` (0-based): ``lr * min(1, (step + 1) /
+        warmup)``, so the first step already moves and step ``warmup - 1`` reaches ``lr``.
+        """
         return self.lr if self.warmup == 0 else self.lr * min(1.0, (step + 1) / self.warmup)
 
 
@@ -243,6 +258,10 @@ class Engine:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        """The engine's state for a checkpoint.
+
+        Step, model, EMA, optimizer, best validation loss, time, history and the objective's.
+        """
         return {
             **self.objective.state(),
             **self.extra_state,
@@ -257,6 +276,7 @@ class Engine:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the state saved by :meth:`state_dict` (batches made ahead are dropped)."""
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
@@ -278,7 +298,7 @@ class Engine:
 
     # ------------------------------------------------------------------ steps
     def train_step(self) -> float:
-        """One optimizer step on the objective's loss at step :attr:`step`; returns it."""
+        """One optimizer step on the objective's loss at step ``step``; returns it."""
         s = self.settings
         if not self.model.training:  # validation leaves it in eval mode; .train() walks modules
             self.net.train()
@@ -402,8 +422,11 @@ class Engine:
         log.debug("step %d %s", self.step, " ".join(f"{k} {v:.4g}" for k, v in row.items()))
 
     def _train_log(self) -> dict[str, float]:
-        """Extra training columns of a log row (every process calls it at each row): the
-        objective's optional ``coupling_log()``, whose keys it lists in ``log_fields``."""
+        """Extra training columns of a log row.
+
+        Extra training columns of a log row (every process calls it at each row): the
+        objective's optional ``coupling_log()``, whose keys it lists in ``log_fields``.
+        """
         coupling_log = getattr(self.objective, "coupling_log", None)
         return coupling_log() if coupling_log is not None else {}
 
@@ -434,7 +457,9 @@ class Engine:
 
 
 class Trainer(Engine):
-    """The engine on a :class:`RunConfig`: flow matching between two point clouds
+    """The engine on a :class:`RunConfig`: flow matching between two point clouds.
+
+    The engine on a :class:`RunConfig`: flow matching between two point clouds
     (:class:`~otcfm.train.objectives.PairObjective`), files in ``cfg.run_dir``.
 
     ``run()`` trains to ``cfg.optim.steps``. Under an initialised torch.distributed process
@@ -515,6 +540,7 @@ class Trainer(Engine):
 
     @property
     def data(self) -> RunData:
+        """The run's split data (the objective's)."""
         return self.objective.data
 
     @property
@@ -526,10 +552,12 @@ class Trainer(Engine):
 
     @property
     def shard(self) -> Shard:
+        """This process's share of a global batch (the objective's)."""
         return self.objective.shard
 
     @property
     def chunks_per_batch(self) -> int:
+        """Chunks per coupled batch (the objective's)."""
         return self.objective.chunks_per_batch
 
     def couple(self, index: int) -> CoupledBatch:
@@ -585,7 +613,9 @@ def process_device(device: str | torch.device) -> torch.device:
 def train(
     cfg: RunConfig, *, resume: bool = False, device: str | None = None, progress: bool = True
 ) -> TrainResult:
-    """Train a run to ``cfg.optim.steps``; with ``resume``, continue from its newest readable
+    """Train a run to ``cfg.optim.steps``, optionally resuming it.
+
+    Train a run to ``cfg.optim.steps``; with ``resume``, continue from its newest readable
     checkpoint (see :func:`otcfm.train.runfolder.newest_checkpoint`; none yet: from step 0).
 
     The run folder's lock is held from before the checkpoint is read to the end (a second
@@ -625,8 +655,11 @@ def train(
 
 
 def _resume_state(cfg: RunConfig, folder: RunFolder) -> dict[str, Any] | None:
-    """The newest readable checkpoint of the run (None: start from step 0); ValueError when
-    its config differs from ``cfg``."""
+    """The newest readable checkpoint of the run, checked against ``cfg``.
+
+    The newest readable checkpoint of the run (None: start from step 0); ValueError when
+    its config differs from ``cfg``.
+    """
     found = folder.load_latest()
     if found is None:
         if folder.holds_run():
@@ -647,8 +680,10 @@ def _resume_state(cfg: RunConfig, folder: RunFolder) -> dict[str, Any] | None:
 
 
 def _without_steps(cfg: RunConfig) -> dict[str, Any]:
-    """The config keys a resume must keep (steps may grow; workers, prefetch and the
-    distributed settings change nothing)."""
+    """The config keys a resume must keep.
+
+    Steps may grow; workers, prefetch and the distributed settings change nothing.
+    """
     d = cfg.to_dict()
     d["optim"] = {k: v for k, v in d["optim"].items() if k != "steps"}
     d["eval"] = {k: v for k, v in d["eval"].items() if k != "keep_checkpoints"}

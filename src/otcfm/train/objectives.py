@@ -81,9 +81,12 @@ class ConvergenceTally:
             self._worst = max(self._worst, c.marginal_error)
 
     def log(self, world: int = 1, device: torch.device | str = "cpu") -> dict[str, float]:
-        """The columns since the last call; resets. With ``world`` > 1 the counts are summed
-        and the error max-reduced over processes (each solve counted by the process that made
-        it): every process must call this at the same step. Empty without ``fields``."""
+        """The columns since the last call; resets.
+
+        With ``world`` > 1 the counts are summed and the error max-reduced over processes (each
+        solve counted by the process that made it): every process must call this at the same step.
+        Empty without ``fields``.
+        """
         if not self.fields:
             return {}
         calls, converged, worst = self._calls, self._converged, self._worst
@@ -110,18 +113,28 @@ class Objective(Protocol):
     needs_score: bool
     metrics: tuple[str, ...]
 
-    def loss(self, net: nn.Module, step: int) -> Tensor: ...
+    def loss(self, net: nn.Module, step: int) -> Tensor:
+        """The training loss of optimizer step ``step`` for the network ``net``."""
+        ...
 
-    def validate(self, model: nn.Module) -> dict[str, float] | None: ...
+    def validate(self, model: nn.Module) -> dict[str, float] | None:
+        """Validation metrics of ``model`` (with ``val_loss``), or None without validation."""
+        ...
 
-    def state(self) -> dict[str, Any]: ...
+    def state(self) -> dict[str, Any]:
+        """The objective's state to save in a checkpoint."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Stop any background work (threads, prefetching) of the objective."""
+        ...
 
 
 def sample_rows(s: PathSample, part: slice) -> PathSample:
-    """The rows ``part`` of a path sample, conditions included: one process's share of a
-    global batch under torch.distributed."""
+    """The rows ``part`` of a path sample, conditions included.
+
+    One process's share of a global batch under torch.distributed.
+    """
     k = torch.arange(part.start, part.stop, device=s.t.device)
     return PathSample(
         t=s.t[part], x0=s.x0[part], x1=s.x1[part], xt=s.xt[part], ut=s.ut[part],
@@ -130,7 +143,9 @@ def sample_rows(s: PathSample, part: slice) -> PathSample:
 
 
 class PairObjective:
-    """Flow matching from ``cfg.data.source`` to ``cfg.data.target`` with the configured
+    """Flow matching between two point clouds.
+
+    Flow matching from ``cfg.data.source`` to ``cfg.data.target`` with the configured
     matcher and minibatch coupling.
 
     Couplings are made ahead by background threads (``couplings.workers``, see
@@ -204,8 +219,11 @@ class PairObjective:
     def couple(
         self, index: int, solved: Callable[[int], Pairing] | None = None
     ) -> CoupledBatch:
-        """Coupled batch ``index``: a function of (seed, index) and the coupling scope only
-        (``solved``: this process's turns of the global solve, see :class:`OwnTurns`)."""
+        """Coupled batch ``index``.
+
+        A function of (seed, index) and the coupling scope only (``solved``: this process's turns of
+        the global solve, see :class:`OwnTurns`).
+        """
         return couple_batch(
             self.matcher.coupling,
             self.data.source.train,
@@ -221,8 +239,10 @@ class PairObjective:
         )
 
     def _solve_alone(self, index: int) -> Pairing:
-        """The pairing one process makes of coupled batch ``index`` (a turn of the global
-        solve, made ahead by :class:`OwnTurns`)."""
+        """The pairing one process makes of coupled batch ``index``.
+
+        A turn of the global solve, made ahead by :class:`OwnTurns`.
+        """
         return couple_batch(
             self.matcher.coupling, self.data.source.train, self.data.target.train,
             self.cfg.ot_batch, index, seed=self.cfg.seed, device=self.device,
@@ -230,8 +250,11 @@ class PairObjective:
         ).pair
 
     def next_pairs(self, step: int) -> Pairing:
-        """The pairs of ``step`` (chunk step % m of coupled batch step // m): the global
-        batch_size pairs, or this process's share of them with scope "local"."""
+        """The pairs of step ``step``.
+
+        The pairs of ``step`` (chunk step % m of coupled batch step // m): the global
+        batch_size pairs, or this process's share of them with scope "local".
+        """
         index, part = divmod(step, self.chunks_per_batch)
         if self._coupled is None or self._coupled.index != index:
             p = self._prefetcher
@@ -293,15 +316,21 @@ class PairObjective:
         self._tally.add(pair)
 
     def coupling_log(self) -> dict[str, float]:
-        """The coupling's convergence since the last call, as log.csv columns
-        (:class:`ConvergenceTally`), summed over processes; resets."""
+        """The coupling's convergence since the last call, as log.csv columns.
+
+        The coupling's convergence since the last call, as log.csv columns
+        (:class:`ConvergenceTally`), summed over processes; resets.
+        """
         return self._tally.log(self.world, self.device)
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
-        """Validation loss (fixed seed, whole validation set) and W2 of pushed-forward
-        validation sources against the validation targets."""
+        """Validation loss and W2 of pushed-forward validation sources.
+
+        Validation loss (fixed seed, whole validation set) and W2 of pushed-forward
+        validation sources against the validation targets.
+        """
         x0 = self.data.source.val.to(self.device)
         x1 = self.data.target.val.to(self.device)
         n = min(x0.shape[0], x1.shape[0])
@@ -314,6 +343,7 @@ class PairObjective:
         return {"val_loss": val_loss, "val_w2": val_w2}
 
     def state(self) -> dict[str, Any]:
+        """The objective's checkpoint state: the run config as a dict."""
         return {"config": self.cfg.to_dict()}
 
     def close(self) -> None:

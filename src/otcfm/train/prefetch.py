@@ -88,7 +88,7 @@ def couple_batch(
     cond1: Any = None,
     solved: Callable[[int], Pairing] | None = None,
 ) -> CoupledBatch:
-    """Draw ``size`` points of ``source`` and of ``target`` (N, *event) and couple them.
+    """Draw ``size`` points of ``source`` and of ``target`` (N, ``*event``) and couple them.
 
     All randomness (both draws and the coupling's) comes from ``stream(seed, "couple", "0",
     index)``; the coupling runs on ``device`` (default: the data's). With ``paired`` (row i of
@@ -153,7 +153,9 @@ def couple_batch(
 
 
 class OwnTurns:
-    """This process's turns of the global solve (batches k with k % world == rank), solved
+    """This process's turns of the global solve, solved ahead in a thread.
+
+    This process's turns of the global solve (batches k with k % world == rank), solved
     ahead in a thread of its own that makes no collective calls: a process solves its next
     turn while it waits for the pairs of the others' turns, so the turns overlap.
 
@@ -194,14 +196,19 @@ class OwnTurns:
 
 
 def pairs_in_order(coupling: Coupling) -> bool:
-    """Whether ``coupling`` pairs its batches in order (:attr:`Coupling.in_order`, e.g.
+    """Whether ``coupling`` pairs its batches in order through the base class's call.
+
+    Whether ``coupling`` pairs its batches in order (:attr:`Coupling.in_order`, e.g.
     Independent) through the base class's call, so that the pairing of checked batches can be
-    made without calling it (same values)."""
+    made without calling it (same values).
+    """
     return bool(coupling.in_order) and type(coupling).__call__ is Coupling.__call__
 
 
 class InOrderBatches:
-    """``couple_batch(coupling, source, target, size, index, seed=seed, shard=shard,
+    """The coupled-batch maker of an in-order coupling, as a callable.
+
+    ``couple_batch(coupling, source, target, size, index, seed=seed, shard=shard,
     device=device, paired=paired, checked=True)`` for an in-order coupling
     (:func:`pairs_in_order`), as a callable ``make(index)`` for a :class:`Prefetcher` in the
     training thread: the same batches, with the rows of ``ahead`` consecutive batches (up to
@@ -251,6 +258,7 @@ class InOrderBatches:
         return stream(self.seed, "couple", "0", str(index))
 
     def __call__(self, index: int) -> CoupledBatch:
+        """The coupled batch ``index``, its rows drawn ahead in blocks."""
         rows = self._rows.pop(index, None)
         if rows is None:  # the next block (or a jump: a resume, a restart)
             end = index + self.ahead
@@ -281,8 +289,10 @@ class InOrderBatches:
 
 
 def _in_order(x0: Tensor, x1: Tensor, cond0: Any = None, cond1: Any = None) -> Pairing:
-    """The pairing an in-order coupling makes of checked batches of one size: the batches
-    themselves, i = j = arange(B) (no validation, no timing: per-step use)."""
+    """The pairing an in-order coupling makes of checked batches of one size.
+
+    The batches themselves, i = j = arange(B) (no validation, no timing: per-step use).
+    """
     n = x0.shape[0]
     i = torch.arange(n, device=x0.device)
     return Pairing(x0=x0, x1=x1, i=i, j=i.clone(), cond0=cond0, cond1=cond1, info={"pairs": n})

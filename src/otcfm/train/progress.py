@@ -37,6 +37,7 @@ class Progress:
         )
 
     def update(self, n: int = 1, **metrics: float) -> None:
+        """Advance by ``n`` steps and record ``metrics`` (a bar, or a log line now and then)."""
         self.count += n
         self.metrics.update(metrics)
         if not self.enabled:
@@ -53,5 +54,6 @@ class Progress:
             log.info("%s %d/%d %s", self.desc, self.count, self.total, shown)
 
     def close(self) -> None:
+        """Close the progress bar, if any."""
         if self._bar is not None:
             self._bar.close()

@@ -72,9 +72,12 @@ _STEP_FILE = re.compile(r"step-(\d+)\.pt")
 
 
 def check_run_name(name: str) -> str:
-    """``name`` when it is one folder name (the run folder under the output folder); else a
+    """Check that ``name`` is one folder name.
+
+    ``name`` when it is one folder name (the run folder under the output folder); else a
     ValueError naming the ``name`` key / ``--name`` flag. Refused: empty names, ``.``,
-    ``..``, path separators, absolute paths, drive letters and control characters."""
+    ``..``, path separators, absolute paths, drive letters and control characters.
+    """
     bad = (
         not isinstance(name, str)
         or not name.strip()
@@ -103,7 +106,9 @@ def step_checkpoints(checkpoints: Path) -> list[tuple[int, Path]]:
 def newest_checkpoint(
     checkpoints: str | Path, *, set_aside: bool = False
 ) -> tuple[dict[str, Any], Path] | None:
-    """The newest readable checkpoint of a checkpoints folder and its path (None: there is
+    """The newest readable checkpoint of a checkpoints folder and its path.
+
+    The newest readable checkpoint of a checkpoints folder and its path (None: there is
     none): ``latest.pt``, then the ``step-N.pt`` files from the highest step down.
 
     A corrupt one (:class:`~otcfm.train.checkpoint.CorruptCheckpoint`) is reported by name
@@ -156,7 +161,9 @@ class _Lock:
 
     def acquire(self, what: Path) -> dict[str, Any] | None:
         """Take the lock; FileExistsError naming the holder when another process has it.
-        Returns the record of a previous holder that ended without releasing it (or None)."""
+
+        Returns the record of a previous holder that ended without releasing it (or None).
+        """
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if not _try_lock(fd):
@@ -220,8 +227,11 @@ else:
 
 
 def _read_record(fd: int, patience: float = 0.0) -> dict[str, Any] | None:
-    """The holder record in a lock file (None: empty). A holder that has just taken the lock
-    may not have written it yet: wait up to ``patience`` seconds for it."""
+    """The holder record in a lock file (None: empty).
+
+    A holder that has just taken the lock may not have written it yet: wait up to ``patience``
+    seconds for it.
+    """
     deadline = time.monotonic() + patience
     while True:
         try:
@@ -248,8 +258,9 @@ def _describe(record: dict[str, Any] | None) -> str:
 
 
 class RunFolder:
-    """Writes the files of the run in ``path``; ``fields``: the columns of log.csv; ``keep``:
-    how many step checkpoints to keep (>= 1).
+    """Writes the files of the run in ``path``.
+
+    ``fields``: the columns of log.csv; ``keep``: how many step checkpoints to keep (>= 1).
 
     ``rank``: this process's rank; only rank 0 writes (:attr:`writes`).
     """
@@ -279,6 +290,7 @@ class RunFolder:
 
     @property
     def checkpoints(self) -> Path:
+        """The run's ``checkpoints`` folder."""
         return self.path / "checkpoints"
 
     # ------------------------------------------------------------------ the writer's lock
@@ -289,9 +301,11 @@ class RunFolder:
         )
 
     def open(self, *, resume: bool = False) -> bool:
-        """Become the folder's writer: create it, take its lock (FileExistsError naming the
-        holder when another process has it) and, unless ``resume``, refuse a folder that
-        already holds a run (FileExistsError naming --resume and --name).
+        """Become the folder's writer.
+
+        Create it, take its lock (FileExistsError naming the holder when another process has it)
+        and, unless ``resume``, refuse a folder that already holds a run (FileExistsError naming
+        --resume and --name).
 
         Returns whether this call took the lock (False: this object holds it already, or this
         process does not write). :meth:`close` releases it.
@@ -317,8 +331,11 @@ class RunFolder:
 
     @contextlib.contextmanager
     def writing(self, *, resume: bool = True) -> Iterator[RunFolder]:
-        """``with folder.writing():`` the lock for the block (:meth:`open`, then :meth:`close`
-        when this call took it)."""
+        """Hold the folder's lock for a ``with`` block.
+
+        ``with folder.writing():`` the lock for the block (:meth:`open`, then :meth:`close`
+        when this call took it).
+        """
         took = self.open(resume=resume)
         try:
             yield self
@@ -330,8 +347,11 @@ class RunFolder:
     def start(
         self, config_toml: str | None = None, files: Mapping[str, str] | None = None
     ) -> None:
-        """Create the folder and write ``config.toml`` (when given) and the text ``files``
-        (name -> content, e.g. ``data.json``)."""
+        """Create the folder and write the run's starting files.
+
+        Create the folder and write ``config.toml`` (when given) and the text ``files``
+        (name -> content, e.g. ``data.json``).
+        """
         if self.writes:
             self.path.mkdir(parents=True, exist_ok=True)
             if config_toml is not None:
@@ -351,16 +371,22 @@ class RunFolder:
         write_text_atomic(out.getvalue(), self.path / "log.csv")
 
     def merge_metrics(self, update: Mapping[str, Any]) -> None:
-        """Merge ``update`` (top-level sections replace those of the same name) into
-        ``metrics.json``."""
+        """Merge ``update`` into ``metrics.json``.
+
+        Merge ``update`` (top-level sections replace those of the same name) into
+        ``metrics.json``.
+        """
         if not self.writes:
             return
         path = self.path / "metrics.json"
         write_text_atomic(merged_metrics(path, update), path)
 
     def save_grid(self, step: int, images: Any, nrow: int | None = None) -> Path | None:
-        """Write a grid of sample images (N, C, H, W) in [-1, 1] as ``samples/step-N.png``
-        (:func:`otcfm.plots.save_image_grid`). Returns the path (None on other ranks)."""
+        """Write a grid of sample images as ``samples/step-N.png``.
+
+        Write a grid of sample images (N, C, H, W) in [-1, 1] as ``samples/step-N.png``
+        (:func:`otcfm.plots.save_image_grid`). Returns the path (None on other ranks).
+        """
         if not self.writes:
             return None
         from otcfm.plots import save_image_grid
@@ -369,8 +395,11 @@ class RunFolder:
 
     def save(self, name: str, state: Mapping[str, Any] | Callable[[], Mapping[str, Any]]
              ) -> Path | None:
-        """Save a checkpoint as ``checkpoints/<name>``; ``state`` may be a callable, called
-        only on the writing process. Returns the path written (None on other ranks)."""
+        """Save a checkpoint as ``checkpoints/<name>``.
+
+        ``state`` may be a callable, called only on the writing process. Returns the path written
+        (None on other ranks).
+        """
         if not self.writes:
             return None
         return save_atomic(dict(state() if callable(state) else state), self.checkpoints / name)
@@ -378,9 +407,12 @@ class RunFolder:
     def save_checkpoint(
         self, step: int, state: Mapping[str, Any] | Callable[[], Mapping[str, Any]]
     ) -> Path | None:
-        """Save the checkpoint of ``step`` as ``checkpoints/step-<step>.pt``, make it
-        ``latest.pt`` and delete the step checkpoints beyond the newest :attr:`keep`.
-        Returns the step file (None on other ranks)."""
+        """Save the checkpoint of ``step`` and rotate the step checkpoints.
+
+        Save the checkpoint of ``step`` as ``checkpoints/step-<step>.pt``, make it
+        ``latest.pt`` and delete the step checkpoints beyond the newest ``keep``.
+        Returns the step file (None on other ranks).
+        """
         path = self.save(f"step-{step:06d}.pt", state)
         if path is None:
             return None
@@ -397,8 +429,11 @@ class RunFolder:
         return path
 
     def load_latest(self) -> tuple[dict[str, Any], Path] | None:
-        """The newest readable checkpoint and its path (None: none yet), see
-        :func:`newest_checkpoint`; the writer (holding the lock) sets corrupt ones aside."""
+        """The newest readable checkpoint and its path.
+
+        The newest readable checkpoint and its path (None: none yet), see
+        :func:`newest_checkpoint`; the writer (holding the lock) sets corrupt ones aside.
+        """
         return newest_checkpoint(self.checkpoints, set_aside=self._lock.held)
 
 

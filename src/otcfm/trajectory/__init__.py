@@ -1,5 +1,6 @@
-"""Trajectory inference from time-course snapshots (Tong et al. 2024,
-single-cell trajectory inference).
+"""Trajectory inference from time-course snapshots.
+
+See Tong et al. 2024, single-cell trajectory inference.
 
 - :func:`fit_flow` / :class:`Fitter`: one time-conditioned flow through populations at times
   0..K (index time), multi-marginal OT-CFM / I-CFM / SB-CFM, optional left-out time.

@@ -44,6 +44,7 @@ def cmd_fit(args: argparse.Namespace, cfg: TrajectoryConfig) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``otcfm trajectory evaluate``: score a run and print its metrics as JSON."""
     from otcfm.trajectory.run import evaluate_trajectory_run
 
     ev = evaluate_trajectory_run(args.run, ode_steps=args.ode_steps, plots=not args.no_plots,
@@ -54,6 +55,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """``otcfm trajectory predict``: write predicted populations or cell paths of a run."""
     import numpy as np
     import torch
 

@@ -53,12 +53,16 @@ class DataSection:
 
 @dataclass
 class MethodSection:
+    """``[method]``: the flow matcher and its sigma (-1: the preset's default)."""
+
     name: str = "otcfm"  # otcfm, icfm, sbcfm or sf2m
     sigma: float = -1.0  # -1 = the method preset's default, written in by validate()
 
 
 @dataclass
 class ModelSection:
+    """``[model]``: the MLP's width, depth and activation."""
+
     width: int = 64
     depth: int = 3
     activation: str = "selu"
@@ -66,6 +70,8 @@ class ModelSection:
 
 @dataclass
 class OptimSection:
+    """``[optim]``: AdamW steps, batch size per time point, learning rate and weight decay."""
+
     steps: int = 5_000
     batch_size: int = 128  # cells drawn per time point and interval
     lr: float = 1e-3
@@ -74,6 +80,8 @@ class OptimSection:
 
 @dataclass
 class EvalSection:
+    """``[eval]``: the held-out time, ODE steps, logging and checkpoint cadence."""
+
     left_out: int = -1  # index of the held-out time point (-1 = none)
     ode_steps: int = 100  # Euler steps per unit of index time
     log_every: int = 100
@@ -83,6 +91,8 @@ class EvalSection:
 
 @dataclass
 class TrajectoryConfig(TomlConfig):
+    """The config of ``otcfm trajectory fit``: run name, seed, device and one field per section."""
+
     name: str = "trajectory"
     out_dir: str = "runs"
     seed: int = 42
@@ -99,9 +109,12 @@ class TrajectoryConfig(TomlConfig):
         return build_config(cls, data).validate()
 
     def validate(self) -> TrajectoryConfig:
-        """Check every value (:class:`ConfigError`, a ValueError naming the key), then
+        """Check every value, then :meth:`resolve`.
+
+        Check every value (:class:`ConfigError`, a ValueError naming the key), then
         :meth:`resolve`. Whether the data has ``data.dims`` features is checked when it is
-        loaded."""
+        loaded.
+        """
         from otcfm.models import ACTIVATIONS
 
         check_name("name", self.name)
@@ -146,8 +159,11 @@ class TrajectoryConfig(TomlConfig):
         return self.resolve()
 
     def resolve(self) -> TrajectoryConfig:
-        """Write in the defaults left unset: sigma -1 becomes the method preset's sigma
-        (``otcfm.matchers.preset_defaults``), so the saved config records the sigma used."""
+        """Write in the defaults left unset.
+
+        Sigma -1 becomes the method preset's sigma (``otcfm.matchers.preset_defaults``), so the
+        saved config records the sigma used.
+        """
         if self.method.sigma == -1:
             from otcfm.matchers import preset_defaults
 

@@ -1,5 +1,6 @@
-"""Multi-marginal flow matching through populations at times 0, 1, ..., K (Tong et al. 2024,
-single-cell trajectory inference).
+"""Multi-marginal flow matching through populations at times 0, 1, ..., K.
+
+See Tong et al. 2024, single-cell trajectory inference.
 
 One time-conditioned network v(x, tau) serves every interval. Index time tau = k is the
 population at ``times[k]``. For each pair (a, b) of consecutive *kept* populations a batch of
@@ -62,8 +63,10 @@ SB_SINKHORN_TOL = 1e-2
 
 @dataclass(frozen=True)
 class FitSpec:
-    """Hyper-parameters of one fit (paper: MLP 3x64 SELU, AdamW 1e-3 / 1e-5, batch 128 per
-    time). ``sigma=None`` takes :data:`DEFAULT_SIGMA` of the method."""
+    """Hyper-parameters of one fit (paper: MLP 3x64 SELU, AdamW 1e-3 / 1e-5, batch 128 per time).
+
+    ``sigma=None`` takes :data:`DEFAULT_SIGMA` of the method.
+    """
 
     method: str = "otcfm"
     sigma: float | None = None
@@ -94,13 +97,17 @@ class FitSpec:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as a dict."""
         return asdict(self)
 
 
 def build_matcher(method: str, sigma: float) -> FlowMatcher:
-    """The registry preset: otcfm (exact OT), icfm (independent), sbcfm (Brownian bridge,
+    """The registry preset of each trajectory method.
+
+    The registry preset: otcfm (exact OT), icfm (independent), sbcfm (Brownian bridge,
     entropic OT with the preset's reg 2 sigma^2, Sinkhorn stopped at marginal L1 error
-    :data:`SB_SINKHORN_TOL`), sf2m (Brownian bridge and score, exact OT as its preset)."""
+    :data:`SB_SINKHORN_TOL`), sf2m (Brownian bridge and score, exact OT as its preset).
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "sbcfm":
@@ -171,8 +178,11 @@ def multimarginal_loss(
 
 
 def _for_span(fm: FlowMatcher, span: float) -> FlowMatcher:
-    """The matcher of an interval of ``span`` index-time units: ``fm`` itself, except SF2M,
-    whose bridge over the interval is sigma sqrt(span) (the reference sigma W in index time)."""
+    """The matcher of an interval of ``span`` index-time units.
+
+    ``fm`` itself, except SF2M, whose bridge over the interval is sigma sqrt(span) (the reference
+    sigma W in index time).
+    """
     if not isinstance(fm, SF2M) or span == 1.0:
         return fm
     return SF2M(BrownianBridgePath(fm.sigma * math.sqrt(span)), fm.coupling, fm.time_sampler,
@@ -191,12 +201,14 @@ class FlowFit:
 
     @property
     def left_out(self) -> int | None:
+        """The held-out time index of the fit, or None."""
         return self.spec.left_out
 
 
 class TimeSeriesObjective:
-    """Multi-marginal flow matching through the populations of ``ts`` (an objective of the
-    engine, :class:`otcfm.train.objectives.Objective`).
+    """Multi-marginal flow matching through the populations of ``ts``.
+
+    An objective of the engine, :class:`otcfm.train.objectives.Objective`.
 
     Step s draws its cells, times and path noise from ``stream(seed, "trajectory", "step", s)``
     and returns :func:`multimarginal_loss` over the kept intervals. Every process computes the
@@ -221,16 +233,20 @@ class TimeSeriesObjective:
         self.log_fields: tuple[str, ...] = self._tally.fields
 
     def loss(self, net: nn.Module, step: int) -> Tensor:
+        """Multi-marginal flow matching loss of step ``step`` for the network ``net``."""
         g = stream(self.spec.seed, "trajectory", "step", str(step))
         return multimarginal_loss(net, self.matcher, self.populations, self.pairs,
                                   self.spec.batch_size, g, on_pair=self._tally.add)
 
     def coupling_log(self) -> dict[str, float]:
-        """The coupling's convergence since the last row (:class:`ConvergenceTally`); every
-        process solves the same plans, so each counts its own."""
+        """The coupling's convergence since the last row.
+
+        :class:`ConvergenceTally`. Every process solves the same plans, so each counts its own.
+        """
         return self._tally.log()
 
     def validate(self, model: nn.Module) -> None:
+        """No validation: always None."""
         return None
 
     def state(self) -> dict[str, Any]:
@@ -239,11 +255,14 @@ class TimeSeriesObjective:
                 "time_names": list(self.ts.time_names), "dim": self.ts.dim}
 
     def close(self) -> None:
+        """Release nothing: the objective holds no threads or files."""
         pass
 
 
 class Fitter:
-    """One fit on the training engine (:class:`otcfm.train.loop.Engine`) with a
+    """One fit on the training engine with a :class:`TimeSeriesObjective`.
+
+    One fit on the training engine (:class:`otcfm.train.loop.Engine`) with a
     :class:`TimeSeriesObjective`: model (initialised from ``stream(seed, "trajectory",
     "init")``), AdamW and step count; each step's draws come from a generator derived from
     (seed, step), so a resumed fit equals an uninterrupted one.
@@ -290,6 +309,7 @@ class Fitter:
         return [(int(r["step"]), float(r["loss"])) for r in self.engine.history]
 
     def train_step(self) -> float:
+        """One optimizer step on the engine; return its loss."""
         return self.engine.train_step()
 
     def run(
@@ -300,24 +320,31 @@ class Fitter:
         callback: Callable[[Fitter], None] | None = None,
         callback_every: int = 0,
     ) -> FlowFit:
-        """Train to step ``until`` (default spec.steps); record the mean loss every
+        """Train to step ``until``, logging, checkpointing and calling back on the way.
+
+        Train to step ``until`` (default spec.steps); record the mean loss every
         ``log_every`` steps; checkpoint (with a run folder) and call ``callback(self)`` every
-        ``callback_every`` steps (0: never) and at the last."""
+        ``callback_every`` steps (0: never) and at the last.
+        """
         self.engine.run(until, log_every=log_every, checkpoint_every=callback_every,
                         callback=None if callback is None else lambda _: callback(self))
         self.model.eval()
         return self.result()
 
     def result(self) -> FlowFit:
+        """The fit so far as a :class:`FlowFit`."""
         return FlowFit(self.model, self.spec, self.n_times, tuple(self.history),
                        self.train_seconds)
 
     def state_dict(self) -> dict[str, Any]:
+        """The engine's state for a checkpoint."""
         return self.engine.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Load :meth:`state_dict` (also a checkpoint of before the engine, whose history
-        holds [step, loss] pairs)."""
+        """Load :meth:`state_dict`.
+
+        Also a checkpoint of before the engine, whose history holds [step, loss] pairs.
+        """
         history = [r if isinstance(r, dict) else {"step": int(r[0]), "loss": float(r[1])}
                    for r in state["history"]]
         self.engine.load_state_dict({**state, "history": history})
@@ -343,7 +370,9 @@ def model_from_state(state: dict[str, Any], dim: int) -> nn.Module:
 
 
 def _network(spec: FitSpec, dim: int, generator: torch.Generator | None = None) -> nn.Module:
-    """The paper's MLP v(x, tau) of the spec's width, depth and activation (SF2M: a
-    :class:`otcfm.models.DriftScore` of two such MLPs)."""
+    """The paper's MLP v(x, tau) of the spec's width, depth and activation.
+
+    SF2M: a :class:`otcfm.models.DriftScore` of two such MLPs.
+    """
     cfg = ModelConfig(width=spec.width, depth=spec.depth, activation=spec.activation)
     return build_model(cfg, (dim,), score=spec.method in SCORE_METHODS, generator=generator)

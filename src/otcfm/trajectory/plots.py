@@ -1,5 +1,8 @@
-"""Figures of time courses: populations and predicted trajectories in a 2-D view (the first two
-principal components of all cells), and W1 per left-out time. matplotlib is imported lazily."""
+"""Figures of time courses.
+
+Populations and predicted trajectories in a 2-D view (the first two principal components of all
+cells), and W1 per left-out time. matplotlib is imported lazily.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ class View2D:
 
     @classmethod
     def fit(cls, x: Tensor) -> View2D:
+        """The view of the first two principal components of ``x`` (n, d)."""
         x = x.detach().double()
         mean = x.mean(0)
         if x.shape[1] == 1:
@@ -40,6 +44,7 @@ class View2D:
         return cls(torch.zeros(d, dtype=torch.float64), axes)
 
     def __call__(self, x: Tensor) -> Tensor:
+        """Project points (..., d) to the view's plane, (..., 2) float32."""
         flat = x.detach().double().reshape(-1, x.shape[-1])
         out = (flat - self.mean) @ self.axes.T
         return out.reshape(*x.shape[:-1], 2).float()
@@ -64,9 +69,12 @@ def plot_time_course(
     max_points: int = 1500,
     view: View2D | None = None,
 ) -> Path:
-    """Observed populations coloured by time, the held-out one in black, each panel's cell
+    """Draw populations, cell paths and predicted populations of a time course.
+
+    Observed populations coloured by time, the held-out one in black, each panel's cell
     paths (grey) and predicted population (red), in ``view`` (default: the plane of the
-    first two principal components of every cell)."""
+    first two principal components of every cell).
+    """
     plt = _plt()
     view = View2D.fit(ts.x) if view is None else view
     panels = list(panels) or [Panel("populations")]

@@ -1,6 +1,8 @@
-"""Predictions of a trained flow: populations at any time, single-cell trajectories, and the
-leave-one-out score of docs/reference.md §6 (push every cell of time k-1 forward one unit of index
-time with 100 Euler steps; W1 and MMD against the true cells at k).
+"""Predictions of a trained flow.
+
+Populations at any time, single-cell trajectories, and the leave-one-out score of docs/reference.md
+§6 (push every cell of time k-1 forward one unit of index time with 100 Euler steps; W1 and MMD
+against the true cells at k).
 
 Times given as ``tau`` are index times (tau = k is the k-th observed population); functions
 taking ``t`` use the observation times of a :class:`TimeSeries` and convert with
@@ -67,10 +69,12 @@ def score(pred: Tensor, true: Tensor) -> Score:
 
 @dataclass(frozen=True, eq=False)
 class SDE:
-    """Sample the bridge SDE of a drift-and-score model (SF2M) instead of its ODE: diffusion
-    ``sigma`` per unit of index time (the fit's sigma), increments from ``generator``,
-    ``diffusion`` a schedule of :data:`otcfm.sampling.DIFFUSIONS` ("tapered": the noise
-    vanishes at every snapshot time, a whole index time)."""
+    """Sample the bridge SDE of a drift-and-score model (SF2M) instead of its ODE.
+
+    Diffusion ``sigma`` per unit of index time (the fit's sigma), increments from ``generator``,
+    ``diffusion`` a schedule of :data:`otcfm.sampling.DIFFUSIONS` ("tapered": the noise vanishes at
+    every snapshot time, a whole index time).
+    """
 
     sigma: float
     generator: torch.Generator | None = None
@@ -108,9 +112,12 @@ def push(
     model: Model, x: Tensor, tau0: float, tau1: float, *, steps_per_unit: int = 100,
     sde: SDE | None = None,
 ) -> Tensor:
-    """Cells x (n, d) at index time tau0 moved along the flow to tau1 (Euler,
+    """Move cells from index time tau0 to tau1 along the flow or the SDE.
+
+    Cells x (n, d) at index time tau0 moved along the flow to tau1 (Euler,
     ``steps_per_unit`` steps per unit of tau; backwards when tau1 < tau0), or along the SDE
-    (``sde``). (n, d)."""
+    (``sde``). (n, d).
+    """
     _check_sde(model, sde)
     if tau0 == tau1:
         return x.clone()
@@ -131,7 +138,9 @@ def trajectories(
     steps_per_unit: int = 100,
     sde: SDE | None = None,
 ) -> Trajectory:
-    """Paths of individual cells x (n, d) from tau0 through the index times ``taus``
+    """Paths of individual cells through the index times ``taus``.
+
+    Paths of individual cells x (n, d) from tau0 through the index times ``taus``
     (monotone, all on one side of tau0); ``xs[m]`` is the state at ``ts[m]``, ``xs[0] = x``.
     With ``sde``: stochastic paths, each leg between consecutive times its own steps.
     """
@@ -213,9 +222,12 @@ def predict_at(
     steps_per_unit: int = 100,
     sde: SDE | None = None,
 ) -> Tensor:
-    """The population at observation time ``t`` (any real value): the cells of observed time
+    """The predicted population at observation time ``t``.
+
+    The population at observation time ``t`` (any real value): the cells of observed time
     index ``start`` (default: the last observed time at or before t, or the first one when t
-    precedes every observation) pushed along the flow."""
+    precedes every observation) pushed along the flow.
+    """
     tau = float(ts.to_index(t))
     if start is None:
         start = max(0, min(int(math.floor(tau + 1e-9)), ts.n_times - 1))

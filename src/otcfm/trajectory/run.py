@@ -91,8 +91,10 @@ def data_spec(cfg: DataSection) -> DataSpec:
 
 
 def record_data(cfg: DataSection, dim: int) -> DataRecord:
-    """The run's data record (data.json): the file's absolute path, size and SHA-256 (or
-    "synthetic") and the model's feature count."""
+    """The run's data record (data.json).
+
+    The file's absolute path, size and SHA-256 (or "synthetic") and the model's feature count.
+    """
     spec = data_spec(cfg)
     entry = SYNTHETIC if spec.path is None else FileRecord.of(spec.path, spec.key)
     return DataRecord({"data.path": entry}, (dim,))
@@ -151,6 +153,7 @@ def load_data(
 
 
 def spec_from_config(cfg: TrajectoryConfig) -> FitSpec:
+    """The :class:`FitSpec` of a trajectory config (-1 settings become None)."""
     return FitSpec(
         method=cfg.method.name,
         sigma=None if cfg.method.sigma < 0 else cfg.method.sigma,
@@ -170,11 +173,14 @@ def spec_from_config(cfg: TrajectoryConfig) -> FitSpec:
 def fit_run(
     cfg: TrajectoryConfig, *, resume: bool = False, progress: bool = True, evaluate: bool = True
 ) -> Path:
-    """Train the run of ``cfg`` (continuing its newest readable checkpoint with ``resume``),
+    """Train the run of ``cfg``, then evaluate it; return the run folder.
+
+    Train the run of ``cfg`` (continuing its newest readable checkpoint with ``resume``),
     then evaluate it (metrics.json, plots, report.md). Returns the run folder.
 
     The run folder's lock is held while training: a second writer is refused; without
-    ``resume`` a folder that already holds a run is refused."""
+    ``resume`` a folder that already holds a run is refused.
+    """
     cfg.validate()
     run_dir = cfg.run_dir
     folder = RunFolder(run_dir, fields=LOG_FIELDS, keep=cfg.eval.keep_checkpoints)
@@ -232,6 +238,8 @@ def _fit(cfg: TrajectoryConfig, folder: RunFolder, progress: bool) -> None:
 # --------------------------------------------------------------------------- loading
 @dataclass(frozen=True, eq=False)
 class TrajectoryRun:
+    """A loaded trajectory run: config, model, data, step and folder."""
+
     cfg: TrajectoryConfig
     model: nn.Module
     data: LoadedData
@@ -240,6 +248,7 @@ class TrajectoryRun:
 
     @property
     def left_out(self) -> int | None:
+        """The held-out time index of the run, or None."""
         return None if self.cfg.eval.left_out < 0 else self.cfg.eval.left_out
 
 
@@ -295,7 +304,9 @@ def evaluate_trajectory_run(
     data_root: str | Path | None = None,
     allow_changed_data: bool = False,
 ) -> dict[str, Any]:
-    """Score a run (the leave-one-out protocol of Tong et al. 2024) and write metrics.json,
+    """Score a run and write metrics.json, plots and report.md.
+
+    Score a run (the leave-one-out protocol of Tong et al. 2024) and write metrics.json,
     plots and report.md.
 
     With a left-out time k: W1 and MMD of the cells of k-1 pushed to k against the true cells
@@ -343,9 +354,12 @@ def evaluate_trajectory_run(
 
 
 def run_sde(run: TrajectoryRun, seed: int | None, diffusion: str = DEFAULT_DIFFUSION) -> SDE:
-    """The SDE of an SF2M run (its sigma; ``diffusion`` a schedule of
+    """The SDE of an SF2M run.
+
+    The SDE of an SF2M run (its sigma; ``diffusion`` a schedule of
     :data:`otcfm.sampling.DIFFUSIONS`), noise from ``stream(seed or the run's, "sde")``;
-    a clear error for a run without a score."""
+    a clear error for a run without a score.
+    """
     if not callable(getattr(run.model, "score", None)):
         raise ValueError(f"{run.run_dir} is a {run.cfg.method.name} run without a score "
                          "network: only SF2M runs (--method sf2m) sample the SDE")

@@ -1,4 +1,6 @@
-"""Unpaired translation between groups of images through a flow in an autoencoder's latent
+"""Unpaired translation between groups of images through a latent flow.
+
+Unpaired translation between groups of images through a flow in an autoencoder's latent
 space (Tong et al. 2024, §5.4): an objective and a recipe on the training engine, beside
 ``otcfm.train`` and ``otcfm.trajectory``.
 

@@ -45,7 +45,9 @@ WEIGHTS, RECORD = "autoencoder.pt", "autoencoder.json"
 
 
 class AutoEncoder(nn.Module):
-    """conv 3x3 (w) -> conv 4x4 stride 2 (2w) -> conv 4x4 stride 2 (2w) -> linear (latent),
+    """Small convolutional autoencoder for images in [-1, 1].
+
+    conv 3x3 (w) -> conv 4x4 stride 2 (2w) -> conv 4x4 stride 2 (2w) -> linear (latent),
     SiLU between; the decoder mirrors it with transposed convolutions and ends in tanh, so
     images come back in (-1, 1).
 
@@ -113,13 +115,17 @@ class AutoEncoder(nn.Module):
         return torch.tanh(self.up[-1](h))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Reconstruct ``x``: decode its latent code."""
         return self.decode(self.encode(x))
 
 
 class ReconstructionObjective:
-    """The engine's objective for an autoencoder: mean squared reconstruction error of a batch
+    """The engine's objective for an autoencoder: mean squared reconstruction error.
+
+    The engine's objective for an autoencoder: mean squared reconstruction error of a batch
     of ``batch_size`` training images drawn at step s from ``stream(seed, "autoencoder",
-    s)`` (resuming equals never stopping); ``val_loss`` on the whole validation set."""
+    s)`` (resuming equals never stopping); ``val_loss`` on the whole validation set.
+    """
 
     metrics = ("val_loss",)
     needs_score = False
@@ -135,6 +141,7 @@ class ReconstructionObjective:
         self.event_shape = tuple(train.shape[1:])
 
     def loss(self, net: nn.Module, step: int) -> Tensor:
+        """Mean squared reconstruction error of step ``step``'s batch."""
         g = stream(self.seed, "autoencoder", str(step))
         x = self.train[torch.randint(self.train.shape[0], (self.batch_size,), generator=g)]
         x = x.to(self.device)
@@ -142,6 +149,7 @@ class ReconstructionObjective:
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
+        """Mean squared error per pixel of ``model`` on the held-out images."""
         total = 0.0
         for k in range(0, self.val.shape[0], 512):
             x = self.val[k:k + 512].to(self.device)
@@ -149,17 +157,21 @@ class ReconstructionObjective:
         return {"val_loss": total / self.val.numel()}
 
     def state(self) -> dict[str, Any]:
+        """No state beyond the engine's: an empty dict."""
         return {}
 
     def close(self) -> None:
+        """Release nothing: the objective holds no threads or files."""
         pass
 
 
 @dataclass(frozen=True, eq=False)
 class AutoEncoderFit:
-    """A trained autoencoder and the standardisation of its latents: :meth:`encode` gives
-    (encoder(x) - mean) / std, :meth:`decode` inverts it. ``val_loss``: mean squared error
-    per pixel on the held-out images; ``record``: how it was trained."""
+    """A trained autoencoder and the standardisation of its latents.
+
+    :meth:`encode` gives (encoder(x) - mean) / std, :meth:`decode` inverts it. ``val_loss``: mean
+    squared error per pixel on the held-out images; ``record``: how it was trained.
+    """
 
     model: AutoEncoder
     mean: Tensor
@@ -197,10 +209,13 @@ def fit_autoencoder(
     progress: bool = False,
     device: torch.device | str = "cpu",
 ) -> AutoEncoderFit:
-    """Train an :class:`AutoEncoder` on ``images`` (N, C, H, W) in [-1, 1] with the engine
+    """Train an :class:`AutoEncoder` on ``images`` with the engine.
+
+    Train an :class:`AutoEncoder` on ``images`` (N, C, H, W) in [-1, 1] with the engine
     (AdamW, ``steps`` optimizer steps); a random ``val_fraction`` of the images (from
     ``stream(seed, "autoencoder", "split")``) is held out for ``val_loss``. The latent mean
-    and standard deviation come from the training images."""
+    and standard deviation come from the training images.
+    """
     if images.dim() != 4 or images.shape[0] < 2:
         raise ValueError(f"images must be (N, C, H, W) with N >= 2, got {tuple(images.shape)}")
     if not 0.0 < val_fraction < 1.0:
@@ -234,8 +249,11 @@ def fit_autoencoder(
 
 
 def save_autoencoder(fit: AutoEncoderFit, folder: str | Path) -> Path:
-    """Write ``folder/autoencoder.pt`` (the weights and the latent mean and std, plain
-    tensors) and ``folder/autoencoder.json`` (the record); returns the folder."""
+    """Write an autoencoder's weights and record to ``folder``; return the folder.
+
+    Write ``folder/autoencoder.pt`` (the weights and the latent mean and std, plain
+    tensors) and ``folder/autoencoder.json`` (the record); returns the folder.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {f"model.{k}": v.detach().cpu() for k, v in fit.model.state_dict().items()}
@@ -248,8 +266,11 @@ def save_autoencoder(fit: AutoEncoderFit, folder: str | Path) -> Path:
 
 
 def load_autoencoder(folder: str | Path) -> AutoEncoderFit:
-    """Read what :func:`save_autoencoder` wrote (``weights_only=True``: tensors only); a
-    missing file is a FileNotFoundError, weights that do not fit the record a ValueError."""
+    """Read what :func:`save_autoencoder` wrote.
+
+    ``weights_only=True``: tensors only. A missing file is a FileNotFoundError, weights that do not
+    fit the record a ValueError.
+    """
     folder = Path(folder)
     weights, record_path = folder / WEIGHTS, folder / RECORD
     for path in (weights, record_path):

@@ -1,4 +1,6 @@
-"""Unpaired translation between two groups of images by a flow in an autoencoder's latent
+"""Unpaired translation between two groups of images by a latent flow.
+
+Unpaired translation between two groups of images by a flow in an autoencoder's latent
 space (Tong et al. 2024, §5.4: CelebA attribute groups in a VAE's latent space).
 
 The images of both groups are encoded by an :class:`~otcfm.translate.autoencoder.AutoEncoderFit`
@@ -52,8 +54,10 @@ SIGMA = 0.1  # the paper's sigma for the latent translation experiment
 
 
 def class_indices(images: ImageSet, classes: Sequence[str | int]) -> tuple[int, ...]:
-    """Indices of ``classes`` (names or indices) among ``images.classes``; ValueError for an
-    unlabelled set, an empty list, an unknown or repeated class."""
+    """Indices of ``classes`` (names or indices) among ``images.classes``.
+
+    ValueError for an unlabelled set, an empty list, an unknown or repeated class.
+    """
     if images.labels is None:
         raise ValueError(f"{images.name} has no class labels: groups need them")
     if isinstance(classes, str | int):
@@ -89,10 +93,13 @@ def group_images(images: ImageSet, classes: Sequence[int]) -> Tensor:
 
 @dataclass(frozen=True)
 class FlowSpec:
-    """The latent flow: matcher ``method`` (I-CFM ``icfm``, OT-CFM ``otcfm``, SB-CFM
+    """The latent flow's settings.
+
+    The latent flow: matcher ``method`` (I-CFM ``icfm``, OT-CFM ``otcfm``, SB-CFM
     ``sbcfm``, ...), its ``sigma`` (-1: the preset's), the paper's MLP of ``width`` x 3 SELU
     units with time concatenated, AdamW (lr 1e-3, weight decay 1e-5, EMA 0.999) for ``steps``
-    steps of ``batch_size`` pairs, ``seed``."""
+    steps of ``batch_size`` pairs, ``seed``.
+    """
 
     method: str = "otcfm"
     sigma: float = SIGMA
@@ -119,10 +126,12 @@ class FlowSpec:
 
 @dataclass(frozen=True, eq=False)
 class Translation:
-    """Held-out source images translated to the target group: their codes before
-    (``source``) and after (``mapped``) the flow, the codes of held-out target images
-    (``target``), the decoded translations (``images``), the flow's run folder and its
-    scores (:func:`translation_scores`)."""
+    """Held-out source images translated to the target group.
+
+    Their codes before (``source``) and after (``mapped``) the flow, the codes of held-out target
+    images (``target``), the decoded translations (``images``), the flow's run folder and its scores
+    (:func:`translation_scores`).
+    """
 
     source: Tensor
     mapped: Tensor
@@ -141,10 +150,13 @@ def translation_scores(
     classifier: Callable[[Tensor], Tensor] | None = None,
     target_classes: Sequence[int] = (),
 ) -> dict[str, float]:
-    """``mmd``: squared MMD between ``mapped`` and ``target`` codes (the metrics' RBF
-    mixture); ``moved``: mean |mapped - source| (Euclidean, standardised codes), with its
+    """Scores of a translation: MMD to the target codes and distance moved.
+
+    ``mmd``: squared MMD between ``mapped`` and ``target`` codes (the metrics' RBF
+    mixture); ``moved``: mean ``|mapped - source|`` (Euclidean, standardised codes), with its
     standard error ``moved_se``; ``target_rate``: the share of ``images`` whose
-    ``classifier`` logits peak at one of ``target_classes`` (when a classifier is given)."""
+    ``classifier`` logits peak at one of ``target_classes`` (when a classifier is given).
+    """
     if source.shape != mapped.shape:
         raise ValueError(f"source and mapped codes differ in shape: {tuple(source.shape)} "
                          f"and {tuple(mapped.shape)}")
@@ -180,9 +192,12 @@ def translate(
     progress: bool = False,
     resume: bool = True,
 ) -> Translation:
-    """Train (or, with ``resume``, finish) the latent flow of ``spec`` from the codes of
+    """Train the latent flow of ``spec`` and translate ``source_test``.
+
+    Train (or, with ``resume``, finish) the latent flow of ``spec`` from the codes of
     ``source_train`` to those of ``target_train`` in ``out_dir/<method>`` and translate
-    ``source_test``; scores against ``target_test`` (see the module's docstring)."""
+    ``source_test``; scores against ``target_test`` (see the module's docstring).
+    """
     out_dir = Path(out_dir)
     codes = out_dir / "codes"
     codes.mkdir(parents=True, exist_ok=True)
