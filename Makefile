@@ -41,7 +41,7 @@ wheel-check:
 	bash .ci/wheel_check.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks examples docs
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache docs/_build docs/auto_examples docs/api docs/_generated

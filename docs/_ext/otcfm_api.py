@@ -70,8 +70,10 @@ def entries(package: str = PACKAGE) -> dict[str, list[Entry]]:
 
 
 def _assigned_in(name: str, modules: list[str]) -> str | None:
-    """The module among ``modules`` whose source assigns ``name`` at top level (a constant's
-    home, where its ``#:`` documentation comment is)."""
+    """The module among ``modules`` whose source assigns ``name`` at top level.
+
+    That is a constant's home, where its ``#:`` documentation comment is.
+    """
     pattern = re.compile(rf"^{re.escape(name)}\s*[:=]", re.M)
     for mod in modules:
         if pattern.search(inspect.getsource(importlib.import_module(mod))):

@@ -158,8 +158,10 @@ def approx_gaps(perf) -> dict[str, str]:
 
 
 def _sf2m_against_published(records: list[dict]) -> dict[str, str]:
-    """SF2M's sigma and, per task, whether its W2 and NPE are within the published mean + 1
-    std (SF2M Table 2's SF2M-Exact row)."""
+    """SF2M's sigma, and which of its W2 and NPE values exceed the published mean + 1 std.
+
+    The published row is SF2M Table 2's SF2M-Exact; one value per task and metric.
+    """
     sf2m = [r for r in records if r["method"] == "sf2m"]
     sigmas = sorted({r["sigma"] for r in sf2m})
     within, outside = [], []
