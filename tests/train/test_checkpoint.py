@@ -92,9 +92,12 @@ def test_corrupt_files_are_named(tmp_path):
 def test_a_pickle_that_would_run_code_is_refused_unrun(tmp_path):
     marker = tmp_path / "marker"
     Marker(marker).__reduce__()  # the payload is real: unpickled, it creates the marker
+    evil = evil_checkpoint(tmp_path / "evil.pt", marker)
     with pytest.raises(UnsafeCheckpoint, match="refusing to unpickle") as info:
-        load_checkpoint(evil_checkpoint(tmp_path / "evil.pt", marker))
-    assert "otcfm convert-checkpoint" in str(info.value) and "\n" not in str(info.value)
+        load_checkpoint(evil)
+    # the command it suggests is complete: it runs as written (only for trusted files)
+    assert f"otcfm convert-checkpoint {evil} --i-trust-this-file`" in str(info.value)
+    assert "\n" not in str(info.value)
     raw = tmp_path / "raw.pt"  # a bare pickle, not a torch archive
     raw.write_bytes(pickle.dumps({"payload": Marker(marker)}))
     with pytest.raises(ValueError):

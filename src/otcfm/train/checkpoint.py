@@ -135,7 +135,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"{path} holds objects other than tensors, numbers and strings; refusing to "
                 "unpickle it (nothing in it was run). If it is an otcfm checkpoint from before "
                 f"checkpoints held only plain values and you trust it, convert it once with "
-                f"`otcfm convert-checkpoint {path}`"
+                f"`otcfm convert-checkpoint {path} --i-trust-this-file`"
             ) from None
         raise CorruptCheckpoint(f"checkpoint {path} is corrupt or not a checkpoint "
                                 "(its contents cannot be read)") from None
