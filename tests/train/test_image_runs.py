@@ -262,6 +262,7 @@ def test_sample_writes_classes_as_png_npz_and_pt(trained, tmp_path, capsys):
     [
         (["--class", "Sneaker"], "not a class of d"),
         (["--class", "12"], "not a class of d"),
+        (["--class", "12"], "name: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9;"),  # digits named once
         (["--sde"], "apply to point-cloud runs"),
         (["--guidance", "-1"], "guidance must be finite and >= 0"),
         (["--solver", "rk5"], "unknown solver"),

@@ -123,7 +123,8 @@ class ImageRun:
                 return k
         elif text in self.classes:
             return self.classes.index(text)
-        shown = ", ".join(f"{i} {c}" for i, c in enumerate(self.classes))
+        shown = ", ".join(c if c == str(i) else f"{i} {c}"  # digits: "3", not "3 3"
+                          for i, c in enumerate(self.classes))
         raise ValueError(f"--class {text!r}: not a class of {self.run_dir.name} (give an index "
                          f"or a name: {shown}; or none for unconditional samples)")
 
