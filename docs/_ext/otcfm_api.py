@@ -210,8 +210,17 @@ def _on_build_finished(app, exception) -> None:
         log.warning("broken internal link: %s", line)
 
 
+def _on_source_read(app, docname: str, source: list[str]) -> None:
+    # A results page in a subfolder (a variant run, a finer grid) is reached from its main
+    # page's links, not from the navigation: mark it an orphan instead of listing it.
+    parts = docname.split("/")
+    if parts[0] == "results" and len(parts) > 2 and not source[0].startswith("---"):
+        source[0] = "---\norphan: true\n---\n" + source[0]
+
+
 def setup(app):
-    """Register the page writer and the link check with Sphinx."""
+    """Register the page writer, the orphan marks and the link check with Sphinx."""
     app.connect("builder-inited", _on_builder_inited)
+    app.connect("source-read", _on_source_read)
     app.connect("build-finished", _on_build_finished)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
