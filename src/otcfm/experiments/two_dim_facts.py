@@ -229,6 +229,11 @@ def two_dim(out: Path) -> dict[str, str]:
     w2s = sorted(r["w2"] for r in ot)
     facts["best_two_moons"] = f"{w2s[0]:.2f} and {w2s[1]:.2f}"
     facts["otcfm_moons_npe"] = _ms([r["npe"] for r in ot])
+    bound = sum(_published("w2", "otcfm", moons))
+    facts.update(otcfm_moons_w2_mean=f"{statistics.fmean(w2s):.3f}",
+                 otcfm_moons_excess=f"{statistics.fmean(w2s) - bound:.3f}",
+                 published_bound_moons=f"{bound:.3f}",
+                 floor_spread_moons=f"{max(floors[moons]) - min(floors[moons]):.3f}")
     ours_tc = _cells(out / "two_dim_torchcfm")
     exact_tc = _cells(out / "two_dim_tc_exact")
     diffs = [abs(r["w2"] - _by_seed(ours_tc, r["task"], "otcfm")[r["seed"]]) for r in exact_tc]
