@@ -127,3 +127,16 @@ def test_translate_reads_celeba_by_attribute(tmp_path, capsys):
     code = translation.translate_main(["--data", f"celeba:{tmp_path / 'celeba'}", "--from",
                                        "0", "--to", "1", "--out", str(tmp_path / "x")])
     assert code == 2 and "celeba needs --attribute" in capsys.readouterr().err
+
+
+def test_the_page_pairs_the_methods_by_seed():
+    meta = {"dataset": "digits", "command": "otcfm bench translation", "machine": "m",
+            "date": "d", "wall_seconds": 60.0, "seeds": [0, 1], "protocol": {"latent": 8}}
+    moved = {("otcfm", 0): 1.0, ("otcfm", 1): 1.2, ("icfm", 0): 1.5, ("icfm", 1): 1.5}
+    records = [{"pair": "3 -> 8", "method": m, "seed": s, "mmd": 0.1, "moved": v,
+                "target_rate": 0.5} for (m, s), v in moved.items()]
+    page = translation.render({"meta": meta, "records": records})
+    # differences -0.5 and -0.3: mean -0.4, standard error 0.1414 / sqrt(2) = 0.1
+    assert "paired by seed, OT-CFM minus I-CFM -0.400 ± 0.100" in page
+    assert "- 3 -> 8: yes (1.100 ± 0.100 against 1.500 ± 0.000" in page
+    assert "- Methods: otcfm, icfm. Seeds 0, 1;" in page

@@ -208,6 +208,12 @@ def _fmt(values: list[float], digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(se) else f" ± {se:.{digits}f}")
 
 
+def _paired(records: list[dict[str, Any]], pair: str, a: str, b: str, key: str) -> list[float]:
+    """Per-seed differences ``a - b`` of ``key`` on ``pair``, over the seeds both ran."""
+    by = {(r["method"], r["seed"]): r[key] for r in records if r["pair"] == pair}
+    return [by[(a, s)] - by[(b, s)] for (m, s) in by if m == a and (b, s) in by]
+
+
 def render(report: dict[str, Any]) -> str:
     """The page, a function of the JSON record."""
     meta, records = report["meta"], report["records"]
@@ -218,7 +224,7 @@ def render(report: dict[str, Any]) -> str:
         f"- Command: `{meta['command']}`",
         f"- Machine: {meta['machine']}; {meta['date']}; {meta['wall_seconds'] / 60:.1f} min "
         "wall in all.",
-        f"- Seeds {', '.join(map(str, meta['seeds']))}; protocol: "
+        f"- Methods: {', '.join(methods)}. Seeds {', '.join(map(str, meta['seeds']))}; protocol: "
         + ", ".join(f"{k} {v}" for k, v in meta["protocol"].items()) + ".",
         "- Per seed one autoencoder (latent codes standardised per coordinate) on the "
         "training images of every class below; per pair and method one flow from the source "
@@ -257,6 +263,9 @@ def render(report: dict[str, Any]) -> str:
                             f"{se['icfm']:.3f}, standard errors over the held-out images")
                 else:
                     text = f"{_fmt(ot)} against {_fmt(ind)}"
+                    paired = _paired(records, pair, "otcfm", "icfm", "moved")
+                    if len(paired) > 1:
+                        text += f"; paired by seed, OT-CFM minus I-CFM {_fmt(paired)}"
                 lines.append(f"- {pair}: {'yes' if less else 'NO'} ({text})")
     figures = meta.get("figures", [])
     if figures:
