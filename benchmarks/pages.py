@@ -88,6 +88,7 @@ PAGES: dict[str, tuple[Callable[[], str], tuple[str, ...]]] = {
     "distributed.md": (_distributed, ()),
     "images.md": (lambda: images_report.render_page(RESULTS), ()),
     "images_quick/images.md": (lambda: images_report.render_page(RESULTS / "images_quick"), ()),
+    "translation.md": (lambda: translation.render(_json("translation.json")), ()),
     "translation_quick/translation.md": (
         lambda: translation.render(_json("translation_quick/translation.json")), ()),
 }
