@@ -229,7 +229,7 @@ def test_report_only_rewrites_the_page_from_the_records(tmp_path, capsys):
     # every other line of the page is the one the run wrote
     kept = [line for line in first.splitlines() if line not in page.splitlines()]
     assert kept == [], kept
-    assert f"{records[0]['kl_t1']:.4f}" in page
+    assert fmt(records[0]['kl_t1'], 0.0) in page
     with pytest.raises(ValueError, match="gaussian_sb.json"):
         main(["--report-only", "--out", str(tmp_path / "empty")])
 
@@ -274,3 +274,21 @@ def test_page_links_a_run_at_another_budget_kept_below_it(tmp_path):
     assert "[page](gaussian_sb/longer/gaussian_sb.md)" in line
     assert f"is {fmt(rec['kl_t1'])} with the constant noise" in line
     assert f"{fmt(rec['kl_tapered_t1'])} with the tapered one" in line
+
+
+def test_the_learning_rate_schedule_reaches_the_runs_and_the_cache_key(tmp_path):
+    """The protocol's schedule (cosine by default, --schedule constant) is the run config's
+    optim.schedule, and cells under another schedule are not reused from the cache."""
+    from otcfm.experiments.gaussian_sb import cell_config, write_data
+    from otcfm.experiments.gaussian_sb_cli import build_parser, protocol_from_args
+
+    cosine = protocol_from_args(build_parser().parse_args([]))
+    constant = protocol_from_args(build_parser().parse_args(["--schedule", "constant"]))
+    assert (cosine.schedule, constant.schedule) == ("cosine", "constant")
+    cell = Cell("sf2m", "exact", 2, 42)
+    for p in (cosine, constant):
+        cfg = cell_config(cell, p, tmp_path, write_data(tmp_path, 2, 42, p))
+        assert cfg.optim.schedule == p.schedule and cfg.optim.steps == p.steps
+    assert cosine.fingerprint() != constant.fingerprint()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--schedule", "linear"])

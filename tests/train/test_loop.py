@@ -104,3 +104,28 @@ def test_evaluate_writes_metrics_and_plots(tmp_path):
     assert metrics["npe"] >= 0
     assert (cfg.run_dir / "plots" / "overview.png").stat().st_size > 1000
     assert (cfg.run_dir / "report.md").read_text().startswith("# Run")
+
+
+def test_cosine_schedule_resumes_exactly_and_refuses_other_steps(tmp_path):
+    """optim.schedule=cosine reaches the engine; stopped at a checkpoint and resumed with the
+    same steps it equals the uninterrupted run; other steps would bend the planned schedule,
+    so resuming with them is refused."""
+    from otcfm.train.config import ConfigError
+
+    cos = {"optim.schedule": "cosine"}
+    straight = train(tiny(tmp_path, "straight", **cos), progress=False)
+    half = tiny(tmp_path, "resumed", **cos)
+    train(half, progress=False)
+    for name in ("latest.pt", "step-000020.pt"):  # as if stopped after the checkpoint of step 10
+        (half.run_dir / "checkpoints" / name).unlink()
+    resumed = train(half, resume=True, progress=False)
+    assert RunConfig.from_toml(resumed.run_dir / "config.toml").optim.schedule == "cosine"
+    for va, vb in zip(
+        weights(straight.run_dir).values(), weights(resumed.run_dir).values(), strict=True
+    ):
+        torch.testing.assert_close(va, vb, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"optim.steps 20 -> 30: its cosine learning-rate "):
+        train(tiny(tmp_path, "resumed", steps=30, **cos), resume=True, progress=False)
+    with pytest.raises(ConfigError, match="optim.schedule: unknown learning-rate schedule "
+                                          "'step' \\(choose from constant, cosine\\)"):
+        RunConfig().override(["optim.schedule=step"]).validate()

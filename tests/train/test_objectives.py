@@ -416,3 +416,36 @@ def test_bf16_runs_the_loss_under_autocast_and_keeps_float32_weights():
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
         assert not torch.equal(p, r)
     assert all(p.dtype == torch.float32 for p in engine.eval_model().parameters())
+
+
+def test_cosine_schedule_follows_its_formula_after_the_warmup():
+    """schedule="cosine", warmup 2, 6 steps, lr 0.01: steps 0-1 warm up (0.005, 0.01), then
+    0.01 (1 + cos(pi k / 4)) / 2 for k = 0..3; the weights equal a plain AdamW loop given those
+    rates, and a run stopped half-way resumes on the same schedule."""
+    lr, steps = 1e-2, 6
+    rates = [0.005, 0.01] + [0.005 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    settings = LoopSettings(steps=steps, lr=lr, warmup=2, schedule="cosine", log_every=2)
+    assert [settings.lr_at(s) for s in range(steps)] == pytest.approx(rates, rel=1e-12)
+    assert rates[-1] == pytest.approx(0.01 * (1 - math.sqrt(0.5)) / 2, rel=1e-12)
+    engine = Engine(Toy(), Flat(), settings)
+    engine.run()
+    model, toy = Flat(), Toy()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    for step in range(steps):
+        opt.zero_grad()
+        toy.loss(model, step).backward()
+        opt.param_groups[0]["lr"] = rates[step]
+        opt.step()
+    for p, q in zip(engine.model.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    first = Engine(Toy(), Flat(), settings)
+    first.run(until=3)
+    second = Engine(Toy(), Flat(), settings)
+    second.load_state_dict(first.state_dict())
+    second.run()
+    same(engine.model, second.model)
+    plain = LoopSettings(steps=5, lr=lr, schedule="cosine")
+    assert plain.lr_at(0) == lr
+    assert plain.lr_at(4) == pytest.approx(lr * (1 + math.cos(0.8 * math.pi)) / 2)
+    with pytest.raises(ValueError, match="schedule must be one of constant, cosine"):
+        LoopSettings(steps=1, schedule="linear")

@@ -30,6 +30,7 @@ from otcfm.experiments.gaussian_sb import (
     plan_cells,
     run_cells,
 )
+from otcfm.train.config import LR_SCHEDULES
 
 
 def _names(text: str, flag: str, valid: Sequence[str]) -> tuple[str, ...]:
@@ -55,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--couplings", help="comma-separated: exact, entropic (default both)")
     p.add_argument("--steps", type=int, help=f"optimizer steps per cell (default "
                    f"{Protocol.steps})")
+    p.add_argument("--schedule", choices=LR_SCHEDULES, help="learning rate over the steps "
+                   f"(default {Protocol.schedule})")
     p.add_argument("--sigma", type=float, help=f"bridge sigma (default {Protocol.sigma:g})")
     p.add_argument("--width", type=int, help=f"MLP width (default {Protocol.width})")
     p.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes")
@@ -77,6 +80,8 @@ def protocol_from_args(args: argparse.Namespace) -> Protocol:
     for k, v in over.items():
         if v < 1:
             raise ValueError(f"--{k} must be >= 1, got {v}")
+    if args.schedule is not None:
+        over["schedule"] = args.schedule
     if args.sigma is not None:
         if not (math.isfinite(args.sigma) and args.sigma > 0):
             raise ValueError(f"--sigma must be > 0, got {args.sigma}")

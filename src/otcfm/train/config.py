@@ -305,6 +305,10 @@ class ImagesConfig:
     grid_steps: int = 100
 
 
+#: learning-rate schedules after the warm-up (otcfm.train.loop.LoopSettings.lr_at)
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass
 class OptimConfig:
     """AdamW on the CFM loss; steps count optimizer steps, never epochs."""
@@ -316,6 +320,7 @@ class OptimConfig:
     grad_clip: float = 0.0  # 0 = off
     ema_decay: float = 0.0  # 0 = off; e.g. 0.999
     warmup: int = 0  # steps of linear learning-rate warmup; 0 = off (CIFAR-10 recipe: 5000)
+    schedule: str = LR_SCHEDULES[0]  # after the warmup: "constant" or "cosine" (decay to 0)
     bf16: bool = False  # the forward pass under bfloat16 autocast (weights stay float32)
 
 
@@ -526,6 +531,7 @@ class RunConfig(TomlConfig):
         check_number("optim.weight_decay", o.weight_decay, low=0)
         check_number("optim.grad_clip", o.grad_clip, low=0, note=" (0 = off)")
         check_count("optim.warmup", o.warmup, low=0, note=" (0 = off)")
+        check_choice("optim.schedule", o.schedule, LR_SCHEDULES, "learning-rate schedule")
         check_number("optim.ema_decay", o.ema_decay, low=0, high=1, open_high=True,
                      note=" (0 = off)")
 

@@ -35,6 +35,7 @@ from otcfm.matchers import FlowMatcher, matcher
 from otcfm.models import MLP, DriftScore, UNet
 from otcfm.paths import PathSample
 from otcfm.train.config import (
+    LR_SCHEDULES,
     ConfigError,
     MethodConfig,
     ModelConfig,
@@ -162,8 +163,12 @@ class LoopSettings:
 
     ``warmup``: the learning rate rises linearly over the first ``warmup`` steps, then stays
     at ``lr`` (:meth:`lr_at`; 0: constant, the 2-D recipes; the paper's CIFAR-10 recipe warms
-    up over 5,000 steps). ``bf16``: the loss (forward pass) runs under ``torch.autocast`` with
-    bfloat16 on the run's device; parameters, gradients and the optimizer stay float32.
+    up over 5,000 steps). ``schedule`` (``otcfm.train.config.LR_SCHEDULES``), after the
+    warmup: "constant" stays at ``lr``; "cosine" decays as ``lr (1 + cos(pi k / n)) / 2``
+    over the n = steps - warmup remaining steps (k = 0 .. n - 1), which averages out the noise
+    of a noisy regression target (SF2M's score, docs/results/gaussian_sb.md). ``bf16``: the
+    loss (forward pass) runs under ``torch.autocast`` with bfloat16 on the run's device;
+    parameters, gradients and the optimizer stay float32.
     """
 
     steps: int
@@ -174,6 +179,7 @@ class LoopSettings:
     log_every: int = 100
     checkpoint_every: int = 1_000
     warmup: int = 0
+    schedule: str = LR_SCHEDULES[0]
     bf16: bool = False
 
     def __post_init__(self) -> None:
@@ -187,14 +193,28 @@ class LoopSettings:
             )
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise ValueError(f"warmup must be an integer >= 0 (steps), got {self.warmup!r}")
+        if self.schedule not in LR_SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(LR_SCHEDULES)}, got "
+                             f"{self.schedule!r}")
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of optimizer step ``step`` (0-based), with linear warm-up.
+        """The learning rate of optimizer step ``step`` (0-based).
 
-        The learning rate of optimizer step ``step`` (0-based): ``lr * min(1, (step + 1) /
-        warmup)``, so the first step already moves and step ``warmup - 1`` reaches ``lr``.
+        Warm-up: ``lr * min(1, (step + 1) / warmup)``, so the first step already moves and
+        step ``warmup - 1`` reaches ``lr``; after it, ``lr`` ("constant") or
+        ``lr (1 + cos(pi k / n)) / 2`` with k = step - warmup, n = steps - warmup ("cosine").
         """
-        return self.lr if self.warmup == 0 else self.lr * min(1.0, (step + 1) / self.warmup)
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        if self.schedule == "cosine":
+            k, n = step - self.warmup, max(1, self.steps - self.warmup)
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(k, n) / n))
+        return self.lr
+
+    @property
+    def varies(self) -> bool:
+        """Whether the learning rate changes during the run (warm-up or a decaying schedule)."""
+        return self.warmup > 0 or self.schedule != "constant"
 
 
 class Engine:
@@ -324,7 +344,7 @@ class Engine:
             )
         if s.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
-        if s.warmup:
+        if s.varies:
             for group in self.optimizer.param_groups:
                 group["lr"] = s.lr_at(self.step)
         self.optimizer.step()
@@ -509,8 +529,8 @@ class Trainer(Engine):
         o = cfg.optim
         settings = LoopSettings(
             steps=o.steps, lr=o.lr, weight_decay=o.weight_decay, grad_clip=o.grad_clip,
-            ema_decay=o.ema_decay, warmup=o.warmup, bf16=o.bf16, log_every=cfg.eval.val_every,
-            checkpoint_every=cfg.eval.checkpoint_every,
+            ema_decay=o.ema_decay, warmup=o.warmup, schedule=o.schedule, bf16=o.bf16,
+            log_every=cfg.eval.val_every, checkpoint_every=cfg.eval.checkpoint_every,
         )
         super().__init__(
             objective, model, settings, device=dev,
@@ -673,6 +693,12 @@ def _resume_state(cfg: RunConfig, folder: RunFolder) -> dict[str, Any] | None:
             f"cannot resume {cfg.run_dir}: its config differs from the one given: "
             f"{'; '.join(changed)} (the run's value -> the given one; only optim.steps may "
             "change on resume)"
+        )
+    if cfg.optim.schedule != "constant" and saved.optim.steps != cfg.optim.steps:
+        raise ValueError(
+            f"cannot resume {cfg.run_dir} with optim.steps {saved.optim.steps} -> "
+            f"{cfg.optim.steps}: its {cfg.optim.schedule} learning-rate schedule is planned "
+            "over the run's steps; resume with the same steps, or train a new run"
         )
     if path.name != "latest.pt":
         log.warning("%s: resuming from %s (step %d)", cfg.run_dir, path.name, state["step"])
