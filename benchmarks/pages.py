@@ -77,6 +77,10 @@ PAGES: dict[str, tuple[Callable[[], str], tuple[str, ...]]] = {
     "gaussian_sb.md": (lambda: gaussian_sb_report.render_page(RESULTS), ()),
     "gaussian_sb/steps_1000/gaussian_sb.md": (
         lambda: gaussian_sb_report.render_page(RESULTS / "gaussian_sb" / "steps_1000"), ()),
+    "gaussian_sb/constant_200/gaussian_sb.md": (
+        lambda: gaussian_sb_report.render_page(RESULTS / "gaussian_sb" / "constant_200"), ()),
+    "gaussian_sb/constant_2000/gaussian_sb.md": (
+        lambda: gaussian_sb_report.render_page(RESULTS / "gaussian_sb" / "constant_2000"), ()),
     "single_cell.md": (lambda: single_cell_report.render_page(RESULTS), ()),
     "performance.md": (lambda: bench("couplings").render(_json("performance.json")), ()),
     "entropic.md": (lambda: bench("couplings").render(_json("entropic.json")), ()),

@@ -292,3 +292,36 @@ def test_the_learning_rate_schedule_reaches_the_runs_and_the_cache_key(tmp_path)
     assert cosine.fingerprint() != constant.fingerprint()
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--schedule", "linear"])
+
+
+def test_the_page_compares_the_score_with_its_constant_rate_baseline(tmp_path):
+    """A constant-rate run of the same protocol kept in OUT/gaussian_sb/NAME/ is the "before"
+    of the score comparison: its slope fractions and KL beside the cosine run's, on the page
+    and (dotted) in the redrawn figure; a run that differs in anything else is not."""
+    out = tmp_path / "out"
+    base = ["--quick", "--dims", "2", "--seeds", "1", "--methods", "sf2m", "--couplings",
+            "exact"]
+    assert main([*base, "--runs", str(tmp_path / "a"), "--out", str(out)]) == 0
+    assert "Before and after" not in (out / "gaussian_sb.md").read_text()
+    other = out / "gaussian_sb" / "other"  # another budget: not a baseline
+    assert main([*base, "--steps", "7", "--schedule", "constant", "--runs",
+                 str(tmp_path / "b"), "--out", str(other)]) == 0
+    main(["--report-only", "--out", str(out)])
+    assert "Before and after" not in (out / "gaussian_sb.md").read_text()
+    before = out / "gaussian_sb" / "constant"
+    assert main([*base, "--schedule", "constant", "--runs", str(tmp_path / "c"), "--out",
+                 str(before)]) == 0
+    figure = out / "gaussian_sb" / "score_vs_t.png"
+    figure.unlink()
+    assert main(["--report-only", "--out", str(out)]) == 0
+    page = (out / "gaussian_sb.md").read_text()
+    assert "Before and after" in page and "](gaussian_sb/constant/gaussian_sb.md)" in page
+    old = json.loads((before / "gaussian_sb.json").read_text())[0]
+    new = json.loads((out / "gaussian_sb.json").read_text())[0]
+    for label, r in (("constant", old), ("cosine", new)):
+        row = [line for line in page.splitlines() if line.startswith(f"| {label} | exact | 2 |")]
+        assert len(row) == 1 and row[0].endswith(f"| {fmt(r['kl_t1'], 0.0)} |"), row
+        assert fmt(r["score_slope_t"][0], 0.0) in row[0]
+    assert old["kl_t1"] != new["kl_t1"]
+    assert figure.stat().st_size > 5_000  # redrawn by --report-only
+    assert "learning rate decayed to 0 by a cosine over the steps" in page

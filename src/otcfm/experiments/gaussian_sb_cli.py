@@ -67,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke run (seconds): d = 2, 5, one "
                    "seed, 60 steps of batch 100 on 1,000 points, 10 steps, 2,000 samples")
     p.add_argument("--report-only", action="store_true",
-                   help="rewrite OUT/gaussian_sb.md from the records in OUT/gaussian_sb.json "
-                   "and OUT/gaussian_sb_run.json (written by the run that made them); train "
-                   "nothing, leave the records and the figure as they are")
+                   help="rewrite OUT/gaussian_sb.md and redraw its figures from the records "
+                   "in OUT/gaussian_sb.json and OUT/gaussian_sb_run.json (written by the run "
+                   "that made them); train nothing, leave the records as they are")
     return p
 
 

@@ -47,6 +47,8 @@ def _published() -> tuple[dict, dict, dict]:
 # the paper's KL(t=1) and mean KL of SB-CFM (entropic) and SF2M-Exact, and DSBM-IPF's KL(t=1)
 PUBLISHED, PUBLISHED_NAMES, DSBM_KL_T1 = _published()
 LABELS = {"sbcfm": "SB-CFM (ODE)", "sf2m": "SF2M (SDE)"}
+SCHEDULE_TEXT = {"constant": "constant learning rate",
+                 "cosine": "learning rate decayed to 0 by a cosine over the steps"}
 RECORD_KEYS = ("method", "coupling", "dim", "seed", "kl_t1", "kl_mean")
 
 
@@ -70,7 +72,7 @@ def write_outputs(
         written.append(figure)
         if any("score_slope_t" in r for r in records):
             written.append(score_figure(records, out / "gaussian_sb" / SCORE_FIGURE,
-                                        meta["protocol"]))
+                                        meta["protocol"], baseline_records(out, meta)))
     page = markdown(records, run, figure, out, probes=read_probes(out))
     written.insert(2, write_text_atomic(page, out / "gaussian_sb.md"))
     return written
@@ -97,8 +99,51 @@ def render_page(out: str | Path) -> str:
 
 
 def rewrite_page(out: str | Path) -> Path:
-    """Rewrite ``OUT/gaussian_sb.md`` from the records already in ``out`` (:func:`render_page`)."""
-    return write_text_atomic(render_page(out), Path(out) / "gaussian_sb.md")
+    """Rewrite ``OUT/gaussian_sb.md`` and redraw its figures from the records in ``out``.
+
+    The page is :func:`render_page`; the figures are drawn from the same records (and from
+    the constant-learning-rate baseline of :func:`baseline_records`, when there is one).
+    """
+    out = Path(out)
+    page = render_page(out)  # checks that the records are there
+    records = json.loads((out / RECORDS_FILE).read_text())
+    run = json.loads((out / RUN_FILE).read_text())
+    if records:
+        kl_figure(records, out / "gaussian_sb" / "kl_vs_t.png", run["protocol"])
+        if any("score_slope_t" in r for r in records):
+            score_figure(records, out / "gaussian_sb" / SCORE_FIGURE, run["protocol"],
+                         baseline_records(out, run))
+    return write_text_atomic(page, out / "gaussian_sb.md")
+
+
+def schedule_of(protocol: dict[str, Any]) -> str:
+    """The learning-rate schedule of a run's protocol (runs before the option: constant)."""
+    return protocol.get("schedule", "constant")
+
+
+def baseline_folder(out: Path, meta: dict[str, Any]) -> Path | None:
+    """The subfolder run that differs from ``out``'s run by its learning rate alone, or None.
+
+    A run of the same bench kept under ``OUT/gaussian_sb/*/`` with the constant learning
+    rate, the same steps and otherwise the same protocol as ``out``'s (which must not itself
+    be constant): the "before" of the score comparison.
+    """
+    p = meta["protocol"]
+    if schedule_of(p) == "constant":
+        return None
+    for folder in sorted(Path(out).glob(f"gaussian_sb/*/{RECORDS_FILE}")):
+        q = json.loads((folder.parent / RUN_FILE).read_text())["protocol"]
+        same = {k: v for k, v in q.items() if k != "schedule"} == {
+            k: v for k, v in p.items() if k != "schedule"}
+        if same and schedule_of(q) == "constant":
+            return folder.parent
+    return None
+
+
+def baseline_records(out: Path, meta: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The records of :func:`baseline_folder` (None when there is none)."""
+    folder = baseline_folder(Path(out), meta)
+    return None if folder is None else json.loads((folder / RECORDS_FILE).read_text())
 
 
 def read_probes(out: Path) -> dict[str, Any] | None:
@@ -170,7 +215,8 @@ def markdown(
         "sigma; entropic coupling reg = 2 sigma^2). Exact marginals: "
         "q_t = N((2t - 1) a 1, [sqrt(4 + sigma^4) t(1 - t) + (1 - t)^2 + t^2] I).\n",
         f"Each cell: {p['n_train']:,} training points per side, batch {p['batch_size']}, "
-        f"{p['steps']} AdamW steps (lr {p['lr']:g}, weight decay {p['weight_decay']:g}, EMA "
+        f"{p['steps']:,} AdamW steps (lr {p['lr']:g}, {SCHEDULE_TEXT[schedule_of(p)]}, "
+        f"weight decay {p['weight_decay']:g}, EMA "
         f"{p['ema_decay']:g}), MLP {p['depth']}x{p['width']} SELU (SF2M: one for the drift, "
         f"one for the score), best-validation checkpoint ({p['n_val']:,} points). Evaluation: "
         f"{p['n_test']:,} fresh source points through **{p['euler_steps']} Euler steps** "
@@ -194,7 +240,7 @@ def markdown(
     if figure is not None:
         parts.append(f"![KL against t]({figure.relative_to(out).as_posix()})\n")
     if any("score_slope_t" in r for r in records):
-        parts.append(_score_section(groups, dims, p, out))
+        parts.append(_score_section(groups, dims, p, out, meta))
     parts.append(_notes(meta, groups, p, probes))
     for folder in sorted(out.glob(f"gaussian_sb/*/{RECORDS_FILE}")):  # other budgets
         parts.append(_other_budget_note(folder.parent, out))
@@ -374,7 +420,8 @@ def _other_budget_note(folder: Path, out: Path) -> str:
 
     seeds = len({r["seed"] for r in records})
     link = (folder / "gaussian_sb.md").relative_to(out).as_posix()
-    return (f"- The same bench at {run['protocol']['steps']:,} steps ({seeds} seeds, "
+    return (f"- The same bench at {run['protocol']['steps']:,} steps with a "
+            f"{SCHEDULE_TEXT[schedule_of(run['protocol'])]} ({seeds} seeds, "
             f"[page]({link}), `{run['command']}`): SF2M-Exact KL(t=1) at d = "
             f"{' / '.join(map(str, dims))} is {kl('kl_t1')} with the constant noise, "
             f"{kl('kl_tapered_t1')} with the tapered one and {kl('kl_ode_t1')} along the ODE "
@@ -537,9 +584,11 @@ SCORE_FIGURE = "score_vs_t.png"
 SCORE_TIMES = (0.0, 0.05, 0.5, 0.95, 1.0)  # the table's columns
 
 
-def _score_section(groups, dims: list[int], p: dict[str, Any], out: Path) -> str:
+def _score_section(groups, dims: list[int], p: dict[str, Any], out: Path,
+                   meta: dict[str, Any]) -> str:
     times = [k / p["euler_steps"] for k in range(p["euler_steps"] + 1)]
     cols = [times.index(t) for t in SCORE_TIMES if t in times]
+    base = baseline_folder(out, meta)
     lines = [
         "## SF2M's learned score against the exact one\n",
         "On samples of q_t, the slope fraction -E[s . (x - m)] v / E|x - m|^2 of the learned "
@@ -560,10 +609,40 @@ def _score_section(groups, dims: list[int], p: dict[str, Any], out: Path) -> str
                 continue
             cells = [fmt(*mean_std([r["score_slope_t"][c] for r in g])) for c in cols]
             lines.append(f"| {coupling} | {d} | " + " | ".join(cells) + " |")
+    if base is not None:
+        lines.append(_score_before(groups, groups_of(json.loads(
+            (base / RECORDS_FILE).read_text())), cols, times, base, out))
     figure = out / "gaussian_sb" / SCORE_FIGURE
     if figure.is_file():
         lines.append(f"\n![score slope against t]({figure.relative_to(out).as_posix()})")
     return "\n".join(lines) + "\n"
+
+
+def _score_before(groups, before, cols: list[int], times: list[float], folder: Path,
+                  out: Path) -> str:
+    """Slope fraction and SDE KL(t=1) of SF2M before (constant rate) and after (cosine)."""
+    run = json.loads((folder / RUN_FILE).read_text())
+    link = (folder / "gaussian_sb.md").relative_to(out).as_posix()
+    lines = [
+        f"\nBefore and after: the same cells trained with a constant learning rate "
+        f"([page]({link}), `{run['command']}`), same steps, data, seeds and initialisation. "
+        "Slope fraction of SF2M's score and the SDE's KL(t=1):\n",
+        "| learning rate | coupling | d | " + " | ".join(f"t = {times[c]:g}" for c in cols)
+        + " | KL(t=1), SDE |",
+        "|---|---|---|" + "---|" * (len(cols) + 1),
+    ]
+    for coupling in COUPLINGS:
+        for d in sorted({k[2] for k in before if k[:2] == ("sf2m", coupling)}):
+            for label, g in (("constant", before.get(("sf2m", coupling, d), [])),
+                             ("cosine", groups.get(("sf2m", coupling, d), []))):
+                g = [r for r in g if "score_slope_t" in r]
+                if not g:
+                    continue
+                cells = [fmt(*mean_std([r["score_slope_t"][c] for r in g])) for c in cols]
+                kl = fmt(*mean_std([r["kl_t1"] for r in g]))
+                lines.append(f"| {label} | {coupling} | {d} | " + " | ".join(cells)
+                             + f" | {kl} |")
+    return "\n".join(lines)
 
 
 def score_drift_error(error_t: Sequence[float], times: Sequence[float], a: float,
@@ -581,11 +660,14 @@ def score_drift_error(error_t: Sequence[float], times: Sequence[float], a: float
     return 0.5 * sigma**2 * rate * np.sqrt(np.asarray(error_t, dtype=float) / var)
 
 
-def score_figure(records: Sequence[dict[str, Any]], path: Path, p: dict[str, Any]) -> Path:
+def score_figure(records: Sequence[dict[str, Any]], path: Path, p: dict[str, Any],
+                 before: Sequence[dict[str, Any]] | None = None) -> Path:
     """Plot SF2M's score error against t and the drift error it passes to the SDE.
 
     SF2M's score slope fraction and relative error against t, per dimension, and the
-    drift error the score passes to the SDE with the constant and the tapered noise.
+    drift error the score passes to the SDE with the constant and the tapered noise;
+    ``before``: the records of the same cells trained with a constant learning rate, drawn
+    dotted (exact coupling) in the first two panels.
     """
     import matplotlib
 
@@ -611,6 +693,14 @@ def score_figure(records: Sequence[dict[str, Any]], path: Path, p: dict[str, Any
                                                           diffusion),
                                  color=f"C{i}", lw=width,
                                  label=f"d = {d}" if diffusion == "constant" else None)
+    old = groups_of(before or [])
+    for i, d in enumerate(dims):
+        g = [r for r in old.get(("sf2m", "exact", d), []) if "score_slope_t" in r]
+        for ax, key in zip(axes, ("score_slope_t", "score_error_t"), strict=False):
+            if g:
+                curve = np.asarray([r[key] for r in g], dtype=float).mean(0)
+                ax.plot(times, curve, color=f"C{i}", ls=":", lw=1.2,
+                        label=f"d = {d}, exact, constant lr" if key == "score_error_t" else None)
     axes[0].axhline(1.0, color="grey", lw=0.8, ls=":")
     axes[0].set_ylabel("slope fraction of the learned score")
     axes[1].set_ylabel("|s - s*|^2 / |s*|^2")
@@ -621,7 +711,8 @@ def score_figure(records: Sequence[dict[str, Any]], path: Path, p: dict[str, Any
     for ax in axes:
         ax.set_xlabel("t")
     axes[1].legend(fontsize=6, ncol=2)
-    axes[2].legend(fontsize=6, ncol=3, loc="lower center")
+    if axes[2].get_legend_handles_labels()[0]:
+        axes[2].legend(fontsize=6, ncol=3, loc="lower center")
     fig.suptitle(f"SF2M's score against q_t's (sigma = {p['sigma']:g}, mean over seeds)",
                  fontsize=9)
     return _save_figure(fig, path)
