@@ -185,7 +185,9 @@ def test_quick_bench_writes_records_page_and_figure_then_caches(tmp_path, capsys
         assert r["dim"] == 2 and r["seed"] == 42 and len(r["kl_t"]) == 11
         assert r["kl_t1"] == r["kl_t"][-1] and r["kl_mean"] == pytest.approx(np.mean(r["kl_t"]))
         assert 0 <= r["kl_t1"] < 1 and r["train_seconds"] > 0
+        assert r["best_step"] == r["steps"] == 60  # the final (EMA) weights are tested
     page = (out / "gaussian_sb.md").read_text()
+    assert "the final EMA weights tested" in page
     assert "SB-CFM, paper" in page and "otcfm bench gaussian-sb --quick" in page
     assert (out / "gaussian_sb" / "kl_vs_t.png").stat().st_size > 5_000
     for r in records:  # SF2M cells check their score and the tapered SDE at every grid time
@@ -290,8 +292,12 @@ def test_the_learning_rate_schedule_reaches_the_runs_and_the_cache_key(tmp_path)
         cfg = cell_config(cell, p, tmp_path, write_data(tmp_path, 2, 42, p))
         assert cfg.optim.schedule == p.schedule and cfg.optim.steps == p.steps
     assert cosine.fingerprint() != constant.fingerprint()
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--schedule", "linear"])
+    best = protocol_from_args(build_parser().parse_args(["--checkpoint", "best"]))
+    assert (cosine.checkpoint, best.checkpoint) == ("final", "best")
+    assert best.fingerprint() != cosine.fingerprint()
+    for bad in (["--schedule", "linear"], ["--checkpoint", "ema"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(bad)
 
 
 def test_the_page_compares_the_score_with_its_constant_rate_baseline(tmp_path):

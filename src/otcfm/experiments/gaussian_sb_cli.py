@@ -18,6 +18,7 @@ from pathlib import Path
 from otcfm.experiments import gaussian_sb_report as report
 from otcfm.experiments._cells import CellProgress, CellResult, int_list
 from otcfm.experiments.gaussian_sb import (
+    CHECKPOINTS,
     COUPLINGS,
     DIMS,
     FIRST_SEED,
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{Protocol.steps})")
     p.add_argument("--schedule", choices=LR_SCHEDULES, help="learning rate over the steps "
                    f"(default {Protocol.schedule})")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, help="weights tested: final (the EMA "
+                   "weights after the last step) or best (best validation loss) (default "
+                   f"{Protocol.checkpoint})")
     p.add_argument("--sigma", type=float, help=f"bridge sigma (default {Protocol.sigma:g})")
     p.add_argument("--width", type=int, help=f"MLP width (default {Protocol.width})")
     p.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes")
@@ -80,8 +84,9 @@ def protocol_from_args(args: argparse.Namespace) -> Protocol:
     for k, v in over.items():
         if v < 1:
             raise ValueError(f"--{k} must be >= 1, got {v}")
-    if args.schedule is not None:
-        over["schedule"] = args.schedule
+    for key in ("schedule", "checkpoint"):
+        if getattr(args, key) is not None:
+            over[key] = getattr(args, key)
     if args.sigma is not None:
         if not (math.isfinite(args.sigma) and args.sigma > 0):
             raise ValueError(f"--sigma must be > 0, got {args.sigma}")

@@ -47,6 +47,8 @@ def _published() -> tuple[dict, dict, dict]:
 # the paper's KL(t=1) and mean KL of SB-CFM (entropic) and SF2M-Exact, and DSBM-IPF's KL(t=1)
 PUBLISHED, PUBLISHED_NAMES, DSBM_KL_T1 = _published()
 LABELS = {"sbcfm": "SB-CFM (ODE)", "sf2m": "SF2M (SDE)"}
+CHECKPOINT_TEXT = {"best": "best-validation checkpoint",
+                   "final": "the final EMA weights tested"}
 SCHEDULE_TEXT = {"constant": "constant learning rate",
                  "cosine": "learning rate decayed to 0 by a cosine over the steps"}
 RECORD_KEYS = ("method", "coupling", "dim", "seed", "kl_t1", "kl_mean")
@@ -218,7 +220,8 @@ def markdown(
         f"{p['steps']:,} AdamW steps (lr {p['lr']:g}, {SCHEDULE_TEXT[schedule_of(p)]}, "
         f"weight decay {p['weight_decay']:g}, EMA "
         f"{p['ema_decay']:g}), MLP {p['depth']}x{p['width']} SELU (SF2M: one for the drift, "
-        f"one for the score), best-validation checkpoint ({p['n_val']:,} points). Evaluation: "
+        f"one for the score), {CHECKPOINT_TEXT[p.get('checkpoint', 'best')]} "
+        f"(validation on {p['n_val']:,} points). Evaluation: "
         f"{p['n_test']:,} fresh source points through **{p['euler_steps']} Euler steps** "
         f"(SB-CFM: probability-flow ODE) or **{p['euler_steps']} Euler-Maruyama steps** (SF2M: "
         "the bridge SDE dx = [v + (sigma^2/2) s] dt + sigma dW); a Gaussian (mean and full "

@@ -246,7 +246,26 @@ def two_dim(out: Path) -> dict[str, str]:
                                                           strict=False)]
     facts["val_jump"] = f"{statistics.fmean(jumps):.2f}"
     facts.update(_torchcfm_summary(out / "two_dim_torchcfm"))
+    facts.update(_w2_noise(out / "two_dim" / "w2_noise.json", pub_std))
     return facts
+
+
+def _w2_noise(path: Path, pub_std: float) -> dict[str, str]:
+    """The test-draw noise of W2 (benchmarks/w2_noise.py's record) against the published std."""
+    noise = _json(path)
+    rows, k = noise["seeds"], noise["draws"]
+    draw_std = [statistics.pstdev(r["w2"]) for r in rows]
+    shared = [statistics.pstdev([r["w2"][j] for r in rows]) for j in range(k)]
+    means = [statistics.fmean(r["w2"]) for r in rows]
+    return {
+        "noise_draws": str(k),
+        "noise_draw_std": f"{statistics.fmean(draw_std):.3f}",
+        "noise_draw_std_span": _span(draw_std, lambda v: f"{v:.3f}"),
+        "noise_shared_std": _span(shared, lambda v: f"{v:.3f}"),
+        "noise_mean_std": f"{statistics.pstdev(means):.3f}",
+        "noise_floor": _ms(noise["floor"]),
+        "noise_twice_published": f"{2 * pub_std:.3f}",
+    }
 
 
 def _torchcfm_summary(folder: Path) -> dict[str, str]:
