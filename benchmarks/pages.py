@@ -64,6 +64,7 @@ CHECKPOINT_RECORDS = ("checkpoint_choice.json", "checkpoint_choice_exact.json",
 # page (relative to docs/results) -> (renderer, hand-written inputs besides the JSON records)
 PAGES: dict[str, tuple[Callable[[], str], tuple[str, ...]]] = {
     "two_dim.md": (lambda: two_dim_report.render_page(RESULTS), ("two_dim/remarks.md",)),
+    "two_dim/w2_noise.md": (lambda: bench("w2_noise").render(_json("two_dim/w2_noise.json")), ()),
     "two_dim_ema/two_dim.md": (lambda: two_dim_report.render_page(RESULTS / "two_dim_ema"), ()),
     "two_dim_tc_exact/two_dim.md": (
         lambda: two_dim_report.render_page(RESULTS / "two_dim_tc_exact"), ()),

@@ -331,3 +331,18 @@ def test_the_page_compares_the_score_with_its_constant_rate_baseline(tmp_path):
     assert old["kl_t1"] != new["kl_t1"]
     assert figure.stat().st_size > 5_000  # redrawn by --report-only
     assert "learning rate decayed to 0 by a cosine over the steps" in page
+
+
+def test_exact_bridge_kl_matches_the_general_gaussian_kl():
+    """The exact coupling's own bridge N((2t-1) a 1, (1 + sigma^2 t(1-t)) I) against q_t: the
+    closed form equals gaussian_kl with that mean and covariance, and is 0 at t = 0 and 1."""
+    from otcfm.experiments.gaussian_sb_report import exact_bridge_kl
+
+    a, sigma, d = 0.1, 1.0, 5
+    for t in (0.0, 0.3, 0.5, 1.0):
+        m, v = sb_marginal(t, a, sigma)
+        cov = (1 + sigma**2 * t * (1 - t)) * torch.eye(d, dtype=torch.float64)
+        mean = torch.full((d,), (2 * t - 1) * a, dtype=torch.float64)
+        want = gaussian_kl(mean, cov, torch.full((d,), m, dtype=torch.float64), v)
+        assert exact_bridge_kl(t, d, a, sigma) == pytest.approx(want, rel=1e-9, abs=1e-15)
+    assert exact_bridge_kl(0.0, d, a, sigma) == 0.0 == exact_bridge_kl(1.0, d, a, sigma)

@@ -11,6 +11,7 @@ from these files or from published.json (the paper's table).
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -237,7 +238,7 @@ def markdown(
         _published_section(groups, dims),
     ]
     if any("kl_ode_t1" in r for r in records):
-        parts.append(_ode_of_sf2m(groups, dims, p["euler_steps"]))
+        parts.append(_ode_of_sf2m(groups, dims, p))
     if any("kl_tapered_t1" in r for r in records):
         parts.append(_tapered_of_sf2m(groups, dims, p))
     if figure is not None:
@@ -257,8 +258,9 @@ def _run_lines(meta: dict[str, Any], records: Sequence[dict[str, Any]]) -> str:
         f"- Machine: {meta.get('machine') or 'not recorded'}; {meta['jobs']} job(s), 1 torch "
         "thread per cell\n"
         f"- Date: {meta['date']}\n"
-        f"- Wall time of this invocation: {meta['wall_seconds']:.0f} s (cached cells cost "
-        f"nothing); train + eval time summed over the cells: {compute:.0f} s\n"
+        f"- Wall time of this invocation: {meta['wall_seconds']:.0f} s (cached cells, and "
+        "training runs finished by an earlier invocation, cost nothing); train + eval time "
+        f"summed over the cells: {compute:.0f} s\n"
     )
     lines += (f"- Rendered from {RECORDS_FILE}, {RUN_FILE} and {PROBES_FILE} (nothing trained) "
               "by `otcfm bench gaussian-sb --report-only --out DIR`, DIR the folder of this "
@@ -290,7 +292,25 @@ def _table(groups, dims: list[int], key: str, p: dict[str, Any]) -> str:
     floor = [fmt(kl_floor(d, p["n_test"])) for d in dims]
     rows.append(f"| sampling floor ~ d(d+3)/(4n), n = {p['n_test']:,} | | " + " | ".join(floor)
                 + " |")
+    if key == "kl_mean":
+        times = [k / p["euler_steps"] for k in range(p["euler_steps"] + 1)]
+        exact = [fmt(sum(exact_bridge_kl(t, d, p["a"], p["sigma"]) for t in times) / len(times))
+                 for d in dims]
+        rows.append("| exact coupling's own bridge (population, closed form) | exact | "
+                    + " | ".join(exact) + " |")
     return "\n".join(rows) + "\n"
+
+
+def exact_bridge_kl(t: float, dim: int, a: float, sigma: float) -> float:
+    """KL at time t of the exact coupling's population bridge against q_t (closed form).
+
+    The exact OT coupling of N(-a 1, I) and N(a 1, I) is the translation x1 = x0 + 2a 1, so
+    its Brownian bridge has marginals N((2t - 1) a 1, (1 + sigma^2 t (1 - t)) I): q_t's mean,
+    a larger variance. KL(N(m, u I) || N(m, v I)) = (d / 2) (u / v - 1 - log(u / v)).
+    """
+    u = 1.0 + sigma**2 * t * (1.0 - t)
+    v = sb_marginal(t, a, sigma)[1]
+    return 0.5 * dim * (u / v - 1.0 - math.log(u / v))
 
 
 def _published_section(groups, dims: list[int]) -> str:
@@ -347,24 +367,36 @@ def _sf2m_rows(groups, dims: list[int], variant: str, title: str) -> list[str]:
     return rows
 
 
-def _ode_of_sf2m(groups, dims: list[int], steps: int) -> str:
+def _ode_of_sf2m(groups, dims: list[int], p: dict[str, Any]) -> str:
     rows = _sf2m_rows(groups, dims, "kl_ode", "SF2M sampled with its probability-flow ODE")
-    return ("## SF2M's drift alone\n\nThe same SF2M models sampled with the ODE dx = v dt "
-            f"({steps} Euler steps) instead of the SDE:\n\n" + "\n".join(rows) + "\n")
+    text = ("## SF2M's drift alone\n\nThe same SF2M models sampled with the ODE dx = v dt "
+            f"({p['euler_steps']} Euler steps) instead of the SDE:\n\n" + "\n".join(rows) + "\n")
+    gaps = _minus_ode(groups, dims, "kl_t1", p)
+    if gaps:
+        text += ("\nSDE (constant g = sigma) minus the same models' ODE, KL(t=1), exact "
+                 "coupling, paired by seed (mean ± std), against the sampling floor "
+                 "d(d+3)/(4n): " + "; ".join(gaps) + ".\n")
+    return text
+
+
+def _minus_ode(groups, dims: list[int], key: str, p: dict[str, Any]) -> list[str]:
+    """Per d: the SF2M-Exact KL(t=1) of ``key`` minus its ODE's, paired, against the floor."""
+    gaps = []
+    for d in dims:
+        g = [r for r in groups.get(("sf2m", "exact", d), []) if key in r and "kl_ode_t1" in r]
+        if not g:
+            continue
+        diff = mean_std([r[key] - r["kl_ode_t1"] for r in g])
+        floor = kl_floor(d, p["n_test"])
+        word = "within" if diff[0] <= floor else "ABOVE"
+        gaps.append(f"d = {d}: {fmt(*diff)} against a floor of {fmt(floor)} ({word})")
+    return gaps
 
 
 def _tapered_of_sf2m(groups, dims: list[int], p: dict[str, Any]) -> str:
     """The SF2M models sampled with the tapered diffusion, and its distance to their ODE."""
     rows = _sf2m_rows(groups, dims, "kl_tapered", "SF2M, SDE with tapered g(t)")
-    gaps = []
-    for d in dims:
-        g = [r for r in groups.get(("sf2m", "exact", d), []) if "kl_tapered_t1" in r]
-        if not g:
-            continue
-        diff = mean_std([r["kl_tapered_t1"] - r["kl_ode_t1"] for r in g])
-        floor = kl_floor(d, p["n_test"])
-        word = "within" if diff[0] <= floor else "ABOVE"
-        gaps.append(f"d = {d}: {fmt(*diff)} against a floor of {fmt(floor)} ({word})")
+    gaps = _minus_ode(groups, dims, "kl_tapered_t1", p)
     text = [
         "## SF2M's SDE with a diffusion that vanishes at the snapshots\n",
         "Every SDE dx = [v + (g(t)^2/2) s] dt + g(t) dW has the marginals of the flow v when s "
@@ -396,6 +428,7 @@ def _notes(meta: dict[str, Any], groups, p: dict[str, Any],
         f"floor ({kl_floor(5, n):.4f} at n = {n:,}).",
     ]
     lines += _probe_notes(probes or {}, groups, p) if probes else []
+    lines.append(NOTE_CONSTANT if schedule_of(p) == "constant" else NOTE_COSINE)
     lines += [note.format(batch=p["batch_size"]) for note in NOTES]
     for f in meta.get("failed", []):
         lines.append(f"- FAILED cell: {f}")
@@ -481,6 +514,9 @@ def _probe_notes(record: dict[str, Any], groups, p: dict[str, Any]) -> list[str]
             f"was tried first ({first['date']}; d = 50 unless stated, one seed, SF2M-Exact, "
             f"width 128, KL(t=1) of the SDE / of the ODE): {tried}."
         )
+    param = probes.get("score_parameterisation")
+    if param:
+        lines.append(_parameterisation_note(param))
     gap = probes.get("sf2m_sde_gap")
     if gap:
         dims = " / ".join(str(d) for d in gap["dims"])
@@ -504,6 +540,27 @@ def _probe_notes(record: dict[str, Any], groups, p: dict[str, Any]) -> list[str]
             f"the SDE against {var['ode'][0]:.2f}-{var['ode'][1]:.2f} for the same models' ODE)."
         )
     return lines
+
+
+def _parameterisation_note(probe: dict[str, Any]) -> str:
+    """The noise-prediction probe: SDE KL(t=1) and the score's slope at t = 0, both outputs."""
+    dims = sorted(probe["kl_t1_sde"]["score"], key=int)
+
+    def mean(kind: str, out: str) -> str:
+        return " / ".join(fmt(mean_std(probe[kind][out][d])[0]) for d in dims)
+
+    return (
+        "- A noise-prediction parameterisation was tried and not kept: the score network "
+        "predicts e(x, t) and s = -e / sigma_t, so the loss is the plain noise regression "
+        f"|e - eps|^2 (the same objective; `{probe['command']}`, {probe['date']}, seeds "
+        f"{', '.join(map(str, probe['seeds']))}, {probe['steps']:,} steps with the cosine "
+        f"schedule). SF2M-Exact's SDE KL(t=1) at d = {' / '.join(dims)}: "
+        f"{mean('kl_t1_sde', 'eps')} against {mean('kl_t1_sde', 'score')} with the score "
+        "predicted directly; the slope fraction of its score at t = 0 is "
+        f"{mean('slope_t0', 'eps')} (direct: {mean('slope_t0', 'score')}): dividing by "
+        "sigma_t multiplies the network's error near the snapshots, where the SDE needs the "
+        "score most."
+    )
 
 
 def _closes(gap: dict[str, Any]) -> str:
@@ -530,13 +587,31 @@ def _against_euler(gap: dict[str, Any]) -> str:
     return "mixed against the 20-step values"
 
 
-NOTES = [
+#: the note of a grid trained with a constant learning rate (where the SDE's gap was)
+NOTE_CONSTANT = (
     "- Where the gap is: the SDE with constant g = sigma follows q_t closer than the ODE over "
     "most of the interval (mean KL at or below the paper), but its KL rises over the last "
     "fifth of it, where the score regression has little weight (lambda(t)^2 = 4 t (1 - t) / "
     "sigma^2 -> 0) and the sigma^2/2 factor passes the score error on to the samples. The "
     "tapered schedule removes most of that rise with the same models; what is left is the "
-    "score's error in the middle of the interval, where g is largest.",
+    "score's error in the middle of the interval, where g is largest."
+)
+#: the note of a grid trained with the cosine schedule (why the schedule)
+NOTE_COSINE = (
+    "- Why the cosine schedule: the score's regression target -eps / sigma_t has noise of "
+    "std 1 / sigma_t per coordinate (at least 2 sigma^-1 everywhere, far more near the ends), "
+    "against a signal of order 1. With a constant learning rate the weights keep moving with "
+    "that noise to the last step; decaying the rate to 0 averages it out. Where a subfolder "
+    "holds the same cells trained with a constant rate, the score section compares the two "
+    "at the same budget (\"before and after\")."
+)
+NOTES = [
+    "- The exact coupling's own bridge is not the Schrödinger bridge: the population exact "
+    "coupling of these Gaussians is the translation x1 = x0 + 2a 1, whose bridge has "
+    "variance 1 + sigma^2 t (1 - t) between the snapshots, above q_t's. The last row of the "
+    "mean-KL table is its mean KL against q_t in closed form: what an exact-coupling model "
+    "that fits its own marginals scores on the grid, however well trained (KL(t=1) is 0 for "
+    "it). A model below that row is not following its coupling's bridge.",
     "- SF2M's drift network is SB-CFM's network, trained on the same draws from the same "
     "initialisation (the score is a separate network with its own parameters), so \"SF2M's "
     "drift alone\" repeats the SB-CFM rows wherever both kept the same checkpoint.",
