@@ -11,6 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from otcfm.cli import main
 
@@ -99,6 +100,25 @@ def test_sample_x0_needs_no_training_data(home, tmp_path):
     assert main(["sample", str(home / "runs" / "r"), "--x0", f"{x0}:second", "--out",
                  str(out)]) == 0
     assert np.loadtxt(out, delimiter=",").shape == (4, 2)
+
+
+def test_sample_x0_takes_its_first_n_points_and_refuses_more(home, tmp_path, capsys):
+    """--n with --x0: the first N points of the file, pushed exactly as the whole file's first
+    N are; more than the file holds is refused (it used to be ignored silently)."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x0.npy", rng.standard_normal((6, 2)).astype("float32"))
+    run = str(home / "runs" / "r")
+    assert main(["sample", run, "--x0", str(tmp_path / "x0.npy"), "--out",
+                 str(tmp_path / "all.pt")]) == 0
+    assert main(["sample", run, "--x0", str(tmp_path / "x0.npy"), "--n", "4", "--out",
+                 str(tmp_path / "four.pt")]) == 0
+    whole, four = torch.load(tmp_path / "all.pt"), torch.load(tmp_path / "four.pt")
+    assert four["samples"].shape == (4, 2)
+    torch.testing.assert_close(four["samples"], whole["samples"][:4])
+    assert main(["sample", run, "--x0", str(tmp_path / "x0.npy"), "--n", "7", "--out",
+                 str(tmp_path / "seven.npy")]) == 2
+    assert "--n 7 is more than the 6 points of --x0" in error(capsys)
+    assert not (tmp_path / "seven.npy").exists()
 
 
 def test_sample_x0_of_another_dimension_is_refused(home, tmp_path, capsys):

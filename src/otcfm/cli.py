@@ -386,14 +386,19 @@ def _add_train(sub: Any) -> None:
     )
 
 
+SAMPLE_N = 1_000  # samples ``otcfm sample`` draws without --n (and without --x0)
+
+
 def _add_sample(sub: Any) -> None:
     p = sub.add_parser("sample", help="draw samples from a trained run")
     p.add_argument("run", type=Path, help="run folder, e.g. runs/demo/otcfm")
-    p.add_argument("--n", type=count, default=1000,
-                   help="number of samples: the run's test sources, then (built-in sources) "
-                   "fresh draws")
+    p.add_argument("--n", type=count, default=None,
+                   help=f"number of samples (default {SAMPLE_N:,}): the run's test sources, "
+                   "then (built-in sources) fresh draws; with --x0, its first N points "
+                   "(default all)")
     p.add_argument("--x0", help="push these source points instead (.npy/.npz/.csv/.tsv/.txt, "
                    "FILE.npz:KEY); the run's data files are then not needed")
+    p.set_defaults(sample_n=SAMPLE_N)  # what --n means when it is not given (without --x0)
     p.add_argument("--solver", default=None, help="euler, midpoint, heun, rk4, dopri5, ...")
     p.add_argument("--ode-steps", type=count, default=None, help="fixed-step solver steps")
     p.add_argument("--checkpoint", default="best", choices=("best", "latest"))

@@ -186,12 +186,13 @@ def cmd_sample_images(args: argparse.Namespace) -> int:
     device = args.device or "cpu"
     check_device_available(device, "--device")
     run = load_image_run(args.run, args.checkpoint, device=device)
+    n = args.sample_n if args.n is None else args.n
     labels = None
     if args.klass is not None:
-        labels = torch.full((args.n,), run.label(args.klass), dtype=torch.int64)
+        labels = torch.full((n,), run.label(args.klass), dtype=torch.int64)
     generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
     drawn = sample_images(
-        run, args.n, solver=args.solver or run.cfg.eval.solver,
+        run, n, solver=args.solver or run.cfg.eval.solver,
         steps=args.ode_steps or run.cfg.eval.ode_steps, labels=labels, guidance=args.guidance,
         generator=generator, batch_size=args.batch_size or SAMPLE_BATCH,
     )
@@ -215,7 +216,7 @@ def cmd_sample_images(args: argparse.Namespace) -> int:
     what = "" if labels is None else f", class {run.classes[int(labels[0])]}" if int(
         labels[0]) < run.null_class else ", unconditional"
     guided = f", guidance {args.guidance:g}" if args.guidance else ""
-    print(f"wrote {args.n} images to {out} (NFE {drawn.nfe:g}{what}{guided}; "
+    print(f"wrote {n} images to {out} (NFE {drawn.nfe:g}{what}{guided}; "
           f"{run.checkpoint}, step {run.step})")
     return 0
 
@@ -252,13 +253,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 f"--x0 {args.x0}: points of shape {tuple(x0.shape[1:])}, the run's model takes "
                 f"{run.event_shape}"
             )
-    if x0 is None and args.n > run.data.source.test.shape[0]:
-        x0 = _more_sources(run, args.n)
+    n = args.n
+    if x0 is not None and n is not None:
+        if n > x0.shape[0]:
+            raise ValueError(f"--n {n} is more than the {x0.shape[0]} points of --x0 {args.x0}")
+        x0 = x0[:n]
+    if x0 is None:
+        n = args.sample_n if n is None else n
+        if n > run.data.source.test.shape[0]:
+            x0 = _more_sources(run, n)
     generator = None
     if args.seed is not None:
         generator = torch.Generator().manual_seed(args.seed)
     traj = sample_run(
-        run, x0, n=args.n, solver=args.solver, steps=args.ode_steps, save="ends",
+        run, x0, n=n, solver=args.solver, steps=args.ode_steps, save="ends",
         sde=args.sde, sde_steps=args.sde_steps, generator=generator, **diffusion,
     )
     out = Path(args.out)
