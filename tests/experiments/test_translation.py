@@ -133,10 +133,18 @@ def test_the_page_pairs_the_methods_by_seed():
     meta = {"dataset": "digits", "command": "otcfm bench translation", "machine": "m",
             "date": "d", "wall_seconds": 60.0, "seeds": [0, 1], "protocol": {"latent": 8}}
     moved = {("otcfm", 0): 1.0, ("otcfm", 1): 1.2, ("icfm", 0): 1.5, ("icfm", 1): 1.5}
+    square = {("otcfm", 0): 2.0, ("otcfm", 1): 2.6, ("icfm", 0): 2.2, ("icfm", 1): 2.2}
     records = [{"pair": "3 -> 8", "method": m, "seed": s, "mmd": 0.1, "moved": v,
-                "target_rate": 0.5} for (m, s), v in moved.items()]
+                "moved_sq": square[m, s], "target_rate": 0.5} for (m, s), v in moved.items()]
     page = translation.render({"meta": meta, "records": records})
     # differences -0.5 and -0.3: mean -0.4, standard error 0.1414 / sqrt(2) = 0.1
     assert "paired by seed, OT-CFM minus I-CFM -0.400 ± 0.100" in page
-    assert "- 3 -> 8: yes (1.100 ± 0.100 against 1.500 ± 0.000" in page
+    assert "- 3 -> 8, distance: yes (1.100 ± 0.100 against 1.500 ± 0.000" in page
+    # squared: OT-CFM 2.3 ± 0.3 against 2.2: not less; differences -0.2 and +0.4
+    assert ("- 3 -> 8, squared distance: NO (2.300 ± 0.300 against 2.200 ± 0.000; paired by "
+            "seed, OT-CFM minus I-CFM 0.100 ± 0.300)") in page
+    assert "| 3 -> 8 | otcfm | 0.1000 ± 0.0000 | 1.100 ± 0.100 | 2.300 ± 0.300 | 0.500" in page
+    old = [{k: v for k, v in r.items() if k != "moved_sq"} for r in records]
+    page = translation.render({"meta": meta, "records": old})  # records from before moved_sq
+    assert "squared distance:" not in page and "| 1.100 ± 0.100 | - | 0.500" in page
     assert "- Methods: otcfm, icfm. Seeds 0, 1;" in page

@@ -52,6 +52,11 @@ def test_scores_against_closed_forms():
     assert same["moved"] == 0.0 and same["mmd"] == pytest.approx(0.0, abs=1e-12)
     moved = translation_scores(x, x + shift, x + shift)
     assert moved["moved"] == pytest.approx(5.0, rel=1e-6) and moved["moved_se"] < 1e-6
+    assert moved["moved_sq"] == pytest.approx(25.0, rel=1e-6) and moved["moved_sq_se"] < 1e-5
+    scaled = translation_scores(x, 2.0 * x, x)  # |x|^2 averaged: the sample's own moments
+    assert scaled["moved_sq"] == pytest.approx(float(x.double().pow(2).sum(1).mean()), rel=1e-9)
+    assert scaled["moved_sq_se"] == pytest.approx(
+        float(x.double().pow(2).sum(1).std() / math.sqrt(200)), rel=1e-9)
     assert translation_scores(x, x, x + shift)["mmd"] > 0.1
 
     def classifier(images):  # class = sign of the mean pixel: 1 if bright, else 0

@@ -154,8 +154,10 @@ def translation_scores(
 
     ``mmd``: squared MMD between ``mapped`` and ``target`` codes (the metrics' RBF
     mixture); ``moved``: mean ``|mapped - source|`` (Euclidean, standardised codes), with its
-    standard error ``moved_se``; ``target_rate``: the share of ``images`` whose
-    ``classifier`` logits peak at one of ``target_classes`` (when a classifier is given).
+    standard error ``moved_se``; ``moved_sq``: mean ``|mapped - source|^2`` (the transport
+    cost that OT minimises among maps with the same image), with ``moved_sq_se``;
+    ``target_rate``: the share of ``images`` whose ``classifier`` logits peak at one of
+    ``target_classes`` (when a classifier is given).
     """
     if source.shape != mapped.shape:
         raise ValueError(f"source and mapped codes differ in shape: {tuple(source.shape)} "
@@ -165,6 +167,9 @@ def translation_scores(
         "mmd": mmd(mapped, target),
         "moved": float(step.mean()),
         "moved_se": float(step.std() / math.sqrt(step.numel())) if step.numel() > 1 else 0.0,
+        "moved_sq": float(step.pow(2).mean()),
+        "moved_sq_se": (float(step.pow(2).std() / math.sqrt(step.numel()))
+                        if step.numel() > 1 else 0.0),
         "n": int(source.shape[0]),
     }
     if classifier is not None:
