@@ -229,3 +229,22 @@ def test_a_warning_is_one_line_naming_the_command(home, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("otcfm sample: warning: "), proc.stderr
     assert "cannot be verified" in lines[0]
+
+
+def test_resume_by_name_starts_from_the_run_s_own_config(tmp_path, capsys):
+    """otcfm train --name R --out D --resume --steps N: the run's saved config is the base,
+    so none of the original flags is needed; a flag that differs is still refused."""
+    out = str(tmp_path)
+    assert main(["train", "--task", "gaussian-moons", "--name", "r", "--out", out, *TINY,
+                 "--sigma", "0.2", "--n-train", "256", "--set", "data.n_val=32",
+                 "--set", "data.n_test=32"]) == 0
+    assert main(["train", "--name", "r", "--out", out, "--resume", "--steps", "20",
+                 "--quiet", "--no-eval"]) == 0
+    saved = (tmp_path / "r" / "config.toml").read_text()
+    assert "steps = 20" in saved and "sigma = 0.2" in saved
+    rows = (tmp_path / "r" / "log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["10", "20"]
+    capsys.readouterr()
+    assert main(["train", "--name", "r", "--out", out, "--resume", "--steps", "30",
+                 "--sigma", "0.3", "--quiet", "--no-eval"]) == 2
+    assert "method.sigma: 0.2 -> 0.3" in error(capsys)

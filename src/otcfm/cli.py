@@ -371,7 +371,9 @@ def _add_train(sub: Any) -> None:
         "fashion-mnist -> fashion-mnist:DIR)",
     )
     p.add_argument(
-        "--resume", action="store_true", help="continue runs/<name>/ from its checkpoint"
+        "--resume", action="store_true", help="continue OUT/NAME from its checkpoint, its "
+        "saved config the base (without --config): give --name, --out and what changes, "
+        "e.g. --steps"
     )
     p.add_argument("--no-eval", action="store_true", help="skip the test evaluation after training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -572,12 +574,17 @@ def _add_trajectory(sub: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Build the validated RunConfig of ``otcfm train``.
 
-    The RunConfig of ``otcfm train``: --config file, then --task, flags and --set; validated
-    (errors name the key and its flag).
+    The RunConfig of ``otcfm train``: --config file (with --resume and no --config: the run's
+    own ``config.toml``), then --task, flags and --set; validated (errors name the key and
+    its flag).
     """
     from otcfm.train.config import RunConfig
 
-    cfg = _file_config(RunConfig, args.config) if args.config else RunConfig()
+    if args.config:
+        cfg = _file_config(RunConfig, args.config)
+    else:
+        saved = _resumed_config(args)
+        cfg = _file_config(RunConfig, saved) if saved is not None else RunConfig()
     data = cfg.to_dict()
     if args.task:
         from otcfm.data import toy
@@ -604,6 +611,25 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             except ValueError as err:
                 raise ValueError(f"--data-root: {err}") from None
         return cfg.validate()
+
+
+def _resumed_config(args: argparse.Namespace) -> Path | None:
+    """The ``config.toml`` of the run ``--resume`` continues, when it has one (else None).
+
+    The run is OUT/NAME from --out and --name (or the name --task gives); a resume given
+    only these starts from the run's own config, the other flags overriding it.
+    """
+    from otcfm.train.config import RunConfig
+
+    if not args.resume:
+        return None
+    name = args.name
+    if name is None and args.task:
+        name = f"{args.task}-{args.method or RunConfig().method.name}"
+    if name is None:
+        return None
+    path = Path(args.out or RunConfig().out_dir) / name / "config.toml"
+    return path if path.is_file() else None
 
 
 def trajectory_config_from_args(args: argparse.Namespace) -> TrajectoryConfig:

@@ -246,7 +246,9 @@ def render(report: dict[str, Any]) -> str:
         "",
         f"- Command: `{meta['command']}`",
         f"- Machine: {meta['machine']}; {meta['date']}; {meta['wall_seconds'] / 60:.1f} min "
-        "wall in all.",
+        "wall for this invocation (autoencoders and flows that a previous invocation trained "
+        "in the same runs folder, if any, are reused); the flows' training time summed over "
+        f"the records: {sum(r.get('flow_train_seconds', 0.0) for r in records) / 60:.1f} min.",
         f"- Methods: {', '.join(methods)}. Seeds {', '.join(map(str, meta['seeds']))}; protocol: "
         + ", ".join(f"{k} {v}" for k, v in meta["protocol"].items()) + ".",
         "- Per seed one autoencoder (latent codes standardised per coordinate) on the "

@@ -691,8 +691,9 @@ def _resume_state(cfg: RunConfig, folder: RunFolder) -> dict[str, Any] | None:
     if changed:
         raise ValueError(
             f"cannot resume {cfg.run_dir}: its config differs from the one given: "
-            f"{'; '.join(changed)} (the run's value -> the given one; only optim.steps may "
-            "change on resume)"
+            f"{'; '.join(changed)} (the run's value -> the given one; a resume may change "
+            "optim.steps, eval.keep_checkpoints, the coupling workers and prefetch, the "
+            "device, out_dir and the distributed settings)"
         )
     if cfg.optim.schedule != "constant" and saved.optim.steps != cfg.optim.steps:
         raise ValueError(
