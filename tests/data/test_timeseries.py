@@ -133,7 +133,8 @@ def test_csv_time_column_and_features(tmp_path):
 @pytest.mark.parametrize(
     "header, rows, kw, match",
     [
-        (["t", "a"], [[0, 1], [1, 2]], {}, r"no time column 'time'; columns: \['t', 'a'\]"),
+        (["t", "a"], [[0, 1], [1, 2]], {}, r"no time column 'time'; columns: \['t', 'a'\] "
+         r"\(name the time column: --time-key, or time_key= in Python\)"),
         (["time", "a"], [[3, 1], [3, 2]], {}, "single time point"),
         (["time", "a"], [[0, 1], [1, "nan"]], {}, "NaN or inf"),
         (["time", "a"], [[0, 1], [1, "inf"]], {}, "NaN or inf"),

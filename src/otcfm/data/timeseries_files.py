@@ -254,7 +254,8 @@ def _read_time_column(p: Path, time_key: str, delimiter: str) -> tuple[list[str]
                     )
                 if time_key not in header:
                     raise ValueError(
-                        f"{p}: no time column {time_key!r}; columns: {header} (pass time_key=)"
+                        f"{p}: no time column {time_key!r}; columns: {header} (name the time "
+                        "column: --time-key, or time_key= in Python)"
                     )
                 col = header.index(time_key)
                 continue
@@ -306,8 +307,8 @@ def _from_anndata(
         found = [k for k in TIME_KEYS if k in obs_cols]
         if not found:
             raise ValueError(
-                f"{p}: no time column found among obs columns {obs_cols}; pass time_key= "
-                f"(tried {list(TIME_KEYS)})"
+                f"{p}: no time column found among obs columns {obs_cols} (tried "
+                f"{list(TIME_KEYS)}); name it: --time-key, or time_key= in Python"
             )
         time_key = found[0]
     if time_key not in obs_cols:
