@@ -234,3 +234,17 @@ def test_warmup_and_bf16_reach_the_engine_and_are_checked(tmp_path):
     trainer.close()
     with pytest.raises(ConfigError, match=r"optim.warmup must be an integer >= 0 \(0 = off\)"):
         RunConfig().override(["optim.warmup=-1"]).validate()
+
+
+@pytest.mark.parametrize("override, key", [("couplings.workers=2", "workers"),
+                                           ("couplings.ot_batch=1024", "ot_batch"),
+                                           ("couplings.scope=local", "scope"),
+                                           ("couplings.prefetch=4", "prefetch")])
+def test_image_runs_refuse_the_point_run_coupling_settings(override, key):
+    """An image run couples inside its step: coupling threads, prefetch, OT batch and scope
+    would be ignored silently, so setting them is an error naming the key."""
+    base = ["data.target=digits", "optim.batch_size=512"]
+    RunConfig().override(base).validate()  # the defaults are accepted
+    with pytest.raises(ConfigError, match=rf"couplings.{key} applies to point runs: an image "
+                                          "run couples each batch inside its training step"):
+        RunConfig().override([*base, override]).validate()

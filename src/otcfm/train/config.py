@@ -595,6 +595,13 @@ class RunConfig(TomlConfig):
                               f"noise, got {self.data.source!r}")
         if self.data.paired:
             raise ConfigError("data.paired", "data.paired applies to point files, not images")
+        default = CouplingsConfig()
+        for key in ("workers", "prefetch", "ot_batch", "scope"):
+            if getattr(self.couplings, key) != getattr(default, key):
+                raise ConfigError(f"couplings.{key}", f"couplings.{key} applies to point runs: "
+                                  "an image run couples each batch inside its training step "
+                                  f"(data.target {self.data.target!r}); leave it at "
+                                  f"{getattr(default, key)!r}")
         if m.arch == "unet" and not m.preset:
             kind = self.data.target.partition(":")[0]
             if kind not in UNET_PRESETS:
