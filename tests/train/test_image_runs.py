@@ -308,3 +308,27 @@ def test_two_processes_train_an_image_run_like_one(tmp_path, ranks):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=k)
     assert max(float((a[k] - first[k]).abs().max()) for k in a) > 1e-3  # it trained
+
+
+def test_sf2m_on_images_gets_a_score_network_or_is_refused_before_any_folder(tmp_path):
+    """SF2M on an image set with the MLP trains a drift-and-score model (it used to fail at its
+    first step, after writing the run folder); with the UNet, which has no score head, it is
+    refused before the run folder exists."""
+    from otcfm.models import DriftScore
+
+    mlp = RunConfig().override([
+        "name=\"s\"", f"out_dir=\"{tmp_path}\"", "data.target=\"digits\"", "data.n_val=100",
+        "data.n_test=50", "method.name=\"sf2m\"", "model.width=16", "model.depth=2",
+        "optim.steps=2", "optim.batch_size=32", "eval.val_every=2",
+        "eval.checkpoint_every=2"]).validate()
+    result = train(mlp, progress=False)
+    run = load_image_run(result.run_dir, "latest")
+    assert result.steps == 2 and isinstance(run.model, DriftScore)
+    drawn = sample_images(run, 3, solver="euler", steps=2)  # the drift's ODE
+    assert drawn.pixels.shape == (3, 1, 8, 8) and drawn.pixels.dtype == torch.uint8
+    unet = RunConfig().override([
+        "name=\"u\"", f"out_dir=\"{tmp_path}\"", "data.target=\"digits\"",
+        "method.name=\"sf2m\"", "model.arch=\"unet\"", "optim.batch_size=32"]).validate()
+    with pytest.raises(ValueError, match="model.arch 'unet' has no score network"):
+        train(unet, progress=False)
+    assert not (tmp_path / "u").exists()

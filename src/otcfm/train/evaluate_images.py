@@ -36,7 +36,7 @@ from otcfm.train.checkpoint import StagedFiles
 from otcfm.train.config import RunConfig
 from otcfm.train.datasets import check_image_files, read_data_record, stream
 from otcfm.train.evaluate import NllSettings, choose_checkpoint, nll_metrics
-from otcfm.train.loop import build_model
+from otcfm.train.loop import build_model, needs_score
 from otcfm.train.runfolder import RunFolder, merged_metrics
 
 __all__ = [
@@ -149,7 +149,8 @@ def load_image_run(
     shape = tuple(int(s) for s in state["image_shape"])
     classes = tuple(str(c) for c in state.get("classes", ()))
     conditional = bool(state.get("conditional", False))
-    model = build_model(cfg.model, shape, num_classes=len(classes) if conditional else None)
+    model = build_model(cfg.model, shape, num_classes=len(classes) if conditional else None,
+                        score=needs_score(cfg.method))
     model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     model.to(device).eval().requires_grad_(False)
     return ImageRun(run_dir, cfg, model, int(state["step"]), path.name, shape,  # type: ignore[arg-type]

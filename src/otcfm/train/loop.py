@@ -514,7 +514,7 @@ class Trainer(Engine):
                 key = "data.n_val" if str(err).startswith("n_val") else "optim.batch_size"
                 raise ConfigError(key, f"{key}: {err}") from None
             model = build_model(cfg.model, objective.event_shape, generator=generator,
-                                num_classes=classes).to(dev)
+                                num_classes=classes, score=self.matcher.needs_score).to(dev)
             # the data record (data.json) is hashed once, by the process that writes it
             self.data_record = record_image_data(cfg.data, images) if rank == 0 else None
         else:
