@@ -171,3 +171,21 @@ def test_staged_files_are_written_together_or_not_at_all(tmp_path):
     assert torch.equal(load_checkpoint(b)["x"], torch.zeros(1))
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["a.txt", "b.pt",
                                                                           "c.npy"]
+
+
+def test_written_files_get_the_umask_permissions(tmp_path):
+    """Run files are as readable as any file the user writes (the umask's mode), not 0600;
+    no temporary file is left beside them."""
+    import stat
+
+    from otcfm.train.checkpoint import save_atomic, write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        text = write_text_atomic("x = 1\n", tmp_path / "config.toml")
+        blob = save_atomic({"step": 1}, tmp_path / "ckpt.pt")
+    finally:
+        os.umask(old)
+    for path in (text, blob):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "config.toml"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
-import tempfile
+import uuid
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -54,12 +54,21 @@ class UnsafeCheckpoint(ValueError):
 
 
 def _temp_beside(path: Path) -> Path:
-    """A new, empty temporary file in ``path``'s folder with ``path``'s suffix."""
+    """A new, empty temporary file in ``path``'s folder with ``path``'s suffix.
+
+    Created with the permissions the umask gives a new file (not mkstemp's 0600), so that the
+    file it is renamed to is as readable as any other file the user writes.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
-                               dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+    for _ in range(100):
+        tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}"
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def _replace_atomically(path: str | Path, mode: str, write: Callable[[IO], None]) -> Path:
