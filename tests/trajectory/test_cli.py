@@ -91,6 +91,19 @@ def test_predict_populations_and_paths(tmp_path, csv_data, capsys):
         assert z["xs"].shape == (4, 7, 3)
         np.testing.assert_allclose(z["times"], [0.0, 2.0, 3.0, 5.0], atol=1e-5)
     assert "wrote paths of 7 cells" in capsys.readouterr().out
+    again = tmp_path / "again.npz"  # the start time given too: the same paths
+    assert main(["predict", str(run), "--time", "0", "2", "3", "5", "--paths", "7",
+                 "--out", str(again)]) == 0
+    with np.load(paths) as z, np.load(again) as w:
+        np.testing.assert_array_equal(z["xs"], w["xs"])
+    capsys.readouterr()
+    assert main(["predict", str(run), "--time", "3", "2", "--paths", "7", "--out",
+                 str(tmp_path / "bad.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "--time 3 2: the times must move away from the start time 0 (--start 0)" in err
+    assert main(["predict", str(run), "--time", "0", "--paths", "7", "--out",
+                 str(tmp_path / "bad.npz")]) == 2
+    assert "--time gives only the start time 0" in capsys.readouterr().err
 
 
 def test_predict_output_is_written_whole_or_not_at_all(tmp_path, csv_data, monkeypatch):

@@ -95,7 +95,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         start = args.start or 0
         cells = ts.at(start)[: args.paths]
         taus = ts.to_index(args.times).tolist()
-        traj = trajectories(run.model, cells, float(start), taus, steps_per_unit=steps, sde=sde)
+        if taus and taus[0] == float(start):  # the start time given too: it is there anyway
+            taus = taus[1:]
+        if not taus:
+            raise ValueError(f"--time gives only the start time {ts.times[start]:g}; the "
+                             "paths need a later (or earlier) time")
+        try:
+            traj = trajectories(run.model, cells, float(start), taus, steps_per_unit=steps,
+                                sde=sde)
+        except ValueError as err:
+            if "monotonically" not in str(err):
+                raise
+            raise ValueError(f"--time {' '.join(f'{t:g}' for t in args.times)}: the times "
+                             f"must move away from the start time {ts.times[start]:g} (--start "
+                             f"{start}) in one direction") from None
         xs = torch.stack([back(x) for x in traj.xs])
         times = ts.from_index(traj.ts.double().numpy())
         with StagedFiles() as staged:  # written whole or not at all

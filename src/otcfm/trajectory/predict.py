@@ -149,10 +149,12 @@ def trajectories(
     if len(out) < 2:
         raise ValueError("taus needs at least one time")
     span = out[-1] - out[0]
+    legs = list(zip(out[:-1], out[1:], strict=True))
+    if any((b - a) * span <= 0 for a, b in legs):
+        raise ValueError(f"taus must move away from tau0 = {out[0]:g} monotonically, got "
+                         f"{[float(f'{t:g}') for t in out[1:]]}; the start is the first point "
+                         "of every path by itself: leave it out of taus")
     if sde is not None:
-        legs = list(zip(out[:-1], out[1:], strict=True))
-        if any((b - a) * span <= 0 for a, b in legs):
-            raise ValueError(f"taus must move away from tau0 monotonically, got {out[1:]}")
         xs, nfe = [x.clone()], 0
         for a, b in legs:
             leg = _sde_leg(model, xs[-1], a, b, _steps(steps_per_unit, b - a), sde)
