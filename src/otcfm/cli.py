@@ -536,6 +536,9 @@ def _add_trajectory(sub: Any) -> None:
     p.add_argument("--no-pca", action="store_true",
                    help="keep the first --dims columns instead of PCA (e.g. TrajectoryNet pcs)")
     p.add_argument("--no-standardize", action="store_true", help="skip the StandardScaler")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.KEY=V", help="override any config value, e.g. --set "
+                   "eval.checkpoint_every=100")
     p.add_argument("--resume", action="store_true", help="continue the run from its checkpoint")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -635,9 +638,10 @@ def _resumed_config(args: argparse.Namespace) -> Path | None:
 def trajectory_config_from_args(args: argparse.Namespace) -> TrajectoryConfig:
     """Build the validated TrajectoryConfig of ``otcfm trajectory fit``.
 
-    The TrajectoryConfig of ``otcfm trajectory fit``: --config file, then flags; validated
-    (errors name the key and its flag).
+    The TrajectoryConfig of ``otcfm trajectory fit``: --config file, then flags and --set;
+    validated (errors name the key and its flag).
     """
+    from otcfm.train.config import apply_overrides
     from otcfm.trajectory.config import TrajectoryConfig
 
     cfg = _file_config(TrajectoryConfig, args.config) if args.config else TrajectoryConfig()
@@ -656,7 +660,7 @@ def trajectory_config_from_args(args: argparse.Namespace) -> TrajectoryConfig:
     flags = {(f"{section}.{key}" if section else key): flag
              for flag, (section, key, _) in TRAJECTORY_FLAGS.items()}
     with _naming_flags(flags):
-        return TrajectoryConfig.from_dict(data)
+        return TrajectoryConfig.from_dict(apply_overrides(data, args.overrides))
 
 
 def _file_config(cls: Any, path: Path) -> Any:

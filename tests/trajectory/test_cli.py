@@ -294,3 +294,19 @@ def test_sde_needs_an_sf2m_run(tmp_path, csv_data, capsys):
     assert main(["predict", str(tmp_path / "runs" / "ot"), "--time", "3", "--sde",
                  "--out", str(tmp_path / "x.npz")]) == 2
     assert "only SF2M runs" in capsys.readouterr().err
+
+
+def test_fit_set_reaches_keys_without_a_flag(tmp_path, csv_data, capsys):
+    """--set SECTION.KEY=V on trajectory fit, as on train: a key without a flag is set and
+    saved; an unknown key or section is refused in one line."""
+    assert fit(tmp_path, csv_data, "--name", "s", "--no-eval", "--set",
+               "eval.checkpoint_every=10", "--set", "eval.log_every=5") == 0
+    saved = (tmp_path / "runs" / "s" / "config.toml").read_text()
+    assert "checkpoint_every = 10" in saved and "log_every = 5" in saved
+    ckpts = sorted(p.name for p in (tmp_path / "runs" / "s" / "checkpoints").glob("step-*"))
+    assert ckpts == ["step-000010.pt", "step-000020.pt"]
+    capsys.readouterr()
+    assert fit(tmp_path, csv_data, "--name", "t", "--set", "eval.every=3") == 2
+    assert "unknown key" in capsys.readouterr().err
+    assert fit(tmp_path, csv_data, "--name", "t", "--set", "nope.x=3") == 2
+    assert "unknown config section 'nope'" in capsys.readouterr().err

@@ -461,19 +461,7 @@ class RunConfig(TomlConfig):
 
     def override(self, assignments: list[str]) -> RunConfig:
         """Apply ``section.key=value`` strings (values parsed as TOML, else kept as text)."""
-        data = self.to_dict()
-        for item in assignments:
-            key, sep, raw = item.partition("=")
-            if not sep:
-                raise ValueError(f"override {item!r} must look like section.key=value")
-            *path, leaf = key.strip().split(".")
-            node = data
-            for part in path:
-                if not isinstance(node.get(part), dict):
-                    raise ValueError(f"unknown config section {part!r} in override {item!r}")
-                node = node[part]
-            node[leaf] = _parse_value(raw.strip())
-        return RunConfig.from_dict(data)
+        return RunConfig.from_dict(apply_overrides(self.to_dict(), assignments))
 
     @property
     def ot_batch(self) -> int:
@@ -608,6 +596,26 @@ class RunConfig(TomlConfig):
                 raise ConfigError("model.preset", f"model.preset: the UNet needs a preset for "
                                   f"{self.data.target!r} (choose from "
                                   f"{', '.join(sorted(UNET_PRESETS))})")
+
+
+def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """``data`` (a config as nested dicts) with ``section.key=value`` strings applied in place.
+
+    Values are parsed as TOML, else kept as text; an unknown section is refused here, an
+    unknown key when the config is built from ``data``.
+    """
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        *path, leaf = key.strip().split(".")
+        node = data
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"unknown config section {part!r} in override {item!r}")
+            node = node[part]
+        node[leaf] = _parse_value(raw.strip())
+    return data
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
