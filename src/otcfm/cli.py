@@ -434,6 +434,9 @@ def _add_evaluate(sub: Any) -> None:
                    "images)")
     p.add_argument("--probes", type=count, default=None,
                    help="Hutchinson probes per point (default 1)")
+    p.add_argument("--tol", type=float, default=1e-5,
+                   help="atol = rtol of the adaptive solver of --nll and of an image run's "
+                   "--solver (default 1e-5, as the paper's FID)")
     p.add_argument("--gaussian-source", action="store_true",
                    help="for --nll: declare that a point run's source file holds draws of "
                    "N(0, I) (a built-in source's own density is used without it)")
@@ -447,8 +450,6 @@ def _add_evaluate(sub: Any) -> None:
                    help="euler, midpoint, heun, rk4, dopri5, ... (default: the run's eval.solver)")
     g.add_argument("--ode-steps", type=count, default=None,
                    help="fixed-step solver steps (default: the run's eval.ode_steps)")
-    g.add_argument("--tol", type=float, default=1e-5,
-                   help="atol = rtol of an adaptive solver (default 1e-5, as the paper's FID)")
     g.add_argument("--fid", action="store_true",
                    help="compute FID; needs --inception and --fid-stats (nothing is downloaded)")
     g.add_argument("--inception", type=Path, default=None, metavar="FILE",
