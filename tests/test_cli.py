@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from otcfm.cli import BENCHES, FLAG_FIELDS, ConfigType, _run_defaults, main
+from otcfm._cli_config import FLAG_FIELDS, ConfigType, run_defaults
+from otcfm.cli import BENCHES, main
 
 TINY = [
     "--steps",
@@ -156,13 +157,13 @@ def test_train_flag_table_matches_the_config():
     cfg = RunConfig()
     for flag, (section, key) in FLAG_FIELDS.items():
         value = getattr(getattr(cfg, section) if section else cfg, key)
-        assert ConfigType(_run_defaults, section, key).kind() is type(value), flag
+        assert ConfigType(run_defaults, section, key).kind() is type(value), flag
 
 
 def test_config_type_converts_like_the_field():
-    assert ConfigType(_run_defaults, "optim", "steps")("12") == 12
-    assert ConfigType(_run_defaults, "method", "sigma")("0.5") == 0.5
-    use_best = ConfigType(_run_defaults, "eval", "use_best")
+    assert ConfigType(run_defaults, "optim", "steps")("12") == 12
+    assert ConfigType(run_defaults, "method", "sigma")("0.5") == 0.5
+    use_best = ConfigType(run_defaults, "eval", "use_best")
     assert use_best("false") is False and use_best("YES") is True
     with pytest.raises(Exception, match="invalid bool value: 'maybe'"):
         use_best("maybe")

@@ -29,15 +29,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from otcfm.cli import (
+from otcfm._cli_config import (
     FLAG_FIELDS,
     TRAJECTORY_FLAGS,
     TRAJECTORY_METHODS,
     ConfigType,
-    _run_defaults,
-    _trajectory_defaults,
-    main,
+    run_defaults,
+    trajectory_defaults,
 )
+from otcfm.cli import main
 from otcfm.couplings import COUPLINGS
 from otcfm.data import load_points, toy
 from otcfm.matchers import MATCHERS
@@ -221,7 +221,7 @@ def train_argvs(draw) -> list[str]:
             value = draw(st.integers(-2, 3))
         else:
             section, key = FLAG_FIELDS[flag]
-            value = draw(_typed(ConfigType(_run_defaults, section, key).kind()))
+            value = draw(_typed(ConfigType(run_defaults, section, key).kind()))
         argv.append(f"--{flag.replace('_', '-')}={value}")  # = keeps '-5' a value
     return argv
 
@@ -236,7 +236,7 @@ def fit_argvs(draw) -> list[str]:
         if flag == "method" and draw(st.booleans()):
             value = draw(st.sampled_from(TRAJECTORY_METHODS))
         else:
-            value = draw(_typed(ConfigType(_trajectory_defaults, section, key).kind()))
+            value = draw(_typed(ConfigType(trajectory_defaults, section, key).kind()))
         argv.append(f"--{flag.replace('_', '-')}={value}")
     return argv
 

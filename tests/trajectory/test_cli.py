@@ -230,14 +230,19 @@ def test_help_through_the_main_parser(command, capsys):
 
 
 def test_flag_table_matches_the_config():
-    from otcfm.cli import TRAJECTORY_FLAGS, TRAJECTORY_METHODS, ConfigType, _trajectory_defaults
+    from otcfm._cli_config import (
+        TRAJECTORY_FLAGS,
+        TRAJECTORY_METHODS,
+        ConfigType,
+        trajectory_defaults,
+    )
     from otcfm.trajectory.config import METHODS, TrajectoryConfig
 
     assert TRAJECTORY_METHODS == METHODS
     cfg = TrajectoryConfig()
     for flag, (section, key, _) in TRAJECTORY_FLAGS.items():
         value = getattr(getattr(cfg, section) if section else cfg, key)
-        assert ConfigType(_trajectory_defaults, section, key).kind() is type(value), flag
+        assert ConfigType(trajectory_defaults, section, key).kind() is type(value), flag
 
 
 @pytest.mark.parametrize(
