@@ -19,7 +19,7 @@ LAYERS = {
     "plots": 3,
     "train": 4, "trajectory": 4, "translate": 4,
     "experiments": 5,
-    "cli": 6, "__main__": 6,
+    "cli": 6, "_cli_config": 6, "__main__": 6,
 }
 # core modules never import each other, only the shared helpers
 CORE = {"paths", "couplings", "time_samplers", "sampling", "models", "metrics", "data"}
