@@ -365,6 +365,28 @@ def test_settings_are_checked():
         LoopSettings(steps=1, grad_clip=-1.0)
 
 
+def _follows_rates_and_resumes(settings: LoopSettings, rates: list[float], stop: int) -> None:
+    """The engine's weights equal a plain AdamW loop given ``rates`` step by step, and a run
+    stopped after ``stop`` steps resumes on the same schedule."""
+    engine = Engine(Toy(), Flat(), settings)
+    engine.run()
+    model, toy = Flat(), Toy()
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
+    for step in range(settings.steps):
+        opt.zero_grad()
+        toy.loss(model, step).backward()
+        opt.param_groups[0]["lr"] = rates[step]
+        opt.step()
+    for p, q in zip(engine.model.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    first = Engine(Toy(), Flat(), settings)
+    first.run(until=stop)
+    second = Engine(Toy(), Flat(), settings)
+    second.load_state_dict(first.state_dict())
+    second.run()
+    same(engine.model, second.model)
+
+
 def test_warmup_rises_linearly_then_holds_and_resumes_alike():
     """warmup=4, lr 0.01: steps 0-3 use 0.0025, 0.005, 0.0075, 0.01, then 0.01; the weights
     equal a plain AdamW loop given those rates, and a run stopped inside the warmup resumes on
@@ -373,23 +395,7 @@ def test_warmup_rises_linearly_then_holds_and_resumes_alike():
     rates = [0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01, 0.01]
     settings = LoopSettings(steps=steps, lr=lr, warmup=4, log_every=2)
     assert [settings.lr_at(s) for s in range(steps)] == pytest.approx(rates, rel=1e-12)
-    engine = Engine(Toy(), Flat(), settings)
-    engine.run()
-    model, toy = Flat(), Toy()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    for step in range(steps):
-        opt.zero_grad()
-        toy.loss(model, step).backward()
-        opt.param_groups[0]["lr"] = rates[step]
-        opt.step()
-    for p, q in zip(engine.model.parameters(), model.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
-    first = Engine(Toy(), Flat(), settings)
-    first.run(until=2)
-    second = Engine(Toy(), Flat(), settings)
-    second.load_state_dict(first.state_dict())
-    second.run()
-    same(engine.model, second.model)
+    _follows_rates_and_resumes(settings, rates, stop=2)
     with pytest.raises(ValueError, match="warmup"):
         LoopSettings(steps=1, warmup=-1)
 
@@ -427,23 +433,7 @@ def test_cosine_schedule_follows_its_formula_after_the_warmup():
     settings = LoopSettings(steps=steps, lr=lr, warmup=2, schedule="cosine", log_every=2)
     assert [settings.lr_at(s) for s in range(steps)] == pytest.approx(rates, rel=1e-12)
     assert rates[-1] == pytest.approx(0.01 * (1 - math.sqrt(0.5)) / 2, rel=1e-12)
-    engine = Engine(Toy(), Flat(), settings)
-    engine.run()
-    model, toy = Flat(), Toy()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    for step in range(steps):
-        opt.zero_grad()
-        toy.loss(model, step).backward()
-        opt.param_groups[0]["lr"] = rates[step]
-        opt.step()
-    for p, q in zip(engine.model.parameters(), model.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
-    first = Engine(Toy(), Flat(), settings)
-    first.run(until=3)
-    second = Engine(Toy(), Flat(), settings)
-    second.load_state_dict(first.state_dict())
-    second.run()
-    same(engine.model, second.model)
+    _follows_rates_and_resumes(settings, rates, stop=3)
     plain = LoopSettings(steps=5, lr=lr, schedule="cosine")
     assert plain.lr_at(0) == lr
     assert plain.lr_at(4) == pytest.approx(lr * (1 + math.cos(0.8 * math.pi)) / 2)
