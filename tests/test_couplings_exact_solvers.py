@@ -254,3 +254,147 @@ def test_auction_without_a_certificate_falls_back_to_network_simplex(monkeypatch
     monkeypatch.setattr(asg, "_solve_emd", lambda c: called.append(1) or real(c))
     j = asg.solve(cost, "auction", check=False)
     assert called and abs(_total(cost, j) - _scipy_total(cost)) <= 1e-9 * _scipy_total(cost)
+
+
+@pytest.mark.parametrize("k", [2, 5, 32])
+def test_rescan_lists_the_k_cheapest_columns_and_bounds_the_rest(k):
+    """Brute force: the list holds K columns whose values C_ij + p_j are the K least (ties
+    at the bound either way), and every column left out is at least the returned bound."""
+    _need("auction")
+    from otcfm._ot import auction_kernels as kernels
+
+    rng = np.random.default_rng(k)
+    n = 200
+    row = rng.integers(0, 40, n).astype(np.float64)  # many ties
+    p = rng.integers(0, 10, n).astype(np.float64)
+    cand, costs = np.zeros(k, np.int64), np.zeros(k)
+    thr = kernels.rescan(row, p, cand, costs, np.empty(n))
+    values = row + p
+    assert len(set(cand.tolist())) == k
+    np.testing.assert_array_equal(costs, row[cand])
+    assert thr == np.sort(values)[k]
+    assert values[cand].max() <= thr
+    out = np.setdiff1d(np.arange(n), cand)
+    assert values[out].min() >= thr
+    full = np.zeros(n, np.int64)
+    assert kernels.rescan(row, p, full, np.zeros(n), np.empty(n)) == np.inf  # K = n: all
+    np.testing.assert_array_equal(full, np.arange(n))
+
+
+@pytest.mark.parametrize("kind", ["8g", "ties", "cloud64"])
+def test_candidate_lists_change_the_cost_of_a_bid_not_the_answer(kind, monkeypatch):
+    """The certified auction with candidate lists (n >= LISTS_MIN) and with full row scans
+    (lists switched off) both reach the network simplex's optimum, certified."""
+    _need("auction")
+    from otcfm._ot import auction
+
+    n = 400
+    if kind == "8g":
+        cost = _eight_gaussians_cost(n, 7)
+    elif kind == "ties":
+        cost = np.random.default_rng(3).integers(0, 4, (n, n)).astype(np.float64)
+    else:
+        cost = _cloud_cost(n, 64, seed=5)
+    opt = _scipy_total(cost)
+    assert n >= auction.LISTS_MIN
+    with_lists = auction.exact_assignment(cost)
+    monkeypatch.setattr(auction, "LISTS_MIN", 10**9)
+    scans = auction.exact_assignment(cost)
+    for found in (with_lists, scans):
+        _assert_perm(found.cols, n)
+        assert found.bound <= auction.EXACT_RTOL
+        assert _total(cost, found.cols) - opt <= 1e-9 * max(opt, 1.0)
+
+
+def test_tighten_over_lists_certifies_only_what_holds_outside_them():
+    """On an optimal assignment the list-restricted correction converges and its prices make
+    every row's column its cheapest over all columns (brute force); when a row's column
+    lies above its list's bound it reports -2 (the caller then corrects over every arc)."""
+    _need("auction")
+    from otcfm._ot import auction_kernels as kernels
+
+    n, k = 80, 6
+    cost = _cloud_cost(n, 2, seed=8)
+    cost -= cost.min(1, keepdims=True)
+    r, c = linear_sum_assignment(cost)
+    j = np.empty(n, np.int64)
+    j[r] = c
+    owner = np.empty(n, np.int64)
+    owner[j] = np.arange(n)
+    # optimal duals from a fine auction, then the lists at those prices
+    prices = np.zeros(n)
+    o2, a2 = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    kernels.bid(cost, prices, 1e-9 * cost.mean(), o2, a2, 10**7, kernels.top_bits(np.float64))
+    cand, cand_c, thr = np.zeros((n, k), np.int64), np.zeros((n, k)), np.zeros(n)
+    for i in range(n):
+        thr[i] = kernels.rescan(cost[i], prices, cand[i], cand_c[i], np.empty(n))
+    d = np.zeros(n)
+    done = kernels.tighten_lists(cost, prices, a2, o2, 0.0, 100 * n, d, cand, cand_c, thr)
+    assert done > 0
+    q = prices - d
+    values = cost + q[None, :]
+    assert (values - values[np.arange(n), a2][:, None]).min() >= -1e-12
+    thr[:] = -1.0  # every list's bound below its row's column: not certified here
+    assert kernels.tighten_lists(
+        cost, prices, a2, o2, 0.0, 100 * n, np.zeros(n), cand, cand_c, thr) == -2
+
+
+def test_fused_cost_is_bitwise_sq_cost_row_reduced():
+    """sq_cost_reduced64 (the ExactOT auction's cost) equals float64(sq_cost(float32)) minus
+    its row minima bit for bit, and flags a non-finite cost through its sum."""
+    _need("auction")
+    from otcfm._ot import auction_kernels as kernels
+    from otcfm.couplings._base import centred, sq_cost
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(130, 7, generator=g) * 3
+    x1 = torch.randn(120, 7, generator=g) + 2
+    x1[:5] = x0[:5]  # zero distances: the clamp at 0
+    a, b = centred(x0, x1, torch.float32)
+    gram = (a @ b.T).numpy()
+    out, lo = np.empty((130, 120)), np.empty(130)
+    offset, total, cmax = kernels.sq_cost_reduced64(
+        gram, (a * a).sum(1).numpy(), (b * b).sum(1).numpy(), out, lo)
+    c32 = sq_cost(x0, x1, torch.float32).numpy()
+    np.testing.assert_array_equal(lo, c32.min(1).astype(np.float64))
+    np.testing.assert_array_equal(out, c32.astype(np.float64) - lo[:, None])
+    assert offset == pytest.approx(lo.sum(), rel=1e-15)
+    assert total == pytest.approx(out.sum(), rel=1e-12) and cmax == out.max()
+    bad = gram.copy()
+    bad[3, 4] = np.nan
+    assert not np.isfinite(kernels.sq_cost_reduced64(
+        bad, (a * a).sum(1).numpy(), (b * b).sum(1).numpy(), out, lo)[1])
+
+
+def test_exact_ot_auction_path_matches_scipy_on_the_float32_costs(monkeypatch):
+    """ExactOT's auction path (cost built in its kernel) pairs optimally for the float32
+    costs sq_cost computes, reports their mean, and without a certificate falls back to
+    network simplex on the reduced cost with the same answer."""
+    _need("auction")
+    from otcfm._ot import auction
+    from otcfm.couplings._base import sq_cost
+
+    g = torch.Generator().manual_seed(1)
+    x0, x1 = torch.randn(300, 2, generator=g), torch.randn(300, 2, generator=g) * 2 + 1
+    c = sq_cost(x0, x1, torch.float32).double().numpy()
+    opt = _scipy_total(c)
+    calls = []
+    real = auction.exact_assignment_gram
+    monkeypatch.setattr(auction, "exact_assignment_gram",
+                        lambda *a: calls.append(1) or real(*a))
+    i, j, info = ExactOT(solver="auction").pair(x0, x1)
+    assert calls  # the fused path ran
+    assert _total(c, j.numpy()) - opt <= 1e-9 * opt
+    assert info["cost"] == pytest.approx(_total(c, j.numpy()) / 300, rel=1e-12)
+    monkeypatch.setattr(auction, "certified_assignment", lambda *a: None)
+    i2, j2, info2 = ExactOT(solver="auction").pair(x0, x1)
+    assert _total(c, j2.numpy()) - opt <= 1e-9 * opt
+    assert info2["cost"] == pytest.approx(_total(c, j2.numpy()) / 300, rel=1e-12)
+
+
+def test_exact_ot_auction_path_refuses_an_overflowing_cost():
+    _need("auction")
+    x0 = torch.full((260, 2), 3e19)
+    x0[0] = -3e19
+    with pytest.raises(ValueError, match="overflow|float32"):
+        ExactOT(solver="auction").pair(x0, torch.zeros(260, 2))

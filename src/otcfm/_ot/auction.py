@@ -11,6 +11,12 @@ the bids per row from about 10-20 (cold eps-scaling) to 2-4.
 
 The subsets come from a generator seeded by n: the same cost matrix gives the same pairing.
 The certificate (module ``_approx``) holds whatever the starting prices.
+
+Candidate lists (the certified exact solver, n >= ``LISTS_MIN``). After the first phase each
+row keeps its ``EXACT_LISTS`` cheapest columns and a bound under every other column's value;
+prices only rise, so the bound stays valid and a bid reads the list instead of the row until
+the list no longer decides (``auction_kernels.rescan``). The shortest-path correction runs
+over the lists' arcs after every phase and is checked against the bounds.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ COARSE_TOL = 0.01  # coupling gap of the coarse problem when the answer must be 
 EXACT_RTOL = 1e-9  # certified relative gap of exact_assignment
 EXACT_SCALING = 16.0  # eps shrinks by this factor between the phases of exact_assignment
 EXACT_MAX_BIDS = 500  # exact_assignment gives up after this many bids per row
-TIGHTEN_FROM = 1e-4  # relative mode: correct the prices once n eps <= this * (offset + LB)
+EXACT_LISTS = 32  # candidate columns per row in exact_assignment (auction_kernels.rescan)
+LISTS_MIN = 256  # smallest n solved with candidate lists (below, rows are cheap to scan)
+LISTS_FROM = 1  # phases run with full row scans before the lists (prices still move far)
 TIGHTEN_SCANS = 3  # most row scans of one price correction, in multiples of n
 
 
@@ -79,6 +87,7 @@ def solve_auction(
     cmax: float | None = None,
     offset: float | None = None,
     rng: np.random.Generator | None = None,
+    lists: int = 0,
 ) -> AuctionResult:
     """Certified assignment of a float32 or float64 (n, n) cost with row minima 0.
 
@@ -105,7 +114,7 @@ def solve_auction(
     assigned = np.full(n, -1, np.int64)
     if warm and n >= COARSE_MIN:
         coarse_tol = tol if offset is None else max(tol, COARSE_TOL)
-        prices, lb = _coarse_prices(cost, coarse_tol, scaling, max_bids, rng)
+        prices, lb = _coarse_prices(cost, coarse_tol, scaling, max_bids, rng, lists)
         spread = ind - lb if 0.0 <= lb < ind else ind
         # a few times the certifying eps n * eps = tol * (IND - OPT), but not so small that
         # the first complete pairing takes long at a tight tol (later phases refine)
@@ -116,19 +125,32 @@ def solve_auction(
     best_cols, best_u = None, math.inf
     bids = phases = 0
     rows = np.arange(n)
+    k = min(lists, n) if lists >= 2 else 0
+    if k:
+        cand = np.zeros((n, k), np.int64)
+        cand_c = np.zeros((n, k), cost.dtype)
+        thr = np.full(n, -np.inf, cost.dtype)  # every list starts stale
     while True:
-        bids += kernels.bid(cost, prices, eps, owner, assigned, max_bids - bids, top)
+        if k and phases >= LISTS_FROM:
+            bids += kernels.bid_lists(
+                cost, prices, eps, owner, assigned, max_bids - bids, cand, cand_c, thr
+            )
+        else:
+            bids += kernels.bid(cost, prices, eps, owner, assigned, max_bids - bids, top)
         phases += 1
-        lb = max(lb, kernels.dual_value(cost, prices, top) - _slack(n, cmax, prices))
+        last = eps <= floor or bids >= max_bids
+        if offset is None:  # relative mode: the bound comes from the tightening (or below)
+            lb = max(lb, kernels.dual_value(cost, prices, top) - _slack(n, cmax, prices))
         if assigned.min() >= 0:
             u = float(cost[rows, assigned].sum(dtype=np.float64))
             if u < best_u:
                 best_cols, best_u = assigned.copy(), u
+            # the correction is cheap over the lists; a full one only where no lists run
+            lists_on = k and phases > LISTS_FROM
             if (offset is not None and bound(best_u, lb) > tol and u == best_u
-                    and n * eps <= TIGHTEN_FROM * (offset + max(lb, 0.0))):
-                lb = max(lb, _tightened_bound(cost, prices, assigned, owner, cmax, top))
-        if bound(best_u, lb) <= tol or eps <= floor or bids >= max_bids:
-            break
+                    and (lists_on or not k)):
+                lists_ = (cand, cand_c, thr) if lists_on else None
+                lb = max(lb, _tightened_bound(cost, prices, assigned, owner, cmax, top, lists_))
         # n * eps at most the gap allowed certifies the next phase: no need to go finer
         if not math.isfinite(best_u):
             target = 0.0
@@ -137,10 +159,21 @@ def solve_auction(
         else:
             target = tol * (offset + max(lb, 0.0)) / n
         finer = max(eps / scaling, target, floor)
+        if offset is not None and bound(best_u, lb) > tol and (
+                last or finer >= eps or n * eps <= tol * (offset + best_u)):
+            # the eps-complementary slackness itself may certify: the prices' dual bound
+            lb = max(lb, kernels.dual_value(cost, prices, top) - _slack(n, cmax, prices))
+        if bound(best_u, lb) <= tol or last:
+            break
+        if offset is not None:
+            finer = max(eps / scaling, tol * (offset + max(lb, 0.0)) / n, floor)
         if finer >= eps:  # eps is already as fine as the certificate needs: rounding blocks it
             break
         eps = finer
-        kernels.prune(cost, prices, owner, assigned, eps, top)
+        if k and phases >= LISTS_FROM:
+            kernels.prune_lists(cost, prices, owner, assigned, eps, cand, cand_c, thr)
+        else:
+            kernels.prune(cost, prices, owner, assigned, eps, top)
     return AuctionResult(best_cols, best_u, lb, prices, bids, phases, eps)
 
 
@@ -157,7 +190,7 @@ def exact_assignment(cost: np.ndarray, *, overwrite: bool = False) -> ExactAssig
     """Optimal assignment of a finite square float64 ``cost``, certified.
 
     The compiled auction runs in float64 on the row-reduced cost from a multiscale warm start
-    with eps-scaling; once its eps is small, the prices are corrected by shortest paths
+    with eps-scaling; after each phase the prices are corrected by shortest paths
     (``auction_kernels.tighten``) towards exact complementary slackness. Every answer
     carries the dual bound LB of a feasible dual (u_i + v_j <= C_ij, float rounding
     subtracted), and is returned only when bound = (U - LB) / (offset + LB) <= ``EXACT_RTOL``,
@@ -176,13 +209,45 @@ def exact_assignment(cost: np.ndarray, *, overwrite: bool = False) -> ExactAssig
     else:
         reduced = cost - lo[:, None]
     # >= 0 exactly, as the kernels need (they order floats by their bits)
-    offset = float(lo.sum())
-    total, cmax = float(reduced.sum()), float(reduced.max())
+    return certified_assignment(reduced, float(lo.sum()), float(reduced.sum()),
+                                float(reduced.max()))
+
+
+def exact_assignment_gram(
+    gram: np.ndarray, na: np.ndarray, nb: np.ndarray
+) -> tuple[ExactAssignment | None, np.ndarray, np.ndarray]:
+    """:func:`exact_assignment` of the float32 squared distances of a float32 Gram matrix.
+
+    The costs are (gram_ij * -2 + na_i) + nb_j in float32, clamped at 0: bitwise those of
+    ``otcfm.couplings.sq_cost`` on the same centred points (``na``, ``nb``: squared norms);
+    distances, float64 copy and row reduction are one pass
+    (``auction_kernels.sq_cost_reduced64``). Returns the certified answer (or None, also for
+    a non-finite cost), the reduced float64 cost and its row minima, for a fallback solver.
+    """
+    from otcfm._ot import auction_kernels as kernels
+
+    reduced = np.empty(gram.shape, np.float64)
+    lo = np.empty(gram.shape[0], np.float64)
+    offset, total, cmax = kernels.sq_cost_reduced64(gram, na, nb, reduced, lo)
+    if not (math.isfinite(offset) and math.isfinite(total)):
+        return None, reduced, lo
+    return certified_assignment(reduced, offset, total, cmax), reduced, lo
+
+
+def certified_assignment(
+    reduced: np.ndarray, offset: float, total: float, cmax: float
+) -> ExactAssignment | None:
+    """The certified auction of :func:`exact_assignment` on a row-reduced float64 cost.
+
+    ``reduced``: C minus its row minima (>= 0, C-contiguous); ``offset``: the sum of those
+    minima; ``total`` and ``cmax``: the sum and largest entry of ``reduced``.
+    """
+    n = reduced.shape[0]
     if n == 1 or cmax == 0.0:
         return ExactAssignment(np.arange(n), offset, 0.0)
     r = solve_auction(
         reduced, EXACT_RTOL, scaling=EXACT_SCALING, max_bids=EXACT_MAX_BIDS * n, warm=True,
-        ind=total / n, cmax=cmax, offset=offset,
+        ind=total / n, cmax=cmax, offset=offset, lists=EXACT_LISTS if n >= LISTS_MIN else 0,
     )
     if r.cols is None:
         return None
@@ -191,7 +256,8 @@ def exact_assignment(cost: np.ndarray, *, overwrite: bool = False) -> ExactAssig
 
 
 def _coarse_prices(
-    cost: np.ndarray, tol: float, scaling: float, max_bids: int, rng: np.random.Generator
+    cost: np.ndarray, tol: float, scaling: float, max_bids: int, rng: np.random.Generator,
+    lists: int = 0,
 ) -> tuple[np.ndarray, float]:
     """Column prices (n,) from the problem on a random n / 2 subset, and their lower bound."""
     from otcfm._ot import auction_kernels as kernels  # numba: loaded on first use
@@ -204,7 +270,7 @@ def _coarse_prices(
     _, total, top = kernels.reduce_rows(sub, kernels.top_bits(cost.dtype))
     coarse = solve_auction(
         sub, tol, scaling=scaling, max_bids=max_bids, warm=True, ind=total / m,
-        cmax=float(top), rng=rng,
+        cmax=float(top), rng=rng, lists=lists,
     )
     prices = np.empty(n, cost.dtype)
     lb = kernels.extend_prices(cost, cols, coarse.prices, prices, kernels.top_bits(cost.dtype))
@@ -213,7 +279,7 @@ def _coarse_prices(
     return prices, lb
 
 
-def _tightened_bound(cost, prices, assigned, owner, cmax, top) -> float:
+def _tightened_bound(cost, prices, assigned, owner, cmax, top, lists=None) -> float:
     """The lower bound of the prices after the shortest-path correction.
 
     The lower bound of the prices corrected by ``auction_kernels.tighten`` (-inf if
@@ -224,7 +290,17 @@ def _tightened_bound(cost, prices, assigned, owner, cmax, top) -> float:
     n = cost.shape[0]
     d = np.zeros(n, prices.dtype)
     rounding = 4.0 * float(np.finfo(prices.dtype).eps) * (cmax + float(prices.max()))
-    if kernels.tighten(cost, prices, assigned, owner, rounding, TIGHTEN_SCANS * n, d) < 0:
+    scans = TIGHTEN_SCANS * n
+    if lists is not None:
+        done = kernels.tighten_lists(cost, prices, assigned, owner, rounding, scans, d, *lists)
+        if done == -1:
+            return -math.inf  # no convergence on the lists' arcs: not optimal yet
+        if done == -2:  # converged, but an arc outside the lists may be violated
+            d[:] = 0.0
+            done = kernels.tighten(cost, prices, assigned, owner, rounding, scans, d)
+    else:
+        done = kernels.tighten(cost, prices, assigned, owner, rounding, scans, d)
+    if done < 0:
         return -math.inf
     q = prices - d
     q -= q.min()  # the kernels need p >= 0; a common shift changes no bound

@@ -338,3 +338,233 @@ def tighten(C, p, assigned, owner, slack, max_scans, d):  # pragma: no cover - c
             return -1
         fewest = min(fewest, count)
         active = nxt
+
+
+# --------------------------------------------------------------------------- candidate lists
+# Prices only rise during an auction (bids raise them; pruning leaves them). So if, when row
+# i was last scanned in full, every column outside its K best had C_ij + p_j >= thr_i, this
+# still holds: the list's best and second best are the row's whenever the list's second best
+# is <= thr_i. A bid then costs O(K) instead of O(n); a row is rescanned (O(n)) only when its
+# list no longer decides.
+
+
+@_jit()
+def rescan(row, p, cand_i, cost_i, buf):  # pragma: no cover - compiled
+    """Refill ``cand_i`` (K,) with the K columns of least row_j + p_j; returns thr.
+
+    Every column left out has row_j + p_j >= thr (inf when K >= n: the list is the row).
+    ``cost_i`` (K,) receives their costs row_j (read contiguously by the bids). One pass
+    keeping the K + 1 least values sorted in ``buf`` (>= K + 1 entries).
+    """
+    n = row.shape[0]
+    k = cand_i.shape[0]
+    if k >= n:
+        for j in range(n):
+            cand_i[j] = j
+            cost_i[j] = row[j]
+        return np.inf
+    vals = buf[: k + 1]
+    vals[:] = np.inf
+    idx = np.empty(k + 1, np.int64)
+    top = vals[k]
+    for j in range(n):
+        v = row[j] + p[j]
+        if v < top:
+            a = k
+            while a > 0 and vals[a - 1] > v:
+                vals[a] = vals[a - 1]
+                idx[a] = idx[a - 1]
+                a -= 1
+            vals[a] = v
+            idx[a] = j
+            top = vals[k]
+    for a in range(k):
+        cand_i[a] = idx[a]
+        cost_i[a] = row[idx[a]]
+    return top
+
+
+@_jit()
+def _list_top2(p, cand_i, cost_i):  # pragma: no cover - compiled
+    best = np.inf
+    second = np.inf
+    j1 = -1
+    for a in range(cand_i.shape[0]):
+        j = cand_i[a]
+        v = cost_i[a] + p[j]
+        if v < best or (v == best and j < j1):
+            second = best
+            best = v
+            j1 = j
+        elif v < second:
+            second = v
+    return j1, best, second
+
+
+@_jit()
+def top2(row, p, cand_i, cost_i, thr, i, buf):  # pragma: no cover - compiled
+    """(j1, best, second) of row_j + p_j over all columns, from row i's list (2 <= K <= n)."""
+    j1, best, second = _list_top2(p, cand_i, cost_i)
+    if second > thr[i]:
+        thr[i] = rescan(row, p, cand_i, cost_i, buf)
+        j1, best, second = _list_top2(p, cand_i, cost_i)
+    return j1, best, second
+
+
+@_jit()
+def bid_lists(C, p, eps, owner, assigned, max_bids, cand, cand_c, thr):  # pragma: no cover
+    """``bid`` with the row minima taken from candidate lists (see ``rescan``)."""
+    n = C.shape[0]
+    buf = np.empty_like(p)
+    free = np.empty(n, np.int64)
+    nf = 0
+    for i in range(n - 1, -1, -1):
+        if assigned[i] < 0:
+            free[nf] = i
+            nf += 1
+    value = np.empty_like(p[:1])
+    value[0] = eps
+    step = value[0]
+    bids = 0
+    while nf > 0 and bids < max_bids:
+        nf -= 1
+        i = free[nf]
+        j1, best, second = top2(C[i], p, cand[i], cand_c[i], thr, i, buf)
+        if second == np.inf:  # a single column
+            second = best
+        p[j1] += second - best + step
+        prev = owner[j1]
+        owner[j1] = i
+        assigned[i] = j1
+        if prev >= 0:
+            assigned[prev] = -1
+            free[nf] = prev
+            nf += 1
+        bids += 1
+    return bids
+
+
+@_jit()
+def prune_lists(C, p, owner, assigned, eps, cand, cand_c, thr):  # pragma: no cover - compiled
+    """``prune`` with the row minima taken from candidate lists."""
+    n = C.shape[0]
+    buf = np.empty_like(p)
+    kept = 0
+    for i in range(n):
+        a = assigned[i]
+        if a < 0:
+            continue
+        _, best, _ = top2(C[i], p, cand[i], cand_c[i], thr, i, buf)
+        if C[i, a] + p[a] - best > eps:
+            assigned[i] = -1
+            owner[a] = -1
+        else:
+            kept += 1
+    return kept
+
+
+@_jit()
+def tighten_lists(
+    C, p, assigned, owner, slack, max_scans, d, cand, cand_c, thr
+):  # pragma: no cover - compiled
+    """``tighten`` over the arcs of the candidate lists only.
+
+    The corrected prices q = p - d >= p only rise, so a column outside row i's list still
+    has C_ij + q_j >= thr_i; a result is returned (passes) only when every row's own column
+    also has C_ik + q_k <= thr_i, so the correction holds over every arc. -1: no convergence
+    (as ``tighten``); -2: converged, but some row's own column is above its list's bound (the
+    caller runs the full ``tighten``).
+    """
+    n = C.shape[0]
+    k = cand.shape[1]
+    active = np.ones(n, np.bool_)
+    first = n
+    fewest = n
+    sweep = 0
+    scans = 0
+    while True:
+        count = 0
+        nxt = np.zeros(n, np.bool_)
+        for i in range(n):
+            if not active[i]:
+                continue
+            scans += 1
+            if scans > max_scans:
+                return -1
+            a = assigned[i]
+            row = C[i]
+            base = d[a] - (row[a] + p[a]) + slack
+            for b in range(k):
+                j = cand[i, b]
+                x = base + (cand_c[i, b] + p[j])
+                if x < d[j]:
+                    d[j] = x - slack
+                    r = owner[j]
+                    count += 0 if nxt[r] else 1
+                    nxt[r] = True
+        sweep += 1
+        if count == 0:
+            break
+        if sweep == 1:
+            first = count
+        elif (sweep == 2 and 4 * count > 3 * first) or count > 2 * fewest + 16:
+            return -1
+        fewest = min(fewest, count)
+        active = nxt
+    for i in range(n):
+        a = assigned[i]
+        if C[i, a] + (p[a] - d[a]) > thr[i]:
+            return -2
+    return sweep
+
+
+@_jit()
+def _sq_row32(g, na_i, nb, out):  # pragma: no cover - compiled
+    """Row of squared distances in float32 IEEE arithmetic, stored as float64.
+
+    (g_j * -2 + ``|a_i|^2``) + ``|b_j|^2``, clamped at 0 (NaN kept): the operations and order
+    of ``otcfm.couplings.sq_cost`` in float32, so the values are bitwise the same.
+    """
+    m2 = np.float32(-2.0)
+    zero = np.float32(0.0)
+    for j in range(g.shape[0]):
+        x = (g[j] * m2 + na_i) + nb[j]
+        out[j] = np.float64(zero if x < zero else x)
+
+
+@_jit(fastmath={"reassoc", "nsz"})
+def _shift_row64(out, lo):  # pragma: no cover - compiled
+    """Subtract lo from the row in place; returns (sum, max) after (NaN/inf propagate)."""
+    s = 0.0
+    m = 0.0
+    for j in range(out.shape[0]):
+        x = out[j] - lo
+        out[j] = x
+        s += x
+        m = x if x > m else m
+    return s, m
+
+
+@_jit()
+def sq_cost_reduced64(G, na, nb, out, lo):  # pragma: no cover - compiled
+    """float64 row-reduced squared distances from a float32 Gram matrix, in one pass.
+
+    ``out`` (n0, n1) float64 receives C_ij - lo_i, with C the float32 squared distances of
+    ``otcfm.couplings.sq_cost`` (bitwise) and ``lo`` (n0,) their row minima. Returns (sum of
+    the row minima, sum, max) of the reduced matrix; a non-finite entry makes the sum NaN
+    or inf.
+    """
+    offset = 0.0
+    total = 0.0
+    cmax = 0.0
+    bits = out.view(np.int64)
+    big = np.iinfo(np.int64).max
+    for i in range(G.shape[0]):
+        _sq_row32(G[i], na[i], nb, out[i])
+        # entries >= 0 or NaN: the least bits are the least value (NaN above inf)
+        lo[i] = out[i, _first(bits[i], _min_bits(bits[i], big))]
+        s, m = _shift_row64(out[i], lo[i])
+        offset += lo[i]
+        total += s
+        cmax = m if m > cmax else cmax
+    return offset, total, cmax

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from otcfm._ot.assignment import auto_solver, check_solver
+from otcfm._ot.assignment import auto_solver, available_solvers, check_solver
 from otcfm._ot.assignment import solve as solve_assignment
 from otcfm._utils import check_positive
 from otcfm.couplings._base import (
@@ -17,6 +17,7 @@ from otcfm.couplings._base import (
     Coupling,
     MemoryNeed,
     ceil_count,
+    centred,
     check_choice,
     check_cost_dtype,
     check_inputs,
@@ -25,6 +26,7 @@ from otcfm.couplings._base import (
     cost_bytes,
     draw_cells,
     draw_rows,
+    overflow_error,
     require_equal_batches,
     resolve_n_pairs,
     sq_cost,
@@ -216,16 +218,19 @@ class ExactOT(Coupling):
         self, x0: Tensor, x1: Tensor, *, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor, dict[str, float]]:
         n0, n1 = x0.shape[0], x1.shape[0]
-        cost = _cost_np(x0, x1, self.cost_dtype)
         if self.sampling is None and n0 == n1:
             if self.n_pairs not in (None, n0):
                 raise ValueError(
                     f"n_pairs={self.n_pairs} needs sampling='plan'; the one-to-one pairing of "
                     f"equal batches has exactly {n0} pairs"
                 )
+            if self._fused(x0):
+                return self._pair_fused(x0, x1)
+            cost = _cost_np(x0, x1, self.cost_dtype)
             j = solve_assignment(cost, self.solver, dim=_dim(x0))
             info = {"cost": float(cost[np.arange(n0), j].mean())}
             return torch.arange(n0), torch.from_numpy(j), info
+        cost = _cost_np(x0, x1, self.cost_dtype)
         plan = self._solve(cost, _dim(x0))
         if self.sampling == "rows":
             i, j = draw_rows(torch.from_numpy(plan), generator)
@@ -237,6 +242,37 @@ class ExactOT(Coupling):
             "pair_cost": float(cost[i.numpy(), j.numpy()].mean()),
         }
         return i, j, info
+
+
+    def _fused(self, x0: Tensor) -> bool:
+        """Whether the certified auction takes the points' float32 Gram matrix directly."""
+        if x0.device.type != "cpu" or self.cost_dtype != torch.float32:
+            return False
+        solver = auto_solver(x0.shape[0], _dim(x0)) if self.solver == "auto" else self.solver
+        return solver == "auction" and "auction" in available_solvers()
+
+    def _pair_fused(self, x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """The one-to-one pairing by the certified auction, the cost built in its kernel.
+
+        The same float32 costs as :func:`sq_cost` (bitwise), made, copied to float64 and
+        row-reduced in one pass; without a certificate network simplex solves the reduced cost
+        (row minima change no assignment's rank).
+        """
+        from otcfm._ot.auction import exact_assignment_gram
+
+        n = x0.shape[0]
+        a, b = centred(x0.detach(), x1.detach(), torch.float32)
+        na, nb = (a * a).sum(1), (b * b).sum(1)
+        gram = (a @ b.T).numpy()
+        found, reduced, lo = exact_assignment_gram(gram, na.numpy(), nb.numpy())
+        del gram
+        if found is None:
+            if not bool(np.isfinite(reduced).all()):
+                raise overflow_error(torch.float32, a, b)
+            j = solve_assignment(reduced, "emd", dim=_dim(x0))
+            cost = float(reduced[np.arange(n), j].sum() + lo.sum())
+            return torch.arange(n), torch.from_numpy(j), {"cost": cost / n}
+        return torch.arange(n), torch.from_numpy(found.cols), {"cost": found.cost / n}
 
 
 # --------------------------------------------------------------------------- partial OT
