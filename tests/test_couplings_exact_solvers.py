@@ -256,28 +256,32 @@ def test_auction_without_a_certificate_falls_back_to_network_simplex(monkeypatch
     assert called and abs(_total(cost, j) - _scipy_total(cost)) <= 1e-9 * _scipy_total(cost)
 
 
-@pytest.mark.parametrize("k", [2, 5, 32])
-def test_rescan_lists_the_k_cheapest_columns_and_bounds_the_rest(k):
-    """Brute force: the list holds K columns whose values C_ij + p_j are the K least (ties
-    at the bound either way), and every column left out is at least the returned bound."""
+@pytest.mark.parametrize("k,ties", [(2, True), (5, True), (32, True), (32, False)])
+def test_rescan_lists_the_cheapest_columns_and_bounds_the_rest(k, ties):
+    """Brute force: the list holds the m (2 <= m <= K) least values C_ij + p_j of the row,
+    each at most the returned bound, and every column left out is at least the bound (ties
+    wider than the list take the sorted path)."""
     _need("auction")
     from otcfm._ot import auction_kernels as kernels
 
     rng = np.random.default_rng(k)
     n = 200
-    row = rng.integers(0, 40, n).astype(np.float64)  # many ties
+    row = rng.integers(0, 40, n).astype(np.float64) if ties else rng.random(n) * 40
     p = rng.integers(0, 10, n).astype(np.float64)
-    cand, costs = np.zeros(k, np.int64), np.zeros(k)
-    thr = kernels.rescan(row, p, cand, costs, np.empty(n))
-    values = row + p
-    assert len(set(cand.tolist())) == k
-    np.testing.assert_array_equal(costs, row[cand])
-    assert thr == np.sort(values)[k]
-    assert values[cand].max() <= thr
-    out = np.setdiff1d(np.arange(n), cand)
-    assert values[out].min() >= thr
+    win = np.zeros(n + 1)
+    for i in range(3):  # the window carried from row to row
+        cand, costs = np.zeros(k, np.int64), np.zeros(k)
+        m, thr = kernels.rescan(row, p, cand, costs, np.empty(n), win, i)
+        values = row + p
+        listed = cand[:m]
+        assert 2 <= m <= k and len(set(listed.tolist())) == m
+        np.testing.assert_array_equal(costs[:m], row[listed])
+        assert values[listed].max() <= thr
+        assert values[np.setdiff1d(np.arange(n), listed)].min() >= thr
+        assert np.sort(values)[m - 1] == values[listed].max()  # the m least
+        p = p + rng.integers(0, 2, n)  # prices rise between scans
     full = np.zeros(n, np.int64)
-    assert kernels.rescan(row, p, full, np.zeros(n), np.empty(n)) == np.inf  # K = n: all
+    assert kernels.rescan(row, p, full, np.zeros(n), np.empty(n), win, 0) == (n, np.inf)
     np.testing.assert_array_equal(full, np.arange(n))
 
 
@@ -313,7 +317,7 @@ def test_tighten_over_lists_certifies_only_what_holds_outside_them():
     _need("auction")
     from otcfm._ot import auction_kernels as kernels
 
-    n, k = 80, 6
+    n, k = 80, 8
     cost = _cloud_cost(n, 2, seed=8)
     cost -= cost.min(1, keepdims=True)
     r, c = linear_sum_assignment(cost)
@@ -326,17 +330,20 @@ def test_tighten_over_lists_certifies_only_what_holds_outside_them():
     o2, a2 = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
     kernels.bid(cost, prices, 1e-9 * cost.mean(), o2, a2, 10**7, kernels.top_bits(np.float64))
     cand, cand_c, thr = np.zeros((n, k), np.int64), np.zeros((n, k)), np.zeros(n)
+    cnt, win = np.zeros(n, np.int64), np.zeros(n + 1)
     for i in range(n):
-        thr[i] = kernels.rescan(cost[i], prices, cand[i], cand_c[i], np.empty(n))
+        cnt[i], thr[i] = kernels.rescan(cost[i], prices, cand[i], cand_c[i], np.empty(n),
+                                        win, i)
     d = np.zeros(n)
-    done = kernels.tighten_lists(cost, prices, a2, o2, 0.0, 100 * n, d, cand, cand_c, thr)
+    done = kernels.tighten_lists(cost, prices, a2, o2, 0.0, 100 * n, d, cand, cand_c, cnt,
+                                 thr)
     assert done > 0
     q = prices - d
     values = cost + q[None, :]
     assert (values - values[np.arange(n), a2][:, None]).min() >= -1e-12
     thr[:] = -1.0  # every list's bound below its row's column: not certified here
     assert kernels.tighten_lists(
-        cost, prices, a2, o2, 0.0, 100 * n, np.zeros(n), cand, cand_c, thr) == -2
+        cost, prices, a2, o2, 0.0, 100 * n, np.zeros(n), cand, cand_c, cnt, thr) == -2
 
 
 def test_fused_cost_is_bitwise_sq_cost_row_reduced():

@@ -13,7 +13,7 @@ The subsets come from a generator seeded by n: the same cost matrix gives the sa
 The certificate (module ``_approx``) holds whatever the starting prices.
 
 Candidate lists (the certified exact solver, n >= ``LISTS_MIN``). After the first phase each
-row keeps its ``EXACT_LISTS`` cheapest columns and a bound under every other column's value;
+row keeps its cheapest columns (up to ``EXACT_LISTS``) and a bound under every other one's value;
 prices only rise, so the bound stays valid and a bid reads the list instead of the row until
 the list no longer decides (``auction_kernels.rescan``). The shortest-path correction runs
 over the lists' arcs after every phase and is checked against the bounds.
@@ -33,7 +33,7 @@ COARSE_TOL = 0.01  # coupling gap of the coarse problem when the answer must be 
 EXACT_RTOL = 1e-9  # certified relative gap of exact_assignment
 EXACT_SCALING = 16.0  # eps shrinks by this factor between the phases of exact_assignment
 EXACT_MAX_BIDS = 500  # exact_assignment gives up after this many bids per row
-EXACT_LISTS = 32  # candidate columns per row in exact_assignment (auction_kernels.rescan)
+EXACT_LISTS = 64  # candidate columns per row in exact_assignment (auction_kernels.rescan)
 LISTS_MIN = 256  # smallest n solved with candidate lists (below, rows are cheap to scan)
 LISTS_FROM = 1  # phases run with full row scans before the lists (prices still move far)
 TIGHTEN_SCANS = 3  # most row scans of one price correction, in multiples of n
@@ -129,11 +129,13 @@ def solve_auction(
     if k:
         cand = np.zeros((n, k), np.int64)
         cand_c = np.zeros((n, k), cost.dtype)
+        cnt = np.zeros(n, np.int64)
         thr = np.full(n, -np.inf, cost.dtype)  # every list starts stale
+        win = np.zeros(n + 1)  # rescan's window per row, and the last one
     while True:
         if k and phases >= LISTS_FROM:
             bids += kernels.bid_lists(
-                cost, prices, eps, owner, assigned, max_bids - bids, cand, cand_c, thr
+                cost, prices, eps, owner, assigned, max_bids - bids, cand, cand_c, cnt, thr, win
             )
         else:
             bids += kernels.bid(cost, prices, eps, owner, assigned, max_bids - bids, top)
@@ -149,7 +151,7 @@ def solve_auction(
             lists_on = k and phases > LISTS_FROM
             if (offset is not None and bound(best_u, lb) > tol and u == best_u
                     and (lists_on or not k)):
-                lists_ = (cand, cand_c, thr) if lists_on else None
+                lists_ = (cand, cand_c, cnt, thr) if lists_on else None
                 lb = max(lb, _tightened_bound(cost, prices, assigned, owner, cmax, top, lists_))
         # n * eps at most the gap allowed certifies the next phase: no need to go finer
         if not math.isfinite(best_u):
@@ -171,7 +173,9 @@ def solve_auction(
             break
         eps = finer
         if k and phases >= LISTS_FROM:
-            kernels.prune_lists(cost, prices, owner, assigned, eps, cand, cand_c, thr)
+            kernels.prune_lists(
+                cost, prices, owner, assigned, eps, cand, cand_c, cnt, thr, win
+            )
         else:
             kernels.prune(cost, prices, owner, assigned, eps, top)
     return AuctionResult(best_cols, best_u, lb, prices, bids, phases, eps)

@@ -349,12 +349,47 @@ def tighten(C, p, assigned, owner, slack, max_scans, d):  # pragma: no cover - c
 
 
 @_jit()
-def rescan(row, p, cand_i, cost_i, buf):  # pragma: no cover - compiled
-    """Refill ``cand_i`` (K,) with the K columns of least row_j + p_j; returns thr.
+def _count_below(vals, t):  # pragma: no cover - compiled
+    c = 0
+    for j in range(vals.shape[0]):
+        c += 1 if vals[j] < t else 0
+    return c
 
-    Every column left out has row_j + p_j >= thr (inf when K >= n: the list is the row).
-    ``cost_i`` (K,) receives their costs row_j (read contiguously by the bids). One pass
-    keeping the K + 1 least values sorted in ``buf`` (>= K + 1 entries).
+
+@_jit()
+def _k_least(row, p, cand_i, cost_i):  # pragma: no cover - compiled
+    """The K least row_j + p_j into the list (K = its length); returns the (K+1)-th least."""
+    k = cand_i.shape[0]
+    best = np.full(k + 1, np.inf)
+    where = np.zeros(k + 1, np.int64)
+    top = np.inf
+    for j in range(row.shape[0]):
+        v = row[j] + p[j]
+        if v < top:
+            b = k
+            while b > 0 and best[b - 1] > v:
+                best[b] = best[b - 1]
+                where[b] = where[b - 1]
+                b -= 1
+            best[b] = v
+            where[b] = j
+            top = best[k]
+    for a in range(k):
+        cand_i[a] = where[a]
+        cost_i[a] = row[where[a]]
+    return top
+
+
+@_jit()
+def rescan(row, p, cand_i, cost_i, buf, win, i):  # pragma: no cover - compiled
+    """Refill row i's list with the columns of least row_j + p_j (float64); (count, thr).
+
+    The list holds every column with row_j + p_j < thr, between K / 4 (at least 2) and K
+    of them (K = ``cand_i.shape[0]``), in column order; ``cost_i`` receives their costs
+    row_j (read contiguously by the bids). So every column left out has row_j + p_j >= thr
+    (inf when K >= n: the list is the row). The values go to ``buf`` (n,); thr = min + w
+    with w adjusted from row i's last (``win[i]``, else the last of any row, ``win[n]``)
+    until the count (a vectorized pass) is in range.
     """
     n = row.shape[0]
     k = cand_i.shape[0]
@@ -362,34 +397,49 @@ def rescan(row, p, cand_i, cost_i, buf):  # pragma: no cover - compiled
         for j in range(n):
             cand_i[j] = j
             cost_i[j] = row[j]
-        return np.inf
-    vals = buf[: k + 1]
-    vals[:] = np.inf
-    idx = np.empty(k + 1, np.int64)
-    top = vals[k]
+        return n, np.inf
+    _add(row, p, buf)
+    vals = buf[:n]
+    word = np.empty(1, np.int64)
+    word[0] = _min_bits(vals.view(np.int64), np.iinfo(np.int64).max)  # values >= 0
+    lo = word.view(np.float64)[0]
+    w = win[i] if win[i] > 0.0 else win[n]
+    if not w > 0.0:
+        w = 1e-12 * (abs(lo) + 1.0)
+    least = max(2, k // 4)
+    t = lo + w
+    c = _count_below(vals, t)
+    grow, shrink = 2.0, 0.5
+    for _ in range(40):
+        if c < least:
+            w *= grow
+            shrink = 0.5 * (1.0 + shrink)  # overshooting: finer steps back
+        elif c > k:
+            w *= shrink
+            grow = 0.5 * (1.0 + grow)
+        else:
+            break
+        t = lo + w
+        c = _count_below(vals, t)
+    if c < least or c > k:  # ties wider than the list: the K least, sorted
+        return k, _k_least(row, p, cand_i, cost_i)
+    win[i] = w
+    win[n] = w
+    m = 0
     for j in range(n):
-        v = row[j] + p[j]
-        if v < top:
-            a = k
-            while a > 0 and vals[a - 1] > v:
-                vals[a] = vals[a - 1]
-                idx[a] = idx[a - 1]
-                a -= 1
-            vals[a] = v
-            idx[a] = j
-            top = vals[k]
-    for a in range(k):
-        cand_i[a] = idx[a]
-        cost_i[a] = row[idx[a]]
-    return top
+        if vals[j] < t:
+            cand_i[m] = j
+            cost_i[m] = row[j]
+            m += 1
+    return m, t
 
 
 @_jit()
-def _list_top2(p, cand_i, cost_i):  # pragma: no cover - compiled
+def _list_top2(p, cand_i, cost_i, m):  # pragma: no cover - compiled
     best = np.inf
     second = np.inf
     j1 = -1
-    for a in range(cand_i.shape[0]):
+    for a in range(m):
         j = cand_i[a]
         v = cost_i[a] + p[j]
         if v < best or (v == best and j < j1):
@@ -402,18 +452,20 @@ def _list_top2(p, cand_i, cost_i):  # pragma: no cover - compiled
 
 
 @_jit()
-def top2(row, p, cand_i, cost_i, thr, i, buf):  # pragma: no cover - compiled
-    """(j1, best, second) of row_j + p_j over all columns, from row i's list (2 <= K <= n)."""
-    j1, best, second = _list_top2(p, cand_i, cost_i)
+def top2(row, p, cand_i, cost_i, cnt, thr, i, buf, win):  # pragma: no cover - compiled
+    """(j1, best, second) of row_j + p_j over all columns, from row i's list."""
+    j1, best, second = _list_top2(p, cand_i, cost_i, cnt[i])
     if second > thr[i]:
-        thr[i] = rescan(row, p, cand_i, cost_i, buf)
-        j1, best, second = _list_top2(p, cand_i, cost_i)
+        cnt[i], thr[i] = rescan(row, p, cand_i, cost_i, buf, win, i)
+        j1, best, second = _list_top2(p, cand_i, cost_i, cnt[i])
     return j1, best, second
 
 
 @_jit()
-def bid_lists(C, p, eps, owner, assigned, max_bids, cand, cand_c, thr):  # pragma: no cover
-    """``bid`` with the row minima taken from candidate lists (see ``rescan``)."""
+def bid_lists(
+    C, p, eps, owner, assigned, max_bids, cand, cand_c, cnt, thr, win
+):  # pragma: no cover - compiled
+    """``bid`` with the row minima taken from candidate lists (see ``rescan``; float64)."""
     n = C.shape[0]
     buf = np.empty_like(p)
     free = np.empty(n, np.int64)
@@ -429,7 +481,7 @@ def bid_lists(C, p, eps, owner, assigned, max_bids, cand, cand_c, thr):  # pragm
     while nf > 0 and bids < max_bids:
         nf -= 1
         i = free[nf]
-        j1, best, second = top2(C[i], p, cand[i], cand_c[i], thr, i, buf)
+        j1, best, second = top2(C[i], p, cand[i], cand_c[i], cnt, thr, i, buf, win)
         if second == np.inf:  # a single column
             second = best
         p[j1] += second - best + step
@@ -445,8 +497,8 @@ def bid_lists(C, p, eps, owner, assigned, max_bids, cand, cand_c, thr):  # pragm
 
 
 @_jit()
-def prune_lists(C, p, owner, assigned, eps, cand, cand_c, thr):  # pragma: no cover - compiled
-    """``prune`` with the row minima taken from candidate lists."""
+def prune_lists(C, p, owner, assigned, eps, cand, cand_c, cnt, thr, win):  # pragma: no cover
+    """``prune`` with the row minima taken from candidate lists (float64)."""
     n = C.shape[0]
     buf = np.empty_like(p)
     kept = 0
@@ -454,7 +506,7 @@ def prune_lists(C, p, owner, assigned, eps, cand, cand_c, thr):  # pragma: no co
         a = assigned[i]
         if a < 0:
             continue
-        _, best, _ = top2(C[i], p, cand[i], cand_c[i], thr, i, buf)
+        _, best, _ = top2(C[i], p, cand[i], cand_c[i], cnt, thr, i, buf, win)
         if C[i, a] + p[a] - best > eps:
             assigned[i] = -1
             owner[a] = -1
@@ -465,7 +517,7 @@ def prune_lists(C, p, owner, assigned, eps, cand, cand_c, thr):  # pragma: no co
 
 @_jit()
 def tighten_lists(
-    C, p, assigned, owner, slack, max_scans, d, cand, cand_c, thr
+    C, p, assigned, owner, slack, max_scans, d, cand, cand_c, cnt, thr
 ):  # pragma: no cover - compiled
     """``tighten`` over the arcs of the candidate lists only.
 
@@ -476,7 +528,6 @@ def tighten_lists(
     caller runs the full ``tighten``).
     """
     n = C.shape[0]
-    k = cand.shape[1]
     active = np.ones(n, np.bool_)
     first = n
     fewest = n
@@ -494,7 +545,7 @@ def tighten_lists(
             a = assigned[i]
             row = C[i]
             base = d[a] - (row[a] + p[a]) + slack
-            for b in range(k):
+            for b in range(cnt[i]):
                 j = cand[i, b]
                 x = base + (cand_c[i, b] + p[j])
                 if x < d[j]:
