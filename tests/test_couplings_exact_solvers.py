@@ -405,3 +405,23 @@ def test_exact_ot_auction_path_refuses_an_overflowing_cost():
     x0[0] = -3e19
     with pytest.raises(ValueError, match="overflow|float32"):
         ExactOT(solver="auction").pair(x0, torch.zeros(260, 2))
+
+
+def test_auction_workspace_is_per_thread_and_resized():
+    """The float64 cost matrix is reused by the same thread for same-sized batches, never
+    shared with another thread, and replaced when the batch grows or shrinks far."""
+    _need("auction")
+    import threading
+
+    from otcfm._ot import auction
+
+    a = auction._workspace((100, 100))
+    assert auction._workspace((100, 100)).base is a.base
+    assert auction._workspace((90, 90)).base is a.base
+    assert auction._workspace((200, 200)).base is not a.base
+    other = []
+    t = threading.Thread(target=lambda: other.append(auction._workspace((200, 200))))
+    t.start()
+    t.join()
+    assert other[0].base is not auction._workspace((200, 200)).base
+    assert auction._workspace((20, 20)).base is not auction._workspace((200, 200)).base

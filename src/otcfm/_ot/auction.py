@@ -22,6 +22,7 @@ over the lists' arcs after every phase and is checked against the bounds.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -225,17 +226,37 @@ def exact_assignment_gram(
     The costs are (gram_ij * -2 + na_i) + nb_j in float32, clamped at 0: bitwise those of
     ``otcfm.couplings.sq_cost`` on the same centred points (``na``, ``nb``: squared norms);
     distances, float64 copy and row reduction are one pass
-    (``auction_kernels.sq_cost_reduced64``). Returns the certified answer (or None, also for
-    a non-finite cost), the reduced float64 cost and its row minima, for a fallback solver.
+    (``auction_kernels.sq_cost_reduced64``) into this thread's workspace (kept between
+    calls, see ``_workspace``). Returns the certified answer (or None, also for a non-finite
+    cost), the reduced float64 cost (valid until this thread's next call) and its row
+    minima, for a fallback solver.
     """
     from otcfm._ot import auction_kernels as kernels
 
-    reduced = np.empty(gram.shape, np.float64)
+    reduced = _workspace(gram.shape)
     lo = np.empty(gram.shape[0], np.float64)
     offset, total, cmax = kernels.sq_cost_reduced64(gram, na, nb, reduced, lo)
     if not (math.isfinite(offset) and math.isfinite(total)):
         return None, reduced, lo
     return certified_assignment(reduced, offset, total, cmax), reduced, lo
+
+
+_LOCAL = threading.local()
+
+
+def _workspace(shape: tuple[int, int]) -> np.ndarray:
+    """A float64 matrix of ``shape`` for this thread, kept between calls.
+
+    A training loop solves same-sized batches step after step: reusing the memory spares the
+    page faults of a fresh B x B float64 matrix on every call (a sizeable share of the solve
+    at B >= 1024). One per thread, so that coupling workers never share it.
+    """
+    size = shape[0] * shape[1]
+    buf = getattr(_LOCAL, "buf", None)
+    if buf is None or buf.size < size or buf.size > 4 * size:
+        buf = np.empty(size, np.float64)
+        _LOCAL.buf = buf
+    return buf[:size].reshape(shape)
 
 
 def certified_assignment(
