@@ -23,6 +23,7 @@ docs/results/exact_solvers.md (see :func:`auto_solver`).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 import warnings
@@ -45,7 +46,9 @@ _AUCTION_MIN_N = 256
 _SIMPLEX_MAX_DIM = 8
 
 
+@functools.cache
 def _module(name: str):
+    """The optional package ``name``, or None; looked up once (a miss searches every path)."""
     try:
         return importlib.import_module(name)
     except ImportError:
