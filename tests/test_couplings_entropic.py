@@ -327,3 +327,92 @@ def test_unbalanced_pairs_avoid_outliers():
         x0, x1, generator=torch.Generator().manual_seed(4)
     )
     assert int((balanced.i >= 30).sum()) > 100  # balanced OT must transport them
+
+
+def _near_permutation_case(n: int = 160, seed: int = 3) -> tuple[torch.Tensor, float]:
+    """Costs between two 5-d Gaussian clouds with reg = max C / 3000 (the regime of reg 0.02
+    on standardized data): the entropic plan is nearly a permutation."""
+    cost = torch.from_numpy(sqdist(randn(n, 5, seed=seed), randn(n, 5, seed=seed + 1) + 1.0))
+    return cost, float(cost.max()) / 3000.0
+
+
+def _assignment_duals(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from otcfm._ot.auction import certified_assignment
+
+    lo = cost.min(1)
+    reduced = cost - lo[:, None]
+    q = certified_assignment(reduced, lo.sum(), reduced.sum(), reduced.max()).prices
+    return (reduced + q[None, :]).min(1) + lo, -q
+
+
+def test_near_permutation_solve_runs_and_matches_the_dense_solver(monkeypatch):
+    """At max C / reg = 3000 the sparse solve from the assignment's duals answers (counted),
+    its dense plan meets the tolerance, and it is the dense solver's plan (forced) to well
+    under the tolerance's order."""
+    pytest.importorskip("numba")
+    cost, reg = _near_permutation_case()
+    answers = []
+    real = _sinkhorn._near_permutation
+    monkeypatch.setattr(_sinkhorn, "_near_permutation",
+                        lambda *a: answers.append(real(*a)) or answers[-1])
+    res = log_sinkhorn(cost, reg, tol=1e-8)
+    assert len(answers) == 1 and answers[0] is res
+    assert res.converged and res.stages == 1 and marginal_l1(res.log_plan.exp()) <= 1e-8
+    monkeypatch.setattr(_sinkhorn, "_SPARSE_RATIO", float("inf"))
+    dense = log_sinkhorn(cost, reg, tol=1e-8)
+    assert len(answers) == 1 and dense.converged
+    assert float((res.log_plan.exp() - dense.log_plan.exp()).abs().sum()) < 1e-6
+
+
+def test_sparse_sinkhorn_rebuilds_its_support_when_the_potentials_move():
+    """Started 15 eps below the duals (more drift than the support allows), the solve rebuilds
+    its support and still reaches the plan of a good start, marginals within tol densely."""
+    pytest.importorskip("numba")
+    from otcfm._ot.sparse_sinkhorn import KEEP, TRUNCATE, sparse_sinkhorn
+
+    cost, reg = _near_permutation_case(n=120, seed=5)
+    c = cost.numpy()
+    f0, g0 = _assignment_duals(c)
+    assert TRUNCATE - KEEP < 15.0
+    good = sparse_sinkhorn(c, reg, f0, g0, tol=1e-9, max_iter=20_000)
+    moved = sparse_sinkhorn(c, reg, f0 - 15.0 * reg, g0, tol=1e-9, max_iter=20_000)
+    assert good.rebuilds >= 1 and moved.rebuilds > good.rebuilds
+    n = c.shape[0]
+
+    def plan(r):
+        return torch.exp(torch.from_numpy(
+            (r.f[:, None] + r.g[None, :] - c) / reg - 2 * np.log(n)))
+
+    assert marginal_l1(plan(moved)) <= 1e-8
+    assert float((plan(moved) - plan(good)).abs().sum()) < 1e-7
+
+
+def test_sparse_sinkhorn_declines_a_dense_support():
+    pytest.importorskip("numba")
+    from otcfm._ot.sparse_sinkhorn import sparse_sinkhorn
+
+    cost, reg = _near_permutation_case(n=80)
+    c = cost.numpy()
+    f0, g0 = _assignment_duals(c)
+    assert sparse_sinkhorn(c, 200 * reg, f0, g0, tol=1e-6, max_iter=100, max_row=8) is None
+    assert sparse_sinkhorn(c, reg, f0, g0, tol=1e-6, max_iter=100, max_row=80) is not None
+
+
+def test_near_permutation_answer_missing_tol_falls_back_to_the_dense_solve(monkeypatch):
+    """A sparse answer whose dense plan misses the tolerance is never returned: the dense
+    solver takes over and meets it."""
+    pytest.importorskip("numba")
+    from otcfm._ot import sparse_sinkhorn as sparse
+
+    cost, reg = _near_permutation_case(n=100, seed=7)
+    real = sparse.sparse_sinkhorn
+
+    def off(c, eps, f0, g0, **kw):
+        r = real(c, eps, f0, g0, **kw)
+        return r if r is None else sparse.SparseSinkhornResult(
+            r.f + 3.0 * eps * (np.arange(len(r.f)) % 2), r.g, r.iterations, r.newton_steps,
+            r.err, r.nnz, r.rebuilds)
+
+    monkeypatch.setattr(sparse, "sparse_sinkhorn", off)
+    res = log_sinkhorn(cost, reg, tol=1e-8)
+    assert res.converged and res.stages > 1 and marginal_l1(res.log_plan.exp()) <= 1e-8

@@ -126,6 +126,7 @@ def solve_auction(
     best_cols, best_u = None, math.inf
     bids = phases = 0
     rows = np.arange(n)
+    duals = None  # the column prices of the certificate, when a correction gave it
     k = min(lists, n) if lists >= 2 else 0
     if k:
         cand = np.zeros((n, k), np.int64)
@@ -153,7 +154,9 @@ def solve_auction(
             if (offset is not None and bound(best_u, lb) > tol and u == best_u
                     and (lists_on or not k)):
                 lists_ = (cand, cand_c, cnt, thr) if lists_on else None
-                lb = max(lb, _tightened_bound(cost, prices, assigned, owner, cmax, top, lists_))
+                tight, q = _tightened_bound(cost, prices, assigned, owner, cmax, top, lists_)
+                if tight > lb:
+                    lb, duals = tight, q
         # n * eps at most the gap allowed certifies the next phase: no need to go finer
         if not math.isfinite(best_u):
             target = 0.0
@@ -179,7 +182,8 @@ def solve_auction(
             )
         else:
             kernels.prune(cost, prices, owner, assigned, eps, top)
-    return AuctionResult(best_cols, best_u, lb, prices, bids, phases, eps)
+    return AuctionResult(best_cols, best_u, lb, prices if duals is None else duals, bids,
+                         phases, eps)
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,7 @@ class ExactAssignment:
     cols: np.ndarray  # column of each row, int64 (n,)
     cost: float  # its total cost sum_i C[i, cols[i]] (float64 sums)
     bound: float  # certified upper bound on (cost - OPT) / OPT
+    prices: np.ndarray | None = None  # column prices q of the certificate (row-reduced cost)
 
 
 def exact_assignment(cost: np.ndarray, *, overwrite: bool = False) -> ExactAssignment | None:
@@ -269,7 +274,7 @@ def certified_assignment(
     """
     n = reduced.shape[0]
     if n == 1 or cmax == 0.0:
-        return ExactAssignment(np.arange(n), offset, 0.0)
+        return ExactAssignment(np.arange(n), offset, 0.0, np.zeros(n))
     r = solve_auction(
         reduced, EXACT_RTOL, scaling=EXACT_SCALING, max_bids=EXACT_MAX_BIDS * n, warm=True,
         ind=total / n, cmax=cmax, offset=offset, lists=EXACT_LISTS if n >= LISTS_MIN else 0,
@@ -277,7 +282,9 @@ def certified_assignment(
     if r.cols is None:
         return None
     bound = relative_gap_bound(r.cost, r.lower_bound, offset)
-    return ExactAssignment(r.cols, offset + r.cost, bound) if bound <= EXACT_RTOL else None
+    if bound > EXACT_RTOL:
+        return None
+    return ExactAssignment(r.cols, offset + r.cost, bound, r.prices)
 
 
 def _coarse_prices(
@@ -304,10 +311,10 @@ def _coarse_prices(
     return prices, lb
 
 
-def _tightened_bound(cost, prices, assigned, owner, cmax, top, lists=None) -> float:
-    """The lower bound of the prices after the shortest-path correction.
+def _tightened_bound(cost, prices, assigned, owner, cmax, top, lists=None):
+    """The lower bound of the prices after the shortest-path correction, and those prices.
 
-    The lower bound of the prices corrected by ``auction_kernels.tighten`` (-inf if
+    The lower bound of the prices corrected by ``auction_kernels.tighten`` (-inf and None if
     the correction did not converge: the assignment may not be optimal).
     """
     from otcfm._ot import auction_kernels as kernels
@@ -319,17 +326,17 @@ def _tightened_bound(cost, prices, assigned, owner, cmax, top, lists=None) -> fl
     if lists is not None:
         done = kernels.tighten_lists(cost, prices, assigned, owner, rounding, scans, d, *lists)
         if done == -1:
-            return -math.inf  # no convergence on the lists' arcs: not optimal yet
+            return -math.inf, None  # no convergence on the lists' arcs: not optimal yet
         if done == -2:  # converged, but an arc outside the lists may be violated
             d[:] = 0.0
             done = kernels.tighten(cost, prices, assigned, owner, rounding, scans, d)
     else:
         done = kernels.tighten(cost, prices, assigned, owner, rounding, scans, d)
     if done < 0:
-        return -math.inf
+        return -math.inf, None
     q = prices - d
     q -= q.min()  # the kernels need p >= 0; a common shift changes no bound
-    return kernels.dual_value(cost, q, top) - _slack(n, cmax, q)
+    return kernels.dual_value(cost, q, top) - _slack(n, cmax, q), q
 
 
 def _slack(n: int, cmax: float, prices: np.ndarray) -> float:

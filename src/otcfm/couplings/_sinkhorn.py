@@ -22,6 +22,12 @@ Numerics:
   each row's largest entry multiplies its log-deficit of at most log n by 1/s, so with the
   default s = 0.1 it stays above n^-10, far from float64 underflow) and falls back to the
   log-domain restart if a row or column did underflow;
+- near a permutation (balanced, float64 on a CPU, equal sizes, max C / reg >= 1000, numba
+  installed): the plan lives where the optimal assignment's reduced costs are small, so the
+  solve starts at that assignment's duals (the certified auction) and runs Sinkhorn-Newton on
+  that sparse support (``otcfm._ot.sparse_sinkhorn``); its dense plan's marginal error is
+  measured here, and the dense solver below takes over when the support is not sparse (over
+  64 entries a row) or the result misses the tolerance;
 - Newton polish (balanced, float64, n <= 2048 on the smaller side): where Sinkhorn crawls
   (clustered plans at small eps converge sublinearly), Newton steps on the concave
   semi-dual in f (columns kept exact; pseudo-inverse Hessian, Levenberg-Marquardt damping
@@ -50,6 +56,8 @@ _NEWTON_STEPS = 30  # most Newton steps per stage
 _NEWTON_MAX_N = 2048  # the (n0, n0) eigendecomposition gets too costly beyond this
 _DIRECT_RATIO = 128.0  # max C / reg up to which one stage at reg beats epsilon scaling
 _EIG_CUTOFF = 1e-13  # relative eigenvalue cutoff of the Hessian pseudo-inverse
+_SPARSE_RATIO = 1000.0  # max C / reg from which the near-permutation solve is tried
+_SPARSE_ROW = 64  # most support entries per row (on average) of the near-permutation solve
 _DAMPING = (0.0, 1e-6, 1e-3)  # Levenberg-Marquardt damping, relative to the top eigenvalue
 _CG_RTOL = 1e-3  # relative residual at which the conjugate-gradient Newton step stops
 _CG_MAX_ITER = 200  # most conjugate-gradient iterations per Newton step
@@ -187,8 +195,13 @@ def log_sinkhorn(
     s = _State(cost.to(work_dtype(cost.device)))
     balanced = math.isinf(rho[0]) and math.isinf(rho[1])
     newton = newton and balanced and s.C.dtype == torch.float64
+    top = float(s.C.max())
+    if newton and scaling is not None and top >= reg * _SPARSE_RATIO:
+        near = _near_permutation(s, reg, tol, max_iter)
+        if near is not None:
+            return near
     newton = newton and s.C.shape[0] <= _NEWTON_MAX_N
-    schedule = eps_schedule(reg, float(s.C.max()), scaling)
+    schedule = eps_schedule(reg, top, scaling)
     it, steps, err, converged = 0, 0, math.inf, False
     for k, eps in enumerate(schedule):
         last_stage = k == len(schedule) - 1
@@ -217,6 +230,45 @@ def log_sinkhorn(
         err = marginal
         converged = converged or err <= tol
     return SinkhornResult(log_plan, it, steps, err, converged, len(schedule), marginal)
+
+
+def _near_permutation(s: _State, reg: float, tol: float, max_iter: int
+                      ) -> SinkhornResult | None:
+    """The sparse solve from the optimal assignment's duals (see the module doc), or None.
+
+    None where it does not apply (not a square CPU problem, numba missing, no certified
+    assignment, a support denser than ``_SPARSE_ROW`` a row) or where its dense plan's
+    marginal error exceeds ``tol``: the caller then solves densely.
+    """
+    from otcfm._ot import auction_kernels
+
+    n0, n1 = s.C.shape
+    if n0 != n1 or n0 < 2 or s.C.device.type != "cpu" or not auction_kernels.available():
+        return None
+    from otcfm._ot.auction import certified_assignment
+    from otcfm._ot.sparse_sinkhorn import sparse_sinkhorn
+
+    c = s.C.detach().contiguous().numpy()
+    lo = c.min(1)
+    reduced = c - lo[:, None]
+    found = certified_assignment(reduced, float(lo.sum()), float(reduced.sum()),
+                                 float(reduced.max()))
+    if found is None:
+        return None
+    q = found.prices
+    f0 = (reduced + q[None, :]).min(1) + lo  # with g0 = -q: f0_i + g0_j <= C_ij
+    del reduced
+    res = sparse_sinkhorn(c, reg, f0, -q, tol=tol, max_iter=max_iter, max_row=_SPARSE_ROW)
+    if res is None:
+        return None
+    s.f, s.g = torch.from_numpy(res.f), torch.from_numpy(res.g)
+    log_plan = s.log_plan(reg)
+    if not bool(torch.isfinite(log_plan).all()):
+        return None
+    marginal = marginal_error(log_plan.exp(), s.a, s.b, s.f, s.g, (math.inf, math.inf))
+    if not marginal <= tol:
+        return None
+    return SinkhornResult(log_plan, res.iterations, res.newton_steps, marginal, True, 1, marginal)
 
 
 def marginal_error(
