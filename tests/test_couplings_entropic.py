@@ -416,3 +416,26 @@ def test_near_permutation_answer_missing_tol_falls_back_to_the_dense_solve(monke
     monkeypatch.setattr(sparse, "sparse_sinkhorn", off)
     res = log_sinkhorn(cost, reg, tol=1e-8)
     assert res.converged and res.stages > 1 and marginal_l1(res.log_plan.exp()) <= 1e-8
+
+
+def test_sparse_newton_falls_back_to_formed_hessian_steps(monkeypatch):
+    """With the conjugate-gradient step refused every time (a zero step), the formed-Hessian
+    Cholesky steps carry the Newton iterations and the solve still meets the tolerance."""
+    pytest.importorskip("numba")
+    from otcfm._ot import sparse_sinkhorn as sparse
+
+    cost, reg = _near_permutation_case(n=100, seed=11)
+    c = cost.numpy()
+    f0, g0 = _assignment_duals(c)
+    formed = []
+    real = sparse._dense_steps
+
+    def counted(*a):
+        for d in real(*a):
+            formed.append(1)
+            yield d
+
+    monkeypatch.setattr(sparse, "_cg", lambda *a: np.zeros(a[3].shape[0]))
+    monkeypatch.setattr(sparse, "_dense_steps", counted)
+    res = sparse.sparse_sinkhorn(c, reg, f0, g0, tol=1e-9, max_iter=5_000)
+    assert formed and res.newton_steps > 0 and res.err <= 1e-9

@@ -63,12 +63,14 @@ def test_marginals_and_no_collapse(solved, task, sigma):
     # every target keeps its mass: no column collapses onto a few pairs ...
     assert float(plan.sum(0).min()) > (1 - 1e-4) / N
     # ... and the plan is neither the independent one nor mass on a few rows: its cost lies
-    # between exact OT and exact OT + reg log N (entropy bound for uniform marginals)
+    # between exact OT and exact OT + reg log N (entropy bound for uniform marginals), up to
+    # what its marginal error allows (moving err of mass changes a cost by at most err max C)
     C = sqdist(x0, x1)
     exact = ot.emd2(np.full(N, 1 / N), np.full(N, 1 / N), C)
     cost = float((plan.numpy() * C).sum())
     reg = 2 * sigma**2
-    assert exact * (1 - 1e-9) <= cost <= exact + reg * math.log(N) + 1e-9
+    slack = err * float(C.max())
+    assert exact * (1 - 1e-9) - slack <= cost <= exact + reg * math.log(N) + slack + 1e-9
     indep = C.mean()
     if reg * math.log(N) < 0.5 * (indep - exact):
         assert cost < indep - 0.5 * (indep - exact)

@@ -35,7 +35,9 @@ SINKHORN_CHUNK = 20  # Sinkhorn iterations between Newton attempts
 NEWTON_STEPS = 30  # most Newton steps per attempt
 CG_RTOL = 1e-4  # relative residual of the conjugate-gradient Newton step
 CG_MAX_ITER = 500
-STEP_EPS = 4.0  # a Newton step moves no potential by more than this many eps
+STEP_EPS = 10.0  # a Newton step moves no potential by more than this many eps
+DENSE_MAX_N = 2048  # largest n whose Newton steps may form H densely (n^2 floats, n^3 / 3)
+DAMPING = (0.0, 1e-6, 1e-3)  # Levenberg-Marquardt damping of the formed steps, relative
 MIN_STEP = 1e-3  # smallest step fraction the line search tries
 
 
@@ -291,8 +293,11 @@ def sparse_sinkhorn(
 def _newton(sup, F, G, la, lb, eps, inv_b, tol, max_steps) -> tuple[int, float]:
     """Newton ascent on the semi-dual in F (capped step, backtracking Armijo); updates F, G.
 
-    Returns (steps taken, row error at the end); stops at the first step no fraction of
-    which passes.
+    Each step tries the conjugate-gradient solve of H d = grad, then (n <= ``DENSE_MAX_N``)
+    solves with H formed from the sparse plan: Cholesky with H's null vector 1 shifted away,
+    undamped then Levenberg-Marquardt damped (``DAMPING``), where weakly linked clusters of
+    the plan leave H too ill-conditioned for the iterative solve. Returns (steps taken, row
+    error at the end); stops at the first step no candidate of which passes.
     """
     indptr, idx, r, cptr, crow, cpos = sup
     n0 = F.shape[0]
@@ -301,28 +306,55 @@ def _newton(sup, F, G, la, lb, eps, inv_b, tol, max_steps) -> tuple[int, float]:
     rows = np.empty(n0)
     err = _plan_values(indptr, idx, r, F, G, la, lb, eps, p, rows)
     phi = _semi_dual(cptr, crow, cpos, r, F, la, lb, eps, a * F.sum())
-    step = 0
-    for step in range(max_steps + 1):
-        if err < tol or step == max_steps:
-            break
-        grad = a - rows
-        d = _cg(indptr, idx, p, rows, inv_b, eps, grad, CG_RTOL, CG_MAX_ITER)
+
+    def accept(d: np.ndarray, grad: np.ndarray):
         slope = float(grad @ d)
         if not slope > 0.0:
-            break
+            return None
         # at most STEP_EPS eps per potential (the model is local; the support's validity
         # allows TRUNCATE - KEEP eps of drift), then backtracking
         t = min(1.0, STEP_EPS * eps / float(np.abs(d).max()))
         while t >= MIN_STEP:
             trial = F + t * d
-            new_phi = _semi_dual(cptr, crow, cpos, r, trial, la, lb, eps, a * trial.sum())
-            if new_phi - phi >= 1e-4 * t * slope:
-                break
+            value = _semi_dual(cptr, crow, cpos, r, trial, la, lb, eps, a * trial.sum())
+            if value - phi >= 1e-4 * t * slope:
+                return trial, value
             t *= 0.25
-        else:
+        return None
+
+    step = 0
+    for step in range(max_steps + 1):
+        if err < tol or step == max_steps:
             break
-        F[:] = trial
-        phi = new_phi
+        grad = a - rows
+        found = accept(_cg(indptr, idx, p, rows, inv_b, eps, grad, CG_RTOL, CG_MAX_ITER), grad)
+        if found is None and n0 <= DENSE_MAX_N:
+            for d in _dense_steps(indptr, idx, p, rows, inv_b, eps, grad):
+                found = accept(d, grad)
+                if found is not None:
+                    break
+        if found is None:
+            break
+        F[:], phi = found
         _update_cols(cptr, crow, cpos, r, F, la, eps, G)
         err = _plan_values(indptr, idx, r, F, G, la, lb, eps, p, rows)
     return step, err
+
+
+def _dense_steps(indptr, idx, p, rows, inv_b, eps, grad):
+    """Newton steps from H = (diag(rows) - P diag(1/b) P^T) / eps formed densely."""
+    n0, n1 = rows.shape[0], inv_b.shape[0]
+    plan = np.zeros((n0, n1))
+    plan[np.repeat(np.arange(n0), np.diff(indptr)), idx] = p
+    hess = -(plan * inv_b[None, :]) @ plan.T
+    hess[np.diag_indices(n0)] += rows
+    hess /= eps
+    scale = float(hess.diagonal().max())
+    shifted = hess + scale / n0  # + (scale / n) 1 1^T: the null vector 1 gets an eigenvalue
+    for damping in DAMPING:
+        try:
+            chol = np.linalg.cholesky(shifted + damping * scale * np.eye(n0))
+        except np.linalg.LinAlgError:
+            continue
+        d = np.linalg.solve(chol.T, np.linalg.solve(chol, grad))
+        yield d - d.mean()
