@@ -206,8 +206,8 @@ def test_entropic_records_say_how_the_solve_ended(tiny_run):
 
 
 def test_entropic_part_records_every_solver_with_its_marginal_error(bench, tmp_path):
-    """--parts entropic on the tiny grid: for each case, ours now, ours before and POT's
-    log-domain Sinkhorn, each with the L1 marginal error of the plan it returned; ours
+    """--parts entropic on the tiny grid: for each case, ours now, ours dense, ours before and
+    POT's log-domain Sinkhorn, each with the L1 marginal error of the plan it returned; ours
     converge to the tolerance both ways (the same fixed point), the page has the table."""
     threads = torch.get_num_threads()
     try:
@@ -223,9 +223,11 @@ def test_entropic_part_records_every_solver_with_its_marginal_error(bench, tmp_p
         assert 0 <= r["marginal_error"] < 2 and r["converged"] == (r["marginal_error"] <= 1e-6
                                                                    or r["library"] == "otcfm")
     ours = [r for r in records if r["library"] == "otcfm"]
-    assert len(ours) == 4 and all(r["converged"] and r["marginal_error"] <= r["tol"]
+    assert len(ours) == 6 and all(r["converged"] and r["marginal_error"] <= r["tol"]
                                   for r in ours)
-    assert all(r["newton_steps"] > 0 for r in ours)  # small reg: the Newton polish ran
+    dense = [r for r in ours if "dense" in r["solver"] or "before" in r["solver"]]
+    assert len(dense) == 4 and not any(r["sparse"] for r in dense)
+    assert all(r["newton_steps"] > 0 for r in dense)  # small reg: the Newton polish ran
     page = (tmp_path / "e.md").read_text()
     assert page.startswith("# Entropic couplings: one solve, ours against POT")
     assert "| moons-8gaussians | 32 | 2 |" in page and "ratio to ot.bregman.sinkhorn_log" in page

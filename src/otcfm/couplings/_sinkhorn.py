@@ -80,6 +80,7 @@ class SinkhornResult:
     converged: bool  # the stopping rule held at the last iteration (err < tol)
     stages: int
     marginal_error: float  # L1 distance of the plan's marginals to their fixed point's
+    sparse: bool = False  # answered by the near-permutation solve (see the module doc)
 
 
 def work_dtype(device: torch.device) -> torch.dtype:
@@ -180,23 +181,25 @@ def log_sinkhorn(
     scaling: float | None = EPS_SCALING,
     newton: bool = True,
     cg: bool = True,
+    sparse: bool = True,
 ) -> SinkhornResult:
     """Solve (unbalanced) entropic OT between uniform weights for ``cost`` (n0, n1).
 
     ``cg=False`` skips the conjugate-gradient candidate of the Newton steps (the Hessian is
-    formed for every step): the same fixed point, for comparing speed.
+    formed for every step), ``sparse=False`` the near-permutation solve: the same fixed
+    point, for comparing speed.
     """
     if cost.shape[0] > cost.shape[1]:  # Newton's Hessian lives on the first (smaller) side
         res = log_sinkhorn(
             cost.T, reg, rho=(rho[1], rho[0]), max_iter=max_iter, tol=tol, scaling=scaling,
-            newton=newton, cg=cg,
+            newton=newton, cg=cg, sparse=sparse,
         )
         return replace(res, log_plan=res.log_plan.T)
     s = _State(cost.to(work_dtype(cost.device)))
     balanced = math.isinf(rho[0]) and math.isinf(rho[1])
     newton = newton and balanced and s.C.dtype == torch.float64
     top = float(s.C.max())
-    if newton and scaling is not None and top >= reg * _SPARSE_RATIO:
+    if sparse and newton and scaling is not None and top >= reg * _SPARSE_RATIO:
         near = _near_permutation(s, reg, tol, max_iter)
         if near is not None:
             return near
@@ -268,7 +271,8 @@ def _near_permutation(s: _State, reg: float, tol: float, max_iter: int
     marginal = marginal_error(log_plan.exp(), s.a, s.b, s.f, s.g, (math.inf, math.inf))
     if not marginal <= tol:
         return None
-    return SinkhornResult(log_plan, res.iterations, res.newton_steps, marginal, True, 1, marginal)
+    return SinkhornResult(log_plan, res.iterations, res.newton_steps, marginal, True, 1, marginal,
+                          sparse=True)
 
 
 def marginal_error(
