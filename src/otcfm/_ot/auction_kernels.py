@@ -82,16 +82,10 @@ def bid(C, p, eps, owner, assigned, max_bids, top):  # pragma: no cover - compil
     A free row i bids for j1 = argmin_j C_ij + p_j, raising p_j1 by (second best - best) + eps
     and evicting j1's owner. Returns the number of bids (at most ``max_bids``).
     """
-    n = C.shape[0]
     big = top[0]
     buf = np.empty_like(p)
     bits = buf.view(top.dtype)
-    free = np.empty(n, np.int64)
-    nf = 0
-    for i in range(n - 1, -1, -1):
-        if assigned[i] < 0:
-            free[nf] = i
-            nf += 1
+    free, nf = _free_rows(assigned)
     value = np.empty_like(p[:1])  # eps in p's type, then a minimum's bits as its value
     value[0] = eps
     step = value[0]
@@ -103,17 +97,36 @@ def bid(C, p, eps, owner, assigned, max_bids, top):  # pragma: no cover - compil
         j1, best = _row_min(C[i], p, buf, bits, big)
         bits[j1] = big
         word[0] = _min_bits(bits, big)
-        second = value[0]
-        p[j1] += second - best + step
-        prev = owner[j1]
-        owner[j1] = i
-        assigned[i] = j1
-        if prev >= 0:
-            assigned[prev] = -1
-            free[nf] = prev
-            nf += 1
+        nf = _award(p, j1, best, value[0], step, owner, assigned, i, free, nf)
         bids += 1
     return bids
+
+
+@_jit()
+def _free_rows(assigned):  # pragma: no cover - compiled
+    """The unassigned rows as a stack (the lowest on top), and their number."""
+    n = assigned.shape[0]
+    free = np.empty(n, np.int64)
+    nf = 0
+    for i in range(n - 1, -1, -1):
+        if assigned[i] < 0:
+            free[nf] = i
+            nf += 1
+    return free, nf
+
+
+@_jit()
+def _award(p, j1, best, second, step, owner, assigned, i, free, nf):  # pragma: no cover
+    """Row i takes column j1 at price + (second - best) + eps; its owner joins the free."""
+    p[j1] += second - best + step
+    prev = owner[j1]
+    owner[j1] = i
+    assigned[i] = j1
+    if prev >= 0:
+        assigned[prev] = -1
+        free[nf] = prev
+        nf += 1
+    return nf
 
 
 @_jit()
@@ -132,12 +145,18 @@ def prune(C, p, owner, assigned, eps, top):  # pragma: no cover - compiled
         if a < 0:
             continue
         _, best = _row_min(C[i], p, buf, bits, big)
-        if buf[a] - best > eps:
-            assigned[i] = -1
-            owner[a] = -1
-        else:
-            kept += 1
+        kept += _keep(i, a, buf[a] - best, eps, assigned, owner)
     return kept
+
+
+@_jit()
+def _keep(i, a, slack, eps, assigned, owner):  # pragma: no cover - compiled
+    """1 if row i stays on column a (its slack within eps), else 0 and both are freed."""
+    if slack <= eps:
+        return 1
+    assigned[i] = -1
+    owner[a] = -1
+    return 0
 
 
 @_jit()
@@ -304,6 +323,30 @@ def tighten(C, p, assigned, owner, slack, max_scans, d):  # pragma: no cover - c
     changed are scanned again; an improvement under ``slack`` (float rounding) is not one, so
     that cycles of zero weight cannot turn over forever.
     """
+    return _bellman_ford(C, p, assigned, owner, slack, max_scans, d, np.zeros((0, 0), np.int64),
+                         np.zeros((0, 0), C.dtype), np.zeros(0, np.int64), False)
+
+
+@_jit()
+def _relax(base, row, p, d, owner, nxt, slack, cols, costs, m, lists):  # pragma: no cover
+    """Relax the arcs of one row (all columns, or its list's m); returns rows newly marked."""
+    count = 0
+    for b in range(m if lists else row.shape[0]):
+        j = cols[b] if lists else b
+        x = base + ((costs[b] if lists else row[j]) + p[j])
+        if x < d[j]:
+            d[j] = x - slack
+            r = owner[j]
+            count += 0 if nxt[r] else 1
+            nxt[r] = True
+    return count
+
+
+@_jit()
+def _bellman_ford(
+    C, p, assigned, owner, slack, max_scans, d, cand, cand_c, cnt, lists
+):  # pragma: no cover - compiled
+    """The passes of ``tighten`` (over every arc, or the lists' arcs); passes or -1."""
     n = C.shape[0]
     active = np.ones(n, np.bool_)
     first = n
@@ -322,13 +365,11 @@ def tighten(C, p, assigned, owner, slack, max_scans, d):  # pragma: no cover - c
             k = assigned[i]
             row = C[i]
             base = d[k] - (row[k] + p[k]) + slack
-            for j in range(n):
-                x = base + (row[j] + p[j])
-                if x < d[j]:
-                    d[j] = x - slack
-                    r = owner[j]
-                    count += 0 if nxt[r] else 1
-                    nxt[r] = True
+            if lists:
+                count += _relax(base, row, p, d, owner, nxt, slack, cand[i], cand_c[i], cnt[i],
+                                True)
+            else:
+                count += _relax(base, row, p, d, owner, nxt, slack, owner, row, 0, False)
         sweep += 1
         if count == 0:
             return sweep
@@ -466,14 +507,8 @@ def bid_lists(
     C, p, eps, owner, assigned, max_bids, cand, cand_c, cnt, thr, win
 ):  # pragma: no cover - compiled
     """``bid`` with the row minima taken from candidate lists (see ``rescan``; float64)."""
-    n = C.shape[0]
     buf = np.empty_like(p)
-    free = np.empty(n, np.int64)
-    nf = 0
-    for i in range(n - 1, -1, -1):
-        if assigned[i] < 0:
-            free[nf] = i
-            nf += 1
+    free, nf = _free_rows(assigned)
     value = np.empty_like(p[:1])
     value[0] = eps
     step = value[0]
@@ -484,14 +519,7 @@ def bid_lists(
         j1, best, second = top2(C[i], p, cand[i], cand_c[i], cnt, thr, i, buf, win)
         if second == np.inf:  # a single column
             second = best
-        p[j1] += second - best + step
-        prev = owner[j1]
-        owner[j1] = i
-        assigned[i] = j1
-        if prev >= 0:
-            assigned[prev] = -1
-            free[nf] = prev
-            nf += 1
+        nf = _award(p, j1, best, second, step, owner, assigned, i, free, nf)
         bids += 1
     return bids
 
@@ -507,11 +535,7 @@ def prune_lists(C, p, owner, assigned, eps, cand, cand_c, cnt, thr, win):  # pra
         if a < 0:
             continue
         _, best, _ = top2(C[i], p, cand[i], cand_c[i], cnt, thr, i, buf, win)
-        if C[i, a] + p[a] - best > eps:
-            assigned[i] = -1
-            owner[a] = -1
-        else:
-            kept += 1
+        kept += _keep(i, a, C[i, a] + p[a] - best, eps, assigned, owner)
     return kept
 
 
@@ -527,41 +551,10 @@ def tighten_lists(
     (as ``tighten``); -2: converged, but some row's own column is above its list's bound (the
     caller runs the full ``tighten``).
     """
+    sweep = _bellman_ford(C, p, assigned, owner, slack, max_scans, d, cand, cand_c, cnt, True)
+    if sweep < 0:
+        return -1
     n = C.shape[0]
-    active = np.ones(n, np.bool_)
-    first = n
-    fewest = n
-    sweep = 0
-    scans = 0
-    while True:
-        count = 0
-        nxt = np.zeros(n, np.bool_)
-        for i in range(n):
-            if not active[i]:
-                continue
-            scans += 1
-            if scans > max_scans:
-                return -1
-            a = assigned[i]
-            row = C[i]
-            base = d[a] - (row[a] + p[a]) + slack
-            for b in range(cnt[i]):
-                j = cand[i, b]
-                x = base + (cand_c[i, b] + p[j])
-                if x < d[j]:
-                    d[j] = x - slack
-                    r = owner[j]
-                    count += 0 if nxt[r] else 1
-                    nxt[r] = True
-        sweep += 1
-        if count == 0:
-            break
-        if sweep == 1:
-            first = count
-        elif (sweep == 2 and 4 * count > 3 * first) or count > 2 * fewest + 16:
-            return -1
-        fewest = min(fewest, count)
-        active = nxt
     for i in range(n):
         a = assigned[i]
         if C[i, a] + (p[a] - d[a]) > thr[i]:

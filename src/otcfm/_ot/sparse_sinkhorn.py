@@ -134,19 +134,27 @@ def _update_rows(indptr, idx, r, G, lb, eps, F, la):  # pragma: no cover - compi
 
 
 @_jit()
+def _col_lse(cptr, crow, cpos, r, F, eps, j):  # pragma: no cover - compiled
+    """LSE_i((F_i - r_ij) / eps) over column j's support (-inf when it is empty)."""
+    m = -np.inf
+    for t in range(cptr[j], cptr[j + 1]):
+        z = (F[crow[t]] - r[cpos[t]]) / eps
+        m = z if z > m else m
+    if m == -np.inf:
+        return m
+    s = 0.0
+    for t in range(cptr[j], cptr[j + 1]):
+        s += math.exp((F[crow[t]] - r[cpos[t]]) / eps - m)
+    return m + math.log(s)
+
+
+@_jit()
 def _update_cols(cptr, crow, cpos, r, F, la, eps, G):  # pragma: no cover - compiled
     """G_j = -eps LSE_i(la + (F_i - r_ij) / eps) (columns exact)."""
     for j in range(cptr.shape[0] - 1):
-        m = -np.inf
-        for t in range(cptr[j], cptr[j + 1]):
-            z = (F[crow[t]] - r[cpos[t]]) / eps
-            m = z if z > m else m
-        if m == -np.inf:
-            continue
-        s = 0.0
-        for t in range(cptr[j], cptr[j + 1]):
-            s += math.exp((F[crow[t]] - r[cpos[t]]) / eps - m)
-        G[j] = -eps * (la + m + math.log(s))
+        lse = _col_lse(cptr, crow, cpos, r, F, eps, j)
+        if lse > -np.inf:
+            G[j] = -eps * (la + lse)
 
 
 @_jit()
@@ -171,16 +179,9 @@ def _semi_dual(cptr, crow, cpos, r, F, la, lb, eps, a_dot_f):  # pragma: no cove
     total = a_dot_f
     b = math.exp(lb)
     for j in range(cptr.shape[0] - 1):
-        m = -np.inf
-        for t in range(cptr[j], cptr[j + 1]):
-            z = (F[crow[t]] - r[cpos[t]]) / eps
-            m = z if z > m else m
-        if m == -np.inf:
-            continue
-        s = 0.0
-        for t in range(cptr[j], cptr[j + 1]):
-            s += math.exp((F[crow[t]] - r[cpos[t]]) / eps - m)
-        total += b * (-eps * (la + m + math.log(s)))
+        lse = _col_lse(cptr, crow, cpos, r, F, eps, j)
+        if lse > -np.inf:
+            total += b * (-eps * (la + lse))
     return total
 
 
