@@ -262,7 +262,7 @@ def test_rescan_lists_the_cheapest_columns_and_bounds_the_rest(k, ties):
     each at most the returned bound, and every column left out is at least the bound (ties
     wider than the list take the sorted path)."""
     _need("auction")
-    from otcfm._ot import auction_kernels as kernels
+    from otcfm._ot import auction_lists as lists
 
     rng = np.random.default_rng(k)
     n = 200
@@ -271,7 +271,7 @@ def test_rescan_lists_the_cheapest_columns_and_bounds_the_rest(k, ties):
     win = np.zeros(n + 1)
     for i in range(3):  # the window carried from row to row
         cand, costs = np.zeros(k, np.int64), np.zeros(k)
-        m, thr = kernels.rescan(row, p, cand, costs, np.empty(n), win, i)
+        m, thr = lists.rescan(row, p, cand, costs, np.empty(n), win, i)
         values = row + p
         listed = cand[:m]
         assert 2 <= m <= k and len(set(listed.tolist())) == m
@@ -281,7 +281,7 @@ def test_rescan_lists_the_cheapest_columns_and_bounds_the_rest(k, ties):
         assert np.sort(values)[m - 1] == values[listed].max()  # the m least
         p = p + rng.integers(0, 2, n)  # prices rise between scans
     full = np.zeros(n, np.int64)
-    assert kernels.rescan(row, p, full, np.zeros(n), np.empty(n), win, 0) == (n, np.inf)
+    assert lists.rescan(row, p, full, np.zeros(n), np.empty(n), win, 0) == (n, np.inf)
     np.testing.assert_array_equal(full, np.arange(n))
 
 
@@ -316,6 +316,7 @@ def test_tighten_over_lists_certifies_only_what_holds_outside_them():
     lies above its list's bound it reports -2 (the caller then corrects over every arc)."""
     _need("auction")
     from otcfm._ot import auction_kernels as kernels
+    from otcfm._ot import auction_lists as lists
 
     n, k = 80, 8
     cost = _cloud_cost(n, 2, seed=8)
@@ -332,17 +333,17 @@ def test_tighten_over_lists_certifies_only_what_holds_outside_them():
     cand, cand_c, thr = np.zeros((n, k), np.int64), np.zeros((n, k)), np.zeros(n)
     cnt, win = np.zeros(n, np.int64), np.zeros(n + 1)
     for i in range(n):
-        cnt[i], thr[i] = kernels.rescan(cost[i], prices, cand[i], cand_c[i], np.empty(n),
+        cnt[i], thr[i] = lists.rescan(cost[i], prices, cand[i], cand_c[i], np.empty(n),
                                         win, i)
     d = np.zeros(n)
-    done = kernels.tighten_lists(cost, prices, a2, o2, 0.0, 100 * n, d, cand, cand_c, cnt,
+    done = lists.tighten_lists(cost, prices, a2, o2, 0.0, 100 * n, d, cand, cand_c, cnt,
                                  thr)
     assert done > 0
     q = prices - d
     values = cost + q[None, :]
     assert (values - values[np.arange(n), a2][:, None]).min() >= -1e-12
     thr[:] = -1.0  # every list's bound below its row's column: not certified here
-    assert kernels.tighten_lists(
+    assert lists.tighten_lists(
         cost, prices, a2, o2, 0.0, 100 * n, np.zeros(n), cand, cand_c, cnt, thr) == -2
 
 

@@ -15,7 +15,7 @@ The certificate (module ``_approx``) holds whatever the starting prices.
 Candidate lists (the certified exact solver, n >= ``LISTS_MIN``). After the first phase each
 row keeps its cheapest columns (up to ``EXACT_LISTS``) and a bound under every other one's value;
 prices only rise, so the bound stays valid and a bid reads the list instead of the row until
-the list no longer decides (``auction_kernels.rescan``). The shortest-path correction runs
+the list no longer decides (``auction_lists.rescan``). The shortest-path correction runs
 over the lists' arcs after every phase and is checked against the bounds.
 """
 
@@ -34,7 +34,7 @@ COARSE_TOL = 0.01  # coupling gap of the coarse problem when the answer must be 
 EXACT_RTOL = 1e-9  # certified relative gap of exact_assignment
 EXACT_SCALING = 16.0  # eps shrinks by this factor between the phases of exact_assignment
 EXACT_MAX_BIDS = 500  # exact_assignment gives up after this many bids per row
-EXACT_LISTS = 64  # most candidate columns per row in exact_assignment (auction_kernels.rescan)
+EXACT_LISTS = 64  # most candidate columns per row in exact_assignment (auction_lists)
 LISTS_MIN = 256  # smallest n solved with candidate lists (below, rows are cheap to scan)
 LISTS_FROM = 1  # phases run with full row scans before the lists (prices still move far)
 TIGHTEN_SCANS = 3  # most row scans of one price correction, in multiples of n
@@ -99,6 +99,7 @@ def solve_auction(
     assignment found, or None). ``ind`` (sum of the costs / n) and ``cmax``: if already known.
     """
     from otcfm._ot import auction_kernels as kernels  # numba: loaded on first use
+    from otcfm._ot import auction_lists as lists_kernels
 
     n = cost.shape[0]
     top = kernels.top_bits(cost.dtype)
@@ -136,7 +137,7 @@ def solve_auction(
         win = np.zeros(n + 1)  # rescan's window per row, and the last one
     while True:
         if k and phases >= LISTS_FROM:
-            bids += kernels.bid_lists(
+            bids += lists_kernels.bid_lists(
                 cost, prices, eps, owner, assigned, max_bids - bids, cand, cand_c, cnt, thr, win
             )
         else:
@@ -177,7 +178,7 @@ def solve_auction(
             break
         eps = finer
         if k and phases >= LISTS_FROM:
-            kernels.prune_lists(
+            lists_kernels.prune_lists(
                 cost, prices, owner, assigned, eps, cand, cand_c, cnt, thr, win
             )
         else:
@@ -318,13 +319,15 @@ def _tightened_bound(cost, prices, assigned, owner, cmax, top, lists=None):
     the correction did not converge: the assignment may not be optimal).
     """
     from otcfm._ot import auction_kernels as kernels
+    from otcfm._ot import auction_lists as lists_kernels
 
     n = cost.shape[0]
     d = np.zeros(n, prices.dtype)
     rounding = 4.0 * float(np.finfo(prices.dtype).eps) * (cmax + float(prices.max()))
     scans = TIGHTEN_SCANS * n
     if lists is not None:
-        done = kernels.tighten_lists(cost, prices, assigned, owner, rounding, scans, d, *lists)
+        done = lists_kernels.tighten_lists(cost, prices, assigned, owner, rounding, scans, d,
+                                           *lists)
         if done == -1:
             return -math.inf, None  # no convergence on the lists' arcs: not optimal yet
         if done == -2:  # converged, but an arc outside the lists may be violated
