@@ -18,6 +18,8 @@ Numerics:
   leave [e^-30, e^30];
 - epsilon scaling (only when max C / reg > 128): eps_0 = max C, eps_0 s, eps_0 s^2, ...,
   reg in turn, warm-starting the potentials (they live in cost units, so they carry over);
+  the first kernel is plain exp(-C / eps_0) (it cannot underflow: C / eps_0 <= 1), and the
+  intermediate stages stop at an L1 marginal error of 1e-2 (only the last one needs tol);
   a balanced stage starts from the kernel of the previous stage's potentials (one exp pass;
   each row's largest entry multiplies its log-deficit of at most log n by 1/s, so with the
   default s = 0.1 it stays above n^-10, far from float64 underflow) and falls back to the
@@ -35,7 +37,9 @@ Numerics:
   candidate step is solved matrix-free by preconditioned conjugate gradients (products with
   P and P^T only); if the Armijo test refuses it, the Hessian is formed and solved by
   Cholesky (its null vector 1 shifted away), with an eigendecomposition as the fallback when
-  no Cholesky step passes; Newton starts after 50 slow iterations.
+  no Cholesky step passes; Newton starts after 50 slow iterations. The steps move the
+  scalings of the stage's kernel (P = diag(u) K diag(v)), so trying one costs matrix-vector
+  products, not an exponential of the whole cost matrix.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from torch import Tensor
 
 from otcfm.couplings._base import available_memory
 
-_STAGE_TOL = 1e-3  # stopping threshold of the intermediate epsilon-scaling stages
+_STAGE_TOL = 1e-2  # stopping threshold of the intermediate epsilon-scaling stages
 _ABSORB_LOG = 30.0  # absorb u, v into the potentials once |log u| or |log v| exceeds this
 _NEWTON_AFTER = 50  # Sinkhorn iterations in a stage before trying Newton
 _NEWTON_STEPS = 30  # most Newton steps per stage
@@ -211,7 +215,9 @@ def log_sinkhorn(
         limit = max_iter if last_stage else max_iter // 2
         stop = tol if last_stage else max(tol, _STAGE_TOL)
         fi0, fi1 = _fraction(rho[0], eps), _fraction(rho[1], eps)
-        if k == 0 or not balanced or not s.rekernel(eps):
+        # zero potentials and costs within _ABSORB_LOG eps: the plain kernel cannot underflow
+        fresh = k == 0 and top > eps * _ABSORB_LOG
+        if fresh or not balanced or not s.rekernel(eps):
             s.restart(eps, fi0, fi1)
         converged = False
         while not converged and it < limit:
@@ -219,11 +225,11 @@ def log_sinkhorn(
             chunk = min(limit, it + _NEWTON_AFTER) if newton else limit
             it, err, converged = _iterate(s, eps, fi0, fi1, it, chunk, stop, balanced, reg)
             if not converged and newton and it < limit:
-                s.absorb(eps)
-                done, err, converged = _newton(s, eps, stop, min(_NEWTON_STEPS, limit - it),
-                                               cg)
+                done, err, converged, stale = _newton(
+                    s, eps, stop, min(_NEWTON_STEPS, limit - it), cg)
                 it, steps = it + done, steps + done
-                s.restart(eps, fi0, fi1)
+                if stale:  # the steps left the kernel's range: a fresh one
+                    s.restart(eps, fi0, fi1)
         s.absorb(eps)
     log_plan = s.log_plan(reg)
     if not bool(torch.isfinite(log_plan).all()):
@@ -337,12 +343,55 @@ def _semi_dual(s: _State, f: Tensor, eps: float) -> tuple[Tensor, Tensor]:
 
 
 def _newton(s: _State, eps: float, stop: float, max_steps: int, cg: bool = True
-            ) -> tuple[int, float, bool]:
-    """Damped Newton ascent on the semi-dual in f (balanced); updates s.f, s.g.
+            ) -> tuple[int, float, bool, bool]:
+    """Damped Newton ascent on the semi-dual in f (balanced), on the current kernel.
 
-    Each step tries the (pseudo-inverse) Newton step, then Levenberg-Marquardt damped ones
-    (towards a 1/L gradient step) until one passes the Armijo test (see
-    ``_newton_steps``); gives up (back to Sinkhorn) when none does.
+    The plan stays P = diag(u) K diag(v) with v = b / (K^T u) (columns exact), so a step d
+    in f is u <- u e^(d / eps), and the semi-dual's change is
+    F(f + d) - F(f) = <a, d> - eps <b, log(K^T u_new) - log(K^T u)>: matrix-vector products,
+    no exponential of the (n0, n1) cost (entries of K that underflowed stay below
+    e^(-700) of a row's mass while u stays within e^(+-``_ABSORB_LOG``), as in the scaling
+    iterations). A step that would take u out of that range moves the rest of the solve to
+    the log domain (``_newton_log``). Each step tries the (pseudo-inverse) Newton step, then
+    Levenberg-Marquardt damped ones until one passes the Armijo test (``_newton_steps``);
+    gives up (back to Sinkhorn) when none passes. Returns (steps, error, converged, whether
+    the kernel must be rebuilt); leaves s.u, s.v (or s.f, s.g) at the last accepted step.
+    """
+    u = s.u
+    col = s.K.T @ u
+    plan = u[:, None] * s.K * (s.b / col)[None, :]
+    err = math.inf
+    for step in range(max_steps + 1):
+        grad = s.a - plan.sum(1)
+        err = float(grad.abs().sum())
+        if err < stop or step == max_steps:
+            break
+        log_u = u.log()
+        for d in _newton_steps(plan, s.b, eps, grad, cg):
+            new_log_u = log_u + d / eps
+            if not float(new_log_u.abs().max()) <= _ABSORB_LOG:
+                s.u, s.v = u, s.b / col
+                s.absorb(eps)
+                done, err, converged = _newton_log(s, eps, stop, max_steps - step, cg)
+                return step + done, err, converged, True
+            new_u = new_log_u.exp()
+            new_col = s.K.T @ new_u
+            gain = float(s.a @ d) - eps * float(s.b @ (new_col / col).log())
+            if gain >= 1e-4 * float(grad @ d):
+                break
+        else:
+            break
+        u, col = new_u, new_col
+        plan = u[:, None] * s.K * (s.b / col)[None, :]
+    s.u, s.v = u, s.b / col
+    return step, err, err < stop, False
+
+
+def _newton_log(s: _State, eps: float, stop: float, max_steps: int, cg: bool = True
+                ) -> tuple[int, float, bool]:
+    """``_newton`` in the log domain from s.f (no kernel; each trial is an exp of the cost).
+
+    For steps too long for the kernel's scalings; updates s.f, s.g.
     """
     f = s.f
     lse, plan = _semi_dual(s, f, eps)
