@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" || $(PY) -m pip install --quiet "torch>=2.1"
 	$(PY) -m pip install --quiet -e ".[dev,plot,progress,fast,singlecell,images]"
+	$(PY) -m otcfm._ot  # compile the numba kernels once, into numba's cache
 	touch $(STAMP)
 
 test: $(STAMP)

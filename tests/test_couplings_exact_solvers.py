@@ -426,3 +426,35 @@ def test_auction_workspace_is_per_thread_and_resized():
     t.join()
     assert other[0].base is not auction._workspace((200, 200)).base
     assert auction._workspace((20, 20)).base is not auction._workspace((200, 200)).base
+
+
+def test_compile_kernels_module_runs_every_compiled_path(monkeypatch, capsys):
+    """``python -m otcfm._ot`` (run by ``make setup``) goes through the exact auction with
+    lists, ApproxOT's float32 auction and the near-permutation entropic solve: each entry
+    point is seen called; without numba it says so and compiles nothing."""
+    pytest.importorskip("numba")
+    from otcfm._ot import __main__ as warm
+    from otcfm._ot import auction, auction_lists, sparse_sinkhorn
+
+    seen = []
+
+    def spy(module, name):
+        real = getattr(module, name)
+
+        def call(*args, **kwargs):
+            seen.append(name if name != "solve_auction" else f"{name} {args[0].dtype}")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, call)
+
+    spy(auction_lists, "bid_lists")
+    spy(auction, "solve_auction")
+    spy(sparse_sinkhorn, "sparse_sinkhorn")
+    assert warm.compile_kernels(n=256) > 0.0
+    assert {"bid_lists", "solve_auction float32", "solve_auction float64",
+            "sparse_sinkhorn"} <= set(seen)
+    assert warm.main() == 0
+    assert "compiled and cached" in capsys.readouterr().out
+    monkeypatch.setattr(warm.auction_kernels, "available", lambda: False)
+    assert warm.main() == 0
+    assert "nothing to compile" in capsys.readouterr().out
