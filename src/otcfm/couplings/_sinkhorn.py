@@ -45,7 +45,7 @@ Numerics:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -357,33 +357,32 @@ def _newton(s: _State, eps: float, stop: float, max_steps: int, cg: bool = True
     gives up (back to Sinkhorn) when none passes. Returns (steps, error, converged, whether
     the kernel must be rebuilt); leaves s.u, s.v (or s.f, s.g) at the last accepted step.
     """
-    u = s.u
-    col = s.K.T @ u
-    plan = u[:, None] * s.K * (s.b / col)[None, :]
-    err = math.inf
-    for step in range(max_steps + 1):
-        grad = s.a - plan.sum(1)
-        err = float(grad.abs().sum())
-        if err < stop or step == max_steps:
-            break
-        log_u = u.log()
-        for d in _newton_steps(plan, s.b, eps, grad, cg):
-            new_log_u = log_u + d / eps
-            if not float(new_log_u.abs().max()) <= _ABSORB_LOG:
-                s.u, s.v = u, s.b / col
-                s.absorb(eps)
-                done, err, converged = _newton_log(s, eps, stop, max_steps - step, cg)
-                return step + done, err, converged, True
-            new_u = new_log_u.exp()
-            new_col = s.K.T @ new_u
-            gain = float(s.a @ d) - eps * float(s.b @ (new_col / col).log())
-            if gain >= 1e-4 * float(grad @ d):
-                break
-        else:
-            break
-        u, col = new_u, new_col
-        plan = u[:, None] * s.K * (s.b / col)[None, :]
-    s.u, s.v = u, s.b / col
+    state = {"u": s.u, "col": s.K.T @ s.u}
+
+    def plan_of(u: Tensor, col: Tensor) -> Tensor:
+        return u[:, None] * s.K * (s.b / col)[None, :]
+
+    def trial(d: Tensor) -> tuple[float, Callable[[], Tensor]] | None:
+        new_log_u = state["u"].log() + d / eps
+        if not float(new_log_u.abs().max()) <= _ABSORB_LOG:
+            return None
+        new_u = new_log_u.exp()
+        new_col = s.K.T @ new_u
+        gain = float(s.a @ d) - eps * float(s.b @ (new_col / state["col"]).log())
+
+        def accept() -> Tensor:
+            state.update(u=new_u, col=new_col)
+            return plan_of(new_u, new_col)
+
+        return gain, accept
+
+    plan = plan_of(state["u"], state["col"])
+    step, err, leave = _damped_newton(s, eps, stop, max_steps, cg, plan, trial)
+    s.u, s.v = state["u"], s.b / state["col"]
+    if leave:
+        s.absorb(eps)
+        done, err, converged = _newton_log(s, eps, stop, max_steps - step, cg)
+        return step + done, err, converged, True
     return step, err, err < stop, False
 
 
@@ -393,8 +392,37 @@ def _newton_log(s: _State, eps: float, stop: float, max_steps: int, cg: bool = T
 
     For steps too long for the kernel's scalings; updates s.f, s.g.
     """
-    f = s.f
-    lse, plan = _semi_dual(s, f, eps)
+    lse, plan = _semi_dual(s, s.f, eps)
+    state = {"f": s.f, "lse": lse}
+
+    def trial(d: Tensor) -> tuple[float, Callable[[], Tensor]]:
+        new_lse, new_plan = _semi_dual(s, state["f"] + d, eps)
+        gain = float(s.a @ d) - eps * float(s.b @ (new_lse - state["lse"]))
+
+        def accept() -> Tensor:
+            state.update(f=state["f"] + d, lse=new_lse)
+            return new_plan
+
+        return gain, accept
+
+    step, err, _ = _damped_newton(s, eps, stop, max_steps, cg, plan, trial)
+    s.f = state["f"]
+    s.update_g(eps)
+    return step, err, err < stop
+
+
+def _damped_newton(
+    s: _State, eps: float, stop: float, max_steps: int, cg: bool, plan: Tensor,
+    trial: Callable[[Tensor], tuple[float, Callable[[], Tensor]] | None],
+) -> tuple[int, float, bool]:
+    """The Newton loop of both domains: (steps, error, whether a step left the domain).
+
+    Each step offers the candidates of ``_newton_steps`` to ``trial(d)``, which returns the
+    semi-dual's gain F(f + d) - F(f) and an ``accept()`` giving the new plan, or None when the
+    step cannot be evaluated in its domain (the loop stops there); the first candidate that
+    passes the Armijo test is accepted. Stops at ``stop`` (L1 row error), after ``max_steps``,
+    or when no candidate passes.
+    """
     err = math.inf
     for step in range(max_steps + 1):
         grad = s.a - plan.sum(1)
@@ -402,16 +430,16 @@ def _newton_log(s: _State, eps: float, stop: float, max_steps: int, cg: bool = T
         if err < stop or step == max_steps:
             break
         for d in _newton_steps(plan, s.b, eps, grad, cg):
-            new_lse, new_plan = _semi_dual(s, f + d, eps)
-            gain = float(s.a @ d) - eps * float(s.b @ (new_lse - lse))  # F(f + d) - F(f)
+            tried = trial(d)
+            if tried is None:
+                return step, err, True
+            gain, accept = tried
             if gain >= 1e-4 * float(grad @ d):
                 break
         else:
             break
-        f, lse, plan = f + d, new_lse, new_plan
-    s.f = f
-    s.update_g(eps)
-    return step, err, err < stop
+        plan = accept()
+    return step, err, False
 
 
 def _newton_steps(plan: Tensor, b: Tensor, eps: float, grad: Tensor, cg: bool = True
