@@ -68,6 +68,8 @@ PAGES: dict[str, tuple[Callable[[], str], tuple[str, ...]]] = {
     "two_dim_ema/two_dim.md": (lambda: two_dim_report.render_page(RESULTS / "two_dim_ema"), ()),
     "two_dim_tc_exact/two_dim.md": (
         lambda: two_dim_report.render_page(RESULTS / "two_dim_tc_exact"), ()),
+    "two_dim_sbcfm/two_dim.md": (
+        lambda: two_dim_report.render_page(RESULTS / "two_dim_sbcfm"), ()),
     "two_dim_tc_replace/two_dim.md": (
         lambda: two_dim_report.render_page(RESULTS / "two_dim_tc_replace"), ()),
     "two_dim_torchcfm/two_dim.md": (
