@@ -32,9 +32,10 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from otcfm._ot import assignment as asg  # noqa: E402
 from otcfm._ot.assignment import SOLVERS, available_solvers, solve  # noqa: E402
 
-SIZES = (64, 256, 512, 1024, 2048, 4096, 8192)
+SIZES = (32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192)
 DIMS = (2, 64, 784)
 
 
@@ -53,7 +54,9 @@ def problem(n: int, d: int, seed: int) -> np.ndarray:
 
 def _child(name: str, n: int, d: int, seed: int, conn) -> None:
     torch.set_num_threads(1)
-    solve(problem(160, d, seed), name, check=False)  # warm-up: first-call overheads (compiles)
+    # warm-up: first-call overheads (loading compiled kernels); at min(n, 512) points every
+    # code path the timed size takes runs once (the auction's lists from 256, coarse levels)
+    solve(problem(min(n, 512), d, seed + 1), name, check=False)
     cost = problem(n, d, seed)
     start = time.perf_counter()
     j = solve(cost, name, check=False)
@@ -132,7 +135,9 @@ def table(rows: list[dict], solvers: list[str]) -> str:
 
 INTRO = (
     "float64 squared-Euclidean costs; d = 2: N(0, I) -> 8 Gaussians (radius 5, std 1); d > 2: "
-    "N(0, I) -> N(1, 4 I). Median of the repeats (one repeat once a solve takes over a few "
+    "N(0, I) -> N(1, 4 I). Each solve runs in a forked process after one warm-up solve of "
+        "min(B, 512) points (so that loading compiled code is not timed). Median of the repeats "
+        "(one repeat once a solve takes over a few "
     "seconds). FAILED: not an optimal permutation (relative gap >= 1e-9 to the best cost "
     "found); skipped: over the time cap (timed out, or predicted to)."
 )
@@ -167,17 +172,20 @@ def render(record: dict) -> str:
     auction64, lap64 = _time(rows, "auction", 64, 4096), _time(rows, "lap", 64, 4096)
     parts.append(
         "## The rule of `ExactOT(solver=\"auto\")` (src/otcfm/_ot/assignment.py)\n\n"
-        "- B >= 256 with numba installed (extra `fast`): `auction`, our compiled float64 "
-        "auction whose prices are then corrected by shortest paths; each answer comes with a "
-        "feasible dual that certifies its relative gap to the optimum is at most 1e-9 "
-        "(otherwise network simplex solves it)"
+        f"- B >= {asg._AUCTION_MIN_N} with numba installed (extra `fast`), or at d > "
+        f"{asg._SIMPLEX_MAX_DIM} with `lap` installed B >= {asg._AUCTION_MIN_N_JV}: `auction`, "
+        "our compiled float64 auction whose prices are then corrected by shortest paths; each "
+        "answer comes with a feasible dual that certifies its relative gap to the optimum is "
+        "at most 1e-9 (otherwise network simplex solves it)"
         + (f"; at B = 4096 it takes {auction:.2g} s against `emd`'s {emd:.2g} s in 2-D and "
            f"{auction64:.2g} s against `lap`'s {lap64:.2g} s at d = 64"
            if auction and emd and auction64 and lap64 else "") + ".\n"
-        "- Otherwise, d <= 8: `emd` (POT network simplex, uncapped). The Jonker-Volgenant codes "
-        "degrade badly on these degenerate low-dimensional costs"
+        f"- Otherwise, d > {asg._SIMPLEX_MAX_DIM}: `lap` (Jonker-Volgenant, optional extra "
+        "`fast`) when installed.\n"
+        f"- Otherwise `scipy` (linear_sum_assignment) below B = {asg._SCIPY_MAX_N}, `emd` (POT "
+        "network simplex, uncapped) from there. The Jonker-Volgenant codes degrade badly on "
+        "the degenerate low-dimensional costs"
         + (f" (`lapjv` takes {lapjv:.0f} s at d = 2, B = 512)" if lapjv else "") + ".\n"
-        "- d > 8: `lap` (Jonker-Volgenant, optional extra `fast`) when installed, else `emd`.\n"
         "- Every answer is checked to be a permutation; a non-permutation falls back to scipy.\n"
         "- Every solver is exact for the cost matrix it is given: `ExactOT` gives it the costs "
         "rounded to float32 by default (`cost_dtype`), so its pairing is optimal for those.\n"

@@ -120,11 +120,25 @@ def test_exact_ot_solver_matters_not_for_plan():
     assert max(costs) - min(costs) <= 1e-12 * max(costs)
 
 
-def test_auto_rule_low_dim_uses_network_simplex_below_the_auction_size():
-    big = "auction" if "auction" in asg.available_solvers() else "emd"
-    for n in (2, 64, 255, 256, 512, 8192):
-        for d in (1, 2, 3, 4, 8):
-            assert asg.auto_solver(n, d) == ("emd" if n < 256 else big)
+def test_auto_rule_follows_the_measured_crossovers(monkeypatch):
+    """docs/results/exact_solvers.md: the auction from B = 96 (d <= 8, or no lap), from 512
+    at d > 8 with lap; below, lap at d > 8, else scipy under 96 and network simplex above."""
+    pytest.importorskip("lap")
+    pytest.importorskip("numba")
+    real = asg._module
+    for hidden, expect in [
+        ((), {(64, 2): "scipy", (95, 2): "scipy", (96, 2): "auction", (8192, 8): "auction",
+              (64, 64): "lap", (511, 784): "lap", (512, 64): "auction", (4096, 9): "auction"}),
+        (("lap",), {(64, 2): "scipy", (96, 2): "auction", (64, 64): "scipy",
+                    (96, 784): "auction"}),
+        (("numba",), {(64, 2): "scipy", (96, 2): "emd", (4096, 2): "emd", (95, 64): "lap",
+                      (8192, 784): "lap"}),
+        (("numba", "lap"), {(95, 784): "scipy", (96, 784): "emd", (50, 2): "scipy"}),
+    ]:
+        monkeypatch.setattr(asg, "_module",
+                            lambda name, hidden=hidden: None if name in hidden else real(name))
+        for (n, d), solver in expect.items():
+            assert asg.auto_solver(n, d) == solver, (hidden, n, d)
 
 
 @pytest.mark.parametrize("n,d", [(1, 784), (10, 64), (256, 64), (700, 784), (600, 2)])
@@ -150,6 +164,7 @@ def test_missing_optional_package_falls_back(monkeypatch):
     _hide_optional(monkeypatch)
     assert asg.available_solvers() == ("emd", "scipy")
     assert asg.auto_solver(4096, 784) == "emd"
+    assert asg.auto_solver(40, 784) == "scipy"
     cost = _cloud_cost(40, 8, seed=2)
     for name, package in (("lap", "lap"), ("lapjv", "lapjv"), ("auction", "numba")):
         j = asg.solve(cost, name)  # solver returns nothing -> scipy

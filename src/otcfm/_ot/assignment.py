@@ -33,16 +33,18 @@ import numpy as np
 
 SolverFn = Callable[[np.ndarray], "np.ndarray | None"]
 
-# The rule of "auto", from docs/results/exact_solvers.md (median seconds, 1 thread):
-# - B >= 256 with numba installed: our certified auction ("auction") is the fastest measured
-#   at d = 2 and 784 from B = 256 and at d = 64 from B = 512 (at B = 256, d = 64 it ties with
-#   lap), by 2x to 5x over the next (d = 2, B = 4096: 1.4 s, emd 3.6 s; d = 64: 0.57 s,
-#   lap 3.1 s).
-# - Otherwise, d <= 8: network simplex wins on these degenerate low-dimensional costs (the
-#   Jonker-Volgenant codes degrade badly on them); below B = 256 all take a millisecond or so.
-# - d > 8: Jonker-Volgenant (``lap``) beats network simplex at every measured B. Without
-#   ``lap``, network simplex (on par with or faster than scipy there).
-_AUCTION_MIN_N = 256
+# The rule of "auto", from docs/results/exact_solvers.md (median seconds, 1 thread, each solve
+# after a warm-up of the same code paths):
+# - Our certified auction ("auction", numba) is the fastest measured from B = 96 at d = 2 and,
+#   at d = 64 and 784, from B = 512 (below that Jonker-Volgenant, ``lap``, is faster there);
+#   its lead grows with B (d = 2, B = 4096: about 7x over network simplex).
+# - Below those sizes, d > 8: ``lap`` when installed. Otherwise scipy's linear_sum_assignment
+#   under B = 96 and network simplex from there (at d = 2 the Jonker-Volgenant codes degrade
+#   on these degenerate costs; at d > 8 without ``lap`` scipy and network simplex are within
+#   30% of each other, network simplex ahead from B = 2048).
+_AUCTION_MIN_N = 96  # smallest B given to the auction
+_AUCTION_MIN_N_JV = 512  # ... at d > 8 when ``lap`` is installed
+_SCIPY_MAX_N = 96  # scipy below this B (unless the auction or lap)
 _SIMPLEX_MAX_DIM = 8
 
 
@@ -123,16 +125,19 @@ def available_solvers() -> tuple[str, ...]:
 def auto_solver(n: int, dim: int) -> str:
     """Fastest measured exact solver for an n x n cost of ``dim``-feature points.
 
-    n >= 256: the certified auction when numba is installed. Otherwise low dimensions
-    (d <= 8, degenerate costs): network simplex; higher: ``lap`` (JV) when installed, else
-    network simplex (see the measurements cited above ``_AUCTION_MIN_N``).
+    The certified auction (numba installed) from n = 96, or at d > 8 with ``lap`` installed
+    from n = 512. Below: d > 8 with ``lap`` installed, ``lap`` (JV); otherwise scipy under
+    n = 96 and network simplex from there (see the measurements cited above
+    ``_AUCTION_MIN_N``).
     """
     available = available_solvers()
-    if n >= _AUCTION_MIN_N and "auction" in available:
+    high = dim > _SIMPLEX_MAX_DIM
+    jv = high and "lap" in available
+    if "auction" in available and n >= (_AUCTION_MIN_N_JV if jv else _AUCTION_MIN_N):
         return "auction"
-    if dim > _SIMPLEX_MAX_DIM and "lap" in available:
+    if jv:
         return "lap"
-    return "emd"
+    return "scipy" if n < _SCIPY_MAX_N else "emd"
 
 
 def check_solver(solver: str) -> str:
