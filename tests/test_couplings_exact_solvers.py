@@ -121,14 +121,15 @@ def test_exact_ot_solver_matters_not_for_plan():
 
 
 def test_auto_rule_follows_the_measured_crossovers(monkeypatch):
-    """docs/results/exact_solvers.md: the auction from B = 96 (d <= 8, or no lap), from 512
-    at d > 8 with lap; below, lap at d > 8, else scipy under 96 and network simplex above."""
+    """docs/results/exact_solvers.md and performance.md: the auction from B = 96 (d <= 8, or
+    no lap), from 256 at d > 8 with lap; below, lap at d > 8, else scipy under 96 and
+    network simplex above."""
     pytest.importorskip("lap")
     pytest.importorskip("numba")
     real = asg._module
     for hidden, expect in [
         ((), {(64, 2): "scipy", (95, 2): "scipy", (96, 2): "auction", (8192, 8): "auction",
-              (64, 64): "lap", (511, 784): "lap", (512, 64): "auction", (4096, 9): "auction"}),
+              (64, 64): "lap", (255, 784): "lap", (256, 64): "auction", (4096, 9): "auction"}),
         (("lap",), {(64, 2): "scipy", (96, 2): "auction", (64, 64): "scipy",
                     (96, 784): "auction"}),
         (("numba",), {(64, 2): "scipy", (96, 2): "emd", (4096, 2): "emd", (95, 64): "lap",

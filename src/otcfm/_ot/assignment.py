@@ -36,14 +36,17 @@ SolverFn = Callable[[np.ndarray], "np.ndarray | None"]
 # The rule of "auto", from docs/results/exact_solvers.md (median seconds, 1 thread, each solve
 # after a warm-up of the same code paths):
 # - Our certified auction ("auction", numba) is the fastest measured from B = 96 at d = 2 and,
-#   at d = 64 and 784, from B = 512 (below that Jonker-Volgenant, ``lap``, is faster there);
-#   its lead grows with B (d = 2, B = 4096: about 7x over network simplex).
+#   at d = 64 and 784, from B = 512 there; at B = 256 Jonker-Volgenant (``lap``) is a little
+#   faster on a given float64 cost, but ExactOT's auction builds its cost in its own kernel
+#   and measured as fast or faster than ExactOT with ``lap`` (docs/results/performance.md),
+#   so the auction from 256 there. Its lead grows with B (d = 2, B = 4096: about 7x over
+#   network simplex).
 # - Below those sizes, d > 8: ``lap`` when installed. Otherwise scipy's linear_sum_assignment
 #   under B = 96 and network simplex from there (at d = 2 the Jonker-Volgenant codes degrade
 #   on these degenerate costs; at d > 8 without ``lap`` scipy and network simplex are within
 #   30% of each other, network simplex ahead from B = 2048).
 _AUCTION_MIN_N = 96  # smallest B given to the auction
-_AUCTION_MIN_N_JV = 512  # ... at d > 8 when ``lap`` is installed
+_AUCTION_MIN_N_JV = 256  # ... at d > 8 when ``lap`` is installed
 _SCIPY_MAX_N = 96  # scipy below this B (unless the auction or lap)
 _SIMPLEX_MAX_DIM = 8
 
@@ -126,7 +129,7 @@ def auto_solver(n: int, dim: int) -> str:
     """Fastest measured exact solver for an n x n cost of ``dim``-feature points.
 
     The certified auction (numba installed) from n = 96, or at d > 8 with ``lap`` installed
-    from n = 512. Below: d > 8 with ``lap`` installed, ``lap`` (JV); otherwise scipy under
+    from n = 256. Below: d > 8 with ``lap`` installed, ``lap`` (JV); otherwise scipy under
     n = 96 and network simplex from there (see the measurements cited above
     ``_AUCTION_MIN_N``).
     """
