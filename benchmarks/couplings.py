@@ -710,8 +710,11 @@ def readme_section(report: dict[str, Any]) -> str:
     gaps = [r["gap"] for r in approx if r.get("gap") is not None]
     exact = [r for r in recs if r["kind"] == "plan" and r["solver"] == "ExactOT()"]
     exact_gap = [r for r in exact if r.get("gap") is not None]
-    unmeasured = sorted({r["B"] for r in exact if r.get("gap") is None})
+    skipped = sorted({(r["B"], r["d"]) for r in exact if r.get("gap") is None})
     sizes = sorted({r["B"] for r in exact_gap})
+    unmeasured = "; ".join(
+        f"B = {b}, d = {', '.join(str(d) for bb, d in skipped if bb == b)}"
+        for b in sorted({b for b, _ in skipped}))
     speed = []
     for b in (1024, 4096, 8192):
         for d in (2, 64):
@@ -737,9 +740,9 @@ def readme_section(report: dict[str, Any]) -> str:
         + "; ".join(speed) + ".",
         f"- exact plans (`ExactOT()`, optimal for the float32-rounded costs): gap to the "
         f"float64 reference at most {max(abs(r['gap']) for r in exact_gap):.0e} at every size "
-        f"measured (B = {', '.join(map(str, sizes))}); at B = "
-        f"{', '.join(map(str, unmeasured))} the reference solve was skipped, so the gap is "
-        "not measured there."
+        f"measured (B = {', '.join(map(str, sizes))})"
+        + (f"; the reference solve was skipped at {unmeasured}, so the gap is not measured "
+           "there." if unmeasured else ".")
         + (f" TorchCFM's capped solver at B = 4096, d >= 64: gap "
            f"{min(r['gap'] for r in capped):.1%} to {max(r['gap'] for r in capped):.1%}, "
            + _span([r["distinct"] for r in capped], "{:.0%}")
