@@ -332,12 +332,14 @@ class CouplingsConfig:
     consecutive optimizer steps, one chunk of ``batch_size`` pairs each (0 = batch_size).
     ``workers`` background threads couple the next batches while the model trains (0 = couple
     synchronously in the training thread); ``prefetch`` bounds how many coupled batches are
-    computed ahead. ``ot_batch`` and ``optim.batch_size`` count points of the global batch,
-    summed over all processes.
+    computed ahead, counting those made and not yet used: keep it above ``workers``, or a
+    worker waits whenever a made batch does (the default 4 leaves two workers a batch each
+    in hand). ``ot_batch`` and ``optim.batch_size`` count points of the global batch, summed
+    over all processes.
     """
 
     workers: int = 1
-    prefetch: int = 2
+    prefetch: int = 4
     ot_batch: int = 0
     # under torch.distributed: "global" = couple the global batch once and give every process
     # its share of the pairs; "local" = each process couples its own share (as TorchCFM does)
