@@ -105,6 +105,20 @@ def _paired(ours: dict[int, float], theirs: dict[int, float], seeds=None) -> str
     return f"{mean:+.3f}" if se is None else f"{mean:+.3f} ± {se:.3f}"
 
 
+def _cpu(machine: str) -> str:
+    """The processor of a record's machine line (the text before its first comma)."""
+    cpu = machine.split(",", 1)[0].strip()
+    if not cpu:
+        raise ValueError("a record without its machine: rerun it with the current benchmark")
+    return cpu
+
+
+def _where(measured: str, cells: str) -> str:
+    """Where a record beside the cells was measured, against the cells' own machine."""
+    a, b = _cpu(measured), _cpu(cells)
+    return f"on the cells' machine ({a})" if a == b else f"measured on {a}, not on the cells' {b}"
+
+
 def _seconds(s: float) -> str:
     return f"{s * 1e3:.1f} ms" if s < 1.0 else f"{s:.2f} s"
 
@@ -192,7 +206,9 @@ def two_dim(out: Path) -> dict[str, str]:
     n_ot = sum(r["method"] == "otcfm" for r in records)
     facts.update(step_batch="512", step_exact=_seconds(exact["seconds"]),
                  step_approx=_seconds(approx["seconds"]), n_otcfm_cells=str(n_ot),
-                 exact_cells_hours=f"{exact['seconds'] * p['steps'] * n_ot / 3600:.1f}")
+                 exact_cells_hours=f"{exact['seconds'] * p['steps'] * n_ot / 3600:.1f}",
+                 perf_where=_where(_json(out / "performance.json").get("machine", ""),
+                                   run.get("machine", "")))
     moons = "moons-8gaussians"
     sb = _group(records, moons, "sbcfm")
     facts.update(
