@@ -109,7 +109,8 @@ def _one_thread() -> None:
     torch.set_num_threads(1)  # small models on a few cores: a second thread only spins
 
 
-def _run_one_thread(run: Callable[[Any], Record], cell: Hashable) -> Record:
+def run_one_thread(run: Callable[[Any], Any], cell: Any) -> Any:
+    """``run(cell)`` with one torch thread, the caller's count restored afterwards."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -199,9 +200,9 @@ def run_cells(
 
 def _run_here(run: Callable[[Any], Record], cell: Hashable, fail_fast: bool) -> CellResult:
     if fail_fast:
-        return CellResult(cell, _run_one_thread(run, cell))
+        return CellResult(cell, run_one_thread(run, cell))
     try:
-        return CellResult(cell, _run_one_thread(run, cell))
+        return CellResult(cell, run_one_thread(run, cell))
     except Exception as err:  # one failed cell must not stop the others (as in the pool)
         return CellResult(cell, None, error=_msg(err))
 
