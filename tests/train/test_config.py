@@ -239,7 +239,7 @@ def test_warmup_and_bf16_reach_the_engine_and_are_checked(tmp_path):
 @pytest.mark.parametrize("override, key", [("couplings.workers=2", "workers"),
                                            ("couplings.ot_batch=1024", "ot_batch"),
                                            ("couplings.scope=local", "scope"),
-                                           ("couplings.prefetch=4", "prefetch")])
+                                           ("couplings.prefetch=3", "prefetch")])
 def test_image_runs_refuse_the_point_run_coupling_settings(override, key):
     """An image run couples inside its step: coupling threads, prefetch, OT batch and scope
     would be ignored silently, so setting them is an error naming the key."""
