@@ -226,7 +226,7 @@ def test_clustered_small_reg_plan_matches_pot_whatever_the_scaling(scaling, cg):
 def test_eps_schedule_one_stage_up_to_ratio_128_then_halving_down_to_reg():
     assert eps_schedule(2.0, 256.0, 0.5) == [2.0]  # max C / reg = 128: one stage
     stages = eps_schedule(1.0, 1000.0, 0.5)
-    assert stages[0] == 1000.0 and stages[-1] == 1.0
+    assert stages[0] == 500.0 and stages[-1] == 1.0  # from scaling * max C
     assert all(b / a == pytest.approx(0.5) for a, b in zip(stages[:-2], stages[1:-1], strict=True))
     assert 0.5 <= stages[-1] / stages[-2] < 1.0
     assert eps_schedule(1.0, 1000.0, None) == [1.0]
