@@ -525,25 +525,27 @@ def _cg_step(plan: Tensor, b: Tensor, eps: float, grad: Tensor) -> Tensor:
         plan, rows, inv_b, diag, rhs = (t.float() for t in (plan, rows, inv_b, diag, grad))
     else:
         rhs = grad
+    rows, inv_b, inv_diag = rows / eps, inv_b / eps, 1.0 / diag
 
-    def apply(d: Tensor) -> Tensor:  # one matrix read twice: P (diag(1/b) (P^T d))
-        return (rows * d - plan @ ((plan.T @ d) * inv_b)) / eps
+    def apply(d: Tensor) -> Tensor:  # one matrix read twice: P (diag(1/b) (P^T d)), over eps
+        return (rows * d).sub_(plan @ (plan.T @ d).mul_(inv_b))
 
+    # scalars as Python floats and in-place updates: at n = 512 the loop's small tensor ops
+    # cost as much as its two matrix-vector products
     x = torch.zeros_like(rhs)
     r = rhs.clone()
-    z = r / diag
-    p = z.clone()
-    rz = r @ z
-    stop = _CG_RTOL * float(r.norm())
+    p = r * inv_diag
+    rz = float(r @ p)
+    stop = (_CG_RTOL * float(r.norm())) ** 2
     for _ in range(_CG_MAX_ITER):
         hp = apply(p)
-        alpha = rz / (p @ hp)
-        x = x + alpha * p
-        r = r - alpha * hp
-        if float(r.norm()) <= stop:
+        alpha = rz / float(p @ hp)
+        x.add_(p, alpha=alpha)
+        r.add_(hp, alpha=-alpha)
+        if float(r @ r) <= stop:
             break
-        z = r / diag
-        rz, rz_old = r @ z, rz
-        p = z + (rz / rz_old) * p
+        z = r * inv_diag
+        rz, rz_old = float(r @ z), rz
+        p.mul_(rz / rz_old).add_(z)
     x = x.to(grad.dtype)
     return x - x.mean()
