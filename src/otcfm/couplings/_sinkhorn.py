@@ -326,14 +326,15 @@ def _iterate(
         if balanced:
             u = s.a / Kv
             v = s.b / (s.K.T @ u)
-            err_t = (s.u * Kv - s.a).abs().sum()
+            err_t = torch.linalg.vector_norm(s.u * Kv - s.a, 1)
         else:  # the total potential f + eps log u shrinks by fi as well
             log_u = fi0 * (s.la - Kv.log()) - (1.0 - fi0) * s.f / eps
             u = log_u.exp()
             v = (fi1 * (s.lb - (s.K.T @ u).log()) - (1.0 - fi1) * s.g / eps).exp()
             err_t = (log_u - s.u.log()).abs().max()
-        big_t = torch.maximum(u.log().abs().max(), v.log().abs().max())
-        err, big = torch.stack([err_t, big_t]).tolist()  # one device sync per iteration
+        # one device sync per iteration: the error and the scalings' extremes
+        err, *ends = torch.stack([err_t, *torch.aminmax(u), *torch.aminmax(v)]).tolist()
+        big = max(abs(math.log(e)) if e > 0.0 else math.inf for e in ends)  # NaN: inf
         if not math.isfinite(err):
             raise RuntimeError(f"Sinkhorn diverged (error {err}) at iteration {it}, reg={reg:.3g}")
         if balanced and err < stop:
