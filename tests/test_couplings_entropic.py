@@ -488,3 +488,32 @@ def test_sparse_newton_falls_back_to_formed_hessian_steps(monkeypatch):
     monkeypatch.setattr(sparse, "_dense_steps", counted)
     res = sparse.sparse_sinkhorn(c, reg, f0, g0, tol=1e-9, max_iter=5_000)
     assert formed and res.newton_steps > 0 and res.err <= 1e-9
+
+
+def test_early_stages_iterate_in_float32_and_newton_gets_float64(monkeypatch):
+    """The epsilon-scaling stages that stop at _STAGE_TOL build float32 kernels, the last one
+    a float64 kernel; a float32 stage that crawls (here every stage is asked for 1e-10) is
+    moved to a float64 kernel before Newton. Oracle: POT's log-domain plan."""
+    cost = clustered_cost(64, 2)
+    reg = float(cost.max()) / 400.0
+    seen = []
+    original = _sinkhorn._State.precision
+
+    def spy(self, dtype):
+        seen.append(dtype)
+        original(self, dtype)
+
+    monkeypatch.setattr(_sinkhorn._State, "precision", spy)
+    stages = len(eps_schedule(reg, float(cost.max()), 0.1))
+    res = log_sinkhorn(cost, reg, tol=1e-10)
+    assert seen == [torch.float64] + [torch.float32] * (stages - 1) + [torch.float64]
+    seen.clear()
+    monkeypatch.setattr(_sinkhorn, "_STAGE_TOL", 1e-10)
+    crawled = log_sinkhorn(cost, reg, tol=1e-10)
+    assert seen.count(torch.float32) == stages - 1
+    assert seen.count(torch.float64) > 2  # a float32 stage handed Newton a float64 kernel
+    pot = ot.bregman.sinkhorn_log(uniform(64), uniform(64), cost.numpy(), reg,
+                                  stopThr=1e-13, numItermax=200_000)
+    for r in (res, crawled):
+        assert r.converged and r.newton_steps > 0
+        np.testing.assert_allclose(r.log_plan.exp().numpy(), pot, rtol=1e-5, atol=1e-11)

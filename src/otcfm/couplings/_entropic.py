@@ -162,14 +162,15 @@ class EntropicOT(_SinkhornCoupling):
 
     The plan solves min_P <C, P> - reg H(P) with uniform marginals, C the squared Euclidean
     cost (divided by its max when ``normalize_cost``, making reg relative). Solved in torch
-    on the data's device by stabilised log-domain Sinkhorn (float64 iterations) with
-    epsilon scaling (factor ``eps_scaling`` per stage from reg = max C; None disables) and a
+    on the data's device by stabilised log-domain Sinkhorn (float64 potentials; the early
+    epsilon-scaling stages iterate on float32 kernels) with epsilon scaling (factor
+    ``eps_scaling`` per stage, from ``eps_scaling`` max C down to reg; None disables) and a
     Newton polish.
 
     Stopping rule: the L1 marginal error ``|P 1 - a|_1`` + ``|P^T 1 - b|_1`` against the uniform
     weights a = 1/n0, b = 1/n1 (the plan's mass is 1, so the error lies in [0, 2]; columns
     are exact after every column update, so each iteration measures the rows), below ``tol``
-    at reg itself (the intermediate epsilon-scaling stages stop at max(tol, 1e-3)).
+    at reg itself (the intermediate epsilon-scaling stages stop at max(tol, 1e-2)).
     ``max_iter`` counts iterations and Newton steps over all stages. Every pairing reports
     how the solve ended (:attr:`Pairing.convergence`: converged, the marginal error of the
     returned plan, iterations, tol). If ``max_iter`` runs out first it warns

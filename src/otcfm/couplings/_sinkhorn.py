@@ -21,11 +21,14 @@ Numerics:
   at max C itself would start from the independent plan and end near it, so the scaling
   starts one step below it; the first kernel is plain exp(-C / eps_1) (it cannot
   underflow: C / eps_1 <= 1 / s, at most ``_ABSORB_LOG``; else the log-domain start), and the
-  intermediate stages stop at an L1 marginal error of 1e-2 (only the last one needs tol);
-  a balanced stage starts from the kernel of the previous stage's potentials (one exp pass;
-  each row's largest entry multiplies its log-deficit of at most log n by 1/s, so with the
-  default s = 0.1 it stays above n^-10, far from float64 underflow) and falls back to the
-  log-domain restart if a row or column did underflow;
+  intermediate stages stop at an L1 marginal error of 1e-2 (only the last one needs tol)
+  and, balanced on a float64 cost, iterate on a float32 kernel (half the memory traffic;
+  the potentials absorb the scalings in float64, and a stage that crawls towards Newton
+  gets a float64 kernel first); a balanced stage starts from the kernel of the previous
+  stage's potentials (one exp pass; each row's largest entry multiplies its log-deficit of
+  at most log n by 1/s, so with the default s = 0.1 it stays above n^-10, far from float64
+  underflow, and from float32's up to n of about 6,000) and falls back to the log-domain
+  restart if a row or column did underflow;
 - near a permutation (balanced, float64 on a CPU, equal sizes, max C / reg >= 1000, numba
   installed): the plan lives where the optimal assignment's reduced costs are small, so the
   solve starts at that assignment's duals (the certified auction) and runs Sinkhorn-Newton on
@@ -128,12 +131,27 @@ class _State:
         self.a, self.b = self.la.exp(), self.lb.exp()
         self.f = torch.zeros(n0, dtype=C.dtype, device=C.device)
         self.g = torch.zeros(n1, dtype=C.dtype, device=C.device)
+        self.precision(C.dtype)
+
+    def precision(self, dtype: torch.dtype) -> None:
+        """The dtype of the kernel, the scalings and their iterations from the next kernel on.
+
+        The potentials f, g and the cost stay in the cost's dtype (they absorb the scalings
+        there); a lower one halves the memory traffic of the stages that stop early.
+        """
+        self.w = dtype
+        self.a_w, self.b_w = self.a.to(dtype), self.b.to(dtype)
+        if getattr(self, "C_w", self.C).dtype != dtype:
+            self.C_w = self.C.to(dtype)
 
     # (n0, n1) expressions are written as one broadcast add and one scaled subtraction of
     # C: each temporary is a full pass over memory (about 5x faster than the naive form)
-    def log_plan(self, eps: float) -> Tensor:
+    def log_plan(self, eps: float, dtype: torch.dtype | None = None) -> Tensor:
         row, col = self.la + self.f / eps, self.lb + self.g / eps
-        return torch.sub(row[:, None] + col[None, :], self.C, alpha=1.0 / eps)
+        if dtype is None or dtype == self.C.dtype:
+            return torch.sub(row[:, None] + col[None, :], self.C, alpha=1.0 / eps)
+        row, col = row.to(dtype), col.to(dtype)
+        return torch.sub(row[:, None] + col[None, :], self.C_w, alpha=1.0 / eps)
 
     def update_f(self, eps: float, fi0: float = 1.0) -> None:
         col = (self.lb + self.g / eps)[None, :]
@@ -152,9 +170,9 @@ class _State:
         """
         self.update_f(eps, fi0)
         self.update_g(eps, fi1)
-        self.K = self.log_plan(eps).exp()
-        self.u = torch.ones_like(self.f)
-        self.v = torch.ones_like(self.g)
+        self.K = self.log_plan(eps, self.w).exp()
+        self.u = self.f.new_ones(self.f.shape, dtype=self.w)
+        self.v = self.g.new_ones(self.g.shape, dtype=self.w)
 
     def rekernel(self, eps: float) -> bool:
         """Rebuild the kernel of the current potentials at a new eps.
@@ -162,15 +180,15 @@ class _State:
         Kernel of the current potentials at a new eps, columns made exact; False (and
         nothing changed) if a row or column of it underflowed or overflowed.
         """
-        K = self.log_plan(eps).exp()
+        K = self.log_plan(eps, self.w).exp()
         rows, cols = K.sum(1), K.sum(0)
         ok = torch.stack([rows.min(), cols.min(), rows.max(), cols.max()])
         lo_r, lo_c, hi_r, hi_c = ok.tolist()
         if not (min(lo_r, lo_c) > 0 and math.isfinite(max(hi_r, hi_c))):
             return False
         self.K = K
-        self.u = torch.ones_like(self.f)
-        self.v = self.b / cols
+        self.u = self.f.new_ones(self.f.shape, dtype=self.w)
+        self.v = self.b_w / cols
         return True
 
     def absorb(self, eps: float) -> None:
@@ -179,8 +197,8 @@ class _State:
         if bool(torch.isfinite(log_u).all() and torch.isfinite(log_v).all()):
             self.f = self.f + eps * log_u
             self.g = self.g + eps * log_v
-        self.u = torch.ones_like(self.f)
-        self.v = torch.ones_like(self.g)
+        self.u = self.f.new_ones(self.f.shape, dtype=self.w)
+        self.v = self.g.new_ones(self.g.shape, dtype=self.w)
 
 
 def log_sinkhorn(
@@ -223,6 +241,9 @@ def log_sinkhorn(
         limit = max_iter if last_stage else max_iter // 2
         stop = tol if last_stage else max(tol, _STAGE_TOL)
         fi0, fi1 = _fraction(rho[0], eps), _fraction(rho[1], eps)
+        # a stage that stops at _STAGE_TOL iterates in float32 (its rounding is far below)
+        low = balanced and not last_stage and s.C.dtype == torch.float64
+        s.precision(torch.float32 if low else s.C.dtype)
         # zero potentials and costs within _ABSORB_LOG eps: the plain kernel cannot underflow
         fresh = k == 0 and top > eps * _ABSORB_LOG
         if fresh or not balanced or not s.rekernel(eps):
@@ -240,6 +261,12 @@ def log_sinkhorn(
             if not converged:
                 it, err, converged = _iterate(s, eps, fi0, fi1, it, chunk, stop, balanced, reg)
             if not converged and it < limit and _crawls(before, err, stop):
+                if s.w != s.C.dtype:  # Newton works in the cost's dtype: a kernel there
+                    s.absorb(eps)
+                    s.precision(s.C.dtype)
+                    if not s.rekernel(eps):
+                        s.restart(eps, fi0, fi1)
+                    continue
                 done, err, converged, stale = _newton(
                     s, eps, stop, min(_NEWTON_STEPS, limit - it), cg)
                 it, steps = it + done, steps + done
@@ -324,9 +351,9 @@ def _iterate(
         it += 1
         Kv = s.K @ s.v
         if balanced:
-            u = s.a / Kv
-            v = s.b / (s.K.T @ u)
-            err_t = torch.linalg.vector_norm(s.u * Kv - s.a, 1)
+            u = s.a_w / Kv
+            v = s.b_w / (s.K.T @ u)
+            err_t = torch.linalg.vector_norm(s.u * Kv - s.a_w, 1)
         else:  # the total potential f + eps log u shrinks by fi as well
             log_u = fi0 * (s.la - Kv.log()) - (1.0 - fi0) * s.f / eps
             u = log_u.exp()
