@@ -392,14 +392,15 @@ def uniform(n: int, generator: torch.Generator | None, device: torch.device) -> 
 def _inverse_cdf(weights: Tensor, u: Tensor) -> Tensor:
     """Per row of ``weights`` (..., m) >= 0, the index k with cdf[k-1] <= u*total < cdf[k].
 
-    Zero-weight cells are never chosen; a draw that rounds past the end lands on the last
-    positive cell.
+    Zero-weight cells are never chosen; a draw that rounds past the end lands on the cell
+    where the cumulative weight reaches the row's total (a positive cell: the cdf rose
+    there; the last positive one unless later ones are too light to change the sum).
     """
-    cdf = weights.cumsum(-1)
-    target = (u.to(cdf.dtype) * cdf[..., -1]).unsqueeze(-1)
-    idx = torch.searchsorted(cdf.contiguous(), target.contiguous(), right=True).squeeze(-1)
-    cols = torch.arange(weights.shape[-1], device=weights.device)
-    last = torch.where(weights > 0, cols, torch.zeros_like(cols)).amax(-1)
+    cdf = weights.cumsum(-1).contiguous()
+    total = cdf[..., -1:].contiguous()
+    target = (u.to(cdf.dtype).unsqueeze(-1) * total).contiguous()
+    idx = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    last = torch.searchsorted(cdf, total).squeeze(-1)  # binary search, not a pass over m
     return torch.minimum(idx, last)
 
 

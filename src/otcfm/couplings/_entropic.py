@@ -130,18 +130,23 @@ class _SinkhornCoupling(Coupling):
     ) -> tuple[Tensor, Tensor, dict[str, float]]:
         cost, res, scale = self._solve(x0, x1)
         log_plan = res.log_plan
-        plan = log_plan.exp()
+        plan = log_plan.exp() if res.plan is None else res.plan
+        mass = float(plan.sum())
         if self.sampling == "rows":
-            weights = (log_plan - log_plan.amax(1, keepdim=True)).exp()
+            # rows of the plan itself, unless one is so light (below sqrt of the smallest
+            # normal number) that underflow could cost it precision: then each row rescaled
+            # by its largest entry
+            light = not float(plan.sum(1).min()) > torch.finfo(plan.dtype).tiny ** 0.5
+            weights = (log_plan - log_plan.amax(1, keepdim=True)).exp() if light else plan
             i, j = draw_rows(weights, generator)
         else:
             n = resolve_n_pairs(self.n_pairs, max(x0.shape[0], x1.shape[0]))
             i, j = draw_cells(plan, n, replace=self.replace, generator=generator)
         cost64 = cost.to(plan.dtype)
         info = {
-            "cost": float((plan * cost64).sum() / plan.sum()),
+            "cost": float(torch.vdot(plan.reshape(-1), cost64.reshape(-1))) / mass,
             "pair_cost": float(cost64[i, j].mean()),
-            "mass": float(plan.sum()),
+            "mass": mass,
             "iterations": res.iterations,
             "newton_steps": res.newton_steps,
             "err": res.err,

@@ -93,6 +93,7 @@ class SinkhornResult:
     stages: int
     marginal_error: float  # L1 distance of the plan's marginals to their fixed point's
     sparse: bool = False  # answered by the near-permutation solve (see the module doc)
+    plan: Tensor | None = None  # exp(log_plan), formed once to measure the marginals
 
 
 def work_dtype(device: torch.device) -> torch.dtype:
@@ -224,7 +225,8 @@ def log_sinkhorn(
             cost.T, reg, rho=(rho[1], rho[0]), max_iter=max_iter, tol=tol, scaling=scaling,
             newton=newton, cg=cg, sparse=sparse,
         )
-        return replace(res, log_plan=res.log_plan.T)
+        return replace(res, log_plan=res.log_plan.T,
+                       plan=None if res.plan is None else res.plan.T)
     s = _State(cost.to(work_dtype(cost.device)))
     balanced = math.isinf(rho[0]) and math.isinf(rho[1])
     newton = newton and balanced and s.C.dtype == torch.float64
@@ -276,11 +278,13 @@ def log_sinkhorn(
     log_plan = s.log_plan(reg)
     if not bool(torch.isfinite(log_plan).all()):
         raise RuntimeError(f"Sinkhorn produced a non-finite plan (reg={reg:.3g}, {it} iterations)")
-    marginal = marginal_error(log_plan.exp(), s.a, s.b, s.f, s.g, rho)
+    plan = log_plan.exp()
+    marginal = marginal_error(plan, s.a, s.b, s.f, s.g, rho)
     if balanced:
         err = marginal
         converged = converged or err <= tol
-    return SinkhornResult(log_plan, it, steps, err, converged, len(schedule), marginal)
+    return SinkhornResult(log_plan, it, steps, err, converged, len(schedule), marginal,
+                          plan=plan)
 
 
 def _near_permutation(s: _State, reg: float, tol: float, max_iter: int
@@ -316,11 +320,12 @@ def _near_permutation(s: _State, reg: float, tol: float, max_iter: int
     log_plan = s.log_plan(reg)
     if not bool(torch.isfinite(log_plan).all()):
         return None
-    marginal = marginal_error(log_plan.exp(), s.a, s.b, s.f, s.g, (math.inf, math.inf))
+    plan = log_plan.exp()
+    marginal = marginal_error(plan, s.a, s.b, s.f, s.g, (math.inf, math.inf))
     if not marginal <= tol:
         return None
     return SinkhornResult(log_plan, res.iterations, res.newton_steps, marginal, True, 1, marginal,
-                          sparse=True)
+                          sparse=True, plan=plan)
 
 
 def marginal_error(
