@@ -40,10 +40,10 @@ Numerics:
   semi-dual in f (columns kept exact; pseudo-inverse Hessian, Levenberg-Marquardt damping
   when the full step fails an Armijo test) finish the stage in a few steps. The first
   candidate step is solved matrix-free by preconditioned conjugate gradients (products with
-  P and P^T only); if the Armijo test refuses it, the Hessian is formed and solved by
+  P and P^T only, in float32: half the memory traffic, rounding far below the solve's
+  tolerance); if the Armijo test refuses it, the Hessian is formed and solved by
   Cholesky (its null vector 1 shifted away), with an eigendecomposition as the fallback when
-  no Cholesky step passes (its conjugate gradients run in float32: half the memory traffic
-  of the two products, with rounding far below their tolerance). Newton starts after 30
+  no Cholesky step passes. Newton starts after 30
   Sinkhorn iterations whose error decay predicts more than 30 more. The steps move the
   scalings of the stage's kernel (P = diag(u) K diag(v)), so trying one costs matrix-vector
   products, not an exponential of the whole cost matrix.
@@ -142,8 +142,8 @@ class _State:
         """
         self.w = dtype
         self.a_w, self.b_w = self.a.to(dtype), self.b.to(dtype)
-        if getattr(self, "C_w", self.C).dtype != dtype:
-            self.C_w = self.C.to(dtype)
+        if getattr(self, "C_w", self.C).dtype != dtype:  # one copy of C in the lower dtype,
+            self.C_w = self.C.to(dtype)  # kept only while it is used
 
     # (n0, n1) expressions are written as one broadcast add and one scaled subtraction of
     # C: each temporary is a full pass over memory (about 5x faster than the naive form)
