@@ -517,3 +517,23 @@ def test_early_stages_iterate_in_float32_and_newton_gets_float64(monkeypatch):
     for r in (res, crawled):
         assert r.converged and r.newton_steps > 0
         np.testing.assert_allclose(r.log_plan.exp().numpy(), pot, rtol=1e-5, atol=1e-11)
+
+
+@pytest.mark.parametrize("force_float32", [False, True])
+def test_cg_step_near_a_permutation_still_solves_the_system(monkeypatch, force_float32):
+    """Near a permutation (eps small against the cost), H's diagonal cancels more digits
+    than float32 holds: the step is solved in float64 (or, forced through float32, float64
+    finishes or redoes it). Oracle: the formed Hessian's residual, within the CG tolerance."""
+    cost, eps = clustered_cost(96, 0), 0.02
+    plan = log_sinkhorn(cost, eps, tol=1e-9).log_plan.exp()
+    b = plan.sum(0)
+    rows = plan.sum(1)
+    assert float(((rows - (plan * plan) @ (1 / b)) / rows).min()) < _sinkhorn._CG_LOW_SPREAD
+    if force_float32:
+        monkeypatch.setattr(_sinkhorn, "_CG_LOW_SPREAD", 0.0)
+    hess = (torch.diag(rows) - (plan / b) @ plan.T) / eps
+    grad = torch.randn(96, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grad -= grad.mean()
+    d = _cg_step(plan, b, eps, grad)
+    residual = float((hess @ d - grad).norm() / grad.norm())
+    assert residual <= _CG_RTOL * 1.0001, residual

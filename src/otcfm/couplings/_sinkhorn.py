@@ -73,6 +73,8 @@ _SPARSE_ROW = 64  # most support entries per row (on average) of the near-permut
 _DAMPING = (0.0, 1e-6, 1e-3)  # Levenberg-Marquardt damping, relative to the top eigenvalue
 _CG_RTOL = 1e-3  # relative residual at which the conjugate-gradient Newton step stops
 _CG_MAX_ITER = 200  # most conjugate-gradient iterations per Newton step
+_CG_LOW_MAX_ITER = 60  # most float32 iterations before float64 takes the step over
+_CG_LOW_SPREAD = 1e-3  # least (P 1 - P^2 (1 / b)) / P 1 over rows for the float32 solve
 DENSE_NEWTON_BYTES = 72
 """Bytes per (n0, n0) entry of the formed Newton steps' float64 Hessian, its factorisation and
 eigendecomposition (peak resident growth, measured on a CPU). They are the fallback when the
@@ -550,14 +552,36 @@ def _cg_step(plan: Tensor, b: Tensor, eps: float, grad: Tensor) -> Tensor:
     conjugate gradients, matrix-free, to a relative residual of ``_CG_RTOL`` (at most
     ``_CG_MAX_ITER`` iterations). An inexact step only costs the Newton iteration its
     quadratic rate: the caller's Armijo test on the exact objective accepts or refuses it.
+
+    A float64 plan is first solved in float32 (half the memory traffic of the two products);
+    the float64 iterations then start from that solution and stop at once if its float64
+    residual is already within tolerance. Float32 is skipped where H's diagonal cancels
+    too many digits (a row with nearly all its mass in one column, as near a permutation:
+    there float32 iterates stall or diverge), and gives up after ``_CG_LOW_MAX_ITER``
+    iterations; float64 then starts from zero.
     """
     rows = plan.sum(1)
     inv_b = 1.0 / b
-    diag = (rows - (plan * plan) @ inv_b).clamp_min(float(rows.max()) * 1e-12) / eps
-    if plan.dtype == torch.float64:  # half the memory traffic; 1e-7 is far below _CG_RTOL
-        plan, rows, inv_b, diag, rhs = (t.float() for t in (plan, rows, inv_b, diag, grad))
-    else:
-        rhs = grad
+    spread = rows - (plan * plan) @ inv_b  # H's diagonal times eps; 0 for a one-column row
+    diag = spread.clamp_min(float(rows.max()) * 1e-12) / eps
+    x = None
+    # float32 keeps 7 digits; H's diagonal cancels rows - sum P^2 / b, so a row whose mass
+    # sits in one column (spread / rows below _CG_LOW_SPREAD) leaves it too few
+    if plan.dtype == torch.float64 and float((spread / rows).min()) >= _CG_LOW_SPREAD:
+        low = (t.float() for t in (plan, rows, inv_b, diag, grad))
+        x = _pcg(*low, eps, None, _CG_LOW_MAX_ITER)
+        x = None if x is None else x.to(grad.dtype)
+    x = _pcg(plan, rows, inv_b, diag, grad, eps, x, _CG_MAX_ITER, give_up=False)
+    return x - x.mean()
+
+
+def _pcg(plan: Tensor, rows: Tensor, inv_b: Tensor, diag: Tensor, rhs: Tensor, eps: float,
+         x: Tensor | None, max_iter: int, give_up: bool = True) -> Tensor | None:
+    """Jacobi-preconditioned CG for H x = rhs from ``x`` (None: zero), see ``_cg_step``.
+
+    Stops at a relative residual of ``_CG_RTOL``; after ``max_iter`` iterations returns
+    None if ``give_up``, else the last iterate.
+    """
     rows, inv_b, inv_diag = rows / eps, inv_b / eps, 1.0 / diag
 
     def apply(d: Tensor) -> Tensor:  # one matrix read twice: P (diag(1/b) (P^T d)), over eps
@@ -565,20 +589,23 @@ def _cg_step(plan: Tensor, b: Tensor, eps: float, grad: Tensor) -> Tensor:
 
     # scalars as Python floats and in-place updates: at n = 512 the loop's small tensor ops
     # cost as much as its two matrix-vector products
-    x = torch.zeros_like(rhs)
-    r = rhs.clone()
+    stop = (_CG_RTOL * float(rhs.norm())) ** 2
+    if x is None:
+        x, r = torch.zeros_like(rhs), rhs.clone()
+    else:
+        x, r = x.clone(), rhs - apply(x)
+    if float(r @ r) <= stop:
+        return x
     p = r * inv_diag
     rz = float(r @ p)
-    stop = (_CG_RTOL * float(r.norm())) ** 2
-    for _ in range(_CG_MAX_ITER):
+    for _ in range(max_iter):
         hp = apply(p)
         alpha = rz / float(p @ hp)
         x.add_(p, alpha=alpha)
         r.add_(hp, alpha=-alpha)
         if float(r @ r) <= stop:
-            break
+            return x
         z = r * inv_diag
         rz, rz_old = float(r @ z), rz
         p.mul_(rz / rz_old).add_(z)
-    x = x.to(grad.dtype)
-    return x - x.mean()
+    return None if give_up else x
