@@ -40,13 +40,13 @@ Numerics:
   semi-dual in f (columns kept exact; pseudo-inverse Hessian, Levenberg-Marquardt damping
   when the full step fails an Armijo test) finish the stage in a few steps. The first
   candidate step is solved matrix-free by preconditioned conjugate gradients (products with
-  P and P^T only, in float32: half the memory traffic, rounding far below the solve's
-  tolerance); if the Armijo test refuses it, the Hessian is formed and solved by
-  Cholesky (its null vector 1 shifted away), with an eigendecomposition as the fallback when
-  no Cholesky step passes. Newton starts after 30
+  P and P^T only; in float32 where its digits suffice, and deflated by the Ritz vectors of
+  the stage's first step: ``otcfm.couplings._newton_cg``); if the Armijo test refuses it,
+  the Hessian is formed and solved by Cholesky (its null vector 1 shifted away), with an
+  eigendecomposition as the fallback when no Cholesky step passes. Newton starts after 30
   Sinkhorn iterations whose error decay predicts more than 30 more. The steps move the
-  scalings of the stage's kernel (P = diag(u) K diag(v)), so trying one costs matrix-vector
-  products, not an exponential of the whole cost matrix.
+  scalings of the stage's kernel (P = diag(u) K diag(v)), so trying one costs
+  matrix-vector products, not an exponential of the whole cost matrix.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ import torch
 from torch import Tensor
 
 from otcfm.couplings._base import available_memory
+from otcfm.couplings._newton_cg import Recycled, cg_step
 
 _STAGE_TOL = 1e-2  # stopping threshold of the intermediate epsilon-scaling stages
 _ABSORB_LOG = 30.0  # absorb u, v into the potentials once |log u| or |log v| exceeds this
@@ -71,10 +72,6 @@ _EIG_CUTOFF = 1e-13  # relative eigenvalue cutoff of the Hessian pseudo-inverse
 _SPARSE_RATIO = 1000.0  # max C / reg from which the near-permutation solve is tried
 _SPARSE_ROW = 64  # most support entries per row (on average) of the near-permutation solve
 _DAMPING = (0.0, 1e-6, 1e-3)  # Levenberg-Marquardt damping, relative to the top eigenvalue
-_CG_RTOL = 1e-3  # relative residual at which the conjugate-gradient Newton step stops
-_CG_MAX_ITER = 200  # most conjugate-gradient iterations per Newton step
-_CG_LOW_MAX_ITER = 60  # most float32 iterations before float64 takes the step over
-_CG_LOW_SPREAD = 1e-3  # least (P 1 - P^2 (1 / b)) / P 1 over rows for the float32 solve
 DENSE_NEWTON_BYTES = 72
 """Bytes per (n0, n0) entry of the formed Newton steps' float64 Hessian, its factorisation and
 eigendecomposition (peak resident growth, measured on a CPU). They are the fallback when the
@@ -487,12 +484,13 @@ def _damped_newton(
     or when no candidate passes.
     """
     err = math.inf
+    recycled = Recycled()  # the conjugate-gradient steps pass their slow directions on
     for step in range(max_steps + 1):
         grad = s.a - plan.sum(1)
         err = float(grad.abs().sum())
         if err < stop or step == max_steps:
             break
-        for d in _newton_steps(plan, s.b, eps, grad, cg):
+        for d in _newton_steps(plan, s.b, eps, grad, cg, recycled):
             tried = trial(d)
             if tried is None:
                 return step, err, True
@@ -505,15 +503,15 @@ def _damped_newton(
     return step, err, False
 
 
-def _newton_steps(plan: Tensor, b: Tensor, eps: float, grad: Tensor, cg: bool = True
-                  ) -> Iterator[Tensor]:
+def _newton_steps(plan: Tensor, b: Tensor, eps: float, grad: Tensor, cg: bool = True,
+                  recycled: Recycled | None = None) -> Iterator[Tensor]:
     """Candidate Newton ascent steps for the Hessian of the entropic dual.
 
     Candidate ascent steps for the Hessian H = (diag(P 1) - P diag(1/b) P^T) / eps of -F
     (PSD, null vector 1): first H^+ grad by conjugate gradients, then, formed, H^+ grad and
     (H + damping top I)^+ grad for each damping.
 
-    The conjugate-gradient step (``_cg_step``) needs only products with P and P^T
+    The conjugate-gradient step (``_newton_cg.cg_step``) needs only products with P and P^T
     (O(n0 n1) each, against n0^2 n1 to form H). ``grad`` sums to 0 (columns exact) and H's
     null vector is 1, so H + (top/n) 1 1^T is positive definite on a connected plan and its
     Cholesky solve is the pseudo-inverse step (n^3/3 flops). If every such step is refused
@@ -523,7 +521,7 @@ def _newton_steps(plan: Tensor, b: Tensor, eps: float, grad: Tensor, cg: bool = 
     skipped (back to Sinkhorn) when that much memory is not free.
     """
     if cg:
-        yield _cg_step(plan, b, eps, grad)
+        yield cg_step(plan, b, eps, grad, recycled)
     n = plan.shape[0]
     free = available_memory(plan.device)
     if free is not None and free < DENSE_NEWTON_BYTES * n * n:
@@ -543,69 +541,3 @@ def _newton_steps(plan: Tensor, b: Tensor, eps: float, grad: Tensor, cg: bool = 
     proj = V.T @ grad
     for damping in _DAMPING:
         yield V @ (proj / (w + damping * top))
-
-
-def _cg_step(plan: Tensor, b: Tensor, eps: float, grad: Tensor) -> Tensor:
-    """Solve H^+ grad by matrix-free Jacobi-preconditioned conjugate gradients.
-
-    H^+ grad for H = (diag(P 1) - P diag(1/b) P^T) / eps by Jacobi-preconditioned
-    conjugate gradients, matrix-free, to a relative residual of ``_CG_RTOL`` (at most
-    ``_CG_MAX_ITER`` iterations). An inexact step only costs the Newton iteration its
-    quadratic rate: the caller's Armijo test on the exact objective accepts or refuses it.
-
-    A float64 plan is first solved in float32 (half the memory traffic of the two products);
-    the float64 iterations then start from that solution and stop at once if its float64
-    residual is already within tolerance. Float32 is skipped where H's diagonal cancels
-    too many digits (a row with nearly all its mass in one column, as near a permutation:
-    there float32 iterates stall or diverge), and gives up after ``_CG_LOW_MAX_ITER``
-    iterations; float64 then starts from zero.
-    """
-    rows = plan.sum(1)
-    inv_b = 1.0 / b
-    spread = rows - (plan * plan) @ inv_b  # H's diagonal times eps; 0 for a one-column row
-    diag = spread.clamp_min(float(rows.max()) * 1e-12) / eps
-    x = None
-    # float32 keeps 7 digits; H's diagonal cancels rows - sum P^2 / b, so a row whose mass
-    # sits in one column (spread / rows below _CG_LOW_SPREAD) leaves it too few
-    if plan.dtype == torch.float64 and float((spread / rows).min()) >= _CG_LOW_SPREAD:
-        low = (t.float() for t in (plan, rows, inv_b, diag, grad))
-        x = _pcg(*low, eps, None, _CG_LOW_MAX_ITER)
-        x = None if x is None else x.to(grad.dtype)
-    x = _pcg(plan, rows, inv_b, diag, grad, eps, x, _CG_MAX_ITER, give_up=False)
-    return x - x.mean()
-
-
-def _pcg(plan: Tensor, rows: Tensor, inv_b: Tensor, diag: Tensor, rhs: Tensor, eps: float,
-         x: Tensor | None, max_iter: int, give_up: bool = True) -> Tensor | None:
-    """Jacobi-preconditioned CG for H x = rhs from ``x`` (None: zero), see ``_cg_step``.
-
-    Stops at a relative residual of ``_CG_RTOL``; after ``max_iter`` iterations returns
-    None if ``give_up``, else the last iterate.
-    """
-    rows, inv_b, inv_diag = rows / eps, inv_b / eps, 1.0 / diag
-
-    def apply(d: Tensor) -> Tensor:  # one matrix read twice: P (diag(1/b) (P^T d)), over eps
-        return (rows * d).sub_(plan @ (plan.T @ d).mul_(inv_b))
-
-    # scalars as Python floats and in-place updates: at n = 512 the loop's small tensor ops
-    # cost as much as its two matrix-vector products
-    stop = (_CG_RTOL * float(rhs.norm())) ** 2
-    if x is None:
-        x, r = torch.zeros_like(rhs), rhs.clone()
-    else:
-        x, r = x.clone(), rhs - apply(x)
-    if float(r @ r) <= stop:
-        return x
-    p = r * inv_diag
-    rz = float(r @ p)
-    for _ in range(max_iter):
-        hp = apply(p)
-        alpha = rz / float(p @ hp)
-        x.add_(p, alpha=alpha)
-        r.add_(hp, alpha=-alpha)
-        if float(r @ r) <= stop:
-            return x
-        z = r * inv_diag
-        rz, rz_old = float(r @ z), rz
-        p.mul_(rz / rz_old).add_(z)
-    return None if give_up else x
