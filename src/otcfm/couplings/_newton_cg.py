@@ -64,7 +64,7 @@ def cg_step(plan: Tensor, b: Tensor, eps: float, grad: Tensor,
         low = [t.float() for t in (plan, rows, inv_b, diag, grad)]
         x = _pcg(*low, eps, None, CG_LOW_MAX_ITER, recycled=recycled)
         x = None if x is None else x.to(grad.dtype)
-        recycled = None  # the float32 solve has used and renewed the space
+        recycled = None  # the float32 solve had the space (and renewed it if it converged)
     x = _pcg(plan, rows, inv_b, diag, grad, eps, x, CG_MAX_ITER, give_up=False,
              recycled=recycled)
     return x - x.mean()
