@@ -42,6 +42,11 @@ def _check_scaling(scaling: Any) -> float | None:
     return s
 
 
+def _plan_of(res: SinkhornResult) -> Tensor:
+    """The plan of a Sinkhorn result: the one it formed, else exp(log_plan)."""
+    return res.log_plan.exp() if res.plan is None else res.plan
+
+
 class _SinkhornCoupling(Coupling):
     """Shared plumbing: cost -> Sinkhorn -> checks -> pairs drawn from the plan."""
 
@@ -122,7 +127,7 @@ class _SinkhornCoupling(Coupling):
     def plan(self, x0: Tensor, x1: Tensor) -> Tensor:
         """The entropic plan (n0, n1) on the data's device (float64; float32 on MPS)."""
         check_inputs(x0, x1)
-        return self._solve(x0, x1)[1].log_plan.exp()
+        return _plan_of(self._solve(x0, x1)[1])
 
     # ---------------------------------------------------------------- pairing
     def pair(
@@ -130,7 +135,7 @@ class _SinkhornCoupling(Coupling):
     ) -> tuple[Tensor, Tensor, dict[str, float]]:
         cost, res, scale = self._solve(x0, x1)
         log_plan = res.log_plan
-        plan = log_plan.exp() if res.plan is None else res.plan
+        plan = _plan_of(res)
         mass = float(plan.sum())
         if self.sampling == "rows":
             # rows of the plan itself, unless one is so light (below sqrt of the smallest

@@ -131,6 +131,7 @@ class _State:
         self.a, self.b = self.la.exp(), self.lb.exp()
         self.f = torch.zeros(n0, dtype=C.dtype, device=C.device)
         self.g = torch.zeros(n1, dtype=C.dtype, device=C.device)
+        self.C_w = C
         self.precision(C.dtype)
 
     def precision(self, dtype: torch.dtype) -> None:
@@ -141,17 +142,16 @@ class _State:
         """
         self.w = dtype
         self.a_w, self.b_w = self.a.to(dtype), self.b.to(dtype)
-        if getattr(self, "C_w", self.C).dtype != dtype:  # one copy of C in the lower dtype,
-            self.C_w = self.C.to(dtype)  # kept only while it is used
+        if self.C_w.dtype != dtype:  # one copy of C in the lower dtype, kept while used
+            self.C_w = self.C.to(dtype)
 
     # (n0, n1) expressions are written as one broadcast add and one scaled subtraction of
     # C: each temporary is a full pass over memory (about 5x faster than the naive form)
     def log_plan(self, eps: float, dtype: torch.dtype | None = None) -> Tensor:
-        row, col = self.la + self.f / eps, self.lb + self.g / eps
-        if dtype is None or dtype == self.C.dtype:
-            return torch.sub(row[:, None] + col[None, :], self.C, alpha=1.0 / eps)
-        row, col = row.to(dtype), col.to(dtype)
-        return torch.sub(row[:, None] + col[None, :], self.C_w, alpha=1.0 / eps)
+        row, col, C = self.la + self.f / eps, self.lb + self.g / eps, self.C
+        if dtype is not None and dtype != C.dtype:
+            row, col, C = row.to(dtype), col.to(dtype), self.C_w
+        return torch.sub(row[:, None] + col[None, :], C, alpha=1.0 / eps)
 
     def update_f(self, eps: float, fi0: float = 1.0) -> None:
         col = (self.lb + self.g / eps)[None, :]
