@@ -296,6 +296,27 @@ def test_ema_option_reaches_the_run_and_the_cache_key(tmp_path):
             two_dim_cli.protocol_from_args(two_dim_cli.build_parser().parse_args(bad))
 
 
+def test_data_seed_option_fixes_the_data_and_keys_the_cache(tmp_path):
+    """--data-seed: every cell draws its sets with that seed; it enters the cache key, and the
+    NPE's cached reference W2 is keyed by the data seed, not the cell's."""
+    parse = two_dim_cli.build_parser().parse_args
+    fixed = two_dim_cli.protocol_from_args(parse(["--data-seed", "5"]))
+    assert fixed.data_seed == 5 and fixed.fingerprint()["data_seed"] == 5
+    assert "data_seed" not in Protocol().fingerprint()  # cells cached before stay valid
+    with pytest.raises(ValueError, match="--data-seed"):
+        two_dim_cli.protocol_from_args(parse(["--data-seed", "-1"]))
+    cells = [Cell("gaussian-moons", "icfm", s) for s in (42, 43)]
+    cfgs = [two_dim.cell_config(c, fixed, tmp_path) for c in cells]
+    assert [c.seed for c in cfgs] == [42, 43] and {c.data.seed for c in cfgs} == {5}
+    own = two_dim.cell_config(cells[0], Protocol(), tmp_path)
+    assert own.data.seed == -1
+    small = replace(fixed, n_test=30)
+    data = two_dim.load_run_data(two_dim.task_data_config("gaussian-moons", small), 42)
+    w2 = two_dim.reference_w2(cells[1], small, tmp_path, data)
+    assert (tmp_path / "gaussian-moons" / "w2_source_target-seed5-n30.json").is_file()
+    assert two_dim.reference_w2(cells[0], small, tmp_path, data) == w2
+
+
 def test_checkpoint_option_validates_and_keys_the_cache():
     paper = Protocol(ema=0.0, checkpoint="best")
     assert "checkpoint" not in paper.fingerprint()  # cells cached before it stay valid

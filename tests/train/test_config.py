@@ -84,6 +84,8 @@ def test_missing_config_file(tmp_path):
         ("eval.ode_steps=0", "eval.ode_steps", "positive integer"),
         ("distributed.timeout=0", "distributed.timeout", "> 0"),
         ("seed=-1", "seed", r"\[0, 2\^63\)"),
+        ("data.seed=-2", "data.seed", r"\[0, 2\^63\)"),
+        ("data.seed=1.5", "data.seed", "must be of type int"),
         ("name='a/b'", "name", "single folder name"),
         # registry names: each error names its key and lists the valid names
         ("method.name='nosuch'", "method.name", "unknown method 'nosuch' .*otcfm"),
@@ -248,3 +250,11 @@ def test_image_runs_refuse_the_point_run_coupling_settings(override, key):
     with pytest.raises(ConfigError, match=rf"couplings.{key} applies to point runs: an image "
                                           "run couples each batch inside its training step"):
         RunConfig().override([*base, override]).validate()
+
+
+def test_image_runs_refuse_a_data_seed():
+    """An image run holds out its validation images with the run's seed: data.seed would be
+    ignored silently, so it is an error."""
+    base = ["data.target=digits", "optim.batch_size=512"]
+    with pytest.raises(ConfigError, match="data.seed applies to point data"):
+        RunConfig().override([*base, "data.seed=3"]).validate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from otcfm.data.provenance import FileRecord
 from otcfm.train.config import DataConfig
 from otcfm.train.datasets import (
     check_same_data,
+    data_seed,
     load_run_data,
     read_data_record,
     record_run_data,
@@ -110,3 +112,20 @@ def test_cli_specs_reach_the_loader(files, monkeypatch):
             load_run_data(DataConfig(target=str(files / name)), seed=0)
     with pytest.raises(ValueError, match=r"data\.source: unknown 'mooons': not a built-in"):
         load_run_data(DataConfig(source="mooons"), seed=0)
+
+
+def test_data_seed_fixes_the_data_across_run_seeds(files):
+    """data.seed = -1 draws with the run's seed; set, every run seed gets the same sets."""
+    for cfg in (DataConfig(source="gaussian", target="moons", n_train=50, n_val=10, n_test=20),
+                DataConfig(source=str(files / "cells.npz:a"), target=str(files / "t.tsv"))):
+        own = [load_run_data(cfg, seed=s) for s in (1, 2)]
+        assert not torch.equal(own[0].source.train, own[1].source.train)
+        fixed = replace(cfg, seed=7)
+        a, b = (load_run_data(fixed, seed=s) for s in (1, 2))
+        ref = load_run_data(cfg, seed=7)
+        for side in ("source", "target"):
+            for split in ("train", "val", "test"):
+                x = getattr(getattr(ref, side), split)
+                assert torch.equal(getattr(getattr(a, side), split), x)
+                assert torch.equal(getattr(getattr(b, side), split), x)
+        assert data_seed(fixed, 1) == 7 and data_seed(cfg, 1) == 1

@@ -53,7 +53,7 @@ from otcfm.train.config import (
     OptimConfig,
     RunConfig,
 )
-from otcfm.train.datasets import RunData, load_run_data, stream
+from otcfm.train.datasets import RunData, data_seed, load_run_data, stream
 from otcfm.train.evaluate import load_run
 from otcfm.train.loop import build_matcher, train
 from otcfm.train.runfolder import newest_checkpoint
@@ -101,6 +101,9 @@ class Protocol:
     #: the weights tested (CHECKPOINTS): "best" (lowest validation loss, the paper's reference
     #: runner's choice), "final" (after the last step) or "ema" (the final EMA weights)
     checkpoint: str = "ema"
+    #: the seed that draws every cell's train / validation / test sets; -1 = the cell's own
+    #: seed (the default: seeds vary the data too). Fixed, seeds vary only the training.
+    data_seed: int = -1
 
     def __post_init__(self) -> None:
         if self.checkpoint not in CHECKPOINTS:
@@ -137,6 +140,8 @@ class Protocol:
             d.pop("ema")
         if self.checkpoint == "best":
             d.pop("checkpoint")
+        if self.data_seed == -1:
+            d.pop("data_seed")
         d["code"] = _cells.code_fingerprint(__name__)  # a changed line of code: a stale cell
         return d
 
@@ -270,7 +275,8 @@ def task_data_config(task: str, p: Protocol) -> DataConfig:
     """The data config of ``task`` with the protocol's split sizes."""
     source, target = toy.task(task)
     return DataConfig(
-        source=source, target=target, n_train=p.n_train, n_val=p.n_val, n_test=p.n_test
+        source=source, target=target, n_train=p.n_train, n_val=p.n_val, n_test=p.n_test,
+        seed=p.data_seed,
     )
 
 
@@ -475,8 +481,9 @@ def test_nll(model: nn.Module, x1: Tensor, source: str, target: str, *,
 
 
 def reference_w2(cell: Cell, p: Protocol, runs: Path, data: RunData) -> float:
-    """W2(source test, target test) of a (task, seed): the NPE's denominator, cached."""
-    path = Path(runs) / cell.task / f"w2_source_target-seed{cell.seed}-n{p.n_test}.json"
+    """W2(source test, target test) of a (task, data seed): the NPE's denominator, cached."""
+    seed = data_seed(task_data_config(cell.task, p), cell.seed)
+    path = Path(runs) / cell.task / f"w2_source_target-seed{seed}-n{p.n_test}.json"
     if path.is_file():
         return float(json.loads(path.read_text())["w2"])
     w2 = wasserstein(data.source.test, data.target.test, p=2)

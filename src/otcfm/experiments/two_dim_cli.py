@@ -89,6 +89,10 @@ def build_parser(
                    help="markdown file appended to the page as its 'Remarks' section (what "
                    "this run left out, what was tried); its {{name}} placeholders are filled "
                    "with numbers computed from the records (otcfm.experiments.two_dim_facts)")
+    p.add_argument("--data-seed", type=int, metavar="SEED",
+                   help="draw every cell's train / validation / test sets with this seed, so "
+                   "that seeds vary only the training (initial weights, minibatches, times, "
+                   "noise); default: each cell's own seed, seeds vary the data too")
     p.add_argument("--coupling", action="append", default=[], metavar="METHOD=NAME",
                    help="override a method's coupling: a name or a spec with options, e.g. "
                    "otcfm=approx or otcfm=exact:sampling=plan (repeatable)")
@@ -138,8 +142,12 @@ def protocol_from_args(args: argparse.Namespace) -> Protocol:
             raise ValueError(f"--sigma must look like METHOD=VALUE with VALUE >= 0 (e.g. "
                              f"sf2m=0.1), got {item!r}")
         sigmas.append((method, sigma))
+    data_seed = -1 if args.data_seed is None else args.data_seed
+    if args.data_seed is not None and not 0 <= data_seed < 2**63:
+        raise ValueError(f"--data-seed must be an integer in [0, 2^63), got {data_seed}")
     return replace(base, **over, workers=args.workers, couplings=tuple(sorted(couplings)),
-                   sigmas=tuple(sorted(sigmas)), ema=ema, checkpoint=checkpoint)
+                   sigmas=tuple(sorted(sigmas)), ema=ema, checkpoint=checkpoint,
+                   data_seed=data_seed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -179,6 +179,9 @@ def markdown(
            f"atol = rtol = {p['nll_tol']:g} in float64, the source's own density at t = 0 "
            "(Gaussian, or the moons law of moons->8gaussians). " if "nll_tol" in p else "")
         + "Train s: wall time of the training loop including validation."
+        + (f" Data: one draw for every seed (train, validation and test sets drawn with seed "
+           f"{p['data_seed']}): the seeds vary only the initial weights, minibatches, times and "
+           "noise." if p.get("data_seed", -1) != -1 else "")
         + (f" Weights: EMA with decay {p['ema']:g} (not in the paper's protocol)."
            if p.get("ema") else "") + "\n",
         _run_line(meta, records, theirs),

@@ -27,7 +27,7 @@ from otcfm.train.config import (
     check_folder,
     check_output_file,
 )
-from otcfm.train.datasets import stream
+from otcfm.train.datasets import data_seed, stream
 from otcfm.train.evaluate import NllSettings, evaluate_run, load_run, sample_run, sde_sigma
 from otcfm.train.evaluate_images import (
     SAMPLE_BATCH,
@@ -294,7 +294,8 @@ def _more_sources(run: Any, n: int) -> Any:
             f"--n {n} exceeds the {test.shape[0]} test sources held out of {spec}; "
             "pass --x0 FILE with the points to push"
         )
-    fresh = toy.sample(spec, n - test.shape[0], generator=stream(run.cfg.seed, "source", "more"))
+    more = stream(data_seed(run.cfg.data, run.cfg.seed), "source", "more")
+    fresh = toy.sample(spec, n - test.shape[0], generator=more)
     return torch.cat([test, fresh.to(test.dtype)])
 
 

@@ -202,6 +202,10 @@ class DataConfig:
     n_val: int = 1_000  # held-out points for validation loss and W2
     n_test: int = 2_000  # fresh points for the final evaluation (the paper uses 10,000)
     val_fraction: float = 0.1  # share of a file held out for validation and test
+    # The seed that draws built-in points and shuffles a file's rows into the splits; -1 = the
+    # run's seed. Set it to keep one data set across runs whose seeds differ (seeds then vary
+    # only the initial weights, minibatches, times and noise).
+    seed: int = -1
     # Files only: row i of the source file is paired with row i of the target file (e.g. the
     # (x0, ODE(x0)) pairs of reflow); both sides are split alike and batches keep the pairs.
     paired: bool = False
@@ -500,6 +504,8 @@ class RunConfig(TomlConfig):
             check_count(f"data.{key}", getattr(d, key), low=2)
         check_number("data.val_fraction", d.val_fraction, low=0, high=1, open_low=True,
                      open_high=True)
+        if d.seed != -1:
+            check_seed("data.seed", d.seed)
 
         self.method.validate("method")
 
@@ -585,6 +591,9 @@ class RunConfig(TomlConfig):
                               f"noise, got {self.data.source!r}")
         if self.data.paired:
             raise ConfigError("data.paired", "data.paired applies to point files, not images")
+        if self.data.seed != -1:
+            raise ConfigError("data.seed", "data.seed applies to point data: an image run "
+                              "holds out its validation images with the run's seed")
         default = CouplingsConfig()
         for key in ("workers", "prefetch", "ot_batch", "scope"):
             if getattr(self.couplings, key) != getattr(default, key):

@@ -250,15 +250,22 @@ def load_side(
     return Splits(**drawn)
 
 
+def data_seed(cfg: DataConfig, seed: int) -> int:
+    """The seed that draws a run's data: ``data.seed`` when set (not -1), else the run's."""
+    return seed if cfg.seed == -1 else cfg.seed
+
+
 def load_run_data(
     cfg: DataConfig, seed: int, *, record: DataRecord | None = None,
     data_root: str | Path | None = None, allow_changed_data: bool = False,
 ) -> RunData:
     """Load both sides of a run's data, split.
 
-    Both sides of a run's data, split; with a ``record`` (a trained run's data.json) every
+    Both sides of a run's data, split, drawn or shuffled with ``cfg.seed`` when it is set
+    (not -1), else with the run's ``seed``; with a ``record`` (a trained run's data.json) every
     file is checked against it first (see :func:`load_side`).
     """
+    seed = data_seed(cfg, seed)
     if cfg.paired:
         check_paired_specs(cfg)
     specs = data_specs(cfg)
