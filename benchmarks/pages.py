@@ -70,6 +70,8 @@ PAGES: dict[str, tuple[Callable[[], str], tuple[str, ...]]] = {
         lambda: two_dim_report.render_page(RESULTS / "two_dim_tc_exact"), ()),
     "two_dim_sbcfm/two_dim.md": (
         lambda: two_dim_report.render_page(RESULTS / "two_dim_sbcfm"), ()),
+    "two_dim_fixed_data/two_dim.md": (
+        lambda: two_dim_report.render_page(RESULTS / "two_dim_fixed_data"), ()),
     "two_dim_tc_replace/two_dim.md": (
         lambda: two_dim_report.render_page(RESULTS / "two_dim_tc_replace"), ()),
     "two_dim_torchcfm/two_dim.md": (

@@ -263,7 +263,40 @@ def two_dim(out: Path) -> dict[str, str]:
     facts["val_jump"] = f"{statistics.fmean(jumps):.2f}"
     facts.update(_torchcfm_summary(out / "two_dim_torchcfm"))
     facts.update(_w2_noise(out / "two_dim" / "w2_noise.json", pub_std))
+    facts.update(_one_draw(out / "two_dim_fixed_data", records, pub_std))
     return facts
+
+
+def _one_draw(folder: Path, records: list[dict], pub_std: float) -> dict[str, str]:
+    """OT-CFM's spread over seeds that share one data draw (``--data-seed``) against this page's.
+
+    ``records``: this page's cells (one data draw per seed).
+    """
+    fixed = _cells(folder)
+    seed = _json(folder / "two_dim_run.json")["protocol"]["data_seed"]
+    moons = "moons-8gaussians"
+    w2 = [r["w2"] for r in _group(fixed, moons, "otcfm")]
+    std = statistics.pstdev(w2)
+    same = _by_seed(records, moons, "otcfm").get(seed)  # this page's cell on that draw
+    mine = _by_seed(fixed, moons, "otcfm").get(seed)
+    by_task = "; ".join(
+        f"{t} {statistics.pstdev(r['w2'] for r in _group(fixed, t, 'otcfm')):.3f} against "
+        f"{statistics.pstdev(r['w2'] for r in _group(records, t, 'otcfm')):.3f}"
+        for t in _tasks(fixed))
+    return {
+        "one_draw_seed": str(seed),
+        "one_draw_n": str(len(w2)),
+        "one_draw_seeds": _seeds(sorted(r["seed"] for r in _group(fixed, moons, "otcfm"))),
+        "one_draw_moons_w2": _ms(w2),
+        "one_draw_moons_values": ", ".join(f"{v:.3f}" for v in w2),
+        "one_draw_moons_std": f"{std:.3f}",
+        "one_draw_verdict": ("within" if std <= 2 * pub_std else "NOT within")
+        + f" twice the published std ({2 * pub_std:.3f})",
+        "one_draw_same_seed": "not run" if same is None or mine is None else f"{same:.3f}" + (
+            " (the cell reproduced)" if f"{same:.3f}" == f"{mine:.3f}" else
+            f" (this run: {mine:.3f})"),
+        "one_draw_by_task": by_task,
+    }
 
 
 def _w2_noise(path: Path, pub_std: float) -> dict[str, str]:
