@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 
 import numpy as np
@@ -566,3 +567,20 @@ def test_recycled_ritz_vectors_deflate_the_next_newton_solves():
     assert float(w.sum(1).abs().max()) < 1e-3  # orthogonal to 1
     first, *later = recycled.iterations
     assert all(k < first for k in later), recycled.iterations
+
+
+def test_non_finite_potentials_or_marginals_mean_a_non_finite_plan():
+    """The O(n) check that replaces scanning log P: a NaN or +inf entry of log P makes a
+    marginal non-finite, a -inf one (from a finite cost) a potential; finite passes."""
+    cost = torch.rand(6, 5, dtype=torch.float64)
+    s = _sinkhorn._State(cost)
+    assert _sinkhorn._finite(0.1, s)
+    assert not _sinkhorn._finite(float("nan"), s) and not _sinkhorn._finite(math.inf, s)
+    s.g = s.g.clone()
+    s.g[2] = -math.inf
+    assert not _sinkhorn._finite(0.1, s)
+    s.f, s.g = torch.full_like(s.f, math.nan), torch.zeros_like(s.g)
+    assert not _sinkhorn._finite(0.1, s)
+    # what the check stands in for: NaN in f gives NaN rows of P and a NaN marginal error
+    plan = s.log_plan(1.0).exp()
+    assert math.isnan(_sinkhorn.marginal_error(plan, s.a, s.b, s.f, s.g, (math.inf, math.inf)))

@@ -43,8 +43,9 @@ Numerics:
   P and P^T only; in float32 where its digits suffice, and deflated by the Ritz vectors of
   the stage's first step: ``otcfm.couplings._newton_cg``); if the Armijo test refuses it,
   the Hessian is formed and solved by Cholesky (its null vector 1 shifted away), with an
-  eigendecomposition as the fallback when no Cholesky step passes. Newton starts after 30
-  Sinkhorn iterations whose error decay predicts more than 30 more. The steps move the
+  eigendecomposition as the fallback when no Cholesky step passes. Every 10 Sinkhorn
+  iterations of a stage the error's decay over the last 5 predicts how many more it needs;
+  above 60, Newton takes over. The steps move the
   scalings of the stage's kernel (P = diag(u) K diag(v)), so trying one costs
   matrix-vector products, not an exponential of the whole cost matrix.
 """
@@ -63,8 +64,9 @@ from otcfm.couplings._newton_cg import Recycled, cg_step
 
 _STAGE_TOL = 1e-2  # stopping threshold of the intermediate epsilon-scaling stages
 _ABSORB_LOG = 30.0  # absorb u, v into the potentials once |log u| or |log v| exceeds this
-_NEWTON_AFTER = 30  # Sinkhorn iterations in a stage before Newton may take over
-_RATE_WINDOW = 10  # the last iterations of such a chunk, whose error decay predicts the rest
+_CHECK_EVERY = 10  # Sinkhorn iterations between two checks of whether it crawls
+_RATE_WINDOW = 5  # the last iterations of such a chunk, whose error decay predicts the rest
+_CRAWL = 60  # predicted iterations still needed above which Newton takes over
 _NEWTON_STEPS = 30  # most Newton steps per stage
 _NEWTON_MAX_N = 2048  # the (n0, n0) eigendecomposition gets too costly beyond this
 _DIRECT_RATIO = 128.0  # max C / reg up to which one stage at reg beats epsilon scaling
@@ -255,7 +257,7 @@ def log_sinkhorn(
             if not newton:
                 it, err, converged = _iterate(s, eps, fi0, fi1, it, limit, stop, balanced, reg)
                 break
-            chunk = min(limit, it + _NEWTON_AFTER)
+            chunk = min(limit, it + _CHECK_EVERY)
             it, before, converged = _iterate(s, eps, fi0, fi1, it, chunk - _RATE_WINDOW, stop,
                                              balanced, reg)
             err = before
@@ -275,10 +277,10 @@ def log_sinkhorn(
                     s.restart(eps, fi0, fi1)
         s.absorb(eps)
     log_plan = s.log_plan(reg)
-    if not bool(torch.isfinite(log_plan).all()):
-        raise RuntimeError(f"Sinkhorn produced a non-finite plan (reg={reg:.3g}, {it} iterations)")
     plan = log_plan.exp()
     marginal = marginal_error(plan, s.a, s.b, s.f, s.g, rho)
+    if not _finite(marginal, s):
+        raise RuntimeError(f"Sinkhorn produced a non-finite plan (reg={reg:.3g}, {it} iterations)")
     if balanced:
         err = marginal
         converged = converged or err <= tol
@@ -317,14 +319,21 @@ def _near_permutation(s: _State, reg: float, tol: float, max_iter: int
         return None
     s.f, s.g = torch.from_numpy(res.f), torch.from_numpy(res.g)
     log_plan = s.log_plan(reg)
-    if not bool(torch.isfinite(log_plan).all()):
-        return None
     plan = log_plan.exp()
     marginal = marginal_error(plan, s.a, s.b, s.f, s.g, (math.inf, math.inf))
-    if not marginal <= tol:
+    if not (marginal <= tol and _finite(marginal, s)):
         return None
     return SinkhornResult(log_plan, res.iterations, res.newton_steps, marginal, True, 1, marginal,
                           sparse=True, plan=plan)
+
+
+def _finite(marginal: float, s: _State) -> bool:
+    """Whether log P = (f + g - C) / eps is finite, from its marginal error and potentials.
+
+    A NaN or +inf entry of log P makes a marginal of P non-finite; a -inf one (from a
+    finite cost) needs a non-finite potential. O(n) where a check of log P is O(n0 n1).
+    """
+    return math.isfinite(marginal) and bool(torch.isfinite(s.f).all() & torch.isfinite(s.g).all())
 
 
 def marginal_error(
@@ -380,7 +389,7 @@ def _iterate(
 
 
 def _crawls(before: float, after: float, stop: float) -> bool:
-    """Whether Sinkhorn needs more than ``_NEWTON_AFTER`` more iterations to reach ``stop``.
+    """Whether Sinkhorn needs more than ``_CRAWL`` more iterations to reach ``stop``.
 
     Predicted from the error's geometric decay from ``before`` to ``after`` over the last
     ``_RATE_WINDOW`` iterations (a plan that converges fast is left to Sinkhorn; a clustered
@@ -389,7 +398,7 @@ def _crawls(before: float, after: float, stop: float) -> bool:
     if not after < before:
         return True
     per_iteration = math.log(after / before) / _RATE_WINDOW
-    return math.log(stop / after) / per_iteration > _NEWTON_AFTER
+    return math.log(stop / after) / per_iteration > _CRAWL
 
 
 def _semi_dual(s: _State, f: Tensor, eps: float) -> tuple[Tensor, Tensor]:
