@@ -548,6 +548,11 @@ def readme_section(out: str | Path) -> str:
         "known. On moons->8gaussians two independent test-size samples of the target are "
         f"already {f['floor_moons']} apart in W2 (the page prints this floor for every task). "
         f"Weights tested: {f['checkpoint']}.",
+        f"  - Across seeds its W2 on moons->8gaussians varies by a std of {f['otcfm_moons_std']} "
+        f"when each seed draws its own data (the paper: {f['published_w2_moons']});"
+        f" with one data draw for {f['one_draw_n']} seeds (`--data-seed {f['one_draw_seed']}`, "
+        f"`docs/results/two_dim_fixed_data/`) by {f['one_draw_moons_std']}, "
+        f"{f['one_draw_verdict']}: the spread is the data draw's, not the training's.",
         f"  - At equal budget ({f['tc_steps']} steps, {f['tc_n_seeds']} seeds, "
         "`docs/results/two_dim_torchcfm/`), our OT-CFM (`ApproxOT`) trained in "
         f"{f['tc_time_ratio']} TorchCFM's time (mean per task). Paired by seed, ours minus "
