@@ -16,7 +16,9 @@ Candidate lists (the certified exact solver, n >= ``LISTS_MIN``). After the firs
 row keeps its cheapest columns (up to ``EXACT_LISTS``) and a bound under every other one's value;
 prices only rise, so the bound stays valid and a bid reads the list instead of the row until
 the list no longer decides (``auction_lists.rescan``). The shortest-path correction runs
-over the lists' arcs after every phase and is checked against the bounds.
+over the lists' arcs after every phase and is checked against the bounds; the prices keep
+its correction even where it did not converge (the assignment is not optimal yet), so the
+next, finer phase frees fewer rows (at B = 512 on the 2-D tasks: 3-16% less time).
 """
 
 from __future__ import annotations
@@ -155,9 +157,13 @@ def solve_auction(
             if (offset is not None and bound(best_u, lb) > tol and u == best_u
                     and (lists_on or not k)):
                 lists_ = (cand, cand_c, cnt, thr) if lists_on else None
-                tight, q = _tightened_bound(cost, prices, assigned, owner, cmax, top, lists_)
+                tight, q, d = _tightened_bound(cost, prices, assigned, owner, cmax, top,
+                                               lists_)
                 if tight > lb:
                     lb, duals = tight, q
+                # converged or not, the correction moves the prices towards exact CS (it only
+                # raises them, so the lists' bounds hold): the next phase frees fewer rows
+                prices -= d
         # n * eps at most the gap allowed certifies the next phase: no need to go finer
         if not math.isfinite(best_u):
             target = 0.0
@@ -313,10 +319,12 @@ def _coarse_prices(
 
 
 def _tightened_bound(cost, prices, assigned, owner, cmax, top, lists=None):
-    """The lower bound of the prices after the shortest-path correction, and those prices.
+    """The lower bound of the prices after the shortest-path correction, those prices, and d.
 
     The lower bound of the prices corrected by ``auction_kernels.tighten`` (-inf and None if
-    the correction did not converge: the assignment may not be optimal).
+    the correction did not converge: the assignment may not be optimal), and the correction
+    d <= 0 itself (as far as it got when it did not converge: its passes still lowered the
+    reduced costs along the assignment).
     """
     from otcfm._ot import auction_kernels as kernels
     from otcfm._ot import auction_lists as lists_kernels
@@ -329,17 +337,17 @@ def _tightened_bound(cost, prices, assigned, owner, cmax, top, lists=None):
         done = lists_kernels.tighten_lists(cost, prices, assigned, owner, rounding, scans, d,
                                            *lists)
         if done == -1:
-            return -math.inf, None  # no convergence on the lists' arcs: not optimal yet
+            return -math.inf, None, d  # no convergence on the lists' arcs: not optimal yet
         if done == -2:  # converged, but an arc outside the lists may be violated
             d[:] = 0.0
             done = kernels.tighten(cost, prices, assigned, owner, rounding, scans, d)
     else:
         done = kernels.tighten(cost, prices, assigned, owner, rounding, scans, d)
     if done < 0:
-        return -math.inf, None
+        return -math.inf, None, d
     q = prices - d
     q -= q.min()  # the kernels need p >= 0; a common shift changes no bound
-    return kernels.dual_value(cost, q, top) - _slack(n, cmax, q), q
+    return kernels.dual_value(cost, q, top) - _slack(n, cmax, q), q, d
 
 
 def _slack(n: int, cmax: float, prices: np.ndarray) -> float:
