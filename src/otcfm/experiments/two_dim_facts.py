@@ -264,7 +264,25 @@ def two_dim(out: Path) -> dict[str, str]:
     facts.update(_torchcfm_summary(out / "two_dim_torchcfm"))
     facts.update(_w2_noise(out / "two_dim" / "w2_noise.json", pub_std))
     facts.update(_one_draw(out / "two_dim_fixed_data", records, pub_std))
+    facts.update(_sbcfm_rerun(out / "two_dim_sbcfm", run.get("machine", "")))
     return facts
+
+
+def _sbcfm_rerun(folder: Path, machine: str) -> dict[str, str]:
+    """SB-CFM against OT-CFM train time in the later SB-CFM cells run (``folder``).
+
+    ``machine``: that of this page's cells.
+    """
+    cells = _cells(folder)
+    (task,) = {r["task"] for r in cells}
+    sb, ot = (statistics.fmean(r["train_seconds"] for r in _group(cells, task, m))
+              for m in ("sbcfm", "otcfm"))
+    run = _json(folder / "two_dim_run.json")
+    return {"sbcfm_rerun_task": task, "sbcfm_rerun_seeds": _seeds(sorted(
+                {r["seed"] for r in cells})),
+            "sbcfm_rerun": f"{sb:.0f} s against {ot:.0f} s, {sb / ot:.2f}x",
+            "sbcfm_rerun_date": run["date"], "sbcfm_rerun_jobs": str(run["jobs"]),
+            "sbcfm_rerun_where": _where(run.get("machine", ""), machine)}
 
 
 def _one_draw(folder: Path, records: list[dict], pub_std: float) -> dict[str, str]:
