@@ -41,6 +41,7 @@ from otcfm.experiments.two_dim import (
 )
 from otcfm.matchers import MATCHERS, matcher
 from otcfm.train.checkpoint import write_text_atomic
+from otcfm.train.config import check_seed
 
 TORCHCFM_SCRIPT = "benchmarks/two_dim_torchcfm.py"
 
@@ -143,8 +144,8 @@ def protocol_from_args(args: argparse.Namespace) -> Protocol:
                              f"sf2m=0.1), got {item!r}")
         sigmas.append((method, sigma))
     data_seed = -1 if args.data_seed is None else args.data_seed
-    if args.data_seed is not None and not 0 <= data_seed < 2**63:
-        raise ValueError(f"--data-seed must be an integer in [0, 2^63), got {data_seed}")
+    if args.data_seed is not None:
+        check_seed("--data-seed", data_seed)
     return replace(base, **over, workers=args.workers, couplings=tuple(sorted(couplings)),
                    sigmas=tuple(sorted(sigmas)), ema=ema, checkpoint=checkpoint,
                    data_seed=data_seed)

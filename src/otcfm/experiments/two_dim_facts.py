@@ -293,7 +293,8 @@ def _one_draw(folder: Path, records: list[dict], pub_std: float) -> dict[str, st
     fixed = _cells(folder)
     seed = _json(folder / "two_dim_run.json")["protocol"]["data_seed"]
     moons = "moons-8gaussians"
-    w2 = [r["w2"] for r in _group(fixed, moons, "otcfm")]
+    rows = _group(fixed, moons, "otcfm")
+    w2 = [r["w2"] for r in rows]
     std = statistics.pstdev(w2)
     same = _by_seed(records, moons, "otcfm").get(seed)  # this page's cell on that draw
     mine = _by_seed(fixed, moons, "otcfm").get(seed)
@@ -304,7 +305,7 @@ def _one_draw(folder: Path, records: list[dict], pub_std: float) -> dict[str, st
     return {
         "one_draw_seed": str(seed),
         "one_draw_n": str(len(w2)),
-        "one_draw_seeds": _seeds(sorted(r["seed"] for r in _group(fixed, moons, "otcfm"))),
+        "one_draw_seeds": _seeds([r["seed"] for r in rows]),
         "one_draw_moons_w2": _ms(w2),
         "one_draw_moons_values": ", ".join(f"{v:.3f}" for v in w2),
         "one_draw_moons_std": f"{std:.3f}",
