@@ -10,7 +10,14 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from otcfm._ot import assignment as asg
-from otcfm.couplings import ExactOT
+from otcfm.couplings import (
+    ApproxOT,
+    ByClass,
+    EntropicOT,
+    ExactOT,
+    Independent,
+    UnbalancedOT,
+)
 
 ALL = list(asg.SOLVERS)
 
@@ -442,6 +449,65 @@ def test_auction_workspace_is_per_thread_and_resized():
     t.join()
     assert other[0].base is not auction._workspace((200, 200)).base
     assert auction._workspace((20, 20)).base is not auction._workspace((200, 200)).base
+
+
+def test_load_kernels_runs_each_path_once_per_process(monkeypatch):
+    """``load_kernels`` calls each asked path's entry point once; a path already run is
+    skipped unless forced; unknown paths raise; without numba nothing runs."""
+    pytest.importorskip("numba")
+    from otcfm._ot import auction, auction_kernels, sparse_sinkhorn, warm
+
+    seen = []
+
+    def spy(module, name):
+        real = getattr(module, name)
+
+        def call(*args, **kwargs):
+            seen.append(name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, call)
+
+    for module, name in ((auction, "exact_assignment"), (auction, "solve_auction"),
+                         (sparse_sinkhorn, "sparse_sinkhorn")):
+        spy(module, name)
+    monkeypatch.setattr(warm, "_loaded", set())
+    assert warm.load_kernels("exact", n=256) > 0.0
+    assert "exact_assignment" in seen and "sparse_sinkhorn" not in seen
+    seen.clear()
+    warm.load_kernels("exact", n=256)
+    assert seen == []  # already loaded in this process
+    warm.load_kernels("exact", "entropic", n=256)
+    assert "sparse_sinkhorn" in seen and "exact_assignment" not in seen
+    seen.clear()
+    warm.load_kernels("exact", n=256, force=True)
+    assert "exact_assignment" in seen
+    with pytest.raises(ValueError, match="unknown kernel path"):
+        warm.load_kernels("simplex")
+    monkeypatch.setattr(auction_kernels, "available", lambda: False)
+    assert warm.load_kernels("approx", force=True) == 0.0
+
+
+@pytest.mark.parametrize("make, paths", [
+    (lambda: ExactOT(), [("exact",)]),
+    (lambda: ExactOT(solver="auction"), [("exact",)]),
+    (lambda: ExactOT(solver="emd"), []),
+    (lambda: ApproxOT(), [("approx",)]),
+    (lambda: ApproxOT(backend="torch"), []),
+    (lambda: EntropicOT(reg=0.1), [("exact", "entropic")]),
+    (lambda: UnbalancedOT(reg=0.1, reg_m=1.0), []),
+    (lambda: ByClass(ExactOT()), [("exact",)]),
+    (lambda: Independent(), []),
+])
+def test_prepare_loads_the_kernels_the_coupling_runs(monkeypatch, make, paths):
+    """``Coupling.prepare`` loads the compiled paths its solver may call, and only those."""
+    from otcfm.couplings import _approx, _entropic, _exact
+
+    loaded = []
+    for module in (_approx, _entropic, _exact):
+        monkeypatch.setattr(module, "load_kernels", lambda *p: loaded.append(p))
+    make().prepare()
+    assert loaded == paths
 
 
 def test_compile_kernels_module_runs_every_compiled_path(monkeypatch, capsys):

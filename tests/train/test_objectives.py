@@ -99,6 +99,25 @@ def test_objectives_follow_the_protocol(tmp_path):
         trainer.close()
 
 
+def test_objectives_load_the_compiled_solvers_before_the_clock(tmp_path, monkeypatch):
+    """Each objective asks its coupling to load its solver once, when it is built (before the
+    engine's clock starts); the pair objective also loads the exact W2 of its validation."""
+    from otcfm.couplings import ExactOT
+    from otcfm.train import objectives
+
+    calls, loaded = [], []
+    monkeypatch.setattr(ExactOT, "prepare", lambda self: calls.append(type(self).__name__))
+    monkeypatch.setattr(objectives, "load_kernels", lambda *paths: loaded.append(paths))
+    TimeSeriesObjective(series(), FitSpec(method="otcfm"))
+    assert calls == ["ExactOT"]
+    trainer = Trainer(tiny(tmp_path), progress=False)
+    try:
+        assert calls == ["ExactOT"] * 2 and loaded == [("exact",)]
+        assert trainer.step == 0 and trainer.train_seconds == 0.0
+    finally:
+        trainer.close()
+
+
 # ------------------------------------------------------------------ pairs
 def tiny(tmp_path, **over) -> RunConfig:
     return RunConfig(name="pairs", out_dir=str(tmp_path)).override([

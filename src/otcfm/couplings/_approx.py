@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from otcfm._ot.auction import gap_bound, solve_auction
+from otcfm._ot.warm import load_kernels
 from otcfm._utils import check_positive
 from otcfm.couplings._base import (
     ConvergenceWarning,
@@ -335,6 +336,11 @@ class ApproxOT(Coupling):
             return MemoryNeed(device=8 * entries)
         item = torch.empty((), dtype=self.cost_dtype).element_size()
         return MemoryNeed(device=(cost_bytes(self.cost_dtype, device) + 2 * item) * entries)
+
+    def prepare(self) -> None:
+        """Load the compiled auction's kernels (backend "auto" or "compiled", numba)."""
+        if self.backend != "torch":
+            load_kernels("approx")
 
     def solve(self, cost: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Column assigned to each row of a square cost (n, n), and diagnostics."""

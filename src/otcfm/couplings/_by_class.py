@@ -76,6 +76,10 @@ class ByClass(Coupling):
         #: the merged info carries the inner coupling's convergence (worst class)
         self.reports_convergence = inner.reports_convergence
 
+    def prepare(self) -> None:
+        """The inner coupling's :meth:`~otcfm.couplings.Coupling.prepare`."""
+        self.inner.prepare()
+
     def memory_need(
         self, n0: int, n1: int, *, dim: int = 0, device: torch.device | str = "cpu"
     ) -> MemoryNeed:

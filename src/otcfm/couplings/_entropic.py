@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from otcfm._ot.warm import load_kernels
 from otcfm._utils import check_positive
 from otcfm.couplings._base import (
     ConvergenceError,
@@ -67,6 +68,11 @@ class _SinkhornCoupling(Coupling):
         """
         need = (cost_bytes(self.cost_dtype, device) + self._work_bytes) * n0 * n1
         return MemoryNeed(device=need)
+
+    def prepare(self) -> None:
+        """Load the kernels of the near-permutation solve (balanced plans, numba)."""
+        if self._rho == (math.inf, math.inf):
+            load_kernels("exact", "entropic")
 
     def __init__(
         self,

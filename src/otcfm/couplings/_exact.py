@@ -11,6 +11,7 @@ from torch import Tensor
 
 from otcfm._ot.assignment import auto_solver, available_solvers, check_solver
 from otcfm._ot.assignment import solve as solve_assignment
+from otcfm._ot.warm import load_kernels
 from otcfm._utils import check_positive
 from otcfm.couplings._base import (
     ConvergenceWarning,
@@ -198,6 +199,11 @@ class ExactOT(Coupling):
             work = _PLAN_BYTES
         return MemoryNeed(device=cost_bytes(self.cost_dtype, device) * entries,
                           host=(8 + work) * entries)
+
+    def prepare(self) -> None:
+        """Load the certified auction's kernels (``solver`` "auto" or "auction", numba)."""
+        if self.solver in ("auto", "auction"):
+            load_kernels("exact")
 
     def plan(self, x0: Tensor, x1: Tensor) -> Tensor:
         """The exact OT plan, float64 (n0, n1), marginals 1/n0 and 1/n1, on x0's device."""

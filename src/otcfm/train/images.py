@@ -109,6 +109,7 @@ class ImageObjective:
         #: log.csv columns beside the loss
         self.log_fields: tuple[str, ...] = ("coupling_share", *self._tally.fields)
         self._coupling_seconds = 0.0
+        matcher.coupling.prepare()  # its compiled solver loads before the clock starts
         self._since = time.perf_counter()
 
     # ------------------------------------------------------------------ training

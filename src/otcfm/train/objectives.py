@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from otcfm._ot.warm import load_kernels
 from otcfm._utils import index_cond
 from otcfm.couplings import Pairing
 from otcfm.matchers import FlowMatcher
@@ -214,6 +215,10 @@ class PairObjective:
         self._tally = ConvergenceTally(matcher.coupling)
         #: extra log.csv columns: COUPLING_FIELDS when the coupling reports convergence
         self.log_fields: tuple[str, ...] = self._tally.fields
+        # one-time loads here, before the run's clock starts, not in its first batch and
+        # validation: the coupling's compiled solver and the exact W2 of validation
+        matcher.coupling.prepare()
+        load_kernels("exact")
 
     # ------------------------------------------------------------------ couplings
     def couple(
