@@ -25,10 +25,18 @@ except ImportError:  # pragma: no cover - exercised when the `fast` extra is mis
 _INT = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
 
 
+# one array per type, shared by every call (never written; numba compiles a read-only array
+# as another type)
+_TOP = {k: np.array([np.iinfo(v).max], v) for k, v in _INT.items()}
+
+
 def top_bits(dtype) -> np.ndarray:
-    """The ``top`` argument of the kernels for costs of float ``dtype`` (float32 or float64)."""
-    kind = _INT[np.dtype(dtype)]
-    return np.array([np.iinfo(kind).max], kind)
+    """The ``top`` argument of the kernels for costs of float ``dtype`` (float32 or float64).
+
+    A shared read-only array (one per type): building it per call cost a sizeable share of
+    a small solve's Python time.
+    """
+    return _TOP[np.dtype(dtype)]
 
 
 def available() -> bool:
