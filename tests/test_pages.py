@@ -86,3 +86,23 @@ def test_remarks_placeholders_are_all_filled_and_unknown_ones_refused(tmp_path):
         fill_remarks("W2 {{otcfm_moons_npe}}\n", RESULTS)
     assert fill_remarks("plain prose, 3 numbers typed\n", tmp_path) == (
         "plain prose, 3 numbers typed\n")
+
+
+def test_wall_time_is_stated_only_for_a_run_with_nothing_from_the_cache():
+    """The protocol's wall time counts as measured end to end only when no cell came from the
+    cache; then it is held against the 3-hour target and the 2-hour aim, both ways."""
+    from otcfm.experiments.two_dim_facts import wall_facts
+
+    run = {"wall_seconds": 2.5 * 3600, "jobs": 2, "machine": "AMD EPYC, 2 logical CPUs"}
+    cached = wall_facts({**run, "cached": 46}, 135)["wall_statement"]
+    assert cached.startswith("not measured end to end: 46 of 135 cells") and "met" not in cached
+    met = wall_facts({**run, "cached": 0}, 135)
+    assert met["wall_hours"] == "2.50" and "150 min" in met["wall_statement"]
+    assert "target on 2 cores is met, the 2-hour aim not met" in met["wall_statement"]
+    assert "2 job(s) on AMD EPYC" in met["wall_statement"]
+    over = wall_facts({**run, "cached": 0, "wall_seconds": 3.01 * 3600}, 135)
+    assert "is NOT met" in over["wall_statement"]
+    fast = wall_facts({**run, "wall_seconds": 1.9 * 3600}, 135)  # no "cached": none cached
+    assert "is met, the 2-hour aim met" in fast["wall_statement"]
+    with pytest.raises(ValueError, match="machine"):
+        wall_facts({**run, "machine": ""}, 135)

@@ -536,8 +536,8 @@ def readme_section(out: str | Path) -> str:
         "certified bound is on the coupling gap (cost - optimal) / (independent cost - "
         "optimal), not on the cost relative to the optimum; on the coupling benchmark's batches "
         f"its measured gaps were {f['approx_gaps']} (cost {f['approx_excess']} above the "
-        "optimum). The protocol's wall time on 2 dedicated cores is not measured; the cells' "
-        f"recorded train + eval times sum to {f['cell_hours']} CPU-hours on shared cores "
+        f"optimum). The protocol's wall time: {f['wall_statement']}; the cells' "
+        f"recorded train + eval times sum to {f['cell_hours']} CPU-hours "
         f"(SB-CFM: {f['sbcfm_share']}).",
         f"  - OT-CFM's NPE is below I-CFM's on every task: {means('otcfm', 'npe')} against "
         f"{means('icfm', 'npe')} on {names}.",
