@@ -2,9 +2,8 @@
 
 Multiscale warm start. The optimal dual potentials of a random subset of the points
 approximate those of the whole problem (both estimate the potentials of the underlying
-distributions). So a batch of n >= ``COARSE_MIN`` points first solves the problem on n / 2
-random rows and columns (n / 4 in the certified exact solver: ``EXACT_COARSE_RATIO``;
-recursively, to the same tolerance), extends those column prices to
+distributions). So a batch of n >= ``COARSE_MIN`` points first solves the problem on n / 4
+random rows and columns (recursively, to the same tolerance), extends those column prices to
 every column by a c-transform pair (f_i = min over the subset of C_ij + p_j, then
 p_j = max_i f_i - C_ij, a certified lower bound on the optimum), and runs the auction from
 there at an eps a few times the certifying one. Measured on the 2-D benchmark tasks this cuts
@@ -31,10 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 
 COARSE_MIN = 128  # smallest batch solved with a multiscale warm start
-COARSE_RATIO = 2  # the coarse problem has n / COARSE_RATIO points (ApproxOT's auction)
-# the certified exact solver's: 4 measured 5-13% faster than 2 at n = 512 to 4,096 in 2-D and
-# d = 64 (fewer levels, each as good a start); 8 no better
-EXACT_COARSE_RATIO = 4
+# the coarse problem has n / COARSE_RATIO points: 4 measured faster than 2 at n = 512 to 4,096
+# in 2-D and d = 64 (fewer levels, each as good a start; ApproxOT 16-22%, the certified exact
+# solver 5-13% less CPU time per solve); 8 no better
+COARSE_RATIO = 4
 WARM_EPS = 3.0  # first eps after a warm start, in certifying eps
 COARSE_TOL = 0.01  # coupling gap of the coarse problem when the answer must be tighter
 EXACT_RTOL = 1e-9  # certified relative gap of exact_assignment
@@ -95,7 +94,6 @@ def solve_auction(
     offset: float | None = None,
     rng: np.random.Generator | None = None,
     lists: int = 0,
-    coarse_ratio: int = COARSE_RATIO,
 ) -> AuctionResult:
     """Certified assignment of a float32 or float64 (n, n) cost with row minima 0.
 
@@ -104,7 +102,7 @@ def solve_auction(
     (U - LB) / (offset + LB) (:func:`relative_gap_bound`); or when eps reaches the rounding
     floor of the cost's type, or ``max_bids`` bids are spent (then ``cols`` is the best complete
     assignment found, or None). ``ind`` (sum of the costs / n) and ``cmax``: if already known.
-    ``warm``: start from the prices of the problem on n / ``coarse_ratio`` random rows and
+    ``warm``: start from the prices of the problem on n / ``COARSE_RATIO`` random rows and
     columns (n >= ``COARSE_MIN``).
     """
     from otcfm._ot import auction_kernels as kernels  # numba: loaded on first use
@@ -125,8 +123,7 @@ def solve_auction(
     assigned = np.full(n, -1, np.int64)
     if warm and n >= COARSE_MIN:
         coarse_tol = tol if offset is None else max(tol, COARSE_TOL)
-        prices, lb = _coarse_prices(cost, coarse_tol, scaling, max_bids, rng, cmax, lists,
-                                    coarse_ratio)
+        prices, lb = _coarse_prices(cost, coarse_tol, scaling, max_bids, rng, cmax, lists)
         spread = ind - lb if 0.0 <= lb < ind else ind
         # a few times the certifying eps n * eps = tol * (IND - OPT), but not so small that
         # the first complete pairing takes long at a tight tol (later phases refine)
@@ -293,7 +290,6 @@ def certified_assignment(
     r = solve_auction(
         reduced, EXACT_RTOL, scaling=EXACT_SCALING, max_bids=EXACT_MAX_BIDS * n, warm=True,
         ind=total / n, cmax=cmax, offset=offset, lists=EXACT_LISTS if n >= LISTS_MIN else 0,
-        coarse_ratio=EXACT_COARSE_RATIO,
     )
     if r.cols is None:
         return None
@@ -305,16 +301,16 @@ def certified_assignment(
 
 def _coarse_prices(
     cost: np.ndarray, tol: float, scaling: float, max_bids: int, rng: np.random.Generator,
-    cmax: float, lists: int = 0, ratio: int = COARSE_RATIO,
+    cmax: float, lists: int = 0,
 ) -> tuple[np.ndarray, float]:
-    """Column prices (n,) from the problem on a random n / ``ratio`` subset, and their bound.
+    """Column prices (n,) from a random n / ``COARSE_RATIO`` subset, and their lower bound.
 
     The lower bound those prices certify; ``cmax``: the largest entry of ``cost``.
     """
     from otcfm._ot import auction_kernels as kernels  # numba: loaded on first use
 
     n = cost.shape[0]
-    m = n // ratio
+    m = n // COARSE_RATIO
     rows = np.sort(rng.choice(n, m, replace=False))
     cols = np.sort(rng.choice(n, m, replace=False))
     sub = kernels.gather(cost, rows, cols)
@@ -322,7 +318,7 @@ def _coarse_prices(
     _, total, top = kernels.reduce_rows(sub, bits)
     coarse = solve_auction(
         sub, tol, scaling=scaling, max_bids=max_bids, warm=True, ind=total / m,
-        cmax=float(top), rng=rng, lists=lists, coarse_ratio=ratio,
+        cmax=float(top), rng=rng, lists=lists,
     )
     prices = np.empty(n, cost.dtype)
     lb = kernels.extend_prices(cost, cols, coarse.prices, prices, bits)
