@@ -100,6 +100,8 @@ PAGES: dict[str, tuple[Callable[[], str], tuple[str, ...]]] = {
     "translation.md": (lambda: translation.render(_json("translation.json")), ()),
     "translation_quick/translation.md": (
         lambda: translation.render(_json("translation_quick/translation.json")), ()),
+    "translation/ot_batch.md": (
+        lambda: bench("translation_ot_batch").render(_json("translation/ot_batch.json")), ()),
 }
 
 # README block -> (start marker, end marker, renderer); the block runs from start to end
