@@ -148,3 +148,15 @@ def test_samples_and_their_grid(data, tmp_path):
     assert float(grid[:, 0].min()) == 1.0  # the padding is white
     out = plot_image_grids({"3 steps": a, "guided": c}, tmp_path / "grid.png")
     assert out.is_file() and out.stat().st_size > 1000
+
+
+def test_the_coupling_loads_its_solver_when_the_objective_is_built(data, monkeypatch):
+    """The image objective calls its coupling's prepare() once, before any step (so a run's
+    clock does not count the compiled solver's loading); a ByClass coupling passes it on."""
+    from otcfm.couplings import ExactOT
+
+    calls = []
+    monkeypatch.setattr(ExactOT, "prepare", lambda self: calls.append(type(self).__name__))
+    ImageObjective(data, matcher("otcfm", coupling="exact:within=y"), batch_size=40, seed=1,
+                   n_val=40, conditional=True)
+    assert calls == ["ExactOT"]
