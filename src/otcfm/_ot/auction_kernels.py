@@ -33,8 +33,8 @@ _TOP = {k: np.array([np.iinfo(v).max], v) for k, v in _INT.items()}
 def top_bits(dtype) -> np.ndarray:
     """The ``top`` argument of the kernels for costs of float ``dtype`` (float32 or float64).
 
-    A shared read-only array (one per type): building it per call cost a sizeable share of
-    a small solve's Python time.
+    One array per type, shared by every call (callers never write it): building it per call
+    cost a sizeable share of a small solve's Python time.
     """
     return _TOP[np.dtype(dtype)]
 
